@@ -1,0 +1,86 @@
+"""asaga: async coroutine sagas.
+
+Steps are ``async def`` functions in a :class:`Saga` subclass whose parameter names declare
+their dependencies; independent branches run concurrently, failed steps are retried, and a
+run that fails for good is unwound by compensations in reverse graph order, shielded from
+cancellation.
+"""
+
+from contextlib import suppress as _suppress
+
+from ._annotations import Resource as Resource
+from ._events import (
+    CompensationFailedEvent as CompensationFailedEvent,
+)
+from ._events import (
+    CompensationStarted as CompensationStarted,
+)
+from ._events import (
+    CompensationSucceeded as CompensationSucceeded,
+)
+from ._events import Event as Event
+from ._events import EventKind as EventKind
+from ._events import Hook as Hook
+from ._events import RunFailed as RunFailed
+from ._events import RunStarted as RunStarted
+from ._events import RunSucceeded as RunSucceeded
+from ._events import StepCancelled as StepCancelled
+from ._events import StepFailed as StepFailed
+from ._events import StepRetrying as StepRetrying
+from ._events import StepSkipped as StepSkipped
+from ._events import StepStarted as StepStarted
+from ._events import StepSucceeded as StepSucceeded
+from ._exceptions import AsagaError as AsagaError
+from ._exceptions import CompensationFailed as CompensationFailed
+from ._exceptions import FieldError as FieldError
+from ._exceptions import InputValidationError as InputValidationError
+from ._exceptions import SagaDefinitionError as SagaDefinitionError
+from ._exceptions import SagaFailed as SagaFailed
+from ._retry import Retry as Retry
+from ._saga import Saga as Saga
+from ._saga import SagaResult as SagaResult
+from ._step import Compensation as Compensation
+from ._step import Step as Step
+from ._step import step as step
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AsagaError",
+    "Compensation",
+    "CompensationFailed",
+    "CompensationFailedEvent",
+    "CompensationStarted",
+    "CompensationSucceeded",
+    "Event",
+    "EventKind",
+    "FieldError",
+    "Hook",
+    "InputValidationError",
+    "Resource",
+    "Retry",
+    "RunFailed",
+    "RunStarted",
+    "RunSucceeded",
+    "Saga",
+    "SagaDefinitionError",
+    "SagaFailed",
+    "SagaResult",
+    "Step",
+    "StepCancelled",
+    "StepFailed",
+    "StepRetrying",
+    "StepSkipped",
+    "StepStarted",
+    "StepSucceeded",
+    "step",
+]
+
+# Tracebacks and reprs say `asaga.Saga`, not `asaga._saga.Saga`.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("asaga."):
+        with _suppress(AttributeError, TypeError):  # a few built types refuse; fine
+            _obj.__module__ = "asaga"
+step.__module__ = "asaga"
+del _name, _obj, _suppress

@@ -1,0 +1,140 @@
+"""Unwinding: compensate the completed steps of a failed run in reverse graph order.
+
+Rules (see docs/failure.md):
+
+1. only steps that completed are compensated, each exactly once;
+2. the compensation of step A starts only after the compensations of every completed step
+   that depends on A, directly or through other steps, have finished (succeeded or failed);
+   compensations of independent branches run concurrently;
+3. the whole unwind runs shielded from cancellation; each attempt is bounded by its
+   timeout, so a cancelled caller still gets a fully unwound saga, promptly;
+4. a compensation that fails after its retries does not stop the others: every failure
+   is collected and returned.
+
+Readiness is pushed like the forward phase: each compensation, when it ends, decrements a
+counter on the compensations waiting for it and starts those that reach zero.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from structlog.contextvars import bind_contextvars
+
+from ._events import (
+    CompensationFailedEvent,
+    CompensationStarted,
+    CompensationSucceeded,
+    Emitter,
+)
+from ._graph import CompNode, Plan
+
+__all__ = ["Unwind"]
+
+
+class Unwind:
+    """The compensation phase of one failed run."""
+
+    __slots__ = ("_emitter", "_plan", "_run_id", "_timeout", "_values", "compensated", "errors")
+
+    def __init__(
+        self,
+        plan: Plan,
+        values: dict[str, Any],
+        emitter: Emitter,
+        run_id: str,
+        *,
+        default_timeout: float | None,
+    ) -> None:
+        self._plan = plan
+        self._values = values
+        self._emitter = emitter
+        self._run_id = run_id
+        self._timeout = default_timeout
+        self.compensated: list[str] = []
+        """Steps whose compensation completed, in completion order."""
+        self.errors: list[tuple[str, Exception]] = []
+        """(step, exception) of every compensation that failed for good."""
+
+    async def run(self, completed: Sequence[str]) -> None:
+        """Compensate ``completed`` steps (those that have a compensation), shielded."""
+        nodes = self._plan.nodes
+        todo = [name for name in completed if nodes[name].compensation is not None]
+        if not todo:
+            return
+        todo_set = set(todo)
+        descendants = self._plan.descendants
+        # waiting[a]: compensations that must end before a's; blocks[d]: those d holds up
+        waiting = {a: len(descendants[a] & todo_set) for a in todo}
+        blocks: dict[str, list[str]] = {d: [] for d in todo}
+        for a in todo:
+            for d in descendants[a] & todo_set:
+                blocks[d].append(a)
+
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+
+                async def compensate(name: str) -> None:
+                    comp = nodes[name].compensation
+                    assert comp is not None
+                    await self._attempts(name, comp)
+                    for ancestor in blocks[name]:
+                        waiting[ancestor] -= 1
+                        if waiting[ancestor] == 0:
+                            tg.start_soon(compensate, ancestor, name=f"undo {ancestor}")
+
+                for name in todo:
+                    if waiting[name] == 0:
+                        tg.start_soon(compensate, name, name=f"undo {name}")
+
+    async def _attempts(self, name: str, comp: CompNode) -> None:
+        bind_contextvars(step=name)
+        values = self._values
+        # Required parameters are always there (checked when the class was created);
+        # optional ones are passed only when their step completed or their input was given.
+        kwargs = {p: values[p] for p in comp.params if p in values}
+        timeout = comp.timeout if comp.timeout is not None else self._timeout
+        saga, run_id, emit = self._plan.saga, self._run_id, self._emitter.emit
+        attempt = 0
+        while True:
+            attempt += 1
+            emit(CompensationStarted(saga=saga, run_id=run_id, step=name, attempt=attempt))
+            started = time.monotonic()
+            try:
+                if timeout is None:
+                    await comp.fn(**kwargs)
+                else:
+                    with anyio.fail_after(timeout):
+                        await comp.fn(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - any failure is recorded, none stops the unwind
+                final = not comp.retry.should_retry(attempt, exc)
+                emit(
+                    CompensationFailedEvent(
+                        saga=saga,
+                        run_id=run_id,
+                        step=name,
+                        attempt=attempt,
+                        duration=time.monotonic() - started,
+                        error=repr(exc),
+                        final=final,
+                    )
+                )
+                if final:
+                    self.errors.append((name, exc))
+                    return
+                await anyio.sleep(comp.retry.delay(attempt))
+                continue
+            emit(
+                CompensationSucceeded(
+                    saga=saga,
+                    run_id=run_id,
+                    step=name,
+                    attempt=attempt,
+                    duration=time.monotonic() - started,
+                )
+            )
+            self.compensated.append(name)
+            return

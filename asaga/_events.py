@@ -1,0 +1,280 @@
+"""Event records of a run, and their delivery to structlog and to hooks.
+
+Every transition of a run is one immutable record: a ``msgspec.Struct`` tagged by its
+``kind`` so that a stream of events encodes and decodes as one union type (:data:`Event`)::
+
+    data = msgspec.json.encode(events)
+    msgspec.json.decode(data, type=list[Event])
+
+Delivery: structlog gets each event first (logger ``"asaga"``; asaga never configures
+structlog), then every sync hook is called in place, and async hooks are fed in order by
+one dispatcher task of the run, so each hook sees the events of a run in the order they
+happened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Literal, TypeAlias
+
+import anyio
+import msgspec
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = [
+    "CompensationFailedEvent",
+    "CompensationStarted",
+    "CompensationSucceeded",
+    "Event",
+    "EventBase",
+    "EventKind",
+    "Hook",
+    "RunFailed",
+    "RunStarted",
+    "RunSucceeded",
+    "StepCancelled",
+    "StepFailed",
+    "StepRetrying",
+    "StepSkipped",
+    "StepStarted",
+    "StepSucceeded",
+]
+
+EventKind = Literal[
+    "run_started",
+    "run_succeeded",
+    "run_failed",
+    "step_started",
+    "step_succeeded",
+    "step_failed",
+    "step_retrying",
+    "step_cancelled",
+    "step_skipped",
+    "compensation_started",
+    "compensation_succeeded",
+    "compensation_failed",
+]
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Fields shared by every event."""
+
+    saga: str
+    """The saga class's name."""
+    run_id: str
+    """The run this event belongs to."""
+    step: str | None = None
+    """The step (or the step being compensated); ``None`` for run events."""
+    attempt: int = 0
+    """1-based attempt number for step and compensation events; 0 for run events."""
+    monotonic: float = msgspec.field(default_factory=time.monotonic)
+    """``time.monotonic()`` when the event happened: for ordering and durations."""
+    timestamp: float = msgspec.field(default_factory=time.time)
+    """Wall-clock time (seconds since the epoch) when the event happened."""
+    duration: float | None = None
+    """Seconds since the matching start, on events that end something."""
+    error: str | None = None
+    """``repr`` of the exception, on failure, retry and cancellation events."""
+
+    level: ClassVar[int] = 10  # the structlog level it is logged at (stdlib numbers)
+
+    @property
+    def kind(self) -> EventKind:
+        """The event's tag, such as ``"step_started"``."""
+        tag: EventKind = self.__struct_config__.tag  # type: ignore[assignment]
+        return tag
+
+
+_DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40
+
+
+class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
+    """A run began (inputs were valid)."""
+
+    level: ClassVar[int] = _INFO
+
+
+class RunSucceeded(EventBase, frozen=True, kw_only=True, tag="run_succeeded"):
+    """Every step completed."""
+
+    level: ClassVar[int] = _INFO
+
+
+class RunFailed(EventBase, frozen=True, kw_only=True, tag="run_failed"):
+    """The run failed (or was cancelled) and has been unwound."""
+
+    level: ClassVar[int] = _WARNING
+    failed_step: str | None = None
+    """The step whose failure ended the run; ``None`` when it was cancelled from outside."""
+    cancelled: bool = False
+    """Whether the run ended because the caller was cancelled."""
+
+
+class StepStarted(EventBase, frozen=True, kw_only=True, tag="step_started"):
+    """An attempt of a step began."""
+
+
+class StepSucceeded(EventBase, frozen=True, kw_only=True, tag="step_succeeded"):
+    """A step completed; its result is available to its dependents."""
+
+
+class StepFailed(EventBase, frozen=True, kw_only=True, tag="step_failed"):
+    """A step failed for good (no attempt left, or an exception not retried)."""
+
+    level: ClassVar[int] = _WARNING
+
+
+class StepRetrying(EventBase, frozen=True, kw_only=True, tag="step_retrying"):
+    """An attempt failed and another will start after ``delay`` seconds."""
+
+    level: ClassVar[int] = _INFO
+    delay: float = 0.0
+
+
+class StepCancelled(EventBase, frozen=True, kw_only=True, tag="step_cancelled"):
+    """A running step was cancelled (the run failed or its caller was cancelled)."""
+
+    level: ClassVar[int] = _INFO
+
+
+class StepSkipped(EventBase, frozen=True, kw_only=True, tag="step_skipped"):
+    """A step did not run because its condition was false."""
+
+
+class CompensationStarted(EventBase, frozen=True, kw_only=True, tag="compensation_started"):
+    """An attempt of a step's compensation began."""
+
+    level: ClassVar[int] = _INFO
+
+
+class CompensationSucceeded(EventBase, frozen=True, kw_only=True, tag="compensation_succeeded"):
+    """A step's compensation completed: the step is undone."""
+
+    level: ClassVar[int] = _INFO
+
+
+class CompensationFailedEvent(EventBase, frozen=True, kw_only=True, tag="compensation_failed"):
+    """A compensation attempt failed; ``final`` says whether it will be retried.
+
+    A final failure leaves the step's effect in place: it needs a human.
+    """
+
+    level: ClassVar[int] = _ERROR
+    final: bool = True
+
+
+Event: TypeAlias = (
+    RunStarted
+    | RunSucceeded
+    | RunFailed
+    | StepStarted
+    | StepSucceeded
+    | StepFailed
+    | StepRetrying
+    | StepCancelled
+    | StepSkipped
+    | CompensationStarted
+    | CompensationSucceeded
+    | CompensationFailedEvent
+)
+"""Any event record; decode a stream with ``msgspec.json.decode(data, type=list[Event])``."""
+
+Hook: TypeAlias = Callable[[Event], Awaitable[None] | None]
+"""A callable taking one event: plain functions are called in place, coroutine functions
+are awaited in order by the run's dispatcher task."""
+
+_ASYNC_HOOK_TIMEOUT = 5.0
+"""Seconds one async hook call may take before asaga gives up on it (and logs that)."""
+
+_logger = structlog.get_logger("asaga")
+
+
+def _is_async(hook: Callable[..., Any]) -> bool:
+    import inspect  # only at definition time, never per event
+
+    call = getattr(hook, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(call)
+
+
+def split_hooks(
+    hooks: Sequence[Hook],
+) -> tuple[tuple[Callable[[Event], object], ...], tuple[Callable[[Event], Awaitable[None]], ...]]:
+    """Sort hooks into (sync, async), once per saga class or per run."""
+    sync: list[Callable[[Event], object]] = []
+    async_: list[Callable[[Event], Awaitable[None]]] = []
+    for hook in hooks:
+        if _is_async(hook):
+            async_.append(hook)  # type: ignore[arg-type]
+        else:
+            sync.append(hook)
+    return tuple(sync), tuple(async_)
+
+
+class Emitter:
+    """Delivers the events of one run: log, sync hooks in place, async hooks in order."""
+
+    __slots__ = ("_async_hooks", "_receive", "_send", "_sync_hooks")
+
+    def __init__(
+        self,
+        sync_hooks: tuple[Callable[[Event], object], ...],
+        async_hooks: tuple[Callable[[Event], Awaitable[None]], ...],
+    ) -> None:
+        self._sync_hooks = sync_hooks
+        self._async_hooks = async_hooks
+        if async_hooks:
+            send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=float("inf"))
+            self._send: MemoryObjectSendStream[Event] | None = send
+            self._receive: MemoryObjectReceiveStream[Event] | None = receive
+        else:
+            self._send = self._receive = None
+
+    @property
+    def needs_dispatcher(self) -> bool:
+        """Whether :meth:`dispatch` must run in a task for async hooks."""
+        return self._send is not None
+
+    def emit(self, event: Event) -> None:
+        """Deliver one event; never raises because of a hook."""
+        fields: dict[str, Any] = {"saga": event.saga, "run_id": event.run_id}
+        if event.step is not None:
+            fields["step"] = event.step
+            fields["attempt"] = event.attempt
+        if event.duration is not None:
+            fields["duration"] = event.duration
+        if event.error is not None:
+            fields["error"] = event.error
+        _logger.log(event.level, event.kind, **fields)
+        for hook in self._sync_hooks:
+            try:
+                hook(event)
+            except Exception as exc:  # noqa: BLE001 - a broken hook must not break the saga
+                _logger.error("hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc))
+        if self._send is not None:
+            self._send.send_nowait(event)
+
+    def close(self) -> None:
+        """No more events: the dispatcher drains what is queued, then returns."""
+        if self._send is not None:
+            self._send.close()
+
+    async def dispatch(self) -> None:
+        """Feed queued events to the async hooks in order, until :meth:`close`.
+
+        Runs shielded, so a cancelled run still reports its unwinding; each hook call is
+        bounded so that a stuck hook cannot hold the run forever.
+        """
+        assert self._receive is not None
+        with anyio.CancelScope(shield=True):
+            async with self._receive:
+                async for event in self._receive:
+                    for hook in self._async_hooks:
+                        try:
+                            with anyio.fail_after(_ASYNC_HOOK_TIMEOUT):
+                                await hook(event)
+                        except Exception as exc:  # noqa: BLE001 - see emit()
+                            _logger.error(
+                                "hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc)
+                            )

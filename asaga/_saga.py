@@ -1,0 +1,361 @@
+"""``Saga``: where a class body of steps becomes a validated plan, and ``run()``.
+
+Wiring only: the plan comes from :mod:`asaga._graph`, inputs are checked by
+:mod:`asaga._inputs`, steps run in :mod:`asaga._scheduler`, the unwind is
+:mod:`asaga._compensation`, and events are delivered by :mod:`asaga._events`.
+"""
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_origin
+
+import anyio
+import anyio.lowlevel
+from structlog.contextvars import bound_contextvars
+
+from ._annotations import resolve_hints
+from ._compensation import Unwind
+from ._events import Emitter, Event, Hook, RunFailed, RunStarted, RunSucceeded, split_hooks
+from ._exceptions import CompensationFailed, SagaDefinitionError, SagaFailed
+from ._graph import Declared, Plan, build_plan
+from ._inputs import InputValidator
+from ._retry import Retry
+from ._scheduler import Execution, OnFailure
+from ._step import Compensation, Step
+
+__all__ = ["Saga", "SagaResult"]
+
+T = TypeVar("T")
+
+_SETTINGS = (
+    "output",
+    "retry_defaults",
+    "max_concurrency",
+    "on_failure",
+    "compensation_timeout",
+    "hooks",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SagaResult(Generic[T]):
+    """The outcome of a successful run. Created by ``run()``, never by users."""
+
+    run_id: str
+    """The run's id (unique per run)."""
+    output: T
+    """The result of the output step: the class's ``output``, else the single step that
+    nothing depends on, else ``None``."""
+    results: Mapping[str, Any]
+    """Read-only mapping of every step's name to its result."""
+
+
+class _Namespace(dict[str, Any]):
+    """A class body namespace that notices a step or compensation defined twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redefined: list[str] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        old = self.get(key)
+        if isinstance(old, Step | Compensation) and old is not value:
+            self.redefined.append(key)
+        super().__setitem__(key, value)
+
+
+class SagaMeta(type):
+    """Builds and validates a saga's plan when its class is created."""
+
+    @classmethod
+    def __prepare__(mcs, name: str, bases: tuple[type, ...], /, **kwargs: Any) -> "_Namespace":
+        return _Namespace()
+
+    def __new__(
+        mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], /, **kwargs: Any
+    ) -> "SagaMeta":
+        redefined = getattr(namespace, "redefined", [])
+        cls = super().__new__(mcs, name, bases, dict(namespace), **kwargs)
+        if any(isinstance(base, SagaMeta) for base in bases):
+            _define(cast("type[Saga]", cls), namespace, redefined)
+        return cls
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"sagas are not instantiated; call `await {cls.__name__}.run(...)` instead")
+
+
+class Saga(metaclass=SagaMeta):
+    """Base class of sagas: subclass it and define steps with :func:`~asaga.step`.
+
+    Class annotations declare inputs (validated by msgspec before any step runs);
+    ``Resource[T]`` declares an injected object. Settings are plain class attributes:
+
+    - ``output``: the name of the step whose result is ``SagaResult.output``;
+    - ``retry_defaults``: the :class:`~asaga.Retry` of steps and compensations without one;
+    - ``max_concurrency``: at most this many steps run at once (default: no cap);
+    - ``on_failure``: ``"wait"`` (default) lets steps in flight finish when one fails,
+      ``"cancel"`` cancels them; either way completed steps are compensated;
+    - ``compensation_timeout``: seconds one compensation attempt may take (default 30);
+    - ``hooks``: callables (sync or async) that receive every event of every run.
+    """
+
+    output: ClassVar[str | None] = None
+    retry_defaults: ClassVar[Retry | None] = None
+    max_concurrency: ClassVar[int | None] = None
+    on_failure: ClassVar[OnFailure] = "wait"
+    compensation_timeout: ClassVar[float | None] = 30.0
+    hooks: ClassVar[Sequence[Hook]] = ()
+
+    __asaga_plan__: ClassVar[Plan | None] = None
+    __asaga_steps__: ClassVar[tuple[Step[Any, Any], ...]] = ()
+    __asaga_compensations__: ClassVar[tuple[Compensation, ...]] = ()
+    __asaga_inputs__: ClassVar[InputValidator | None] = None
+    __asaga_hooks__: ClassVar[tuple[tuple[Callable[[Event], object], ...], tuple[Any, ...]]] = (
+        (),
+        (),
+    )
+
+    @classmethod
+    async def run(
+        cls, *, hooks: Sequence[Hook] = (), run_id: str | None = None, **inputs: Any
+    ) -> SagaResult[Any]:
+        """Run the saga once with ``inputs``; return its :class:`SagaResult`.
+
+        Raises :class:`~asaga.InputValidationError` (before any step started) for bad,
+        missing or unknown inputs; :class:`~asaga.SagaFailed` when a step failed for good
+        and the completed steps were compensated; :class:`~asaga.CompensationFailed` when a
+        compensation failed too. If the calling task is cancelled, running steps are
+        cancelled, completed ones compensated (shielded), and the cancellation propagates.
+
+        ``hooks`` adds event hooks for this run only; ``run_id`` sets the run's id
+        (default: a random UUID).
+        """
+        plan = cls.__asaga_plan__
+        validator = cls.__asaga_inputs__
+        if plan is None or validator is None:
+            raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
+        values = validator.validate(inputs)
+        run_id = run_id or uuid.uuid4().hex
+        sync_hooks, async_hooks = cls.__asaga_hooks__
+        if hooks:
+            more_sync, more_async = split_hooks(hooks)
+            sync_hooks, async_hooks = sync_hooks + more_sync, async_hooks + more_async
+        emitter = Emitter(sync_hooks, async_hooks)
+        with bound_contextvars(saga=plan.saga, run_id=run_id):
+            if not emitter.needs_dispatcher:
+                return await _drive(cls, plan, values, emitter, run_id)
+            failed: SagaFailed | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(emitter.dispatch, name="asaga event hooks")
+                try:
+                    result = await _drive(cls, plan, values, emitter, run_id)
+                except SagaFailed as exc:  # raised outside the task group, unwrapped
+                    failed = exc
+                finally:
+                    emitter.close()
+            if failed is not None:
+                raise failed
+            return result
+
+
+async def _drive(
+    cls: "type[Saga]", plan: Plan, values: dict[str, Any], emitter: Emitter, run_id: str
+) -> SagaResult[Any]:
+    saga = plan.saga
+    emit = emitter.emit
+    started = time.monotonic()
+    emit(RunStarted(saga=saga, run_id=run_id))
+    execution = Execution(
+        plan,
+        values,
+        emitter,
+        run_id,
+        max_concurrency=cls.max_concurrency,
+        on_failure=cls.on_failure,
+    )
+    unwind = Unwind(plan, values, emitter, run_id, default_timeout=cls.compensation_timeout)
+    try:
+        await execution.execute()
+    except anyio.get_cancelled_exc_class():
+        await unwind.run(execution.completed)
+        emit(
+            RunFailed(
+                saga=saga,
+                run_id=run_id,
+                duration=time.monotonic() - started,
+                cancelled=True,
+                failed_step=execution.failure[0] if execution.failure else None,
+                error="cancelled",
+            )
+        )
+        raise
+
+    if execution.failure is None:
+        emit(RunSucceeded(saga=saga, run_id=run_id, duration=time.monotonic() - started))
+        results = execution.results
+        return SagaResult(
+            run_id=run_id,
+            output=results.get(plan.output) if plan.output is not None else None,
+            results=_ReadOnly(results),
+        )
+
+    step_name, cause = execution.failure
+    await unwind.run(execution.completed)
+    emit(
+        RunFailed(
+            saga=saga,
+            run_id=run_id,
+            duration=time.monotonic() - started,
+            failed_step=step_name,
+            error=repr(cause),
+        )
+    )
+    error: SagaFailed
+    if unwind.errors:
+        error = CompensationFailed(
+            saga,
+            run_id,
+            step_name,
+            unwind.compensated,
+            [name for name, _ in unwind.errors],
+            ExceptionGroup(
+                f"compensations of saga {saga} failed", [exc for _, exc in unwind.errors]
+            ),
+        )
+    else:
+        error = SagaFailed(saga, run_id, step_name, unwind.compensated)
+    # A caller cancelled while we were unwinding: the cancellation is what propagates.
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    raise error from cause
+
+
+class _ReadOnly(Mapping[str, Any]):
+    """A read-only view of a run's results (cheaper to make than a MappingProxyType copy)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+# -- definition ------------------------------------------------------------------------------
+
+
+def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence[str]) -> None:
+    """Collect the steps of ``cls``, plan and validate them, or raise with every problem."""
+    saga = cls.__name__
+    problems = [
+        f"'{key}' is defined twice in the class body; the second definition would silently "
+        "replace the first, so rename one"
+        for key in dict.fromkeys(redefined)
+    ]
+    own_steps: list[Step[Any, Any]] = []
+    own_comps: list[Compensation] = []
+    for value in namespace.values():
+        if isinstance(value, Step) and value not in own_steps:
+            own_steps.append(value)
+        elif isinstance(value, Compensation) and value not in own_comps:
+            own_comps.append(value)
+
+    # Inherit from saga bases: their steps unless redefined here, and their compensations
+    # whose step is still part of this saga.
+    own_names = {s.name for s in own_steps}
+    inherited_steps: dict[str, Step[Any, Any]] = {}
+    inherited_comps: list[Compensation] = []
+    for base in reversed(cls.__mro__[1:]):
+        for s in getattr(base, "__asaga_steps__", ()):
+            inherited_steps[s.name] = s
+        inherited_comps.extend(getattr(base, "__asaga_compensations__", ()))
+    steps = [s for n, s in inherited_steps.items() if n not in own_names] + own_steps
+    kept = {id(s) for s in steps}
+    own_targets = {id(c.target) for c in own_comps}
+    comps = [
+        c
+        for c in dict.fromkeys(inherited_comps)
+        if id(c.target) in kept and id(c.target) not in own_targets
+    ] + own_comps
+
+    declared: dict[str, Declared] = {}
+    try:
+        hints = resolve_hints(cls)
+    except NameError as exc:
+        problems.append(
+            f"an input annotation names something that does not exist ({exc}); "
+            "import it or fix the name"
+        )
+        hints = {}
+    for name, annotation in hints.items():
+        if get_origin(annotation) is ClassVar or annotation is ClassVar or name.startswith("__"):
+            continue
+        has_default = any(name in vars(k) for k in cls.__mro__[:-1] if k is not Saga)
+        declared[name] = Declared(annotation, has_default, getattr(cls, name, None))
+
+    problems.extend(_setting_problems(cls))
+    reserved = frozenset(_SETTINGS) | {n for n in vars(Saga) if not n.startswith("__")}
+    plan, plan_problems = build_plan(
+        saga,
+        steps,
+        comps,
+        declared,
+        output=cls.output if isinstance(cls.output, str) or cls.output is None else None,
+        retry_defaults=cls.retry_defaults if isinstance(cls.retry_defaults, Retry) else None,
+        namespace=namespace,
+        reserved=reserved,
+    )
+    problems.extend(plan_problems)
+    validator = InputValidator(saga, plan.inputs) if plan is not None else None
+    if validator is not None:
+        problems.extend(validator.problems)
+    if problems:
+        raise SagaDefinitionError(saga, problems)
+    cls.__asaga_plan__ = plan
+    cls.__asaga_inputs__ = validator
+    cls.__asaga_steps__ = tuple(steps)
+    cls.__asaga_compensations__ = tuple(comps)
+    cls.__asaga_hooks__ = split_hooks(tuple(cls.hooks))
+
+
+def _setting_problems(cls: "type[Saga]") -> list[str]:
+    problems = []
+    output: object = cls.output
+    if output is not None and not isinstance(output, str):
+        problems.append(f"output = {output!r}: set it to a step's name (a str)")
+    retry: object = cls.retry_defaults
+    if retry is not None and not isinstance(retry, Retry):
+        problems.append(f"retry_defaults = {retry!r}: set it to a Retry(...) or None")
+    limit: object = cls.max_concurrency
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        problems.append(f"max_concurrency = {limit!r}: set it to an int >= 1 or None")
+    if cls.on_failure not in ("wait", "cancel"):
+        problems.append(f"on_failure = {cls.on_failure!r}: set it to 'wait' or 'cancel'")
+    timeout: object = cls.compensation_timeout
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout <= 0
+    ):
+        problems.append(f"compensation_timeout = {timeout!r}: set it to seconds > 0 or None")
+    hooks: object = cls.hooks
+    if isinstance(hooks, str | bytes) or not isinstance(hooks, Sequence):
+        problems.append(f"hooks = {hooks!r}: set it to a list or tuple of callables")
+    else:
+        for hook in hooks:
+            if not callable(hook):
+                problems.append(f"hooks: {hook!r} is not callable")
+    return problems

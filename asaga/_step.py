@@ -1,0 +1,243 @@
+"""``@step`` and ``@<step>.compensate``: frozen descriptions of a saga's functions.
+
+Each decorator reads the function's signature and annotations once, here, into a frozen
+description. Nothing raises at decoration time: problems (a plain ``def``, ``*args``, an
+annotation that does not resolve yet) are recorded on the description and reported by the
+saga class, together with every other problem of the saga.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+
+from ._annotations import EMPTY, resolve_hints
+from ._retry import Retry
+
+__all__ = ["Compensation", "Param", "Step", "step"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_ASYNC_FN = Callable[..., Coroutine[Any, Any, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter of a step or compensation, as read at decoration time."""
+
+    name: str
+    annotation: Any  # EMPTY when not annotated
+    has_default: bool
+    default: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What asaga needs of a function's signature, plus the problems found in it."""
+
+    params: tuple[Param, ...]
+    returns: Any  # EMPTY when not annotated
+    problems: tuple[str, ...]
+    unresolved: bool  # annotations named something that did not exist yet
+
+    @classmethod
+    def read(cls, fn: Callable[..., Any], what: str) -> Signature:
+        """Inspect ``fn`` once; ``what`` names it in problem messages."""
+        problems: list[str] = []
+        if not callable(cast(object, fn)):
+            return cls((), EMPTY, (f"{what} is {fn!r}, not an async function",), False)
+        if not inspect.iscoroutinefunction(fn):
+            kind = "an async generator" if inspect.isasyncgenfunction(fn) else "not `async def`"
+            problems.append(f"{what} is {kind}; steps and compensations must be `async def`")
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError) as exc:
+            return cls((), EMPTY, (*problems, f"{what}: cannot read its signature ({exc})"), False)
+        hints, unresolved = _hints(fn)
+        params: list[Param] = []
+        for p in sig.parameters.values():
+            if p.kind is p.VAR_POSITIONAL or p.kind is p.VAR_KEYWORD:
+                star = "*" if p.kind is p.VAR_POSITIONAL else "**"
+                problems.append(
+                    f"{what}, parameter '{star}{p.name}': parameters declare dependencies by "
+                    f"name, so `{star}{p.name}` is not allowed; name each dependency"
+                )
+                continue
+            if p.kind is p.POSITIONAL_ONLY:
+                problems.append(
+                    f"{what}, parameter '{p.name}': positional-only parameters cannot receive "
+                    "values by name; remove the `/`"
+                )
+                continue
+            has_default = p.default is not p.empty
+            params.append(
+                Param(
+                    name=p.name,
+                    annotation=hints.get(p.name, EMPTY),
+                    has_default=has_default,
+                    default=p.default if has_default else None,
+                )
+            )
+        return cls(tuple(params), hints.get("return", EMPTY), tuple(problems), unresolved)
+
+    def resolved(self, fn: Callable[..., Any], localns: dict[str, Any], what: str) -> Signature:
+        """Retry annotations that did not resolve at decoration time (forward references).
+
+        Called by the saga class with its namespace; returns ``self`` when there is nothing
+        to retry, or a copy with the annotations filled in or the failure as a problem.
+        """
+        if not self.unresolved:
+            return self
+        try:
+            hints = resolve_hints(fn, localns)
+        except NameError as exc:
+            return Signature(
+                self.params,
+                self.returns,
+                (
+                    *self.problems,
+                    f"{what}: an annotation names something that does not exist ({exc}); "
+                    "import it or fix the name",
+                ),
+                False,
+            )
+        params = tuple(
+            Param(p.name, hints.get(p.name, EMPTY), p.has_default, p.default) for p in self.params
+        )
+        return Signature(params, hints.get("return", EMPTY), self.problems, False)
+
+
+def _hints(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    try:
+        return resolve_hints(fn), False
+    except NameError:
+        return {}, True  # resolved later against the saga class's namespace
+    except Exception:  # noqa: BLE001 - odd annotations must not break decoration; ignore them
+        return {}, False
+
+
+class Step(Generic[P, R]):
+    """A saga step: an ``async def`` whose parameter names declare its dependencies.
+
+    Created by :func:`step`; never constructed directly. The step's name is the function's
+    name. Calling a ``Step`` calls the underlying function, so steps can be unit-tested on
+    their own: ``await Checkout.charge(reserve_a="a", ...)``.
+    """
+
+    __slots__ = ("__wrapped__", "fn", "name", "retry", "signature", "timeout")
+
+    name: str
+    fn: Callable[P, Awaitable[R]]
+    retry: Retry | None
+    timeout: float | None
+    signature: Signature
+
+    def __init__(
+        self, fn: Callable[P, Awaitable[R]], *, retry: Retry | None, timeout: float | None
+    ) -> None:
+        self.fn = fn
+        self.name = getattr(fn, "__name__", repr(fn))
+        self.retry = retry
+        self.timeout = timeout
+        self.signature = Signature.read(fn, f"step '{self.name}'")
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<asaga step {self.name!r}>"
+
+    @overload
+    def compensate(self, fn: _ASYNC_FN, /) -> Compensation: ...
+
+    @overload
+    def compensate(
+        self, /, *, retry: Retry | None = None, timeout: float | None = None
+    ) -> Callable[[_ASYNC_FN], Compensation]: ...
+
+    def compensate(
+        self,
+        fn: _ASYNC_FN | None = None,
+        /,
+        *,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+    ) -> Compensation | Callable[[_ASYNC_FN], Compensation]:
+        """Register the function that undoes this step: ``@reserve.compensate``.
+
+        Its parameters resolve like a step's; the step's own name receives the step's
+        result. It runs only if the step completed and the run later failed, at most once,
+        shielded from cancellation. Use ``@reserve.compensate(retry=..., timeout=...)`` to
+        bound and retry it (``timeout`` defaults to the saga's ``compensation_timeout``).
+        """
+        if fn is None:
+            return lambda f: Compensation(self, f, retry=retry, timeout=timeout)
+        return Compensation(self, fn, retry=retry, timeout=timeout)
+
+
+class Compensation:
+    """The undo action of one step, created by ``@<step>.compensate``."""
+
+    __slots__ = ("__wrapped__", "fn", "name", "retry", "signature", "target", "timeout")
+
+    def __init__(
+        self,
+        target: Step[Any, Any],
+        fn: _ASYNC_FN,
+        *,
+        retry: Retry | None,
+        timeout: float | None,
+    ) -> None:
+        self.target = target
+        self.fn = fn
+        self.name = getattr(fn, "__name__", repr(fn))
+        self.retry = retry
+        self.timeout = timeout
+        self.signature = Signature.read(fn, f"compensation '{self.name}' of step '{target.name}'")
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<asaga compensation {self.name!r} of step {self.target.name!r}>"
+
+
+@overload
+def step(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
+
+
+@overload
+def step(
+    *, retry: Retry | None = None, timeout: float | None = None
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
+
+
+def step(
+    fn: Callable[P, Coroutine[Any, Any, R]] | None = None,
+    /,
+    *,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
+    """Declare an ``async def`` in a :class:`~asaga.Saga` body as a step.
+
+    Use bare (``@step``) or with options (``@step(retry=Retry(...), timeout=2.0)``).
+
+    - Parameters named like another step receive that step's result and make this step
+      wait for it; any other parameter is a saga input.
+    - ``retry``: the step's :class:`~asaga.Retry` policy (default: the saga's
+      ``retry_defaults``, else a single attempt).
+    - ``timeout``: seconds one attempt may take; an attempt that runs over is cancelled and
+      counts as a failed attempt raising :class:`TimeoutError`.
+
+    ``step`` itself never raises: a malformed step is reported when the saga class is
+    created, together with every other problem.
+    """
+    if fn is None:
+        return lambda f: Step(f, retry=retry, timeout=timeout)
+    return Step(fn, retry=retry, timeout=timeout)
