@@ -12,8 +12,6 @@ one dispatcher task of the run, so each hook sees the events of a run in the ord
 happened.
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Literal, TypeAlias

@@ -12,8 +12,6 @@ Every exception carries structured fields (``saga``, ``run_id``, ``step``...) so
 handlers can map them to responses without parsing messages.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import msgspec

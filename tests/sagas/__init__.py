@@ -1,0 +1,1 @@
+"""Sagas shared by several test modules."""

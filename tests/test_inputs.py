@@ -1,0 +1,133 @@
+"""Inputs: validated by msgspec before any step runs; resources pass through untouched."""
+
+from typing import Annotated, Literal
+
+import msgspec
+import pytest
+
+from asaga import InputValidationError, Resource, Saga, step
+
+pytestmark = pytest.mark.anyio
+
+started: list[str] = []
+
+
+class Client:
+    """An injected object msgspec knows nothing about."""
+
+
+class Order(msgspec.Struct):
+    sku: str
+    qty: int
+
+
+class Checkout(Saga):
+    order_id: str
+    amount: Annotated[int, msgspec.Meta(gt=0)]
+    operation: Literal["reserve", "release"]
+    currency: str = "EUR"
+    client: Resource[Client]
+
+    @step
+    async def charge(
+        order_id: str, amount: int, operation: str, currency: str, client: Client
+    ) -> tuple[str, int, str, str, Client]:
+        started.append("charge")
+        return order_id, amount, operation, currency, client
+
+
+async def test_valid_inputs_reach_the_steps() -> None:
+    """Declared inputs arrive converted; defaults fill in; resources are the same object."""
+    client = Client()
+    result = await Checkout.run(order_id="o-1", amount=3, operation="reserve", client=client)
+    assert result.output == ("o-1", 3, "reserve", "EUR", client)
+    assert result.output[4] is client
+
+
+async def test_every_bad_field_is_listed_and_no_step_runs() -> None:
+    """Bad, missing and unknown fields are all reported; no step has started."""
+    started.clear()
+    with pytest.raises(InputValidationError) as info:
+        await Checkout.run(amount=0, operation="steal", amuont=1, client=Client())
+    err = info.value
+    assert set(err.fields) == {"order_id", "amount", "operation", "amuont"}
+    text = str(err)
+    assert "order_id: missing required input" in text
+    assert "amount: Expected `int` >= 1" in text
+    assert "operation: Invalid enum value 'steal'" in text
+    assert "amuont: unknown input (did you mean 'amount'?)" in text
+    assert started == []
+
+
+async def test_missing_resource_is_reported() -> None:
+    """A resource is required like any input without a default."""
+    with pytest.raises(InputValidationError) as info:
+        await Checkout.run(order_id="o", amount=1, operation="reserve")
+    assert info.value.fields == ("client",)
+
+
+async def test_no_coercion_of_wrong_types() -> None:
+    """Strict validation: "3" is not an int, True is not an int."""
+    for bad in ("3", True):
+        with pytest.raises(InputValidationError) as info:
+            await Checkout.run(order_id="o", amount=bad, operation="reserve", client=Client())
+        assert info.value.fields == ("amount",)
+
+
+async def test_struct_inputs_accept_dicts() -> None:
+    """A msgspec Struct input can be given as a mapping; the step receives the Struct."""
+
+    class Place(Saga):
+        order: Order
+
+        @step
+        async def place(order: Order) -> Order:
+            return order
+
+    result = await Place.run(order={"sku": "p1", "qty": 2})
+    assert result.output == Order(sku="p1", qty=2)
+    with pytest.raises(
+        InputValidationError, match=r"order: Expected `int`, got `str` - at `\$.qty`"
+    ):
+        await Place.run(order={"sku": "p1", "qty": "2"})
+
+
+async def test_inferred_inputs_take_the_parameter_annotation() -> None:
+    """Without declarations, inputs are inferred and typed by the step's annotation."""
+
+    class Inferred(Saga):
+        @step
+        async def a(n: int, label: str = "x") -> str:
+            return f"{label}{n}"
+
+    assert (await Inferred.run(n=2)).output == "x2"
+    assert (await Inferred.run(n=2, label="y")).output == "y2"
+    with pytest.raises(InputValidationError) as info:
+        await Inferred.run(n="2")
+    assert info.value.fields == ("n",)
+
+
+async def test_unannotated_inferred_inputs_pass_through() -> None:
+    """An inferred input with no annotation is passed as given."""
+    marker = object()
+
+    class Loose(Saga):
+        @step
+        async def a(thing):  # type: ignore[no-untyped-def]
+            return thing
+
+    assert (await Loose.run(thing=marker)).output is marker
+
+
+async def test_inferred_custom_class_is_isinstance_checked() -> None:
+    """An inferred input annotated with a plain class must be an instance of it."""
+
+    class Typed(Saga):
+        @step
+        async def a(client: Client) -> Client:
+            return client
+
+    client = Client()
+    assert (await Typed.run(client=client)).output is client
+    with pytest.raises(InputValidationError, match="Expected `Client`"):
+        await Typed.run(client=object())
