@@ -74,9 +74,13 @@ class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     duration: float | None = None
     """Seconds since the matching start, on events that end something."""
     error: str | None = None
-    """``repr`` of the exception, on failure, retry and cancellation events."""
+    """``repr`` of the exception, on failure and retry events (and ``"cancelled"`` on a
+    run that ended because its caller was cancelled)."""
 
-    level: ClassVar[int] = 10  # the structlog level it is logged at (stdlib numbers)
+    level: ClassVar[int] = 10
+    """The level (stdlib numbers) the event is logged at."""
+    log_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields of the kind, beyond the common ones, that are logged too."""
 
     @property
     def kind(self) -> EventKind:
@@ -104,8 +108,10 @@ class RunFailed(EventBase, frozen=True, kw_only=True, tag="run_failed"):
     """The run failed (or was cancelled) and has been unwound."""
 
     level: ClassVar[int] = _WARNING
+    log_fields: ClassVar[tuple[str, ...]] = ("failed_step", "cancelled")
     failed_step: str | None = None
-    """The step whose failure ended the run; ``None`` when it was cancelled from outside."""
+    """The step whose failure ended the run; ``None`` when the caller was cancelled before
+    any step failed."""
     cancelled: bool = False
     """Whether the run ended because the caller was cancelled."""
 
@@ -128,7 +134,9 @@ class StepRetrying(EventBase, frozen=True, kw_only=True, tag="step_retrying"):
     """An attempt failed and another will start after ``delay`` seconds."""
 
     level: ClassVar[int] = _INFO
+    log_fields: ClassVar[tuple[str, ...]] = ("delay",)
     delay: float = 0.0
+    """Seconds until the next attempt."""
 
 
 class StepCancelled(EventBase, frozen=True, kw_only=True, tag="step_cancelled"):
@@ -159,8 +167,10 @@ class CompensationFailedEvent(EventBase, frozen=True, kw_only=True, tag="compens
     A final failure leaves the step's effect in place: it needs a human.
     """
 
-    level: ClassVar[int] = _ERROR
+    level: ClassVar[int] = _ERROR  # a final failure; one that will be retried: WARNING
+    log_fields: ClassVar[tuple[str, ...]] = ("final",)
     final: bool = True
+    """``False`` when the compensation will be retried."""
 
 
 Event: TypeAlias = (
@@ -244,7 +254,12 @@ class Emitter:
             fields["duration"] = event.duration
         if event.error is not None:
             fields["error"] = event.error
-        _logger.log(event.level, event.kind, **fields)
+        for name in event.log_fields:
+            fields[name] = getattr(event, name)
+        level = event.level
+        if type(event) is CompensationFailedEvent and not event.final:
+            level = _WARNING
+        _logger.log(level, event.kind, **fields)
         for hook in self._sync_hooks:
             try:
                 hook(event)

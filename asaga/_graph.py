@@ -100,8 +100,13 @@ def build_plan(
     retry_defaults: Retry | None,
     namespace: Mapping[str, Any],
     reserved: frozenset[str],
-) -> tuple[Plan | None, list[str]]:
-    """Plan a saga; returns ``(plan, [])`` or ``(None, problems)``."""
+    settings: frozenset[str],
+) -> tuple[Plan | None, Mapping[str, InputSpec], list[str]]:
+    """Plan a saga: ``(plan, inputs, [])``, or ``(None, inputs, problems)``.
+
+    ``reserved`` are names no step or input may take (Saga's own attributes), ``settings``
+    those among them that are configuration assigned in the class body.
+    """
     problems: list[str] = []
     ns = dict(namespace)
 
@@ -134,11 +139,13 @@ def build_plan(
             problems.append(
                 f"input `{name}` uses a name reserved for run() options; rename the input"
             )
-        elif name in reserved:
+        elif name in settings:
             problems.append(
                 f"`{name}` is a Saga setting, not an input: assign it without an annotation "
                 f"(`{name} = ...`)"
             )
+        elif name in reserved:
+            problems.append(f"input `{name}` would hide `Saga.{name}`; rename the input")
 
     # -- inputs ------------------------------------------------------------------------
     inputs: dict[str, InputSpec] = {}
@@ -270,7 +277,15 @@ def build_plan(
             elif p.name in inputs:
                 if p.name in declared:
                     problems.extend(_input_mismatch(what, p, declared[p.name]))
-                if not inputs[p.name].required:
+                spec = inputs[p.name]
+                if not spec.required and not spec.declared:
+                    # An optional inferred input has no saga-wide default to pass.
+                    if not p.has_default:
+                        problems.append(
+                            f"{what}, parameter '{p.name}': input '{p.name}' is optional "
+                            "(the steps give it a default), so the compensation may run "
+                            "without it; give the parameter a default too"
+                        )
                     optional.add(p.name)
             else:
                 problems.append(
@@ -300,7 +315,7 @@ def build_plan(
         output = sinks[0]
 
     if problems:
-        return None, problems
+        return None, inputs, problems
 
     nodes = {
         name: Node(
@@ -324,7 +339,7 @@ def build_plan(
         output=output,
         descendants=MappingProxyType(descendants),
     )
-    return plan, []
+    return plan, plan.inputs, []
 
 
 def _suggest(name: str, candidates: set[str]) -> str:

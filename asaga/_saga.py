@@ -271,6 +271,11 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
             own_steps.append(value)
         elif isinstance(value, Compensation) and value not in own_comps:
             own_comps.append(value)
+    if redefined:
+        # A compensation of a step that a redefinition replaced would be reported as
+        # foreign; the redefinition is the problem, already reported above.
+        live = {id(s) for s in own_steps}
+        own_comps = [c for c in own_comps if id(c.target) in live or c.target.name not in redefined]
 
     # Inherit from saga bases: their steps unless redefined here, and their compensations
     # whose step is still part of this saga.
@@ -307,7 +312,7 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
 
     problems.extend(_setting_problems(cls))
     reserved = frozenset(_SETTINGS) | {n for n in vars(Saga) if not n.startswith("__")}
-    plan, plan_problems = build_plan(
+    plan, inputs, plan_problems = build_plan(
         saga,
         steps,
         comps,
@@ -316,12 +321,12 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         retry_defaults=cls.retry_defaults if isinstance(cls.retry_defaults, Retry) else None,
         namespace=namespace,
         reserved=reserved,
+        settings=frozenset(_SETTINGS),
     )
     problems.extend(plan_problems)
-    validator = InputValidator(saga, plan.inputs) if plan is not None else None
-    if validator is not None:
-        problems.extend(validator.problems)
-    if problems:
+    validator = InputValidator(saga, inputs)
+    problems.extend(validator.problems)
+    if problems or plan is None:
         raise SagaDefinitionError(saga, problems)
     cls.__asaga_plan__ = plan
     cls.__asaga_inputs__ = validator

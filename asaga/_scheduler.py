@@ -7,15 +7,16 @@ that completed its last dependency. In pseudocode::
     pending[s] = number of dependencies of s, for every step s
     start every step with no dependency
     run step s:                              # one task per step, in the run's task group
-        wait for a slot (only with max_concurrency)
-        if the run has failed: return        # no new step once the run failed
         for attempt in 1..retry.max_attempts:
+            take a slot for this attempt (only with max_concurrency)
+            if the run has failed: return    # no new step, no new attempt, once it failed
             emit step_started
             try:   result = await s(**values of its parameters), under its timeout
             on cancellation: emit step_cancelled; re-raise
-            on exception:
+            on exception (the slot is given back):
                 if retryable and the run has not failed:
-                    emit step_retrying; wait the backoff, woken early if the run fails
+                    emit step_retrying
+                    wait the backoff, woken early if the run fails
                     if the run failed meanwhile: emit step_failed; return
                     continue
                 emit step_failed; fail the run (first failure wins); return
@@ -34,6 +35,7 @@ failed and the steps in flight settled. Cancellation from outside propagates out
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import anyio
@@ -110,15 +112,6 @@ class Execution:
                 tg.start_soon(self._run, self._plan.nodes[name], name=name)
 
     async def _run(self, node: Node) -> None:
-        if self._limiter is None:
-            await self._attempts(node)
-        else:
-            async with self._limiter:
-                await self._attempts(node)
-
-    async def _attempts(self, node: Node) -> None:
-        if self.failure is not None:
-            return
         name = node.name
         bind_contextvars(step=name)  # this task's own context: user logs in the step see it
         values = self.values
@@ -126,74 +119,84 @@ class Execution:
         retry = node.retry
         emit = self._emitter.emit
         saga, run_id = self._saga, self._run_id
+        # The slot is held for one attempt at a time, never across a backoff wait.
+        slot = self._limiter if self._limiter is not None else nullcontext()
         attempt = 0
+        error: Exception | None
         while True:
             attempt += 1
-            emit(StepStarted(saga=saga, run_id=run_id, step=name, attempt=attempt))
-            started = time.monotonic()
-            try:
-                if node.timeout is None:
-                    result = await node.fn(**kwargs)
-                else:
-                    with anyio.fail_after(node.timeout):
+            async with slot:
+                if self.failure is not None:
+                    return  # no new step, and no new attempt, once the run has failed
+                emit(StepStarted(saga=saga, run_id=run_id, step=name, attempt=attempt))
+                started = time.monotonic()
+                try:
+                    if node.timeout is None:
                         result = await node.fn(**kwargs)
-            except anyio.get_cancelled_exc_class():
-                emit(
-                    StepCancelled(
-                        saga=saga,
-                        run_id=run_id,
-                        step=name,
-                        attempt=attempt,
-                        duration=time.monotonic() - started,
-                    )
-                )
-                raise
-            except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
-                duration = time.monotonic() - started
-                if retry.should_retry(attempt, exc) and self.failure is None:
-                    delay = retry.delay(attempt)
-                    emit(
-                        StepRetrying(
-                            saga=saga,
-                            run_id=run_id,
-                            step=name,
-                            attempt=attempt,
-                            duration=duration,
-                            error=repr(exc),
-                            delay=delay,
-                        )
-                    )
-                    with anyio.move_on_after(delay):
-                        await self._failed.wait()
-                    if self.failure is None:
-                        continue
-                emit(
-                    StepFailed(
-                        saga=saga,
-                        run_id=run_id,
-                        step=name,
-                        attempt=attempt,
-                        duration=duration,
-                        error=repr(exc),
-                    )
-                )
-                self._fail(name, exc)
+                    else:
+                        with anyio.fail_after(node.timeout):
+                            result = await node.fn(**kwargs)
+                except anyio.get_cancelled_exc_class():
+                    self._cancelled(name, attempt, started)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
+                    duration = time.monotonic() - started
+                    error = exc
+                else:
+                    error = None
+            if error is None:
+                break
+            if not (retry.should_retry(attempt, error) and self.failure is None):
+                self._fail(name, attempt, duration, error)
                 return
+            delay = retry.delay(attempt)
             emit(
-                StepSucceeded(
+                StepRetrying(
                     saga=saga,
                     run_id=run_id,
                     step=name,
                     attempt=attempt,
-                    duration=time.monotonic() - started,
+                    duration=duration,
+                    error=repr(error),
+                    delay=delay,
                 )
             )
-            self.results[name] = result
-            values[name] = result
-            self.completed.append(name)
-            if self.failure is None:
-                self._release(node)
-            return
+            waited = time.monotonic()
+            try:
+                with anyio.move_on_after(delay):
+                    await self._failed.wait()  # woken early when the run fails
+            except anyio.get_cancelled_exc_class():
+                self._cancelled(name, attempt, waited)
+                raise
+            if self._failed.is_set():
+                self._fail(name, attempt, duration, error)
+                return
+
+        emit(
+            StepSucceeded(
+                saga=saga,
+                run_id=run_id,
+                step=name,
+                attempt=attempt,
+                duration=time.monotonic() - started,
+            )
+        )
+        self.results[name] = result
+        values[name] = result
+        self.completed.append(name)
+        if self.failure is None:
+            self._release(node)
+
+    def _cancelled(self, name: str, attempt: int, since: float) -> None:
+        self._emitter.emit(
+            StepCancelled(
+                saga=self._saga,
+                run_id=self._run_id,
+                step=name,
+                attempt=attempt,
+                duration=time.monotonic() - since,
+            )
+        )
 
     def _release(self, node: Node) -> None:
         pending = self._pending
@@ -203,7 +206,17 @@ class Execution:
             if pending[child] == 0:
                 self._tg.start_soon(self._run, self._plan.nodes[child], name=child)
 
-    def _fail(self, name: str, exc: Exception) -> None:
+    def _fail(self, name: str, attempt: int, duration: float, exc: Exception) -> None:
+        self._emitter.emit(
+            StepFailed(
+                saga=self._saga,
+                run_id=self._run_id,
+                step=name,
+                attempt=attempt,
+                duration=duration,
+                error=repr(exc),
+            )
+        )
         if self.failure is None:
             self.failure = (name, exc)
             self._failed.set()

@@ -529,3 +529,77 @@ def test_run_never_inspects(monkeypatch: pytest.MonkeyPatch) -> None:
         return (await Plain.run(x=1)).output  # type: ignore[no-any-return]
 
     assert anyio.run(main) == 4
+
+
+def test_optional_inferred_input_in_compensation_needs_default() -> None:
+    """A compensation taking an optional inferred input must give it a default too."""
+
+    def build() -> None:
+        class Opt(Saga):
+            @step
+            async def a(note: str = "") -> int:
+                return 1
+
+            @a.compensate
+            async def undo_a(a: int, note: str) -> None:
+                return None
+
+    (problem,) = problems_of(build)
+    assert "compensation 'undo_a' of step 'a', parameter 'note'" in problem
+    assert "give the parameter a default" in problem
+
+
+def test_input_problems_are_listed_with_graph_problems() -> None:
+    """An unvalidatable input type is reported alongside the other problems."""
+
+    class Proto(typing.Protocol):
+        def go(self) -> None: ...
+
+    def build() -> None:
+        class Both(Saga):
+            client: Proto
+
+            @step
+            async def a(client: Proto, missing: int) -> None:
+                return None
+
+    found = problems_of(build)
+    assert len(found) == 2
+    assert any("Resource[...]" in p for p in found)
+    assert any("parameter 'missing'" in p for p in found)
+
+
+def test_input_hiding_a_saga_method() -> None:
+    """An input named like a Saga method is refused with a rename hint."""
+
+    def build() -> None:
+        class Hides(Saga):
+            run: int  # type: ignore[assignment]
+
+            @step
+            async def a(run: int) -> int:
+                return run
+
+    found = problems_of(build)
+    assert "input `run` would hide `Saga.run`; rename the input" in found
+
+
+def test_redefined_step_with_compensation_reports_once() -> None:
+    """Redefining a compensated step gives one problem, not a confusing second one."""
+
+    def build() -> None:
+        class Dup(Saga):
+            @step
+            async def a(x: int) -> int:
+                return x
+
+            @a.compensate
+            async def undo_a(a: int) -> None:
+                return None
+
+            @step  # type: ignore[no-redef]
+            async def a(x: int) -> int:
+                return x
+
+    (problem,) = problems_of(build)
+    assert "'a' is defined twice" in problem

@@ -171,3 +171,40 @@ async def test_events_round_trip_through_msgspec() -> None:
     assert b'"kind":"step_retrying"' in data
     decoded = msgspec.json.decode(data, type=list[Event])
     assert decoded == recorder.events
+
+
+async def test_async_hooks_see_the_unwind_of_a_cancelled_run() -> None:
+    """A cancelled caller still gets its compensations reported to async hooks."""
+    import anyio
+
+    seen: list[tuple[str, str | None]] = []
+    running = anyio.Event()
+
+    async def hook(event: Event) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append((event.kind, event.step))
+
+    class Cancelled(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+        @step
+        async def b(a: int) -> None:
+            running.set()
+            await anyio.sleep_forever()
+
+        @a.compensate
+        async def undo_a(a: int) -> None:
+            return None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: Cancelled.run(hooks=[hook]))
+        await running.wait()
+        tg.cancel_scope.cancel()
+    assert seen[-3:] == [
+        ("compensation_started", "a"),
+        ("compensation_succeeded", "a"),
+        ("run_failed", None),
+    ]
+    assert ("step_cancelled", "b") in seen

@@ -313,3 +313,48 @@ async def test_base_class_cannot_run() -> None:
     """Saga itself has no steps to run."""
     with pytest.raises(TypeError, match="base class"):
         await Saga.run()
+
+
+async def test_retry_wait_gives_its_slot_back() -> None:
+    """Under max_concurrency = 1, a step waiting out a backoff does not hold the only slot:
+    the other branch runs (and here fails the run, which ends the wait at once)."""
+    first_attempt_failed = anyio.Event()
+
+    class OneSlot(Saga):
+        max_concurrency = 1
+
+        @step(retry=Retry(max_attempts=3, backoff="fixed", base_delay=60))
+        async def patient() -> None:
+            first_attempt_failed.set()
+            raise ConnectionError("down")
+
+        @step
+        async def other() -> None:
+            await first_attempt_failed.wait()
+            raise ValueError("ran while patient waited")
+
+    with anyio.fail_after(5), pytest.raises(SagaFailed) as info:
+        await OneSlot.run()
+    assert info.value.step == "other"
+
+
+async def test_cancellation_during_backoff_is_an_event() -> None:
+    """A step cancelled while waiting to retry reports step_cancelled."""
+    recorder = EventRecorder()
+    waiting = anyio.Event()
+
+    def hook(event: object) -> None:
+        if getattr(event, "kind", None) == "step_retrying":
+            waiting.set()
+
+    class Waits(Saga):
+        @step(retry=Retry(max_attempts=2, backoff="fixed", base_delay=60))
+        async def patient() -> None:
+            raise ConnectionError("down")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: Waits.run(hooks=[recorder, hook]))
+        with anyio.fail_after(5):
+            await waiting.wait()
+        tg.cancel_scope.cancel()
+    assert recorder.trace()[-2:] == [("step_cancelled", "patient"), ("run_failed", None)]
