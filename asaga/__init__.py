@@ -36,9 +36,15 @@ from ._exceptions import FieldError as FieldError
 from ._exceptions import InputValidationError as InputValidationError
 from ._exceptions import SagaDefinitionError as SagaDefinitionError
 from ._exceptions import SagaFailed as SagaFailed
+from ._nested import ElementFailure as ElementFailure
+from ._nested import ElementSuccess as ElementSuccess
+from ._nested import MapFailed as MapFailed
+from ._nested import MapResult as MapResult
+from ._nested import compose as compose
+from ._nested import map_each as map_each
 from ._retry import Retry as Retry
+from ._run import SagaResult as SagaResult
 from ._saga import Saga as Saga
-from ._saga import SagaResult as SagaResult
 from ._step import Compensation as Compensation
 from ._step import Step as Step
 from ._step import step as step
@@ -52,11 +58,15 @@ __all__ = [
     "CompensationFailedEvent",
     "CompensationStarted",
     "CompensationSucceeded",
+    "ElementFailure",
+    "ElementSuccess",
     "Event",
     "EventKind",
     "FieldError",
     "Hook",
     "InputValidationError",
+    "MapFailed",
+    "MapResult",
     "Resource",
     "Retry",
     "RunFailed",
@@ -73,6 +83,8 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "compose",
+    "map_each",
     "step",
 ]
 
@@ -82,5 +94,6 @@ for _name in __all__:
     if isinstance(_obj, type) and _obj.__module__.startswith("asaga."):
         with _suppress(AttributeError, TypeError):  # a few built types refuse; fine
             _obj.__module__ = "asaga"
-step.__module__ = "asaga"
-del _name, _obj, _suppress
+for _fn in (step, compose, map_each):
+    _fn.__module__ = "asaga"
+del _name, _obj, _fn, _suppress

@@ -18,8 +18,8 @@ counter on the compensations waiting for it and starts those that reach zero.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import anyio
 from structlog.contextvars import bind_contextvars
@@ -28,31 +28,39 @@ from ._events import (
     CompensationFailedEvent,
     CompensationStarted,
     CompensationSucceeded,
-    Emitter,
+    RunContext,
 )
 from ._graph import CompNode, Plan
 
-__all__ = ["Unwind"]
+__all__ = ["Undoable", "Unwind"]
+
+
+class Undoable(Protocol):
+    """What a completed composed or mapped step leaves behind: its sub-saga runs, which
+    it undoes as a whole (in their own reverse-graph order) when the parent unwinds."""
+
+    async def undo(self) -> None:
+        """Compensate; raise if any part of it could not be undone."""
 
 
 class Unwind:
     """The compensation phase of one failed run."""
 
-    __slots__ = ("_emitter", "_plan", "_run_id", "_timeout", "_values", "compensated", "errors")
+    __slots__ = ("_context", "_plan", "_timeout", "_undos", "_values", "compensated", "errors")
 
     def __init__(
         self,
         plan: Plan,
         values: dict[str, Any],
-        emitter: Emitter,
-        run_id: str,
+        context: RunContext,
+        undos: Mapping[str, Undoable],
         *,
         default_timeout: float | None,
     ) -> None:
         self._plan = plan
         self._values = values
-        self._emitter = emitter
-        self._run_id = run_id
+        self._context = context
+        self._undos = undos
         self._timeout = default_timeout
         self.compensated: list[str] = []
         """Steps whose compensation completed, in completion order."""
@@ -60,9 +68,9 @@ class Unwind:
         """(step, exception) of every compensation that failed for good."""
 
     async def run(self, completed: Sequence[str]) -> None:
-        """Compensate ``completed`` steps (those that have a compensation), shielded."""
-        nodes = self._plan.nodes
-        todo = [name for name in completed if nodes[name].compensation is not None]
+        """Compensate ``completed`` steps (those that have something to undo), shielded."""
+        nodes, undos = self._plan.nodes, self._undos
+        todo = [n for n in completed if nodes[n].compensation is not None or n in undos]
         if not todo:
             return
         todo_set = set(todo)
@@ -78,9 +86,13 @@ class Unwind:
             async with anyio.create_task_group() as tg:
 
                 async def compensate(name: str) -> None:
-                    comp = nodes[name].compensation
-                    assert comp is not None
-                    await self._attempts(name, comp)
+                    undo = undos.get(name)
+                    if undo is not None:
+                        await self._undo_nested(name, undo)
+                    else:
+                        comp = nodes[name].compensation
+                        assert comp is not None
+                        await self._attempts(name, comp)
                     for ancestor in blocks[name]:
                         waiting[ancestor] -= 1
                         if waiting[ancestor] == 0:
@@ -90,6 +102,29 @@ class Unwind:
                     if waiting[name] == 0:
                         tg.start_soon(compensate, name, name=f"undo {name}")
 
+    async def _undo_nested(self, name: str, undo: Undoable) -> None:
+        """Undo a composed or mapped step: its sub-runs compensate themselves, each
+        compensation bounded by its own timeout."""
+        bind_contextvars(step=name)
+        emit = self._context.emit
+        emit(CompensationStarted, name, attempt=1)
+        started = time.monotonic()
+        try:
+            await undo.undo()
+        except Exception as exc:  # noqa: BLE001 - recorded; it stops no other compensation
+            emit(
+                CompensationFailedEvent,
+                name,
+                attempt=1,
+                duration=time.monotonic() - started,
+                error=repr(exc),
+                final=True,
+            )
+            self.errors.append((name, exc))
+            return
+        emit(CompensationSucceeded, name, attempt=1, duration=time.monotonic() - started)
+        self.compensated.append(name)
+
     async def _attempts(self, name: str, comp: CompNode) -> None:
         bind_contextvars(step=name)
         values = self._values
@@ -97,44 +132,30 @@ class Unwind:
         # optional ones are passed only when their step completed or their input was given.
         kwargs = {p: values[p] for p in comp.params if p in values}
         timeout = comp.timeout if comp.timeout is not None else self._timeout
-        saga, run_id, emit = self._plan.saga, self._run_id, self._emitter.emit
+        emit = self._context.emit
         attempt = 0
         while True:
             attempt += 1
-            emit(CompensationStarted(saga=saga, run_id=run_id, step=name, attempt=attempt))
+            emit(CompensationStarted, name, attempt=attempt)
             started = time.monotonic()
             try:
-                if timeout is None:
+                with anyio.fail_after(timeout):
                     await comp.fn(**kwargs)
-                else:
-                    with anyio.fail_after(timeout):
-                        await comp.fn(**kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure is recorded, none stops the unwind
                 final = not comp.retry.should_retry(attempt, exc)
                 emit(
-                    CompensationFailedEvent(
-                        saga=saga,
-                        run_id=run_id,
-                        step=name,
-                        attempt=attempt,
-                        duration=time.monotonic() - started,
-                        error=repr(exc),
-                        final=final,
-                    )
+                    CompensationFailedEvent,
+                    name,
+                    attempt=attempt,
+                    duration=time.monotonic() - started,
+                    error=repr(exc),
+                    final=final,
                 )
                 if final:
                     self.errors.append((name, exc))
                     return
                 await anyio.sleep(comp.retry.delay(attempt))
                 continue
-            emit(
-                CompensationSucceeded(
-                    saga=saga,
-                    run_id=run_id,
-                    step=name,
-                    attempt=attempt,
-                    duration=time.monotonic() - started,
-                )
-            )
+            emit(CompensationSucceeded, name, attempt=attempt, duration=time.monotonic() - started)
             self.compensated.append(name)
             return

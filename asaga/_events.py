@@ -65,6 +65,13 @@ class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     """The run this event belongs to."""
     step: str | None = None
     """The step (or the step being compensated); ``None`` for run events."""
+    path: str | None = None
+    """Where the event happened in nested runs: ``"reserve_all/reserve"`` for step
+    ``reserve`` of the sub-saga run by step ``reserve_all`` (map elements add their index:
+    ``"reserve_each[3]/reserve"``). For a top-level run: the step's name, or ``None`` on
+    run events."""
+    parent_run_id: str | None = None
+    """The run id of the parent run, for events of a sub-saga run; else ``None``."""
     attempt: int = 0
     """1-based attempt number for step and compensation events; 0 for run events."""
     monotonic: float = msgspec.field(default_factory=time.monotonic)
@@ -223,15 +230,17 @@ def split_hooks(
 class Emitter:
     """Delivers the events of one run: log, sync hooks in place, async hooks in order."""
 
-    __slots__ = ("_async_hooks", "_receive", "_send", "_sync_hooks")
+    __slots__ = ("_async_hooks", "_parent", "_receive", "_send", "_sync_hooks")
 
     def __init__(
         self,
         sync_hooks: tuple[Callable[[Event], object], ...],
         async_hooks: tuple[Callable[[Event], Awaitable[None]], ...],
+        parent: "Emitter | None" = None,
     ) -> None:
         self._sync_hooks = sync_hooks
         self._async_hooks = async_hooks
+        self._parent = parent  # a sub-saga's events reach its parent run's hooks too
         if async_hooks:
             send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=float("inf"))
             self._send: MemoryObjectSendStream[Event] | None = send
@@ -259,7 +268,13 @@ class Emitter:
         level = event.level
         if type(event) is CompensationFailedEvent and not event.final:
             level = _WARNING
+        if event.path is not None and event.path != event.step:
+            fields["path"] = event.path
+            fields["parent_run_id"] = event.parent_run_id
         _logger.log(level, event.kind, **fields)
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         for hook in self._sync_hooks:
             try:
                 hook(event)
@@ -267,6 +282,8 @@ class Emitter:
                 _logger.error("hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc))
         if self._send is not None:
             self._send.send_nowait(event)
+        if self._parent is not None:
+            self._parent._deliver(event)
 
     def close(self) -> None:
         """No more events: the dispatcher drains what is queued, then returns."""
@@ -291,3 +308,49 @@ class Emitter:
                             _logger.error(
                                 "hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc)
                             )
+
+
+class RunContext:
+    """The identity of one run, and how its events are built and delivered."""
+
+    __slots__ = ("emitter", "parent", "parent_run_id", "prefix", "run_id", "saga")
+
+    def __init__(
+        self,
+        saga: str,
+        run_id: str,
+        emitter: Emitter,
+        *,
+        prefix: str | None = None,
+        parent: "RunContext | None" = None,
+    ) -> None:
+        self.saga = saga
+        self.run_id = run_id
+        self.emitter = emitter
+        self.prefix = prefix
+        """The path of this run inside its parents (``None`` for a top-level run)."""
+        self.parent = parent
+        self.parent_run_id = parent.run_id if parent is not None else None
+
+    def emit(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> None:
+        """Build one event of this run and deliver it."""
+        prefix = self.prefix
+        if prefix is None:  # a top-level run: the path is the step's name
+            path = step
+        elif step is None:
+            path = prefix
+        else:
+            path = f"{prefix}/{step}"
+        event: Any = kind(
+            saga=self.saga,
+            run_id=self.run_id,
+            step=step,
+            path=path,
+            parent_run_id=self.parent_run_id,
+            **fields,
+        )
+        self.emitter.emit(event)
+
+    def path_of(self, step: str) -> str:
+        """The path of ``step`` of this run, as nested runs name it."""
+        return step if self.prefix is None else f"{self.prefix}/{step}"

@@ -22,9 +22,9 @@ from typing import Any
 
 from ._annotations import EMPTY, compatible, is_resource, strip_annotated, type_name
 from ._retry import NO_RETRY, Retry
-from ._step import Compensation, Param, Signature, Step
+from ._step import Compensation, Invoke, Param, Signature, Step
 
-__all__ = ["CompNode", "Declared", "InputSpec", "Node", "Plan", "build_plan"]
+__all__ = ["CompNode", "Declared", "InputSpec", "Node", "Plan", "WhenNode", "build_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,18 @@ class Node:
     retry: Retry
     timeout: float | None
     compensation: CompNode | None
+    when: WhenNode | None
+    required: tuple[str, ...]  # dependencies that, if skipped, skip this step too
+    invoke: Invoke | None  # composed and mapped steps; None for plain ones
+
+
+@dataclass(frozen=True, slots=True)
+class WhenNode:
+    """A step's condition as the scheduler needs it."""
+
+    fn: Callable[..., Any]
+    params: tuple[str, ...]
+    is_async: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,7 @@ def build_plan(
 
     # -- nodes -------------------------------------------------------------------------
     sigs: dict[str, Signature] = {}
+    conds: dict[str, Signature] = {}  # the when= predicates' signatures
     by_name: dict[str, Step[Any, Any]] = {}
     for s in steps:
         if s.name in by_name:
@@ -123,6 +136,10 @@ def build_plan(
         sig = s.signature.resolved(s.fn, ns, f"step '{s.name}'")
         sigs[s.name] = sig
         problems.extend(sig.problems)
+        if s.when is not None:
+            cond = s.when.signature.resolved(s.when.fn, ns, f"condition of step '{s.name}'")
+            conds[s.name] = cond
+            problems.extend(cond.problems)
         problems.extend(_option_problems(f"step '{s.name}'", s.retry, s.timeout))
         if s.name in reserved:
             problems.append(
@@ -161,13 +178,16 @@ def build_plan(
     strict = bool(declared)
     known = set(by_name) | set(declared)
     inferred: dict[str, list[tuple[str, Param]]] = {}
-    for name, sig in sigs.items():
+    users = [(name, f"step '{name}'", sig) for name, sig in sigs.items()] + [
+        (name, f"condition of step '{name}'", sig) for name, sig in conds.items()
+    ]
+    for name, what, sig in users:
         for p in sig.params:
             if p.name in by_name or p.name in declared:
                 continue
             if strict:
                 problems.append(
-                    f"step '{name}', parameter '{p.name}': no step or input is named "
+                    f"{what}, parameter '{p.name}': no step or input is named "
                     f"'{p.name}'{_suggest(p.name, known)}; declare it on the saga "
                     f"(`{p.name}: <type>`) or rename the parameter"
                 )
@@ -200,14 +220,18 @@ def build_plan(
 
     # -- edges and annotation checks -----------------------------------------------------
     deps: dict[str, tuple[str, ...]] = {}
-    for name, sig in sigs.items():
-        step_deps: list[str] = []
+    required: dict[str, list[str]] = {name: [] for name in sigs}
+    for name, what, sig in users:
+        step_deps = list(deps.get(name, ()))
         for p in sig.params:
             if p.name in by_name:
-                step_deps.append(p.name)
-                problems.extend(_mismatch(f"step '{name}'", p, p.name, sigs.get(p.name)))
+                if p.name not in step_deps:
+                    step_deps.append(p.name)
+                if not p.has_default and p.name not in required[name]:
+                    required[name].append(p.name)
+                problems.extend(_mismatch(what, p, p.name, sigs.get(p.name)))
             elif p.name in declared:
-                problems.extend(_input_mismatch(f"step '{name}'", p, declared[p.name]))
+                problems.extend(_input_mismatch(what, p, declared[p.name]))
         deps[name] = tuple(step_deps)
 
     # -- order and cycles ------------------------------------------------------------------
@@ -327,6 +351,9 @@ def build_plan(
             retry=by_name[name].retry or retry_defaults or NO_RETRY,
             timeout=by_name[name].timeout,
             compensation=comps.get(name),
+            when=_when(by_name[name], conds.get(name)),
+            required=tuple(required[name]),
+            invoke=by_name[name].invoke,
         )
         for name in order
     }
@@ -340,6 +367,12 @@ def build_plan(
         descendants=MappingProxyType(descendants),
     )
     return plan, plan.inputs, []
+
+
+def _when(s: Step[Any, Any], sig: Signature | None) -> WhenNode | None:
+    if s.when is None or sig is None:
+        return None
+    return WhenNode(s.when.fn, tuple(p.name for p in sig.params), s.when.is_async)
 
 
 def _suggest(name: str, candidates: set[str]) -> str:

@@ -6,29 +6,20 @@ Wiring only: the plan comes from :mod:`asaga._graph`, inputs are checked by
 """
 
 import math
-import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, cast, get_origin
-
-import anyio
-import anyio.lowlevel
-from structlog.contextvars import bound_contextvars
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, cast, get_origin
 
 from ._annotations import resolve_hints
-from ._compensation import Unwind
-from ._events import Emitter, Event, Hook, RunFailed, RunStarted, RunSucceeded, split_hooks
-from ._exceptions import CompensationFailed, SagaDefinitionError, SagaFailed
-from ._graph import Declared, Plan, build_plan
+from ._events import Hook, split_hooks
+from ._exceptions import SagaDefinitionError
+from ._graph import Declared, build_plan
 from ._inputs import InputValidator
 from ._retry import Retry
-from ._scheduler import Execution, OnFailure
+from ._run import SagaResult, SagaSpec, execute
+from ._scheduler import OnFailure
 from ._step import Compensation, Step
 
 __all__ = ["Saga", "SagaResult"]
-
-T = TypeVar("T")
 
 _SETTINGS = (
     "output",
@@ -38,19 +29,6 @@ _SETTINGS = (
     "compensation_timeout",
     "hooks",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SagaResult(Generic[T]):
-    """The outcome of a successful run. Created by ``run()``, never by users."""
-
-    run_id: str
-    """The run's id (unique per run)."""
-    output: T
-    """The result of the output step: the class's ``output``, else the single step that
-    nothing depends on, else ``None``."""
-    results: Mapping[str, Any]
-    """Read-only mapping of every step's name to its result."""
 
 
 class _Namespace(dict[str, Any]):
@@ -109,14 +87,9 @@ class Saga(metaclass=SagaMeta):
     compensation_timeout: ClassVar[float | None] = 30.0
     hooks: ClassVar[Sequence[Hook]] = ()
 
-    __asaga_plan__: ClassVar[Plan | None] = None
+    __asaga__: ClassVar[SagaSpec | None] = None
     __asaga_steps__: ClassVar[tuple[Step[Any, Any], ...]] = ()
     __asaga_compensations__: ClassVar[tuple[Compensation, ...]] = ()
-    __asaga_inputs__: ClassVar[InputValidator | None] = None
-    __asaga_hooks__: ClassVar[tuple[tuple[Callable[[Event], object], ...], tuple[Any, ...]]] = (
-        (),
-        (),
-    )
 
     @classmethod
     async def run(
@@ -133,124 +106,13 @@ class Saga(metaclass=SagaMeta):
         ``hooks`` adds event hooks for this run only; ``run_id`` sets the run's id
         (default: a random UUID).
         """
-        plan = cls.__asaga_plan__
-        validator = cls.__asaga_inputs__
-        if plan is None or validator is None:
+        spec = cls.__asaga__
+        if spec is None:
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
-        values = validator.validate(inputs)
-        run_id = run_id or uuid.uuid4().hex
-        sync_hooks, async_hooks = cls.__asaga_hooks__
-        if hooks:
-            more_sync, more_async = split_hooks(hooks)
-            sync_hooks, async_hooks = sync_hooks + more_sync, async_hooks + more_async
-        emitter = Emitter(sync_hooks, async_hooks)
-        with bound_contextvars(saga=plan.saga, run_id=run_id):
-            if not emitter.needs_dispatcher:
-                return await _drive(cls, plan, values, emitter, run_id)
-            failed: SagaFailed | None = None
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(emitter.dispatch, name="asaga event hooks")
-                try:
-                    result = await _drive(cls, plan, values, emitter, run_id)
-                except SagaFailed as exc:  # raised outside the task group, unwrapped
-                    failed = exc
-                finally:
-                    emitter.close()
-            if failed is not None:
-                raise failed
-            return result
-
-
-async def _drive(
-    cls: "type[Saga]", plan: Plan, values: dict[str, Any], emitter: Emitter, run_id: str
-) -> SagaResult[Any]:
-    saga = plan.saga
-    emit = emitter.emit
-    started = time.monotonic()
-    emit(RunStarted(saga=saga, run_id=run_id))
-    execution = Execution(
-        plan,
-        values,
-        emitter,
-        run_id,
-        max_concurrency=cls.max_concurrency,
-        on_failure=cls.on_failure,
-    )
-    unwind = Unwind(plan, values, emitter, run_id, default_timeout=cls.compensation_timeout)
-    try:
-        await execution.execute()
-    except anyio.get_cancelled_exc_class():
-        await unwind.run(execution.completed)
-        emit(
-            RunFailed(
-                saga=saga,
-                run_id=run_id,
-                duration=time.monotonic() - started,
-                cancelled=True,
-                failed_step=execution.failure[0] if execution.failure else None,
-                error="cancelled",
-            )
+        result, _ = await execute(
+            spec, inputs, run_id=run_id, extra_hooks=split_hooks(hooks) if hooks else ((), ())
         )
-        raise
-
-    if execution.failure is None:
-        emit(RunSucceeded(saga=saga, run_id=run_id, duration=time.monotonic() - started))
-        results = execution.results
-        return SagaResult(
-            run_id=run_id,
-            output=results.get(plan.output) if plan.output is not None else None,
-            results=_ReadOnly(results),
-        )
-
-    step_name, cause = execution.failure
-    await unwind.run(execution.completed)
-    emit(
-        RunFailed(
-            saga=saga,
-            run_id=run_id,
-            duration=time.monotonic() - started,
-            failed_step=step_name,
-            error=repr(cause),
-        )
-    )
-    error: SagaFailed
-    if unwind.errors:
-        error = CompensationFailed(
-            saga,
-            run_id,
-            step_name,
-            unwind.compensated,
-            [name for name, _ in unwind.errors],
-            ExceptionGroup(
-                f"compensations of saga {saga} failed", [exc for _, exc in unwind.errors]
-            ),
-        )
-    else:
-        error = SagaFailed(saga, run_id, step_name, unwind.compensated)
-    # A caller cancelled while we were unwinding: the cancellation is what propagates.
-    await anyio.lowlevel.checkpoint_if_cancelled()
-    raise error from cause
-
-
-class _ReadOnly(Mapping[str, Any]):
-    """A read-only view of a run's results (cheaper to make than a MappingProxyType copy)."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Any:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return repr(self._data)
+        return result
 
 
 # -- definition ------------------------------------------------------------------------------
@@ -328,11 +190,18 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
     problems.extend(validator.problems)
     if problems or plan is None:
         raise SagaDefinitionError(saga, problems)
-    cls.__asaga_plan__ = plan
-    cls.__asaga_inputs__ = validator
+    sync_hooks, async_hooks = split_hooks(tuple(cls.hooks))
+    cls.__asaga__ = SagaSpec(
+        plan=plan,
+        inputs=validator,
+        sync_hooks=sync_hooks,
+        async_hooks=async_hooks,
+        max_concurrency=cls.max_concurrency,
+        on_failure=cls.on_failure,
+        compensation_timeout=cls.compensation_timeout,
+    )
     cls.__asaga_steps__ = tuple(steps)
     cls.__asaga_compensations__ = tuple(comps)
-    cls.__asaga_hooks__ = split_hooks(tuple(cls.hooks))
 
 
 def _setting_problems(cls: "type[Saga]") -> list[str]:

@@ -36,21 +36,25 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
 from structlog.contextvars import bind_contextvars
 
 from ._events import (
-    Emitter,
+    RunContext,
     StepCancelled,
     StepFailed,
     StepRetrying,
+    StepSkipped,
     StepStarted,
     StepSucceeded,
 )
 from ._graph import Node, Plan
+
+if TYPE_CHECKING:
+    from ._compensation import Undoable
 
 __all__ = ["Execution", "OnFailure"]
 
@@ -61,18 +65,18 @@ class Execution:
     """The state of one run's forward phase."""
 
     __slots__ = (
-        "_emitter",
+        "_context",
         "_failed",
         "_limiter",
         "_on_failure",
         "_pending",
         "_plan",
-        "_run_id",
-        "_saga",
         "_tg",
         "completed",
         "failure",
         "results",
+        "skipped",
+        "undos",
         "values",
     )
 
@@ -80,16 +84,13 @@ class Execution:
         self,
         plan: Plan,
         values: dict[str, Any],
-        emitter: Emitter,
-        run_id: str,
+        context: RunContext,
         *,
         max_concurrency: int | None,
-        on_failure: OnFailure,
+        on_failure: str,
     ) -> None:
         self._plan = plan
-        self._saga = plan.saga
-        self._emitter = emitter
-        self._run_id = run_id
+        self._context = context
         self._on_failure = on_failure
         self._limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
         self._pending = {name: len(node.deps) for name, node in plan.nodes.items()}
@@ -101,6 +102,10 @@ class Execution:
         """Results of the completed steps."""
         self.completed: list[str] = []
         """Names of the completed steps, in completion order."""
+        self.skipped: set[str] = set()
+        """Steps skipped by their condition, or because a step they require was skipped."""
+        self.undos: dict[str, Undoable] = {}
+        """Sub-saga runs of completed composed or mapped steps, to undo them later."""
         self.failure: tuple[str, Exception] | None = None
         """The first step that failed for good, and its exception."""
 
@@ -115,10 +120,25 @@ class Execution:
         name = node.name
         bind_contextvars(step=name)  # this task's own context: user logs in the step see it
         values = self.values
+        if node.when is not None or (self.skipped and node.required):
+            if self.failure is not None:
+                return
+            try:
+                skip = await self._skips(node)
+            except Exception as exc:  # noqa: BLE001 - a failing condition fails its step
+                self._fail(name, 1, 0.0, exc)
+                return
+            if skip:
+                self._context.emit(StepSkipped, name)
+                self.skipped.add(name)
+                if self.failure is None:
+                    self._release(node)
+                return
         kwargs = {p: values[p] for p in node.params if p in values}
         retry = node.retry
-        emit = self._emitter.emit
-        saga, run_id = self._saga, self._run_id
+        emit = self._context.emit
+        invoke = node.invoke
+        undo: Undoable | None = None
         # The slot is held for one attempt at a time, never across a backoff wait.
         slot = self._limiter if self._limiter is not None else nullcontext()
         attempt = 0
@@ -128,10 +148,13 @@ class Execution:
             async with slot:
                 if self.failure is not None:
                     return  # no new step, and no new attempt, once the run has failed
-                emit(StepStarted(saga=saga, run_id=run_id, step=name, attempt=attempt))
+                emit(StepStarted, name, attempt=attempt)
                 started = time.monotonic()
                 try:
-                    if node.timeout is None:
+                    if invoke is not None:
+                        with anyio.fail_after(node.timeout):
+                            result, undo = await invoke(self._context, name, kwargs)
+                    elif node.timeout is None:
                         result = await node.fn(**kwargs)
                     else:
                         with anyio.fail_after(node.timeout):
@@ -151,15 +174,12 @@ class Execution:
                 return
             delay = retry.delay(attempt)
             emit(
-                StepRetrying(
-                    saga=saga,
-                    run_id=run_id,
-                    step=name,
-                    attempt=attempt,
-                    duration=duration,
-                    error=repr(error),
-                    delay=delay,
-                )
+                StepRetrying,
+                name,
+                attempt=attempt,
+                duration=duration,
+                error=repr(error),
+                delay=delay,
             )
             waited = time.monotonic()
             try:
@@ -172,31 +192,32 @@ class Execution:
                 self._fail(name, attempt, duration, error)
                 return
 
-        emit(
-            StepSucceeded(
-                saga=saga,
-                run_id=run_id,
-                step=name,
-                attempt=attempt,
-                duration=time.monotonic() - started,
-            )
-        )
+        emit(StepSucceeded, name, attempt=attempt, duration=time.monotonic() - started)
         self.results[name] = result
         values[name] = result
+        if undo is not None:
+            self.undos[name] = undo
         self.completed.append(name)
         if self.failure is None:
             self._release(node)
 
+    async def _skips(self, node: Node) -> bool:
+        """Whether ``node`` is skipped: a step it requires was skipped, or its condition
+        is false."""
+        skipped = self.skipped
+        if skipped and any(r in skipped for r in node.required):
+            return True
+        when = node.when
+        if when is None:
+            return False
+        values = self.values
+        verdict = when.fn(**{p: values[p] for p in when.params if p in values})
+        if when.is_async:
+            verdict = await verdict
+        return not verdict
+
     def _cancelled(self, name: str, attempt: int, since: float) -> None:
-        self._emitter.emit(
-            StepCancelled(
-                saga=self._saga,
-                run_id=self._run_id,
-                step=name,
-                attempt=attempt,
-                duration=time.monotonic() - since,
-            )
-        )
+        self._context.emit(StepCancelled, name, attempt=attempt, duration=time.monotonic() - since)
 
     def _release(self, node: Node) -> None:
         pending = self._pending
@@ -207,16 +228,7 @@ class Execution:
                 self._tg.start_soon(self._run, self._plan.nodes[child], name=child)
 
     def _fail(self, name: str, attempt: int, duration: float, exc: Exception) -> None:
-        self._emitter.emit(
-            StepFailed(
-                saga=self._saga,
-                run_id=self._run_id,
-                step=name,
-                attempt=attempt,
-                duration=duration,
-                error=repr(exc),
-            )
-        )
+        self._context.emit(StepFailed, name, attempt=attempt, duration=duration, error=repr(exc))
         if self.failure is None:
             self.failure = (name, exc)
             self._failed.set()

@@ -16,7 +16,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 from ._annotations import EMPTY, resolve_hints
 from ._retry import Retry
 
-__all__ = ["Compensation", "Param", "Step", "step"]
+__all__ = ["Compensation", "Condition", "Invoke", "Param", "Signature", "Step", "step"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,12 +44,12 @@ class Signature:
     unresolved: bool  # annotations named something that did not exist yet
 
     @classmethod
-    def read(cls, fn: Callable[..., Any], what: str) -> Signature:
+    def read(cls, fn: Callable[..., Any], what: str, *, require_async: bool = True) -> Signature:
         """Inspect ``fn`` once; ``what`` names it in problem messages."""
         problems: list[str] = []
         if not callable(cast(object, fn)):
-            return cls((), EMPTY, (f"{what} is {fn!r}, not an async function",), False)
-        if not inspect.iscoroutinefunction(fn):
+            return cls((), EMPTY, (f"{what} is {fn!r}, not a function",), False)
+        if require_async and not inspect.iscoroutinefunction(fn):
             kind = "an async generator" if inspect.isasyncgenfunction(fn) else "not `async def`"
             problems.append(f"{what} is {kind}; steps and compensations must be `async def`")
         try:
@@ -119,31 +119,82 @@ def _hints(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
         return {}, False
 
 
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A step's ``when=`` predicate, read once: sync or async, parameters by name."""
+
+    fn: Callable[..., Any]
+    signature: Signature
+    is_async: bool
+
+    @classmethod
+    def read(cls, fn: Callable[..., Any], step: str) -> Condition:
+        return cls(
+            fn,
+            Signature.read(fn, f"condition of step '{step}'", require_async=False),
+            inspect.iscoroutinefunction(fn),
+        )
+
+
+Invoke = Callable[..., Awaitable[tuple[Any, Any]]]
+"""How a composed or mapped step runs: ``invoke(context, name, kwargs)`` returns the
+step's result and what can undo it."""
+
+
 class Step(Generic[P, R]):
     """A saga step: an ``async def`` whose parameter names declare its dependencies.
 
-    Created by :func:`step`; never constructed directly. The step's name is the function's
-    name. Calling a ``Step`` calls the underlying function, so steps can be unit-tested on
-    their own: ``await Checkout.charge(reserve_a="a", ...)``.
+    Created by :func:`step` (or :func:`~asaga.compose` / :func:`~asaga.map_each`); never
+    constructed directly. The step's name is the function's name. Calling a ``Step`` calls
+    the underlying function, so steps can be unit-tested on their own:
+    ``await Checkout.charge(reserve_a="a", ...)``.
     """
 
-    __slots__ = ("__wrapped__", "fn", "name", "retry", "signature", "timeout")
+    __slots__ = (
+        "__wrapped__",
+        "_named_by_attribute",
+        "fn",
+        "invoke",
+        "name",
+        "retry",
+        "signature",
+        "timeout",
+        "when",
+    )
 
     name: str
     fn: Callable[P, Awaitable[R]]
     retry: Retry | None
     timeout: float | None
     signature: Signature
+    when: Condition | None
+    invoke: Invoke | None
 
     def __init__(
-        self, fn: Callable[P, Awaitable[R]], *, retry: Retry | None, timeout: float | None
+        self,
+        fn: Callable[P, Awaitable[R]],
+        *,
+        retry: Retry | None,
+        timeout: float | None,
+        when: Callable[..., Any] | None = None,
+        invoke: Invoke | None = None,
+        signature: Signature | None = None,
     ) -> None:
         self.fn = fn
         self.name = getattr(fn, "__name__", repr(fn))
         self.retry = retry
         self.timeout = timeout
-        self.signature = Signature.read(fn, f"step '{self.name}'")
+        self.invoke = invoke
+        # Composed and mapped steps are named after the attribute they are assigned to.
+        self._named_by_attribute = invoke is not None
+        self.signature = signature or Signature.read(fn, f"step '{self.name}'")
+        self.when = Condition.read(when, self.name) if when is not None else None
         self.__wrapped__ = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if self._named_by_attribute:
+            self.name = name
+            self._named_by_attribute = False
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return self.fn(*args, **kwargs)
@@ -213,7 +264,10 @@ def step(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
 
 @overload
 def step(
-    *, retry: Retry | None = None, timeout: float | None = None
+    *,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    when: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
 
 
@@ -223,6 +277,7 @@ def step(
     *,
     retry: Retry | None = None,
     timeout: float | None = None,
+    when: Callable[..., Any] | None = None,
 ) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
     """Declare an ``async def`` in a :class:`~asaga.Saga` body as a step.
 
@@ -234,10 +289,13 @@ def step(
       ``retry_defaults``, else a single attempt).
     - ``timeout``: seconds one attempt may take; an attempt that runs over is cancelled and
       counts as a failed attempt raising :class:`TimeoutError`.
+    - ``when``: a predicate (sync or async) whose parameters resolve like a step's; when it
+      returns false the step is skipped (see docs/composition.md for what that means for
+      the steps that depend on it).
 
     ``step`` itself never raises: a malformed step is reported when the saga class is
     created, together with every other problem.
     """
     if fn is None:
-        return lambda f: Step(f, retry=retry, timeout=timeout)
-    return Step(fn, retry=retry, timeout=timeout)
+        return lambda f: Step(f, retry=retry, timeout=timeout, when=when)
+    return Step(fn, retry=retry, timeout=timeout, when=when)

@@ -29,8 +29,8 @@ def test_valid_saga_builds_plan_once() -> None:
         async def b(a: int) -> int:
             return a
 
-    plan = Ok.__asaga_plan__
-    assert plan is not None
+    assert Ok.__asaga__ is not None
+    plan = Ok.__asaga__.plan
     assert plan.nodes["b"].deps == ("a",)
     assert plan.nodes["a"].dependents == ("b",)
     assert plan.roots == ("a",)
@@ -231,7 +231,7 @@ def test_compatible_annotations_are_accepted(produced: object, expected: object)
         sa = step(a)
         sb = step(b)
 
-    assert Fits.__asaga_plan__ is not None
+    assert Fits.__asaga__ is not None
 
 
 def test_every_problem_in_one_error() -> None:
@@ -311,7 +311,7 @@ def test_compensation_may_take_ancestors_and_inputs() -> None:
         async def undo_b(b: int, a: int, x: int) -> None:
             return None
 
-    assert Fine.__asaga_plan__ is not None
+    assert Fine.__asaga__ is not None
 
 
 def test_compensation_of_non_ancestor_needs_default() -> None:
@@ -439,7 +439,7 @@ def test_input_type_that_cannot_be_validated() -> None:
         async def a(client: Proto) -> None:
             return None
 
-    assert WithResource.__asaga_plan__ is not None
+    assert WithResource.__asaga__ is not None
 
 
 def test_unresolvable_annotation() -> None:
@@ -487,8 +487,8 @@ def test_inherited_saga_reuses_steps() -> None:
         async def b(a: int) -> int:
             return a * 10
 
-    plan = Child.__asaga_plan__
-    assert plan is not None
+    assert Child.__asaga__ is not None
+    plan = Child.__asaga__.plan
     assert set(plan.nodes) == {"a", "b"}
     assert plan.nodes["b"].fn is Child.b.fn
 

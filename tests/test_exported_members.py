@@ -12,11 +12,15 @@ def test_all_is_pinned() -> None:
         "CompensationFailedEvent",
         "CompensationStarted",
         "CompensationSucceeded",
+        "ElementFailure",
+        "ElementSuccess",
         "Event",
         "EventKind",
         "FieldError",
         "Hook",
         "InputValidationError",
+        "MapFailed",
+        "MapResult",
         "Resource",
         "Retry",
         "RunFailed",
@@ -33,6 +37,8 @@ def test_all_is_pinned() -> None:
         "StepSkipped",
         "StepStarted",
         "StepSucceeded",
+        "compose",
+        "map_each",
         "step",
     ]
 
@@ -48,7 +54,8 @@ def test_public_classes_say_asaga() -> None:
     """Tracebacks name ``asaga.Saga``, not the private module it lives in."""
     for name in ("Saga", "Retry", "SagaFailed", "CompensationFailed", "SagaResult", "Step"):
         assert getattr(asaga, name).__module__ == "asaga", name
-    assert asaga.step.__module__ == "asaga"
+    for fn in (asaga.step, asaga.compose, asaga.map_each):
+        assert fn.__module__ == "asaga"
 
 
 def test_exception_tree() -> None:

@@ -317,25 +317,35 @@ async def test_base_class_cannot_run() -> None:
 
 async def test_retry_wait_gives_its_slot_back() -> None:
     """Under max_concurrency = 1, a step waiting out a backoff does not hold the only slot:
-    the other branch runs (and here fails the run, which ends the wait at once)."""
-    first_attempt_failed = anyio.Event()
+    the other branch runs (and fails the run, which ends the wait at once).
+
+    ``other`` never waits while holding the slot, so the run cannot deadlock whatever the
+    backend's start order; if ``patient`` starts first (always on asyncio), ``other`` can
+    only run while ``patient`` waits its 60 s backoff.
+    """
+    recorder = EventRecorder()
 
     class OneSlot(Saga):
         max_concurrency = 1
 
         @step(retry=Retry(max_attempts=3, backoff="fixed", base_delay=60))
         async def patient() -> None:
-            first_attempt_failed.set()
             raise ConnectionError("down")
 
         @step
         async def other() -> None:
-            await first_attempt_failed.wait()
-            raise ValueError("ran while patient waited")
+            raise ValueError("ran")
 
     with anyio.fail_after(5), pytest.raises(SagaFailed) as info:
-        await OneSlot.run()
+        await OneSlot.run(hooks=[recorder])
     assert info.value.step == "other"
+    if recorder.steps("step_started")[0] == "patient":
+        assert recorder.trace()[1:5] == [
+            ("step_started", "patient"),
+            ("step_retrying", "patient"),
+            ("step_started", "other"),
+            ("step_failed", "other"),
+        ]
 
 
 async def test_cancellation_during_backoff_is_an_event() -> None:

@@ -1,0 +1,508 @@
+"""Composed and mapped steps: a step that runs a whole sub-saga, or one per element.
+
+``compose(Child, a="x")`` is a step that runs ``Child`` once, feeding its input ``a`` from
+the parent's step or input ``x`` (and every other required input of the child from the
+parent name that matches it). ``map_each(Child, over="items")`` runs ``Child`` once per
+element of the collection ``items``; ``map_each(fn, over="items")`` does the same with an
+``async def``.
+
+A completed composed or mapped step leaves an undo handle: if the parent run fails later,
+the parent's unwind calls it, and the sub-runs compensate their own completed steps in
+their own reverse-graph order (map elements in reverse index order), exactly once.
+
+Mapping keeps at most ``max_concurrency`` element tasks alive, whatever the collection's
+size: a fixed set of workers take the next index from a shared counter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, Literal, TypeVar
+
+import anyio
+import msgspec
+
+from ._annotations import EMPTY
+from ._compensation import Undoable
+from ._events import RunContext
+from ._exceptions import AsagaError
+from ._retry import Retry
+from ._run import Completed, SagaSpec, execute
+from ._step import Param, Signature, Step
+
+__all__ = ["ElementFailure", "ElementSuccess", "MapFailed", "MapResult", "compose", "map_each"]
+
+T = TypeVar("T")
+
+MapMode = Literal["fail_fast", "collect"]
+
+
+class ElementSuccess(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
+    """One element of a mapped step that completed (``collect`` mode)."""
+
+    index: int
+    """The element's position in the collection."""
+    value: T
+    """Its result (for a sub-saga, the sub-saga's output)."""
+
+
+class ElementFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """One element of a mapped step that failed (``collect`` mode)."""
+
+    index: int
+    """The element's position in the collection."""
+    error: BaseException
+    """What it raised (for a sub-saga, its ``SagaFailed``)."""
+
+
+class MapResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
+    """The result of a mapped step in ``collect`` mode.
+
+    ``values`` is ordered like the collection, ``None`` where the element failed.
+    """
+
+    values: list[T | None]
+    """One entry per element, in input order; ``None`` for failed elements."""
+    successes: list[ElementSuccess[T]]
+    """The completed elements, by ascending index."""
+    failures: list[ElementFailure]
+    """The failed elements, by ascending index."""
+
+    @property
+    def all_failed(self) -> bool:
+        """Whether no element completed (and there was at least one)."""
+        return not self.successes and bool(self.failures)
+
+
+class MapFailed(AsagaError):
+    """A ``fail_fast`` mapped step failed: element :attr:`index` raised (``__cause__``).
+
+    The completed elements were undone, in reverse index order, before this was raised;
+    :attr:`undo_errors` lists the undos that failed (they need a human).
+    """
+
+    def __init__(
+        self, step: str, index: int, undone: Sequence[int], undo_errors: Sequence[Exception]
+    ) -> None:
+        self.step = step
+        self.index = index
+        self.undone = tuple(undone)
+        self.undo_errors = tuple(undo_errors)
+        extra = f"; undoing {len(self.undo_errors)} elements failed" if undo_errors else ""
+        super().__init__(
+            f"element {index} of mapped step {step!r} failed; undid elements "
+            f"{list(self.undone)}{extra}"
+        )
+
+
+# -- compose ---------------------------------------------------------------------------------
+
+
+def compose(
+    saga: type[Any],
+    /,
+    *,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    when: Callable[..., Any] | None = None,
+    **inputs: str,
+) -> Step[..., Any]:
+    """A step that runs the saga class ``saga`` as a sub-saga; its output is the result.
+
+    ``inputs`` maps each child input to the parent name (a step or an input of the parent)
+    it is taken from: ``compose(ReserveItem, sku="product_id")``. A required child input
+    left out is taken from the parent name equal to it; an optional one keeps the child's
+    default. The step is named after the attribute it is assigned to::
+
+        class Order(Saga):
+            reserve = compose(ReserveItem, sku="product_id", quantity="qty")
+
+    If the child fails it unwinds itself and this step fails with its ``SagaFailed`` as the
+    cause. If the parent fails later, the child's completed steps are compensated by the
+    child's own compensations, in the child's reverse-graph order.
+    """
+    problems: list[str] = []
+    spec = _spec_of(saga, "compose", problems)
+    sources = _sources(spec, inputs, problems, mapped_only=False)
+    label = getattr(saga, "__name__", repr(saga))
+
+    async def invoke(context: RunContext, name: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        assert spec is not None
+        child_inputs = {child: kwargs[parent] for child, parent in sources if parent in kwargs}
+        result, completed = await execute(
+            spec, child_inputs, parent=context, prefix=context.path_of(name)
+        )
+        return result.output, completed
+
+    return _nested_step(
+        f"compose({label})", _params(sources, spec), problems, invoke, retry, timeout, when
+    )
+
+
+# -- map -------------------------------------------------------------------------------------
+
+
+def map_each(
+    target: type[Any] | Callable[..., Awaitable[Any]],
+    /,
+    *,
+    over: str,
+    max_concurrency: int = 16,
+    mode: MapMode = "fail_fast",
+    item: str | None = None,
+    undo: Callable[..., Awaitable[Any]] | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    when: Callable[..., Any] | None = None,
+    **inputs: str,
+) -> Step[..., Any]:
+    """A step that runs ``target`` once per element of the collection ``over`` names.
+
+    ``target`` is a saga class or an ``async def``:
+
+    - a saga: each element gives the child's inputs (a mapping, a msgspec Struct or a
+      dataclass); ``inputs`` maps further child inputs from parent names, as in
+      :func:`compose`, and child resources come from the parent name equal to them;
+    - an ``async def``: the element is passed as its parameter ``item`` (default: its first
+      parameter); its other parameters resolve from the parent like a step's. ``undo``, an
+      optional ``async def``, undoes one element: it receives the element under the same
+      name, the element's result under the function's name, and parent values by name.
+
+    ``over`` names a step result or an input of the parent. At most ``max_concurrency``
+    elements run at once. The result is a list ordered like the collection; in
+    ``mode="collect"`` it is a :class:`MapResult` instead, and failed elements do not fail
+    the step. In ``mode="fail_fast"`` (default) the first failure stops starting new
+    elements, lets those in flight finish, undoes the completed ones in reverse index
+    order and fails the step with :class:`MapFailed`.
+    """
+    problems: list[str] = []
+    if not isinstance(over, str) or not over.isidentifier():
+        problems.append(f"over={over!r} must name a step or an input of the saga")
+    if (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        problems.append(f"max_concurrency={max_concurrency!r} must be an int >= 1")
+    if mode not in ("fail_fast", "collect"):
+        problems.append(f"mode={mode!r} must be 'fail_fast' or 'collect'")
+
+    element: _SagaElement | _FunctionElement
+    if isinstance(target, type):
+        spec = _spec_of(target, "map_each", problems)
+        sources = _sources(spec, inputs, problems, mapped_only=True)
+        label = target.__name__
+        element = _SagaElement(spec, sources)
+        if undo is not None:
+            problems.append("undo= is for async functions; a saga undoes itself")
+        if item is not None:
+            problems.append("item= is for async functions; saga elements are inputs")
+    else:
+        spec = None
+        label = getattr(target, "__name__", repr(target))
+        element = _FunctionElement.read(target, item, undo, inputs, problems)
+        sources = element.sources
+    params = _params(sources, spec)
+    if isinstance(over, str) and over not in {p.name for p in params}:
+        params.append(Param(over, EMPTY, False, None))
+    limit = max_concurrency if isinstance(max_concurrency, int) else 1
+
+    async def invoke(context: RunContext, name: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        collection = kwargs[over]
+        if not isinstance(collection, Iterable) or isinstance(collection, str | bytes):
+            raise TypeError(
+                f"map_each over {over!r} needs a collection, got {type(collection).__name__}"
+            )
+        return await _Mapping(context, name, element, list(collection), kwargs, limit, mode).run()
+
+    return _nested_step(f"map_each({label})", params, problems, invoke, retry, timeout, when)
+
+
+class _Mapping:
+    """One execution of a mapped step."""
+
+    def __init__(
+        self,
+        context: RunContext,
+        name: str,
+        element: _SagaElement | _FunctionElement,
+        items: list[Any],
+        kwargs: dict[str, Any],
+        limit: int,
+        mode: MapMode,
+    ) -> None:
+        self.context = context
+        self.name = name
+        self.element = element
+        self.items = items
+        self.kwargs = kwargs
+        self.limit = limit
+        self.mode = mode
+        self.values: list[Any] = [None] * len(items)
+        self.undos: dict[int, Undoable] = {}
+        self.failures: list[ElementFailure] = []
+        self.next_index = 0
+        self.stopped = False
+
+    async def run(self) -> tuple[Any, Undoable]:
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(min(self.limit, len(self.items))):
+                    tg.start_soon(self._worker)
+        except BaseException:
+            # Cancelled (the caller, a timeout, the parent's on_failure="cancel"): the step
+            # will not complete, so nobody else will undo its elements. Do it now.
+            await _UndoElements(self.undos).undo_shielded()
+            raise
+        self.failures.sort(key=lambda f: f.index)
+        if self.mode == "fail_fast" and self.failures:
+            first = self.failures[0]
+            undo = _UndoElements(self.undos)
+            errors = await undo.undo_shielded()
+            raise MapFailed(self.name, first.index, undo.undone, errors) from first.error
+        handle = _UndoElements(self.undos)
+        if self.mode == "collect":
+            failed = {f.index for f in self.failures}
+            result: Any = MapResult(
+                values=self.values,
+                successes=[
+                    ElementSuccess(index=i, value=v)
+                    for i, v in enumerate(self.values)
+                    if i not in failed
+                ],
+                failures=self.failures,
+            )
+            return result, handle
+        return self.values, handle
+
+    async def _worker(self) -> None:
+        items = self.items
+        while not self.stopped and self.next_index < len(items):
+            index = self.next_index
+            self.next_index += 1
+            try:
+                value, undo = await self.element.run(
+                    self.context,
+                    f"{self.context.path_of(self.name)}[{index}]",
+                    items[index],
+                    self.kwargs,
+                )
+            except Exception as exc:  # noqa: BLE001 - an element may fail in any way
+                self.failures.append(ElementFailure(index=index, error=exc))
+                if self.mode == "fail_fast":
+                    self.stopped = True
+                continue
+            self.values[index] = value
+            if undo is not None:
+                self.undos[index] = undo
+
+
+class _UndoElements:
+    """Undo the completed elements of a mapped step, in reverse index order."""
+
+    def __init__(self, undos: dict[int, Undoable]) -> None:
+        self._undos = undos
+        self.undone: list[int] = []
+
+    async def undo(self) -> None:
+        errors = await self.undo_shielded()
+        if errors:
+            raise ExceptionGroup("undoing mapped elements failed", errors)
+
+    async def undo_shielded(self) -> list[Exception]:
+        errors: list[Exception] = []
+        with anyio.CancelScope(shield=True):
+            for index in sorted(self._undos, reverse=True):
+                undo = self._undos.pop(index)  # each element is undone at most once
+                try:
+                    await undo.undo()
+                except Exception as exc:  # noqa: BLE001 - collected; the others still run
+                    errors.append(exc)
+                else:
+                    self.undone.append(index)
+        return errors
+
+
+class _SagaElement:
+    """Elements that are sub-saga runs."""
+
+    def __init__(self, spec: SagaSpec | None, sources: list[tuple[str, str]]) -> None:
+        self.spec = spec
+        self.sources = sources
+
+    async def run(
+        self, context: RunContext, prefix: str, item: Any, kwargs: dict[str, Any]
+    ) -> tuple[Any, Completed]:
+        assert self.spec is not None
+        child_inputs = {c: kwargs[p] for c, p in self.sources if p in kwargs}
+        child_inputs.update(_as_inputs(item))
+        result, completed = await execute(self.spec, child_inputs, parent=context, prefix=prefix)
+        return result.output, completed
+
+
+class _FunctionElement:
+    """Elements that are calls of an ``async def``."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        item: str,
+        fn_sources: list[tuple[str, str]],
+        undo: Callable[..., Awaitable[Any]] | None,
+        undo_sources: list[tuple[str, str]],
+        undo_params: frozenset[str],
+    ) -> None:
+        self.fn = fn
+        self.item = item
+        self.fn_sources = fn_sources
+        self.undo_fn = undo
+        self.undo_sources = undo_sources
+        self.undo_params = undo_params
+        self.result_name = getattr(fn, "__name__", "result")
+        self.sources = fn_sources + [s for s in undo_sources if s not in fn_sources]
+
+    @classmethod
+    def read(
+        cls,
+        fn: Callable[..., Awaitable[Any]],
+        item: str | None,
+        undo: Callable[..., Awaitable[Any]] | None,
+        inputs: Mapping[str, str],
+        problems: list[str],
+    ) -> _FunctionElement:
+        label = getattr(fn, "__name__", repr(fn))
+        sig = Signature.read(fn, f"mapped function '{label}'")
+        problems.extend(sig.problems)
+        names = [p.name for p in sig.params]
+        if item is None:
+            if not names:
+                problems.append(f"mapped function '{label}' needs a parameter for the element")
+            item = names[0] if names else "item"
+        elif item not in names:
+            problems.append(f"item={item!r}: mapped function '{label}' has no such parameter")
+        for child in inputs:
+            if child not in names:
+                problems.append(f"mapped function '{label}' has no parameter {child!r}")
+        fn_sources = [(p, inputs.get(p, p)) for p in names if p != item]
+        undo_sources: list[tuple[str, str]] = []
+        undo_params: frozenset[str] = frozenset()
+        if undo is not None:
+            usig = Signature.read(undo, f"undo of mapped function '{label}'")
+            problems.extend(usig.problems)
+            undo_params = frozenset(p.name for p in usig.params)
+            undo_sources = [
+                (p.name, inputs.get(p.name, p.name))
+                for p in usig.params
+                if p.name not in (item, label)
+            ]
+        return cls(fn, item, fn_sources, undo, undo_sources, undo_params)
+
+    async def run(
+        self, context: RunContext, prefix: str, item: Any, kwargs: dict[str, Any]
+    ) -> tuple[Any, Undoable | None]:
+        args = {child: kwargs[parent] for child, parent in self.fn_sources if parent in kwargs}
+        args[self.item] = item
+        value = await self.fn(**args)
+        if self.undo_fn is None:
+            return value, None
+        undo_args = {c: kwargs[p] for c, p in self.undo_sources if p in kwargs}
+        if self.item in self.undo_params:
+            undo_args[self.item] = item
+        if self.result_name in self.undo_params:
+            undo_args[self.result_name] = value
+        return value, _CallUndo(self.undo_fn, undo_args)
+
+
+class _CallUndo:
+    def __init__(self, fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> None:
+        self._fn = fn
+        self._kwargs = kwargs
+
+    async def undo(self) -> None:
+        await self._fn(**self._kwargs)
+
+
+def _as_inputs(item: Any) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    if isinstance(item, msgspec.Struct):
+        return {f: getattr(item, f) for f in item.__struct_fields__}
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    raise TypeError(
+        f"a mapped saga's elements must be mappings, Structs or dataclasses of its inputs; "
+        f"got {type(item).__name__}"
+    )
+
+
+# -- shared ----------------------------------------------------------------------------------
+
+
+def _spec_of(saga: Any, what: str, problems: list[str]) -> SagaSpec | None:
+    spec = getattr(saga, "__asaga__", None) if isinstance(saga, type) else None
+    if not isinstance(spec, SagaSpec):
+        problems.append(f"{what}() takes a Saga subclass with steps, got {saga!r}")
+        return None
+    return spec
+
+
+def _sources(
+    spec: SagaSpec | None, inputs: Mapping[str, str], problems: list[str], *, mapped_only: bool
+) -> list[tuple[str, str]]:
+    """(child input, parent name) pairs: the mapped ones, then the implied ones."""
+    if spec is None:
+        return []
+    child_inputs = spec.plan.inputs
+    saga = spec.plan.saga
+    pairs: list[tuple[str, str]] = []
+    for child, parent in inputs.items():
+        if child not in child_inputs:
+            problems.append(f"{saga} has no input {child!r} (its inputs: {sorted(child_inputs)})")
+        elif not isinstance(parent, str) or not parent.isidentifier():
+            problems.append(f"input {child!r} of {saga} must map to a parent name, got {parent!r}")
+        else:
+            pairs.append((child, parent))
+    for name, input_spec in child_inputs.items():
+        if name in inputs:
+            continue
+        if input_spec.resource or (input_spec.required and not mapped_only):
+            pairs.append((name, name))
+    return pairs
+
+
+def _params(sources: Sequence[tuple[str, str]], spec: SagaSpec | None) -> list[Param]:
+    """The parent names a nested step reads, annotated like the child inputs they feed."""
+    child_inputs = spec.plan.inputs if spec is not None else {}
+    params: list[Param] = []
+    seen: set[str] = set()
+    for child, parent in sources:
+        if parent in seen:
+            continue
+        seen.add(parent)
+        annotation = child_inputs[child].annotation if child in child_inputs else EMPTY
+        params.append(Param(parent, annotation, False, None))
+    return params
+
+
+def _nested_step(
+    label: str,
+    params: list[Param],
+    problems: list[str],
+    invoke: Callable[..., Awaitable[tuple[Any, Any]]],
+    retry: Retry | None,
+    timeout: float | None,
+    when: Callable[..., Any] | None,
+) -> Step[..., Any]:
+    """A Step whose parameters are the parent names the nested run reads."""
+
+    async def nested(**kwargs: Any) -> Any:
+        raise TypeError(f"{label} runs inside a saga run; it cannot be called directly")
+
+    nested.__name__ = nested.__qualname__ = label
+    nested.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY) for p in params]
+    )
+    signature = Signature(tuple(params), EMPTY, tuple(f"{label}: {p}" for p in problems), False)
+    return Step(nested, retry=retry, timeout=timeout, when=when, invoke=invoke, signature=signature)

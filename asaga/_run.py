@@ -1,0 +1,243 @@
+"""A run: one execution of a saga, from validated inputs to a result or an unwound failure.
+
+Shared by top-level runs (``Saga.run``) and the sub-saga runs of composed and mapped steps.
+A run that succeeds hands back, with its result, a :class:`Completed` handle that can still
+undo it: a parent run whose later step fails uses it to compensate the child's steps, in
+the child's own reverse-graph order.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+from structlog.contextvars import bound_contextvars
+
+from ._compensation import Undoable, Unwind
+from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
+from ._exceptions import CompensationFailed, SagaFailed
+from ._graph import Plan
+from ._inputs import InputValidator
+from ._scheduler import Execution
+
+__all__ = ["Completed", "SagaResult", "SagaSpec", "execute"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SagaResult(Generic[T]):
+    """The outcome of a successful run. Created by ``run()``, never by users."""
+
+    run_id: str
+    """The run's id (unique per run)."""
+    output: T
+    """The result of the output step: the class's ``output``, else the single step that
+    nothing depends on, else ``None``."""
+    results: Mapping[str, Any]
+    """Read-only mapping of every completed step's name to its result (skipped steps have
+    no entry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSpec:
+    """Everything a run needs of a saga class, fixed when the class is created."""
+
+    plan: Plan
+    inputs: InputValidator
+    sync_hooks: tuple[Callable[[Event], object], ...]
+    async_hooks: tuple[Callable[[Event], Awaitable[None]], ...]
+    max_concurrency: int | None
+    on_failure: str
+    compensation_timeout: float | None
+
+
+class Completed:
+    """A run that succeeded, kept so that a parent can still undo it."""
+
+    __slots__ = ("_completed", "_context", "_spec", "_undos", "_values")
+
+    def __init__(
+        self,
+        spec: SagaSpec,
+        context: RunContext,
+        values: dict[str, Any],
+        completed: list[str],
+        undos: dict[str, Undoable],
+    ) -> None:
+        self._spec = spec
+        self._context = context
+        self._values = values
+        self._completed = completed
+        self._undos = undos
+
+    async def undo(self) -> None:
+        """Compensate the run's completed steps; raise ``CompensationFailed`` if any fail."""
+        spec, context = self._spec, self._context
+        # The run's own dispatcher ended with it: deliver the undo through a fresh emitter.
+        parent = context.parent
+        emitter = Emitter(
+            spec.sync_hooks, spec.async_hooks, parent=parent.emitter if parent else None
+        )
+        context = RunContext(
+            spec.plan.saga, context.run_id, emitter, prefix=context.prefix, parent=parent
+        )
+        unwind = Unwind(
+            spec.plan,
+            self._values,
+            context,
+            self._undos,
+            default_timeout=spec.compensation_timeout,
+        )
+        await _with_dispatcher(emitter, unwind.run(self._completed))
+        if unwind.errors:
+            raise CompensationFailed(
+                spec.plan.saga,
+                context.run_id,
+                "(undo)",
+                unwind.compensated,
+                [name for name, _ in unwind.errors],
+                ExceptionGroup(
+                    f"compensations of saga {spec.plan.saga} failed",
+                    [exc for _, exc in unwind.errors],
+                ),
+            )
+
+
+async def execute(
+    spec: SagaSpec,
+    inputs: Mapping[str, Any],
+    *,
+    run_id: str | None = None,
+    extra_hooks: tuple[
+        tuple[Callable[[Event], object], ...], tuple[Callable[[Event], Awaitable[None]], ...]
+    ] = ((), ()),
+    parent: RunContext | None = None,
+    prefix: str | None = None,
+) -> tuple[SagaResult[Any], Completed]:
+    """Validate ``inputs`` and run the saga once.
+
+    Returns the result and a handle that can undo the run later; raises
+    ``InputValidationError``, ``SagaFailed`` / ``CompensationFailed`` (after unwinding), or
+    the caller's cancellation (after unwinding).
+    """
+    values = spec.inputs.validate(inputs)
+    run_id = run_id or uuid.uuid4().hex
+    sync_hooks, async_hooks = spec.sync_hooks, spec.async_hooks
+    if extra_hooks[0] or extra_hooks[1]:
+        sync_hooks, async_hooks = sync_hooks + extra_hooks[0], async_hooks + extra_hooks[1]
+    emitter = Emitter(sync_hooks, async_hooks, parent=parent.emitter if parent else None)
+    context = RunContext(spec.plan.saga, run_id, emitter, prefix=prefix, parent=parent)
+    with bound_contextvars(saga=spec.plan.saga, run_id=run_id):
+        return await _with_dispatcher(emitter, _drive(spec, values, context))
+
+
+async def _with_dispatcher(emitter: Emitter, work: Awaitable[T]) -> T:
+    """Await ``work`` while the emitter's async hooks are fed, if it has any."""
+    if not emitter.needs_dispatcher:
+        return await work
+    failed: SagaFailed | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(emitter.dispatch, name="asaga event hooks")
+        try:
+            result = await work
+        except SagaFailed as exc:  # re-raised outside the task group, unwrapped
+            failed = exc
+        finally:
+            emitter.close()
+    if failed is not None:
+        raise failed
+    return result
+
+
+async def _drive(
+    spec: SagaSpec, values: dict[str, Any], context: RunContext
+) -> tuple[SagaResult[Any], Completed]:
+    plan = spec.plan
+    emit = context.emit
+    started = time.monotonic()
+    emit(RunStarted)
+    execution = Execution(
+        plan,
+        values,
+        context,
+        max_concurrency=spec.max_concurrency,
+        on_failure=spec.on_failure,
+    )
+    unwind = Unwind(
+        plan, values, context, execution.undos, default_timeout=spec.compensation_timeout
+    )
+    try:
+        await execution.execute()
+    except anyio.get_cancelled_exc_class():
+        await unwind.run(execution.completed)
+        emit(
+            RunFailed,
+            duration=time.monotonic() - started,
+            cancelled=True,
+            failed_step=execution.failure[0] if execution.failure else None,
+            error="cancelled",
+        )
+        raise
+
+    if execution.failure is None:
+        emit(RunSucceeded, duration=time.monotonic() - started)
+        results = execution.results
+        result = SagaResult(
+            run_id=context.run_id,
+            output=results.get(plan.output) if plan.output is not None else None,
+            results=_ReadOnly(results),
+        )
+        return result, Completed(spec, context, values, execution.completed, execution.undos)
+
+    step_name, cause = execution.failure
+    await unwind.run(execution.completed)
+    emit(
+        RunFailed,
+        duration=time.monotonic() - started,
+        failed_step=step_name,
+        error=repr(cause),
+    )
+    error: SagaFailed
+    if unwind.errors:
+        error = CompensationFailed(
+            plan.saga,
+            context.run_id,
+            step_name,
+            unwind.compensated,
+            [name for name, _ in unwind.errors],
+            ExceptionGroup(
+                f"compensations of saga {plan.saga} failed", [exc for _, exc in unwind.errors]
+            ),
+        )
+    else:
+        error = SagaFailed(plan.saga, context.run_id, step_name, unwind.compensated)
+    # A caller cancelled while we were unwinding: the cancellation is what propagates.
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    raise error from cause
+
+
+class _ReadOnly(Mapping[str, Any]):
+    """A read-only view of a run's results (cheaper to make than a MappingProxyType copy)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
