@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from asaga import Saga, step
@@ -30,16 +30,23 @@ def make_saga(
     deps: Mapping[str, list[str]],
     steps: Mapping[str, Callable[..., Awaitable[Any]]],
     compensations: Mapping[str, Callable[..., Awaitable[Any]]],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    skip: Collection[str] = (),
     **settings: Any,
 ) -> type[Saga]:
     """A saga whose step ``s`` takes ``deps[s]`` and runs ``steps[s]``.
 
     ``compensations[s]``, when given, undoes ``s`` and takes the step's own result.
+    ``extra`` adds ready-made steps (composed, mapped) under their names; steps named in
+    ``skip`` get a condition that is always false.
     """
     namespace: dict[str, Any] = dict(settings)
+    namespace.update(extra or {})
     made = {}
     for s, params in deps.items():
-        made[s] = step(make_function(s, params, steps[s]))
+        when = (lambda: False) if s in skip else None
+        made[s] = step(when=when)(make_function(s, params, steps[s]))
         namespace[s] = made[s]
     for s, undo in compensations.items():
         namespace[f"undo_{s}"] = made[s].compensate(make_function(f"undo_{s}", [s], undo))
