@@ -1,0 +1,379 @@
+"""Leases: what a holder gets, and how contenders in one process queue for it.
+
+A lease is a lock with a mandatory time-to-live and a fencing token. The machinery here is
+shared by every backend:
+
+- **single flight**: per key, at most one contender of this process talks to the backend
+  (the *head*); the others wait in a local FIFO queue on an event, holding no connection;
+- **handoff**: when a holder releases and a local waiter is queued, the backend re-grants
+  the key to that waiter with a new token in one step (no release/acquire race, no
+  wake-up latency); a backend may refuse, to let other processes have their turn, and the
+  waiter then becomes the head instead;
+- **renewal**: while held, a task renews the lease every ``ttl / 3``; when a renewal finds
+  the lease gone, the body of the ``async with`` is cancelled and :class:`LeaseLost` is
+  raised in its place;
+- **release** is token-checked and runs shielded, so a cancelled holder frees the key at
+  once rather than after its TTL;
+- **multi-key** leases take their keys in sorted order (no deadlock between two bulk
+  operations), all or nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import structlog
+
+from .._exceptions import AsagaError
+
+_logger = structlog.get_logger("asaga")
+
+__all__ = [
+    "Backend",
+    "Lease",
+    "LeaseError",
+    "LeaseLost",
+    "LeaseTimeout",
+    "LeaseUnavailable",
+    "Leases",
+    "LockProvider",
+    "StaleWrite",
+]
+
+
+class LeaseError(AsagaError):
+    """Base class of lease errors; ``keys`` names the keys concerned."""
+
+    def __init__(self, message: str, keys: Sequence[str]) -> None:
+        self.keys = tuple(keys)
+        super().__init__(message)
+
+
+class LeaseTimeout(LeaseError, TimeoutError):
+    """The lease could not be acquired within ``wait`` seconds."""
+
+
+class LeaseLost(LeaseError):
+    """The lease expired or was taken over while held; the holder's work was cancelled."""
+
+
+class LeaseUnavailable(LeaseError):
+    """The lock backend cannot be reached (for example, Redis is down)."""
+
+
+class StaleWrite(LeaseLost):
+    """A fenced write was rejected: a newer lease on the key exists."""
+
+
+class Lease:
+    """One acquisition of one or more keys. Created by a provider, never by users."""
+
+    __slots__ = ("_expires", "_leases", "_lost", "keys", "tokens", "ttl")
+
+    def __init__(
+        self, leases: Leases, keys: tuple[str, ...], tokens: dict[str, int], ttl: float
+    ) -> None:
+        self._leases = leases
+        self.keys = keys
+        """The keys held, in acquisition (sorted) order."""
+        self.tokens: Mapping[str, int] = tokens
+        """Fencing token per key: strictly increasing per key across all grants."""
+        self.ttl = ttl
+        """Seconds the lease lives without renewal."""
+        self._expires = anyio.current_time() + ttl
+        self._lost: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The key of a single-key lease."""
+        if len(self.keys) != 1:
+            raise TypeError(f"this lease holds {len(self.keys)} keys; use .keys and .tokens")
+        return self.keys[0]
+
+    @property
+    def token(self) -> int:
+        """The fencing token of a single-key lease."""
+        return self.tokens[self.key]
+
+    @property
+    def remaining(self) -> float:
+        """Seconds until the lease expires unless renewed (0 when lost)."""
+        if self._lost is not None:
+            return 0.0
+        return max(0.0, self._expires - anyio.current_time())
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lease was found lost."""
+        return self._lost is not None
+
+    async def extend(self, ttl: float | None = None) -> None:
+        """Renew now, for ``ttl`` seconds (default: the lease's ttl).
+
+        Raises :class:`LeaseLost` if the lease is gone.
+        """
+        ttl = self.ttl if ttl is None else _check_ttl(ttl)
+        if self._lost is None:
+            started = anyio.current_time()
+            if await self._leases.backend.renew(self.tokens, ttl):
+                self._expires = started + ttl
+                return
+            self._lost = "a renewal found the lease taken over or expired"
+        raise LeaseLost(f"lease on {list(self.keys)} lost: {self._lost}", self.keys)
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost else f"{self.remaining:.3f}s left"
+        return f"<Lease {dict(self.tokens)} {state}>"
+
+
+class Backend(Protocol):
+    """What a storage for leases provides; see MemoryLockProvider and RedisLockProvider."""
+
+    async def try_acquire(self, key: str, ttl: float) -> tuple[int, float]:
+        """Take ``key`` if free: ``(token, 0)``; else ``(0, seconds it stays held)``."""
+        ...
+
+    async def renew(self, tokens: Mapping[str, int], ttl: float) -> bool:
+        """Extend every key still held under its token; False if any is not."""
+        ...
+
+    async def release(self, key: str, token: int) -> None:
+        """Free ``key`` if ``token`` still holds it."""
+        ...
+
+    async def handoff(self, key: str, token: int, ttl: float, streak: int) -> int:
+        """Re-grant ``key`` held under ``token`` with a new token for ``ttl``.
+
+        ``streak`` counts the handoffs in a row on this key. Returns the new token, ``0``
+        if ``token`` no longer holds the key, or ``-1`` if the backend released the key
+        instead (to let other processes have a turn).
+        """
+        ...
+
+    async def wait_released(self, key: str) -> None:
+        """Return when ``key`` may have been released (the caller bounds the wait)."""
+        ...
+
+
+class LockProvider(Protocol):
+    """Grants leases: ``async with provider.lease("inventory:sku-1", ttl=5) as lease``."""
+
+    def lease(
+        self, *keys: str, ttl: float, wait: float | None = None
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Hold ``keys`` for the body of the ``async with``; see :class:`Lease`."""
+        ...
+
+
+_COURTESY = 0.003
+"""Seconds a process waits before contending again after releasing a key for another."""
+
+
+class _Waiter:
+    __slots__ = ("event", "grant", "ttl", "woken")
+
+    def __init__(self, ttl: float) -> None:
+        self.event = anyio.Event()
+        self.ttl = ttl
+        self.grant = 0  # > 0: a token handed over; else only the turn (become the head)
+        self.woken = False
+
+
+class _KeyQueue:
+    __slots__ = ("busy", "streak", "waiters")
+
+    def __init__(self) -> None:
+        self.busy = False  # a contender of this process holds the key or is the head
+        self.waiters: deque[_Waiter] = deque()
+        self.streak = 0  # handoffs in a row
+
+
+class Leases:
+    """The lease machinery of one provider over one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._queues: dict[str, _KeyQueue] = {}
+
+    @asynccontextmanager
+    async def lease(
+        self, keys: Iterable[str], *, ttl: float, wait: float | None
+    ) -> AsyncIterator[Lease]:
+        ordered = tuple(sorted(set(keys)))
+        if not ordered:
+            raise ValueError("lease() needs at least one key")
+        for key in ordered:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"lease keys are non-empty strings, got {key!r}")
+        ttl = _check_ttl(ttl)
+        deadline = math.inf if wait is None else anyio.current_time() + _check_wait(wait)
+        tokens: dict[str, int] = {}
+        try:
+            for key in ordered:
+                tokens[key] = await self._acquire(key, ttl, deadline)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for key, token in reversed(tokens.items()):
+                    await self._release(key, token)
+            raise
+        lease = Lease(self, ordered, tokens, ttl)
+        # The body's own exception is kept out of the task group (which would wrap it in an
+        # ExceptionGroup) and re-raised after it. A cancellation from outside is re-raised
+        # by the task group itself; one from the renewal task becomes LeaseLost.
+        failure: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_alive, lease, tg.cancel_scope, name="lease renewal")
+                try:
+                    yield lease
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    failure = exc
+                finally:
+                    tg.cancel_scope.cancel()  # stop renewing
+        finally:
+            with anyio.CancelScope(shield=True):
+                for key in reversed(ordered):
+                    await self._release(key, tokens[key])
+        if lease.lost:
+            lost = LeaseLost(
+                f"lease on {list(ordered)} lost while held ({lease._lost}); the work inside "
+                "it was cancelled",
+                ordered,
+            )
+            if failure is None or isinstance(failure, anyio.get_cancelled_exc_class()):
+                raise lost
+            raise failure from lost
+        if failure is not None:
+            raise failure
+
+    async def _keep_alive(self, lease: Lease, body: anyio.CancelScope) -> None:
+        """Renew every ttl/3; on loss, cancel the body (it then sees LeaseLost)."""
+        while True:
+            await anyio.sleep(lease.ttl / 3)
+            try:
+                await lease.extend()
+            except LeaseLost:
+                body.cancel()
+                return
+            except Exception as exc:  # noqa: BLE001 - a backend error: retry until expiry
+                if lease.remaining <= lease.ttl / 6:
+                    lease._lost = f"renewal failed until expiry ({exc!r})"
+                    body.cancel()
+                    return
+
+    async def _acquire(self, key: str, ttl: float, deadline: float) -> int:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _KeyQueue()
+        courteous = False
+        if queue.busy:
+            waiter = _Waiter(ttl)
+            queue.waiters.append(waiter)
+            try:
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await waiter.event.wait()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._leave(key, queue, waiter)
+                raise
+            if not waiter.woken:
+                queue.waiters.remove(waiter)
+                raise LeaseTimeout(f"could not acquire {key!r} in time", (key,))
+            if waiter.grant > 0:
+                return waiter.grant
+            # Handed the turn: this task is the head now (queue.busy stays True). After a
+            # release made for another process's sake, give that process a moment first.
+            courteous = waiter.grant < 0
+        else:
+            queue.busy = True
+        try:
+            if courteous:
+                await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
+            return await self._head(key, ttl, deadline)
+        except BaseException:
+            self._pass_turn(key, queue)
+            raise
+
+    async def _head(self, key: str, ttl: float, deadline: float) -> int:
+        backend = self.backend
+        while True:
+            token, held_for = await backend.try_acquire(key, ttl)
+            if token:
+                return token
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                raise LeaseTimeout(f"could not acquire {key!r} in time", (key,))
+            # Woken by a release notification; else retry when the holder's TTL runs out,
+            # at most every half second, with jitter so that processes do not stampede.
+            pause = min(held_for, 0.5, left) * random.uniform(1.0, 1.2) + 0.001
+            with anyio.move_on_after(pause):
+                await backend.wait_released(key)
+
+    async def _leave(self, key: str, queue: _KeyQueue, waiter: _Waiter) -> None:
+        """A waiter gives up (cancelled): pass on what it was handed, if anything."""
+        if not waiter.woken:
+            queue.waiters.remove(waiter)
+        elif waiter.grant > 0:
+            await self._release(key, waiter.grant)
+        else:
+            self._pass_turn(key, queue)
+
+    def _pass_turn(self, key: str, queue: _KeyQueue) -> None:
+        """The head leaves without the key: the next waiter becomes the head."""
+        queue.streak = 0
+        if queue.waiters:
+            waiter = queue.waiters.popleft()
+            waiter.woken = True
+            waiter.event.set()
+        else:
+            queue.busy = False
+            self._queues.pop(key, None)
+
+    async def _release(self, key: str, token: int) -> None:
+        queue = self._queues.get(key)
+        if queue is not None and queue.waiters:
+            ttl = queue.waiters[0].ttl
+            try:
+                granted = await self.backend.handoff(key, token, ttl, queue.streak)
+            except Exception:  # noqa: BLE001 - backend down: the next waiter retries as head
+                granted = 0
+            if queue.waiters:
+                waiter = queue.waiters.popleft()
+                waiter.woken = True
+                if granted > 0:
+                    queue.streak += 1
+                    waiter.grant = granted
+                else:  # lost (0) or released for another process (-1): waiter is the head
+                    queue.streak = 0
+                    waiter.grant = granted
+                waiter.event.set()
+                return
+            if granted > 0:  # the waiter left meanwhile: free what was re-granted
+                token = granted
+        try:
+            await self.backend.release(key, token)
+        except Exception as exc:  # noqa: BLE001 - unreachable backend: the TTL frees the key
+            _logger.warning("lease_release_failed", key=key, token=token, error=repr(exc))
+        if queue is not None and not queue.waiters:
+            queue.busy = False
+            queue.streak = 0
+            self._queues.pop(key, None)
+
+
+def _check_ttl(ttl: float) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return float(ttl)
+
+
+def _check_wait(wait: float) -> float:
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+        raise ValueError(f"wait must be a number of seconds >= 0 or None, got {wait!r}")
+    return float(wait)
