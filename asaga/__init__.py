@@ -36,6 +36,7 @@ from ._exceptions import FieldError as FieldError
 from ._exceptions import InputValidationError as InputValidationError
 from ._exceptions import SagaDefinitionError as SagaDefinitionError
 from ._exceptions import SagaFailed as SagaFailed
+from ._exceptions import UndoFailed as UndoFailed
 from ._nested import ElementFailure as ElementFailure
 from ._nested import ElementSuccess as ElementSuccess
 from ._nested import MapFailed as MapFailed
@@ -83,6 +84,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "UndoFailed",
     "compose",
     "map_each",
     "step",

@@ -39,8 +39,9 @@ class Undoable(Protocol):
     """What a completed composed or mapped step leaves behind: its sub-saga runs, which
     it undoes as a whole (in their own reverse-graph order) when the parent unwinds."""
 
-    async def undo(self) -> None:
-        """Compensate; raise if any part of it could not be undone."""
+    async def undo(self, parent: RunContext) -> None:
+        """Compensate, reporting to ``parent`` (the run that unwinds); raise if any part
+        could not be undone."""
 
 
 class Unwind:
@@ -110,7 +111,7 @@ class Unwind:
         emit(CompensationStarted, name, attempt=1)
         started = time.monotonic()
         try:
-            await undo.undo()
+            await undo.undo(self._context)
         except Exception as exc:  # noqa: BLE001 - recorded; it stops no other compensation
             emit(
                 CompensationFailedEvent,

@@ -313,7 +313,7 @@ class Emitter:
 class RunContext:
     """The identity of one run, and how its events are built and delivered."""
 
-    __slots__ = ("emitter", "parent", "parent_run_id", "prefix", "run_id", "saga")
+    __slots__ = ("emitter", "failed", "parent", "parent_run_id", "prefix", "run_id", "saga")
 
     def __init__(
         self,
@@ -331,6 +331,8 @@ class RunContext:
         """The path of this run inside its parents (``None`` for a top-level run)."""
         self.parent = parent
         self.parent_run_id = parent.run_id if parent is not None else None
+        self.failed: anyio.Event | None = None
+        """Set once a step of this run failed for good (the scheduler sets it)."""
 
     def emit(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> None:
         """Build one event of this run and deliver it."""

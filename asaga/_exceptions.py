@@ -5,6 +5,7 @@
     AsagaError
     ├── SagaDefinitionError      a saga class is broken; raised when the class is created
     ├── InputValidationError     run() got bad, missing or unknown inputs; no step ran
+    ├── UndoFailed               undoing a completed run left some compensations failed
     └── SagaFailed               a step failed for good; completed steps were compensated
         └── CompensationFailed   ... and at least one compensation failed too
 
@@ -23,6 +24,7 @@ __all__ = [
     "InputValidationError",
     "SagaDefinitionError",
     "SagaFailed",
+    "UndoFailed",
 ]
 
 
@@ -141,4 +143,36 @@ class CompensationFailed(SagaFailed):
             f"saga {saga} (run {run_id}) failed at step {step!r}, and compensating "
             f"{list(self.failed_compensations)} failed too (needs manual repair); "
             f"compensated: {list(compensated)}",
+        )
+
+
+class UndoFailed(AsagaError):
+    """Undoing a run that had completed (a sub-saga whose parent failed later) left
+    compensations that failed: :attr:`failed_compensations` need a human.
+
+    :attr:`errors` is an :class:`ExceptionGroup` of every compensation failure.
+    """
+
+    saga: str
+    run_id: str
+    compensated: tuple[str, ...]
+    failed_compensations: tuple[str, ...]
+    errors: ExceptionGroup[Exception]
+
+    def __init__(
+        self,
+        saga: str,
+        run_id: str,
+        compensated: Sequence[str],
+        failed_compensations: Sequence[str],
+        errors: ExceptionGroup[Exception],
+    ) -> None:
+        self.saga = saga
+        self.run_id = run_id
+        self.compensated = tuple(compensated)
+        self.failed_compensations = tuple(failed_compensations)
+        self.errors = errors
+        super().__init__(
+            f"undoing saga {saga} (run {run_id}) failed for {list(self.failed_compensations)}; "
+            f"compensated: {list(self.compensated)}"
         )

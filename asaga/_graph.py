@@ -265,6 +265,12 @@ def build_plan(
     if by_name and not order:  # a cycle: do not add dependency complaints on top of it
         ancestors = {name: set(by_name) for name in by_name}
 
+    # Steps that may end up skipped: those with a condition, and those requiring one.
+    skippable: set[str] = set()
+    for name in order:
+        if name in conds or any(r in skippable for r in required[name]):
+            skippable.add(name)
+
     # -- compensations ---------------------------------------------------------------------
     comps: dict[str, CompNode] = {}
     step_ids = {id(s) for s in by_name.values()}
@@ -287,8 +293,19 @@ def build_plan(
         problems.extend(csig.problems)
         problems.extend(_option_problems(what, c.retry, c.timeout))
         optional: set[str] = set()
+        if by_name[target].invoke is not None:
+            problems.append(
+                f"{what}: '{target}' is a composed or mapped step, undone by its sub-runs' "
+                "own compensations (or map_each's undo=); it takes no compensation"
+            )
         for p in csig.params:
-            if p.name == target or (p.name in by_name and p.name in ancestors.get(target, ())):
+            if p.name in skippable and p.name != target and not p.has_default:
+                problems.append(
+                    f"{what}, parameter '{p.name}': step '{p.name}' may be skipped by a "
+                    "condition, so it may have no result; give the parameter a default"
+                )
+                optional.add(p.name)
+            elif p.name == target or (p.name in by_name and p.name in ancestors.get(target, ())):
                 problems.extend(_mismatch(what, p, p.name, sigs.get(p.name)))
             elif p.name in by_name:
                 if not p.has_default:

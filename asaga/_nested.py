@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
@@ -26,7 +27,12 @@ import msgspec
 
 from ._annotations import EMPTY
 from ._compensation import Undoable
-from ._events import RunContext
+from ._events import (
+    CompensationFailedEvent,
+    CompensationStarted,
+    CompensationSucceeded,
+    RunContext,
+)
 from ._exceptions import AsagaError
 from ._retry import Retry
 from ._run import Completed, SagaSpec, execute
@@ -54,7 +60,8 @@ class ElementFailure(msgspec.Struct, frozen=True, kw_only=True):
     index: int
     """The element's position in the collection."""
     error: BaseException
-    """What it raised (for a sub-saga, its ``SagaFailed``)."""
+    """What it raised: for a sub-saga, its ``SagaFailed`` (or ``InputValidationError`` if
+    the element's inputs were bad); ``TypeError`` for an element of the wrong shape."""
 
 
 class MapResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
@@ -77,24 +84,36 @@ class MapResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
 
 
 class MapFailed(AsagaError):
-    """A ``fail_fast`` mapped step failed: element :attr:`index` raised (``__cause__``).
+    """A ``fail_fast`` mapped step failed: element :attr:`index` (the lowest index that
+    failed) raised the exception in ``__cause__``.
 
-    The completed elements were undone, in reverse index order, before this was raised;
-    :attr:`undo_errors` lists the undos that failed (they need a human).
+    The completed elements were undone, in reverse index order, before this was raised:
+    :attr:`undone` lists their indexes; :attr:`undo_failures` the undos that failed (they
+    need a human, and make the run raise ``CompensationFailed``).
     """
 
     def __init__(
-        self, step: str, index: int, undone: Sequence[int], undo_errors: Sequence[Exception]
+        self,
+        step: str,
+        index: int,
+        undone: Sequence[int],
+        undo_failures: Sequence[ElementFailure],
     ) -> None:
         self.step = step
         self.index = index
         self.undone = tuple(undone)
-        self.undo_errors = tuple(undo_errors)
-        extra = f"; undoing {len(self.undo_errors)} elements failed" if undo_errors else ""
+        self.undo_failures = tuple(undo_failures)
+        extra = ""
+        if undo_failures:
+            extra = f"; undoing elements {[f.index for f in undo_failures]} failed"
         super().__init__(
             f"element {index} of mapped step {step!r} failed; undid elements "
             f"{list(self.undone)}{extra}"
         )
+
+
+class _Abandoned(AsagaError):
+    """A mapped step stopped starting elements because another step failed the run."""
 
 
 # -- compose ---------------------------------------------------------------------------------
@@ -195,6 +214,7 @@ def map_each(
         sources = _sources(spec, inputs, problems, mapped_only=True)
         label = target.__name__
         element = _SagaElement(spec, sources)
+        params = _params(sources, spec)
         if undo is not None:
             problems.append("undo= is for async functions; a saga undoes itself")
         if item is not None:
@@ -202,9 +222,9 @@ def map_each(
     else:
         spec = None
         label = getattr(target, "__name__", repr(target))
-        element = _FunctionElement.read(target, item, undo, inputs, problems)
-        sources = element.sources
-    params = _params(sources, spec)
+        function = _FunctionElement.read(target, item, undo, inputs, problems)
+        params = list(function.params)
+        element = function
     if isinstance(over, str) and over not in {p.name for p in params}:
         params.append(Param(over, EMPTY, False, None))
     limit = max_concurrency if isinstance(max_concurrency, int) else 1
@@ -247,6 +267,7 @@ class _Mapping:
         self.stopped = False
 
     async def run(self) -> tuple[Any, Undoable]:
+        undo = _UndoElements(self.undos)
         try:
             async with anyio.create_task_group() as tg:
                 for _ in range(min(self.limit, len(self.items))):
@@ -254,15 +275,20 @@ class _Mapping:
         except BaseException:
             # Cancelled (the caller, a timeout, the parent's on_failure="cancel"): the step
             # will not complete, so nobody else will undo its elements. Do it now.
-            await _UndoElements(self.undos).undo_shielded()
+            await undo.undo_shielded(self.context)
             raise
         self.failures.sort(key=lambda f: f.index)
         if self.mode == "fail_fast" and self.failures:
             first = self.failures[0]
-            undo = _UndoElements(self.undos)
-            errors = await undo.undo_shielded()
-            raise MapFailed(self.name, first.index, undo.undone, errors) from first.error
-        handle = _UndoElements(self.undos)
+            failures = await undo.undo_shielded(self.context)
+            raise MapFailed(self.name, first.index, undo.undone, failures) from first.error
+        if self.next_index < len(self.items):  # stopped because the run failed
+            failures = await undo.undo_shielded(self.context)
+            raise _Abandoned(
+                f"mapped step {self.name!r} stopped at element {self.next_index} of "
+                f"{len(self.items)}: another step failed the run"
+                + (f"; undoing {[f.index for f in failures]} failed" if failures else "")
+            )
         if self.mode == "collect":
             failed = {f.index for f in self.failures}
             result: Any = MapResult(
@@ -274,20 +300,20 @@ class _Mapping:
                 ],
                 failures=self.failures,
             )
-            return result, handle
-        return self.values, handle
+            return result, undo
+        return self.values, undo
 
     async def _worker(self) -> None:
         items = self.items
+        run_failed = self.context.failed
         while not self.stopped and self.next_index < len(items):
+            if run_failed is not None and run_failed.is_set():
+                return  # no new element once the run has failed
             index = self.next_index
             self.next_index += 1
             try:
                 value, undo = await self.element.run(
-                    self.context,
-                    f"{self.context.path_of(self.name)}[{index}]",
-                    items[index],
-                    self.kwargs,
+                    self.context, f"{self.name}[{index}]", items[index], self.kwargs
                 )
             except Exception as exc:  # noqa: BLE001 - an element may fail in any way
                 self.failures.append(ElementFailure(index=index, error=exc))
@@ -300,29 +326,32 @@ class _Mapping:
 
 
 class _UndoElements:
-    """Undo the completed elements of a mapped step, in reverse index order."""
+    """Undo the completed elements of a mapped step, in reverse index order, once each."""
 
     def __init__(self, undos: dict[int, Undoable]) -> None:
         self._undos = undos
         self.undone: list[int] = []
 
-    async def undo(self) -> None:
-        errors = await self.undo_shielded()
-        if errors:
-            raise ExceptionGroup("undoing mapped elements failed", errors)
+    async def undo(self, parent: RunContext) -> None:
+        failures = await self.undo_shielded(parent)
+        if failures:
+            raise ExceptionGroup(
+                f"undoing mapped elements {[f.index for f in failures]} failed",
+                [f.error for f in failures if isinstance(f.error, Exception)],
+            )
 
-    async def undo_shielded(self) -> list[Exception]:
-        errors: list[Exception] = []
+    async def undo_shielded(self, parent: RunContext) -> list[ElementFailure]:
+        failures: list[ElementFailure] = []
         with anyio.CancelScope(shield=True):
             for index in sorted(self._undos, reverse=True):
                 undo = self._undos.pop(index)  # each element is undone at most once
                 try:
-                    await undo.undo()
+                    await undo.undo(parent)
                 except Exception as exc:  # noqa: BLE001 - collected; the others still run
-                    errors.append(exc)
+                    failures.append(ElementFailure(index=index, error=exc))
                 else:
                     self.undone.append(index)
-        return errors
+        return failures
 
 
 class _SagaElement:
@@ -333,12 +362,14 @@ class _SagaElement:
         self.sources = sources
 
     async def run(
-        self, context: RunContext, prefix: str, item: Any, kwargs: dict[str, Any]
+        self, context: RunContext, label: str, item: Any, kwargs: dict[str, Any]
     ) -> tuple[Any, Completed]:
         assert self.spec is not None
         child_inputs = {c: kwargs[p] for c, p in self.sources if p in kwargs}
         child_inputs.update(_as_inputs(item))
-        result, completed = await execute(self.spec, child_inputs, parent=context, prefix=prefix)
+        result, completed = await execute(
+            self.spec, child_inputs, parent=context, prefix=context.path_of(label)
+        )
         return result.output, completed
 
 
@@ -353,6 +384,7 @@ class _FunctionElement:
         undo: Callable[..., Awaitable[Any]] | None,
         undo_sources: list[tuple[str, str]],
         undo_params: frozenset[str],
+        params: list[Param],
     ) -> None:
         self.fn = fn
         self.item = item
@@ -361,7 +393,8 @@ class _FunctionElement:
         self.undo_sources = undo_sources
         self.undo_params = undo_params
         self.result_name = getattr(fn, "__name__", "result")
-        self.sources = fn_sources + [s for s in undo_sources if s not in fn_sources]
+        self.params = params
+        """The parent names read, with the functions' annotations and defaults."""
 
     @classmethod
     def read(
@@ -385,22 +418,26 @@ class _FunctionElement:
         for child in inputs:
             if child not in names:
                 problems.append(f"mapped function '{label}' has no parameter {child!r}")
-        fn_sources = [(p, inputs.get(p, p)) for p in names if p != item]
+        params: dict[str, Param] = {}
+
+        def read_from_parent(p: Param) -> tuple[str, str]:
+            parent = inputs.get(p.name, p.name)
+            if parent not in params:
+                params[parent] = Param(parent, p.annotation, p.has_default, p.default)
+            return p.name, parent
+
+        fn_sources = [read_from_parent(p) for p in sig.params if p.name != item]
         undo_sources: list[tuple[str, str]] = []
         undo_params: frozenset[str] = frozenset()
         if undo is not None:
             usig = Signature.read(undo, f"undo of mapped function '{label}'")
             problems.extend(usig.problems)
             undo_params = frozenset(p.name for p in usig.params)
-            undo_sources = [
-                (p.name, inputs.get(p.name, p.name))
-                for p in usig.params
-                if p.name not in (item, label)
-            ]
-        return cls(fn, item, fn_sources, undo, undo_sources, undo_params)
+            undo_sources = [read_from_parent(p) for p in usig.params if p.name not in (item, label)]
+        return cls(fn, item, fn_sources, undo, undo_sources, undo_params, list(params.values()))
 
     async def run(
-        self, context: RunContext, prefix: str, item: Any, kwargs: dict[str, Any]
+        self, context: RunContext, label: str, item: Any, kwargs: dict[str, Any]
     ) -> tuple[Any, Undoable | None]:
         args = {child: kwargs[parent] for child, parent in self.fn_sources if parent in kwargs}
         args[self.item] = item
@@ -412,16 +449,39 @@ class _FunctionElement:
             undo_args[self.item] = item
         if self.result_name in self.undo_params:
             undo_args[self.result_name] = value
-        return value, _CallUndo(self.undo_fn, undo_args)
+        return value, _CallUndo(self.undo_fn, undo_args, label)
 
 
 class _CallUndo:
-    def __init__(self, fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> None:
+    """The undo of one function element, reported like a compensation."""
+
+    def __init__(
+        self, fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any], label: str
+    ) -> None:
         self._fn = fn
         self._kwargs = kwargs
+        self._label = label
 
-    async def undo(self) -> None:
-        await self._fn(**self._kwargs)
+    async def undo(self, parent: RunContext) -> None:
+        parent.emit(CompensationStarted, self._label, attempt=1)
+        started = time.monotonic()
+        try:
+            await self._fn(**self._kwargs)
+        except Exception as exc:
+            parent.emit(
+                CompensationFailedEvent,
+                self._label,
+                attempt=1,
+                duration=time.monotonic() - started,
+                error=repr(exc),
+            )
+            raise
+        parent.emit(
+            CompensationSucceeded,
+            self._label,
+            attempt=1,
+            duration=time.monotonic() - started,
+        )
 
 
 def _as_inputs(item: Any) -> dict[str, Any]:
@@ -504,5 +564,7 @@ def _nested_step(
     nested.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY) for p in params]
     )
-    signature = Signature(tuple(params), EMPTY, tuple(f"{label}: {p}" for p in problems), False)
+    signature = Signature(
+        tuple(params), EMPTY, tuple(f"step '{label}': {p}" for p in problems), False
+    )
     return Step(nested, retry=retry, timeout=timeout, when=when, invoke=invoke, signature=signature)

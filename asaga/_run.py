@@ -20,7 +20,7 @@ from structlog.contextvars import bound_contextvars
 
 from ._compensation import Undoable, Unwind
 from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
-from ._exceptions import CompensationFailed, SagaFailed
+from ._exceptions import CompensationFailed, SagaFailed, UndoFailed
 from ._graph import Plan
 from ._inputs import InputValidator
 from ._scheduler import Execution
@@ -76,11 +76,13 @@ class Completed:
         self._completed = completed
         self._undos = undos
 
-    async def undo(self) -> None:
-        """Compensate the run's completed steps; raise ``CompensationFailed`` if any fail."""
+    async def undo(self, parent: RunContext | None) -> None:
+        """Compensate the run's completed steps; raise ``UndoFailed`` if any fail.
+
+        ``parent`` is the context of the run that unwinds (its events reach that run's
+        hooks); the run's own event dispatcher ended with it, so a fresh one is used.
+        """
         spec, context = self._spec, self._context
-        # The run's own dispatcher ended with it: deliver the undo through a fresh emitter.
-        parent = context.parent
         emitter = Emitter(
             spec.sync_hooks, spec.async_hooks, parent=parent.emitter if parent else None
         )
@@ -96,10 +98,9 @@ class Completed:
         )
         await _with_dispatcher(emitter, unwind.run(self._completed))
         if unwind.errors:
-            raise CompensationFailed(
+            raise UndoFailed(
                 spec.plan.saga,
                 context.run_id,
-                "(undo)",
                 unwind.compensated,
                 [name for name, _ in unwind.errors],
                 ExceptionGroup(
@@ -204,22 +205,37 @@ async def _drive(
         error=repr(cause),
     )
     error: SagaFailed
-    if unwind.errors:
+    # The failed step may itself have left work it could not undo (a sub-saga whose
+    # compensation failed, mapped elements whose undo failed): that needs a human too.
+    errors = [*_left_undone(step_name, cause), *unwind.errors]
+    if errors:
         error = CompensationFailed(
             plan.saga,
             context.run_id,
             step_name,
             unwind.compensated,
-            [name for name, _ in unwind.errors],
-            ExceptionGroup(
-                f"compensations of saga {plan.saga} failed", [exc for _, exc in unwind.errors]
-            ),
+            [name for name, _ in errors],
+            ExceptionGroup(f"compensations of saga {plan.saga} failed", [e for _, e in errors]),
         )
     else:
         error = SagaFailed(plan.saga, context.run_id, step_name, unwind.compensated)
     # A caller cancelled while we were unwinding: the cancellation is what propagates.
     await anyio.lowlevel.checkpoint_if_cancelled()
     raise error from cause
+
+
+def _left_undone(step: str, cause: BaseException) -> list[tuple[str, Exception]]:
+    """Compensation failures inside the failed step itself, as (name, exception)."""
+    if isinstance(cause, CompensationFailed):
+        return [
+            (f"{step}/{name}", error)
+            for name, error in zip(
+                cause.failed_compensations, cause.errors.exceptions, strict=False
+            )
+            if isinstance(error, Exception)
+        ]
+    undo_failures = getattr(cause, "undo_failures", ())  # MapFailed
+    return [(f"{step}[{f.index}]", f.error) for f in undo_failures]
 
 
 class _ReadOnly(Mapping[str, Any]):

@@ -94,7 +94,7 @@ class Execution:
         self._on_failure = on_failure
         self._limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
         self._pending = {name: len(node.deps) for name, node in plan.nodes.items()}
-        self._failed = anyio.Event()
+        self._failed = context.failed = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self.values = values
         """Inputs and, as they complete, step results: what parameters resolve against."""

@@ -193,8 +193,14 @@ class Step(Generic[P, R]):
 
     def __set_name__(self, owner: type, name: str) -> None:
         if self._named_by_attribute:
-            self.name = name
+            label, self.name = self.name, name
             self._named_by_attribute = False
+            # Problems found before the step had its name say "step '<label>'".
+            sig = self.signature
+            renamed = tuple(p.replace(f"'{label}'", f"'{name}' ({label})") for p in sig.problems)
+            self.signature = Signature(sig.params, sig.returns, renamed, sig.unresolved)
+            if self.when is not None:
+                self.when = Condition.read(self.when.fn, name)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return self.fn(*args, **kwargs)

@@ -201,3 +201,115 @@ def test_compose_definition_problems_are_listed() -> None:
     assert "ReserveItem has no input 'nope'" in text
     assert "compose() takes a Saga subclass" in text
     assert "parameter 'sku'" in text  # required child input the parent lacks
+
+
+async def test_nested_undo_with_async_hooks_in_the_middle() -> None:
+    """Top -> Mid (with an async hook) -> Leaf: when Top fails, Leaf is still undone
+    (its events reach the live unwinding run, not Mid's finished dispatcher)."""
+    log: list[str] = []
+    seen: list[str] = []
+
+    async def hook(event: object) -> None:
+        seen.append(getattr(event, "kind", ""))
+
+    class Leaf(Saga):
+        @step
+        async def r(sku: str) -> str:
+            return sku
+
+        @r.compensate
+        async def unr(r: str) -> None:
+            log.append(f"undo {r}")
+
+    class Mid(Saga):
+        hooks = (hook,)
+        leaf = compose(Leaf)
+
+    class Top(Saga):
+        mid = compose(Mid)
+
+        @step
+        async def boom(mid: str) -> None:
+            raise Boom
+
+    with pytest.raises(SagaFailed) as info:
+        await Top.run(sku="s")
+    assert type(info.value) is SagaFailed
+    assert log == ["undo s"]
+    assert "compensation_succeeded" in seen
+
+
+async def test_child_compensation_failure_makes_the_parent_report_it() -> None:
+    """A child undone after the parent failed, whose compensation fails: the parent raises
+    CompensationFailed (UndoFailed inside), not a plain SagaFailed."""
+    from asaga import CompensationFailed, UndoFailed
+
+    class Child(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+        @a.compensate
+        async def undo_a(a: int) -> None:
+            raise RuntimeError("cannot undo")
+
+    class Parent(Saga):
+        child = compose(Child)
+
+        @step
+        async def fail(child: int) -> None:
+            raise Boom
+
+    with pytest.raises(CompensationFailed) as info:
+        await Parent.run()
+    assert info.value.failed_compensations == ("child",)
+    (inner,) = info.value.errors.exceptions
+    assert isinstance(inner, UndoFailed)
+    assert inner.failed_compensations == ("a",)
+
+
+async def test_failed_child_whose_unwind_failed_needs_a_human() -> None:
+    """The child fails and its own compensation fails: the parent reports
+    CompensationFailed naming the child's step."""
+    from asaga import CompensationFailed
+
+    class Child(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+        @step
+        async def b(a: int) -> None:
+            raise Boom
+
+        @a.compensate
+        async def undo_a(a: int) -> None:
+            raise RuntimeError("cannot undo")
+
+    class Parent(Saga):
+        child = compose(Child)
+
+    with pytest.raises(CompensationFailed) as info:
+        await Parent.run()
+    assert info.value.step == "child"
+    assert info.value.failed_compensations == ("child/a",)
+
+
+def test_composed_steps_take_no_compensation_and_problems_name_the_step() -> None:
+    """A compensation on a composed step is refused; compose() problems name the step by
+    its attribute name."""
+    log: list[str] = []
+    child = make_child(log)
+
+    with pytest.raises(SagaDefinitionError) as info:
+
+        class Broken(Saga):
+            reserve = compose(child, nope="sku", sku="sku", qty="qty")
+
+            @reserve.compensate
+            async def undo_reserve(reserve: str) -> None:
+                return None
+
+    text = "\n".join(info.value.problems)
+    assert "it takes no compensation" in text
+    assert "step 'reserve' (compose(ReserveItem)): ReserveItem has no input 'nope'" in text

@@ -185,3 +185,50 @@ def test_condition_problems_at_definition() -> None:
     (problem,) = info.value.problems
     assert "condition of step 'a', parameter 'amout'" in problem
     assert "did you mean 'amount'" in problem
+
+
+def test_compensation_of_a_skippable_ancestor_needs_a_default() -> None:
+    """A compensation taking the result of a step that may be skipped needs a default."""
+    with pytest.raises(SagaDefinitionError) as info:
+
+        class Maybe(Saga):
+            @step(when=lambda flag: flag)
+            async def a() -> int:
+                return 1
+
+            @step
+            async def b(a: int = 0) -> int:
+                return a + 10
+
+            @b.compensate
+            async def undo_b(b: int, a: int) -> None:
+                return None
+
+    (problem,) = info.value.problems
+    assert "parameter 'a': step 'a' may be skipped" in problem
+
+
+async def test_compensation_gets_the_default_for_a_skipped_ancestor() -> None:
+    """With the default, the compensation runs and receives it."""
+    seen: list[tuple[int, int]] = []
+
+    class Maybe(Saga):
+        @step(when=lambda flag: flag)
+        async def a() -> int:
+            return 1
+
+        @step
+        async def b(a: int = 0) -> int:
+            return a + 10
+
+        @b.compensate
+        async def undo_b(b: int, a: int = -1) -> None:
+            seen.append((b, a))
+
+        @step
+        async def c(b: int) -> None:
+            raise Boom
+
+    with pytest.raises(SagaFailed):
+        await Maybe.run(flag=False)
+    assert seen == [(10, -1)]

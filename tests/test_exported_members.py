@@ -37,6 +37,7 @@ def test_all_is_pinned() -> None:
         "StepSkipped",
         "StepStarted",
         "StepSucceeded",
+        "UndoFailed",
         "compose",
         "map_each",
         "step",

@@ -293,3 +293,84 @@ def test_map_definition_problems_are_listed() -> None:
     assert "max_concurrency=0" in text
     assert "mode='sometimes'" in text
     assert "needs a parameter for the element" in text
+
+
+async def test_function_parameters_resolve_like_a_steps() -> None:
+    """Extra parameters of a mapped function are parent inputs typed by their annotation,
+    optional when they have a default."""
+
+    async def scale(x: int, factor: int = 2) -> int:
+        return x * factor
+
+    class Scale(Saga):
+        scaled = map_each(scale, over="xs")
+
+    assert (await Scale.run(xs=[1, 2])).output == [2, 4]
+    assert (await Scale.run(xs=[1, 2], factor=10)).output == [10, 20]
+    from asaga import InputValidationError
+
+    with pytest.raises(InputValidationError):
+        await Scale.run(xs=[1], factor="ten")
+
+
+async def test_no_new_elements_once_the_run_failed() -> None:
+    """A sibling step fails the run: the map starts no further element and undoes those
+    that completed."""
+    started: list[int] = []
+    undone: list[int] = []
+    second_done = anyio.Event()
+
+    async def work(x: int) -> int:
+        started.append(x)
+        if x == 1:
+            second_done.set()
+        await anyio.lowlevel.checkpoint()
+        return x
+
+    async def unwork(x: int, work: int) -> None:
+        undone.append(x)
+
+    class Run(Saga):
+        mapped = map_each(work, over="xs", undo=unwork, max_concurrency=1)
+
+        @step
+        async def sibling() -> None:
+            await second_done.wait()
+            raise Boom("sibling")
+
+    with anyio.fail_after(10), pytest.raises(SagaFailed) as info:
+        await Run.run(xs=list(range(20)))
+    assert info.value.step == "sibling"
+    assert len(started) < 20
+    assert sorted(undone, reverse=True) == undone
+    assert set(undone) <= set(started)
+
+
+async def test_failed_undo_of_an_element_needs_a_human() -> None:
+    """fail_fast: an element's undo fails -> the run raises CompensationFailed naming the
+    element, and the undo is reported as compensation events."""
+    from asaga import CompensationFailed
+
+    recorder = EventRecorder()
+
+    async def charge(card: int) -> int:
+        if card == 2:
+            raise Boom("declined")
+        return card
+
+    async def refund(card: int, charge: int) -> None:
+        if card == 1:
+            raise RuntimeError("refund failed")
+
+    class Split(Saga):
+        charges = map_each(charge, over="cards", undo=refund, max_concurrency=1)
+
+    with pytest.raises(CompensationFailed) as info:
+        await Split.run(cards=[0, 1, 2, 3], hooks=[recorder])
+    assert info.value.failed_compensations == ("charges[1]",)
+    cause = info.value.__cause__
+    assert isinstance(cause, MapFailed)
+    assert [f.index for f in cause.undo_failures] == [1]
+    assert cause.undone == (0,)
+    assert recorder.steps("compensation_failed") == ["charges[1]"]
+    assert recorder.steps("compensation_succeeded") == ["charges[0]"]
