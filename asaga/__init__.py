@@ -49,6 +49,7 @@ from ._saga import Saga as Saga
 from ._step import Compensation as Compensation
 from ._step import Step as Step
 from ._step import step as step
+from .locks import Lock as Lock
 
 __version__ = "0.1.0.dev0"
 
@@ -66,6 +67,7 @@ __all__ = [
     "FieldError",
     "Hook",
     "InputValidationError",
+    "Lock",
     "MapFailed",
     "MapResult",
     "Resource",

@@ -23,6 +23,7 @@ from typing import Any
 from ._annotations import EMPTY, compatible, is_resource, strip_annotated, type_name
 from ._retry import NO_RETRY, Retry
 from ._step import Compensation, Invoke, Param, Signature, Step
+from .locks._lease import Lock
 
 __all__ = ["CompNode", "Declared", "InputSpec", "Node", "Plan", "WhenNode", "build_plan"]
 
@@ -75,6 +76,8 @@ class Node:
     when: WhenNode | None
     required: tuple[str, ...]  # dependencies that, if skipped, skip this step too
     invoke: Invoke | None  # composed and mapped steps; None for plain ones
+    lock: Lock | None  # the lease held for each attempt
+    takes_lease: bool  # the step has a `lease` parameter to receive it
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ def build_plan(
     # -- nodes -------------------------------------------------------------------------
     sigs: dict[str, Signature] = {}
     conds: dict[str, Signature] = {}  # the when= predicates' signatures
+    locks: dict[str, Lock] = {}
     by_name: dict[str, Step[Any, Any]] = {}
     for s in steps:
         if s.name in by_name:
@@ -134,6 +138,18 @@ def build_plan(
             continue
         by_name[s.name] = s
         sig = s.signature.resolved(s.fn, ns, f"step '{s.name}'")
+        if s.lock is not None:
+            lock, lock_problems = _lock_of(s, sig)
+            problems.extend(lock_problems)
+            if lock is not None:
+                locks[s.name] = lock
+            # `lease` receives the step's lease: neither a dependency nor an input.
+            sig = Signature(
+                tuple(p for p in sig.params if p.name != "lease"),
+                sig.returns,
+                sig.problems,
+                sig.unresolved,
+            )
         sigs[s.name] = sig
         problems.extend(sig.problems)
         if s.when is not None:
@@ -371,6 +387,8 @@ def build_plan(
             when=_when(by_name[name], conds.get(name)),
             required=tuple(required[name]),
             invoke=by_name[name].invoke,
+            lock=locks.get(name),
+            takes_lease=name in locks and "lease" in _param_names(by_name[name].signature),
         )
         for name in order
     }
@@ -384,6 +402,33 @@ def build_plan(
         descendants=MappingProxyType(descendants),
     )
     return plan, plan.inputs, []
+
+
+def _param_names(sig: Signature) -> set[str]:
+    return {p.name for p in sig.params}
+
+
+def _lock_of(s: Step[Any, Any], sig: Signature) -> tuple[Lock | None, list[str]]:
+    what = f"step '{s.name}'"
+    lock = s.lock
+    if isinstance(lock, str):
+        try:
+            lock = Lock(lock)
+        except ValueError as exc:
+            return None, [f"{what}: lock={s.lock!r}: {exc}"]
+    if not isinstance(lock, Lock):
+        return None, [f"{what}: lock= takes a key template or a Lock(...), got {lock!r}"]
+    problems = []
+    if s.invoke is not None:
+        problems.append(f"{what}: composed and mapped steps take no lock=; lock inside them")
+    names = _param_names(sig) - {"lease"}
+    for field in lock.fields:
+        if field not in names:
+            problems.append(
+                f"{what}: lock key field {{{field}}} is not a parameter of the step"
+                f"{_suggest(field, names)}; add the parameter or fix the template"
+            )
+    return lock, problems
 
 
 def _when(s: Step[Any, Any], sig: Signature | None) -> WhenNode | None:

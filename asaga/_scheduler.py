@@ -52,6 +52,7 @@ from ._events import (
     StepSucceeded,
 )
 from ._graph import Node, Plan
+from .locks._lease import LockProvider, default_provider
 
 if TYPE_CHECKING:
     from ._compensation import Undoable
@@ -154,6 +155,9 @@ class Execution:
                     if invoke is not None:
                         with anyio.fail_after(node.timeout):
                             result, undo = await invoke(self._context, name, kwargs)
+                    elif node.lock is not None:
+                        with anyio.fail_after(node.timeout):
+                            result = await self._locked(node, kwargs)
                     elif node.timeout is None:
                         result = await node.fn(**kwargs)
                     else:
@@ -200,6 +204,17 @@ class Execution:
         self.completed.append(name)
         if self.failure is None:
             self._release(node)
+
+    async def _locked(self, node: Node, kwargs: dict[str, Any]) -> Any:
+        """Run one attempt of a step holding its lease (cancelled if the lease is lost)."""
+        lock = node.lock
+        assert lock is not None
+        locks = self.values.get("locks") if "locks" in self._plan.inputs else None
+        provider: LockProvider = locks if locks is not None else default_provider()
+        async with provider.lease(*lock.render(kwargs), ttl=lock.ttl, wait=lock.wait) as lease:
+            if node.takes_lease:
+                return await node.fn(**kwargs, lease=lease)
+            return await node.fn(**kwargs)
 
     async def _skips(self, node: Node) -> bool:
         """Whether ``node`` is skipped: a step it requires was skipped, or its condition

@@ -15,6 +15,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ._annotations import EMPTY, resolve_hints
 from ._retry import Retry
+from .locks._lease import Lock
 
 __all__ = ["Compensation", "Condition", "Invoke", "Param", "Signature", "Step", "step"]
 
@@ -155,6 +156,7 @@ class Step(Generic[P, R]):
         "_named_by_attribute",
         "fn",
         "invoke",
+        "lock",
         "name",
         "retry",
         "signature",
@@ -179,8 +181,10 @@ class Step(Generic[P, R]):
         when: Callable[..., Any] | None = None,
         invoke: Invoke | None = None,
         signature: Signature | None = None,
+        lock: Any = None,
     ) -> None:
         self.fn = fn
+        self.lock = lock  # a Lock, a key template, or None; checked by the planner
         self.name = getattr(fn, "__name__", repr(fn))
         self.retry = retry
         self.timeout = timeout
@@ -274,6 +278,7 @@ def step(
     retry: Retry | None = None,
     timeout: float | None = None,
     when: Callable[..., Any] | None = None,
+    lock: str | Lock | None = None,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
 
 
@@ -284,6 +289,7 @@ def step(
     retry: Retry | None = None,
     timeout: float | None = None,
     when: Callable[..., Any] | None = None,
+    lock: str | Lock | None = None,
 ) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
     """Declare an ``async def`` in a :class:`~asaga.Saga` body as a step.
 
@@ -298,10 +304,16 @@ def step(
     - ``when``: a predicate (sync or async) whose parameters resolve like a step's; when it
       returns false the step is skipped (see docs/composition.md for what that means for
       the steps that depend on it).
+    - ``lock``: a :class:`~asaga.locks.Lock` (or a key template such as
+      ``"inventory:{product_id}"``) held for each attempt, filled from the step's
+      parameters; a parameter named ``lease`` receives the lease (for fenced writes). If
+      the lease is lost, the attempt is cancelled and fails with ``LeaseLost``. Leases come
+      from the saga's ``locks`` input when it has one, else from the in-memory default.
+      See docs/locks.md.
 
     ``step`` itself never raises: a malformed step is reported when the saga class is
     created, together with every other problem.
     """
     if fn is None:
-        return lambda f: Step(f, retry=retry, timeout=timeout, when=when)
-    return Step(fn, retry=retry, timeout=timeout, when=when)
+        return lambda f: Step(f, retry=retry, timeout=timeout, when=when, lock=lock)
+    return Step(fn, retry=retry, timeout=timeout, when=when, lock=lock)

@@ -19,6 +19,7 @@ def test_all_is_pinned() -> None:
         "FieldError",
         "Hook",
         "InputValidationError",
+        "Lock",
         "MapFailed",
         "MapResult",
         "Resource",

@@ -16,6 +16,7 @@ from ._lease import LeaseError as LeaseError
 from ._lease import LeaseLost as LeaseLost
 from ._lease import LeaseTimeout as LeaseTimeout
 from ._lease import LeaseUnavailable as LeaseUnavailable
+from ._lease import Lock as Lock
 from ._lease import LockProvider as LockProvider
 from ._lease import StaleWrite as StaleWrite
 from ._memory import MemoryLockProvider as MemoryLockProvider
@@ -29,6 +30,7 @@ __all__ = [
     "LeaseLost",
     "LeaseTimeout",
     "LeaseUnavailable",
+    "Lock",
     "LockProvider",
     "MemoryLockProvider",
     "RedisLockProvider",

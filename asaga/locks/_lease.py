@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 import random
+import string
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
 
 from .._exceptions import AsagaError
@@ -43,9 +46,57 @@ __all__ = [
     "LeaseTimeout",
     "LeaseUnavailable",
     "Leases",
+    "Lock",
     "LockProvider",
     "StaleWrite",
 ]
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Lock:
+    """Which lease a step holds while it runs: ``@step(lock=Lock("inventory:{sku}"))``.
+
+    Each key is a template filled from the step's parameters (``str.format`` fields); a
+    lock with several keys takes them all, in sorted order, all or nothing. ``ttl`` and
+    ``wait`` are as for :meth:`LockProvider.lease`. ``@step(lock="inventory:{sku}")`` is
+    short for ``Lock("inventory:{sku}")``.
+    """
+
+    keys: tuple[str, ...]
+    ttl: float
+    wait: float | None
+
+    def __init__(self, *keys: str, ttl: float = 10.0, wait: float | None = 30.0) -> None:
+        if not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(f"Lock needs one or more non-empty key templates, got {keys!r}")
+        fields: list[str] = []
+        for template in keys:
+            try:
+                fields += [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            except ValueError as exc:
+                raise ValueError(f"bad key template {template!r}: {exc}") from None
+        for field in fields:
+            if not field.isidentifier():
+                raise ValueError(
+                    f"key template fields must be plain parameter names, got {{{field}}}"
+                )
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "ttl", _check_ttl(ttl))
+        object.__setattr__(self, "wait", None if wait is None else _check_wait(wait))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The parameter names the key templates use, in order of appearance."""
+        names: list[str] = []
+        for template in self.keys:
+            for _, field, _, _ in string.Formatter().parse(template):
+                if field is not None and field not in names:
+                    names.append(field)
+        return tuple(names)
+
+    def render(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """The keys for one run of the step."""
+        return tuple(template.format_map(values) for template in self.keys)
 
 
 class LeaseError(AsagaError):
@@ -377,3 +428,21 @@ def _check_wait(wait: float) -> float:
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
         raise ValueError(f"wait must be a number of seconds >= 0 or None, got {wait!r}")
     return float(wait)
+
+
+_default_provider: anyio.lowlevel.RunVar[LockProvider] = anyio.lowlevel.RunVar(
+    "asaga_default_locks"
+)
+
+
+def default_provider() -> LockProvider:
+    """The in-memory provider shared by every saga of this event loop that has no ``locks``
+    input: the embedded default."""
+    try:
+        return _default_provider.get()
+    except LookupError:
+        from ._memory import MemoryLockProvider
+
+        provider = MemoryLockProvider()
+        _default_provider.set(provider)
+        return provider
