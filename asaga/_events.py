@@ -230,7 +230,15 @@ def split_hooks(
 class Emitter:
     """Delivers the events of one run: log, sync hooks in place, async hooks in order."""
 
-    __slots__ = ("_async_hooks", "_parent", "_receive", "_send", "_sync_hooks")
+    __slots__ = (
+        "_async_hooks",
+        "_enabled",
+        "_logger",
+        "_parent",
+        "_receive",
+        "_send",
+        "_sync_hooks",
+    )
 
     def __init__(
         self,
@@ -241,6 +249,12 @@ class Emitter:
         self._sync_hooks = sync_hooks
         self._async_hooks = async_hooks
         self._parent = parent  # a sub-saga's events reach its parent run's hooks too
+        # Resolve structlog's configuration once per run, and ask it whether a level is
+        # logged at all, so that filtered events cost no formatting.
+        self._logger = _logger.bind()
+        self._enabled: Callable[[int], bool] | None = getattr(
+            self._logger, "is_enabled_for", None
+        ) or getattr(self._logger, "isEnabledFor", None)
         if async_hooks:
             send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=float("inf"))
             self._send: MemoryObjectSendStream[Event] | None = send
@@ -255,6 +269,14 @@ class Emitter:
 
     def emit(self, event: Event) -> None:
         """Deliver one event; never raises because of a hook."""
+        level = event.level
+        if type(event) is CompensationFailedEvent and not event.final:
+            level = _WARNING
+        if self._enabled is None or self._enabled(level):
+            self._log(event, level)
+        self._deliver(event)
+
+    def _log(self, event: Event, level: int) -> None:
         fields: dict[str, Any] = {"saga": event.saga, "run_id": event.run_id}
         if event.step is not None:
             fields["step"] = event.step
@@ -265,14 +287,10 @@ class Emitter:
             fields["error"] = event.error
         for name in event.log_fields:
             fields[name] = getattr(event, name)
-        level = event.level
-        if type(event) is CompensationFailedEvent and not event.final:
-            level = _WARNING
         if event.path is not None and event.path != event.step:
             fields["path"] = event.path
             fields["parent_run_id"] = event.parent_run_id
-        _logger.log(level, event.kind, **fields)
-        self._deliver(event)
+        self._logger.log(level, event.kind, **fields)
 
     def _deliver(self, event: Event) -> None:
         for hook in self._sync_hooks:
