@@ -40,9 +40,13 @@ EMPTY: Any = object()
 
 
 def is_resource(annotation: Any) -> bool:
-    """Whether ``annotation`` is ``Resource[T]`` (possibly nested in more ``Annotated``)."""
-    if get_origin(annotation) is Annotated:
+    """Whether ``annotation`` is ``Resource[T]`` (possibly nested in more ``Annotated``, or
+    one arm of a union such as ``Resource[T] | None``)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
         return any(meta is RESOURCE for meta in annotation.__metadata__)
+    if origin in _UNION_ORIGINS:
+        return any(is_resource(arm) for arm in get_args(annotation))
     return False
 
 

@@ -78,6 +78,7 @@ class Node:
     invoke: Invoke | None  # composed and mapped steps; None for plain ones
     lock: Lock | None  # the lease held for each attempt
     takes_lease: bool  # the step has a `lease` parameter to receive it
+    defaults: Mapping[str, Any]  # parameter defaults (for lock key templates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +390,11 @@ def build_plan(
             invoke=by_name[name].invoke,
             lock=locks.get(name),
             takes_lease=name in locks and "lease" in _param_names(by_name[name].signature),
+            defaults=MappingProxyType(
+                {p.name: p.default for p in sigs[name].params if p.has_default}
+                if name in locks
+                else {}
+            ),
         )
         for name in order
     }

@@ -211,7 +211,8 @@ class Execution:
         assert lock is not None
         locks = self.values.get("locks") if "locks" in self._plan.inputs else None
         provider: LockProvider = locks if locks is not None else default_provider()
-        async with provider.lease(*lock.render(kwargs), ttl=lock.ttl, wait=lock.wait) as lease:
+        keys = lock.render({**node.defaults, **kwargs})
+        async with provider.lease(*keys, ttl=lock.ttl, wait=lock.wait) as lease:
             if node.takes_lease:
                 return await node.fn(**kwargs, lease=lease)
             return await node.fn(**kwargs)

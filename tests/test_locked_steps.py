@@ -109,3 +109,33 @@ def test_lock_spec_validation() -> None:
     with pytest.raises(ValueError, match="plain parameter names"):
         Lock("k:{a.b}")
     assert Lock("a:{x}", "b:{y}:{x}").fields == ("x", "y")
+
+
+async def test_lock_key_uses_parameter_defaults() -> None:
+    """A key field whose parameter was not given uses the parameter's default."""
+    seen: list[str] = []
+
+    class Regional(Saga):
+        @step(lock="k:{region}")
+        async def s(lease: Lease, region: str = "eu") -> str:
+            seen.append(lease.key)
+            return region
+
+    assert (await Regional.run()).output == "eu"
+    assert seen == ["k:eu"]
+
+
+async def test_optional_resource_provider() -> None:
+    """`locks: Resource[LockProvider] | None = None` accepts a provider, or uses the default."""
+
+    class Optional(Saga):
+        locks: Resource[LockProvider] | None = None
+
+        @step(lock="k")
+        async def s(lease: Lease) -> int:
+            return lease.token
+
+    provider = MemoryLockProvider()
+    assert (await Optional.run(locks=provider)).output == 1
+    assert (await Optional.run(locks=provider)).output == 2
+    assert (await Optional.run()).output >= 1

@@ -363,7 +363,7 @@ class Leases:
                 raise LeaseTimeout(f"could not acquire {key!r} in time", (key,))
             # Woken by a release notification; else retry when the holder's TTL runs out,
             # at most every half second, with jitter so that processes do not stampede.
-            pause = min(held_for, 0.5, left) * random.uniform(1.0, 1.2) + 0.001
+            pause = min(min(held_for, 0.5) * random.uniform(1.0, 1.2) + 0.001, left)
             with anyio.move_on_after(pause):
                 await backend.wait_released(key)
 

@@ -17,6 +17,7 @@ fallback retry when the holder's TTL runs out, bounded and jittered.
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -41,7 +42,7 @@ if held == -2 then
   redis.call('set', KEYS[1], token, 'px', ARGV[1])
   return {token, 0}
 end
-redis.call('set', KEYS[3], '1', 'px', ARGV[2])
+redis.call('set', KEYS[3], ARGV[3], 'px', ARGV[2])
 if held < 0 then held = tonumber(ARGV[1]) end
 return {0, held}
 """
@@ -65,7 +66,8 @@ return 0
 
 _HANDOFF = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[3]) >= tonumber(ARGV[4]) and redis.call('exists', KEYS[3]) == 1 then
+local wanted_by = redis.call('get', KEYS[3])
+if tonumber(ARGV[3]) >= tonumber(ARGV[4]) and wanted_by and wanted_by ~= ARGV[6] then
   redis.call('del', KEYS[1])
   redis.call('publish', ARGV[5], '1')
   return -1
@@ -99,6 +101,7 @@ _WANT_MS = 2000  # how long a failed attempt marks the key as wanted by another 
 class _RedisBackend:
     def __init__(self, client: aioredis.Redis, prefix: str, fairness: int) -> None:
         self.client = client
+        self.identity = uuid.uuid4().hex  # marks the keys this provider wants
         self.prefix = prefix
         self.fairness = fairness
         self._acquire = client.register_script(_ACQUIRE)
@@ -128,7 +131,7 @@ class _RedisBackend:
         try:
             token, held_ms = await self._acquire(
                 keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
-                args=[_ms(ttl), _WANT_MS],
+                args=[_ms(ttl), _WANT_MS, self.identity],
             )
         except RedisError as exc:
             raise LeaseUnavailable(
@@ -138,7 +141,12 @@ class _RedisBackend:
 
     async def renew(self, tokens: Mapping[str, int], ttl: float) -> bool:
         keys = [self.lock_key(k) for k in tokens]
-        ok = await self._renew(keys=keys, args=[_ms(ttl), *map(str, tokens.values())])
+        try:
+            ok = await self._renew(keys=keys, args=[_ms(ttl), *map(str, tokens.values())])
+        except RedisError as exc:
+            raise LeaseUnavailable(
+                f"cannot renew {list(tokens)}: Redis is unreachable ({exc})", tuple(tokens)
+            ) from exc
         return bool(ok)
 
     async def release(self, key: str, token: int) -> None:
@@ -149,7 +157,14 @@ class _RedisBackend:
     async def handoff(self, key: str, token: int, ttl: float, streak: int) -> int:
         granted = await self._handoff(
             keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
-            args=[str(token), _ms(ttl), streak, self.fairness, self.channel(key)],
+            args=[
+                str(token),
+                _ms(ttl),
+                streak,
+                self.fairness,
+                self.channel(key),
+                self.identity,
+            ],
         )
         return int(granted)
 
@@ -270,9 +285,14 @@ class RedisLockProvider:
             if redis_key not in data_keys:
                 data_keys.append(redis_key)
             args += [name, data_keys.index(redis_key) + 3, len(rest), *rest]
-        ok, payload = await backend.fenced(
-            keys=[backend.fence_key(key), backend.stale_key(key), *data_keys], args=args
-        )
+        try:
+            ok, payload = await backend.fenced(
+                keys=[backend.fence_key(key), backend.stale_key(key), *data_keys], args=args
+            )
+        except RedisError as exc:
+            raise LeaseUnavailable(
+                f"fenced write on {key!r} failed: Redis is unreachable ({exc})", (key,)
+            ) from exc
         if not ok:
             self.stale_writes += 1
             raise StaleWrite(
