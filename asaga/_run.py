@@ -8,15 +8,15 @@ the child's own reverse-graph order.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from ._compensation import Undoable, Unwind
 from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
@@ -128,14 +128,18 @@ async def execute(
     the caller's cancellation (after unwinding).
     """
     values = spec.inputs.validate(inputs)
-    run_id = run_id or uuid.uuid4().hex
+    run_id = run_id or os.urandom(16).hex()  # 128 random bits, like a UUID4, cheaper
     sync_hooks, async_hooks = spec.sync_hooks, spec.async_hooks
     if extra_hooks[0] or extra_hooks[1]:
         sync_hooks, async_hooks = sync_hooks + extra_hooks[0], async_hooks + extra_hooks[1]
     emitter = Emitter(sync_hooks, async_hooks, parent=parent.emitter if parent else None)
     context = RunContext(spec.plan.saga, run_id, emitter, prefix=prefix, parent=parent)
-    with bound_contextvars(saga=spec.plan.saga, run_id=run_id):
+    # User logs inside steps carry saga and run_id (structlog.contextvars).
+    tokens = bind_contextvars(saga=spec.plan.saga, run_id=run_id)
+    try:
         return await _with_dispatcher(emitter, _drive(spec, values, context))
+    finally:
+        reset_contextvars(**tokens)
 
 
 async def _with_dispatcher(emitter: Emitter, work: Awaitable[T]) -> T:
