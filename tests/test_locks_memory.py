@@ -249,3 +249,42 @@ async def test_invalid_arguments(kwargs: dict[str, float], message: str) -> None
     with pytest.raises(ValueError, match=message):
         async with locks.lease("k", **kwargs):
             pass
+
+
+async def test_contender_arriving_during_a_release_is_not_stranded() -> None:
+    """Regression: a caller that queues while the holder's release is on its way (a round
+    trip in a real backend) becomes the head and gets the key, which is free."""
+    from asaga.locks._lease import Leases
+    from asaga.locks._memory import _MemoryBackend
+
+    releasing = anyio.Event()
+    gate = anyio.Event()
+
+    class SlowRelease(_MemoryBackend):
+        async def release(self, key: str, grant: int) -> None:
+            releasing.set()
+            await gate.wait()
+            await super().release(key, grant)
+
+    leases = Leases(SlowRelease())
+    got: list[int] = []
+
+    async def holder() -> None:
+        async with leases.lease(["k"], ttl=5.0, wait=None):
+            pass
+
+    async def late() -> None:
+        async with leases.lease(["k"], ttl=5.0, wait=5.0) as lease:
+            got.append(lease.token)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await releasing.wait()
+            tg.start_soon(late)
+            while not leases._queues["k"].waiters:
+                await anyio.lowlevel.checkpoint()
+            gate.set()
+    assert got == [2]
+    async with leases.lease(["k"], ttl=5.0, wait=0):  # and the key is not stuck
+        pass

@@ -126,16 +126,21 @@ class StaleWrite(LeaseLost):
 class Lease:
     """One acquisition of one or more keys. Created by a provider, never by users."""
 
-    __slots__ = ("_expires", "_leases", "_lost", "keys", "tokens", "ttl")
+    __slots__ = ("_expires", "_grants", "_leases", "_lost", "keys", "tokens", "ttl")
 
     def __init__(
-        self, leases: Leases, keys: tuple[str, ...], tokens: dict[str, int], ttl: float
+        self,
+        leases: Leases,
+        keys: tuple[str, ...],
+        holds: dict[str, _Hold],
+        ttl: float,
     ) -> None:
         self._leases = leases
         self.keys = keys
         """The keys held, in acquisition (sorted) order."""
-        self.tokens: Mapping[str, int] = tokens
+        self.tokens: Mapping[str, int] = {key: hold.token for key, hold in holds.items()}
         """Fencing token per key: strictly increasing per key across all grants."""
+        self._grants = {key: hold.grant for key, hold in holds.items()}
         self.ttl = ttl
         """Seconds the lease lives without renewal."""
         self._expires = anyio.current_time() + ttl
@@ -173,7 +178,7 @@ class Lease:
         ttl = self.ttl if ttl is None else _check_ttl(ttl)
         if self._lost is None:
             started = anyio.current_time()
-            if await self._leases.backend.renew(self.tokens, ttl):
+            if await self._leases.backend.renew(self._grants, ttl):
                 self._expires = started + ttl
                 return
             self._lost = "a renewal found the lease taken over or expired"
@@ -185,26 +190,35 @@ class Lease:
 
 
 class Backend(Protocol):
-    """What a storage for leases provides; see MemoryLockProvider and RedisLockProvider."""
+    """What a storage for leases provides; see MemoryLockProvider and RedisLockProvider.
+
+    A *grant* is the backend's record that this process holds a key; it is identified by
+    its first fencing token and covers the next ``block`` tokens, which the process may
+    hand to its own waiters without asking the backend again. A fenced write is current
+    iff its token is at least the first token of the key's newest grant.
+    """
+
+    block: int
+    """Fencing tokens per grant (1: every handoff goes through the backend)."""
 
     async def try_acquire(self, key: str, ttl: float) -> tuple[int, float]:
-        """Take ``key`` if free: ``(token, 0)``; else ``(0, seconds it stays held)``."""
+        """Take ``key`` if free: ``(grant, 0)``; else ``(0, seconds it stays held)``."""
         ...
 
-    async def renew(self, tokens: Mapping[str, int], ttl: float) -> bool:
-        """Extend every key still held under its token; False if any is not."""
+    async def renew(self, grants: Mapping[str, int], ttl: float) -> bool:
+        """Extend every key still held under its grant; False if any is not."""
         ...
 
-    async def release(self, key: str, token: int) -> None:
-        """Free ``key`` if ``token`` still holds it."""
+    async def release(self, key: str, grant: int) -> None:
+        """Free ``key`` if ``grant`` still holds it."""
         ...
 
-    async def handoff(self, key: str, token: int, ttl: float, streak: int) -> int:
-        """Re-grant ``key`` held under ``token`` with a new token for ``ttl``.
+    async def handoff(self, key: str, grant: int, ttl: float, streak: int) -> int:
+        """Replace the grant on ``key`` held under ``grant`` by a new one for ``ttl``.
 
-        ``streak`` counts the handoffs in a row on this key. Returns the new token, ``0``
-        if ``token`` no longer holds the key, or ``-1`` if the backend released the key
-        instead (to let other processes have a turn).
+        With ``streak`` at least the provider's fairness, a backend shared by processes
+        releases the key instead if another process wants it. Returns the new grant,
+        ``0`` if ``grant`` no longer holds the key, or ``-1`` if it released the key.
         """
         ...
 
@@ -226,31 +240,48 @@ class LockProvider(Protocol):
 _COURTESY = 0.003
 """Seconds a process waits before contending again after releasing a key for another."""
 
+_RELEASE_BOUND = 5.0
+"""Seconds a shielded release may take; past that the TTL frees the key."""
+
+
+class _Hold:
+    """What one holder of a key has: the grant (backend ownership) and its token."""
+
+    __slots__ = ("grant", "token")
+
+    def __init__(self, grant: int, token: int) -> None:
+        self.grant = grant
+        self.token = token
+
 
 class _Waiter:
-    __slots__ = ("event", "grant", "ttl", "woken")
+    __slots__ = ("event", "hold", "ttl", "woken", "yielded")
 
     def __init__(self, ttl: float) -> None:
         self.event = anyio.Event()
         self.ttl = ttl
-        self.grant = 0  # > 0: a token handed over; else only the turn (become the head)
+        self.hold: _Hold | None = None  # handed over; None: only the turn (become head)
+        self.yielded = False  # the turn came after a release made for another process
         self.woken = False
 
 
 class _KeyQueue:
-    __slots__ = ("busy", "streak", "waiters")
+    __slots__ = ("busy", "next_token", "streak", "ttl", "waiters")
 
     def __init__(self) -> None:
         self.busy = False  # a contender of this process holds the key or is the head
         self.waiters: deque[_Waiter] = deque()
-        self.streak = 0  # handoffs in a row
+        self.streak = 0  # local handoffs since the current grant
+        self.next_token = 0  # the next token of the current grant's block
+        self.ttl = 0.0  # the TTL the grant was made or last handed over with
 
 
 class Leases:
     """The lease machinery of one provider over one backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, fairness: int = 8) -> None:
         self.backend = backend
+        self.fairness = fairness
         self._queues: dict[str, _KeyQueue] = {}
 
     @asynccontextmanager
@@ -265,16 +296,16 @@ class Leases:
                 raise ValueError(f"lease keys are non-empty strings, got {key!r}")
         ttl = _check_ttl(ttl)
         deadline = math.inf if wait is None else anyio.current_time() + _check_wait(wait)
-        tokens: dict[str, int] = {}
+        holds: dict[str, _Hold] = {}
         try:
             for key in ordered:
-                tokens[key] = await self._acquire(key, ttl, deadline)
+                holds[key] = await self._acquire(key, ttl, deadline)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                for key, token in reversed(tokens.items()):
-                    await self._release(key, token)
+            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
+                for key, hold in reversed(holds.items()):
+                    await self._release(key, hold, ttl, lost=False)
             raise
-        lease = Lease(self, ordered, tokens, ttl)
+        lease = Lease(self, ordered, holds, ttl)
         # The body's own exception is kept out of the task group (which would wrap it in an
         # ExceptionGroup) and re-raised after it. A cancellation from outside is re-raised
         # by the task group itself; one from the renewal task becomes LeaseLost.
@@ -289,9 +320,9 @@ class Leases:
                 finally:
                     tg.cancel_scope.cancel()  # stop renewing
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                 for key in reversed(ordered):
-                    await self._release(key, tokens[key])
+                    await self._release(key, holds[key], ttl, lost=lease.lost)
         if lease.lost:
             lost = LeaseLost(
                 f"lease on {list(ordered)} lost while held ({lease._lost}); the work inside "
@@ -319,11 +350,11 @@ class Leases:
                     body.cancel()
                     return
 
-    async def _acquire(self, key: str, ttl: float, deadline: float) -> int:
+    async def _acquire(self, key: str, ttl: float, deadline: float) -> _Hold:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _KeyQueue()
-        courteous = False
+        yielded = False
         if queue.busy:
             waiter = _Waiter(ttl)
             queue.waiters.append(waiter)
@@ -331,33 +362,40 @@ class Leases:
                 with anyio.move_on_after(deadline - anyio.current_time()):
                     await waiter.event.wait()
             except BaseException:
-                with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                     await self._leave(key, queue, waiter)
                 raise
             if not waiter.woken:
                 queue.waiters.remove(waiter)
                 raise LeaseTimeout(f"could not acquire {key!r} in time", (key,))
-            if waiter.grant > 0:
-                return waiter.grant
+            if waiter.hold is not None:
+                return waiter.hold
             # Handed the turn: this task is the head now (queue.busy stays True). After a
             # release made for another process's sake, give that process a moment first.
-            courteous = waiter.grant < 0
+            yielded = waiter.yielded
         else:
             queue.busy = True
         try:
-            if courteous:
+            if yielded:
                 await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
-            return await self._head(key, ttl, deadline)
+            grant = await self._head(key, ttl, deadline)
         except BaseException:
             self._pass_turn(key, queue)
             raise
+        self._granted(queue, grant, ttl)
+        return _Hold(grant, grant)
+
+    def _granted(self, queue: _KeyQueue, grant: int, ttl: float) -> None:
+        queue.next_token = grant + 1
+        queue.ttl = ttl
+        queue.streak = 0
 
     async def _head(self, key: str, ttl: float, deadline: float) -> int:
         backend = self.backend
         while True:
-            token, held_for = await backend.try_acquire(key, ttl)
-            if token:
-                return token
+            grant, held_for = await backend.try_acquire(key, ttl)
+            if grant:
+                return grant
             left = deadline - anyio.current_time()
             if left <= 0:
                 raise LeaseTimeout(f"could not acquire {key!r} in time", (key,))
@@ -371,8 +409,8 @@ class Leases:
         """A waiter gives up (cancelled): pass on what it was handed, if anything."""
         if not waiter.woken:
             queue.waiters.remove(waiter)
-        elif waiter.grant > 0:
-            await self._release(key, waiter.grant)
+        elif waiter.hold is not None:
+            await self._release(key, waiter.hold, waiter.ttl, lost=False)
         else:
             self._pass_turn(key, queue)
 
@@ -387,35 +425,52 @@ class Leases:
             queue.busy = False
             self._queues.pop(key, None)
 
-    async def _release(self, key: str, token: int) -> None:
+    async def _release(self, key: str, hold: _Hold, ttl: float, *, lost: bool) -> None:
         queue = self._queues.get(key)
-        if queue is not None and queue.waiters:
-            ttl = queue.waiters[0].ttl
+        if queue is not None and queue.waiters and not lost:
+            waiter = queue.waiters[0]
+            block_end = hold.grant + self.backend.block - 1
+            if (
+                queue.streak + 1 < self.fairness
+                and queue.next_token <= block_end
+                and waiter.ttl == queue.ttl
+            ):
+                # Hand over within this process's grant: no round trip to the backend.
+                queue.waiters.popleft()
+                queue.streak += 1
+                waiter.hold = _Hold(hold.grant, queue.next_token)
+                queue.next_token += 1
+                waiter.woken = True
+                waiter.event.set()
+                return
             try:
-                granted = await self.backend.handoff(key, token, ttl, queue.streak)
+                # Every `fairness` holders the backend is asked; it gives the key to
+                # another process that wants it instead of renewing this one's grant.
+                granted = await self.backend.handoff(key, hold.grant, waiter.ttl, self.fairness)
             except Exception:  # noqa: BLE001 - backend down: the next waiter retries as head
                 granted = 0
             if queue.waiters:
                 waiter = queue.waiters.popleft()
                 waiter.woken = True
                 if granted > 0:
-                    queue.streak += 1
-                    waiter.grant = granted
+                    self._granted(queue, granted, waiter.ttl)
+                    waiter.hold = _Hold(granted, granted)
                 else:  # lost (0) or released for another process (-1): waiter is the head
                     queue.streak = 0
-                    waiter.grant = granted
+                    waiter.yielded = granted < 0
                 waiter.event.set()
                 return
-            if granted > 0:  # the waiter left meanwhile: free what was re-granted
-                token = granted
+            if granted <= 0:
+                self._pass_turn(key, queue)
+                return
+            hold = _Hold(granted, granted)  # the waiter left meanwhile: free the new grant
         try:
-            await self.backend.release(key, token)
+            await self.backend.release(key, hold.grant)
         except Exception as exc:  # noqa: BLE001 - unreachable backend: the TTL frees the key
-            _logger.warning("lease_release_failed", key=key, token=token, error=repr(exc))
-        if queue is not None and not queue.waiters:
-            queue.busy = False
-            queue.streak = 0
-            self._queues.pop(key, None)
+            _logger.warning("lease_release_failed", key=key, grant=hold.grant, error=repr(exc))
+        if queue is not None:
+            # Whoever queued while the release was on its way becomes the head.
+            self._pass_turn(key, queue)
 
 
 def _check_ttl(ttl: float) -> float:

@@ -2,24 +2,29 @@
 
 Keys (``{key}`` is a hash tag, so each lease's keys share a cluster slot)::
 
-    <prefix>lock:{key}     the holder's token, with the lease's TTL (PX)
-    <prefix>fence:{key}    INCR'd on every grant: the fencing counter
+    <prefix>lock:{key}     the holding process's grant, with the lease's TTL (PX)
+    <prefix>fence:{key}    the fencing counter: each grant reserves a block of tokens
+    <prefix>grant:{key}    the first token of the newest grant (what fenced writes check)
     <prefix>want:{key}     set (briefly) by a process that found the key held
     <prefix>stale:{key}    count of fenced writes rejected as stale
     channel <prefix>released:<key>   published on release when someone wants the key
 
-Every state change is one Lua script (atomic, keys and values passed as arguments, never
-interpolated). Waiting contenders never poll on a fixed interval: one head per key and
-process waits for a release notification (one pattern subscription per provider), with a
-fallback retry when the holder's TTL runs out, bounded and jittered.
+A grant is the process's, not one task's: the process hands the key from one of its tasks
+to the next with the next token of the grant's block, without a round trip; every
+``fairness`` holders (or when the block or the TTL differ) it asks Redis again, which is
+when a key another process wants is released to it. Every state change is one Lua script
+(atomic, keys and values passed as arguments, never interpolated). Waiting contenders
+never poll on a fixed interval: one head per key and process waits for a release
+notification (one pattern subscription per provider), with a fallback retry when the
+holder's TTL runs out, bounded and jittered.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,18 +40,26 @@ __all__ = ["RedisLockProvider"]
 
 _logger = structlog.get_logger("asaga")
 
+# A grant reserves a block of fencing tokens (INCRBY); the lock key holds the grant (the
+# block's first token) and <prefix>grant:{key} remembers the newest grant's first token:
+# a fenced write is current iff its token >= that.
+
+# KEYS: lock, fence, want, grant ; ARGV: ttl_ms, want_ms, identity, block
 _ACQUIRE = """
 local held = redis.call('pttl', KEYS[1])
 if held == -2 then
-  local token = redis.call('incr', KEYS[2])
-  redis.call('set', KEYS[1], token, 'px', ARGV[1])
-  return {token, 0}
+  local block = tonumber(ARGV[4])
+  local grant = redis.call('incrby', KEYS[2], block) - block + 1
+  redis.call('set', KEYS[1], grant, 'px', ARGV[1])
+  redis.call('set', KEYS[4], grant)
+  return {grant, 0}
 end
 redis.call('set', KEYS[3], ARGV[3], 'px', ARGV[2])
 if held < 0 then held = tonumber(ARGV[1]) end
 return {0, held}
 """
 
+# KEYS: lock keys ; ARGV: ttl_ms, grants...
 _RENEW = """
 for i, key in ipairs(KEYS) do
   if redis.call('get', key) ~= ARGV[i + 1] then return 0 end
@@ -55,6 +68,7 @@ for _, key in ipairs(KEYS) do redis.call('pexpire', key, ARGV[1]) end
 return 1
 """
 
+# KEYS: lock, want ; ARGV: grant, channel
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('del', KEYS[1])
@@ -64,6 +78,7 @@ end
 return 0
 """
 
+# KEYS: lock, fence, want, grant ; ARGV: grant, ttl_ms, streak, cap, channel, identity, block
 _HANDOFF = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 local wanted_by = redis.call('get', KEYS[3])
@@ -72,14 +87,18 @@ if tonumber(ARGV[3]) >= tonumber(ARGV[4]) and wanted_by and wanted_by ~= ARGV[6]
   redis.call('publish', ARGV[5], '1')
   return -1
 end
-local token = redis.call('incr', KEYS[2])
-redis.call('set', KEYS[1], token, 'px', ARGV[2])
-return token
+local block = tonumber(ARGV[7])
+local grant = redis.call('incrby', KEYS[2], block) - block + 1
+redis.call('set', KEYS[1], grant, 'px', ARGV[2])
+redis.call('set', KEYS[4], grant)
+return grant
 """
 
+# KEYS: grant, stale, data keys... ; ARGV: token, n commands, then per command:
+#   name, index of its key in KEYS, number of arguments, arguments...
 _FENCED = """
 local newest = tonumber(redis.call('get', KEYS[1]) or '0')
-if newest ~= tonumber(ARGV[1]) then
+if tonumber(ARGV[1]) < newest then
   redis.call('incr', KEYS[2])
   return {0, newest}
 end
@@ -95,10 +114,14 @@ end
 return {1, results}
 """
 
+_BLOCK = 1024  # fencing tokens per grant, handed to local waiters without a round trip
+
 _WANT_MS = 2000  # how long a failed attempt marks the key as wanted by another process
 
 
 class _RedisBackend:
+    block = _BLOCK
+
     def __init__(self, client: aioredis.Redis, prefix: str, fairness: int) -> None:
         self.client = client
         self.identity = uuid.uuid4().hex  # marks the keys this provider wants
@@ -118,6 +141,9 @@ class _RedisBackend:
     def fence_key(self, key: str) -> str:
         return f"{self.prefix}fence:{{{key}}}"
 
+    def grant_key(self, key: str) -> str:
+        return f"{self.prefix}grant:{{{key}}}"
+
     def want_key(self, key: str) -> str:
         return f"{self.prefix}want:{{{key}}}"
 
@@ -130,8 +156,13 @@ class _RedisBackend:
     async def try_acquire(self, key: str, ttl: float) -> tuple[int, float]:
         try:
             token, held_ms = await self._acquire(
-                keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
-                args=[_ms(ttl), _WANT_MS, self.identity],
+                keys=[
+                    self.lock_key(key),
+                    self.fence_key(key),
+                    self.want_key(key),
+                    self.grant_key(key),
+                ],
+                args=[_ms(ttl), _WANT_MS, self.identity, self.block],
             )
         except RedisError as exc:
             raise LeaseUnavailable(
@@ -139,31 +170,37 @@ class _RedisBackend:
             ) from exc
         return int(token), int(held_ms) / 1000
 
-    async def renew(self, tokens: Mapping[str, int], ttl: float) -> bool:
-        keys = [self.lock_key(k) for k in tokens]
+    async def renew(self, grants: Mapping[str, int], ttl: float) -> bool:
+        keys = [self.lock_key(k) for k in grants]
         try:
-            ok = await self._renew(keys=keys, args=[_ms(ttl), *map(str, tokens.values())])
+            ok = await self._renew(keys=keys, args=[_ms(ttl), *map(str, grants.values())])
         except RedisError as exc:
             raise LeaseUnavailable(
-                f"cannot renew {list(tokens)}: Redis is unreachable ({exc})", tuple(tokens)
+                f"cannot renew {list(grants)}: Redis is unreachable ({exc})", tuple(grants)
             ) from exc
         return bool(ok)
 
-    async def release(self, key: str, token: int) -> None:
+    async def release(self, key: str, grant: int) -> None:
         await self._release(
-            keys=[self.lock_key(key), self.want_key(key)], args=[str(token), self.channel(key)]
+            keys=[self.lock_key(key), self.want_key(key)], args=[str(grant), self.channel(key)]
         )
 
-    async def handoff(self, key: str, token: int, ttl: float, streak: int) -> int:
+    async def handoff(self, key: str, grant: int, ttl: float, streak: int) -> int:
         granted = await self._handoff(
-            keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
+            keys=[
+                self.lock_key(key),
+                self.fence_key(key),
+                self.want_key(key),
+                self.grant_key(key),
+            ],
             args=[
-                str(token),
+                str(grant),
                 _ms(ttl),
                 streak,
                 self.fairness,
                 self.channel(key),
                 self.identity,
+                self.block,
             ],
         )
         return int(granted)
@@ -205,7 +242,7 @@ class RedisLockProvider:
         _owns_client: bool = False,
     ) -> None:
         self._backend = _RedisBackend(client, prefix, fairness)
-        self._leases = Leases(self._backend)
+        self._leases = Leases(self._backend, fairness=fairness)
         self._owns_client = _owns_client
         self._tg: anyio.abc.TaskGroup | None = None
         self.stale_writes = 0
@@ -249,10 +286,9 @@ class RedisLockProvider:
                 with anyio.CancelScope(shield=True):
                     await self._backend.client.aclose()
 
-    @asynccontextmanager
-    async def lease(
+    def lease(
         self, *keys: str, ttl: float, wait: float | None = None
-    ) -> AsyncIterator[Lease]:
+    ) -> AbstractAsyncContextManager[Lease]:
         """Hold ``keys`` (sorted, all or nothing) for the body of the ``async with``.
 
         ``ttl`` (seconds, required) is how long the lease outlives a holder that stops
@@ -261,8 +297,7 @@ class RedisLockProvider:
         lease is lost while held, the body is cancelled and ``LeaseLost`` raised. If Redis
         cannot be reached, ``LeaseUnavailable`` is raised at once.
         """
-        async with self._leases.lease(keys, ttl=ttl, wait=wait) as lease:
-            yield lease
+        return self._leases.lease(keys, ttl=ttl, wait=wait)
 
     async def fenced(
         self, lease: Lease, *commands: Sequence[Any], key: str | None = None
@@ -287,7 +322,7 @@ class RedisLockProvider:
             args += [name, data_keys.index(redis_key) + 3, len(rest), *rest]
         try:
             ok, payload = await backend.fenced(
-                keys=[backend.fence_key(key), backend.stale_key(key), *data_keys], args=args
+                keys=[backend.grant_key(key), backend.stale_key(key), *data_keys], args=args
             )
         except RedisError as exc:
             raise LeaseUnavailable(
@@ -296,11 +331,21 @@ class RedisLockProvider:
         if not ok:
             self.stale_writes += 1
             raise StaleWrite(
-                f"write under lease token {lease.tokens[key]} on {key!r} rejected: token "
-                f"{payload} was granted since",
+                f"write under lease token {lease.tokens[key]} on {key!r} rejected: a newer "
+                f"lease (tokens from {payload}) was granted since",
                 (key,),
             )
         return list(payload)
+
+    def fence_key(self, key: str) -> str:
+        """The Redis key holding the first fencing token of ``key``'s newest grant, for
+        Lua scripts that check a lease's token themselves: a write is current iff
+        ``token >= GET fence_key`` (a missing key counts as 0)."""
+        return self._backend.grant_key(key)
+
+    def stale_key(self, key: str) -> str:
+        """The Redis key counting stale writes on ``key`` (INCR it when refusing one)."""
+        return self._backend.stale_key(key)
 
     async def stale_count(self, key: str) -> int:
         """Fenced writes rejected as stale on ``key``, across all processes."""
