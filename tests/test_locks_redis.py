@@ -300,3 +300,31 @@ async def test_local_handoffs_need_no_round_trip_but_stay_fenced(
         assert newest.token > tokens[-1]
         with pytest.raises(StaleWrite):  # the first holder, from an older grant
             await locks.fenced(held[0], ("INCR", stock))
+
+
+async def test_a_lease_held_past_its_ttl_is_renewed(
+    locks: RedisLockProvider, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Held for several TTLs, the lease is renewed (by the provider's renewer) and stays
+    this holder's: no one else gets it meanwhile, and its fenced writes are accepted."""
+    stock = f"{redis_prefix}stock"
+    async with locks.lease("k", ttl=0.3) as lease:
+        await anyio.sleep(1.0)  # over three TTLs
+        assert not lease.lost
+        async with RedisLockProvider(client, prefix=redis_prefix) as other:
+            with pytest.raises(LeaseTimeout):
+                await _hold_briefly(other, "k")
+        await locks.fenced(lease, ("SET", stock, 1))
+    assert int(await client.get(stock) or 0) == 1
+
+
+async def _hold_briefly(locks: RedisLockProvider, key: str) -> None:
+    async with locks.lease(key, ttl=1.0, wait=0.2):
+        pass
+
+
+async def test_errors_inside_the_provider_block_are_not_wrapped(client: aioredis.Redis) -> None:
+    """An exception raised in `async with RedisLockProvider(...)` comes out as itself."""
+    with pytest.raises(KeyError):
+        async with RedisLockProvider(client, prefix="unused-wrap:"):
+            raise KeyError("mine")

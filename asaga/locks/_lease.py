@@ -20,6 +20,7 @@ shared by every backend:
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import string
@@ -283,6 +284,19 @@ class Leases:
         self.backend = backend
         self.fairness = fairness
         self._queues: dict[str, _KeyQueue] = {}
+        self._renewer: _Renewer | None = None
+
+    async def run_renewer(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Renew every lease of this manager from one task (run it in a provider's task
+        group); until it runs, each lease renews itself from a task of its own."""
+        renewer = _Renewer()
+        self._renewer = renewer
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started()
+                await renewer.run(tg)
+        finally:
+            self._renewer = None
 
     @asynccontextmanager
     async def lease(
@@ -306,19 +320,32 @@ class Leases:
                     await self._release(key, hold, ttl, lost=False)
             raise
         lease = Lease(self, ordered, holds, ttl)
-        # The body's own exception is kept out of the task group (which would wrap it in an
-        # ExceptionGroup) and re-raised after it. A cancellation from outside is re-raised
-        # by the task group itself; one from the renewal task becomes LeaseLost.
         failure: BaseException | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_alive, lease, tg.cancel_scope, name="lease renewal")
+            if self._renewer is not None:
+                # The provider's renewer task renews this lease and cancels the body's
+                # scope if it is lost (the scope absorbs that; LeaseLost is raised below);
+                # no task per lease.
+                body = anyio.CancelScope()
+                watch = self._renewer.watch(lease, body)
                 try:
-                    yield lease
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    failure = exc
+                    with body:
+                        yield lease
                 finally:
-                    tg.cancel_scope.cancel()  # stop renewing
+                    watch.active = False
+            else:
+                # The body's own exception is kept out of the task group (which would wrap
+                # it in an ExceptionGroup) and re-raised after it. A cancellation from
+                # outside is re-raised by the task group itself; one from the renewal task
+                # becomes LeaseLost.
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_alive, lease, tg.cancel_scope, name="lease renewal")
+                    try:
+                        yield lease
+                    except BaseException as exc:  # noqa: BLE001 - re-raised below
+                        failure = exc
+                    finally:
+                        tg.cancel_scope.cancel()  # stop renewing
         finally:
             with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                 for key in reversed(ordered):
@@ -471,6 +498,70 @@ class Leases:
         if queue is not None:
             # Whoever queued while the release was on its way becomes the head.
             self._pass_turn(key, queue)
+
+
+class _Watch:
+    """One lease as the renewer sees it."""
+
+    __slots__ = ("active", "body", "lease")
+
+    def __init__(self, lease: Lease, body: anyio.CancelScope) -> None:
+        self.lease = lease
+        self.body = body
+        self.active = True  # False once the lease's body has exited
+
+
+class _Renewer:
+    """Renews many leases from one task: a heap of due times, woken by new leases."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._seq = 0
+        self._wakeup = anyio.Event()
+
+    def watch(self, lease: Lease, body: anyio.CancelScope) -> _Watch:
+        watch = _Watch(lease, body)
+        self._schedule(watch, anyio.current_time() + lease.ttl / 3)
+        return watch
+
+    def _schedule(self, watch: _Watch, due: float) -> None:
+        first = not self._heap or due < self._heap[0][0]
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, watch))
+        if first:
+            self._wakeup.set()
+
+    async def run(self, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            self._wakeup = anyio.Event()
+            heap = self._heap
+            while heap and not heap[0][2].active:
+                heapq.heappop(heap)  # finished leases: drop them
+            if not heap:
+                await self._wakeup.wait()
+                continue
+            delay = heap[0][0] - anyio.current_time()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._wakeup.wait()
+                continue
+            _, _, watch = heapq.heappop(heap)
+            tg.start_soon(self._renew, watch)
+
+    async def _renew(self, watch: _Watch) -> None:
+        lease = watch.lease
+        try:
+            await lease.extend()
+        except LeaseLost:
+            watch.body.cancel()
+            return
+        except Exception as exc:  # noqa: BLE001 - a backend error: retry until expiry
+            if lease.remaining <= lease.ttl / 6:
+                lease._lost = f"renewal failed until expiry ({exc!r})"
+                watch.body.cancel()
+                return
+        if watch.active:
+            self._schedule(watch, anyio.current_time() + lease.ttl / 3)
 
 
 def _check_ttl(ttl: float) -> float:

@@ -265,6 +265,7 @@ class RedisLockProvider:
         await self._tg.__aenter__()
         started = anyio.Event()
         self._tg.start_soon(self._listen, started, name="asaga lease notifications")
+        await self._tg.start(self._leases.run_renewer, name="asaga lease renewals")
         with anyio.move_on_after(2.0):
             await started.wait()  # subscribed (or gave up: waits fall back to retries)
         return self
@@ -278,7 +279,10 @@ class RedisLockProvider:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            # The body's exception is not handed to the task group (which would wrap it in
+            # an ExceptionGroup): it propagates as it is once the background tasks stop.
+            await self._tg.__aexit__(None, None, None)
+            return None
         finally:
             self._tg = None
             self._backend.listening = False
