@@ -1,0 +1,355 @@
+"""The inventory sagas: asaga's port of the seed's four reactors (three here, the
+replenishment saga in replenishment.py).
+
+Where the seed was wrong, these do it right (see docs/inventory.md):
+
+- the lease is held by the step that changes stock (``@step(lock=...)``), not taken and
+  released by separate steps, so a failure can never leave it held;
+- stock is checked again inside the lease, and written with the lease's fencing token, so
+  a stale holder cannot oversell;
+- every compensation reads what its own step returned, never a key that does not exist;
+- a transfer's compensation restores both locations instead of giving up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+import msgspec
+
+from asaga import Lock, MapResult, Resource, Retry, Saga, map_each, step
+from asaga.locks import Lease, LockProvider
+
+from .store import InsufficientStock, InventoryStore, Product, Transaction, check, deltas
+
+__all__ = [
+    "AtomicReservationSaga",
+    "BulkInventorySaga",
+    "Change",
+    "InventorySaga",
+    "InventoryTransferSaga",
+    "Notifier",
+    "OperationRequest",
+]
+
+Quantity = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]
+Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """What a stock operation did: enough to log it and to undo it."""
+
+    reference: str
+    sku: str
+    operation: str
+    quantity: int
+    d_inventory: int
+    d_reserved: int
+
+
+class Notifier:
+    """A stand-in notification service: idempotent by key, with injectable failures."""
+
+    def __init__(self, *, failures: int = 0) -> None:
+        self.sent: dict[str, str] = {}
+        self.failures = failures  # the next `failures` sends raise ConnectionError
+
+    async def send(self, key: str, message: str) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("notification service unavailable")
+        self.sent.setdefault(key, message)  # the same key twice sends once
+
+
+class InventorySaga(Saga):
+    """Reserve, release or consume stock of one product, under its lease."""
+
+    product_id: Sku
+    quantity: Quantity
+    operation: Literal["reserve", "release", "consume"]
+    store: Resource[InventoryStore]
+    locks: Resource[LockProvider]
+    notifier: Resource[Notifier]
+
+    output = "perform"
+
+    @step
+    async def product(product_id: str, store: InventoryStore) -> Product:
+        """Validate the request: the product must exist (UnknownProduct otherwise)."""
+        return await store.get(product_id)
+
+    @step
+    async def availability(product: Product, quantity: int, operation: str) -> Product:
+        """Fail fast, before queueing for the lease, if the operation cannot succeed."""
+        d_inventory, d_reserved = deltas(operation, quantity)  # type: ignore[arg-type]
+        check(product, d_inventory, d_reserved)
+        return product
+
+    @step(lock=Lock("inventory:{product_id}", ttl=5.0, wait=10.0))
+    async def perform(
+        availability: Product,
+        product_id: str,
+        quantity: int,
+        operation: str,
+        store: InventoryStore,
+        lease: Lease,
+    ) -> Change:
+        """Check again under the lease, then write with its fencing token."""
+        d_inventory, d_reserved = deltas(operation, quantity)  # type: ignore[arg-type]
+        check(await store.get(product_id), d_inventory, d_reserved)
+        await store.apply(lease, product_id, d_inventory, d_reserved)
+        return Change(
+            reference=uuid.uuid4().hex,
+            sku=product_id,
+            operation=operation,
+            quantity=quantity,
+            d_inventory=d_inventory,
+            d_reserved=d_reserved,
+        )
+
+    @perform.compensate
+    async def undo_perform(perform: Change, store: InventoryStore) -> None:
+        await store.adjust(perform.sku, -perform.d_inventory, -perform.d_reserved)
+
+    @step
+    async def transaction(perform: Change, store: InventoryStore) -> str:
+        """Append the change to the transaction log."""
+        return await store.log(
+            Transaction(
+                sku=perform.sku,
+                operation=perform.operation,
+                quantity=perform.quantity,
+                run_id=perform.reference,
+            )
+        )
+
+    @transaction.compensate
+    async def undo_transaction(transaction: str, store: InventoryStore) -> None:
+        await store.unlog(transaction)
+
+    @step
+    async def replenishment(perform: Change, store: InventoryStore) -> str | None:
+        """Below the reorder point after this change: queue a replenishment request."""
+        product = await store.get(perform.sku)
+        if product.available >= product.reorder_point:
+            return None
+        wanted = product.max_stock_level - product.inventory_count
+        if wanted <= 0:
+            return None
+        return await store.request_replenishment(perform.sku, wanted)
+
+    @replenishment.compensate
+    async def undo_replenishment(replenishment: str | None, store: InventoryStore) -> None:
+        if replenishment is not None:
+            await store.cancel_replenishment(replenishment)
+
+    @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01))
+    async def notify(transaction: str, perform: Change, notifier: Notifier) -> str:
+        """Tell the warehouse; idempotent (keyed by the log entry), retried."""
+        await notifier.send(transaction, f"{perform.operation} {perform.quantity} x {perform.sku}")
+        return transaction
+
+
+class AtomicReservationSaga(Saga):
+    """The fast path: reserve with one atomic, idempotent script; no lease needed."""
+
+    product_id: Sku
+    quantity: Quantity
+    reservation_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    hold_seconds: float = 900.0
+    store: Resource[InventoryStore]
+    notifier: Resource[Notifier]
+
+    output = "reserve"
+
+    @step
+    async def product(product_id: str, store: InventoryStore) -> Product:
+        return await store.get(product_id)
+
+    @step
+    async def reserve(
+        product: Product,
+        reservation_id: str,
+        quantity: int,
+        hold_seconds: float,
+        store: InventoryStore,
+    ) -> str:
+        """Reserve if available, in one script; retried calls with the same id do
+        nothing twice; unless committed, the reservation expires after hold_seconds."""
+        if not await store.reserve(reservation_id, product.sku, quantity, hold_seconds):
+            raise InsufficientStock(f"{product.sku}: fewer than {quantity} available")
+        return reservation_id
+
+    @reserve.compensate
+    async def unreserve(reserve: str, store: InventoryStore) -> None:
+        await store.release(reserve)
+
+    @step
+    async def transaction(
+        reserve: str, product_id: str, quantity: int, store: InventoryStore
+    ) -> str:
+        return await store.log(
+            Transaction(sku=product_id, operation="reserve", quantity=quantity, run_id=reserve)
+        )
+
+    @transaction.compensate
+    async def undo_transaction(transaction: str, store: InventoryStore) -> None:
+        await store.unlog(transaction)
+
+    @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01))
+    async def notify(transaction: str, product_id: str, notifier: Notifier) -> str:
+        await notifier.send(transaction, f"reserved {product_id}")
+        return transaction
+
+
+class OperationRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of a bulk request."""
+
+    product_id: Sku
+    quantity: Quantity
+    operation: Literal["reserve", "release", "consume"]
+
+
+class BulkInventorySaga(Saga):
+    """Up to 100 operations, each an InventorySaga; partial success is reported."""
+
+    operations: Annotated[list[OperationRequest], msgspec.Meta(min_length=1, max_length=100)]
+    store: Resource[InventoryStore]
+    locks: Resource[LockProvider]
+    notifier: Resource[Notifier]
+
+    items = map_each(InventorySaga, over="operations", mode="collect", max_concurrency=8)
+
+    @step
+    async def summary(items: MapResult[Change]) -> dict[str, list[object]]:
+        """Succeeded and failed lines; every line failing fails the saga."""
+        if items.all_failed:
+            raise RuntimeError(f"all {len(items.failures)} operations failed")
+        return {
+            "succeeded": [s.index for s in items.successes],
+            "failed": [[f.index, repr(f.error.__cause__ or f.error)] for f in items.failures],
+        }
+
+
+class InventoryTransferSaga(Saga):
+    """Move stock of one product from one location to another.
+
+    Stock per location is the product ``<product_id>@<location>``.
+    """
+
+    product_id: Sku
+    quantity: Quantity
+    source: Sku
+    destination: Sku
+    store: Resource[InventoryStore]
+    locks: Resource[LockProvider]
+
+    output = "transfer"
+
+    @step
+    async def validate(
+        product_id: str, quantity: int, source: str, destination: str, store: InventoryStore
+    ) -> Product:
+        """Different locations; enough available at the source."""
+        if source == destination:
+            raise ValueError("source and destination must differ")
+        origin = await store.get(f"{product_id}@{source}")
+        check(origin, 0, quantity)
+        return origin
+
+    @step(lock=Lock("inventory:{product_id}@{source}", ttl=5.0, wait=10.0))
+    async def reserve_source(
+        validate: Product,
+        product_id: str,
+        source: str,
+        quantity: int,
+        store: InventoryStore,
+        lease: Lease,
+    ) -> str:
+        sku = f"{product_id}@{source}"
+        check(await store.get(sku), 0, quantity)
+        await store.apply(lease, sku, 0, quantity)
+        return sku
+
+    @reserve_source.compensate
+    async def unreserve_source(reserve_source: str, quantity: int, store: InventoryStore) -> None:
+        await store.adjust(reserve_source, 0, -quantity)
+
+    @step
+    async def prepare_destination(
+        product_id: str, destination: str, validate: Product, store: InventoryStore
+    ) -> tuple[str, bool]:
+        """Make sure the destination record exists; remember whether we created it."""
+        sku = f"{product_id}@{destination}"
+        try:
+            await store.get(sku)
+        except LookupError:
+            await store.put(
+                Product(
+                    sku=sku,
+                    inventory_count=0,
+                    reorder_point=validate.reorder_point,
+                    max_stock_level=validate.max_stock_level,
+                )
+            )
+            return sku, True
+        return sku, False
+
+    @step(
+        lock=Lock(
+            "inventory:{product_id}@{source}", "inventory:{product_id}@{destination}", ttl=5.0
+        )
+    )
+    async def transfer(
+        reserve_source: str,
+        prepare_destination: tuple[str, bool],
+        product_id: str,
+        source: str,
+        destination: str,
+        quantity: int,
+        store: InventoryStore,
+        lease: Lease,
+    ) -> Change:
+        """Both locations under one multi-key lease (sorted keys: no deadlock)."""
+        target = prepare_destination[0]
+        await store.apply(
+            lease, reserve_source, -quantity, -quantity, key=f"inventory:{product_id}@{source}"
+        )
+        await store.apply(lease, target, quantity, 0, key=f"inventory:{product_id}@{destination}")
+        return Change(
+            reference=uuid.uuid4().hex,
+            sku=product_id,
+            operation=f"transfer {source}->{destination}",
+            quantity=quantity,
+            d_inventory=0,
+            d_reserved=0,
+        )
+
+    @transfer.compensate
+    async def untransfer(
+        transfer: Change,
+        reserve_source: str,
+        prepare_destination: tuple[str, bool],
+        quantity: int,
+        store: InventoryStore,
+    ) -> None:
+        """Restore both sides: take the units back from the destination (refused if they
+        were sold meanwhile: that needs a human), return them to the source reserved."""
+        await store.adjust(prepare_destination[0], -quantity, 0)
+        await store.adjust(reserve_source, quantity, quantity)
+
+    @step
+    async def log(transfer: Change, store: InventoryStore) -> str:
+        return await store.log(
+            Transaction(
+                sku=transfer.sku,
+                operation=transfer.operation,
+                quantity=transfer.quantity,
+                run_id=transfer.reference,
+            )
+        )
+
+    @log.compensate
+    async def unlog(log: str, store: InventoryStore) -> None:
+        await store.unlog(log)

@@ -1,0 +1,377 @@
+"""The inventory example's sagas, on the in-memory store (asyncio and trio) and on Redis.
+
+Every failure leaves stock, reservations, the log and the replenishment queue exactly as
+they were; concurrent runs conserve stock exactly.
+"""
+
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from asaga import CompensationFailed, InputValidationError, SagaFailed
+from asaga.locks import RedisLockProvider
+from examples.inventory import (
+    AtomicReservationSaga,
+    BulkInventorySaga,
+    InsufficientStock,
+    InventorySaga,
+    InventoryStore,
+    InventoryTransferSaga,
+    MemoryInventoryStore,
+    Notifier,
+    Product,
+    RedisInventoryStore,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Boom(Exception):
+    """An injected failure."""
+
+
+class FaultyStore:
+    """Delegates to a store; raises Boom on the n-th call of one method."""
+
+    def __init__(self, inner: InventoryStore, method: str, nth: int) -> None:
+        self._inner = inner
+        self._method = method
+        self._nth = nth
+        self._calls = 0
+        self.locks = inner.locks
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if name != self._method:
+            return target
+
+        async def faulty(*args: Any, **kwargs: Any) -> Any:
+            self._calls += 1
+            if self._calls == self._nth:
+                raise Boom(f"{name} #{self._calls}")
+            return await target(*args, **kwargs)
+
+        return faulty
+
+
+async def snapshot(store: InventoryStore, skus: list[str]) -> dict[str, Any]:
+    return {
+        "products": {sku: await store.get(sku) for sku in skus},
+        "log": await store.transactions(),
+        "replenishments": await store.replenishments(),
+    }
+
+
+async def seeded_memory() -> MemoryInventoryStore:
+    store = MemoryInventoryStore()
+    await store.put(Product(sku="p1", inventory_count=10, reorder_point=5, max_stock_level=20))
+    await store.put(Product(sku="p2", inventory_count=100, reserved_count=10))
+    return store
+
+
+def run_inventory(store: Any, **inputs: Any) -> Any:
+    notifier = inputs.pop("notifier", Notifier())
+    return InventorySaga.run(store=store, locks=store.locks, notifier=notifier, **inputs)
+
+
+async def test_reserve_release_consume() -> None:
+    """Each operation changes the counts it should and logs itself."""
+    store = await seeded_memory()
+    notifier = Notifier()
+    result = await run_inventory(
+        store, product_id="p2", quantity=5, operation="reserve", notifier=notifier
+    )
+    assert result.output.d_reserved == 5
+    await run_inventory(store, product_id="p2", quantity=3, operation="release")
+    await run_inventory(store, product_id="p2", quantity=4, operation="consume")
+    product = await store.get("p2")
+    assert (product.inventory_count, product.reserved_count) == (96, 8)
+    assert [t.operation for t in await store.transactions()] == ["reserve", "release", "consume"]
+    assert list(notifier.sent.values()) == ["reserve 5 x p2"]
+
+
+async def test_low_stock_queues_a_replenishment() -> None:
+    """Falling below the reorder point queues a request up to the max stock level."""
+    store = await seeded_memory()
+    await run_inventory(store, product_id="p1", quantity=6, operation="reserve")
+    assert list((await store.replenishments()).values()) == [("p1", 10)]
+
+
+async def test_validation_failure_runs_no_step() -> None:
+    """Bad inputs are refused up front; nothing changes."""
+    store = await seeded_memory()
+    before = await snapshot(store, ["p1", "p2"])
+    with pytest.raises(InputValidationError) as info:
+        await run_inventory(store, product_id="p 1", quantity=0, operation="steal")
+    assert set(info.value.fields) == {"product_id", "quantity", "operation"}
+    assert await snapshot(store, ["p1", "p2"]) == before
+
+
+async def test_unknown_product_and_insufficient_stock_fail_cleanly() -> None:
+    """A missing product or too little stock fails before anything is written."""
+    store = await seeded_memory()
+    before = await snapshot(store, ["p1", "p2"])
+    with pytest.raises(SagaFailed) as info:
+        await run_inventory(store, product_id="nope", quantity=1, operation="reserve")
+    assert info.value.step == "product"
+    with pytest.raises(SagaFailed) as info:
+        await run_inventory(store, product_id="p1", quantity=11, operation="reserve")
+    assert info.value.step == "availability"
+    assert await snapshot(store, ["p1", "p2"]) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "nth", "failing_step"),
+    [
+        ("get", 1, "product"),
+        ("get", 2, "perform"),
+        ("apply", 1, "perform"),
+        ("log", 1, "transaction"),
+        ("get", 3, "replenishment"),
+        ("request_replenishment", 1, "replenishment"),
+        ("notify", 0, "notify"),
+    ],
+)
+async def test_failure_at_every_step_restores_everything(
+    method: str, nth: int, failing_step: str
+) -> None:
+    """Whichever step fails, stock, log and replenishment queue are as before."""
+    inner = await seeded_memory()
+    before = await snapshot(inner, ["p1", "p2"])
+    notifier = Notifier(failures=3 if method == "notify" else 0)
+    store = FaultyStore(inner, method, nth)
+    with pytest.raises(SagaFailed) as info:
+        await run_inventory(
+            store, product_id="p1", quantity=6, operation="reserve", notifier=notifier
+        )
+    assert info.value.step == failing_step
+    assert type(info.value) is SagaFailed  # every compensation succeeded
+    assert await snapshot(inner, ["p1", "p2"]) == before
+
+
+async def test_200_concurrent_runs_conserve_stock() -> None:
+    """Random operations from 200 concurrent runs on one product: counts stay valid and
+    equal to the sum of the logged operations."""
+    store = MemoryInventoryStore()
+    await store.put(Product(sku="hot", inventory_count=300, reserved_count=100))
+    rng = random.Random(7)
+    causes: list[BaseException | None] = []
+
+    async def one() -> None:
+        operation = rng.choice(["reserve", "release", "consume"])
+        try:
+            await run_inventory(
+                store, product_id="hot", quantity=rng.randint(1, 5), operation=operation
+            )
+        except SagaFailed as exc:
+            causes.append(exc.__cause__)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                tg.start_soon(one)
+    # Runs fail only for lack of stock: nothing else is injected here.
+    assert all(isinstance(cause, InsufficientStock) for cause in causes)
+    assert len(causes) < 200  # and most runs went through
+    product = await store.get("hot")
+    assert 0 <= product.reserved_count <= product.inventory_count
+    inventory, reserved = 300, 100
+    for t in await store.transactions():
+        d = {
+            "reserve": (0, t.quantity),
+            "release": (0, -t.quantity),
+            "consume": (-t.quantity, -t.quantity),
+        }
+        inventory += d[t.operation][0]
+        reserved += d[t.operation][1]
+    assert (product.inventory_count, product.reserved_count) == (inventory, reserved)
+
+
+async def test_atomic_reservation_is_idempotent_and_undone() -> None:
+    """The fast path reserves once per id, and is released when a later step fails."""
+    store = await seeded_memory()
+    notifier = Notifier()
+    args = {"product_id": "p1", "quantity": 4, "store": store, "notifier": notifier}
+    await AtomicReservationSaga.run(reservation_id="r-1", **args)
+    await AtomicReservationSaga.run(reservation_id="r-1", **args)  # a retried request
+    assert (await store.get("p1")).reserved_count == 4
+    with pytest.raises(SagaFailed):
+        await AtomicReservationSaga.run(
+            reservation_id="r-2", **{**args, "notifier": Notifier(failures=3)}
+        )
+    assert (await store.get("p1")).reserved_count == 4
+
+
+async def test_expired_atomic_reservations_are_reaped() -> None:
+    """A reservation not committed before its hold time is returned by the reaper."""
+    store = await seeded_memory()
+    assert await store.reserve("r-1", "p1", 3, ttl=0.0)
+    assert await store.reserve("r-2", "p1", 2, ttl=600.0)
+    assert await store.commit("r-2")
+    assert await store.reap() == 1
+    assert (await store.get("p1")).reserved_count == 2
+
+
+async def test_bulk_reports_per_line_and_fails_only_if_all_fail() -> None:
+    """Partial success is reported line by line; nothing succeeding fails the saga."""
+    store = await seeded_memory()
+    ops = [
+        {"product_id": "p2", "quantity": 5, "operation": "reserve"},
+        {"product_id": "nope", "quantity": 1, "operation": "reserve"},
+        {"product_id": "p1", "quantity": 99, "operation": "reserve"},
+    ]
+    common = {"store": store, "locks": store.locks, "notifier": Notifier()}
+    result = await BulkInventorySaga.run(operations=ops, **common)
+    assert result.output["succeeded"] == [0]
+    assert [f[0] for f in result.output["failed"]] == [1, 2]
+    assert (await store.get("p2")).reserved_count == 15
+    with pytest.raises(SagaFailed):
+        await BulkInventorySaga.run(operations=ops[1:], **common)
+    assert (await store.get("p2")).reserved_count == 15
+
+
+async def test_transfer_moves_stock_and_failure_restores_both_sides() -> None:
+    """A transfer moves units between locations; a failed one restores both."""
+    store = MemoryInventoryStore()
+    await store.put(Product(sku="p@east", inventory_count=10))
+    args = {"product_id": "p", "quantity": 4, "source": "east", "destination": "west"}
+    await InventoryTransferSaga.run(store=store, locks=store.locks, **args)
+    assert (await store.get("p@east")).inventory_count == 6
+    assert (await store.get("p@west")).inventory_count == 4
+    before = await snapshot(store, ["p@east", "p@west"])
+    faulty = FaultyStore(store, "log", 1)
+    with pytest.raises(SagaFailed) as info:
+        await InventoryTransferSaga.run(store=faulty, locks=store.locks, **args)
+    assert info.value.step == "log"
+    assert info.value.compensated[0] == "transfer"
+    assert await snapshot(store, ["p@east", "p@west"]) == before
+
+
+async def test_transfer_to_the_same_location_is_refused() -> None:
+    """Source and destination must differ."""
+    store = await seeded_memory()
+    with pytest.raises(SagaFailed) as info:
+        await InventoryTransferSaga.run(
+            store=store, locks=store.locks, product_id="p1", quantity=1, source="a", destination="a"
+        )
+    assert "must differ" in str(info.value.__cause__)
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+class TestRedis:
+    """The same sagas against the real server (asyncio: redis-py is asyncio-only)."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def store(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisInventoryStore]:
+        client = aioredis.Redis.from_url(redis_url)
+        async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+            store = RedisInventoryStore(client, locks, prefix=f"{redis_prefix}inv:")
+            await store.put(
+                Product(sku="p1", inventory_count=10, reorder_point=5, max_stock_level=20)
+            )
+            await store.put(Product(sku="p2", inventory_count=100, reserved_count=10))
+            yield store
+        await client.aclose()
+
+    async def test_happy_path(self, store: RedisInventoryStore) -> None:
+        """Reserve on Redis: counts, log stream and replenishment request."""
+        await run_inventory(store, product_id="p1", quantity=6, operation="reserve")
+        assert (await store.get("p1")).reserved_count == 6
+        assert [t.quantity for t in await store.transactions()] == [6]
+        assert list((await store.replenishments()).values()) == [("p1", 10)]
+
+    @pytest.mark.parametrize(
+        ("method", "nth", "failing_step"),
+        [("apply", 1, "perform"), ("log", 1, "transaction"), ("notify", 0, "notify")],
+    )
+    async def test_failures_restore_everything(
+        self, store: RedisInventoryStore, method: str, nth: int, failing_step: str
+    ) -> None:
+        """Failures undo the Redis writes, the stream entry and the request."""
+        before = await snapshot(store, ["p1", "p2"])
+        notifier = Notifier(failures=3 if method == "notify" else 0)
+        with pytest.raises(SagaFailed) as info:
+            await run_inventory(
+                FaultyStore(store, method, nth),
+                product_id="p1",
+                quantity=6,
+                operation="reserve",
+                notifier=notifier,
+            )
+        assert info.value.step == failing_step
+        assert await snapshot(store, ["p1", "p2"]) == before
+
+    async def test_atomic_path_and_reaper(self, store: RedisInventoryStore) -> None:
+        """The Lua reservation is idempotent, never oversells, and expires."""
+        assert await store.reserve("r-1", "p1", 6, ttl=600.0)
+        assert await store.reserve("r-1", "p1", 6, ttl=600.0)
+        assert not await store.reserve("r-2", "p1", 5, ttl=600.0)  # only 4 left
+        assert await store.reserve("r-3", "p1", 4, ttl=0.0)
+        assert await store.commit("r-1")
+        assert await store.reap() == 1
+        assert (await store.get("p1")).reserved_count == 6
+        assert await store.release("r-1") is False  # committed: no longer releasable
+
+    async def test_chaos(self, store: RedisInventoryStore) -> None:
+        """1,000 concurrent runs on 5 hot products with random step failures (10%) and
+        caller cancellations (5%): counts reconcile with the log; nothing oversold."""
+        skus = [f"hot{i}" for i in range(5)]
+        for sku in skus:
+            await store.put(Product(sku=sku, inventory_count=400, reserved_count=100))
+        rng = random.Random(11)
+        outcomes = {"ok": 0, "failed": 0, "cancelled": 0}
+
+        async def one() -> None:
+            sku = rng.choice(skus)
+            operation = rng.choice(["reserve", "reserve", "release", "consume"])
+            faulty: Any = store
+            roll = rng.random()
+            if roll < 0.10:
+                faulty = FaultyStore(store, rng.choice(["apply", "log", "get"]), rng.randint(1, 3))
+            cancel_after = rng.random() < 0.05
+            with anyio.CancelScope() as scope:
+                if cancel_after:
+                    scope.deadline = anyio.current_time() + rng.uniform(0.0, 0.05)
+                try:
+                    await run_inventory(
+                        faulty, product_id=sku, quantity=rng.randint(1, 4), operation=operation
+                    )
+                    outcomes["ok"] += 1
+                except CompensationFailed:
+                    raise
+                except SagaFailed:
+                    outcomes["failed"] += 1
+            if scope.cancelled_caught:
+                outcomes["cancelled"] += 1
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for _ in range(1000):
+                    tg.start_soon(one)
+        assert sum(outcomes.values()) == 1000
+        log = await store.transactions()
+        for sku in skus:
+            product = await store.get(sku)
+            assert 0 <= product.reserved_count <= product.inventory_count
+            inventory, reserved = 400, 100
+            for t in log:
+                if t.sku != sku:
+                    continue
+                d = {
+                    "reserve": (0, t.quantity),
+                    "release": (0, -t.quantity),
+                    "consume": (-t.quantity, -t.quantity),
+                }
+                inventory += d[t.operation][0]
+                reserved += d[t.operation][1]
+            assert (product.inventory_count, product.reserved_count) == (inventory, reserved)
