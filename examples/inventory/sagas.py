@@ -47,6 +47,17 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     d_inventory: int
     d_reserved: int
 
+    async def log_to(self, store: InventoryStore) -> str:
+        """Append this change to the store's transaction log; returns the entry id."""
+        return await store.log(
+            Transaction(
+                sku=self.sku,
+                operation=self.operation,
+                quantity=self.quantity,
+                run_id=self.reference,
+            )
+        )
+
 
 class Notifier:
     """A stand-in notification service: idempotent by key, with injectable failures."""
@@ -115,14 +126,7 @@ class InventorySaga(Saga):
     @step
     async def transaction(perform: Change, store: InventoryStore) -> str:
         """Append the change to the transaction log."""
-        return await store.log(
-            Transaction(
-                sku=perform.sku,
-                operation=perform.operation,
-                quantity=perform.quantity,
-                run_id=perform.reference,
-            )
-        )
+        return await perform.log_to(store)
 
     @transaction.compensate
     async def undo_transaction(transaction: str, store: InventoryStore) -> None:
@@ -341,14 +345,7 @@ class InventoryTransferSaga(Saga):
 
     @step
     async def log(transfer: Change, store: InventoryStore) -> str:
-        return await store.log(
-            Transaction(
-                sku=transfer.sku,
-                operation=transfer.operation,
-                quantity=transfer.quantity,
-                run_id=transfer.reference,
-            )
-        )
+        return await transfer.log_to(store)
 
     @log.compensate
     async def unlog(log: str, store: InventoryStore) -> None:
