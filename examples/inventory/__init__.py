@@ -3,6 +3,13 @@
 Import from here: ``from examples.inventory import InventorySaga, MemoryInventoryStore``.
 """
 
+from .replenishment import (
+    NothingToOrder,
+    PurchaseOrder,
+    ReplenishmentSaga,
+    Supplier,
+    SupplierOrder,
+)
 from .sagas import (
     AtomicReservationSaga,
     BulkInventorySaga,
@@ -31,10 +38,15 @@ __all__ = [
     "InventoryStore",
     "InventoryTransferSaga",
     "MemoryInventoryStore",
+    "NothingToOrder",
     "Notifier",
     "OperationRequest",
     "Product",
+    "PurchaseOrder",
     "RedisInventoryStore",
+    "ReplenishmentSaga",
+    "Supplier",
+    "SupplierOrder",
     "Transaction",
     "UnknownProduct",
 ]
