@@ -1,4 +1,5 @@
-"""The ``asaga`` command line: ``asaga graph module:Saga`` (also ``python -m asaga``).
+"""The ``asaga`` command line: ``asaga graph module:Saga``, ``asaga demo`` (also
+``python -m asaga``).
 
 Wiring only: each subcommand is one ``_add_<name>`` function that declares its arguments
 and one ``_<name>`` function that runs it; :data:`_COMMANDS` lists the former. A command
@@ -113,7 +114,39 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_graph,)
+_DEMO_MODULE = "examples.inventory.demo"
+
+
+def _add_demo(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the inventory example's demo (from the asaga repository root)",
+        description=(
+            "Run the inventory example (examples/inventory/demo.py): its sagas in memory, "
+            "or on Redis with --redis. The example is part of the asaga repository, not of "
+            "the installed package: run this from the repository's root."
+        ),
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="run on the Redis server at URL instead of in memory"
+    )
+    parser.set_defaults(command=_demo, command_name="demo")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        module = _import(_DEMO_MODULE)
+    except TargetError:
+        raise TargetError(
+            f"{_DEMO_MODULE} not found in the current directory {os.getcwd()}: the demo is "
+            "part of the asaga repository, not of the installed package; "
+            "run it from the asaga repository root"
+        ) from None
+    status: int = module.main([] if args.redis is None else ["--redis", args.redis])
+    return status
+
+
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_graph, _add_demo)
 
 
 def _parser() -> argparse.ArgumentParser:

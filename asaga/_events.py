@@ -14,6 +14,7 @@ happened.
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import anyio
@@ -273,7 +274,10 @@ class Emitter:
         if type(event) is CompensationFailedEvent and not event.final:
             level = _WARNING
         if self._enabled is None or self._enabled(level):
-            self._log(event, level)
+            # Like the stdlib's logging, a log sink that fails must not fail the saga (or
+            # its unwinding); there is nowhere left to report that failure to.
+            with suppress(Exception):
+                self._log(event, level)
         self._deliver(event)
 
     def _log(self, event: Event, level: int) -> None:
@@ -297,7 +301,7 @@ class Emitter:
             try:
                 hook(event)
             except Exception as exc:  # noqa: BLE001 - a broken hook must not break the saga
-                _logger.error("hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc))
+                _hook_failed(hook, event, exc)
         if self._send is not None:
             self._send.send_nowait(event)
         if self._parent is not None:
@@ -322,10 +326,13 @@ class Emitter:
                         try:
                             with anyio.fail_after(_ASYNC_HOOK_TIMEOUT):
                                 await hook(event)
-                        except Exception as exc:  # noqa: BLE001 - see emit()
-                            _logger.error(
-                                "hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc)
-                            )
+                        except Exception as exc:  # noqa: BLE001 - see _deliver()
+                            _hook_failed(hook, event, exc)
+
+
+def _hook_failed(hook: object, event: Event, exc: Exception) -> None:
+    with suppress(Exception):  # see Emitter.emit: a failing log sink breaks nothing
+        _logger.error("hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc))
 
 
 class RunContext:

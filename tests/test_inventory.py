@@ -375,3 +375,25 @@ class TestRedis:
                 inventory += d[t.operation][0]
                 reserved += d[t.operation][1]
             assert (product.inventory_count, product.reserved_count) == (inventory, reserved)
+
+
+async def test_transfer_failing_between_its_two_writes_restores_the_source() -> None:
+    """The destination write fails after the source was debited: the step puts the source
+    back before failing, and the unwind leaves both locations as they were."""
+    store = MemoryInventoryStore()
+    await store.put(Product(sku="p@north", inventory_count=40))
+    await store.put(Product(sku="p@south", inventory_count=0))
+    before = await snapshot(store, ["p@north", "p@south"])
+    faulty = FaultyStore(store, "apply", 3)  # reserve_source, transfer(source), transfer(dest)
+    with pytest.raises(SagaFailed) as info:
+        await InventoryTransferSaga.run(
+            store=faulty,
+            locks=store.locks,
+            product_id="p",
+            quantity=15,
+            source="north",
+            destination="south",
+        )
+    assert info.value.step == "transfer"
+    assert type(info.value) is SagaFailed
+    assert await snapshot(store, ["p@north", "p@south"]) == before

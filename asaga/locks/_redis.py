@@ -252,7 +252,12 @@ class RedisLockProvider:
     def from_url(cls, url: str, **options: Any) -> RedisLockProvider:
         """A provider with its own client for ``url`` (``redis://``, ``rediss://``, with
         ACL user and password); the client is closed when the provider exits."""
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, health_check_interval=15)
+        # A blocking pool: past max_connections, callers wait for a free connection
+        # instead of failing (redis-py's default pool raises MaxConnectionsError).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=100, timeout=30, socket_connect_timeout=2.0
+        )
+        client = aioredis.Redis(connection_pool=pool)
         return cls(client, _owns_client=True, **options)
 
     @property
@@ -289,6 +294,7 @@ class RedisLockProvider:
             if self._owns_client:
                 with anyio.CancelScope(shield=True):
                     await self._backend.client.aclose()
+                    await self._backend.client.connection_pool.disconnect()
 
     def lease(
         self, *keys: str, ttl: float, wait: float | None = None

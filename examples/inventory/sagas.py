@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
+import anyio
 import msgspec
 
 from asaga import Lock, MapResult, Resource, Retry, Saga, map_each, step
@@ -320,7 +321,16 @@ class InventoryTransferSaga(Saga):
         await store.apply(
             lease, reserve_source, -quantity, -quantity, key=f"inventory:{product_id}@{source}"
         )
-        await store.apply(lease, target, quantity, 0, key=f"inventory:{product_id}@{destination}")
+        try:
+            await store.apply(
+                lease, target, quantity, 0, key=f"inventory:{product_id}@{destination}"
+            )
+        except BaseException:
+            # The step will not complete, so its compensation will not run: put the source
+            # back as it was (reserved) before failing, shielded from cancellation.
+            with anyio.CancelScope(shield=True):
+                await store.adjust(reserve_source, quantity, quantity)
+            raise
         return Change(
             reference=uuid.uuid4().hex,
             sku=product_id,

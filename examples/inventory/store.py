@@ -110,7 +110,10 @@ def check(product: Product, d_inventory: int, d_reserved: int) -> None:
 class InventoryStore(Protocol):
     """What the inventory sagas need of a store."""
 
-    locks: LockProvider
+    @property
+    def locks(self) -> LockProvider:
+        """The lock provider whose leases guard :meth:`apply`."""
+        ...
 
     async def put(self, product: Product) -> None:
         """Create or replace a product (seeding)."""

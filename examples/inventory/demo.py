@@ -1,0 +1,390 @@
+"""The inventory demo: the example's sagas at work, in memory or on Redis.
+
+Run it from the root of the asaga repository::
+
+    python -m examples.inventory                                # in memory
+    python -m examples.inventory --redis redis://127.0.0.1:6379/0
+    asaga demo [--redis URL]                                     # the same
+
+It stocks a few products, then runs: a reservation that succeeds; one with invalid inputs
+(rejected before any step); one whose notification fails for good, so the run unwinds; a
+burst of 200 concurrent reservations of a product with 150 units; a transfer between two
+locations; and two replenishment orders from a supplier, the second undone. Runs (1) and
+(3) print their events as a trace, from a hook (:class:`EventTrace`).
+
+Logging: asaga logs every event through structlog, and never configures it.
+:func:`main` owns the process, so it silences everything below ERROR while the demo runs
+(:func:`quiet_logs`; a compensation that fails for good is still shown) and puts the
+previous configuration back afterwards. :func:`run_demo` does not touch logging: a caller
+that embeds it, such as a test, decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TextIO, cast
+
+import anyio
+import structlog
+
+from asaga import Event, InputValidationError, SagaFailed
+from asaga.locks import LockProvider
+from asaga.testing import EventRecorder
+
+from .replenishment import ReplenishmentSaga, Supplier
+from .sagas import Change, InventorySaga, InventoryTransferSaga, Notifier
+from .store import InventoryStore, MemoryInventoryStore, Product, RedisInventoryStore
+
+__all__ = ["EventTrace", "main", "quiet_logs", "run_demo"]
+
+PRODUCTS = (
+    Product(sku="widget", inventory_count=100, reorder_point=10, max_stock_level=200),
+    Product(sku="gadget", inventory_count=20, reorder_point=15, max_stock_level=50),
+    Product(sku="gizmo", inventory_count=150),
+    Product(sku="widget@north", inventory_count=40, reorder_point=5, max_stock_level=100),
+)
+BURST = 200
+"""Concurrent reservations of one unit of ``gizmo`` (which has 150) in part 4."""
+
+
+class EventTrace:
+    """A sync event hook that prints one plain line per event, timed from the run's start.
+
+    ``  +  3.2 ms  step_succeeded          perform``: milliseconds since ``run_started``,
+    the kind, the step's path, the attempt when it is not the first, and the error.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.start: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        if self.start is None:
+            self.start = event.monotonic
+        elapsed = (event.monotonic - self.start) * 1000
+        line = f"  +{elapsed:6.1f} ms  {event.kind:<24}{event.path or ''}"
+        if event.attempt > 1:
+            line += f" (attempt {event.attempt})"
+        if event.error is not None:
+            line += f"  {event.error}"
+        print(line.rstrip(), file=self.out)
+
+
+@contextmanager
+def quiet_logs(level: int = logging.ERROR) -> Iterator[None]:
+    """Filter asaga's structlog events below ``level`` for the body, then restore the
+    configuration that was in place (or structlog's defaults if there was none)."""
+    configured = structlog.is_configured()
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        yield
+    finally:
+        if configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
+
+
+async def run_demo(redis_url: str | None = None, out: TextIO = sys.stdout) -> None:
+    """Run the demo, writing its report to ``out``: in memory, or on the Redis server at
+    ``redis_url`` (under a fresh key prefix, whose keys are deleted at the end; asyncio
+    only, as redis-py is)."""
+    async with _backend(redis_url) as (store, description):
+        await _Demo(store, out).run(description)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m examples.inventory [--redis URL]``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.inventory",
+        description="Run the inventory example's sagas: in memory, or on Redis with --redis.",
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="use the Redis server at URL (redis://host:6379/0)"
+    )
+    try:
+        args = parser.parse_args(argv)
+        if args.redis is not None and not args.redis.startswith(_REDIS_SCHEMES):
+            parser.error(f"--redis {args.redis}: expected a URL like redis://127.0.0.1:6379/0")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    with quiet_logs():
+        try:
+            return _run(args.redis)
+        except BrokenPipeError:
+            return _reader_gone()
+        except BaseExceptionGroup as group:  # the same, raised inside a run's task group
+            if group.split(BrokenPipeError)[1] is not None:
+                raise
+            return _reader_gone()
+
+
+def _run(redis_url: str | None) -> int:
+    if redis_url is None:
+        anyio.run(run_demo, None, sys.stdout)  # sys.stdout now, not at import time
+        return 0
+    from redis.exceptions import RedisError
+
+    try:
+        anyio.run(run_demo, redis_url, sys.stdout)
+    except RedisError as exc:  # the server cannot be reached (checked before any output)
+        print(f"demo: error: cannot use Redis at {redis_url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (``| head``): stop quietly, as Python's docs advise."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so that the final flush does not fail again
+    return 1
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@asynccontextmanager
+async def _backend(redis_url: str | None) -> AsyncIterator[tuple[InventoryStore, str]]:
+    if redis_url is None:
+        # cast: the protocol's `locks: LockProvider` is a mutable attribute, which mypy
+        # holds invariant, so MemoryInventoryStore's MemoryLockProvider does not match it.
+        store = cast(InventoryStore, MemoryInventoryStore())
+        yield store, "in memory: MemoryInventoryStore, MemoryLockProvider"
+        return
+    import redis.asyncio as aioredis
+
+    from asaga.locks import RedisLockProvider
+
+    prefix = f"asaga-demo:{secrets.token_hex(6)}:"
+    # 200 concurrent runs want more connections than redis-py's default pool allows (it
+    # raises MaxConnectionsError past 100): a blocking pool makes them wait for one.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=50, timeout=10.0, socket_connect_timeout=2.0
+    )
+    client = aioredis.Redis.from_pool(pool)
+    try:
+        await client.ping()  # fail before any output if the server cannot be reached
+    except BaseException:
+        await client.aclose()
+        raise
+    try:
+        async with RedisLockProvider(client, prefix=prefix) as locks:
+            yield (
+                RedisInventoryStore(client, locks, prefix=f"{prefix}inv:"),
+                f"on Redis at {redis_url}: RedisInventoryStore, RedisLockProvider, "
+                f"keys under {prefix}*",
+            )
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+                if keys:
+                    await client.delete(*keys)
+            finally:
+                await client.aclose()
+
+
+class _Demo:
+    def __init__(self, store: InventoryStore, out: TextIO) -> None:
+        self.store = store
+        self.locks: LockProvider = store.locks
+        self.notifier = Notifier()
+        self.out = out
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def resources(self, notifier: Notifier | None = None) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "locks": self.locks,
+            "notifier": notifier or self.notifier,
+        }
+
+    async def run(self, description: str) -> None:
+        self.say(f"asaga inventory demo ({description})")
+        for product in PRODUCTS:
+            await self.store.put(product)
+        self.say()
+        await self.table([p.sku for p in PRODUCTS])
+        await self.reserve_ok()
+        await self.invalid()
+        await self.unwinds()
+        await self.burst()
+        await self.transfer()
+        await self.replenish()
+
+    async def table(self, skus: Sequence[str]) -> None:
+        self.say("  product        inventory  reserved  available  reorder at")
+        for sku in skus:
+            p = await self.store.get(sku)
+            self.say(
+                f"  {sku:<13}{p.inventory_count:>10}{p.reserved_count:>10}"
+                f"{p.available:>11}{p.reorder_point:>12}"
+            )
+
+    async def counts(self, sku: str) -> str:
+        p = await self.store.get(sku)
+        return (
+            f"inventory {p.inventory_count}, reserved {p.reserved_count}, available {p.available}"
+        )
+
+    async def reserve_ok(self) -> None:
+        self.say()
+        self.say("1. Reserve 5 x widget: every step succeeds")
+        result = await InventorySaga.run(
+            product_id="widget",
+            quantity=5,
+            operation="reserve",
+            hooks=[EventTrace(self.out)],
+            **self.resources(),
+        )
+        change: Change = result.results["perform"]
+        self.say(f"  perform returned: {change.operation} {change.quantity} x {change.sku}")
+        self.say(f"  widget: {await self.counts('widget')}")
+        log = await self.store.transactions()
+        self.say(
+            f"  transaction log: {len(log)} entry; notifications sent: {len(self.notifier.sent)}"
+        )
+
+    async def invalid(self) -> None:
+        self.say()
+        self.say("2. Reserve 0 x widget with operation 'borrow': rejected before any step")
+        recorder = EventRecorder()
+        before = await self.counts("widget")
+        try:
+            await InventorySaga.run(
+                product_id="widget",
+                quantity=0,
+                operation="borrow",
+                hooks=[recorder],
+                **self.resources(),
+            )
+        except InputValidationError as exc:
+            self.say(f"  InputValidationError, {len(exc.errors)} fields:")
+            for error in exc.errors:
+                self.say(f"    - {error.field}: {error.message}")
+        else:
+            raise AssertionError("the invalid request was accepted")
+        unchanged = "unchanged" if await self.counts("widget") == before else "CHANGED"
+        self.say(f"  events emitted: {len(recorder.events)} (no step ran); widget {unchanged}")
+
+    async def unwinds(self) -> None:
+        self.say()
+        self.say("3. Reserve 8 x gadget while notifications fail: notify gives up, the run unwinds")
+        notifier = Notifier(failures=3)  # notify makes 3 attempts
+        log_before = len(await self.store.transactions())
+        try:
+            await InventorySaga.run(
+                product_id="gadget",
+                quantity=8,
+                operation="reserve",
+                hooks=[EventTrace(self.out)],
+                **self.resources(notifier),
+            )
+        except SagaFailed as exc:
+            self.say(f"  SagaFailed at {exc.step!r}: {exc.__cause__!r}")
+            self.say(f"  compensated, in order: {', '.join(exc.compensated)}")
+        else:
+            raise AssertionError("the run did not fail")
+        log_after = len(await self.store.transactions())
+        requests = await self.store.replenishments()
+        self.say(f"  gadget: {await self.counts('gadget')} (as before the run)")
+        self.say(
+            f"  transaction log: {log_after - log_before} new entries; "
+            f"replenishment requests: {len(requests)}"
+        )
+
+    async def burst(self) -> None:
+        self.say()
+        self.say(f"4. {BURST} concurrent reservations of 1 x gizmo (150 in stock)")
+        succeeded = 0
+        failed: Counter[str] = Counter()
+
+        async def one() -> None:
+            nonlocal succeeded
+            try:
+                await InventorySaga.run(
+                    product_id="gizmo", quantity=1, operation="reserve", **self.resources()
+                )
+            except SagaFailed as exc:
+                failed[f"{type(exc.__cause__).__name__} at {exc.step!r}"] += 1
+            else:
+                succeeded += 1
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(BURST):
+                tg.start_soon(one)
+        elapsed = time.perf_counter() - started
+        where = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
+        self.say(f"  succeeded: {succeeded}, failed: {failed.total()} ({where}) in {elapsed:.2f} s")
+        self.say(
+            "  ('availability' refuses before queueing for the lease; 'perform' re-checks under it)"
+        )
+        gizmo = await self.store.get("gizmo")
+        exact = "== successes" if gizmo.reserved_count == succeeded else "!= successes: OVERSOLD"
+        negative = min(gizmo.inventory_count, gizmo.reserved_count, gizmo.available) < 0
+        self.say(
+            f"  gizmo: {await self.counts('gizmo')}; reserved {gizmo.reserved_count} {exact}; "
+            f"{'a count went NEGATIVE' if negative else 'no count negative'}"
+        )
+
+    async def transfer(self) -> None:
+        self.say()
+        self.say("5. Transfer 15 x widget from north to south (south does not exist yet)")
+        result = await InventoryTransferSaga.run(
+            product_id="widget",
+            quantity=15,
+            source="north",
+            destination="south",
+            store=self.store,
+            locks=self.locks,
+        )
+        change: Change = result.output
+        self.say(f"  transfer returned: {change.operation} x {change.quantity}")
+        self.say(f"  widget@north: {await self.counts('widget@north')}")
+        self.say(f"  widget@south: {await self.counts('widget@south')}")
+        self.say()
+        await self.table([p.sku for p in PRODUCTS] + ["widget@south"])
+        entries = Counter((t.operation, t.sku) for t in await self.store.transactions())
+        self.say(f"  transaction log: {entries.total()} entries")
+        for (operation, sku), count in entries.items():
+            self.say(f"    {count:>4} x {operation} {sku}")
+
+    async def replenish(self) -> None:
+        self.say()
+        self.say(
+            "6. Order gadget from a supplier (ReplenishmentSaga), then again with its tracking down"
+        )
+        supplier = Supplier({"gadget": 100}, max_order=25)
+        result = await ReplenishmentSaga.run(
+            product_id="gadget", store=self.store, supplier=supplier
+        )
+        order = result.output
+        self.say(
+            f"  purchase order: {order.quantity} x {order.sku} (room 30, supplier's max_order "
+            f"25), supplier order {order.supplier_order_id}, tracking {order.tracking_id}"
+        )
+        down = Supplier({"gadget": 100}, max_order=25, fail_on=("track",))
+        try:
+            await ReplenishmentSaga.run(product_id="gadget", store=self.store, supplier=down)
+        except SagaFailed as exc:
+            self.say(f"  SagaFailed at {exc.step!r}: {exc.__cause__!r}")
+            self.say(f"  compensated, in order: {', '.join(exc.compensated)}")
+        else:
+            raise AssertionError("the run did not fail")
+        orders = await self.store.purchase_orders()
+        self.say(
+            f"  supplier orders still live: {len(down.live_orders())}; "
+            f"purchase orders in the store: {len(orders)} (the first run's)"
+        )
