@@ -397,3 +397,47 @@ async def test_transfer_failing_between_its_two_writes_restores_the_source() -> 
     assert info.value.step == "transfer"
     assert type(info.value) is SagaFailed
     assert await snapshot(store, ["p@north", "p@south"]) == before
+
+
+class TestRedisBulkAndTransfer:
+    """BulkInventorySaga and InventoryTransferSaga against the real server."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def store(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisInventoryStore]:
+        client = aioredis.Redis.from_url(redis_url)
+        async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+            store = RedisInventoryStore(client, locks, prefix=f"{redis_prefix}inv:")
+            await store.put(Product(sku="p1", inventory_count=10))
+            await store.put(Product(sku="p@east", inventory_count=10))
+            yield store
+        await client.aclose()
+
+    async def test_bulk(self, store: RedisInventoryStore) -> None:
+        """Partial success on Redis: the good line is applied, the bad one reported."""
+        ops = [
+            {"product_id": "p1", "quantity": 3, "operation": "reserve"},
+            {"product_id": "p1", "quantity": 99, "operation": "reserve"},
+        ]
+        result = await BulkInventorySaga.run(
+            operations=ops, store=store, locks=store.locks, notifier=Notifier()
+        )
+        assert result.output["succeeded"] == [0]
+        assert (await store.get("p1")).reserved_count == 3
+
+    async def test_transfer_and_its_undo(self, store: RedisInventoryStore) -> None:
+        """A transfer on Redis moves units; a failing one restores both locations."""
+        args = {"product_id": "p", "quantity": 4, "source": "east", "destination": "west"}
+        await InventoryTransferSaga.run(store=store, locks=store.locks, **args)
+        assert (await store.get("p@east")).inventory_count == 6
+        assert (await store.get("p@west")).inventory_count == 4
+        before = await snapshot(store, ["p@east", "p@west"])
+        for method, nth in (("log", 1), ("apply", 3)):
+            with pytest.raises(SagaFailed):
+                await InventoryTransferSaga.run(
+                    store=FaultyStore(store, method, nth), locks=store.locks, **args
+                )
+            assert await snapshot(store, ["p@east", "p@west"]) == before
