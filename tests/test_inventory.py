@@ -264,6 +264,18 @@ async def test_transfer_to_the_same_location_is_refused() -> None:
 # -- Redis ---------------------------------------------------------------------------------
 
 
+async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisInventoryStore]:
+    """A Redis store under the test's prefix, seeded with the products the tests use."""
+    client = aioredis.Redis.from_url(redis_url)
+    async with RedisLockProvider(client, prefix=prefix) as locks:
+        store = RedisInventoryStore(client, locks, prefix=f"{prefix}inv:")
+        await store.put(Product(sku="p1", inventory_count=10, reorder_point=5, max_stock_level=20))
+        await store.put(Product(sku="p2", inventory_count=100, reserved_count=10))
+        await store.put(Product(sku="p@east", inventory_count=10))
+        yield store
+    await client.aclose()
+
+
 class TestRedis:
     """The same sagas against the real server (asyncio: redis-py is asyncio-only)."""
 
@@ -273,15 +285,8 @@ class TestRedis:
 
     @pytest.fixture
     async def store(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisInventoryStore]:
-        client = aioredis.Redis.from_url(redis_url)
-        async with RedisLockProvider(client, prefix=redis_prefix) as locks:
-            store = RedisInventoryStore(client, locks, prefix=f"{redis_prefix}inv:")
-            await store.put(
-                Product(sku="p1", inventory_count=10, reorder_point=5, max_stock_level=20)
-            )
-            await store.put(Product(sku="p2", inventory_count=100, reserved_count=10))
+        async for store in redis_store(redis_url, redis_prefix):
             yield store
-        await client.aclose()
 
     async def test_happy_path(self, store: RedisInventoryStore) -> None:
         """Reserve on Redis: counts, log stream and replenishment request."""
@@ -408,13 +413,8 @@ class TestRedisBulkAndTransfer:
 
     @pytest.fixture
     async def store(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisInventoryStore]:
-        client = aioredis.Redis.from_url(redis_url)
-        async with RedisLockProvider(client, prefix=redis_prefix) as locks:
-            store = RedisInventoryStore(client, locks, prefix=f"{redis_prefix}inv:")
-            await store.put(Product(sku="p1", inventory_count=10))
-            await store.put(Product(sku="p@east", inventory_count=10))
+        async for store in redis_store(redis_url, redis_prefix):
             yield store
-        await client.aclose()
 
     async def test_bulk(self, store: RedisInventoryStore) -> None:
         """Partial success on Redis: the good line is applied, the bad one reported."""
