@@ -1,0 +1,156 @@
+"""At most once per idempotency key: a retried HTTP request gets the first outcome.
+
+::
+
+    idempotency = Idempotency(MemoryOutcomeStore(), locks, window=24 * 3600)
+    outcome = await idempotency.run(key, fingerprint, handle)   # handle() -> Outcome
+
+The first request with a key takes a lease on it, runs ``handle`` and stores its outcome
+for ``window`` seconds; a concurrent duplicate queues for the same lease (FIFO, woken by
+the release, no polling) and then finds the stored outcome; a later one finds it at once.
+A request whose work is cancelled (the client went away) or crashes stores nothing, so a
+retry runs the work again. A key reused with a different request (another fingerprint)
+is refused with :class:`IdempotencyKeyReused`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from .._exceptions import AsagaError
+from ..locks import LockProvider
+
+__all__ = [
+    "Idempotency",
+    "IdempotencyKeyReused",
+    "MemoryOutcomeStore",
+    "Outcome",
+    "OutcomeStore",
+    "RedisOutcomeStore",
+]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A response to replay: status, body and its media type."""
+
+    status: int
+    body: bytes
+    media_type: str = "application/json"
+    fingerprint: str = ""
+    """Identifies the request that produced it (e.g. a hash of method, path and body)."""
+
+
+class IdempotencyKeyReused(AsagaError):
+    """The key was already used for a different request."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(
+            f"idempotency key {key!r} was already used for a different request; "
+            "use a new key for a new request"
+        )
+
+
+class OutcomeStore(Protocol):
+    """Where outcomes are kept for the idempotency window."""
+
+    async def get(self, key: str) -> Outcome | None:
+        """The stored outcome for ``key``, if any (and not expired)."""
+        ...
+
+    async def put(self, key: str, outcome: Outcome, window: float) -> None:
+        """Keep ``outcome`` for ``window`` seconds."""
+        ...
+
+
+class MemoryOutcomeStore:
+    """Outcomes in this process's memory (the default)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[float, Outcome]] = {}
+
+    async def get(self, key: str) -> Outcome | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._data[key]
+            return None
+        return entry[1]
+
+    async def put(self, key: str, outcome: Outcome, window: float) -> None:
+        now = time.monotonic()
+        if len(self._data) > 10_000:  # drop expired entries now and then
+            self._data = {k: v for k, v in self._data.items() if v[0] > now}
+        self._data[key] = (now + window, outcome)
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Outcome)
+
+
+class RedisOutcomeStore:
+    """Outcomes in Redis (``SET ... PX window``), shared by every process of a service."""
+
+    def __init__(self, client: Any, *, prefix: str = "asaga:idempotency:") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def get(self, key: str) -> Outcome | None:
+        raw = await self.client.get(self.prefix + key)
+        return None if raw is None else _DECODER.decode(raw)
+
+    async def put(self, key: str, outcome: Outcome, window: float) -> None:
+        await self.client.set(
+            self.prefix + key, _ENCODER.encode(outcome), px=max(1, round(window * 1000))
+        )
+
+
+class Idempotency:
+    """Runs work at most once per key within ``window`` seconds.
+
+    ``locks`` serialises requests with the same key (use the service's
+    ``RedisLockProvider`` when several processes serve it); ``lease_ttl`` bounds how long
+    a crashed request keeps its key locked; ``wait`` how long a duplicate waits for the
+    first one to finish.
+    """
+
+    def __init__(
+        self,
+        store: OutcomeStore,
+        locks: LockProvider,
+        *,
+        window: float = 24 * 3600.0,
+        lease_ttl: float = 30.0,
+        wait: float = 60.0,
+    ) -> None:
+        if not window > 0:
+            raise ValueError(f"window must be > 0 seconds, got {window!r}")
+        self.store = store
+        self.locks = locks
+        self.window = window
+        self.lease_ttl = lease_ttl
+        self.wait = wait
+
+    async def run(
+        self, key: str, fingerprint: str, work: Callable[[], Awaitable[Outcome]]
+    ) -> tuple[Outcome, bool]:
+        """The outcome for ``key``, and whether it was replayed (not computed now)."""
+        if not key or len(key) > 255:
+            raise ValueError("an idempotency key is 1 to 255 characters")
+        stored = await self.store.get(key)
+        if stored is None:
+            async with self.locks.lease(f"idempotency:{key}", ttl=self.lease_ttl, wait=self.wait):
+                stored = await self.store.get(key)  # a duplicate finished while we queued
+                if stored is None:
+                    outcome = await work()
+                    outcome = msgspec.structs.replace(outcome, fingerprint=fingerprint)
+                    await self.store.put(key, outcome, self.window)
+                    return outcome, False
+        if stored.fingerprint and fingerprint and stored.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(key)
+        return stored, True
