@@ -12,6 +12,7 @@ one dispatcher task of the run, so each hook sees the events of a run in the ord
 happened.
 """
 
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -208,8 +209,6 @@ _logger = structlog.get_logger("asaga")
 
 
 def _is_async(hook: Callable[..., Any]) -> bool:
-    import inspect  # only at definition time, never per event
-
     call = getattr(hook, "__call__", None)  # noqa: B004 - callable objects with async __call__
     return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(call)
 
@@ -299,9 +298,17 @@ class Emitter:
     def _deliver(self, event: Event) -> None:
         for hook in self._sync_hooks:
             try:
-                hook(event)
+                returned = hook(event)
             except Exception as exc:  # noqa: BLE001 - a broken hook must not break the saga
                 _hook_failed(hook, event, exc)
+            else:
+                if inspect.iscoroutine(returned):  # e.g. a lambda around an async call
+                    returned.close()
+                    _hook_failed(
+                        hook,
+                        event,
+                        TypeError("the hook returned a coroutine; make it an `async def`"),
+                    )
         if self._send is not None:
             self._send.send_nowait(event)
         if self._parent is not None:

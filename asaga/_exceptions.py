@@ -25,6 +25,7 @@ __all__ = [
     "SagaDefinitionError",
     "SagaFailed",
     "UndoFailed",
+    "needs_repair",
 ]
 
 
@@ -176,3 +177,10 @@ class UndoFailed(AsagaError):
             f"undoing saga {saga} (run {run_id}) failed for {list(self.failed_compensations)}; "
             f"compensated: {list(self.compensated)}"
         )
+
+
+def needs_repair(exc: BaseException) -> bool:
+    """Whether ``exc`` reports work that could not be undone (a human must look)."""
+    return isinstance(exc, CompensationFailed | UndoFailed) or bool(
+        getattr(exc, "undo_failures", ())
+    )

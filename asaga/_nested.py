@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 import anyio
@@ -234,6 +234,12 @@ def map_each(
         if not isinstance(collection, Iterable) or isinstance(collection, str | bytes):
             raise TypeError(
                 f"map_each over {over!r} needs a collection, got {type(collection).__name__}"
+            )
+        if isinstance(collection, Iterator):
+            # A generator can be read once: a retried attempt would see no elements.
+            raise TypeError(
+                f"map_each over {over!r} got a one-shot iterator "
+                f"({type(collection).__name__}); return a list or tuple instead"
             )
         return await _Mapping(context, name, element, list(collection), kwargs, limit, mode).run()
 

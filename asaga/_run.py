@@ -60,7 +60,7 @@ class SagaSpec:
 class Completed:
     """A run that succeeded, kept so that a parent can still undo it."""
 
-    __slots__ = ("_completed", "_context", "_spec", "_undos", "_values")
+    __slots__ = ("_completed", "_context", "_spec", "_undos", "_values", "parent_context")
 
     def __init__(
         self,
@@ -72,6 +72,8 @@ class Completed:
     ) -> None:
         self._spec = spec
         self._context = context
+        self.parent_context = context.parent
+        """The context of the parent run, if any (undo events go there)."""
         self._values = values
         self._completed = completed
         self._undos = undos
@@ -137,27 +139,46 @@ async def execute(
     # User logs inside steps carry saga and run_id (structlog.contextvars).
     tokens = bind_contextvars(saga=spec.plan.saga, run_id=run_id)
     try:
-        return await _with_dispatcher(emitter, _drive(spec, values, context))
+        return await _with_dispatcher(emitter, _drive(spec, values, context), _undo_run)
     finally:
         reset_contextvars(**tokens)
 
 
-async def _with_dispatcher(emitter: Emitter, work: Awaitable[T]) -> T:
-    """Await ``work`` while the emitter's async hooks are fed, if it has any."""
+async def _with_dispatcher(
+    emitter: Emitter,
+    work: Awaitable[T],
+    undo: Callable[[T], Awaitable[None]] | None = None,
+) -> T:
+    """Await ``work`` while the emitter's async hooks are fed, if it has any.
+
+    If the caller is cancelled while the hooks drain after ``work`` succeeded, ``undo``
+    gets the result (shielded) before the cancellation goes on.
+    """
     if not emitter.needs_dispatcher:
         return await work
     failed: SagaFailed | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(emitter.dispatch, name="asaga event hooks")
-        try:
-            result = await work
-        except SagaFailed as exc:  # re-raised outside the task group, unwrapped
-            failed = exc
-        finally:
-            emitter.close()
+    outcome: T | None = None
+    done = False
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(emitter.dispatch, name="asaga event hooks")
+            try:
+                outcome = await work
+                done = True
+            except SagaFailed as exc:  # re-raised outside the task group, unwrapped
+                failed = exc
+            finally:
+                emitter.close()
+    except anyio.get_cancelled_exc_class():
+        # Cancelled while the hooks drained, after the run had completed: the caller
+        # will never see the result, so the run is undone like any cancelled one.
+        if done and undo is not None:
+            with anyio.CancelScope(shield=True):
+                await undo(outcome)  # type: ignore[arg-type]  # set when done
+        raise
     if failed is not None:
         raise failed
-    return result
+    return outcome  # type: ignore[return-value]  # set when no exception
 
 
 async def _drive(
@@ -188,6 +209,17 @@ async def _drive(
             failed_step=execution.failure[0] if execution.failure else None,
             error="cancelled",
         )
+        raise
+    except BaseException as exc:
+        # Not an Exception (KeyboardInterrupt, SystemExit...): no SagaFailed for it, but the
+        # completed steps are still undone before it goes on, unwrapped from the group.
+        await unwind.run(execution.completed)
+        inner = exc
+        if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            inner = exc.exceptions[0]
+        emit(RunFailed, duration=time.monotonic() - started, error=repr(inner))
+        if inner is not exc:
+            raise inner from None
         raise
 
     if execution.failure is None:
@@ -226,6 +258,11 @@ async def _drive(
     # A caller cancelled while we were unwinding: the cancellation is what propagates.
     await anyio.lowlevel.checkpoint_if_cancelled()
     raise error from cause
+
+
+async def _undo_run(outcome: tuple[SagaResult[Any], Completed]) -> None:
+    completed = outcome[1]
+    await completed.undo(completed.parent_context)
 
 
 def _left_undone(step: str, cause: BaseException) -> list[tuple[str, Exception]]:

@@ -51,6 +51,7 @@ from ._events import (
     StepStarted,
     StepSucceeded,
 )
+from ._exceptions import needs_repair
 from ._graph import Node, Plan
 from .locks._lease import LockProvider, default_provider
 
@@ -168,12 +169,14 @@ class Execution:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
                     duration = time.monotonic() - started
-                    error = exc
+                    error = _explained(exc, node, attempt)
                 else:
                     error = None
             if error is None:
                 break
-            if not (retry.should_retry(attempt, error) and self.failure is None):
+            # Work a failed attempt left undone needs a human: never retried over it.
+            retryable = retry.should_retry(attempt, error) and not needs_repair(error)
+            if not (retryable and self.failure is None):
                 self._fail(name, attempt, duration, error)
                 return
             delay = retry.delay(attempt)
@@ -211,6 +214,12 @@ class Execution:
         assert lock is not None
         locks = self.values.get("locks") if "locks" in self._plan.inputs else None
         provider: LockProvider = locks if locks is not None else default_provider()
+        if not callable(getattr(provider, "lease", None)):
+            raise TypeError(
+                f"step {node.name!r} holds a lock, and the saga's input `locks` should be a "
+                f"lock provider (MemoryLockProvider, RedisLockProvider), got "
+                f"{type(provider).__name__}"
+            )
         keys = lock.render({**node.defaults, **kwargs})
         async with provider.lease(*keys, ttl=lock.ttl, wait=lock.wait) as lease:
             if node.takes_lease:
@@ -250,3 +259,17 @@ class Execution:
             self._failed.set()
             if self._on_failure == "cancel" and self._tg is not None:
                 self._tg.cancel_scope.cancel()
+
+
+def _explained(exc: Exception, node: Node, attempt: int) -> Exception:
+    """A bare TimeoutError from the attempt's deadline gets a message naming the step."""
+    if type(exc) is TimeoutError and not exc.args and node.timeout is not None:
+        waiting = " (including the wait for its lease)" if node.lock is not None else ""
+        explained = TimeoutError(
+            f"step {node.name!r}, attempt {attempt}: ran over its timeout of "
+            f"{node.timeout:g} s{waiting}"
+        )
+        explained.__cause__ = exc.__cause__
+        explained.__traceback__ = exc.__traceback__
+        return explained
+    return exc

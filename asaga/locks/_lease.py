@@ -127,7 +127,7 @@ class StaleWrite(LeaseLost):
 class Lease:
     """One acquisition of one or more keys. Created by a provider, never by users."""
 
-    __slots__ = ("_expires", "_grants", "_leases", "_lost", "keys", "tokens", "ttl")
+    __slots__ = ("_closed", "_expires", "_grants", "_leases", "_lost", "keys", "tokens", "ttl")
 
     def __init__(
         self,
@@ -146,6 +146,7 @@ class Lease:
         """Seconds the lease lives without renewal."""
         self._expires = anyio.current_time() + ttl
         self._lost: str | None = None
+        self._closed = False  # the body has exited; a late renewal changes nothing
 
     @property
     def key(self) -> str:
@@ -181,6 +182,8 @@ class Lease:
             started = anyio.current_time()
             if await self._leases.backend.renew(self._grants, ttl):
                 self._expires = started + ttl
+                return
+            if self._closed:  # released meanwhile: not a loss of the holder's
                 return
             self._lost = "a renewal found the lease taken over or expired"
         raise LeaseLost(f"lease on {list(self.keys)} lost: {self._lost}", self.keys)
@@ -321,6 +324,7 @@ class Leases:
             raise
         lease = Lease(self, ordered, holds, ttl)
         failure: BaseException | None = None
+        interrupted = False  # the body was cancelled because the lease was lost
         try:
             if self._renewer is not None:
                 # The provider's renewer task renews this lease and cancels the body's
@@ -333,6 +337,8 @@ class Leases:
                         yield lease
                 finally:
                     watch.active = False
+                    lease._closed = True
+                interrupted = body.cancelled_caught
             else:
                 # The body's own exception is kept out of the task group (which would wrap
                 # it in an ExceptionGroup) and re-raised after it. A cancellation from
@@ -346,36 +352,37 @@ class Leases:
                         failure = exc
                     finally:
                         tg.cancel_scope.cancel()  # stop renewing
+                        lease._closed = True
+                cancelled = anyio.get_cancelled_exc_class()
+                if lease.lost and isinstance(failure, cancelled):
+                    interrupted, failure = True, None
         finally:
             with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                 for key in reversed(ordered):
                     await self._release(key, holds[key], ttl, lost=lease.lost)
-        if lease.lost:
-            lost = LeaseLost(
+        # A body that finished its work before the loss reached it returns normally: its
+        # writes, if fenced, were accepted. One that was interrupted gets LeaseLost.
+        if interrupted:
+            raise LeaseLost(
                 f"lease on {list(ordered)} lost while held ({lease._lost}); the work inside "
                 "it was cancelled",
                 ordered,
             )
-            if failure is None or isinstance(failure, anyio.get_cancelled_exc_class()):
-                raise lost
-            raise failure from lost
         if failure is not None:
+            if lease.lost:
+                raise failure from LeaseLost(f"lease on {list(ordered)} was lost", ordered)
             raise failure
 
     async def _keep_alive(self, lease: Lease, body: anyio.CancelScope) -> None:
-        """Renew every ttl/3; on loss, cancel the body (it then sees LeaseLost)."""
+        """Renew every ttl/3 (sooner after a failure); on loss, cancel the body."""
+        delay = lease.ttl / 3
         while True:
-            await anyio.sleep(lease.ttl / 3)
-            try:
-                await lease.extend()
-            except LeaseLost:
+            await anyio.sleep(delay)
+            next_delay = await _renew_once(lease)
+            if next_delay is None:
                 body.cancel()
                 return
-            except Exception as exc:  # noqa: BLE001 - a backend error: retry until expiry
-                if lease.remaining <= lease.ttl / 6:
-                    lease._lost = f"renewal failed until expiry ({exc!r})"
-                    body.cancel()
-                    return
+            delay = next_delay
 
     async def _acquire(self, key: str, ttl: float, deadline: float) -> _Hold:
         queue = self._queues.get(key)
@@ -549,19 +556,43 @@ class _Renewer:
             tg.start_soon(self._renew, watch)
 
     async def _renew(self, watch: _Watch) -> None:
+        if not watch.active:
+            return  # the body has exited: its release owns the key now
         lease = watch.lease
-        try:
-            await lease.extend()
-        except LeaseLost:
-            watch.body.cancel()
-            return
-        except Exception as exc:  # noqa: BLE001 - a backend error: retry until expiry
-            if lease.remaining <= lease.ttl / 6:
-                lease._lost = f"renewal failed until expiry ({exc!r})"
+        delay = await _renew_once(lease)
+        if delay is None:
+            if watch.active:
                 watch.body.cancel()
-                return
+            return
         if watch.active:
-            self._schedule(watch, anyio.current_time() + lease.ttl / 3)
+            self._schedule(watch, anyio.current_time() + delay)
+
+
+async def _renew_once(lease: Lease) -> float | None:
+    """Renew ``lease``; the seconds until the next renewal, or None once it is lost.
+
+    A renewal never outlives the lease: it is abandoned a margin before the expiry, and
+    the lease then counts as lost, so its holder is stopped before anyone else can be
+    granted the key. After a failed renewal the next comes sooner.
+    """
+    margin = min(lease.ttl / 10, 0.5)
+    # Up to a margin before the expiry; once past it (the process stalled), one short try
+    # still asks the backend, which knows whether anyone else was granted the key.
+    bound = lease.remaining - margin
+    if bound <= 0:
+        bound = min(lease.ttl / 10, 0.2)
+    try:
+        with anyio.fail_after(bound):
+            await lease.extend()
+    except LeaseLost:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a backend error or a stalled renewal
+        if lease.remaining <= margin:
+            if not lease._closed:
+                lease._lost = f"renewal failed until expiry ({exc!r})"
+            return None
+        return min(lease.ttl / 6, max(lease.remaining - margin, 0.0) / 2)
+    return lease.ttl / 3
 
 
 def _check_ttl(ttl: float) -> float:

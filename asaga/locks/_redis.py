@@ -31,6 +31,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import redis.asyncio as aioredis
+import sniffio
 import structlog
 from redis.exceptions import RedisError
 
@@ -115,6 +116,8 @@ return {1, results}
 """
 
 _BLOCK = 1024  # fencing tokens per grant, handed to local waiters without a round trip
+
+_FENCED_BOUND = 10.0  # seconds a fenced write waits for its reply, shielded
 
 _WANT_MS = 2000  # how long a failed attempt marks the key as wanted by another process
 
@@ -266,13 +269,26 @@ class RedisLockProvider:
         return self._backend.client
 
     async def __aenter__(self) -> Self:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        started = anyio.Event()
-        self._tg.start_soon(self._listen, started, name="asaga lease notifications")
-        await self._tg.start(self._leases.run_renewer, name="asaga lease renewals")
-        with anyio.move_on_after(2.0):
-            await started.wait()  # subscribed (or gave up: waits fall back to retries)
+        if sniffio.current_async_library() != "asyncio":
+            raise RuntimeError(
+                "RedisLockProvider needs asyncio (redis-py's client is asyncio-only); "
+                "use MemoryLockProvider on other backends"
+            )
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            started = anyio.Event()
+            tg.start_soon(self._listen, started, name="asaga lease notifications")
+            await tg.start(self._leases.run_renewer, name="asaga lease renewals")
+            with anyio.move_on_after(2.0):
+                await started.wait()  # subscribed (or gave up: waits fall back to retries)
+        except BaseException:
+            # Interrupted while starting: stop the tasks and leave the task group properly.
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await tg.__aexit__(None, None, None)
+            self._tg = None
+            raise
         return self
 
     async def __aexit__(
@@ -330,14 +346,25 @@ class RedisLockProvider:
             if redis_key not in data_keys:
                 data_keys.append(redis_key)
             args += [name, data_keys.index(redis_key) + 3, len(rest), *rest]
-        try:
-            ok, payload = await backend.fenced(
-                keys=[backend.grant_key(key), backend.stale_key(key), *data_keys], args=args
-            )
-        except RedisError as exc:
+        # Shielded: once the script is sent, its reply is awaited even if the holder is
+        # being cancelled (say, its lease was just found lost), so that the caller always
+        # knows whether the write was applied; bounded, as Redis may not answer.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_FENCED_BOUND) as bound:
+            try:
+                ok, payload = await backend.fenced(
+                    keys=[backend.grant_key(key), backend.stale_key(key), *data_keys],
+                    args=args,
+                )
+            except RedisError as exc:
+                raise LeaseUnavailable(
+                    f"fenced write on {key!r} failed: Redis is unreachable ({exc})", (key,)
+                ) from exc
+        if bound.cancelled_caught:
             raise LeaseUnavailable(
-                f"fenced write on {key!r} failed: Redis is unreachable ({exc})", (key,)
-            ) from exc
+                f"fenced write on {key!r}: no reply within {_FENCED_BOUND:g} s; whether it "
+                "was applied is unknown",
+                (key,),
+            )
         if not ok:
             self.stale_writes += 1
             raise StaleWrite(

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
+import anyio
 import msgspec
 
 from asaga.locks import Lease, LockProvider, MemoryLockProvider, StaleWrite
@@ -416,7 +417,12 @@ class RedisInventoryStore:
         # neither a stale holder nor a concurrent compensation can oversell.
         key = lease.key if key is None else key
         keys = [self.product_key(sku), self.locks.fence_key(key), self.locks.stale_key(key)]
-        await self._scripted(self._apply, keys, [d_inventory, d_reserved, lease.tokens[key]], sku)
+        # Shielded (and bounded): a holder cancelled mid-write still learns whether the
+        # write was applied, so its saga step neither loses nor double-counts it.
+        with anyio.CancelScope(shield=True), anyio.fail_after(10.0):
+            await self._scripted(
+                self._apply, keys, [d_inventory, d_reserved, lease.tokens[key]], sku
+            )
 
     async def request_replenishment(self, sku: str, quantity: int) -> str:
         request_id = _text(await self.client.incr(f"{self.prefix}ids"))
