@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import anyio
 import msgspec
 
 from .._exceptions import AsagaError
@@ -149,7 +150,10 @@ class Idempotency:
                 if stored is None:
                     outcome = await work()
                     outcome = msgspec.structs.replace(outcome, fingerprint=fingerprint)
-                    await self.store.put(key, outcome, self.window)
+                    # Shielded (bounded): once the work is done, a client that goes away now
+                    # must not leave it unrecorded, or a retry would run it again.
+                    with anyio.CancelScope(shield=True), anyio.fail_after(10.0):
+                        await self.store.put(key, outcome, self.window)
                     return outcome, False
         if stored.fingerprint and fingerprint and stored.fingerprint != fingerprint:
             raise IdempotencyKeyReused(key)

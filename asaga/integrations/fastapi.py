@@ -1,0 +1,314 @@
+"""FastAPI (and Starlette) integration: problem responses, idempotency, disconnects.
+
+::
+
+    app = FastAPI(lifespan=lifespan)
+    install_error_handlers(app)          # asaga's errors -> application/problem+json
+
+    @app.post("/reservations")
+    async def reserve(request: Request) -> Response:
+        async def work() -> Response:
+            result = await InventorySaga.run(**inputs, store=store, ...)
+            return JSONResponse({"run_id": result.run_id}, status_code=201)
+
+        return await idempotent(request, idempotency, work)
+
+- :func:`install_error_handlers` maps :class:`~asaga.InputValidationError` to 422,
+  :class:`~asaga.SagaFailed` to 409 and :class:`~asaga.CompensationFailed` to 500, each
+  with an RFC 9457 ``application/problem+json`` body naming the saga, the run, the failed
+  step and what was compensated (see :func:`problem_response`).
+- :func:`run_until_disconnect` cancels the work when the client goes away: uvicorn does
+  not cancel a handler on disconnect, it only reports ``http.disconnect`` to ``receive``.
+  A cancelled saga unwinds (shielded) before the cancellation ends the work.
+- :func:`idempotent` runs the work at most once per ``Idempotency-Key`` header (through
+  :class:`~asaga.integrations.idempotency.Idempotency`), replays the stored response to
+  retries, and cancels on disconnect as :func:`run_until_disconnect` does.
+
+FastAPI is imported by this module only (extra ``asaga[fastapi]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from .._exceptions import AsagaError, CompensationFailed, InputValidationError, SagaFailed
+from ..locks import LeaseTimeout
+from .idempotency import Idempotency, IdempotencyKeyReused, Outcome
+
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "PROBLEM_JSON",
+    "REPLAYED_HEADER",
+    "ClientDisconnected",
+    "fingerprint",
+    "idempotent",
+    "install_error_handlers",
+    "problem_response",
+    "run_until_disconnect",
+]
+
+T = TypeVar("T")
+
+PROBLEM_JSON = "application/problem+json"
+"""The media type of RFC 9457 problem details."""
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""The request header :func:`idempotent` reads."""
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+"""Set to ``true`` on a response that :func:`idempotent` replayed from the store."""
+
+CLIENT_CLOSED_REQUEST = 499
+"""The status of the (never delivered) response to a client that went away (nginx's)."""
+
+_MAX_MESSAGES = 1_000  # ASGI messages a watcher reads before giving up watching
+
+
+class ClientDisconnected(AsagaError):
+    """The client closed the connection before the response; the work was cancelled.
+
+    Raised by :func:`run_until_disconnect` and :func:`idempotent` once the cancelled work
+    has finished unwinding. :func:`install_error_handlers` answers it with a 499 response,
+    which the server drops (there is nobody to send it to).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the client disconnected before the response; the work was cancelled")
+
+
+def _problem(status: int, kind: str, title: str, detail: str, **extensions: Any) -> JSONResponse:
+    body = {
+        "type": f"urn:asaga:problem:{kind}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def problem_response(exc: AsagaError) -> Response:
+    """The RFC 9457 ``application/problem+json`` response for one of asaga's errors.
+
+    ============================  ======  ==============================================
+    exception                     status  extension members (besides type, title, ...)
+    ============================  ======  ==============================================
+    ``InputValidationError``      422     ``saga``, ``errors`` (``field``, ``message``)
+    ``SagaFailed``                409     ``saga``, ``run_id``, ``step``, ``compensated``,
+                                          ``cause`` (the step's exception type)
+    ``CompensationFailed``        500     as ``SagaFailed``, plus ``failed_compensations``
+    ``IdempotencyKeyReused``      422     ``key``
+    ``ClientDisconnected``        499     (none)
+    ============================  ======  ==============================================
+
+    A failed saga was fully undone, so the request simply conflicted with the state of the
+    world (409) and may be retried; a saga whose undo failed left something half done that
+    needs a human (500). ``cause`` names the step exception's type only: its message may
+    hold internal details. Any other error is re-raised.
+    """
+    if isinstance(exc, InputValidationError):
+        return _problem(
+            422,
+            "invalid-input",
+            "Invalid input",
+            str(exc),
+            saga=exc.saga,
+            errors=[{"field": e.field, "message": e.message} for e in exc.errors],
+        )
+    if isinstance(exc, SagaFailed):
+        fields: dict[str, Any] = {
+            "saga": exc.saga,
+            "run_id": exc.run_id,
+            "step": exc.step,
+            "compensated": list(exc.compensated),
+            "cause": type(exc.__cause__).__name__ if exc.__cause__ is not None else None,
+        }
+        if isinstance(exc, CompensationFailed):
+            return _problem(
+                500,
+                "compensation-failed",
+                "The request failed and could not be fully undone",
+                str(exc),
+                failed_compensations=list(exc.failed_compensations),
+                **fields,
+            )
+        return _problem(409, "saga-failed", "The request failed and was undone", str(exc), **fields)
+    if isinstance(exc, IdempotencyKeyReused):
+        return _problem(
+            422, "idempotency-key-reused", "Idempotency key reused", str(exc), key=exc.key
+        )
+    if isinstance(exc, ClientDisconnected):
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    raise exc
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, AsagaError):  # pragma: no cover - registered for AsagaErrors only
+        raise exc
+    return problem_response(exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer asaga's errors raised by ``app``'s handlers with :func:`problem_response`.
+
+    Registers exception handlers for :class:`~asaga.InputValidationError`,
+    :class:`~asaga.SagaFailed` (which covers :class:`~asaga.CompensationFailed`),
+    :class:`~asaga.integrations.idempotency.IdempotencyKeyReused` and
+    :class:`ClientDisconnected`.
+    """
+    for kind in (InputValidationError, SagaFailed, IdempotencyKeyReused, ClientDisconnected):
+        app.add_exception_handler(kind, _handle)
+
+
+async def _read_body(request: Request) -> bytes:
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise ClientDisconnected() from None
+
+
+async def _watch_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    # The body has been read, so the next ASGI message is http.disconnect: uvicorn sends it
+    # when the connection is lost (and httpx's ASGITransport once the response is complete,
+    # by which time this watcher has been cancelled).
+    for _ in range(_MAX_MESSAGES):
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def run_until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+    """``await work()``, cancelled if the client disconnects first.
+
+    uvicorn does not cancel a handler whose client went away (see docs/web.md): it
+    only answers ``receive()`` with ``http.disconnect`` and drops the response. This runs
+    ``work`` beside a task that waits for that message and then cancels ``work``. A saga
+    being run by ``work`` then unwinds, shielded, and only when its compensations are done
+    does :class:`ClientDisconnected` get raised here.
+
+    The request body is read first (Starlette keeps it, so ``request.body()`` and
+    ``request.json()`` still work inside ``work``). Exceptions of ``work`` propagate as
+    they are; a cancellation from outside (server shutdown) propagates too.
+    """
+    await _read_body(request)
+    results: list[T] = []
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_disconnect, request, tg.cancel_scope)
+        try:
+            results.append(await work())
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+            errors.append(exc)  # (raising it here would wrap it in an ExceptionGroup)
+        tg.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    if not results:  # work was cancelled by the watcher
+        raise ClientDisconnected()
+    return results[0]
+
+
+def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
+    """The SHA-256 of a request's method, path, query string and body (hex)."""
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query, body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _outcome(response: Response) -> Outcome:
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes):
+        raise TypeError(
+            f"idempotent() stores the response, so it needs one with its body in memory; "
+            f"got {type(response).__name__}"
+        )
+    media_type = response.headers.get("content-type", "application/octet-stream")
+    return Outcome(status=response.status_code, body=body, media_type=media_type)
+
+
+async def idempotent(
+    request: Request,
+    idempotency: Idempotency,
+    work: Callable[[], Awaitable[Response]],
+) -> Response:
+    """Run ``work`` at most once per ``Idempotency-Key`` and replay its response.
+
+    Without the header, ``work`` simply runs. With it, the request is fingerprinted
+    (SHA-256 of method, path, query string and body) and run through
+    :meth:`Idempotency.run <asaga.integrations.idempotency.Idempotency.run>`:
+
+    - the first request with a key runs ``work``; its status, body and content type are
+      stored for the idempotency window and its own response is returned as it is;
+    - a retry (sequential or concurrent: a concurrent one waits for the first) gets the
+      stored status and body, with the header ``Idempotent-Replayed: true``;
+    - the same key with a different request is answered 422 (``idempotency-key-reused``);
+      an empty or overlong key (over 255 characters) 400; a duplicate that waited longer
+      than ``Idempotency.wait`` for the first one 409 (``idempotency-key-in-use``).
+
+    asaga's failures inside ``work`` (:class:`~asaga.InputValidationError`,
+    :class:`~asaga.SagaFailed`, :class:`~asaga.CompensationFailed`) are turned into
+    :func:`problem_response` responses and stored like any outcome, so a retry of a failed
+    request gets the same answer rather than a second attempt. Other exceptions, and a
+    cancelled ``work``, store nothing: a retry runs again.
+
+    Everything runs under :func:`run_until_disconnect`: if the client goes away, ``work``
+    is cancelled (its saga unwinds), nothing is stored and :class:`ClientDisconnected` is
+    raised. ``work`` must return a response with its body in memory (not streamed).
+    Headers other than the content type are not replayed.
+    """
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return await run_until_disconnect(request, work)
+    if not 1 <= len(key) <= 255:
+        return _problem(
+            400,
+            "invalid-idempotency-key",
+            "Invalid idempotency key",
+            f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 characters",
+        )
+    body = await _read_body(request)
+    print_ = fingerprint(request.method, request.url.path, request.scope["query_string"], body)
+    started: list[bool] = []
+    first: list[Response] = []
+
+    async def produce() -> Outcome:
+        started.append(True)
+        try:
+            response = await work()
+        except (InputValidationError, SagaFailed) as exc:
+            response = problem_response(exc)
+        first.append(response)
+        return _outcome(response)
+
+    async def run() -> tuple[Outcome, bool]:
+        return await idempotency.run(key, print_, produce)
+
+    try:
+        outcome, replayed = await run_until_disconnect(request, run)
+    except IdempotencyKeyReused as exc:
+        return problem_response(exc)
+    except LeaseTimeout:
+        if started:  # raised by work itself, not by the wait for a duplicate
+            raise
+        return _problem(
+            409,
+            "idempotency-key-in-use",
+            "Idempotency key in use",
+            f"a request with this {IDEMPOTENCY_HEADER} is still being processed; retry later",
+        )
+    if not replayed and first:
+        return first[0]
+    return Response(
+        content=outcome.body,
+        status_code=outcome.status,
+        headers={"content-type": outcome.media_type, REPLAYED_HEADER: "true"},
+    )

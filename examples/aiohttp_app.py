@@ -1,0 +1,271 @@
+"""An inventory service on aiohttp: the inventory example's sagas behind HTTP.
+
+::
+
+    python examples/aiohttp_app.py                      # in memory, http://127.0.0.1:8080
+    python examples/aiohttp_app.py --redis redis://127.0.0.1:6379/0 --port 8081
+
+    curl -s -XPOST localhost:8080/reservations -H 'Idempotency-Key: r-1' \\
+         -d '{"product_id": "widget", "quantity": 5, "operation": "reserve"}'
+    curl -s localhost:8080/products/widget
+    curl -s -XPOST localhost:8080/transfers \\
+         -d '{"product_id": "widget", "quantity": 5, "source": "north", "destination": "south"}'
+
+Routes:
+
+- ``POST /reservations``: ``{product_id, quantity, operation}`` runs an
+  :class:`InventorySaga` (``operation`` is ``reserve``, ``release`` or ``consume``);
+- ``GET /products/{id}``: a product's counts (``widget@north`` is ``widget`` at ``north``);
+- ``POST /transfers``: ``{product_id, quantity, source, destination}`` runs an
+  :class:`InventoryTransferSaga`.
+
+Both POSTs honour an ``Idempotency-Key`` header. A saga's failure is a problem response
+(``asaga.integrations.aiohttp.saga_errors``): 422 bad inputs, 409 failed and undone, 500
+failed and not fully undone. The store, the locks, the notifier and the idempotency
+outcomes are created once per application, in a ``cleanup_ctx``, and kept under
+``web.AppKey``\\ s: in memory by default, on Redis with ``redis_url`` (every key under
+``prefix``). ``main()`` serves with ``handler_cancellation=True``, so a client that
+disconnects mid-request cancels its saga, which compensates what it had done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+from aiohttp import web
+
+if __name__ == "__main__" and not __package__:  # `python examples/aiohttp_app.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from asaga import FieldError, Hook, InputValidationError, Saga
+from asaga.integrations.aiohttp import PROBLEM_JSON, idempotent, problem_response, saga_errors
+from asaga.integrations.idempotency import (
+    Idempotency,
+    MemoryOutcomeStore,
+    OutcomeStore,
+    RedisOutcomeStore,
+)
+from asaga.locks import LockProvider, MemoryLockProvider
+from examples.inventory import (
+    Change,
+    InventorySaga,
+    InventoryStore,
+    InventoryTransferSaga,
+    MemoryInventoryStore,
+    Notifier,
+    Product,
+    RedisInventoryStore,
+    UnknownProduct,
+)
+
+__all__ = [
+    "HOOKS",
+    "IDEMPOTENCY",
+    "LOCKS",
+    "NOTIFIER",
+    "SEED",
+    "STORE",
+    "create_app",
+    "main",
+]
+
+STORE: web.AppKey[InventoryStore] = web.AppKey("store")
+"""The application's inventory store."""
+LOCKS: web.AppKey[LockProvider] = web.AppKey("locks")
+"""The lock provider whose leases guard stock changes (and idempotency keys)."""
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+"""The notification service the reservations tell."""
+IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
+"""Outcomes of requests that carried an ``Idempotency-Key``."""
+HOOKS: web.AppKey[tuple[Hook, ...]] = web.AppKey("hooks")
+"""Event hooks added to every saga run of the application."""
+
+SEED = (
+    Product(sku="widget", inventory_count=100, reorder_point=10, max_stock_level=200),
+    Product(sku="gadget", inventory_count=20, reorder_point=15, max_stock_level=50),
+    Product(sku="gizmo", inventory_count=150),
+    Product(sku="widget@north", inventory_count=40, reorder_point=5, max_stock_level=100),
+    Product(sku="widget@south", inventory_count=10, reorder_point=5, max_stock_level=100),
+)
+"""The products a new application starts with (``create_app(seed=...)`` to change)."""
+
+_RUN_ARGUMENTS = frozenset({"hooks", "run_id"})
+
+
+def create_app(
+    redis_url: str | None = None,
+    *,
+    notifier: Notifier | None = None,
+    seed: Sequence[Product] = SEED,
+    prefix: str = "asaga-example:",
+    hooks: Sequence[Hook] = (),
+    idempotency_window: float = 24 * 3600.0,
+) -> web.Application:
+    """The inventory service.
+
+    In memory by default; with ``redis_url``, products, leases and idempotency outcomes
+    live in Redis under ``prefix`` (a ``RedisLockProvider`` runs for the application's
+    lifetime). ``seed`` products are written at startup (replacing existing ones with the
+    same sku). ``notifier`` defaults to a fresh :class:`Notifier`; ``hooks`` are added
+    to every saga run.
+    """
+    app = web.Application(middlewares=[saga_errors])
+    app[HOOKS] = tuple(hooks)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store: InventoryStore
+            locks: LockProvider
+            outcomes: OutcomeStore
+            if redis_url is None:
+                memory_locks = MemoryLockProvider()
+                # cast: the protocol's mutable `locks` attribute is invariant for mypy.
+                store = cast(InventoryStore, MemoryInventoryStore(memory_locks))
+                locks = memory_locks
+                outcomes = MemoryOutcomeStore()
+            else:
+                import redis.asyncio as aioredis
+
+                from asaga.locks import RedisLockProvider
+
+                # A blocking pool: a burst of requests waits for a connection instead of
+                # failing past the pool's size.
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    redis_url, max_connections=50, timeout=10.0, socket_connect_timeout=2.0
+                )
+                client = aioredis.Redis.from_pool(pool)
+                stack.push_async_callback(client.aclose)
+                await client.ping()  # fail at startup if the server cannot be reached
+                redis_locks = await stack.enter_async_context(
+                    RedisLockProvider(client, prefix=prefix)
+                )
+                store = RedisInventoryStore(client, redis_locks, prefix=f"{prefix}inv:")
+                locks = redis_locks
+                outcomes = RedisOutcomeStore(client, prefix=f"{prefix}idempotency:")
+            for product in seed:
+                await store.put(product)
+            app[STORE] = store
+            app[LOCKS] = locks
+            app[NOTIFIER] = notifier if notifier is not None else Notifier()
+            app[IDEMPOTENCY] = Idempotency(outcomes, locks, window=idempotency_window)
+            yield
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/reservations", create_reservation)
+    app.router.add_get("/products/{id}", get_product)
+    app.router.add_post("/transfers", create_transfer)
+    return app
+
+
+async def saga_inputs(
+    request: web.Request, saga: type[Saga], resources: dict[str, Any]
+) -> dict[str, Any]:
+    """The request's JSON object as ``saga``'s inputs, plus ``resources``.
+
+    A body that is not a JSON object is answered 400. Keys naming a resource or an
+    argument of ``run()`` (``hooks``, ``run_id``) are refused as inputs
+    (``InputValidationError``, so 422): a client cannot swap the store or pick the run id.
+    Everything else is validated by the saga itself.
+    """
+    try:
+        body = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError as exc:
+        raise _bad_request(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _bad_request("the body must be a JSON object")
+    refused = sorted(_RUN_ARGUMENTS.union(resources).intersection(body))
+    if refused:
+        raise InputValidationError(
+            saga.__name__,
+            [FieldError(field=name, message="not accepted from a request") for name in refused],
+        )
+    return {**body, **resources}
+
+
+def _bad_request(detail: str) -> web.HTTPBadRequest:
+    problem = {"type": "about:blank", "title": "Malformed request body", "status": 400}
+    return web.HTTPBadRequest(
+        text=json.dumps({**problem, "detail": detail}), content_type=PROBLEM_JSON
+    )
+
+
+async def create_reservation(request: web.Request) -> web.Response:
+    """``POST /reservations``: run an :class:`InventorySaga`; 201 with what it did."""
+    app = request.app
+
+    async def work() -> web.Response:
+        resources = {"store": app[STORE], "locks": app[LOCKS], "notifier": app[NOTIFIER]}
+        inputs = await saga_inputs(request, InventorySaga, resources)
+        hooks = app[HOOKS]
+        result = await InventorySaga.run(hooks=hooks, **inputs)
+        change: Change = result.output
+        return web.json_response(
+            {
+                "run_id": result.run_id,
+                "reference": change.reference,
+                "product_id": change.sku,
+                "operation": change.operation,
+                "quantity": change.quantity,
+            },
+            status=201,
+        )
+
+    return await idempotent(request, app[IDEMPOTENCY], work)
+
+
+async def create_transfer(request: web.Request) -> web.Response:
+    """``POST /transfers``: run an :class:`InventoryTransferSaga`; 201 with the transfer."""
+    app = request.app
+
+    async def work() -> web.Response:
+        resources = {"store": app[STORE], "locks": app[LOCKS]}
+        inputs = await saga_inputs(request, InventoryTransferSaga, resources)
+        hooks = app[HOOKS]
+        result = await InventoryTransferSaga.run(hooks=hooks, **inputs)
+        change: Change = result.output
+        return web.json_response(
+            {
+                "run_id": result.run_id,
+                "reference": change.reference,
+                "product_id": inputs["product_id"],
+                "source": inputs["source"],
+                "destination": inputs["destination"],
+                "quantity": change.quantity,
+            },
+            status=201,
+        )
+
+    return await idempotent(request, app[IDEMPOTENCY], work)
+
+
+async def get_product(request: web.Request) -> web.Response:
+    """``GET /products/{id}``: the product's counts; 404 (a problem) if unknown."""
+    sku = request.match_info["id"]
+    try:
+        product = await request.app[STORE].get(sku)
+    except UnknownProduct:
+        return problem_response(404, "Unknown product", detail=f"no product {sku!r}", sku=sku)
+    return web.json_response({**msgspec.to_builtins(product), "available": product.available})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python examples/aiohttp_app.py [--redis URL] [--host H] [--port 8080]``."""
+    parser = argparse.ArgumentParser(description="Serve the inventory example over HTTP.")
+    parser.add_argument("--redis", metavar="URL", help="keep state in Redis at URL")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    args = parser.parse_args(argv)
+    # handler_cancellation=True: aiohttp cancels the handler (and so the saga, which then
+    # compensates) when the client disconnects; aiohttp's default is to let it run on.
+    web.run_app(create_app(args.redis), host=args.host, port=args.port, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""An inventory service on FastAPI: the inventory example's sagas behind HTTP.
+
+Run it (from the repository root)::
+
+    python examples/fastapi_app.py                       # in memory, port 8000
+    python examples/fastapi_app.py --redis redis://127.0.0.1:6379/0 --port 8001
+
+Then::
+
+    curl -s localhost:8000/products/widget
+    curl -s -X POST localhost:8000/reservations -H 'Idempotency-Key: order-1' \\
+         -d '{"product_id": "widget", "quantity": 2, "operation": "reserve"}'
+    curl -s -X POST localhost:8000/transfers \\
+         -d '{"product_id": "widget", "quantity": 5, "source": "east", "destination": "west"}'
+
+Endpoints:
+
+- ``POST /reservations`` runs :class:`InventorySaga` (``product_id``, ``quantity``,
+  ``operation``: ``reserve``, ``release`` or ``consume``) and answers 201;
+- ``POST /transfers`` runs :class:`InventoryTransferSaga` (``product_id``, ``quantity``,
+  ``source``, ``destination``; stock per location is the product ``<id>@<location>``);
+- ``GET /products/{id}`` answers the product's counts, or 404.
+
+Both POSTs honour an ``Idempotency-Key`` header and are cancelled, and their saga unwound,
+if the client disconnects. Failures are RFC 9457 problem responses: 422 bad input (no
+step ran), 409 a step failed and everything was undone, 500 an undo failed too.
+
+Everything the handlers use (store, locks, notifier, idempotency) is created once per
+application by :func:`create_app`'s lifespan and kept in ``app.state.services``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from asaga import FieldError, Hook, InputValidationError, Saga
+from asaga.integrations.fastapi import PROBLEM_JSON, idempotent, install_error_handlers
+from asaga.integrations.idempotency import (
+    Idempotency,
+    MemoryOutcomeStore,
+    OutcomeStore,
+    RedisOutcomeStore,
+)
+from asaga.locks import LockProvider
+
+if not __package__:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from examples.inventory import (
+    InventorySaga,
+    InventoryStore,
+    InventoryTransferSaga,
+    MemoryInventoryStore,
+    Notifier,
+    Product,
+    RedisInventoryStore,
+    UnknownProduct,
+)
+
+__all__ = ["SEED", "Services", "create_app", "main"]
+
+SEED = (
+    Product(sku="widget", inventory_count=100, reorder_point=10, max_stock_level=200),
+    Product(sku="gadget", inventory_count=20),
+    Product(sku="gizmo", inventory_count=150),
+    Product(sku="widget@east", inventory_count=50),
+)
+"""The products created at startup unless they exist already."""
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the handlers use; one per application, in ``app.state.services``."""
+
+    store: InventoryStore
+    locks: LockProvider
+    notifier: Notifier
+    idempotency: Idempotency
+    hooks: tuple[Hook, ...] = ()
+
+
+def services(request: Request) -> Services:
+    """The application's :class:`Services`."""
+    return cast(Services, request.app.state.services)
+
+
+def create_app(
+    redis_url: str | None = None,
+    *,
+    seed: Iterable[Product] = SEED,
+    notifier: Notifier | None = None,
+    hooks: Sequence[Hook] = (),
+    prefix: str = "asaga-example:",
+) -> FastAPI:
+    """The inventory service: in memory, or on the Redis server at ``redis_url``.
+
+    ``seed`` products are created at startup unless they exist; ``notifier`` replaces the
+    stand-in notification service (tests inject a slow or failing one); ``hooks`` receive
+    every run's events; ``prefix`` namespaces every Redis key.
+    """
+    products = tuple(seed)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store: InventoryStore
+            locks: LockProvider
+            outcomes: OutcomeStore
+            if redis_url is None:
+                memory = MemoryInventoryStore()
+                store, locks, outcomes = (
+                    cast(InventoryStore, memory),
+                    memory.locks,
+                    MemoryOutcomeStore(),
+                )
+            else:
+                import redis.asyncio as aioredis
+
+                from asaga.locks import RedisLockProvider
+
+                # A blocking pool: a burst of requests waits for a connection instead of
+                # failing past max_connections.
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    redis_url, max_connections=100, timeout=10.0, socket_connect_timeout=2.0
+                )
+                client = aioredis.Redis.from_pool(pool)
+                stack.push_async_callback(client.aclose)
+                await client.ping()  # fail at startup if the server cannot be reached
+                locks = await stack.enter_async_context(RedisLockProvider(client, prefix=prefix))
+                store = RedisInventoryStore(client, locks, prefix=f"{prefix}inv:")
+                outcomes = RedisOutcomeStore(client, prefix=f"{prefix}idempotency:")
+            for product in products:
+                try:
+                    await store.get(product.sku)
+                except UnknownProduct:
+                    await store.put(product)
+            app.state.services = Services(
+                store=store,
+                locks=locks,
+                notifier=notifier if notifier is not None else Notifier(),
+                idempotency=Idempotency(outcomes, locks, window=24 * 3600.0),
+                hooks=tuple(hooks),
+            )
+            yield
+
+    app = FastAPI(title="asaga inventory example", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.get("/products/{product_id}")
+    async def get_product(product_id: str, request: Request) -> Response:
+        """A product's counts."""
+        try:
+            product = await services(request).store.get(product_id)
+        except UnknownProduct:
+            return JSONResponse(
+                {
+                    "type": "about:blank",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": f"no product {product_id!r}",
+                },
+                status_code=404,
+                media_type=PROBLEM_JSON,
+            )
+        return JSONResponse({**msgspec.to_builtins(product), "available": product.available})
+
+    @app.post("/reservations", status_code=201)
+    async def reservations(request: Request) -> Response:
+        """Reserve, release or consume stock of one product (InventorySaga)."""
+        svc = services(request)
+
+        async def work() -> Response:
+            inputs = await client_inputs(request, InventorySaga)
+            result = await InventorySaga.run(
+                **inputs, store=svc.store, locks=svc.locks, notifier=svc.notifier, hooks=svc.hooks
+            )
+            return JSONResponse(
+                {"run_id": result.run_id, "change": msgspec.to_builtins(result.output)},
+                status_code=201,
+            )
+
+        return await idempotent(request, svc.idempotency, work)
+
+    @app.post("/transfers", status_code=201)
+    async def transfers(request: Request) -> Response:
+        """Move stock of one product between two locations (InventoryTransferSaga)."""
+        svc = services(request)
+
+        async def work() -> Response:
+            inputs = await client_inputs(request, InventoryTransferSaga)
+            result = await InventoryTransferSaga.run(
+                **inputs, store=svc.store, locks=svc.locks, hooks=svc.hooks
+            )
+            return JSONResponse(
+                {"run_id": result.run_id, "change": msgspec.to_builtins(result.output)},
+                status_code=201,
+            )
+
+        return await idempotent(request, svc.idempotency, work)
+
+    return app
+
+
+CLIENT_INPUTS = {
+    InventorySaga: ("product_id", "quantity", "operation"),
+    InventoryTransferSaga: ("product_id", "quantity", "source", "destination"),
+}
+"""The inputs a client may give each saga (the others are resources, injected)."""
+
+
+async def client_inputs(request: Request, saga: type[Saga]) -> dict[str, Any]:
+    """The request's JSON object as the saga's inputs.
+
+    The saga validates the values (types, constraints, missing fields); this refuses a body
+    that is not a JSON object and any key that is not a client input, so a client cannot
+    pass a resource (``store``) or a run option (``run_id``). Both raise
+    InputValidationError, answered 422 before any step runs.
+    """
+    allowed = CLIENT_INPUTS[saga]
+    try:
+        data = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as exc:
+        raise InputValidationError(
+            saga.__name__, [FieldError(field="body", message=f"invalid JSON: {exc}")]
+        ) from None
+    if not isinstance(data, dict):
+        raise InputValidationError(
+            saga.__name__, [FieldError(field="body", message="expected a JSON object")]
+        )
+    unknown = [name for name in data if name not in allowed]
+    if unknown:
+        raise InputValidationError(
+            saga.__name__,
+            [
+                FieldError(field=name, message=f"unknown input; expected {list(allowed)}")
+                for name in unknown
+            ],
+        )
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python examples/fastapi_app.py [--redis URL] [--host H] [--port N]``."""
+    parser = argparse.ArgumentParser(description="The inventory example as a FastAPI service.")
+    parser.add_argument("--redis", metavar="URL", help="use Redis at URL (redis://host:6379/0)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    uvicorn.run(create_app(args.redis), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

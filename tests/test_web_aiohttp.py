@@ -1,0 +1,471 @@
+"""The aiohttp integration and the example service, over real HTTP on 127.0.0.1.
+
+Every test serves ``examples/aiohttp_app.py`` with ``web.AppRunner`` + ``web.TCPSite`` on
+a port the OS picks, and talks to it with httpx (or a raw socket, to drop a connection).
+asyncio only: aiohttp and redis-py run on asyncio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import pytest
+import structlog
+from aiohttp import web
+
+from asaga import CompensationFailed, Event
+from asaga.integrations.aiohttp import (
+    PROBLEM_COMPENSATION_FAILED,
+    PROBLEM_IDEMPOTENCY_KEY_REUSED,
+    PROBLEM_INVALID_INPUTS,
+    PROBLEM_SAGA_FAILED,
+    idempotent,
+    saga_errors,
+)
+from asaga.integrations.idempotency import Idempotency, MemoryOutcomeStore
+from asaga.locks import MemoryLockProvider
+from examples.aiohttp_app import STORE, create_app
+from examples.inventory import Notifier, Product
+
+pytestmark = pytest.mark.anyio
+
+WIDGET = Product(sku="widget", inventory_count=100, reorder_point=10, max_stock_level=200)
+SEED = (
+    WIDGET,
+    Product(sku="gizmo", inventory_count=150),
+    Product(sku="widget@north", inventory_count=40),
+    Product(sku="widget@south", inventory_count=10),
+)
+BURST = 200
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """aiohttp runs on asyncio only."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def quiet_logs() -> Iterator[None]:
+    """asaga logs every event through structlog; keep the output (and the burst) lean."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    yield
+    structlog.reset_defaults()
+
+
+@asynccontextmanager
+async def serve(
+    app: web.Application, *, handler_cancellation: bool = True
+) -> AsyncIterator[tuple[str, int]]:
+    """Serve ``app`` on 127.0.0.1 (a free port the OS picks); yield (base URL, port).
+
+    Setup and cleanup run in this task (the app's cleanup_ctx may hold a task group).
+    """
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        await runner.cleanup()
+
+
+def client(base: str, connections: int = 10) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0)
+
+
+def reservation(sku: str = "widget", quantity: int = 3, operation: str = "reserve") -> Any:
+    return {"product_id": sku, "quantity": quantity, "operation": operation}
+
+
+async def counts(http: httpx.AsyncClient, sku: str) -> tuple[int, int]:
+    response = await http.get(f"/products/{sku}")
+    assert response.status_code == 200
+    body = response.json()
+    return body["inventory_count"], body["reserved_count"]
+
+
+class Recorder:
+    """An event hook: keeps the events; ``ended`` is set when a run is over."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.ended = anyio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if event.kind in ("run_succeeded", "run_failed"):
+            self.ended.set()
+
+    def kinds(self, *kinds: str) -> list[tuple[str, str | None]]:
+        return [(e.kind, e.step) for e in self.events if e.kind in kinds]
+
+
+class BlockingNotifier(Notifier):
+    """Blocks every send until the test sets ``release``; ``entered`` when one started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def send(self, key: str, message: str) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().send(key, message)
+
+
+# -- success and errors --------------------------------------------------------------------
+
+
+async def test_reservation_succeeds() -> None:
+    """201 with what was done; the stock shows it."""
+    async with serve(create_app(seed=SEED)) as (base, _), client(base) as http:
+        response = await http.post("/reservations", json=reservation(quantity=5))
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["product_id"] == "widget"
+        assert (body["operation"], body["quantity"]) == ("reserve", 5)
+        assert body["run_id"]
+        assert await counts(http, "widget") == (100, 5)
+        missing = await http.get("/products/nope")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+
+
+async def test_transfer_moves_stock() -> None:
+    """POST /transfers runs InventoryTransferSaga."""
+    async with serve(create_app(seed=SEED)) as (base, _), client(base) as http:
+        body = {"product_id": "widget", "quantity": 5, "source": "north", "destination": "south"}
+        response = await http.post("/transfers", json=body)
+        assert response.status_code == 201, response.text
+        assert await counts(http, "widget@north") == (35, 0)
+        assert await counts(http, "widget@south") == (15, 0)
+
+
+async def test_bad_input_is_422_and_no_step_runs() -> None:
+    """Every bad field is named in the problem; no step started; stock unchanged."""
+    recorder = Recorder()
+    async with serve(create_app(seed=SEED, hooks=[recorder])) as (base, _), client(base) as http:
+        response = await http.post(
+            "/reservations",
+            json={"product_id": "widget", "quantity": 0, "operation": "steal", "colour": 1},
+        )
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["type"] == PROBLEM_INVALID_INPUTS
+        assert problem["status"] == 422
+        assert problem["saga"] == "InventorySaga"
+        assert {e["field"] for e in problem["errors"]} == {"quantity", "operation", "colour"}
+        assert all(e["message"] for e in problem["errors"])
+
+        refused = await http.post("/reservations", json={**reservation(), "run_id": "mine"})
+        assert refused.status_code == 422
+        assert [e["field"] for e in refused.json()["errors"]] == ["run_id"]
+
+        malformed = await http.post("/reservations", content=b"[1, 2")
+        assert malformed.status_code == 400
+        assert malformed.headers["content-type"].startswith("application/problem+json")
+
+        assert recorder.kinds("step_started") == []
+        assert await counts(http, "widget") == (100, 0)
+
+
+async def test_step_failure_is_409_and_undone() -> None:
+    """notify fails for good: 409 naming the step and the compensations; stock as before."""
+    notifier = Notifier(failures=3)  # notify's three attempts all fail
+    async with (
+        serve(create_app(seed=SEED, notifier=notifier)) as (base, _),
+        client(base) as http,
+    ):
+        response = await http.post("/reservations", json=reservation(quantity=7))
+        assert response.status_code == 409
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["type"] == PROBLEM_SAGA_FAILED
+        assert (problem["status"], problem["saga"], problem["step"]) == (
+            409,
+            "InventorySaga",
+            "notify",
+        )
+        assert problem["cause"] == "ConnectionError"
+        assert problem["run_id"]
+        # Reverse graph order: perform is undone after its dependents.
+        assert set(problem["compensated"]) == {"transaction", "replenishment", "perform"}
+        assert problem["compensated"][-1] == "perform"
+        assert await counts(http, "widget") == (100, 0)
+        assert notifier.sent == {}
+
+
+async def test_compensation_failed_is_500_and_stored_for_the_key() -> None:
+    """CompensationFailed is a 500 naming what needs a human; with an idempotency key the
+    500 is stored, so a retry does not run the work again."""
+    idempotency = Idempotency(MemoryOutcomeStore(), MemoryLockProvider())
+    calls: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        async def work() -> web.Response:
+            calls.append(1)
+            error = CompensationFailed(
+                "Order",
+                "run-1",
+                "charge",
+                ["invoice"],
+                ["reserve"],
+                ExceptionGroup("compensations failed", [TimeoutError()]),
+            )
+            raise error from RuntimeError("card declined")
+
+        return await idempotent(request, idempotency, work)
+
+    app = web.Application(middlewares=[saga_errors])
+    app.router.add_post("/orders", handler)
+    async with serve(app) as (base, _), client(base) as http:
+        plain = await http.post("/orders", content=b"{}")
+        keyed = await http.post("/orders", content=b"{}", headers={"Idempotency-Key": "o-1"})
+        again = await http.post("/orders", content=b"{}", headers={"Idempotency-Key": "o-1"})
+    for response in (plain, keyed, again):
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["type"] == PROBLEM_COMPENSATION_FAILED
+        assert (problem["saga"], problem["run_id"], problem["step"]) == ("Order", "run-1", "charge")
+        assert problem["compensated"] == ["invoice"]
+        assert problem["failed_compensations"] == ["reserve"]
+        assert problem["cause"] == "RuntimeError"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == keyed.content
+    assert calls == [1, 1]  # the plain request and the first keyed one
+
+
+# -- a burst over a real server ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_burst_never_oversells(
+    backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """200 concurrent reservations of 1 gizmo (150 in stock): exactly 150 succeed."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        app = create_app(url, prefix=request.getfixturevalue("redis_prefix"), seed=SEED)
+    else:
+        app = create_app(seed=SEED)
+    statuses: list[int] = []
+    async with serve(app) as (base, _), client(base, connections=BURST) as http:
+
+        async def reserve_one() -> None:
+            response = await http.post("/reservations", json=reservation("gizmo", 1))
+            statuses.append(response.status_code)
+            if response.status_code == 409:
+                assert response.json()["step"] in ("availability", "perform")
+
+        started = time.perf_counter()
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(BURST):
+                    tg.start_soon(reserve_one)
+        elapsed = time.perf_counter() - started
+        assert sorted(statuses) == [201] * 150 + [409] * 50
+        assert await counts(http, "gizmo") == (150, 150)
+    with capsys.disabled():
+        print(
+            f"\n[{backend}] {BURST} concurrent POST /reservations in {elapsed:.3f} s: "
+            f"{BURST / elapsed:.0f} requests/s"
+        )
+
+
+# -- a client that disconnects -------------------------------------------------------------
+
+
+async def post_then_drop(
+    port: int, payload: Any, notifier: BlockingNotifier, extra_headers: str = ""
+) -> None:
+    """Send POST /reservations on a raw connection, wait until notify is blocked, and
+    close the connection without reading the response."""
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST /reservations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra_headers}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    try:
+        await stream.send(head + body)
+        with anyio.fail_after(5):
+            await notifier.entered.wait()  # perform has reserved; notify is blocked
+    finally:
+        await stream.aclose()
+
+
+async def test_disconnect_cancels_the_saga_which_compensates() -> None:
+    """With handler_cancellation=True, a dropped client cancels the handler: notify is
+    cancelled, the completed steps are compensated, stock is back exactly."""
+    notifier = BlockingNotifier()
+    recorder = Recorder()
+    app = create_app(seed=SEED, notifier=notifier, hooks=[recorder])
+    try:
+        async with serve(app, handler_cancellation=True) as (_, port):
+            await post_then_drop(port, reservation(quantity=4), notifier)
+            with anyio.fail_after(5):
+                await recorder.ended.wait()
+            assert recorder.kinds("step_cancelled") == [("step_cancelled", "notify")]
+            undone = [step for _, step in recorder.kinds("compensation_succeeded")]
+            assert set(undone) == {"transaction", "replenishment", "perform"}
+            assert undone[-1] == "perform"
+            end = recorder.events[-1]
+            assert end.kind == "run_failed"
+            assert msgspec.structs.asdict(end)["cancelled"] is True
+            product = await app[STORE].get("widget")
+            assert (product.inventory_count, product.reserved_count) == (100, 0)
+            assert await app[STORE].transactions() == []
+            assert notifier.sent == {}
+    finally:
+        notifier.release.set()
+
+
+async def test_disconnect_stores_nothing_for_the_key() -> None:
+    """A request cancelled by its client's disconnect leaves its idempotency key free:
+    the retry with the same key runs the saga (once)."""
+    notifier = BlockingNotifier()
+    recorder = Recorder()
+    app = create_app(seed=SEED, notifier=notifier, hooks=[recorder])
+    try:
+        async with serve(app) as (base, port):
+            payload = reservation(quantity=4)
+            await post_then_drop(port, payload, notifier, "Idempotency-Key: res-drop\r\n")
+            with anyio.fail_after(5):
+                await recorder.ended.wait()
+            notifier.release.set()
+            async with client(base) as http:
+                headers = {"Idempotency-Key": "res-drop"}
+                retry = await http.post("/reservations", json=payload, headers=headers)
+                assert retry.status_code == 201
+                assert "idempotent-replayed" not in retry.headers
+                assert await counts(http, "widget") == (100, 4)
+    finally:
+        notifier.release.set()
+
+
+async def test_without_handler_cancellation_the_saga_runs_on() -> None:
+    """aiohttp's default (handler_cancellation=False): a dropped client does not cancel
+    the handler; the saga completes when notify is let through."""
+    notifier = BlockingNotifier()
+    recorder = Recorder()
+    app = create_app(seed=SEED, notifier=notifier, hooks=[recorder])
+    try:
+        async with serve(app, handler_cancellation=False) as (base, port):
+            await post_then_drop(port, reservation(quantity=4), notifier)
+            # A round trip on a new connection: the server has seen the first one close.
+            async with client(base) as http:
+                assert await counts(http, "widget") == (100, 4)
+            assert not recorder.ended.is_set()
+            notifier.release.set()
+            with anyio.fail_after(5):
+                await recorder.ended.wait()
+            assert recorder.events[-1].kind == "run_succeeded"
+            product = await app[STORE].get("widget")
+            assert (product.inventory_count, product.reserved_count) == (100, 4)
+            assert len(notifier.sent) == 1
+    finally:
+        notifier.release.set()
+
+
+# -- idempotency ---------------------------------------------------------------------------
+
+
+async def test_same_key_twice_replays_the_first_response() -> None:
+    """The second request runs nothing and gets the same body, marked as replayed."""
+    async with serve(create_app(seed=SEED)) as (base, _), client(base) as http:
+        headers = {"Idempotency-Key": "res-1"}
+        first = await http.post("/reservations", json=reservation(), headers=headers)
+        second = await http.post("/reservations", json=reservation(), headers=headers)
+        assert (first.status_code, second.status_code) == (201, 201)
+        assert "idempotent-replayed" not in first.headers
+        assert second.headers["idempotent-replayed"] == "true"
+        assert second.content == first.content
+        assert second.headers["content-type"] == first.headers["content-type"]
+        assert await counts(http, "widget") == (100, 3)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_same_key_concurrently_reserves_once(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Eight concurrent requests with one key: one reservation, one body for all."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        app = create_app(url, prefix=request.getfixturevalue("redis_prefix"), seed=SEED)
+    else:
+        app = create_app(seed=SEED)
+    responses: list[httpx.Response] = []
+    async with serve(app) as (base, _), client(base) as http:
+
+        async def post() -> None:
+            headers = {"Idempotency-Key": "res-burst"}
+            responses.append(await http.post("/reservations", json=reservation(), headers=headers))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(post)
+        assert [r.status_code for r in responses] == [201] * 8
+        assert len({r.content for r in responses}) == 1
+        fresh = [r for r in responses if "idempotent-replayed" not in r.headers]
+        assert len(fresh) == 1
+        assert await counts(http, "widget") == (100, 3)
+
+
+async def test_same_key_different_body_is_422() -> None:
+    """A key reused for another request is refused; nothing more is reserved."""
+    async with serve(create_app(seed=SEED)) as (base, _), client(base) as http:
+        headers = {"Idempotency-Key": "res-2"}
+        first = await http.post("/reservations", json=reservation(), headers=headers)
+        other = await http.post("/reservations", json=reservation(quantity=9), headers=headers)
+        assert first.status_code == 201
+        assert other.status_code == 422
+        assert other.headers["content-type"] == "application/problem+json"
+        problem = other.json()
+        assert problem["type"] == PROBLEM_IDEMPOTENCY_KEY_REUSED
+        assert problem["key"] == "res-2"
+        assert await counts(http, "widget") == (100, 3)
+
+
+async def test_failed_saga_is_stored_for_the_key() -> None:
+    """A 409 is an outcome like any other: the retry gets it again, runs nothing."""
+    notifier = Notifier(failures=3)
+    async with (
+        serve(create_app(seed=SEED, notifier=notifier)) as (base, _),
+        client(base) as http,
+    ):
+        headers = {"Idempotency-Key": "res-3"}
+        failed = await http.post("/reservations", json=reservation(), headers=headers)
+        retried = await http.post("/reservations", json=reservation(), headers=headers)
+        assert (failed.status_code, retried.status_code) == (409, 409)
+        assert "idempotent-replayed" not in failed.headers
+        assert retried.headers["idempotent-replayed"] == "true"
+        assert retried.content == failed.content
+        assert retried.headers["content-type"] == "application/problem+json"
+        assert await counts(http, "widget") == (100, 0)
+        invalid = reservation(quantity=0)
+        bad = await http.post("/reservations", json=invalid, headers={"Idempotency-Key": "r4"})
+        bad_again = await http.post(
+            "/reservations", json=invalid, headers={"Idempotency-Key": "r4"}
+        )
+        assert (bad.status_code, bad_again.status_code) == (422, 422)
+        assert bad_again.headers["idempotent-replayed"] == "true"
+        too_long = await http.post(
+            "/reservations", json=reservation(), headers={"Idempotency-Key": "k" * 256}
+        )
+        assert too_long.status_code == 400

@@ -1,0 +1,482 @@
+"""The FastAPI integration and the example service, in process and behind a real uvicorn.
+
+asyncio only: uvicorn and redis-py run on asyncio.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import structlog
+import uvicorn
+from fastapi import FastAPI, Request
+
+from asaga import CompensationFailed, Event, InputValidationError, RunFailed, SagaFailed
+from asaga.integrations.fastapi import (
+    PROBLEM_JSON,
+    REPLAYED_HEADER,
+    ClientDisconnected,
+    problem_response,
+)
+from asaga.integrations.idempotency import IdempotencyKeyReused
+from examples.fastapi_app import create_app
+from examples.inventory import Notifier, Product
+
+pytestmark = pytest.mark.anyio
+
+RESERVE_1 = {"product_id": "gizmo", "quantity": 1, "operation": "reserve"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def quiet_logs() -> Iterator[None]:
+    """asaga logs every event through structlog; keep the bursts' output readable."""
+    import logging
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    yield
+    structlog.reset_defaults()
+
+
+class Recorder:
+    """A hook that keeps every event and signals the end of a cancelled run."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.cancelled_run_over = anyio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, RunFailed) and event.cancelled:
+            self.cancelled_run_over.set()
+
+    def kinds(self, kind: str) -> list[str | None]:
+        return [e.step for e in self.events if e.kind == kind]
+
+
+class GatedNotifier(Notifier):
+    """A notifier whose ``send`` blocks until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def send(self, key: str, message: str) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().send(key, message)
+
+
+@asynccontextmanager
+async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling ``app`` in process, with the app's lifespan running."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+class _Server(uvicorn.Server):
+    """uvicorn with an event set once it serves (instead of polling ``started``)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = anyio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[tuple[str, int]]:
+    """A real uvicorn server for ``app`` on a free loopback port: yields (host, port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ws="none",
+        backlog=1024,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(10):
+                await server.ready.wait()
+            try:
+                yield "127.0.0.1", port
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
+
+
+async def stock(client: httpx.AsyncClient, sku: str) -> tuple[int, int]:
+    response = await client.get(f"/products/{sku}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["inventory_count"], body["reserved_count"]
+
+
+# -- in process ------------------------------------------------------------------------------
+
+
+async def test_reservation_succeeds() -> None:
+    async with in_process(create_app()) as client:
+        response = await client.post(
+            "/reservations", json={"product_id": "widget", "quantity": 5, "operation": "reserve"}
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["change"]["sku"] == "widget"
+        assert body["change"]["d_reserved"] == 5
+        assert REPLAYED_HEADER.lower() not in response.headers
+        assert await stock(client, "widget") == (100, 5)
+
+
+@pytest.mark.parametrize(
+    ("payload", "fields"),
+    [
+        ({"product_id": "widget", "quantity": 0, "operation": "reserv"}, ["quantity", "operation"]),
+        ({"product_id": "widget", "operation": "reserve"}, ["quantity"]),
+        ({"product_id": "widget", "quantity": 1, "operation": "reserve", "store": 1}, ["store"]),
+        (
+            {"product_id": "widget", "quantity": 1, "operation": "reserve", "run_id": "x"},
+            ["run_id"],
+        ),
+        ([1, 2], ["body"]),
+        (b"{not json", ["body"]),
+    ],
+)
+async def test_bad_input_is_422_and_no_step_runs(payload: Any, fields: list[str]) -> None:
+    recorder = Recorder()
+    async with in_process(create_app(hooks=[recorder])) as client:
+        content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        response = await client.post("/reservations", content=content)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == PROBLEM_JSON
+        problem = response.json()
+        assert problem["type"] == "urn:asaga:problem:invalid-input"
+        assert problem["status"] == 422
+        assert problem["saga"] == "InventorySaga"
+        assert [e["field"] for e in problem["errors"]] == fields
+        assert recorder.kinds("step_started") == []
+        assert await stock(client, "widget") == (100, 0)
+
+
+async def test_step_failure_is_409_and_everything_is_undone() -> None:
+    recorder = Recorder()
+    app = create_app(notifier=Notifier(failures=3), hooks=[recorder])  # notify gives up
+    async with in_process(app) as client:
+        response = await client.post(
+            "/reservations", json={"product_id": "widget", "quantity": 95, "operation": "reserve"}
+        )
+        assert response.status_code == 409, response.text
+        assert response.headers["content-type"] == PROBLEM_JSON
+        problem = response.json()
+        assert problem["type"] == "urn:asaga:problem:saga-failed"
+        assert problem["saga"] == "InventorySaga"
+        assert problem["step"] == "notify"
+        assert problem["cause"] == "ConnectionError"
+        assert set(problem["compensated"]) == {"transaction", "replenishment", "perform"}
+        assert problem["compensated"][-1] == "perform"  # undone after its dependents
+        assert problem["run_id"] == recorder.events[0].run_id
+        assert await stock(client, "widget") == (100, 0)
+        services = app.state.services
+        assert await services.store.transactions() == []
+        assert await services.store.replenishments() == {}
+
+
+async def test_insufficient_stock_is_409() -> None:
+    async with in_process(create_app()) as client:
+        response = await client.post(
+            "/reservations", json={"product_id": "gadget", "quantity": 21, "operation": "reserve"}
+        )
+        assert response.status_code == 409
+        assert response.json()["cause"] == "InsufficientStock"
+        assert await stock(client, "gadget") == (20, 0)
+
+
+async def test_transfer_and_unknown_product() -> None:
+    async with in_process(create_app()) as client:
+        transfer = {"product_id": "widget", "quantity": 5, "source": "east", "destination": "west"}
+        response = await client.post("/transfers", json=transfer)
+        assert response.status_code == 201, response.text
+        assert await stock(client, "widget@east") == (45, 0)
+        assert await stock(client, "widget@west") == (5, 0)
+        response = await client.post("/transfers", json={**transfer, "quantity": 46})
+        assert response.status_code == 409
+        assert response.json()["step"] == "validate"
+        assert await stock(client, "widget@east") == (45, 0)
+        response = await client.get("/products/nope")
+        assert response.status_code == 404
+        assert response.headers["content-type"] == PROBLEM_JSON
+
+
+def test_problem_response_mapping() -> None:
+    """CompensationFailed needs a human: 500, naming what was left in place."""
+    errors = ExceptionGroup("compensations failed", [TimeoutError()])
+    exc = CompensationFailed("Order", "run-7", "charge", ["invoice"], ["reserve"], errors)
+    exc.__cause__ = RuntimeError("card declined")
+    response = problem_response(exc)
+    assert response.status_code == 500
+    body = json.loads(bytes(response.body))
+    assert body["type"] == "urn:asaga:problem:compensation-failed"
+    assert body["run_id"] == "run-7"
+    assert body["step"] == "charge"
+    assert body["compensated"] == ["invoice"]
+    assert body["failed_compensations"] == ["reserve"]
+    assert body["cause"] == "RuntimeError"
+    assert problem_response(SagaFailed("S", "r", "s", [])).status_code == 409
+    assert problem_response(InputValidationError("S", [])).status_code == 422
+    assert problem_response(IdempotencyKeyReused("k")).status_code == 422
+    assert problem_response(ClientDisconnected()).status_code == 499
+
+
+# -- idempotency -----------------------------------------------------------------------------
+
+
+async def test_same_key_twice_replays_the_first_response() -> None:
+    async with in_process(create_app()) as client:
+        headers = {"Idempotency-Key": "order-1"}
+        first = await client.post("/reservations", json=RESERVE_1, headers=headers)
+        second = await client.post("/reservations", json=RESERVE_1, headers=headers)
+        assert first.status_code == second.status_code == 201
+        assert second.content == first.content
+        assert REPLAYED_HEADER.lower() not in first.headers
+        assert second.headers[REPLAYED_HEADER] == "true"
+        assert second.headers["content-type"] == "application/json"
+        assert await stock(client, "gizmo") == (150, 1)
+
+
+async def test_same_key_concurrently_reserves_once() -> None:
+    async with in_process(create_app()) as client:
+        responses: list[httpx.Response] = []
+
+        async def post() -> None:
+            headers = {"Idempotency-Key": "order-2"}
+            responses.append(await client.post("/reservations", json=RESERVE_1, headers=headers))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(post)
+        assert [r.status_code for r in responses] == [201] * 10
+        assert len({r.content for r in responses}) == 1
+        assert sum(r.headers.get(REPLAYED_HEADER) == "true" for r in responses) == 9
+        assert await stock(client, "gizmo") == (150, 1)
+
+
+async def test_same_key_different_body_is_422() -> None:
+    async with in_process(create_app()) as client:
+        headers = {"Idempotency-Key": "order-3"}
+        assert (await client.post("/reservations", json=RESERVE_1, headers=headers)).is_success
+        other = {**RESERVE_1, "quantity": 2}
+        response = await client.post("/reservations", json=other, headers=headers)
+        assert response.status_code == 422
+        assert response.headers["content-type"] == PROBLEM_JSON
+        assert response.json()["type"] == "urn:asaga:problem:idempotency-key-reused"
+        assert await stock(client, "gizmo") == (150, 1)
+        response = await client.post(
+            "/reservations", json=RESERVE_1, headers={"Idempotency-Key": ""}
+        )
+        assert response.status_code == 400
+
+
+async def test_failed_request_is_replayed_too() -> None:
+    """A 409 is an outcome: a retry with the same key gets it, and runs nothing again."""
+    notifier = Notifier(failures=3)
+    async with in_process(create_app(notifier=notifier)) as client:
+        headers = {"Idempotency-Key": "order-4"}
+        first = await client.post("/reservations", json=RESERVE_1, headers=headers)
+        second = await client.post("/reservations", json=RESERVE_1, headers=headers)
+        assert first.status_code == second.status_code == 409
+        assert second.content == first.content
+        assert second.headers[REPLAYED_HEADER] == "true"
+        assert notifier.sent == {}
+        assert await stock(client, "gizmo") == (150, 0)
+
+
+# -- a real server: bursts -------------------------------------------------------------------
+
+
+BURST_SEED = [
+    Product(sku="gizmo", inventory_count=150),
+    Product(sku="gizmo-raw", inventory_count=150),
+]
+
+
+async def raw_request(host: str, port: int, request: bytes) -> tuple[int, bytes]:
+    """Send one HTTP/1.1 request on a new connection; read until the server closes it."""
+    chunks: list[bytes] = []
+    async with await anyio.connect_tcp(host, port) as stream:
+        await stream.send(request)
+        for _ in range(10_000):
+            try:
+                chunks.append(await stream.receive())
+            except anyio.EndOfStream:
+                break
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def burst(host: str, port: int, label: str) -> None:
+    """200 concurrent reservations of 1 x gizmo (150 in stock): 150 succeed, 50 get 409.
+
+    Twice: from an httpx client (one product), and from 200 raw connections (another),
+    which measures the server without httpx's own overhead.
+    """
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    base_url = f"http://{host}:{port}"
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as client:
+        statuses: list[int] = []
+        steps: list[str] = []
+
+        async def post() -> None:
+            response = await client.post("/reservations", json=RESERVE_1)
+            statuses.append(response.status_code)
+            if response.status_code == 409:
+                steps.append(response.json()["step"])
+
+        raw = raw_post(
+            "/reservations", {**RESERVE_1, "product_id": "gizmo-raw"}, {"Connection": "close"}
+        )
+
+        async def post_raw() -> None:
+            status, body = await raw_request(host, port, raw)
+            statuses.append(status)
+            if status == 409:
+                steps.append(json.loads(body)["step"])
+
+        for client_name, one in (("httpx", post), ("raw sockets", post_raw)):
+            with anyio.fail_after(45):
+                started = time.perf_counter()
+                async with anyio.create_task_group() as tg:
+                    for _ in range(200):
+                        tg.start_soon(one)
+                elapsed = time.perf_counter() - started
+            print(
+                f"\n{label}, {client_name}: 200 concurrent POST /reservations in "
+                f"{elapsed:.3f} s = {200 / elapsed:.0f} requests/s"
+            )
+            assert statuses.count(201) == 150, statuses
+            assert statuses.count(409) == 50, statuses
+            assert set(steps) <= {"availability", "perform"}
+            statuses.clear()
+        assert await stock(client, "gizmo") == (150, 150)
+        assert await stock(client, "gizmo-raw") == (150, 150)
+
+
+async def test_burst_in_memory() -> None:
+    async with serving(create_app(seed=BURST_SEED)) as (host, port):
+        await burst(host, port, "in memory")
+
+
+async def test_burst_on_redis(redis_url: str, redis_prefix: str) -> None:
+    async with serving(create_app(redis_url, prefix=redis_prefix, seed=BURST_SEED)) as (host, port):
+        await burst(host, port, "on Redis")
+
+
+# -- a real server: disconnects --------------------------------------------------------------
+
+
+def raw_post(path: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
+    body = json.dumps(payload).encode()
+    lines = [f"POST {path} HTTP/1.1", "Host: test", "Content-Type: application/json"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_uvicorn_does_not_cancel_a_handler_on_disconnect() -> None:
+    """What the integration works around: uvicorn only reports ``http.disconnect``."""
+    app = FastAPI()
+    entered, disconnected, release, finished = (anyio.Event() for _ in range(4))
+    outcome: list[str] = []
+
+    @app.post("/slow")
+    async def slow(request: Request) -> dict[str, str]:
+        async def watch() -> None:
+            if (await request.receive())["type"] == "http.disconnect":
+                disconnected.set()
+
+        await request.body()  # so that the next message is the disconnect
+        entered.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await release.wait()
+            outcome.append("completed")
+        except anyio.get_cancelled_exc_class():
+            outcome.append("cancelled")
+            raise
+        finally:
+            finished.set()
+        return {}
+
+    async with serving(app) as (host, port):
+        with anyio.fail_after(10):
+            stream = await anyio.connect_tcp(host, port)
+            await stream.send(raw_post("/slow", {}))
+            await entered.wait()
+            await stream.aclose()
+            await disconnected.wait()  # the disconnect was delivered, as a message
+            release.set()
+            await finished.wait()
+    assert outcome == ["completed"]  # ... and the handler was not cancelled
+
+
+@pytest.mark.parametrize("key", [None, "order-9"])
+async def test_disconnect_cancels_the_saga_and_undoes_it(key: str | None) -> None:
+    notifier = GatedNotifier()
+    recorder = Recorder()
+    app = create_app(notifier=notifier, hooks=[recorder])
+    headers = {"Idempotency-Key": key} if key else {}
+    payload = {"product_id": "widget", "quantity": 7, "operation": "reserve"}
+    async with serving(app) as (host, port):
+        store = app.state.services.store
+        with anyio.fail_after(10):
+            stream = await anyio.connect_tcp(host, port)
+            await stream.send(raw_post("/reservations", payload, headers))
+            await notifier.entered.wait()  # perform, transaction done; notify blocked
+            assert (await store.get("widget")).reserved_count == 7
+            await stream.aclose()
+            await recorder.cancelled_run_over.wait()
+        assert recorder.kinds("step_cancelled") == ["notify"]
+        assert set(recorder.kinds("compensation_succeeded")) == {
+            "transaction",
+            "replenishment",
+            "perform",
+        }
+        product = await store.get("widget")
+        assert (product.inventory_count, product.reserved_count) == (100, 0)
+        assert await store.transactions() == []
+        assert notifier.sent == {}
+
+        # A cancelled request stored no outcome: a retry with the same key runs again.
+        notifier.release.set()
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            response = await client.post("/reservations", json=payload, headers=headers)
+            assert response.status_code == 201, response.text
+            assert REPLAYED_HEADER.lower() not in response.headers
+            assert await stock(client, "widget") == (100, 7)
