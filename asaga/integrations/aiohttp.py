@@ -43,7 +43,6 @@ This module is the only one of asaga that imports aiohttp (extra ``asaga[aiohttp
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,9 +50,23 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .._exceptions import CompensationFailed, InputValidationError, SagaFailed
+from .._exceptions import InputValidationError, SagaFailed
 from ..locks import LeaseTimeout
 from .idempotency import Idempotency, IdempotencyKeyReused, Outcome
+from .problems import (
+    IDEMPOTENCY_KEY_HEADER,
+    PROBLEM_COMPENSATION_FAILED,
+    PROBLEM_IDEMPOTENCY_KEY_IN_USE,
+    PROBLEM_IDEMPOTENCY_KEY_INVALID,
+    PROBLEM_IDEMPOTENCY_KEY_REUSED,
+    PROBLEM_INVALID_INPUTS,
+    PROBLEM_JSON,
+    PROBLEM_SAGA_FAILED,
+    REPLAYED_HEADER,
+    fingerprint,
+    problem,
+    problem_for,
+)
 
 __all__ = [
     "IDEMPOTENCY_KEY_HEADER",
@@ -65,36 +78,11 @@ __all__ = [
     "PROBLEM_JSON",
     "PROBLEM_SAGA_FAILED",
     "REPLAYED_HEADER",
-    "compensation_failed_problem",
     "fingerprint",
     "idempotent",
-    "input_validation_problem",
     "problem_response",
     "saga_errors",
-    "saga_failed_problem",
 ]
-
-PROBLEM_JSON = "application/problem+json"
-"""The media type of RFC 9457 problem details."""
-
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
-"""The request header that carries the idempotency key."""
-
-REPLAYED_HEADER = "Idempotent-Replayed"
-"""Set to ``true`` on a response replayed from a stored outcome."""
-
-PROBLEM_INVALID_INPUTS = "urn:asaga:problem:invalid-input"
-"""Problem ``type`` of a 422 for an :class:`~asaga.InputValidationError`."""
-PROBLEM_SAGA_FAILED = "urn:asaga:problem:saga-failed"
-"""Problem ``type`` of a 409 for a :class:`~asaga.SagaFailed` (fully undone)."""
-PROBLEM_COMPENSATION_FAILED = "urn:asaga:problem:compensation-failed"
-"""Problem ``type`` of a 500 for a :class:`~asaga.CompensationFailed` (needs a human)."""
-PROBLEM_IDEMPOTENCY_KEY_REUSED = "urn:asaga:problem:idempotency-key-reused"
-"""Problem ``type`` of a 422: the key was already used for a different request."""
-PROBLEM_IDEMPOTENCY_KEY_INVALID = "urn:asaga:problem:invalid-idempotency-key"
-"""Problem ``type`` of a 400: the key is empty or longer than 255 characters."""
-PROBLEM_IDEMPOTENCY_KEY_IN_USE = "urn:asaga:problem:idempotency-key-in-use"
-"""Problem ``type`` of a 409: a request with the key is still running after the wait."""
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -110,63 +98,18 @@ def problem_response(
     """An ``application/problem+json`` response (RFC 9457) with ``status`` and ``title``,
     an optional ``detail``, and ``extensions`` as extra members (encoded with msgspec, so
     structs, tuples and the like are fine)."""
-    body: dict[str, Any] = {"type": type, "title": title, "status": status}
-    if detail is not None:
-        body["detail"] = detail
-    body.update(extensions)
+    return _response(problem(status, type, title, detail, **extensions))
+
+
+def _saga_problem(exc: InputValidationError | SagaFailed) -> web.Response:
+    body = problem_for(exc)
+    assert body is not None
+    return _response(body)
+
+
+def _response(body: dict[str, Any]) -> web.Response:
     return web.Response(
-        status=status,
-        body=_ENCODER.encode(body),
-        headers={"Content-Type": PROBLEM_JSON},
-    )
-
-
-def input_validation_problem(exc: InputValidationError) -> web.Response:
-    """The 422 problem for bad inputs: ``saga`` and ``errors`` (``[{field, message}]``)."""
-    return problem_response(
-        422,
-        "Invalid input",
-        type=PROBLEM_INVALID_INPUTS,
-        detail=str(exc),
-        saga=exc.saga,
-        errors=exc.errors,
-    )
-
-
-def _failure_members(exc: SagaFailed) -> dict[str, Any]:
-    cause = exc.__cause__
-    return {
-        "saga": exc.saga,
-        "run_id": exc.run_id,
-        "step": exc.step,
-        "cause": None if cause is None else type(cause).__name__,
-        "compensated": exc.compensated,
-    }
-
-
-def saga_failed_problem(exc: SagaFailed) -> web.Response:
-    """The 409 problem for a saga that failed and was fully undone: ``saga``, ``run_id``,
-    the failed ``step``, ``cause`` (the step's exception type name) and ``compensated``
-    (steps undone, in completion order)."""
-    return problem_response(
-        409,
-        "The request failed and was undone",
-        type=PROBLEM_SAGA_FAILED,
-        detail=str(exc),
-        **_failure_members(exc),
-    )
-
-
-def compensation_failed_problem(exc: CompensationFailed) -> web.Response:
-    """The 500 problem for a saga whose undo failed too: the members of
-    :func:`saga_failed_problem` and ``failed_compensations`` (the steps left in place)."""
-    return problem_response(
-        500,
-        "The request failed and could not be fully undone",
-        type=PROBLEM_COMPENSATION_FAILED,
-        detail=str(exc),
-        **_failure_members(exc),
-        failed_compensations=exc.failed_compensations,
+        status=body["status"], body=_ENCODER.encode(body), headers={"Content-Type": PROBLEM_JSON}
     )
 
 
@@ -183,23 +126,6 @@ async def saga_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except (InputValidationError, SagaFailed) as exc:
         return _saga_problem(exc)
-
-
-def _saga_problem(exc: InputValidationError | SagaFailed) -> web.Response:
-    if isinstance(exc, InputValidationError):
-        return input_validation_problem(exc)
-    if isinstance(exc, CompensationFailed):
-        return compensation_failed_problem(exc)
-    return saga_failed_problem(exc)
-
-
-def fingerprint(method: str, path: str, body: bytes) -> str:
-    """The sha256 (hex) of a request's method, path (with query string) and body."""
-    digest = hashlib.sha256()
-    for part in (method.upper().encode(), path.encode(), body):
-        digest.update(len(part).to_bytes(8, "big"))  # length-prefixed: no ambiguity
-        digest.update(part)
-    return digest.hexdigest()
 
 
 def _key(request: web.Request) -> str | None:

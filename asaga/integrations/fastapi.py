@@ -29,7 +29,6 @@ FastAPI is imported by this module only (extra ``asaga[fastapi]``).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -38,9 +37,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from .._exceptions import AsagaError, CompensationFailed, InputValidationError, SagaFailed
+from .._exceptions import AsagaError, InputValidationError, SagaFailed
 from ..locks import LeaseTimeout
 from .idempotency import Idempotency, IdempotencyKeyReused, Outcome
+from .problems import (
+    IDEMPOTENCY_KEY_HEADER,
+    PROBLEM_JSON,
+    REPLAYED_HEADER,
+    fingerprint,
+    problem,
+    problem_for,
+)
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -56,14 +63,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-PROBLEM_JSON = "application/problem+json"
-"""The media type of RFC 9457 problem details."""
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-"""The request header :func:`idempotent` reads."""
-
-REPLAYED_HEADER = "Idempotent-Replayed"
-"""Set to ``true`` on a response that :func:`idempotent` replayed from the store."""
+IDEMPOTENCY_HEADER = IDEMPOTENCY_KEY_HEADER
+"""The request header carrying the idempotency key."""
 
 CLIENT_CLOSED_REQUEST = 499
 """The status of the (never delivered) response to a client that went away (nginx's)."""
@@ -83,67 +84,22 @@ class ClientDisconnected(AsagaError):
         super().__init__("the client disconnected before the response; the work was cancelled")
 
 
-def _problem(status: int, kind: str, title: str, detail: str, **extensions: Any) -> JSONResponse:
-    body = {
-        "type": f"urn:asaga:problem:{kind}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extensions,
-    }
+def _problem(status: int, kind: str, title: str, detail: str, **members: Any) -> JSONResponse:
+    body = problem(status, f"urn:asaga:problem:{kind}", title, detail, **members)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
 def problem_response(exc: AsagaError) -> Response:
     """The RFC 9457 ``application/problem+json`` response for one of asaga's errors.
 
-    ============================  ======  ==============================================
-    exception                     status  extension members (besides type, title, ...)
-    ============================  ======  ==============================================
-    ``InputValidationError``      422     ``saga``, ``errors`` (``field``, ``message``)
-    ``SagaFailed``                409     ``saga``, ``run_id``, ``step``, ``compensated``,
-                                          ``cause`` (the step's exception type)
-    ``CompensationFailed``        500     as ``SagaFailed``, plus ``failed_compensations``
-    ``IdempotencyKeyReused``      422     ``key``
-    ``ClientDisconnected``        499     (none)
-    ============================  ======  ==============================================
-
-    A failed saga was fully undone, so the request simply conflicted with the state of the
-    world (409) and may be retried; a saga whose undo failed left something half done that
-    needs a human (500). ``cause`` names the step exception's type only: its message may
-    hold internal details. Any other error is re-raised.
+    The mapping is :func:`asaga.integrations.problems.problem_for`'s (422 for bad input,
+    409 for a failed and undone saga, 500 when its undo failed, 422 for a reused
+    idempotency key); :class:`ClientDisconnected` gives 499. Any other error is
+    re-raised.
     """
-    if isinstance(exc, InputValidationError):
-        return _problem(
-            422,
-            "invalid-input",
-            "Invalid input",
-            str(exc),
-            saga=exc.saga,
-            errors=[{"field": e.field, "message": e.message} for e in exc.errors],
-        )
-    if isinstance(exc, SagaFailed):
-        fields: dict[str, Any] = {
-            "saga": exc.saga,
-            "run_id": exc.run_id,
-            "step": exc.step,
-            "compensated": list(exc.compensated),
-            "cause": type(exc.__cause__).__name__ if exc.__cause__ is not None else None,
-        }
-        if isinstance(exc, CompensationFailed):
-            return _problem(
-                500,
-                "compensation-failed",
-                "The request failed and could not be fully undone",
-                str(exc),
-                failed_compensations=list(exc.failed_compensations),
-                **fields,
-            )
-        return _problem(409, "saga-failed", "The request failed and was undone", str(exc), **fields)
-    if isinstance(exc, IdempotencyKeyReused):
-        return _problem(
-            422, "idempotency-key-reused", "Idempotency key reused", str(exc), key=exc.key
-        )
+    body = problem_for(exc)
+    if body is not None:
+        return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON)
     if isinstance(exc, ClientDisconnected):
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     raise exc
@@ -215,15 +171,6 @@ async def run_until_disconnect(request: Request, work: Callable[[], Awaitable[T]
     return results[0]
 
 
-def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
-    """The SHA-256 of a request's method, path, query string and body (hex)."""
-    digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), query, body):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.hexdigest()
-
-
 def _outcome(response: Response) -> Outcome:
     body = getattr(response, "body", None)
     if not isinstance(body, bytes):
@@ -276,7 +223,10 @@ async def idempotent(
             f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 characters",
         )
     body = await _read_body(request)
-    print_ = fingerprint(request.method, request.url.path, request.scope["query_string"], body)
+    target = request.url.path
+    if request.scope["query_string"]:
+        target += "?" + request.scope["query_string"].decode("latin-1")
+    print_ = fingerprint(request.method, target, body)
     started: list[bool] = []
     first: list[Response] = []
 
