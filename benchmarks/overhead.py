@@ -25,6 +25,17 @@ single sink):
   layer's join, and a join step that takes those 8; a join is the next layer's root
   (diamond-100: 1 + 11 x (8 + 1); diamond-10: 1 + 1 x (8 + 1)).
 
+A third implementation runs on asyncio only, with logging filtered:
+
+- **Hamilton**: Apache Hamilton's async driver (``hamilton.async_driver``, package
+  ``sf-hamilton`` / ``apache-hamilton``, in the ``bench`` extra) on the same parameter-name
+  DAG: the same step bodies, exec'd with ``int`` annotations (Hamilton requires type hints)
+  into a module built with ``types.ModuleType``, driven by ``await driver.execute(<every
+  step>)`` with the dict result builder, no lifecycle adapters. Hamilton is asyncio-only,
+  has no compensation, and does not cancel sibling steps when one fails (its driver awaits
+  each node's inputs with ``asyncio.gather``, which leaves the others running). Skipped,
+  with a note, if Hamilton is not installed.
+
 Each shape runs on the asyncio and trio backends (``anyio.run(..., backend=...)``), in two
 logging modes, each in its own interpreter (see below):
 
@@ -51,15 +62,16 @@ reported is the median over batches of the mean time per run.
 How to read it
 --------------
 ``ratio`` = asaga µs/run / hand-written µs/run: 1.0 means asaga adds nothing, 1.5 means a
-run through asaga takes 50 % longer than the bare task group. Steps do no work, so this
-is the worst case: the whole run is overhead. The target is ratio <= 1.5 with logging
-filtered; a line per shape says whether it is met. Absolute µs depend on the machine;
-compare ratios, and compare runs on the same machine only.
+run through asaga takes 50 % longer than the bare task group. ``asaga / Hamilton`` =
+asaga µs/run / Hamilton µs/run, same cell: below 1.0 means asaga is faster (the target).
+Steps do no work, so this is the worst case: the whole run is overhead. The target is
+ratio <= 1.5 with logging filtered; a line per shape says whether it is met. Absolute µs
+depend on the machine; compare ratios, and compare runs on the same machine only.
 
 Usage::
 
     python benchmarks/overhead.py            # full run, a few minutes
-    python benchmarks/overhead.py --quick    # smoke test, < 15 s
+    python benchmarks/overhead.py --quick    # smoke test, < 20 s
 
 It prints a Markdown table and writes ``benchmarks/results/overhead.json`` (rows, per-batch
 samples, budget, machine information, and which asaga was measured: git commit and a digest
@@ -84,7 +96,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal, TextIO, cast, get_args
 
@@ -93,6 +105,11 @@ import structlog
 from structlog.testing import capture_logs
 
 import asaga
+
+try:
+    from hamilton import async_driver as hamilton_async
+except ImportError:  # the `bench` extra is not installed: the Hamilton column is skipped
+    hamilton_async = None
 
 Backend = Literal["asyncio", "trio"]
 LoggingMode = Literal["filtered", "on"]
@@ -103,6 +120,13 @@ BACKENDS: tuple[Backend, ...] = get_args(Backend)
 LOGGING_MODES: tuple[LoggingMode, ...] = get_args(LoggingMode)
 TARGET = 1.5
 """asaga / hand-written µs per run, with logging filtered, that asaga should stay under."""
+HAMILTON_TARGET = 1.0
+"""asaga / Hamilton µs per run (asyncio, logging filtered) that asaga should stay under."""
+HAMILTON_NOTE = (
+    "Hamilton has no compensation and does not cancel sibling steps when one fails "
+    "(its async driver gathers node inputs with asyncio.gather); asaga does both. "
+    "Hamilton runs on asyncio only."
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 
 
@@ -234,6 +258,7 @@ class Workload:
     dependents: Mapping[str, tuple[str, ...]]
     roots: tuple[str, ...]
     saga: type[asaga.Saga]
+    hamilton: Any  # a hamilton.async_driver.AsyncDriver, or None without Hamilton
 
 
 def step_function(name: str, index: int, deps: Sequence[str]) -> StepFn:
@@ -243,6 +268,24 @@ def step_function(name: str, index: int, deps: Sequence[str]) -> StepFn:
     namespace: dict[str, Any] = {}
     exec(source, namespace)  # the plain way to get a function with chosen parameter names
     return cast(StepFn, namespace[name])
+
+
+def hamilton_driver(shape: Shape) -> Any:
+    """Hamilton's async driver for ``shape``: the same step bodies, with the ``int`` type
+    hints Hamilton requires, exec'd into a module registered in ``sys.modules`` (Hamilton
+    collects a module's functions through ``inspect.getmodule``)."""
+    if hamilton_async is None:
+        return None
+    module_name = f"_asaga_bench_hamilton_{shape.kind}_{shape.steps}"
+    module = types.ModuleType(module_name)
+    sys.modules[module_name] = module
+    sources = []
+    for index, (name, deps) in enumerate(shape.deps.items()):
+        params = ", ".join(f"{dep}: int" for dep in deps)
+        body = " + ".join([str(index), *deps])
+        sources.append(f"async def {name}({params}) -> int:\n    return {body}\n")
+    exec("\n".join(sources), module.__dict__)
+    return hamilton_async.Builder().with_modules(module).build_without_init()
 
 
 def saga_class(shape: Shape, fns: Mapping[str, StepFn], hook: EventCounter) -> type[asaga.Saga]:
@@ -274,6 +317,7 @@ def workload(shape: Shape, hook: EventCounter) -> Workload:
         dependents={name: tuple(children) for name, children in dependents.items()},
         roots=tuple(name for name, deps in shape.deps.items() if not deps),
         saga=saga_class(shape, fns, hook),
+        hamilton=hamilton_driver(shape),
     )
 
 
@@ -302,7 +346,12 @@ async def run_with_asaga(work: Workload) -> Mapping[str, Any]:
     return (await work.saga.run()).results
 
 
-async def check_results(work: Workload, hook: EventCounter) -> None:
+async def run_with_hamilton(work: Workload) -> Mapping[str, Any]:
+    """The DAG run by Hamilton's async driver, asked for every step's result."""
+    return cast(Mapping[str, Any], await work.hamilton.execute(list(work.shape.deps)))
+
+
+async def check_results(work: Workload, hook: EventCounter, hamilton: bool = False) -> None:
     """Both implementations return the expected results; asaga delivers every event."""
     expected = expected_results(work.shape)
     by_hand = dict(await run_by_hand(work))
@@ -311,6 +360,10 @@ async def check_results(work: Workload, hook: EventCounter) -> None:
     events = hook.count - seen
     if by_hand != expected or with_asaga != expected:
         raise RuntimeError(f"{work.shape.label}: the two implementations disagree")
+    if hamilton:
+        await work.hamilton.ainit()
+        if dict(await run_with_hamilton(work)) != expected:
+            raise RuntimeError(f"{work.shape.label}: Hamilton disagrees")
     if events != 2 * work.shape.steps + 2:  # run + each step: started and succeeded
         raise RuntimeError(f"{work.shape.label}: the hook got {events} events")
 
@@ -365,6 +418,9 @@ class Row:
     ratio: float
     baseline_batches_us: tuple[float, ...]
     asaga_batches_us: tuple[float, ...]
+    hamilton_us: float | None = None  # asyncio, logging filtered, Hamilton installed
+    asaga_vs_hamilton: float | None = None  # asaga_us / hamilton_us
+    hamilton_batches_us: tuple[float, ...] = ()
 
 
 async def timed_batch(run: Runner, work: Workload, runs: int, seconds: float) -> float:
@@ -381,9 +437,10 @@ async def timed_batch(run: Runner, work: Workload, runs: int, seconds: float) ->
     return (clock() - start) / done * 1e6
 
 
-async def measure(work: Workload, budget: Budget) -> tuple[list[float], list[float]]:
-    """Per-batch µs/run of (hand-written, asaga), batches alternating which goes first."""
-    runners: tuple[Runner, ...] = (run_by_hand, run_with_asaga)
+async def measure(
+    work: Workload, budget: Budget, runners: Sequence[Runner]
+) -> dict[Runner, list[float]]:
+    """Per-batch µs/run of each runner, batches alternating the order they go in."""
     for run in runners:
         await timed_batch(run, work, budget.warmup_runs, budget.warmup_seconds)
     samples: dict[Runner, list[float]] = {run: [] for run in runners}
@@ -396,7 +453,7 @@ async def measure(work: Workload, budget: Budget) -> tuple[list[float], list[flo
             )
         if time.perf_counter() >= deadline:
             break
-    return samples[run_by_hand], samples[run_with_asaga]
+    return samples
 
 
 async def measure_backend(
@@ -409,11 +466,18 @@ async def measure_backend(
     """Every shape on the running event loop (``backend``) in one logging mode."""
     await check_logging(works[0], mode)
     rows = []
+    with_hamilton = backend == "asyncio" and mode == "filtered" and hamilton_async is not None
     for work in works:
-        await check_results(work, hook)
+        await check_results(work, hook, with_hamilton)
         gc.collect()
-        by_hand, with_asaga = await measure(work, budget)
+        runners: list[Runner] = [run_by_hand, run_with_asaga]
+        if with_hamilton:
+            runners.append(run_with_hamilton)
+        samples = await measure(work, budget, runners)
+        by_hand, with_asaga = samples[run_by_hand], samples[run_with_asaga]
         baseline_us, asaga_us = statistics.median(by_hand), statistics.median(with_asaga)
+        hamilton = samples.get(run_with_hamilton, [])
+        hamilton_us = statistics.median(hamilton) if hamilton else None
         rows.append(
             Row(
                 backend=backend,
@@ -425,11 +489,15 @@ async def measure_backend(
                 ratio=asaga_us / baseline_us,
                 baseline_batches_us=tuple(by_hand),
                 asaga_batches_us=tuple(with_asaga),
+                hamilton_us=hamilton_us,
+                asaga_vs_hamilton=asaga_us / hamilton_us if hamilton_us else None,
+                hamilton_batches_us=tuple(hamilton),
             )
         )
+        extra = f"  Hamilton {hamilton_us:9.1f} µs" if hamilton_us else ""
         print(
             f"  {backend:7} {work.shape.label:12} {mode:8} "
-            f"{baseline_us:9.1f} µs {asaga_us:9.1f} µs  x{asaga_us / baseline_us:.2f}",
+            f"{baseline_us:9.1f} µs {asaga_us:9.1f} µs  x{asaga_us / baseline_us:.2f}{extra}",
             file=sys.stderr,
         )
         hook.count = 0
@@ -471,6 +539,7 @@ def run_worker(mode: LoggingMode, quick: bool, budget: Budget) -> tuple[str, lis
                 **row,
                 "baseline_batches_us": tuple(row["baseline_batches_us"]),
                 "asaga_batches_us": tuple(row["asaga_batches_us"]),
+                "hamilton_batches_us": tuple(row["hamilton_batches_us"]),
             }
         )
         for row in data["rows"]
@@ -493,6 +562,22 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def hamilton_table(rows: Sequence[Row]) -> str:
+    """asaga vs Hamilton's async driver vs hand-written, asyncio, logging filtered."""
+    lines = [
+        "| shape | steps | hand-written µs/run | asaga µs/run | Hamilton µs/run "
+        "| asaga / hand-written | asaga / Hamilton |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    lines += [
+        f"| {r.shape} | {r.steps} | {r.baseline_us:.1f} | {r.asaga_us:.1f} "
+        f"| {r.hamilton_us:.1f} | {r.ratio:.2f} | {r.asaga_vs_hamilton:.2f} |"
+        for r in rows
+        if r.hamilton_us is not None and r.asaga_vs_hamilton is not None
+    ]
+    return "\n".join(lines)
+
+
 def verdicts(rows: Sequence[Row]) -> str:
     lines = []
     for r in rows:
@@ -503,6 +588,15 @@ def verdicts(rows: Sequence[Row]) -> str:
         lines.append(
             f"{r.backend:7} {label:12} asaga/hand-written = {r.ratio:.2f}x "
             f"(target <= {TARGET}x with logging filtered): {verdict}"
+        )
+    for r in rows:
+        if r.asaga_vs_hamilton is None:
+            continue
+        verdict = "met" if r.asaga_vs_hamilton < HAMILTON_TARGET else "MISSED"
+        label = f"{r.shape}-{r.steps}"
+        lines.append(
+            f"{r.backend:7} {label:12} asaga/Hamilton = {r.asaga_vs_hamilton:.2f}x "
+            f"(target < {HAMILTON_TARGET}x: asaga faster than Hamilton's async driver): {verdict}"
         )
     return "\n".join(lines)
 
@@ -542,6 +636,13 @@ def _sources_digest() -> str:
     return digest.hexdigest()
 
 
+def _version_or_none(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "python": sys.version,
@@ -552,7 +653,8 @@ def machine_info() -> dict[str, Any]:
         "versions": {
             package: version(package)
             for package in ("asaga", "anyio", "trio", "structlog", "msgspec")
-        },
+        }
+        | {"hamilton": _version_or_none("apache-hamilton")},
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -569,6 +671,8 @@ def write_json(
         "benchmark": "overhead",
         "quick": quick,
         "target": TARGET,
+        "hamilton_target": HAMILTON_TARGET,
+        "hamilton_note": HAMILTON_NOTE if hamilton_async is not None else None,
         "seconds": round(took, 1),
         "budget": asdict(budget),
         "shapes": {shape.label: {k: list(v) for k, v in shape.deps.items()} for shape in SHAPES},
@@ -582,7 +686,7 @@ def write_json(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 15 s)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 20 s)")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"default: {RESULTS}")
     parser.add_argument("--worker", choices=LOGGING_MODES, help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
@@ -608,6 +712,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     took = time.perf_counter() - started
     print(table(rows))
+    print()
+    if hamilton_async is None:
+        print("Hamilton is not installed (pip install 'asaga[bench]'): its column is skipped.")
+    else:
+        print("asaga vs Apache Hamilton's async driver (asyncio, logging filtered):\n")
+        print(hamilton_table(rows))
+        print(f"\nNote: {HAMILTON_NOTE}")
     print()
     print(verdicts(rows))
     write_json(args.json, rows, budget, args.quick, took, source)
