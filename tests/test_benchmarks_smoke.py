@@ -1,0 +1,32 @@
+"""The benchmarks run (quick mode) and stay correct; no speed is asserted here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_lock_contention_quick_runs_without_oversell(redis_url: str, tmp_path: Path) -> None:
+    """benchmarks/lock_contention.py --quick completes and no variant oversold."""
+    out = tmp_path / "lock.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "lock_contention.py"),
+            "--quick",
+            "--redis-url",
+            redis_url,
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows
+    assert all(row["oversell"] == 0 for row in rows), [r for r in rows if r["oversell"]]
