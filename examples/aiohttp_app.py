@@ -34,9 +34,8 @@ import argparse
 import json
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -44,26 +43,22 @@ from aiohttp import web
 if __name__ == "__main__" and not __package__:  # `python examples/aiohttp_app.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asaga import FieldError, Hook, InputValidationError, Saga
+from asaga import Hook, Saga
 from asaga.integrations.aiohttp import PROBLEM_JSON, idempotent, problem_response, saga_errors
 from asaga.integrations.idempotency import (
     Idempotency,
-    MemoryOutcomeStore,
-    OutcomeStore,
-    RedisOutcomeStore,
 )
-from asaga.locks import LockProvider, MemoryLockProvider
+from asaga.locks import LockProvider
 from examples.inventory import (
     Change,
     InventorySaga,
     InventoryStore,
     InventoryTransferSaga,
-    MemoryInventoryStore,
     Notifier,
     Product,
-    RedisInventoryStore,
     UnknownProduct,
 )
+from examples.inventory.service import MalformedBody, open_services, request_inputs
 
 __all__ = [
     "HOOKS",
@@ -96,8 +91,6 @@ SEED = (
 )
 """The products a new application starts with (``create_app(seed=...)`` to change)."""
 
-_RUN_ARGUMENTS = frozenset({"hooks", "run_id"})
-
 
 def create_app(
     redis_url: str | None = None,
@@ -112,49 +105,24 @@ def create_app(
 
     In memory by default; with ``redis_url``, products, leases and idempotency outcomes
     live in Redis under ``prefix`` (a ``RedisLockProvider`` runs for the application's
-    lifetime). ``seed`` products are written at startup (replacing existing ones with the
-    same sku). ``notifier`` defaults to a fresh :class:`Notifier`; ``hooks`` are added
-    to every saga run.
+    lifetime). ``seed`` products are created at startup unless they exist. ``notifier``
+    defaults to a fresh :class:`Notifier`; ``hooks`` are added to every saga run.
     """
     app = web.Application(middlewares=[saga_errors])
     app[HOOKS] = tuple(hooks)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            store: InventoryStore
-            locks: LockProvider
-            outcomes: OutcomeStore
-            if redis_url is None:
-                memory_locks = MemoryLockProvider()
-                # cast: the protocol's mutable `locks` attribute is invariant for mypy.
-                store = cast(InventoryStore, MemoryInventoryStore(memory_locks))
-                locks = memory_locks
-                outcomes = MemoryOutcomeStore()
-            else:
-                import redis.asyncio as aioredis
-
-                from asaga.locks import RedisLockProvider
-
-                # A blocking pool: a burst of requests waits for a connection instead of
-                # failing past the pool's size.
-                pool = aioredis.BlockingConnectionPool.from_url(
-                    redis_url, max_connections=50, timeout=10.0, socket_connect_timeout=2.0
-                )
-                client = aioredis.Redis.from_pool(pool)
-                stack.push_async_callback(client.aclose)
-                await client.ping()  # fail at startup if the server cannot be reached
-                redis_locks = await stack.enter_async_context(
-                    RedisLockProvider(client, prefix=prefix)
-                )
-                store = RedisInventoryStore(client, redis_locks, prefix=f"{prefix}inv:")
-                locks = redis_locks
-                outcomes = RedisOutcomeStore(client, prefix=f"{prefix}idempotency:")
-            for product in seed:
-                await store.put(product)
-            app[STORE] = store
-            app[LOCKS] = locks
-            app[NOTIFIER] = notifier if notifier is not None else Notifier()
-            app[IDEMPOTENCY] = Idempotency(outcomes, locks, window=idempotency_window)
+        async with open_services(
+            redis_url,
+            prefix=prefix,
+            seed=seed,
+            notifier=notifier,
+            idempotency_window=idempotency_window,
+        ) as services:
+            app[STORE] = services.store
+            app[LOCKS] = services.locks
+            app[NOTIFIER] = services.notifier
+            app[IDEMPOTENCY] = services.idempotency
             yield
 
     app.cleanup_ctx.append(resources)
@@ -167,26 +135,14 @@ def create_app(
 async def saga_inputs(
     request: web.Request, saga: type[Saga], resources: dict[str, Any]
 ) -> dict[str, Any]:
-    """The request's JSON object as ``saga``'s inputs, plus ``resources``.
-
-    A body that is not a JSON object is answered 400. Keys naming a resource or an
-    argument of ``run()`` (``hooks``, ``run_id``) are refused as inputs
-    (``InputValidationError``, so 422): a client cannot swap the store or pick the run id.
-    Everything else is validated by the saga itself.
-    """
+    """The request's JSON object as ``saga``'s client inputs, plus ``resources`` (see
+    :func:`examples.inventory.service.request_inputs`). A body that is not a JSON object
+    is answered 400; a key that is not a client input 422 (InputValidationError)."""
     try:
-        body = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError as exc:
-        raise _bad_request(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _bad_request("the body must be a JSON object")
-    refused = sorted(_RUN_ARGUMENTS.union(resources).intersection(body))
-    if refused:
-        raise InputValidationError(
-            saga.__name__,
-            [FieldError(field=name, message="not accepted from a request") for name in refused],
-        )
-    return {**body, **resources}
+        inputs = request_inputs(await request.read(), saga)
+    except MalformedBody as exc:
+        raise _bad_request(str(exc)) from None
+    return {**inputs, **resources}
 
 
 def _bad_request(detail: str) -> web.HTTPBadRequest:

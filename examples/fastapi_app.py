@@ -34,8 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,27 +44,18 @@ from fastapi.responses import JSONResponse
 
 from asaga import FieldError, Hook, InputValidationError, Saga
 from asaga.integrations.fastapi import PROBLEM_JSON, idempotent, install_error_handlers
-from asaga.integrations.idempotency import (
-    Idempotency,
-    MemoryOutcomeStore,
-    OutcomeStore,
-    RedisOutcomeStore,
-)
-from asaga.locks import LockProvider
 
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.inventory import (
     InventorySaga,
-    InventoryStore,
     InventoryTransferSaga,
-    MemoryInventoryStore,
     Notifier,
     Product,
-    RedisInventoryStore,
     UnknownProduct,
 )
+from examples.inventory.service import MalformedBody, Services, open_services, request_inputs
 
 __all__ = ["SEED", "Services", "create_app", "main"]
 
@@ -76,17 +66,6 @@ SEED = (
     Product(sku="widget@east", inventory_count=50),
 )
 """The products created at startup unless they exist already."""
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the handlers use; one per application, in ``app.state.services``."""
-
-    store: InventoryStore
-    locks: LockProvider
-    notifier: Notifier
-    idempotency: Idempotency
-    hooks: tuple[Hook, ...] = ()
 
 
 def services(request: Request) -> Services:
@@ -112,45 +91,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            store: InventoryStore
-            locks: LockProvider
-            outcomes: OutcomeStore
-            if redis_url is None:
-                memory = MemoryInventoryStore()
-                store, locks, outcomes = (
-                    cast(InventoryStore, memory),
-                    memory.locks,
-                    MemoryOutcomeStore(),
-                )
-            else:
-                import redis.asyncio as aioredis
-
-                from asaga.locks import RedisLockProvider
-
-                # A blocking pool: a burst of requests waits for a connection instead of
-                # failing past max_connections.
-                pool = aioredis.BlockingConnectionPool.from_url(
-                    redis_url, max_connections=100, timeout=10.0, socket_connect_timeout=2.0
-                )
-                client = aioredis.Redis.from_pool(pool)
-                stack.push_async_callback(client.aclose)
-                await client.ping()  # fail at startup if the server cannot be reached
-                locks = await stack.enter_async_context(RedisLockProvider(client, prefix=prefix))
-                store = RedisInventoryStore(client, locks, prefix=f"{prefix}inv:")
-                outcomes = RedisOutcomeStore(client, prefix=f"{prefix}idempotency:")
-            for product in products:
-                try:
-                    await store.get(product.sku)
-                except UnknownProduct:
-                    await store.put(product)
-            app.state.services = Services(
-                store=store,
-                locks=locks,
-                notifier=notifier if notifier is not None else Notifier(),
-                idempotency=Idempotency(outcomes, locks, window=24 * 3600.0),
-                hooks=tuple(hooks),
-            )
+        async with open_services(
+            redis_url, prefix=prefix, seed=products, notifier=notifier, hooks=hooks
+        ) as services:
+            app.state.services = services
             yield
 
     app = FastAPI(title="asaga inventory example", lifespan=lifespan)
@@ -211,42 +155,16 @@ def create_app(
     return app
 
 
-CLIENT_INPUTS = {
-    InventorySaga: ("product_id", "quantity", "operation"),
-    InventoryTransferSaga: ("product_id", "quantity", "source", "destination"),
-}
-"""The inputs a client may give each saga (the others are resources, injected)."""
-
-
 async def client_inputs(request: Request, saga: type[Saga]) -> dict[str, Any]:
-    """The request's JSON object as the saga's inputs.
-
-    The saga validates the values (types, constraints, missing fields); this refuses a body
-    that is not a JSON object and any key that is not a client input, so a client cannot
-    pass a resource (``store``) or a run option (``run_id``). Both raise
-    InputValidationError, answered 422 before any step runs.
-    """
-    allowed = CLIENT_INPUTS[saga]
+    """The request's JSON object as the saga's client inputs (see
+    :func:`examples.inventory.service.request_inputs`); a body that is not a JSON object
+    is an InputValidationError on ``body``, answered 422 before any step runs."""
     try:
-        data = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError as exc:
+        return request_inputs(await request.body(), saga)
+    except MalformedBody as exc:
         raise InputValidationError(
-            saga.__name__, [FieldError(field="body", message=f"invalid JSON: {exc}")]
+            saga.__name__, [FieldError(field="body", message=str(exc))]
         ) from None
-    if not isinstance(data, dict):
-        raise InputValidationError(
-            saga.__name__, [FieldError(field="body", message="expected a JSON object")]
-        )
-    unknown = [name for name in data if name not in allowed]
-    if unknown:
-        raise InputValidationError(
-            saga.__name__,
-            [
-                FieldError(field=name, message=f"unknown input; expected {list(allowed)}")
-                for name in unknown
-            ],
-        )
-    return data
 
 
 def main(argv: Sequence[str] | None = None) -> None:
