@@ -84,10 +84,15 @@ async def test_reused_key_for_another_request_is_refused() -> None:
 
 async def test_window_expires() -> None:
     """After the window the key is free again."""
-    idem = Idempotency(MemoryOutcomeStore(), MemoryLockProvider(), window=0.001)
+    now = [100.0]
+    store = MemoryOutcomeStore(clock=lambda: now[0])
+    idem = Idempotency(store, MemoryLockProvider(), window=60.0)
     calls: list[int] = []
     await idem.run("k1", "req-a", counting_work(calls))
-    await anyio.sleep(0.01)  # let the (tiny) window pass: this is what is under test
+    now[0] += 59.0
+    _, replayed = await idem.run("k1", "req-a", counting_work(calls))
+    assert replayed
+    now[0] += 2.0  # past the window
     _, replayed = await idem.run("k1", "req-a", counting_work(calls))
     assert not replayed
     assert calls == [1, 1]

@@ -8,9 +8,8 @@ asyncio only: aiohttp and redis-py run on asyncio.
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +17,6 @@ import anyio
 import httpx
 import msgspec
 import pytest
-import structlog
 from aiohttp import web
 
 from asaga import CompensationFailed, Event
@@ -35,7 +33,7 @@ from asaga.locks import MemoryLockProvider
 from examples.aiohttp_app import STORE, create_app
 from examples.inventory import Notifier, Product
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quiet_logs")]
 
 WIDGET = Product(sku="widget", inventory_count=100, reorder_point=10, max_stock_level=200)
 SEED = (
@@ -51,14 +49,6 @@ BURST = 200
 def anyio_backend() -> str:
     """aiohttp runs on asyncio only."""
     return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def quiet_logs() -> Iterator[None]:
-    """asaga logs every event through structlog; keep the output (and the burst) lean."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    yield
-    structlog.reset_defaults()
 
 
 @asynccontextmanager

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-import structlog
 import uvicorn
 from fastapi import FastAPI, Request
 
@@ -30,7 +29,7 @@ from asaga.integrations.idempotency import IdempotencyKeyReused
 from examples.fastapi_app import create_app
 from examples.inventory import Notifier, Product
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quiet_logs")]
 
 RESERVE_1 = {"product_id": "gizmo", "quantity": 1, "operation": "reserve"}
 
@@ -38,16 +37,6 @@ RESERVE_1 = {"product_id": "gizmo", "quantity": 1, "operation": "reserve"}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def quiet_logs() -> Iterator[None]:
-    """asaga logs every event through structlog; keep the bursts' output readable."""
-    import logging
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    yield
-    structlog.reset_defaults()
 
 
 class Recorder:

@@ -71,20 +71,21 @@ class OutcomeStore(Protocol):
 class MemoryOutcomeStore:
     """Outcomes in this process's memory (the default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._data: dict[str, tuple[float, Outcome]] = {}
+        self._clock = clock  # seconds, monotonic; injectable for tests
 
     async def get(self, key: str) -> Outcome | None:
         entry = self._data.get(key)
         if entry is None:
             return None
-        if entry[0] <= time.monotonic():
+        if entry[0] <= self._clock():
             del self._data[key]
             return None
         return entry[1]
 
     async def put(self, key: str, outcome: Outcome, window: float) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if len(self._data) > 10_000:  # drop expired entries now and then
             self._data = {k: v for k, v in self._data.items() if v[0] > now}
         self._data[key] = (now + window, outcome)
