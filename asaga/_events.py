@@ -13,6 +13,7 @@ happened.
 """
 
 import inspect
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -238,6 +239,7 @@ class Emitter:
         "_receive",
         "_send",
         "_sync_hooks",
+        "hooked",
     )
 
     def __init__(
@@ -249,18 +251,23 @@ class Emitter:
         self._sync_hooks = sync_hooks
         self._async_hooks = async_hooks
         self._parent = parent  # a sub-saga's events reach its parent run's hooks too
-        # Resolve structlog's configuration once per run, and ask it whether a level is
-        # logged at all, so that filtered events cost no formatting.
-        self._logger = _logger.bind()
-        self._enabled: Callable[[int], bool] | None = getattr(
-            self._logger, "is_enabled_for", None
-        ) or getattr(self._logger, "isEnabledFor", None)
+        self.hooked: bool = bool(sync_hooks or async_hooks) or (
+            parent is not None and parent.hooked
+        )
+        """Whether any hook (of this run or of a parent run) receives the events."""
+        # structlog's configuration, resolved once per configuration (not per run), and
+        # asked whether a level is logged at all, so that filtered events cost nothing.
+        self._logger, self._enabled = _resolved_logger()
         if async_hooks:
             send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=float("inf"))
             self._send: MemoryObjectSendStream[Event] | None = send
             self._receive: MemoryObjectReceiveStream[Event] | None = receive
         else:
             self._send = self._receive = None
+
+    def wants(self, level: int) -> bool:
+        """Whether an event of ``level`` would reach anyone: a hook, or the log."""
+        return self.hooked or self._enabled is None or self._enabled(level)
 
     @property
     def needs_dispatcher(self) -> bool:
@@ -337,6 +344,27 @@ class Emitter:
                             _hook_failed(hook, event, exc)
 
 
+_resolved: tuple[tuple[object, ...], Any, Callable[[int], bool] | None] | None = None
+
+
+def _resolved_logger() -> tuple[Any, Callable[[int], bool] | None]:
+    """asaga's logger under structlog's current configuration, and its level check.
+
+    Binding resolves the configuration (about 3 us), so the result is kept until the
+    configuration changes; ``sys.stdout`` is part of the key because structlog's default
+    ``PrintLogger`` writes to the stream that was ``sys.stdout`` when it was made.
+    """
+    global _resolved
+    key = (*structlog.get_config().values(), sys.stdout)
+    cached = _resolved
+    if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+        return cached[1], cached[2]
+    logger = _logger.bind()
+    enabled = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
+    _resolved = (key, logger, enabled)
+    return logger, enabled
+
+
 def _hook_failed(hook: object, event: Event, exc: Exception) -> None:
     with suppress(Exception):  # see Emitter.emit: a failing log sink breaks nothing
         _logger.error("hook_failed", hook=repr(hook), kind=event.kind, error=repr(exc))
@@ -363,11 +391,13 @@ class RunContext:
         """The path of this run inside its parents (``None`` for a top-level run)."""
         self.parent = parent
         self.parent_run_id = parent.run_id if parent is not None else None
-        self.failed: anyio.Event | None = None
-        """Set once a step of this run failed for good (the scheduler sets it)."""
+        self.failed = False
+        """Whether a step of this run failed for good (the scheduler sets it)."""
 
     def emit(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> None:
-        """Build one event of this run and deliver it."""
+        """Build one event of this run and deliver it, unless nobody would receive it."""
+        if not self.emitter.wants(kind.level):
+            return
         prefix = self.prefix
         if prefix is None:  # a top-level run: the path is the step's name
             path = step

@@ -17,6 +17,7 @@ import graphlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
@@ -101,6 +102,9 @@ class Plan:
     inputs: Mapping[str, InputSpec]
     output: str | None
     descendants: Mapping[str, frozenset[str]]
+    chain: bool = False
+    """Whether the steps can only ever run one at a time: each step in ``order`` depends,
+    directly or not, on the one before it. Such a run needs no task group."""
 
 
 _RESERVED_INPUTS = frozenset({"hooks", "run_id"})
@@ -406,6 +410,7 @@ def build_plan(
         inputs=MappingProxyType(inputs),
         output=output,
         descendants=MappingProxyType(descendants),
+        chain=all(later in descendants[earlier] for earlier, later in pairwise(order)),
     )
     return plan, plan.inputs, []
 

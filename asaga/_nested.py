@@ -311,9 +311,9 @@ class _Mapping:
 
     async def _worker(self) -> None:
         items = self.items
-        run_failed = self.context.failed
+        context = self.context
         while not self.stopped and self.next_index < len(items):
-            if run_failed is not None and run_failed.is_set():
+            if context.failed:
                 return  # no new element once the run has failed
             index = self.next_index
             self.next_index += 1

@@ -5,8 +5,8 @@ dependent, and the dependent whose counter reaches zero is started right then, b
 that completed its last dependency. In pseudocode::
 
     pending[s] = number of dependencies of s, for every step s
-    start every step with no dependency
-    run step s:                              # one task per step, in the run's task group
+    start every step with no dependency      # the first in the run's own task
+    run step s:                              # in a task of the run's task group
         for attempt in 1..retry.max_attempts:
             take a slot for this attempt (only with max_concurrency)
             if the run has failed: return    # no new step, no new attempt, once it failed
@@ -23,9 +23,15 @@ that completed its last dependency. In pseudocode::
             emit step_succeeded; record the result
             if the run has failed: return    # completed: it will be compensated
             for d in dependents(s): pending[d] -= 1; start d if pending[d] == 0
+                                             # the first d started goes on in this task
             return
     fail the run: record (step, exception); wake retry waits;
                   with on_failure == "cancel", cancel the task group
+
+A task that finishes a step carries on with the first dependent it made ready instead of
+starting a task for it, so a chain of steps runs in one task. When the graph is a chain
+(each step depends on the one before it in topological order), steps can only ever run one
+at a time, and the run's own task runs them all without a task group.
 
 The task group exits when no step is running: either every step completed, or the run
 failed and the steps in flight settled. Cancellation from outside propagates out of
@@ -35,12 +41,12 @@ failed and the steps in flight settled. Cancellation from outside propagates out
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
-from structlog.contextvars import bind_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from ._events import (
     RunContext,
@@ -61,6 +67,9 @@ if TYPE_CHECKING:
 __all__ = ["Execution", "OnFailure"]
 
 OnFailure = Literal["wait", "cancel"]
+
+_NO_SLOT: AbstractAsyncContextManager[None] = nullcontext()
+"""The slot of an attempt when the saga has no ``max_concurrency``: nothing to take."""
 
 
 class Execution:
@@ -96,7 +105,7 @@ class Execution:
         self._on_failure = on_failure
         self._limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
         self._pending = {name: len(node.deps) for name, node in plan.nodes.items()}
-        self._failed = context.failed = anyio.Event()
+        self._failed: anyio.Event | None = None  # made when a retry waits out a backoff
         self._tg: anyio.abc.TaskGroup | None = None
         self.values = values
         """Inputs and, as they complete, step results: what parameters resolve against."""
@@ -113,43 +122,64 @@ class Execution:
 
     async def execute(self) -> None:
         """Run the steps until all completed or the run failed and in-flight steps settled."""
+        plan = self._plan
+        roots = plan.roots
+        if not roots:
+            return
+        if plan.chain:
+            # Only ever one step at a time: this task runs them all, no task group needed.
+            await self._chain(plan.nodes[roots[0]])
+            return
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            for name in self._plan.roots:
-                tg.start_soon(self._run, self._plan.nodes[name], name=name)
+            for name in roots[1:]:
+                tg.start_soon(self._chain, plan.nodes[name], name=name)
+            await self._chain(plan.nodes[roots[0]])
 
-    async def _run(self, node: Node) -> None:
+    async def _chain(self, node: Node | None) -> None:
+        """Run ``node``, then the first dependent it makes ready, and so on, in this task."""
+        tokens = None
+        try:
+            while node is not None:
+                # This task's context: user logs inside the step see which step they are in.
+                bound = bind_contextvars(step=node.name)
+                if tokens is None:
+                    tokens = bound
+                node = await self._run(node)
+        finally:
+            if tokens is not None:  # the run's own task must not leak `step` to its caller
+                reset_contextvars(**tokens)
+
+    async def _run(self, node: Node) -> Node | None:
+        """Run one step (all its attempts); return the next step this task should run."""
         name = node.name
-        bind_contextvars(step=name)  # this task's own context: user logs in the step see it
         values = self.values
         if node.when is not None or (self.skipped and node.required):
             if self.failure is not None:
-                return
+                return None
             try:
                 skip = await self._skips(node)
             except Exception as exc:  # noqa: BLE001 - a failing condition fails its step
                 self._fail(name, 1, 0.0, exc)
-                return
+                return None
             if skip:
                 self._context.emit(StepSkipped, name)
                 self.skipped.add(name)
-                if self.failure is None:
-                    self._release(node)
-                return
+                return self._release(node) if self.failure is None else None
         kwargs = {p: values[p] for p in node.params if p in values}
         retry = node.retry
         emit = self._context.emit
         invoke = node.invoke
         undo: Undoable | None = None
         # The slot is held for one attempt at a time, never across a backoff wait.
-        slot = self._limiter if self._limiter is not None else nullcontext()
+        slot = self._limiter if self._limiter is not None else _NO_SLOT
         attempt = 0
         error: Exception | None
         while True:
             attempt += 1
             async with slot:
                 if self.failure is not None:
-                    return  # no new step, and no new attempt, once the run has failed
+                    return None  # no new step, and no new attempt, once the run has failed
                 emit(StepStarted, name, attempt=attempt)
                 started = time.monotonic()
                 try:
@@ -178,7 +208,7 @@ class Execution:
             retryable = retry.should_retry(attempt, error) and not needs_repair(error)
             if not (retryable and self.failure is None):
                 self._fail(name, attempt, duration, error)
-                return
+                return None
             delay = retry.delay(attempt)
             emit(
                 StepRetrying,
@@ -189,6 +219,8 @@ class Execution:
                 delay=delay,
             )
             waited = time.monotonic()
+            if self._failed is None:
+                self._failed = anyio.Event()
             try:
                 with anyio.move_on_after(delay):
                     await self._failed.wait()  # woken early when the run fails
@@ -197,7 +229,7 @@ class Execution:
                 raise
             if self._failed.is_set():
                 self._fail(name, attempt, duration, error)
-                return
+                return None
 
         emit(StepSucceeded, name, attempt=attempt, duration=time.monotonic() - started)
         self.results[name] = result
@@ -205,8 +237,7 @@ class Execution:
         if undo is not None:
             self.undos[name] = undo
         self.completed.append(name)
-        if self.failure is None:
-            self._release(node)
+        return self._release(node) if self.failure is None else None
 
     async def _locked(self, node: Node, kwargs: dict[str, Any]) -> Any:
         """Run one attempt of a step holding its lease (cancelled if the lease is lost)."""
@@ -244,19 +275,29 @@ class Execution:
     def _cancelled(self, name: str, attempt: int, since: float) -> None:
         self._context.emit(StepCancelled, name, attempt=attempt, duration=time.monotonic() - since)
 
-    def _release(self, node: Node) -> None:
+    def _release(self, node: Node) -> Node | None:
+        """Count down the dependents of ``node``, which just ended; start those now ready,
+        except the first, which is returned for the calling task to run next."""
         pending = self._pending
-        assert self._tg is not None
+        nodes = self._plan.nodes
+        following: Node | None = None
         for child in node.dependents:
             pending[child] -= 1
             if pending[child] == 0:
-                self._tg.start_soon(self._run, self._plan.nodes[child], name=child)
+                if following is None:
+                    following = nodes[child]
+                else:  # never in a chain plan: there, at most one step is ever ready
+                    assert self._tg is not None
+                    self._tg.start_soon(self._chain, nodes[child], name=child)
+        return following
 
     def _fail(self, name: str, attempt: int, duration: float, exc: Exception) -> None:
         self._context.emit(StepFailed, name, attempt=attempt, duration=duration, error=repr(exc))
         if self.failure is None:
             self.failure = (name, exc)
-            self._failed.set()
+            self._context.failed = True
+            if self._failed is not None:
+                self._failed.set()
             if self._on_failure == "cancel" and self._tg is not None:
                 self._tg.cancel_scope.cancel()
 

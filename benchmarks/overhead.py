@@ -8,7 +8,12 @@ in the same event loop, interleaved batch by batch:
 - **hand-written**: plain anyio, as one would write it without asaga: one task group,
   a counter of unfinished dependencies per step, a step started by the task that finished
   its last dependency (eager dataflow, same concurrency as asaga), results stored in a
-  dict and returned wrapped read-only (``MappingProxyType``);
+  dict and returned wrapped read-only (``MappingProxyType``); a task per step;
+- **hand-written, inline**: the same, written with asaga's own strategy: the task that
+  finishes a step goes on with the first dependent it made ready, the first root runs in
+  the calling task, and a chain (``deep``) is sequential awaits with no task group. This
+  is the strongest baseline: with no-op steps and no task to start, what remains of
+  asaga's cost is its per-step bookkeeping (events, contextvars, retries, results);
 - **asaga**: a generated :class:`asaga.Saga` subclass whose steps are the *same*
   functions, decorated with ``@asaga.step``, started with ``await Saga.run()``.
 
@@ -54,19 +59,26 @@ not reach it. Each worker configures structlog once, at start-up, like an applic
 and checks with ``structlog.testing.capture_logs`` that asaga's events reach (``on``) or
 do not reach (``filtered``) the processor chain.
 
-Timing: per (backend, shape, logging mode) both implementations are warmed up, then timed
+Timing: per (backend, shape, logging mode) every implementation is warmed up, then timed
 in alternating batches; a batch is at most ``batch_runs`` runs or ``batch_seconds``
 seconds, and a cell at most ``batches`` batches or ``cell_seconds`` seconds. The figure
 reported is the median over batches of the mean time per run.
 
 How to read it
 --------------
-``ratio`` = asaga µs/run / hand-written µs/run: 1.0 means asaga adds nothing, 1.5 means a
-run through asaga takes 50 % longer than the bare task group. ``asaga / Hamilton`` =
-asaga µs/run / Hamilton µs/run, same cell: below 1.0 means asaga is faster (the target).
-Steps do no work, so this is the worst case: the whole run is overhead. The target is
-ratio <= 1.5 with logging filtered; a line per shape says whether it is met. Absolute µs
-depend on the machine; compare ratios, and compare runs on the same machine only.
+``ratio`` = asaga µs/run / hand-written (task per step) µs/run: 1.0 means asaga adds
+nothing, 1.5 means a run through asaga takes 50 % longer than the bare task group.
+``ratio to inline`` = asaga µs/run / hand-written inline µs/run: the same against the
+strongest baseline, which starts no task for a chain. There, a no-op step costs the
+baseline about an await and a dict write, while asaga still builds two event records per
+step (a hook receives them), binds the step into structlog's contextvars and keeps its
+retry and result bookkeeping: a deep chain of no-op steps is the one shape where that
+shows (several times the baseline), and real steps that do I/O hide it. ``asaga /
+Hamilton`` = asaga µs/run / Hamilton µs/run, same cell: below 1.0 means asaga is faster
+(the target). Steps do no work, so this is the worst case: the whole run is overhead. The
+target is ratio <= 1.5 with logging filtered; a line per shape says whether it is met.
+Absolute µs depend on the machine; compare ratios, and compare runs on the same machine
+only.
 
 Usage::
 
@@ -322,7 +334,8 @@ def workload(shape: Shape, hook: EventCounter) -> Workload:
 
 
 async def run_by_hand(work: Workload) -> Mapping[str, Any]:
-    """The DAG as eager dataflow in one anyio task group, written without asaga."""
+    """The DAG as eager dataflow in one anyio task group, written without asaga: a task
+    per step, started by the task that finished the step's last dependency."""
     fns, params, dependents = work.fns, work.shape.deps, work.dependents
     pending = {name: len(deps) for name, deps in params.items()}
     results: dict[str, Any] = {}
@@ -341,6 +354,39 @@ async def run_by_hand(work: Workload) -> Mapping[str, Any]:
     return types.MappingProxyType(results)
 
 
+async def run_inline(work: Workload) -> Mapping[str, Any]:
+    """The same eager dataflow, hand-written with asaga's own strategy: a task that
+    finishes a step goes on with the first dependent it made ready (the others get tasks
+    of their own), the first root runs in the calling task, and a chain (``deep``) is
+    plain sequential awaits with no task group at all."""
+    fns, params, dependents = work.fns, work.shape.deps, work.dependents
+    pending = {name: len(deps) for name, deps in params.items()}
+    results: dict[str, Any] = {}
+
+    async def run_from(name: str | None, tg: anyio.abc.TaskGroup | None) -> None:
+        while name is not None:
+            results[name] = await fns[name](**{p: results[p] for p in params[name]})
+            following = None
+            for child in dependents[name]:
+                pending[child] -= 1
+                if not pending[child]:
+                    if following is None:
+                        following = child
+                    else:
+                        assert tg is not None  # a chain never makes two steps ready
+                        tg.start_soon(run_from, child, tg)
+            name = following
+
+    if work.shape.kind == "deep":
+        await run_from(work.roots[0], None)
+    else:
+        async with anyio.create_task_group() as tg:
+            for root in work.roots[1:]:
+                tg.start_soon(run_from, root, tg)
+            await run_from(work.roots[0], tg)
+    return types.MappingProxyType(results)
+
+
 async def run_with_asaga(work: Workload) -> Mapping[str, Any]:
     """The DAG run by asaga: the same functions, as the steps of a saga class."""
     return (await work.saga.run()).results
@@ -355,11 +401,12 @@ async def check_results(work: Workload, hook: EventCounter, hamilton: bool = Fal
     """Both implementations return the expected results; asaga delivers every event."""
     expected = expected_results(work.shape)
     by_hand = dict(await run_by_hand(work))
+    inline = dict(await run_inline(work))
     seen = hook.count
     with_asaga = dict(await run_with_asaga(work))
     events = hook.count - seen
-    if by_hand != expected or with_asaga != expected:
-        raise RuntimeError(f"{work.shape.label}: the two implementations disagree")
+    if by_hand != expected or inline != expected or with_asaga != expected:
+        raise RuntimeError(f"{work.shape.label}: the implementations disagree")
     if hamilton:
         await work.hamilton.ainit()
         if dict(await run_with_hamilton(work)) != expected:
@@ -418,6 +465,9 @@ class Row:
     ratio: float
     baseline_batches_us: tuple[float, ...]
     asaga_batches_us: tuple[float, ...]
+    inline_us: float | None = None  # the hand-written inline baseline
+    asaga_vs_inline: float | None = None  # asaga_us / inline_us
+    inline_batches_us: tuple[float, ...] = ()
     hamilton_us: float | None = None  # asyncio, logging filtered, Hamilton installed
     asaga_vs_hamilton: float | None = None  # asaga_us / hamilton_us
     hamilton_batches_us: tuple[float, ...] = ()
@@ -470,12 +520,14 @@ async def measure_backend(
     for work in works:
         await check_results(work, hook, with_hamilton)
         gc.collect()
-        runners: list[Runner] = [run_by_hand, run_with_asaga]
+        runners: list[Runner] = [run_by_hand, run_inline, run_with_asaga]
         if with_hamilton:
             runners.append(run_with_hamilton)
         samples = await measure(work, budget, runners)
         by_hand, with_asaga = samples[run_by_hand], samples[run_with_asaga]
+        inline = samples[run_inline]
         baseline_us, asaga_us = statistics.median(by_hand), statistics.median(with_asaga)
+        inline_us = statistics.median(inline)
         hamilton = samples.get(run_with_hamilton, [])
         hamilton_us = statistics.median(hamilton) if hamilton else None
         rows.append(
@@ -489,6 +541,9 @@ async def measure_backend(
                 ratio=asaga_us / baseline_us,
                 baseline_batches_us=tuple(by_hand),
                 asaga_batches_us=tuple(with_asaga),
+                inline_us=inline_us,
+                asaga_vs_inline=asaga_us / inline_us,
+                inline_batches_us=tuple(inline),
                 hamilton_us=hamilton_us,
                 asaga_vs_hamilton=asaga_us / hamilton_us if hamilton_us else None,
                 hamilton_batches_us=tuple(hamilton),
@@ -497,7 +552,8 @@ async def measure_backend(
         extra = f"  Hamilton {hamilton_us:9.1f} µs" if hamilton_us else ""
         print(
             f"  {backend:7} {work.shape.label:12} {mode:8} "
-            f"{baseline_us:9.1f} µs {asaga_us:9.1f} µs  x{asaga_us / baseline_us:.2f}{extra}",
+            f"{baseline_us:9.1f} µs {inline_us:9.1f} µs {asaga_us:9.1f} µs  "
+            f"x{asaga_us / baseline_us:.2f} x{asaga_us / inline_us:.2f}{extra}",
             file=sys.stderr,
         )
         hook.count = 0
@@ -539,6 +595,7 @@ def run_worker(mode: LoggingMode, quick: bool, budget: Budget) -> tuple[str, lis
                 **row,
                 "baseline_batches_us": tuple(row["baseline_batches_us"]),
                 "asaga_batches_us": tuple(row["asaga_batches_us"]),
+                "inline_batches_us": tuple(row["inline_batches_us"]),
                 "hamilton_batches_us": tuple(row["hamilton_batches_us"]),
             }
         )
@@ -551,15 +608,24 @@ def run_worker(mode: LoggingMode, quick: bool, budget: Budget) -> tuple[str, lis
 
 def table(rows: Sequence[Row]) -> str:
     lines = [
-        "| backend | shape | steps | logging | baseline µs/run | asaga µs/run | ratio |",
-        "|---|---|--:|---|--:|--:|--:|",
+        "| backend | shape | steps | logging | task per step µs/run | inline µs/run "
+        "| asaga µs/run | ratio | ratio to inline |",
+        "|---|---|--:|---|--:|--:|--:|--:|--:|",
     ]
     lines += [
         f"| {r.backend} | {r.shape} | {r.steps} | {r.logging} | {r.baseline_us:.1f} "
-        f"| {r.asaga_us:.1f} | {r.ratio:.2f} |"
+        f"| {_us(r.inline_us)} | {r.asaga_us:.1f} | {r.ratio:.2f} | {_times(r.asaga_vs_inline)} |"
         for r in rows
     ]
     return "\n".join(lines)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def hamilton_table(rows: Sequence[Row]) -> str:
@@ -588,6 +654,14 @@ def verdicts(rows: Sequence[Row]) -> str:
         lines.append(
             f"{r.backend:7} {label:12} asaga/hand-written = {r.ratio:.2f}x "
             f"(target <= {TARGET}x with logging filtered): {verdict}"
+        )
+    for r in rows:
+        if r.logging != "filtered" or r.asaga_vs_inline is None:
+            continue
+        label = f"{r.shape}-{r.steps}"
+        lines.append(
+            f"{r.backend:7} {label:12} asaga/hand-written inline = {r.asaga_vs_inline:.2f}x "
+            "(no target: see 'How to read it')"
         )
     for r in rows:
         if r.asaga_vs_hamilton is None:

@@ -162,6 +162,43 @@ async def test_steps_log_with_bound_context() -> None:
     assert "run_id" not in structlog.contextvars.get_contextvars()
 
 
+@pytest.mark.parametrize("shape", ["chain", "fork"])
+async def test_step_binding_does_not_leak_to_the_caller(shape: str) -> None:
+    """Steps may run in the caller's own task; the ``step`` key they bind is unbound again
+    when run() returns, whether the saga succeeded or failed."""
+
+    class Chain(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+        @step
+        async def b(a: int) -> int:
+            raise RuntimeError("boom")
+
+    class Fork(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+        @step
+        async def b(a: int) -> int:
+            return a
+
+        @step
+        async def c(a: int) -> int:
+            raise RuntimeError("boom")
+
+    saga = Chain if shape == "chain" else Fork
+    structlog.contextvars.bind_contextvars(request="r-1")
+    try:
+        with pytest.raises(SagaFailed):
+            await saga.run()
+        assert structlog.contextvars.get_contextvars() == {"request": "r-1"}
+    finally:
+        structlog.contextvars.unbind_contextvars("request")
+
+
 async def test_events_round_trip_through_msgspec() -> None:
     """A stream of events encodes and decodes as the tagged union ``Event``."""
     recorder = EventRecorder()

@@ -368,3 +368,62 @@ async def test_cancellation_during_backoff_is_an_event() -> None:
             await waiting.wait()
         tg.cancel_scope.cancel()
     assert recorder.trace()[-2:] == [("step_cancelled", "patient"), ("run_failed", None)]
+
+
+async def test_a_chain_runs_in_the_callers_task() -> None:
+    """A saga whose steps can only run one after another starts no task: every step runs
+    in the task that called run()."""
+    caller = anyio.get_current_task().id
+    seen: list[int] = []
+
+    class Chain(Saga):
+        @step
+        async def first() -> int:
+            seen.append(anyio.get_current_task().id)
+            return 1
+
+        @step
+        async def second(first: int) -> int:
+            seen.append(anyio.get_current_task().id)
+            return first + 1
+
+        @step
+        async def third(second: int, first: int) -> int:
+            seen.append(anyio.get_current_task().id)
+            return second + first
+
+    assert (await Chain.run()).output == 3
+    assert seen == [caller, caller, caller]
+
+
+async def test_a_task_goes_on_with_the_first_step_it_made_ready() -> None:
+    """In a branching saga the first root runs in the caller's task and carries on with
+    the first dependent it releases; a second branch gets a task of its own."""
+    caller = anyio.get_current_task().id
+    seen: dict[str, int] = {}
+
+    class Fork(Saga):
+        @step
+        async def root() -> int:
+            seen["root"] = anyio.get_current_task().id
+            return 1
+
+        @step
+        async def left(root: int) -> int:
+            seen["left"] = anyio.get_current_task().id
+            await anyio.lowlevel.checkpoint()
+            return root
+
+        @step
+        async def right(root: int) -> int:
+            seen["right"] = anyio.get_current_task().id
+            await anyio.lowlevel.checkpoint()
+            return root
+
+        @step
+        async def join(left: int, right: int) -> int:
+            return left + right
+
+    assert (await Fork.run()).output == 2
+    assert seen["root"] == seen["left"] == caller
+    assert seen["right"] != caller
