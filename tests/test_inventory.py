@@ -1,7 +1,9 @@
 """The inventory example's sagas, on the in-memory store (asyncio and trio) and on Redis.
 
-Every failure leaves stock, reservations, the log and the replenishment queue exactly as
-they were; concurrent runs conserve stock exactly.
+Every failure of an ``InventorySaga`` leaves stock, reservations, the log and the
+replenishment queue exactly as they were; an ``AtomicReservationSaga`` that fails gives its
+units back and logs the release, so the log still reconciles with the stock; concurrent
+runs conserve stock exactly.
 """
 
 import random
@@ -13,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from asaga import CompensationFailed, InputValidationError, SagaFailed
-from asaga.locks import RedisLockProvider
+from asaga.locks import Lease, RedisLockProvider
 from examples.inventory import (
     AtomicReservationSaga,
     BulkInventorySaga,
@@ -25,6 +27,8 @@ from examples.inventory import (
     Notifier,
     Product,
     RedisInventoryStore,
+    Transaction,
+    UnknownProduct,
 )
 
 pytestmark = pytest.mark.anyio
@@ -58,6 +62,23 @@ class FaultyStore:
         return faulty
 
 
+class Overtaken:
+    """Delegates to a store; before each ``apply``, another writer (which got there first)
+    reserves ``units`` of the product, so the check made before the lease no longer holds."""
+
+    def __init__(self, inner: InventoryStore, units: int) -> None:
+        self._inner = inner
+        self._units = units
+        self.locks = inner.locks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def apply(self, lease: Lease, sku: str, d_inventory: int, d_reserved: int) -> Product:
+        await self._inner.adjust(sku, 0, self._units)
+        return await self._inner.apply(lease, sku, d_inventory, d_reserved)
+
+
 async def snapshot(store: InventoryStore, skus: list[str]) -> dict[str, Any]:
     return {
         "products": {sku: await store.get(sku) for sku in skus},
@@ -76,6 +97,61 @@ async def seeded_memory() -> MemoryInventoryStore:
 def run_inventory(store: Any, **inputs: Any) -> Any:
     notifier = inputs.pop("notifier", Notifier())
     return InventorySaga.run(store=store, locks=store.locks, notifier=notifier, **inputs)
+
+
+def reconciled(log: list[Transaction], sku: str, inventory: int, reserved: int) -> tuple[int, int]:
+    """(inventory, reserved) of ``sku``: the starting counts plus every logged operation."""
+    d = {"reserve": (0, 1), "release": (0, -1), "consume": (-1, -1)}
+    for t in log:
+        if t.sku == sku:
+            inventory += d[t.operation][0] * t.quantity
+            reserved += d[t.operation][1] * t.quantity
+    return inventory, reserved
+
+
+async def refused_under_the_lease(store: InventoryStore) -> None:
+    """p1 has 10 units; another writer reserves 5 between ``availability`` and ``apply``,
+    so reserving 6 is refused under the lease: nothing written, logged or queued."""
+    with pytest.raises(SagaFailed) as info:
+        await run_inventory(Overtaken(store, 5), product_id="p1", quantity=6, operation="reserve")
+    assert info.value.step == "perform"
+    assert type(info.value) is SagaFailed
+    assert info.value.compensated == ()
+    cause = info.value.__cause__
+    assert isinstance(cause, InsufficientStock)
+    assert str(cause) == "p1: inventory 10, reserved 5; cannot apply (+0, +6)"
+    product = await store.get("p1")
+    assert (product.inventory_count, product.reserved_count) == (10, 5)  # the other's 5 only
+    assert await store.transactions() == []
+    assert await store.replenishments() == {}
+
+
+async def atomic_failure_after_reserve(store: InventoryStore) -> None:
+    """notify fails for good after reserve: the reservation is released, and the log holds
+    the reserve and the release, so it reconciles with the stock; the id is free again."""
+    notifier = Notifier(failures=3)
+    with pytest.raises(SagaFailed) as info:
+        await AtomicReservationSaga.run(
+            product_id="p1", quantity=4, reservation_id="r-1", store=store, notifier=notifier
+        )
+    assert info.value.step == "notify"
+    assert type(info.value) is SagaFailed
+    assert info.value.compensated == ("reserve",)
+    assert notifier.sent == {}
+    product = await store.get("p1")
+    assert (product.inventory_count, product.reserved_count) == (10, 0)
+    log = await store.transactions()
+    assert [(t.operation, t.quantity, t.run_id) for t in log] == [
+        ("reserve", 4, "r-1"),
+        ("release", 4, "r-1"),
+    ]
+    assert reconciled(log, "p1", 10, 0) == (10, 0)
+    assert await store.release("r-1") is False  # already given back: nothing more logged
+    assert len(await store.transactions()) == 2
+    await AtomicReservationSaga.run(
+        product_id="p1", quantity=4, reservation_id="r-1", store=store, notifier=Notifier()
+    )
+    assert (await store.get("p1")).reserved_count == 4
 
 
 async def test_reserve_release_consume() -> None:
@@ -128,10 +204,8 @@ async def test_unknown_product_and_insufficient_stock_fail_cleanly() -> None:
     ("method", "nth", "failing_step"),
     [
         ("get", 1, "product"),
-        ("get", 2, "perform"),
         ("apply", 1, "perform"),
         ("log", 1, "transaction"),
-        ("get", 3, "replenishment"),
         ("request_replenishment", 1, "replenishment"),
         ("notify", 0, "notify"),
     ],
@@ -151,6 +225,23 @@ async def test_failure_at_every_step_restores_everything(
     assert info.value.step == failing_step
     assert type(info.value) is SagaFailed  # every compensation succeeded
     assert await snapshot(inner, ["p1", "p2"]) == before
+
+
+async def test_perform_reads_nothing_replenishment_decides_from_the_write() -> None:
+    """A reservation reads the product once (``product``); ``perform`` returns the counts
+    its write left, and ``replenishment`` decides from them."""
+    store = await seeded_memory()
+    faulty = FaultyStore(store, "get", 2)  # a second read would fail the run
+    result = await run_inventory(faulty, product_id="p1", quantity=6, operation="reserve")
+    assert result.output.after == Product(
+        sku="p1", inventory_count=10, reserved_count=6, reorder_point=5, max_stock_level=20
+    )
+    assert list((await store.replenishments()).values()) == [("p1", 10)]
+
+
+async def test_a_change_refused_under_the_lease_writes_nothing() -> None:
+    """apply's own check refuses what availability allowed, once stock moved meanwhile."""
+    await refused_under_the_lease(await seeded_memory())
 
 
 async def test_200_concurrent_runs_conserve_stock() -> None:
@@ -192,28 +283,57 @@ async def test_200_concurrent_runs_conserve_stock() -> None:
 
 
 async def test_atomic_reservation_is_idempotent_and_undone() -> None:
-    """The fast path reserves once per id, and is released when a later step fails."""
+    """The fast path reserves and logs once per id, and is released when a later step
+    fails."""
     store = await seeded_memory()
     notifier = Notifier()
     args = {"product_id": "p1", "quantity": 4, "store": store, "notifier": notifier}
-    await AtomicReservationSaga.run(reservation_id="r-1", **args)
-    await AtomicReservationSaga.run(reservation_id="r-1", **args)  # a retried request
+    first = await AtomicReservationSaga.run(reservation_id="r-1", **args)
+    again = await AtomicReservationSaga.run(reservation_id="r-1", **args)  # a retried request
+    assert again.output == first.output  # the same log entry, so one notification
     assert (await store.get("p1")).reserved_count == 4
+    assert [t.operation for t in await store.transactions()] == ["reserve"]
+    assert len(notifier.sent) == 1
     with pytest.raises(SagaFailed):
         await AtomicReservationSaga.run(
             reservation_id="r-2", **{**args, "notifier": Notifier(failures=3)}
         )
     assert (await store.get("p1")).reserved_count == 4
+    assert reconciled(await store.transactions(), "p1", 10, 0) == (10, 4)
+
+
+async def test_atomic_reservation_refusals_run_one_step() -> None:
+    """A missing product or too little stock fails at ``reserve``, nothing written."""
+    store = await seeded_memory()
+    before = await snapshot(store, ["p1", "p2"])
+    args = {"quantity": 4, "reservation_id": "r-1", "store": store, "notifier": Notifier()}
+    with pytest.raises(SagaFailed) as info:
+        await AtomicReservationSaga.run(product_id="nope", **args)
+    assert (info.value.step, type(info.value.__cause__)) == ("reserve", UnknownProduct)
+    with pytest.raises(SagaFailed) as info:
+        await AtomicReservationSaga.run(product_id="p1", **{**args, "quantity": 11})
+    assert (info.value.step, type(info.value.__cause__)) == ("reserve", InsufficientStock)
+    assert str(info.value.__cause__) == "p1: inventory 10, reserved 0; cannot apply (+0, +11)"
+    assert await snapshot(store, ["p1", "p2"]) == before
+
+
+async def test_atomic_failure_after_reserve_releases_and_logs_it() -> None:
+    """A failing notify unwinds the reservation; the log reconciles with the stock."""
+    await atomic_failure_after_reserve(await seeded_memory())
 
 
 async def test_expired_atomic_reservations_are_reaped() -> None:
-    """A reservation not committed before its hold time is returned by the reaper."""
+    """A reservation not committed before its hold time is returned by the reaper, which
+    logs the release."""
     store = await seeded_memory()
     assert await store.reserve("r-1", "p1", 3, ttl=0.0)
     assert await store.reserve("r-2", "p1", 2, ttl=600.0)
     assert await store.commit("r-2")
     assert await store.reap() == 1
     assert (await store.get("p1")).reserved_count == 2
+    log = await store.transactions()
+    assert [(t.operation, t.run_id) for t in log][-1] == ("release", "r-1")
+    assert reconciled(log, "p1", 10, 0) == (10, 2)
 
 
 async def test_bulk_reports_per_line_and_fails_only_if_all_fail() -> None:
@@ -317,15 +437,38 @@ class TestRedis:
         assert await snapshot(store, ["p1", "p2"]) == before
 
     async def test_atomic_path_and_reaper(self, store: RedisInventoryStore) -> None:
-        """The Lua reservation is idempotent, never oversells, and expires."""
-        assert await store.reserve("r-1", "p1", 6, ttl=600.0)
-        assert await store.reserve("r-1", "p1", 6, ttl=600.0)
-        assert not await store.reserve("r-2", "p1", 5, ttl=600.0)  # only 4 left
+        """The Lua reservation is idempotent, never oversells, and expires; every change
+        of stock is logged by the same script."""
+        entry = await store.reserve("r-1", "p1", 6, ttl=600.0)
+        assert await store.reserve("r-1", "p1", 6, ttl=600.0) == entry
+        with pytest.raises(InsufficientStock, match=r"^p1: inventory 10, reserved 6; "):
+            await store.reserve("r-2", "p1", 5, ttl=600.0)  # only 4 left
+        with pytest.raises(UnknownProduct):
+            await store.reserve("r-2", "nope", 5, ttl=600.0)
         assert await store.reserve("r-3", "p1", 4, ttl=0.0)
         assert await store.commit("r-1")
         assert await store.reap() == 1
         assert (await store.get("p1")).reserved_count == 6
         assert await store.release("r-1") is False  # committed: no longer releasable
+        log = await store.transactions()
+        assert [(t.operation, t.run_id) for t in log] == [
+            ("reserve", "r-1"),
+            ("reserve", "r-3"),
+            ("release", "r-3"),
+        ]
+        assert reconciled(log, "p1", 10, 0) == (10, 6)
+
+    async def test_a_change_refused_under_the_lease_writes_nothing(
+        self, store: RedisInventoryStore
+    ) -> None:
+        """The fenced script refuses what availability allowed, once stock moved."""
+        await refused_under_the_lease(store)
+
+    async def test_atomic_failure_after_reserve_releases_and_logs_it(
+        self, store: RedisInventoryStore
+    ) -> None:
+        """A failing notify unwinds the reservation; the log reconciles with the stock."""
+        await atomic_failure_after_reserve(store)
 
     async def test_chaos(self, store: RedisInventoryStore) -> None:
         """1,000 concurrent runs on 5 hot products with random step failures (10%) and
@@ -380,6 +523,53 @@ class TestRedis:
                 inventory += d[t.operation][0]
                 reserved += d[t.operation][1]
             assert (product.inventory_count, product.reserved_count) == (inventory, reserved)
+
+    async def test_atomic_chaos(self, store: RedisInventoryStore) -> None:
+        """500 atomic reservations of one product, 50 at a time (the client's pool holds
+        100 connections), with notify failing for good (10%), caller cancellations (5%)
+        and half already expired when reaped: whatever was interrupted where, the log
+        reconciles with the stock; nothing oversold."""
+        await store.put(Product(sku="hot", inventory_count=800))
+        rng = random.Random(13)
+        limiter = anyio.CapacityLimiter(50)
+        outcomes = {"ok": 0, "failed": 0, "cancelled": 0}
+
+        async def one(n: int) -> None:
+            async with limiter:
+                failing = rng.random() < 0.10
+                with anyio.CancelScope() as scope:
+                    if rng.random() < 0.05:
+                        scope.deadline = anyio.current_time() + rng.uniform(0.0, 0.02)
+                    try:
+                        await AtomicReservationSaga.run(
+                            product_id="hot",
+                            quantity=rng.randint(1, 3),
+                            reservation_id=f"r-{n}",
+                            hold_seconds=rng.choice([0.0, 900.0]),
+                            store=store,
+                            notifier=Notifier(failures=3 if failing else 0),
+                        )
+                        outcomes["ok"] += 1
+                    except CompensationFailed:
+                        raise
+                    except SagaFailed:
+                        outcomes["failed"] += 1
+                if scope.cancelled_caught:
+                    outcomes["cancelled"] += 1
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for n in range(500):
+                    tg.start_soon(one, n)
+        assert sum(outcomes.values()) == 500
+        assert outcomes["ok"] > 0
+        assert outcomes["failed"] > 0
+        for _ in range(2):  # before and after returning the expired ones
+            product = await store.get("hot")
+            assert 0 <= product.reserved_count <= product.inventory_count
+            counts = (product.inventory_count, product.reserved_count)
+            assert counts == reconciled(await store.transactions(), "hot", 800, 0)
+            await store.reap()
 
 
 async def test_transfer_failing_between_its_two_writes_restores_the_source() -> None:

@@ -5,8 +5,8 @@ Where the seed was wrong, these do it right (see docs/inventory.md):
 
 - the lease is held by the step that changes stock (``@step(lock=...)``), not taken and
   released by separate steps, so a failure can never leave it held;
-- stock is checked again inside the lease, and written with the lease's fencing token, so
-  a stale holder cannot oversell;
+- stock is checked again inside the lease, by the store, atomically with the write, which
+  carries the lease's fencing token, so a stale holder cannot oversell;
 - every compensation reads what its own step returned, never a key that does not exist;
 - a transfer's compensation restores both locations instead of giving up.
 """
@@ -22,7 +22,7 @@ import msgspec
 from asaga import Lock, MapResult, Resource, Retry, Saga, map_each, step
 from asaga.locks import Lease, LockProvider
 
-from .store import InsufficientStock, InventoryStore, Product, Transaction, check, deltas
+from .store import InventoryStore, Product, Transaction, check, deltas
 
 __all__ = [
     "AtomicReservationSaga",
@@ -47,6 +47,8 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     quantity: int
     d_inventory: int
     d_reserved: int
+    after: Product | None = None
+    """The product as the change left it (None for a transfer, which changes two)."""
 
     async def log_to(self, store: InventoryStore) -> str:
         """Append this change to the store's transaction log; returns the entry id."""
@@ -107,10 +109,11 @@ class InventorySaga(Saga):
         store: InventoryStore,
         lease: Lease,
     ) -> Change:
-        """Check again under the lease, then write with its fencing token."""
+        """Write under the lease, with its fencing token. The store checks again, in the
+        same atomic step as the write: InsufficientStock, and nothing written, if the
+        counts changed since ``availability`` so that the operation no longer fits."""
         d_inventory, d_reserved = deltas(operation, quantity)  # type: ignore[arg-type]
-        check(await store.get(product_id), d_inventory, d_reserved)
-        await store.apply(lease, product_id, d_inventory, d_reserved)
+        after = await store.apply(lease, product_id, d_inventory, d_reserved)
         return Change(
             reference=uuid.uuid4().hex,
             sku=product_id,
@@ -118,6 +121,7 @@ class InventorySaga(Saga):
             quantity=quantity,
             d_inventory=d_inventory,
             d_reserved=d_reserved,
+            after=after,
         )
 
     @perform.compensate
@@ -135,9 +139,10 @@ class InventorySaga(Saga):
 
     @step
     async def replenishment(perform: Change, store: InventoryStore) -> str | None:
-        """Below the reorder point after this change: queue a replenishment request."""
-        product = await store.get(perform.sku)
-        if product.available >= product.reorder_point:
+        """Below the reorder point after this change (the counts ``perform``'s write
+        returned): queue a replenishment request."""
+        product = perform.after
+        if product is None or product.available >= product.reorder_point:
             return None
         wanted = product.max_stock_level - product.inventory_count
         if wanted <= 0:
@@ -157,7 +162,8 @@ class InventorySaga(Saga):
 
 
 class AtomicReservationSaga(Saga):
-    """The fast path: reserve with one atomic, idempotent script; no lease needed."""
+    """The fast path: reserve and log with one atomic, idempotent script; no lease needed.
+    Its output is the id of the reservation's entry in the transaction log."""
 
     product_id: Sku
     quantity: Quantity
@@ -169,43 +175,30 @@ class AtomicReservationSaga(Saga):
     output = "reserve"
 
     @step
-    async def product(product_id: str, store: InventoryStore) -> Product:
-        return await store.get(product_id)
-
-    @step
     async def reserve(
-        product: Product,
+        product_id: str,
         reservation_id: str,
         quantity: int,
         hold_seconds: float,
         store: InventoryStore,
     ) -> str:
-        """Reserve if available, in one script; retried calls with the same id do
-        nothing twice; unless committed, the reservation expires after hold_seconds."""
-        if not await store.reserve(reservation_id, product.sku, quantity, hold_seconds):
-            raise InsufficientStock(f"{product.sku}: fewer than {quantity} available")
-        return reservation_id
+        """Check, reserve and log in one script (UnknownProduct; InsufficientStock if
+        fewer are available); returns the log entry's id. A retried call with the same id
+        does nothing twice and returns the same entry; unless committed, the reservation
+        expires after hold_seconds."""
+        return await store.reserve(reservation_id, product_id, quantity, hold_seconds)
 
     @reserve.compensate
-    async def unreserve(reserve: str, store: InventoryStore) -> None:
-        await store.release(reserve)
-
-    @step
-    async def transaction(
-        reserve: str, product_id: str, quantity: int, store: InventoryStore
-    ) -> str:
-        return await store.log(
-            Transaction(sku=product_id, operation="reserve", quantity=quantity, run_id=reserve)
-        )
-
-    @transaction.compensate
-    async def undo_transaction(transaction: str, store: InventoryStore) -> None:
-        await store.unlog(transaction)
+    async def unreserve(reservation_id: str, store: InventoryStore) -> None:
+        """Give the units back and log the release, in one script: the log keeps
+        reconciling with the stock."""
+        await store.release(reservation_id)
 
     @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01))
-    async def notify(transaction: str, product_id: str, notifier: Notifier) -> str:
-        await notifier.send(transaction, f"reserved {product_id}")
-        return transaction
+    async def notify(reserve: str, product_id: str, notifier: Notifier) -> str:
+        """Tell the warehouse; idempotent (keyed by the log entry), retried."""
+        await notifier.send(reserve, f"reserved {product_id}")
+        return reserve
 
 
 class OperationRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -272,8 +265,8 @@ class InventoryTransferSaga(Saga):
         store: InventoryStore,
         lease: Lease,
     ) -> str:
+        """Reserve at the source under its lease (the store checks again as it writes)."""
         sku = f"{product_id}@{source}"
-        check(await store.get(sku), 0, quantity)
         await store.apply(lease, sku, 0, quantity)
         return sku
 

@@ -9,13 +9,15 @@ Two implementations with one interface (:class:`InventoryStore`):
 
 Two ways to change stock:
 
-- **under a lease** (:meth:`InventoryStore.apply`): the caller holds the product's lease,
-  has read and checked the product, and writes deltas that the store refuses if the
-  lease's fencing token is no longer the newest (a stale holder cannot write);
+- **under a lease** (:meth:`InventoryStore.apply`): the caller holds the product's lease
+  and writes deltas that the store refuses if the lease's fencing token is no longer the
+  newest (a stale holder cannot write) or if a count would become invalid; the check and
+  the write are one atomic step, which returns the product as the change left it;
 - **atomically** (:meth:`InventoryStore.reserve` / ``release`` / ``commit``): one script
-  checks and changes stock, keyed by a reservation id so that a retried call does nothing
-  twice; a reservation expires unless committed, and :meth:`InventoryStore.reap` returns
-  expired ones to stock. No lease needed: the fast path.
+  checks and changes stock and appends the matching transaction log entry, keyed by a
+  reservation id so that a retried call does nothing twice; a reservation expires unless
+  committed, and :meth:`InventoryStore.reap` returns expired ones to stock (logging each
+  release). No lease needed: the fast path.
 
 Compensations use :meth:`InventoryStore.adjust`, an atomic delta that refuses to make any
 count negative.
@@ -24,7 +26,7 @@ count negative.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -78,6 +80,8 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     sku: str
     quantity: int
     expires_at: float
+    entry_id: str = ""
+    """The id of its ``reserve`` entry in the transaction log."""
 
 
 class UnknownProduct(LookupError):
@@ -102,10 +106,19 @@ def check(product: Product, d_inventory: int, d_reserved: int) -> None:
     inventory = product.inventory_count + d_inventory
     reserved = product.reserved_count + d_reserved
     if inventory < 0 or reserved < 0 or reserved > inventory:
-        raise InsufficientStock(
-            f"{product.sku}: inventory {product.inventory_count}, reserved "
-            f"{product.reserved_count}; cannot apply ({d_inventory:+d}, {d_reserved:+d})"
+        raise insufficient(
+            product.sku, product.inventory_count, product.reserved_count, d_inventory, d_reserved
         )
+
+
+def insufficient(
+    sku: str, inventory: int, reserved: int, d_inventory: int, d_reserved: int
+) -> InsufficientStock:
+    """The error of a refused change, worded alike by every store."""
+    return InsufficientStock(
+        f"{sku}: inventory {inventory}, reserved {reserved}; "
+        f"cannot apply ({d_inventory:+d}, {d_reserved:+d})"
+    )
 
 
 class InventoryStore(Protocol):
@@ -126,9 +139,11 @@ class InventoryStore(Protocol):
 
     async def apply(
         self, lease: Lease, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
-    ) -> None:
-        """Write deltas as the holder of ``lease`` (its ``key``, default its only key);
-        StaleWrite if a newer lease was granted; InsufficientStock if it would oversell."""
+    ) -> Product:
+        """Write deltas as the holder of ``lease`` (its ``key``, default its only key) and
+        return the product as they left it. Refused, with nothing written: StaleWrite if a
+        newer lease was granted; InsufficientStock if a count would become invalid (the
+        check and the write are one atomic step); UnknownProduct."""
         ...
 
     async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
@@ -171,12 +186,16 @@ class InventoryStore(Protocol):
         """Recorded purchase orders by id."""
         ...
 
-    async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> bool:
-        """Atomic path: reserve if available; idempotent per id; False if not enough."""
+    async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
+        """Atomic path: reserve if available and log a ``reserve`` entry, in one step;
+        returns the entry's id. Idempotent per id: a reservation that exists (pending or
+        committed) changes nothing and returns its entry's id. UnknownProduct;
+        InsufficientStock if fewer than ``quantity`` are available."""
         ...
 
     async def release(self, reservation_id: str) -> bool:
-        """Atomic path: give a reservation back; idempotent; False if unknown."""
+        """Atomic path: give a pending reservation back and log a ``release`` entry, in
+        one step; False (and nothing logged) if it is unknown, released or committed."""
         ...
 
     async def commit(self, reservation_id: str) -> bool:
@@ -196,7 +215,7 @@ class MemoryInventoryStore:
         self._products: dict[str, Product] = {}
         self._log: dict[str, Transaction] = {}
         self._reservations: dict[str, Reservation] = {}
-        self._committed: set[str] = set()
+        self._committed: dict[str, Reservation] = {}
         self._requests: dict[str, tuple[str, int]] = {}
         self._orders: dict[str, dict[str, Any]] = {}
         self._ids = 0
@@ -213,28 +232,33 @@ class MemoryInventoryStore:
 
     async def apply(
         self, lease: Lease, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
-    ) -> None:
+    ) -> Product:
         key = lease.key if key is None else key
         if not self.locks.is_current(lease, key):
             self.stale_writes += 1
             raise StaleWrite(f"stale lease on {key!r}", (key,))
-        self._add(sku, d_inventory, d_reserved)
+        return self._add(sku, d_inventory, d_reserved)
 
     async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
         self._add(sku, d_inventory, d_reserved)
 
-    def _add(self, sku: str, d_inventory: int, d_reserved: int) -> None:
+    def _add(self, sku: str, d_inventory: int, d_reserved: int) -> Product:
         product = self._products.get(sku)
         if product is None:
             raise UnknownProduct(sku)
         check(product, d_inventory, d_reserved)
-        self._products[sku] = msgspec.structs.replace(
+        product = msgspec.structs.replace(
             product,
             inventory_count=product.inventory_count + d_inventory,
             reserved_count=product.reserved_count + d_reserved,
         )
+        self._products[sku] = product
+        return product
 
     async def log(self, entry: Transaction) -> str:
+        return self._append(entry)
+
+    def _append(self, entry: Transaction) -> str:
         self._ids += 1
         entry_id = f"{self._ids}-0"
         self._log[entry_id] = entry
@@ -267,30 +291,47 @@ class MemoryInventoryStore:
     async def purchase_orders(self) -> dict[str, dict[str, Any]]:
         return {k: dict(v) for k, v in self._orders.items()}
 
-    async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> bool:
-        if reservation_id in self._reservations or reservation_id in self._committed:
-            return True
-        product = await self.get(sku)
-        if product.available < quantity:
-            return False
+    # No await between a check and its writes below: each call is one atomic step, as the
+    # Redis store's scripts are.
+
+    async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
+        held = self._reservations.get(reservation_id) or self._committed.get(reservation_id)
+        if held is not None:
+            return held.entry_id
         self._add(sku, 0, quantity)
-        self._reservations[reservation_id] = Reservation(
-            id=reservation_id, sku=sku, quantity=quantity, expires_at=time.time() + ttl
+        entry_id = self._append(
+            Transaction(sku=sku, operation="reserve", quantity=quantity, run_id=reservation_id)
         )
-        return True
+        self._reservations[reservation_id] = Reservation(
+            id=reservation_id,
+            sku=sku,
+            quantity=quantity,
+            expires_at=time.time() + ttl,
+            entry_id=entry_id,
+        )
+        return entry_id
 
     async def release(self, reservation_id: str) -> bool:
-        reservation = self._reservations.pop(reservation_id, None)
+        reservation = self._reservations.get(reservation_id)
         if reservation is None:
             return False
         self._add(reservation.sku, 0, -reservation.quantity)
+        del self._reservations[reservation_id]
+        self._append(
+            Transaction(
+                sku=reservation.sku,
+                operation="release",
+                quantity=reservation.quantity,
+                run_id=reservation_id,
+            )
+        )
         return True
 
     async def commit(self, reservation_id: str) -> bool:
         reservation = self._reservations.pop(reservation_id, None)
         if reservation is None:
             return reservation_id in self._committed
-        self._committed.add(reservation_id)
+        self._committed[reservation_id] = reservation
         return True
 
     async def reap(self) -> int:
@@ -303,54 +344,86 @@ class MemoryInventoryStore:
 
 # -- Redis -------------------------------------------------------------------------------
 
-_CHECK_FENCE = """
+_CHANGE = """
+local function change(product, d_inv, d_res)
+  local inv = tonumber(redis.call('hget', product, 'inventory_count'))
+  if not inv then return redis.error_reply('UNKNOWN_PRODUCT') end
+  local res = tonumber(redis.call('hget', product, 'reserved_count') or '0')
+  local new_inv, new_res = inv + d_inv, res + d_res
+  if new_inv < 0 or new_res < 0 or new_res > new_inv then
+    return redis.error_reply(
+      string.format('INSUFFICIENT_STOCK %d %d %d %d', inv, res, d_inv, d_res))
+  end
+  redis.call('hset', product, 'inventory_count', new_inv, 'reserved_count', new_res)
+end
+"""
+"""Every script that changes counts: add deltas to a product, or return the error reply
+that refuses them (nothing written). ``INSUFFICIENT_STOCK`` carries the counts it saw and
+the deltas, for :func:`insufficient`'s message."""
+
+# KEYS: product hash ; ARGV: d_inventory, d_reserved
+_ADJUST = (
+    _CHANGE
+    + """
+local refused = change(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if refused then return refused end
+return 1
+"""
+)
+
+# KEYS: product hash, fence key, stale counter ; ARGV: d_inventory, d_reserved, token
+# Returns the product hash after the write (HGETALL's flat list).
+_APPLY = (
+    _CHANGE
+    + """
 local newest = tonumber(redis.call('get', KEYS[2]) or '0')
 if tonumber(ARGV[3]) < newest then
   redis.call('incr', KEYS[3])
   return redis.error_reply('STALE_WRITE')
 end
+local refused = change(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if refused then return refused end
+return redis.call('hgetall', KEYS[1])
 """
+)
 
-_ADJUST_BODY = """
-local inv = tonumber(redis.call('hget', KEYS[1], 'inventory_count'))
-if not inv then return redis.error_reply('UNKNOWN_PRODUCT') end
-local res = tonumber(redis.call('hget', KEYS[1], 'reserved_count') or '0')
-inv = inv + tonumber(ARGV[1]); res = res + tonumber(ARGV[2])
-if inv < 0 or res < 0 or res > inv then return redis.error_reply('INSUFFICIENT_STOCK') end
-redis.call('hset', KEYS[1], 'inventory_count', inv, 'reserved_count', res)
-return 1
-"""
-
-# KEYS: product hash ; ARGV: d_inventory, d_reserved
-_ADJUST = _ADJUST_BODY
-
-# KEYS: product hash, fence key, stale counter ; ARGV: d_inventory, d_reserved, token
-_APPLY = _CHECK_FENCE + _ADJUST_BODY
-
-# KEYS: product hash, reservation hash, expiry zset ; ARGV: id, sku, qty, expires_at
-_RESERVE = """
-if redis.call('hexists', KEYS[2], ARGV[1]) == 1 then return 1 end
-local inv = tonumber(redis.call('hget', KEYS[1], 'inventory_count'))
-if not inv then return redis.error_reply('UNKNOWN_PRODUCT') end
-local res = tonumber(redis.call('hget', KEYS[1], 'reserved_count') or '0')
-local qty = tonumber(ARGV[3])
-if inv - res < qty then return 0 end
-redis.call('hincrby', KEYS[1], 'reserved_count', qty)
-redis.call('hset', KEYS[2], ARGV[1], ARGV[3])
+# KEYS: product hash, reservation hash, expiry zset, reservation index, log stream
+# ARGV: id, sku, quantity, expires_at, the reserve log entry (JSON)
+# A reservation is stored as "<quantity> <log entry id>". Returns the log entry id.
+_RESERVE = (
+    _CHANGE
+    + """
+local held = redis.call('hget', KEYS[2], ARGV[1])
+if held then return string.match(held, '^%S+ (%S+)$') or '' end
+local refused = change(KEYS[1], 0, tonumber(ARGV[3]))
+if refused then return refused end
+local entry = redis.call('xadd', KEYS[5], '*', 'entry', ARGV[5])
+redis.call('hset', KEYS[2], ARGV[1], ARGV[3] .. ' ' .. entry)
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[1])
-return 1
+redis.call('hset', KEYS[4], ARGV[1], ARGV[2])
+return entry
 """
+)
 
-# KEYS: product hash, reservation hash, expiry zset ; ARGV: id
-_RELEASE = """
-local qty = redis.call('hget', KEYS[2], ARGV[1])
-if not qty then return 0 end
-if redis.call('zscore', KEYS[3], ARGV[1]) == false then return 0 end
-redis.call('hincrby', KEYS[1], 'reserved_count', -tonumber(qty))
+# KEYS: product hash, reservation hash, expiry zset, reservation index, log stream
+# ARGV: id, sku, time of the release ; 1 if released, 0 if unknown or committed
+_RELEASE = (
+    _CHANGE
+    + """
+local held = redis.call('hget', KEYS[2], ARGV[1])
+if not held or not redis.call('zscore', KEYS[3], ARGV[1]) then return 0 end
+local qty = tonumber(string.match(held, '^%S+'))
+local refused = change(KEYS[1], 0, -qty)
+if refused then return refused end
 redis.call('hdel', KEYS[2], ARGV[1])
 redis.call('zrem', KEYS[3], ARGV[1])
+redis.call('hdel', KEYS[4], ARGV[1])
+local entry = {sku = ARGV[2], operation = 'release', quantity = qty, run_id = ARGV[1],
+  at = tonumber(ARGV[3])}
+redis.call('xadd', KEYS[5], '*', 'entry', cjson.encode(entry))
 return 1
 """
+)
 
 # KEYS: reservation hash, expiry zset ; ARGV: id
 _COMMIT = """
@@ -407,22 +480,22 @@ class RedisInventoryStore:
         raw = await self.client.hgetall(self.product_key(sku))
         if not raw:
             raise UnknownProduct(sku)
-        fields = {_text(k): int(v) for k, v in raw.items()}
-        return Product(sku=sku, **fields)
+        return _product(sku, raw.items())
 
     async def apply(
         self, lease: Lease, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
-    ) -> None:
-        # One script: the fence check and the guarded write cannot be separated, so
-        # neither a stale holder nor a concurrent compensation can oversell.
+    ) -> Product:
+        # One script: the fence check, the count check and the write cannot be separated,
+        # so neither a stale holder nor a concurrent compensation can oversell.
         key = lease.key if key is None else key
         keys = [self.product_key(sku), self.locks.fence_key(key), self.locks.stale_key(key)]
         # Shielded (and bounded): a holder cancelled mid-write still learns whether the
         # write was applied, so its saga step neither loses nor double-counts it.
         with anyio.CancelScope(shield=True), anyio.fail_after(10.0):
-            await self._scripted(
+            flat = await self._scripted(
                 self._apply, keys, [d_inventory, d_reserved, lease.tokens[key]], sku
             )
+        return _product(sku, zip(flat[::2], flat[1::2], strict=True))
 
     async def request_replenishment(self, sku: str, quantity: int) -> str:
         request_id = _text(await self.client.incr(f"{self.prefix}ids"))
@@ -466,21 +539,30 @@ class RedisInventoryStore:
         rows = await self.client.xrange(self._log_key)
         return [msgspec.json.decode(fields[b"entry"], type=Transaction) for _, fields in rows]
 
-    async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> bool:
-        keys = [self.product_key(sku), self._reservations_key(sku), self._expiry_key(sku)]
-        ok = await self._scripted(
-            self._reserve, keys, [reservation_id, sku, quantity, time.time() + ttl], sku
-        )
-        if ok:
-            await self.client.hset(self._index_key, reservation_id, sku)
-        return bool(ok)
+    async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
+        entry = Transaction(sku=sku, operation="reserve", quantity=quantity, run_id=reservation_id)
+        args = [reservation_id, sku, quantity, entry.at + ttl, msgspec.json.encode(entry)]
+        return _text(await self._scripted(self._reserve, self._atomic_keys(sku), args, sku))
 
     async def release(self, reservation_id: str) -> bool:
         sku = await self._sku_of(reservation_id)
         if sku is None:
             return False
-        keys = [self.product_key(sku), self._reservations_key(sku), self._expiry_key(sku)]
-        return bool(await self._release(keys=keys, args=[reservation_id]))
+        return await self._release_in(sku, reservation_id)
+
+    async def _release_in(self, sku: str, reservation_id: str) -> bool:
+        args = [reservation_id, sku, time.time()]
+        return bool(await self._scripted(self._release, self._atomic_keys(sku), args, sku))
+
+    def _atomic_keys(self, sku: str) -> list[str]:
+        """The keys of the reserve and release scripts."""
+        return [
+            self.product_key(sku),
+            self._reservations_key(sku),
+            self._expiry_key(sku),
+            self._index_key,
+            self._log_key,
+        ]
 
     async def commit(self, reservation_id: str) -> bool:
         sku = await self._sku_of(reservation_id)
@@ -496,8 +578,7 @@ class RedisInventoryStore:
             sku = _text(sku)
             expired = await self.client.zrangebyscore(self._expiry_key(sku), "-inf", now)
             for reservation_id in expired:
-                keys = [self.product_key(sku), self._reservations_key(sku), self._expiry_key(sku)]
-                returned += int(await self._release(keys=keys, args=[_text(reservation_id)]))
+                returned += await self._release_in(sku, _text(reservation_id))
         return returned
 
     async def _sku_of(self, reservation_id: str) -> str | None:
@@ -515,7 +596,9 @@ class RedisInventoryStore:
             if "UNKNOWN_PRODUCT" in str(exc):
                 raise UnknownProduct(sku) from None
             if "INSUFFICIENT_STOCK" in str(exc):
-                raise InsufficientStock(f"{sku}: the change would oversell") from None
+                counts = str(exc).split("INSUFFICIENT_STOCK ", 1)[1].split()[:4]
+                inventory, reserved, d_inventory, d_reserved = map(int, counts)
+                raise insufficient(sku, inventory, reserved, d_inventory, d_reserved) from None
             if "STALE_WRITE" in str(exc):
                 raise StaleWrite(
                     f"stale lease on {sku!r}: a newer one was granted", (sku,)
@@ -525,3 +608,8 @@ class RedisInventoryStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _product(sku: str, fields: Iterable[tuple[Any, Any]]) -> Product:
+    """A product from its hash's fields and values (as Redis returns them)."""
+    return Product(sku=sku, **{_text(k): int(v) for k, v in fields})
