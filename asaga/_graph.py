@@ -26,7 +26,16 @@ from ._retry import NO_RETRY, Retry
 from ._step import Compensation, Invoke, Param, Signature, Step
 from .locks._lease import Lock
 
-__all__ = ["CompNode", "Declared", "InputSpec", "Node", "Plan", "WhenNode", "build_plan"]
+__all__ = [
+    "RUN_ID",
+    "CompNode",
+    "Declared",
+    "InputSpec",
+    "Node",
+    "Plan",
+    "WhenNode",
+    "build_plan",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,8 @@ class Node:
     lock: Lock | None  # the lease held for each attempt
     takes_lease: bool  # the step has a `lease` parameter to receive it
     defaults: Mapping[str, Any]  # parameter defaults (for lock key templates)
+    returns: Any = EMPTY  # the return annotation (how a durable run decodes the result)
+    idempotent: bool = False  # safe to run again after a crash left it in doubt
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +118,11 @@ class Plan:
     directly or not, on the one before it. Such a run needs no task group."""
 
 
-_RESERVED_INPUTS = frozenset({"hooks", "run_id"})
+RUN_ID = "run_id"
+"""A parameter of this name (in a step, a condition or a compensation) receives the run's
+id: a stable key for making a step's effect idempotent."""
+
+_RESERVED_INPUTS = frozenset({"hooks", RUN_ID, "runs", "idempotency_key"})
 
 
 def build_plan(
@@ -162,7 +177,16 @@ def build_plan(
             conds[s.name] = cond
             problems.extend(cond.problems)
         problems.extend(_option_problems(f"step '{s.name}'", s.retry, s.timeout))
-        if s.name in reserved:
+        if not isinstance(s.idempotent, bool):
+            problems.append(
+                f"step '{s.name}': idempotent= takes True or False, got {s.idempotent!r}"
+            )
+        if s.name == RUN_ID:
+            problems.append(
+                f"step '{s.name}': `{RUN_ID}` is the parameter that receives the run's id; "
+                "rename the step"
+            )
+        elif s.name in reserved:
             problems.append(
                 f"step '{s.name}' shadows the Saga attribute `{s.name}`; rename the step"
             )
@@ -204,7 +228,7 @@ def build_plan(
     ]
     for name, what, sig in users:
         for p in sig.params:
-            if p.name in by_name or p.name in declared:
+            if p.name in by_name or p.name in declared or p.name == RUN_ID:
                 continue
             if strict:
                 problems.append(
@@ -326,6 +350,8 @@ def build_plan(
                     "condition, so it may have no result; give the parameter a default"
                 )
                 optional.add(p.name)
+            elif p.name == RUN_ID:
+                continue
             elif p.name == target or (p.name in by_name and p.name in ancestors.get(target, ())):
                 problems.extend(_mismatch(what, p, p.name, sigs.get(p.name)))
             elif p.name in by_name:
@@ -399,6 +425,8 @@ def build_plan(
                 if name in locks
                 else {}
             ),
+            returns=sigs[name].returns,
+            idempotent=by_name[name].idempotent is True,
         )
         for name in order
     }

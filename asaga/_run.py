@@ -21,7 +21,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 from ._compensation import Undoable, Unwind
 from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
 from ._exceptions import CompensationFailed, SagaFailed, UndoFailed
-from ._graph import Plan
+from ._graph import RUN_ID, Plan
 from ._inputs import InputValidator
 from ._scheduler import Execution
 
@@ -131,6 +131,7 @@ async def execute(
     """
     values = spec.inputs.validate(inputs)
     run_id = run_id or os.urandom(16).hex()  # 128 random bits, like a UUID4, cheaper
+    values[RUN_ID] = run_id  # what a `run_id` parameter receives
     sync_hooks, async_hooks = spec.sync_hooks, spec.async_hooks
     if extra_hooks[0] or extra_hooks[1]:
         sync_hooks, async_hooks = sync_hooks + extra_hooks[0], async_hooks + extra_hooks[1]

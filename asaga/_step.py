@@ -155,6 +155,7 @@ class Step(Generic[P, R]):
         "__wrapped__",
         "_named_by_attribute",
         "fn",
+        "idempotent",
         "invoke",
         "lock",
         "name",
@@ -171,6 +172,7 @@ class Step(Generic[P, R]):
     signature: Signature
     when: Condition | None
     invoke: Invoke | None
+    idempotent: bool
 
     def __init__(
         self,
@@ -182,8 +184,10 @@ class Step(Generic[P, R]):
         invoke: Invoke | None = None,
         signature: Signature | None = None,
         lock: Any = None,
+        idempotent: bool = False,
     ) -> None:
         self.fn = fn
+        self.idempotent = idempotent  # checked by the planner
         self.lock = lock  # a Lock, a key template, or None; checked by the planner
         self.name = getattr(fn, "__name__", repr(fn))
         self.retry = retry
@@ -279,6 +283,7 @@ def step(
     timeout: float | None = None,
     when: Callable[..., Any] | None = None,
     lock: str | Lock | None = None,
+    idempotent: bool = False,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
 
 
@@ -290,6 +295,7 @@ def step(
     timeout: float | None = None,
     when: Callable[..., Any] | None = None,
     lock: str | Lock | None = None,
+    idempotent: bool = False,
 ) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
     """Declare an ``async def`` in a :class:`~asaga.Saga` body as a step.
 
@@ -310,10 +316,16 @@ def step(
       the lease is lost, the attempt is cancelled and fails with ``LeaseLost``. Leases come
       from the saga's ``locks`` input when it has one, else from the in-memory default.
       See docs/locks.md.
+    - ``idempotent``: running the step again has no further effect (it is keyed, say by
+      the ``run_id`` parameter, which receives the run's id). After a crash, a durable
+      run resumes such a step if it was in doubt (started, not known to have ended);
+      any other step in doubt makes the run fail and compensate. See docs/durability.md.
 
     ``step`` itself never raises: a malformed step is reported when the saga class is
     created, together with every other problem.
     """
     if fn is None:
-        return lambda f: Step(f, retry=retry, timeout=timeout, when=when, lock=lock)
-    return Step(fn, retry=retry, timeout=timeout, when=when, lock=lock)
+        return lambda f: Step(
+            f, retry=retry, timeout=timeout, when=when, lock=lock, idempotent=idempotent
+        )
+    return Step(fn, retry=retry, timeout=timeout, when=when, lock=lock, idempotent=idempotent)

@@ -407,12 +407,17 @@ def test_reserved_names() -> None:
                 return x
 
             @step
-            async def other(run_id: str) -> str:
-                return run_id
+            async def other(idempotency_key: str) -> str:
+                return idempotency_key
+
+            @step
+            async def run_id() -> str:
+                return "id"
 
     found = "\n".join(problems_of(build))
     assert "step 'run' shadows the Saga attribute" in found
-    assert "parameter 'run_id'" in found
+    assert "parameter 'idempotency_key'" in found
+    assert "step 'run_id': `run_id` is the parameter that receives the run's id" in found
 
 
 def test_input_type_that_cannot_be_validated() -> None:

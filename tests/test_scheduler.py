@@ -427,3 +427,31 @@ async def test_a_task_goes_on_with_the_first_step_it_made_ready() -> None:
     assert (await Fork.run()).output == 2
     assert seen["root"] == seen["left"] == caller
     assert seen["right"] != caller
+
+
+async def test_a_run_id_parameter_receives_the_runs_id() -> None:
+    """A parameter named ``run_id`` (in a step, a condition, a compensation) is neither a
+    dependency nor an input: it receives the run's id, a stable key for idempotent
+    effects."""
+    seen: list[tuple[str, str]] = []
+
+    class Keyed(Saga):
+        amount: int
+
+        @step(when=lambda run_id: run_id.startswith("r-"))
+        async def reserve(amount: int, run_id: str) -> str:
+            seen.append(("reserve", run_id))
+            return f"{run_id}:reserve"
+
+        @reserve.compensate
+        async def release(reserve: str, run_id: str) -> None:
+            seen.append(("release", run_id))
+
+        @step
+        async def charge(reserve: str) -> str:
+            raise RuntimeError("declined")
+
+    with pytest.raises(SagaFailed):
+        await Keyed.run(amount=1, run_id="r-1")
+    assert seen == [("reserve", "r-1"), ("release", "r-1")]
+    assert "run_id" not in Keyed.__asaga__.plan.inputs  # type: ignore[union-attr]
