@@ -32,10 +32,19 @@ from ._events import StepStarted as StepStarted
 from ._events import StepSucceeded as StepSucceeded
 from ._exceptions import AsagaError as AsagaError
 from ._exceptions import CompensationFailed as CompensationFailed
+from ._exceptions import CorruptRecord as CorruptRecord
 from ._exceptions import FieldError as FieldError
+from ._exceptions import IdempotencyKeyReused as IdempotencyKeyReused
 from ._exceptions import InputValidationError as InputValidationError
+from ._exceptions import NotRecordable as NotRecordable
+from ._exceptions import RecordedError as RecordedError
+from ._exceptions import RecordTooLarge as RecordTooLarge
+from ._exceptions import RunNotFound as RunNotFound
+from ._exceptions import RunStoreError as RunStoreError
+from ._exceptions import RunTakenOver as RunTakenOver
 from ._exceptions import SagaDefinitionError as SagaDefinitionError
 from ._exceptions import SagaFailed as SagaFailed
+from ._exceptions import StoreUnavailable as StoreUnavailable
 from ._exceptions import UndoFailed as UndoFailed
 from ._nested import ElementFailure as ElementFailure
 from ._nested import ElementSuccess as ElementSuccess
@@ -60,21 +69,29 @@ __all__ = [
     "CompensationFailedEvent",
     "CompensationStarted",
     "CompensationSucceeded",
+    "CorruptRecord",
     "ElementFailure",
     "ElementSuccess",
     "Event",
     "EventKind",
     "FieldError",
     "Hook",
+    "IdempotencyKeyReused",
     "InputValidationError",
     "Lock",
     "MapFailed",
     "MapResult",
+    "NotRecordable",
+    "RecordTooLarge",
+    "RecordedError",
     "Resource",
     "Retry",
     "RunFailed",
+    "RunNotFound",
     "RunStarted",
+    "RunStoreError",
     "RunSucceeded",
+    "RunTakenOver",
     "Saga",
     "SagaDefinitionError",
     "SagaFailed",
@@ -86,6 +103,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "StoreUnavailable",
     "UndoFailed",
     "compose",
     "map_each",

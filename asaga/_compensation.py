@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import structlog
 from structlog.contextvars import bind_contextvars
 
 from ._events import (
@@ -30,7 +31,13 @@ from ._events import (
     CompensationSucceeded,
     RunContext,
 )
+from ._exceptions import RunStoreError, RunTakenOver
 from ._graph import CompNode, Plan
+
+if TYPE_CHECKING:
+    from ._journal import Journal
+
+_logger = structlog.get_logger("asaga")
 
 __all__ = ["Undoable", "Unwind"]
 
@@ -47,7 +54,16 @@ class Undoable(Protocol):
 class Unwind:
     """The compensation phase of one failed run."""
 
-    __slots__ = ("_context", "_plan", "_timeout", "_undos", "_values", "compensated", "errors")
+    __slots__ = (
+        "_context",
+        "_journal",
+        "_plan",
+        "_timeout",
+        "_undos",
+        "_values",
+        "compensated",
+        "errors",
+    )
 
     def __init__(
         self,
@@ -57,12 +73,14 @@ class Unwind:
         undos: Mapping[str, Undoable],
         *,
         default_timeout: float | None,
+        journal: Journal | None = None,
     ) -> None:
         self._plan = plan
         self._values = values
         self._context = context
         self._undos = undos
         self._timeout = default_timeout
+        self._journal = journal
         self.compensated: list[str] = []
         """Steps whose compensation completed, in completion order."""
         self.errors: list[tuple[str, Exception]] = []
@@ -137,6 +155,8 @@ class Unwind:
         attempt = 0
         while True:
             attempt += 1
+            if not await self._record(name, "running", attempt):
+                return  # another process took the run over: it compensates
             emit(CompensationStarted, name, attempt=attempt)
             started = time.monotonic()
             try:
@@ -154,9 +174,39 @@ class Unwind:
                 )
                 if final:
                     self.errors.append((name, exc))
+                    await self._record(name, "failed", attempt, repr(exc))
                     return
                 await anyio.sleep(comp.retry.delay(attempt))
                 continue
             emit(CompensationSucceeded, name, attempt=attempt, duration=time.monotonic() - started)
             self.compensated.append(name)
+            await self._record(name, "succeeded", attempt)
             return
+
+    async def _record(self, name: str, status: str, attempt: int, error: str | None = None) -> bool:
+        """Write down where undoing ``name`` stands (durable runs); ``False`` if the run
+        was taken over by another process.
+
+        Best effort otherwise: a store that cannot be reached does not stop an unwind
+        (compensations are at-least-once: a recovery would run again those whose end was
+        not recorded), the failure is logged and the final write carries the state.
+        """
+        journal = self._journal
+        if journal is None:
+            return True
+        if journal.lost:
+            return False
+        try:
+            await journal.compensation(name, status, attempt, error)
+        except RunTakenOver:
+            journal.lost = True
+            return False
+        except RunStoreError as exc:
+            _logger.warning(
+                "compensation_not_recorded",
+                run_id=self._context.run_id,
+                step=name,
+                status=status,
+                error=repr(exc),
+            )
+        return True

@@ -396,8 +396,11 @@ class RunContext:
 
     def emit(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> None:
         """Build one event of this run and deliver it, unless nobody would receive it."""
-        if not self.emitter.wants(kind.level):
-            return
+        if self.emitter.wants(kind.level):
+            self.emitter.emit(self.make(kind, step, **fields))
+
+    def make(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> Event:
+        """Build one event of this run (deliver it with ``emitter.emit``)."""
         prefix = self.prefix
         if prefix is None:  # a top-level run: the path is the step's name
             path = step
@@ -405,7 +408,7 @@ class RunContext:
             path = prefix
         else:
             path = f"{prefix}/{step}"
-        event: Any = kind(
+        event = kind(
             saga=self.saga,
             run_id=self.run_id,
             step=step,
@@ -413,7 +416,7 @@ class RunContext:
             parent_run_id=self.parent_run_id,
             **fields,
         )
-        self.emitter.emit(event)
+        return event  # type: ignore[return-value]  # each kind is a member of the union
 
     def path_of(self, step: str) -> str:
         """The path of ``step`` of this run, as nested runs name it."""

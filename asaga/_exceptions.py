@@ -6,8 +6,16 @@
     ├── SagaDefinitionError      a saga class is broken; raised when the class is created
     ├── InputValidationError     run() got bad, missing or unknown inputs; no step ran
     ├── UndoFailed               undoing a completed run left some compensations failed
-    └── SagaFailed               a step failed for good; completed steps were compensated
-        └── CompensationFailed   ... and at least one compensation failed too
+    ├── SagaFailed               a step failed for good; completed steps were compensated
+    │   └── CompensationFailed   ... and at least one compensation failed too
+    ├── IdempotencyKeyReused     an idempotency key came back with different inputs
+    └── RunStoreError            a durable run could not be recorded or read back
+        ├── NotRecordable        a value (an input, a result) cannot be encoded
+        ├── RecordTooLarge       a run's record outgrew the store's size limit
+        ├── CorruptRecord        a stored record does not decode (tampered, foreign, newer)
+        ├── RunNotFound          no record of that run in the store
+        ├── RunTakenOver         another process recovered the run; this one must stop
+        └── StoreUnavailable     the store cannot be reached
 
 Every exception carries structured fields (``saga``, ``run_id``, ``step``...) so that
 handlers can map them to responses without parsing messages.
@@ -20,10 +28,19 @@ import msgspec
 __all__ = [
     "AsagaError",
     "CompensationFailed",
+    "CorruptRecord",
     "FieldError",
+    "IdempotencyKeyReused",
     "InputValidationError",
+    "NotRecordable",
+    "RecordTooLarge",
+    "RecordedError",
+    "RunNotFound",
+    "RunStoreError",
+    "RunTakenOver",
     "SagaDefinitionError",
     "SagaFailed",
+    "StoreUnavailable",
     "UndoFailed",
     "needs_repair",
 ]
@@ -177,6 +194,76 @@ class UndoFailed(AsagaError):
             f"undoing saga {saga} (run {run_id}) failed for {list(self.failed_compensations)}; "
             f"compensated: {list(self.compensated)}"
         )
+
+
+class IdempotencyKeyReused(AsagaError):
+    """An idempotency key was used again for a different request (other inputs).
+
+    A key names one operation: a retry must send the same inputs. Use a new key for a new
+    operation.
+    """
+
+    key: str
+
+    def __init__(self, key: str, detail: str = "a different request") -> None:
+        self.key = key
+        super().__init__(
+            f"idempotency key {key!r} was already used for {detail}; "
+            "use a new key for a new request"
+        )
+
+
+class RecordedError(Exception):
+    """An exception as a durable run's record remembers it: only its ``repr``.
+
+    The ``__cause__`` of a :class:`SagaFailed` replayed from a record (a duplicate call
+    with the same idempotency key, a recovered run): the original exception object lived
+    in another call, maybe another process.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(text)
+
+
+class RunStoreError(AsagaError):
+    """A durable run could not be recorded in its store, or read back from it."""
+
+    run_id: str | None
+
+    def __init__(self, message: str, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class NotRecordable(RunStoreError, TypeError):
+    """A value a durable run must record (an input, a step's result) cannot be encoded.
+
+    Raised before any step runs for inputs and for results whose annotation msgspec
+    cannot encode; at the step's boundary for a result whose value it cannot encode.
+    """
+
+
+class RecordTooLarge(RunStoreError):
+    """A run's record grew past the store's ``max_record_bytes``."""
+
+
+class CorruptRecord(RunStoreError):
+    """A stored record does not decode into asaga's record types: tampered with, written
+    by something else, or by a newer asaga whose schema this one does not know."""
+
+
+class RunNotFound(RunStoreError, LookupError):
+    """The store has no record of the run (never recorded, or expired)."""
+
+
+class RunTakenOver(RunStoreError):
+    """Another process took the run over (its owner's lease had expired): this process
+    stops it without compensating; the new owner finishes or compensates it."""
+
+
+class StoreUnavailable(RunStoreError):
+    """The run store cannot be reached (Redis down or too slow)."""
 
 
 def needs_repair(exc: BaseException) -> bool:

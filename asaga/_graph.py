@@ -177,7 +177,8 @@ def build_plan(
             conds[s.name] = cond
             problems.extend(cond.problems)
         problems.extend(_option_problems(f"step '{s.name}'", s.retry, s.timeout))
-        if not isinstance(s.idempotent, bool):
+        flag: object = s.idempotent
+        if not isinstance(flag, bool):
             problems.append(
                 f"step '{s.name}': idempotent= takes True or False, got {s.idempotent!r}"
             )

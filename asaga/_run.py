@@ -12,18 +12,34 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
+import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from ._compensation import Undoable, Unwind
 from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
-from ._exceptions import CompensationFailed, SagaFailed, UndoFailed
+from ._exceptions import (
+    CompensationFailed,
+    RunStoreError,
+    RunTakenOver,
+    SagaFailed,
+    UndoFailed,
+)
 from ._graph import RUN_ID, Plan
 from ._inputs import InputValidator
-from ._scheduler import Execution
+from ._record import RunStatus
+from ._scheduler import Execution, Resume
+
+if TYPE_CHECKING:
+    from ._journal import Journal, SagaCodec
+
+_logger = structlog.get_logger("asaga")
+
+Hooks = tuple[tuple[Callable[[Event], object], ...], tuple[Callable[[Event], Awaitable[None]], ...]]
+"""A run's extra hooks: (sync, async)."""
 
 __all__ = ["Completed", "SagaResult", "SagaSpec", "execute"]
 
@@ -42,6 +58,9 @@ class SagaResult(Generic[T]):
     results: Mapping[str, Any]
     """Read-only mapping of every completed step's name to its result (skipped steps have
     no entry)."""
+    replayed: bool = False
+    """``True`` when this is the recorded outcome of an earlier run with the same
+    idempotency key (nothing ran now)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +74,10 @@ class SagaSpec:
     max_concurrency: int | None
     on_failure: str
     compensation_timeout: float | None
+    codec: SagaCodec
+    """How a durable run of the saga encodes and decodes what it records."""
+    saga_version: str
+    """The saga's ``saga_version``: a recorded run is resumed only by the same version."""
 
 
 class Completed:
@@ -117,9 +140,7 @@ async def execute(
     inputs: Mapping[str, Any],
     *,
     run_id: str | None = None,
-    extra_hooks: tuple[
-        tuple[Callable[[Event], object], ...], tuple[Callable[[Event], Awaitable[None]], ...]
-    ] = ((), ()),
+    extra_hooks: Hooks = ((), ()),
     parent: RunContext | None = None,
     prefix: str | None = None,
 ) -> tuple[SagaResult[Any], Completed]:
@@ -130,17 +151,44 @@ async def execute(
     the caller's cancellation (after unwinding).
     """
     values = spec.inputs.validate(inputs)
-    run_id = run_id or os.urandom(16).hex()  # 128 random bits, like a UUID4, cheaper
+    run_id = run_id or new_run_id()
     values[RUN_ID] = run_id  # what a `run_id` parameter receives
+    return await run_values(
+        spec, values, run_id, extra_hooks=extra_hooks, parent=parent, prefix=prefix
+    )
+
+
+def new_run_id() -> str:
+    """A fresh run id: 128 random bits in hex, like a UUID4, cheaper to make."""
+    return os.urandom(16).hex()
+
+
+async def run_values(
+    spec: SagaSpec,
+    values: dict[str, Any],
+    run_id: str,
+    *,
+    extra_hooks: Hooks = ((), ()),
+    parent: RunContext | None = None,
+    prefix: str | None = None,
+    journal: Journal | None = None,
+    resume: Resume | None = None,
+) -> tuple[SagaResult[Any], Completed]:
+    """Run the saga on validated ``values`` (see :func:`execute`); with a ``journal``,
+    write each transition down before acting on it, starting from ``resume`` if given."""
     sync_hooks, async_hooks = spec.sync_hooks, spec.async_hooks
     if extra_hooks[0] or extra_hooks[1]:
         sync_hooks, async_hooks = sync_hooks + extra_hooks[0], async_hooks + extra_hooks[1]
+    if journal is not None:
+        sync_hooks = (*sync_hooks, journal.hook)
     emitter = Emitter(sync_hooks, async_hooks, parent=parent.emitter if parent else None)
     context = RunContext(spec.plan.saga, run_id, emitter, prefix=prefix, parent=parent)
     # User logs inside steps carry saga and run_id (structlog.contextvars).
     tokens = bind_contextvars(saga=spec.plan.saga, run_id=run_id)
     try:
-        return await _with_dispatcher(emitter, _drive(spec, values, context), _undo_run)
+        return await _with_dispatcher(
+            emitter, _drive(spec, values, context, journal, resume), _undo_run
+        )
     finally:
         reset_contextvars(**tokens)
 
@@ -183,7 +231,11 @@ async def _with_dispatcher(
 
 
 async def _drive(
-    spec: SagaSpec, values: dict[str, Any], context: RunContext
+    spec: SagaSpec,
+    values: dict[str, Any],
+    context: RunContext,
+    journal: Journal | None,
+    resume: Resume | None,
 ) -> tuple[SagaResult[Any], Completed]:
     plan = spec.plan
     emit = context.emit
@@ -195,14 +247,22 @@ async def _drive(
         context,
         max_concurrency=spec.max_concurrency,
         on_failure=spec.on_failure,
+        journal=journal,
+        resume=resume,
     )
     unwind = Unwind(
-        plan, values, context, execution.undos, default_timeout=spec.compensation_timeout
+        plan,
+        values,
+        context,
+        execution.undos,
+        default_timeout=spec.compensation_timeout,
+        journal=journal,
     )
     try:
         await execution.execute()
     except anyio.get_cancelled_exc_class():
-        await unwind.run(execution.completed)
+        if execution.taken_over is None:
+            await unwind.run(execution.completed)
         emit(
             RunFailed,
             duration=time.monotonic() - started,
@@ -210,6 +270,8 @@ async def _drive(
             failed_step=execution.failure[0] if execution.failure else None,
             error="cancelled",
         )
+        if journal is not None and execution.taken_over is None:
+            await _record_end(journal, "cancelled", release_key=True)
         raise
     except BaseException as exc:
         # Not an Exception (KeyboardInterrupt, SystemExit...): no SagaFailed for it, but the
@@ -219,12 +281,36 @@ async def _drive(
         if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             inner = exc.exceptions[0]
         emit(RunFailed, duration=time.monotonic() - started, error=repr(inner))
+        if journal is not None:
+            await _record_end(journal, "failed", error=repr(inner))
         if inner is not exc:
             raise inner from None
         raise
 
+    if execution.taken_over is not None:
+        emit(RunFailed, duration=time.monotonic() - started, error=repr(execution.taken_over))
+        raise execution.taken_over
+
+    succeeded: Event | None = None
+    if execution.failure is None and journal is not None:
+        succeeded = context.make(RunSucceeded, duration=time.monotonic() - started)
+        try:
+            with anyio.CancelScope(shield=True):  # done: what remains is to write it down
+                await journal.finish("succeeded", succeeded)
+        except RunTakenOver as exc:
+            emit(RunFailed, duration=time.monotonic() - started, error=repr(exc))
+            raise
+        except RunStoreError as exc:
+            # The run cannot be recorded as done: it is undone instead, so that the
+            # record and the world agree (a recovery would undo it too).
+            last = execution.completed[-1] if execution.completed else plan.order[-1]
+            execution.failure = (last, exc)
+
     if execution.failure is None:
-        emit(RunSucceeded, duration=time.monotonic() - started)
+        if succeeded is not None:
+            context.emitter.emit(succeeded)
+        else:
+            emit(RunSucceeded, duration=time.monotonic() - started)
         results = execution.results
         result = SagaResult(
             run_id=context.run_id,
@@ -234,6 +320,9 @@ async def _drive(
         return result, Completed(spec, context, values, execution.completed, execution.undos)
 
     step_name, cause = execution.failure
+    if journal is not None:
+        with anyio.CancelScope(shield=True):
+            await _record_failing(journal, step_name, cause)
     await unwind.run(execution.completed)
     emit(
         RunFailed,
@@ -245,6 +334,8 @@ async def _drive(
     # The failed step may itself have left work it could not undo (a sub-saga whose
     # compensation failed, mapped elements whose undo failed): that needs a human too.
     errors = [*_left_undone(step_name, cause), *unwind.errors]
+    if journal is not None and not journal.lost:
+        await _record_end(journal, "compensation_failed" if errors else "failed")
     if errors:
         error = CompensationFailed(
             plan.saga,
@@ -259,6 +350,32 @@ async def _drive(
     # A caller cancelled while we were unwinding: the cancellation is what propagates.
     await anyio.lowlevel.checkpoint_if_cancelled()
     raise error from cause
+
+
+async def _record_failing(journal: Journal, step: str, cause: BaseException) -> None:
+    """Write down that the run unwinds (best effort: the unwind goes on regardless)."""
+    try:
+        await journal.failing(step, repr(cause))
+    except RunTakenOver:
+        journal.lost = True
+    except RunStoreError as exc:
+        _logger.warning("run_not_recorded", run_id=journal.run_id, error=repr(exc))
+
+
+async def _record_end(
+    journal: Journal, status: RunStatus, *, error: str | None = None, release_key: bool = False
+) -> None:
+    """Write down how the run ended, shielded; best effort (the outcome stands)."""
+    with anyio.CancelScope(shield=True):
+        try:
+            if error is not None:
+                await journal.failing(None, error)
+            await journal.finish(status)
+        except RunStoreError as exc:
+            _logger.warning("run_not_recorded", run_id=journal.run_id, error=repr(exc))
+        if release_key and journal.claim is not None:
+            # A cancelled run did nothing that stays: a retry with its key runs again.
+            await journal.store.release_key(journal.claim, journal.run_id)
 
 
 async def _undo_run(outcome: tuple[SagaResult[Any], Completed]) -> None:

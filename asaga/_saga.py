@@ -10,14 +10,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, cast, get_origin
 
 from ._annotations import resolve_hints
+from ._durable import UndoResult, run_durable, undo_run
 from ._events import Hook, split_hooks
 from ._exceptions import SagaDefinitionError
 from ._graph import Declared, build_plan
 from ._inputs import InputValidator
+from ._journal import SagaCodec
+from ._record import RunStore
 from ._retry import Retry
 from ._run import SagaResult, SagaSpec, execute
 from ._scheduler import OnFailure
 from ._step import Compensation, Step
+from .runs._memory import default_store
 
 __all__ = ["Saga", "SagaResult"]
 
@@ -28,6 +32,7 @@ _SETTINGS = (
     "on_failure",
     "compensation_timeout",
     "hooks",
+    "saga_version",
 )
 
 
@@ -77,7 +82,10 @@ class Saga(metaclass=SagaMeta):
     - ``on_failure``: ``"wait"`` (default) lets steps in flight finish when one fails,
       ``"cancel"`` cancels them; either way completed steps are compensated;
     - ``compensation_timeout``: seconds one compensation attempt may take (default 30);
-    - ``hooks``: callables (sync or async) that receive every event of every run.
+    - ``hooks``: callables (sync or async) that receive every event of every run;
+    - ``saga_version``: a label (default ``"1"``) recorded with every durable run: after a
+      crash, a run is resumed only by a process whose saga has the same version, so change
+      it when a change to the steps would not fit runs recorded before.
     """
 
     output: ClassVar[str | None] = None
@@ -86,6 +94,7 @@ class Saga(metaclass=SagaMeta):
     on_failure: ClassVar[OnFailure] = "wait"
     compensation_timeout: ClassVar[float | None] = 30.0
     hooks: ClassVar[Sequence[Hook]] = ()
+    saga_version: ClassVar[str] = "1"
 
     __asaga__: ClassVar[SagaSpec | None] = None
     __asaga_steps__: ClassVar[tuple[Step[Any, Any], ...]] = ()
@@ -93,7 +102,13 @@ class Saga(metaclass=SagaMeta):
 
     @classmethod
     async def run(
-        cls, *, hooks: Sequence[Hook] = (), run_id: str | None = None, **inputs: Any
+        cls,
+        *,
+        hooks: Sequence[Hook] = (),
+        run_id: str | None = None,
+        runs: RunStore | None = None,
+        idempotency_key: str | None = None,
+        **inputs: Any,
     ) -> SagaResult[Any]:
         """Run the saga once with ``inputs``; return its :class:`SagaResult`.
 
@@ -105,14 +120,60 @@ class Saga(metaclass=SagaMeta):
 
         ``hooks`` adds event hooks for this run only; ``run_id`` sets the run's id
         (default: a random UUID).
+
+        ``runs`` makes the run durable: every transition is written to that
+        :class:`~asaga.runs.RunStore` before it is acted on, so that the run can be
+        recovered if its process dies, and undone later with :meth:`undo`.
+        ``idempotency_key`` runs it at most once per key: a call with a key already used
+        returns (or raises) the recorded outcome of that run, waiting for it if it is
+        still running; with no ``runs``, the process's default in-memory store keeps the
+        keys. See docs/durability.md.
         """
         spec = cls.__asaga__
         if spec is None:
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
-        result, _ = await execute(
-            spec, inputs, run_id=run_id, extra_hooks=split_hooks(hooks) if hooks else ((), ())
+        extra = split_hooks(hooks) if hooks else ((), ())
+        if runs is None and idempotency_key is None:
+            result, _ = await execute(spec, inputs, run_id=run_id, extra_hooks=extra)
+            return result
+        return await run_durable(
+            spec,
+            inputs,
+            runs=runs if runs is not None else default_store(),
+            idempotency_key=idempotency_key,
+            run_id=run_id,
+            extra_hooks=extra,
         )
-        return result
+
+    @classmethod
+    async def undo(
+        cls,
+        run_id: str,
+        *,
+        runs: RunStore | None = None,
+        hooks: Sequence[Hook] = (),
+        **resources: Any,
+    ) -> UndoResult:
+        """Compensate a durable run that succeeded, from its record, once.
+
+        Every step is undone by its compensation in reverse graph order, as if the run had
+        failed after its last step; ``resources`` are the saga's ``Resource`` inputs (they
+        are never recorded). Returns an :class:`~asaga.runs.UndoResult`; a second undo of
+        the same run does nothing and says so (``already=True``). Raises
+        :class:`~asaga.UndoFailed` if a compensation failed,
+        :class:`~asaga.RunNotFound` if ``runs`` (default: the process's in-memory store)
+        has no record of the run.
+        """
+        spec = cls.__asaga__
+        if spec is None:
+            raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
+        return await undo_run(
+            spec,
+            run_id,
+            runs=runs if runs is not None else default_store(),
+            resources=resources,
+            extra_hooks=split_hooks(hooks) if hooks else ((), ()),
+        )
 
 
 # -- definition ------------------------------------------------------------------------------
@@ -199,6 +260,8 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         max_concurrency=cls.max_concurrency,
         on_failure=cls.on_failure,
         compensation_timeout=cls.compensation_timeout,
+        codec=SagaCodec(plan),
+        saga_version=str(cls.saga_version),
     )
     cls.__asaga_steps__ = tuple(steps)
     cls.__asaga_compensations__ = tuple(comps)
@@ -225,6 +288,9 @@ def _setting_problems(cls: "type[Saga]") -> list[str]:
         or timeout <= 0
     ):
         problems.append(f"compensation_timeout = {timeout!r}: set it to seconds > 0 or None")
+    version: object = cls.saga_version
+    if isinstance(version, bool) or not isinstance(version, str | int) or not str(version):
+        problems.append(f"saga_version = {version!r}: set it to a non-empty str (or an int)")
     hooks: object = cls.hooks
     if isinstance(hooks, str | bytes) or not isinstance(hooks, Sequence):
         problems.append(f"hooks = {hooks!r}: set it to a list or tuple of callables")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -57,19 +58,29 @@ from ._events import (
     StepStarted,
     StepSucceeded,
 )
-from ._exceptions import needs_repair
+from ._exceptions import RunStoreError, RunTakenOver, needs_repair
 from ._graph import Node, Plan
 from .locks._lease import LockProvider, default_provider
 
 if TYPE_CHECKING:
     from ._compensation import Undoable
+    from ._journal import Journal
 
-__all__ = ["Execution", "OnFailure"]
+__all__ = ["Execution", "OnFailure", "Resume"]
 
 OnFailure = Literal["wait", "cancel"]
 
 _NO_SLOT: AbstractAsyncContextManager[None] = nullcontext()
 """The slot of an attempt when the saga has no ``max_concurrency``: nothing to take."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a recorded run stands when it is resumed: these steps ended already (their
+    results are among the run's values). Every other step runs."""
+
+    succeeded: tuple[str, ...]
+    skipped: tuple[str, ...] = ()
 
 
 class Execution:
@@ -78,15 +89,19 @@ class Execution:
     __slots__ = (
         "_context",
         "_failed",
+        "_journal",
         "_limiter",
         "_on_failure",
         "_pending",
         "_plan",
+        "_remaining",
+        "_roots",
         "_tg",
         "completed",
         "failure",
         "results",
         "skipped",
+        "taken_over",
         "undos",
         "values",
     )
@@ -99,12 +114,17 @@ class Execution:
         *,
         max_concurrency: int | None,
         on_failure: str,
+        journal: Journal | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self._plan = plan
         self._context = context
         self._on_failure = on_failure
+        self._journal = journal
         self._limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
         self._pending = {name: len(node.deps) for name, node in plan.nodes.items()}
+        self._roots = plan.roots
+        self._remaining = len(plan.nodes)  # steps not yet ended (for the journal)
         self._failed: anyio.Event | None = None  # made when a retry waits out a backoff
         self._tg: anyio.abc.TaskGroup | None = None
         self.values = values
@@ -119,11 +139,39 @@ class Execution:
         """Sub-saga runs of completed composed or mapped steps, to undo them later."""
         self.failure: tuple[str, Exception] | None = None
         """The first step that failed for good, and its exception."""
+        self.taken_over: RunTakenOver | None = None
+        """Set when another process took the (durable) run over: stop, undo nothing."""
+        if resume is not None:
+            self._resume(resume)
+
+    def _resume(self, resume: Resume) -> None:
+        """Start from a recorded state: steps that ended are not run again."""
+        done = set(resume.succeeded) | set(resume.skipped)
+        for name in resume.succeeded:
+            self.results[name] = self.values[name]
+            self.completed.append(name)
+        self.skipped.update(resume.skipped)
+        nodes = self._plan.nodes
+        self._pending = {
+            name: sum(1 for d in node.deps if d not in done)
+            for name, node in nodes.items()
+            if name not in done
+        }
+        self._roots = tuple(
+            name for name in self._plan.order if name in self._pending and not self._pending[name]
+        )
+        self._remaining = len(self._pending)
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The steps the run starts with (all steps without dependencies, or, resuming,
+        those whose dependencies all ended)."""
+        return self._roots
 
     async def execute(self) -> None:
         """Run the steps until all completed or the run failed and in-flight steps settled."""
         plan = self._plan
-        roots = plan.roots
+        roots = self._roots
         if not roots:
             return
         if plan.chain:
@@ -165,7 +213,11 @@ class Execution:
             if skip:
                 self._context.emit(StepSkipped, name)
                 self.skipped.add(name)
-                return self._release(node) if self.failure is None else None
+                if self._stopped():
+                    return None
+                if self._journal is None:
+                    return self._release(node)
+                return await self._recorded(node, 0, None)
         kwargs = {p: values[p] for p in node.params if p in values}
         retry = node.retry
         emit = self._context.emit
@@ -180,6 +232,12 @@ class Execution:
             async with slot:
                 if self.failure is not None:
                     return None  # no new step, and no new attempt, once the run has failed
+                if attempt > 1 and self._journal is not None:
+                    try:
+                        await self._journal.started(name, attempt)
+                    except RunStoreError as exc:
+                        self._store_failed(name, attempt, exc)
+                        return None
                 emit(StepStarted, name, attempt=attempt)
                 started = time.monotonic()
                 try:
@@ -237,7 +295,49 @@ class Execution:
         if undo is not None:
             self.undos[name] = undo
         self.completed.append(name)
+        if self._journal is not None:
+            return await self._recorded(node, attempt, result)
         return self._release(node) if self.failure is None else None
+
+    async def _recorded(self, node: Node, attempt: int, result: Any) -> Node | None:
+        """Write down that ``node`` ended (``attempt`` 0: skipped) and which steps it makes
+        ready, before they start; return the next step for this task, as _release does."""
+        journal = self._journal
+        assert journal is not None
+        name = node.name
+        self._remaining -= 1
+        try:
+            if self.failure is not None:  # in flight when the run failed: to be undone
+                if attempt:
+                    await journal.succeeded(
+                        name, attempt, journal.encode(name, result), (), last=False
+                    )
+                return None
+            ready = self._ready(node)
+            released = [n.name for n in ready]
+            if attempt:
+                blob = journal.encode(name, result)
+                await journal.succeeded(name, attempt, blob, released, last=not self._remaining)
+            else:
+                await journal.skipped(name, released)
+        except RunStoreError as exc:
+            self._store_failed(name, attempt, exc)
+            return None
+        return self._start(ready)
+
+    def _stopped(self) -> bool:
+        """Whether the run has failed (checked again after an await)."""
+        return self.failure is not None
+
+    def _store_failed(self, name: str, attempt: int, exc: RunStoreError) -> None:
+        """The journal could not record a transition of ``name``: the run stops there."""
+        if isinstance(exc, RunTakenOver):
+            # Another process owns the run now: stop everything, undo nothing.
+            self.taken_over = exc
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            return
+        self._fail(name, max(attempt, 1), 0.0, exc)
 
     async def _locked(self, node: Node, kwargs: dict[str, Any]) -> Any:
         """Run one attempt of a step holding its lease (cancelled if the lease is lost)."""
@@ -274,6 +374,8 @@ class Execution:
 
     def _cancelled(self, name: str, attempt: int, since: float) -> None:
         self._context.emit(StepCancelled, name, attempt=attempt, duration=time.monotonic() - since)
+        if self._journal is not None:
+            self._journal.ended(name, "cancelled", None, attempt)
 
     def _release(self, node: Node) -> Node | None:
         """Count down the dependents of ``node``, which just ended; start those now ready,
@@ -291,8 +393,28 @@ class Execution:
                     self._tg.start_soon(self._chain, nodes[child], name=child)
         return following
 
+    def _ready(self, node: Node) -> list[Node]:
+        """Count down the dependents of ``node``; those now ready (not started yet)."""
+        pending = self._pending
+        nodes = self._plan.nodes
+        ready = []
+        for child in node.dependents:
+            pending[child] -= 1
+            if pending[child] == 0:
+                ready.append(nodes[child])
+        return ready
+
+    def _start(self, ready: list[Node]) -> Node | None:
+        """Start ``ready`` steps but the first, which is returned to run in this task."""
+        for node in ready[1:]:
+            assert self._tg is not None  # never in a chain plan: one step at a time
+            self._tg.start_soon(self._chain, node, name=node.name)
+        return ready[0] if ready else None
+
     def _fail(self, name: str, attempt: int, duration: float, exc: Exception) -> None:
         self._context.emit(StepFailed, name, attempt=attempt, duration=duration, error=repr(exc))
+        if self._journal is not None and name not in self.results:
+            self._journal.ended(name, "failed", repr(exc), attempt)
         if self.failure is None:
             self.failure = (name, exc)
             self._context.failed = True

@@ -12,21 +12,29 @@ def test_all_is_pinned() -> None:
         "CompensationFailedEvent",
         "CompensationStarted",
         "CompensationSucceeded",
+        "CorruptRecord",
         "ElementFailure",
         "ElementSuccess",
         "Event",
         "EventKind",
         "FieldError",
         "Hook",
+        "IdempotencyKeyReused",
         "InputValidationError",
         "Lock",
         "MapFailed",
         "MapResult",
+        "NotRecordable",
+        "RecordTooLarge",
+        "RecordedError",
         "Resource",
         "Retry",
         "RunFailed",
+        "RunNotFound",
         "RunStarted",
+        "RunStoreError",
         "RunSucceeded",
+        "RunTakenOver",
         "Saga",
         "SagaDefinitionError",
         "SagaFailed",
@@ -38,6 +46,7 @@ def test_all_is_pinned() -> None:
         "StepSkipped",
         "StepStarted",
         "StepSucceeded",
+        "StoreUnavailable",
         "UndoFailed",
         "compose",
         "map_each",
@@ -66,3 +75,23 @@ def test_exception_tree() -> None:
     assert issubclass(asaga.InputValidationError, asaga.AsagaError)
     assert issubclass(asaga.SagaFailed, asaga.AsagaError)
     assert issubclass(asaga.CompensationFailed, asaga.SagaFailed)
+    assert issubclass(asaga.IdempotencyKeyReused, asaga.AsagaError)
+    for name in (
+        "NotRecordable",
+        "RecordTooLarge",
+        "CorruptRecord",
+        "RunNotFound",
+        "RunTakenOver",
+        "StoreUnavailable",
+    ):
+        assert issubclass(getattr(asaga, name), asaga.RunStoreError), name
+    assert issubclass(asaga.RunStoreError, asaga.AsagaError)
+
+
+def test_runs_exports() -> None:
+    """``asaga.runs`` exports the run stores and recovery; Redis is imported on use."""
+    import asaga.runs
+
+    assert asaga.runs.__all__ == sorted(asaga.runs.__all__)
+    for name in asaga.runs.__all__:
+        assert hasattr(asaga.runs, name), name

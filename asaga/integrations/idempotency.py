@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
-from .._exceptions import AsagaError
+from .._exceptions import IdempotencyKeyReused
 from ..locks import LockProvider
 
 __all__ = [
@@ -43,17 +43,6 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     media_type: str = "application/json"
     fingerprint: str = ""
     """Identifies the request that produced it (e.g. a hash of method, path and body)."""
-
-
-class IdempotencyKeyReused(AsagaError):
-    """The key was already used for a different request."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        super().__init__(
-            f"idempotency key {key!r} was already used for a different request; "
-            "use a new key for a new request"
-        )
 
 
 class OutcomeStore(Protocol):

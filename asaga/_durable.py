@@ -1,0 +1,481 @@
+"""Durable runs: start one (or replay an idempotency key's outcome), recover runs whose
+process died, and undo a run that succeeded, all from the records in a :class:`RunStore`.
+
+Recovery of one run taken over from a dead owner, by what its record says::
+
+    status running, no step failed:
+        steps in doubt (started, not known to have ended) that are idempotent, and steps
+        that never started, run (forward), from the recorded results;
+        a step in doubt that is not idempotent fails the run (it may have had its effect):
+        the completed steps are compensated, and if that step has a compensation it
+        needs a human (undoing it needs the result it never recorded)
+    status compensating (or a step failed):
+        the compensations not recorded as succeeded run again (at least once)
+    status undoing:
+        the undo goes on the same way
+
+A recovered run is driven by the same scheduler and unwinder as a fresh one, with a
+journal that goes on from the record, so it is recorded the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import structlog
+
+from ._compensation import Unwind
+from ._events import Emitter, RunContext
+from ._exceptions import (
+    CompensationFailed,
+    IdempotencyKeyReused,
+    RecordedError,
+    RunStoreError,
+    SagaFailed,
+    UndoFailed,
+)
+from ._graph import RUN_ID
+from ._journal import Journal, recorded_values
+from ._record import RunRecord, RunStatus, RunStore, StepRecord
+from ._run import Hooks, SagaResult, SagaSpec, _ReadOnly, new_run_id, run_values
+from ._scheduler import Resume
+
+if TYPE_CHECKING:
+    from ._saga import Saga
+
+__all__ = ["Recovered", "UndoResult", "recover", "run_durable", "undo_run"]
+
+_logger = structlog.get_logger("asaga")
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+async def run_durable(
+    spec: SagaSpec,
+    inputs: Mapping[str, Any],
+    *,
+    runs: RunStore,
+    idempotency_key: str | None,
+    run_id: str | None,
+    extra_hooks: Hooks,
+) -> SagaResult[Any]:
+    """``Saga.run`` with a store: record the run write-ahead, or replay the outcome of the
+    run that already holds ``idempotency_key``."""
+    saga = spec.plan.saga
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255
+    ):
+        raise ValueError("an idempotency key is a str of 1 to 255 characters")
+    values = spec.inputs.validate(inputs)
+    run_id = run_id or new_run_id()
+    journal = Journal.new(
+        runs,
+        spec.codec,
+        saga,
+        spec.saga_version,
+        run_id,
+        values,
+        idempotency_key,
+        runs.idempotency_window,
+    )
+    values[RUN_ID] = run_id
+    for _ in range(100):  # bounded: only a cancelled holder of the key makes it go round
+        try:
+            holder = await journal.open(spec.plan.roots)
+        except anyio.get_cancelled_exc_class():
+            # The record may exist: say it was cancelled (ignored if it does not).
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(RunStoreError):
+                    await journal.finish("cancelled")
+                if journal.claim is not None:
+                    await runs.release_key(journal.claim, run_id)
+            raise
+        if holder is None:
+            break
+        record = await runs.load(holder)
+        if record.fingerprint != journal.record.fingerprint:
+            raise IdempotencyKeyReused(idempotency_key or "", f"other inputs of saga {saga}")
+        if not record.finished:
+            record = await runs.wait_finished(holder)
+        if record.status == "cancelled":
+            continue  # its caller went away and it was undone: this call runs it anew
+        return _replayed(spec, record)
+    else:  # pragma: no cover - a key whose runs keep being cancelled
+        raise RunStoreError(f"idempotency key {idempotency_key!r} keeps being released")
+    result, _ = await run_values(spec, values, run_id, extra_hooks=extra_hooks, journal=journal)
+    return result
+
+
+def _replayed(spec: SagaSpec, record: RunRecord) -> SagaResult[Any]:
+    """The recorded outcome of a finished run: its result, or its failure raised."""
+    if record.status in ("succeeded", "undoing", "undone", "undo_failed"):
+        results = _results(spec, record)
+        plan = spec.plan
+        return SagaResult(
+            run_id=record.run_id,
+            output=results.get(plan.output) if plan.output is not None else None,
+            results=_ReadOnly(results),
+            replayed=True,
+        )
+    raise _failure(spec, record)
+
+
+def _failure(spec: SagaSpec, record: RunRecord) -> SagaFailed:
+    saga = spec.plan.saga
+    step = record.failed_step or ""
+    cause = RecordedError(record.error or record.status)
+    failed = record.failed_compensations
+    error: SagaFailed
+    if failed:
+        errors = [RecordedError(record.steps[n].compensation_error or "failed") for n in failed]
+        error = CompensationFailed(
+            saga,
+            record.run_id,
+            step,
+            record.compensated,
+            failed,
+            ExceptionGroup(f"compensations of saga {saga} failed", errors),
+        )
+    else:
+        error = SagaFailed(saga, record.run_id, step, record.compensated)
+    error.__cause__ = cause
+    return error
+
+
+def _results(spec: SagaSpec, record: RunRecord) -> dict[str, Any]:
+    codec = spec.codec
+    return {
+        name: codec.decode_result(name, s.result, record.run_id)
+        for name, s in record.steps.items()
+        if s.status == "succeeded" and s.result is not None
+    }
+
+
+# -- undo after success -----------------------------------------------------------------------
+
+
+class UndoResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Saga.undo <asaga.Saga.undo>` did."""
+
+    run_id: str
+    saga: str
+    status: RunStatus
+    """The run's status now: ``undone`` (or ``failed``/``cancelled``... when there was
+    nothing to undo)."""
+    compensated: tuple[str, ...]
+    """Steps whose compensation has succeeded (by this call or an earlier one)."""
+    already: bool
+    """``True`` when this call did nothing: the run was undone before (or by another
+    process meanwhile), or it had failed and its steps were compensated then."""
+
+
+async def undo_run(
+    spec: SagaSpec,
+    run_id: str,
+    *,
+    runs: RunStore,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+) -> UndoResult:
+    """``Saga.undo``: take the succeeded run (exactly one caller wins), compensate it."""
+    saga = spec.plan.saga
+    before = await runs.claim_undo(run_id)
+    if before.saga != saga:
+        raise RunStoreError(f"run {run_id} is a run of saga {before.saga}, not {saga}", run_id)
+    if before.status == "succeeded":
+        record = msgspec.structs.replace(before, status="undoing", owner=runs.owner)
+        return await _undo(spec, runs, record, resources, extra_hooks)
+    if before.status == "undoing":  # by a live process: wait for it
+        before = await runs.wait_finished(run_id)
+    if before.status in ("running", "compensating"):
+        raise RunStoreError(
+            f"run {run_id} of saga {saga} has not finished ({before.status}); undo it once "
+            "it succeeded",
+            run_id,
+        )
+    return UndoResult(
+        run_id=run_id,
+        saga=saga,
+        status=before.status,
+        compensated=before.compensated,
+        already=True,
+    )
+
+
+async def _undo(
+    spec: SagaSpec,
+    runs: RunStore,
+    record: RunRecord,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+) -> UndoResult:
+    """Compensate the succeeded steps of ``record`` (owned by ``runs`` now), and record it."""
+    journal = Journal(runs, spec.codec, record)
+    values = _values(spec, record, resources)
+    completed = [
+        n
+        for n, s in record.steps.items()
+        if s.status == "succeeded" and s.compensation != "succeeded"
+    ]
+    unwind = await _unwind(spec, values, record, journal, completed, extra_hooks)
+    compensated = (*record.compensated, *unwind.compensated)
+    if not journal.lost:
+        status: RunStatus = "undo_failed" if unwind.errors else "undone"
+        with anyio.CancelScope(shield=True):
+            await journal.finish(status)
+    if unwind.errors:
+        raise UndoFailed(
+            spec.plan.saga,
+            record.run_id,
+            compensated,
+            [name for name, _ in unwind.errors],
+            ExceptionGroup(
+                f"compensations of saga {spec.plan.saga} failed",
+                [exc for _, exc in unwind.errors],
+            ),
+        )
+    return UndoResult(
+        run_id=record.run_id,
+        saga=spec.plan.saga,
+        status="undone",
+        compensated=tuple(dict.fromkeys(compensated)),
+        already=False,
+    )
+
+
+async def _unwind(
+    spec: SagaSpec,
+    values: dict[str, Any],
+    record: RunRecord,
+    journal: Journal,
+    completed: Sequence[str],
+    extra_hooks: Hooks,
+) -> Unwind:
+    """Compensate ``completed`` steps of a recorded run, events to the saga's hooks."""
+    sync_hooks = (*spec.sync_hooks, *extra_hooks[0], journal.hook)
+    emitter = Emitter(sync_hooks, (*spec.async_hooks, *extra_hooks[1]))
+    context = RunContext(spec.plan.saga, record.run_id, emitter)
+    unwind = Unwind(
+        spec.plan,
+        values,
+        context,
+        {},
+        default_timeout=spec.compensation_timeout,
+        journal=journal,
+    )
+    if emitter.needs_dispatcher:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(emitter.dispatch, name="asaga event hooks")
+            try:
+                await unwind.run(completed)
+            finally:
+                emitter.close()
+    else:
+        await unwind.run(completed)
+    return unwind
+
+
+def _values(spec: SagaSpec, record: RunRecord, resources: Mapping[str, Any]) -> dict[str, Any]:
+    values = recorded_values(spec.codec, spec.inputs, record, resources)
+    values.update(_results(spec, record))
+    return values
+
+
+# -- recovery ---------------------------------------------------------------------------------
+
+
+class Recovered(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`recover` did with one run."""
+
+    run_id: str
+    saga: str
+    outcome: str
+    """``succeeded`` (resumed and finished), ``failed`` (compensated), ``cancelled``,
+    ``compensation_failed`` / ``undo_failed`` (some compensation failed: needs a human),
+    ``undone`` (an interrupted undo finished), or ``error`` (see ``error``)."""
+    resumed: tuple[str, ...] = ()
+    """Steps that ran (again) forward."""
+    compensated: tuple[str, ...] = ()
+    """Steps compensated by the recovery."""
+    in_doubt: tuple[str, ...] = ()
+    """Steps that were in doubt and not idempotent: they may have had their effect."""
+    error: str | None = None
+
+
+async def recover(
+    runs: RunStore,
+    *,
+    sagas: Sequence[type[Saga]],
+    resources: Mapping[str, Any] | None = None,
+    limit: int = 100,
+    concurrency: int = 8,
+    hooks: Sequence[Any] = (),
+) -> list[Recovered]:
+    """Finish or compensate the runs of ``sagas`` whose process died.
+
+    Takes over (exactly one recoverer wins each) up to ``limit`` unfinished runs whose
+    owner's lease expired, and drives each to an end from its record: steps that never
+    started, and idempotent ones in doubt, run forward; a run with a non-idempotent step
+    in doubt, or that was already unwinding, is compensated. ``resources`` are the
+    ``Resource`` inputs the sagas need (never recorded, so given again here); at most
+    ``concurrency`` runs are recovered at once. Returns what happened to each run.
+
+    Call it when a service starts, and then periodically (every ``owner_ttl`` or so): a
+    run is recoverable once its owner's lease has expired.
+    """
+    from ._events import split_hooks
+
+    resources = dict(resources or {})
+    specs: dict[str, SagaSpec] = {}
+    for cls in sagas:
+        spec = getattr(cls, "__asaga__", None)
+        if spec is None:
+            raise TypeError(f"recover(sagas=...) takes saga classes, got {cls!r}")
+        missing = [
+            name
+            for name, i in spec.plan.inputs.items()
+            if i.resource and i.required and name not in resources
+        ]
+        if missing:
+            raise ValueError(
+                f"recover() needs the resources of saga {spec.plan.saga}, which are never "
+                f"recorded: pass resources={{...}} with {missing}"
+            )
+        specs[spec.plan.saga] = spec
+    if not 1 <= concurrency <= 1000 or not limit >= 1:
+        raise ValueError("limit >= 1 and 1 <= concurrency <= 1000")
+    extra = split_hooks(hooks) if hooks else ((), ())
+    claimed = await runs.claim_abandoned(
+        {name: spec.saga_version for name, spec in specs.items()}, limit=limit
+    )
+    report: list[Recovered] = []
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(record: RunRecord) -> None:
+        async with limiter:
+            try:
+                done = await _recover_one(specs[record.saga], runs, record, resources, extra)
+            except RunStoreError as exc:
+                done = Recovered(
+                    run_id=record.run_id, saga=record.saga, outcome="error", error=repr(exc)
+                )
+            report.append(done)
+            _logger.info("run_recovered", saga=done.saga, run_id=done.run_id, outcome=done.outcome)
+
+    async with anyio.create_task_group() as tg:
+        for record in claimed:
+            tg.start_soon(one, record, name=f"recover {record.run_id}")
+    return report
+
+
+async def _recover_one(
+    spec: SagaSpec,
+    runs: RunStore,
+    record: RunRecord,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+) -> Recovered:
+    plan = spec.plan
+    run_id, saga = record.run_id, record.saga
+    if record.status == "undoing":
+        try:
+            undone = await _undo(spec, runs, record, resources, extra_hooks)
+        except UndoFailed as exc:
+            return Recovered(
+                run_id=run_id,
+                saga=saga,
+                outcome="undo_failed",
+                compensated=exc.compensated,
+                error=repr(exc),
+            )
+        return Recovered(run_id=run_id, saga=saga, outcome="undone", compensated=undone.compensated)
+
+    journal = Journal(runs, spec.codec, record)
+    values = _values(spec, record, resources)
+    steps = record.steps
+    in_doubt = [n for n, s in steps.items() if s.status == "running"]
+    risky = tuple(n for n in in_doubt if not plan.nodes[n].idempotent)
+    failed = [n for n, s in steps.items() if s.status == "failed"]
+
+    if record.status == "running" and not failed and not risky:
+        succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
+        skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
+        resume = Resume(succeeded=succeeded, skipped=skipped)
+        resumed = tuple(n for n in plan.order if n not in succeeded and n not in skipped)
+        try:
+            await journal.resume(_roots(plan, succeeded, skipped))
+            await run_values(
+                spec,
+                values,
+                record.run_id,
+                extra_hooks=extra_hooks,
+                journal=journal,
+                resume=resume,
+            )
+        except SagaFailed as exc:
+            outcome = "compensation_failed" if isinstance(exc, CompensationFailed) else "failed"
+            return Recovered(
+                run_id=run_id,
+                saga=saga,
+                outcome=outcome,
+                resumed=resumed,
+                compensated=exc.compensated,
+            )
+        return Recovered(run_id=run_id, saga=saga, outcome="succeeded", resumed=resumed)
+
+    # Unwind: from a failure that was recorded, or because a step is in doubt.
+    now = time.time()
+    why = "its process died while it ran: it may or may not have had its effect"
+    for name in risky:
+        node = plan.nodes[name]
+        journal.mark(
+            name,
+            StepRecord(
+                status="failed",
+                attempt=steps[name].attempt,
+                error=f"in doubt: {why}",
+                compensation="failed" if node.compensation is not None else None,
+                compensation_error=(
+                    f"in doubt: {why}; undoing it needs its result, which was never recorded"
+                    if node.compensation is not None
+                    else None
+                ),
+                started_at=steps[name].started_at,
+                ended_at=now,
+            ),
+        )
+    failed_step = record.failed_step or (failed[0] if failed else risky[0] if risky else None)
+    error = record.error or (f"step {failed_step!r} in doubt: {why}" if risky else "recovered")
+    journal.set_status("compensating")
+    journal.set_failure(failed_step, error)
+    completed = [
+        n for n, s in steps.items() if s.status == "succeeded" and s.compensation != "succeeded"
+    ]
+    unwind = await _unwind(spec, values, record, journal, completed, extra_hooks)
+    needs_human = bool(unwind.errors) or any(plan.nodes[n].compensation for n in risky)
+    status: RunStatus = (
+        "compensation_failed"
+        if needs_human
+        else ("cancelled" if record.error == "cancelled" else "failed")
+    )
+    if not journal.lost:
+        with anyio.CancelScope(shield=True):
+            await journal.finish(status)
+    return Recovered(
+        run_id=run_id,
+        saga=saga,
+        outcome=status,
+        compensated=tuple(unwind.compensated),
+        in_doubt=risky,
+    )
+
+
+def _roots(plan: Any, succeeded: Sequence[str], skipped: Sequence[str]) -> list[str]:
+    done = set(succeeded) | set(skipped)
+    return [n for n in plan.order if n not in done and all(d in done for d in plan.nodes[n].deps)]

@@ -1,0 +1,280 @@
+"""A durable run's record, its encoding, and the protocol of the stores that keep it.
+
+A record is one ``msgspec.Struct`` (:class:`RunRecord`), encoded as MessagePack by one
+module-level encoder and decoded by one decoder per type, never by pickle: a record that
+is not exactly one of these types (tampered with, written by another program, or by a
+newer asaga) fails to decode with :class:`~asaga.CorruptRecord`, it cannot run code.
+
+Inputs and step results are encoded separately, as bytes inside the record, so that a
+record decodes without knowing the saga; they are decoded with the saga's own annotations
+(:mod:`asaga._journal`) when a run is resumed, replayed or undone.
+
+Schema evolution: :data:`SCHEMA_VERSION` is written into every record. New fields get
+defaults, so older records still decode (``tests/records/`` holds golden payloads of every
+version); a record whose version is newer than this asaga knows is refused with a clear
+error instead of being half-read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from ._events import Event
+from ._exceptions import CorruptRecord
+
+__all__ = [
+    "FINISHED",
+    "SCHEMA_VERSION",
+    "Claim",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "StepRecord",
+    "Write",
+    "decode_event",
+    "decode_record",
+    "encode_event",
+    "encode_record",
+]
+
+SCHEMA_VERSION = 1
+"""The version of the record schema this asaga writes (and the newest it reads)."""
+
+RunStatus = Literal[
+    "running",  # forward phase: steps run
+    "compensating",  # a step failed (or the caller was cancelled): undoing
+    "succeeded",
+    "failed",  # failed and fully compensated
+    "compensation_failed",  # failed, and some compensation failed too: needs a human
+    "cancelled",  # the caller was cancelled; completed steps were compensated
+    "undoing",  # a succeeded run being undone by Saga.undo()
+    "undone",
+    "undo_failed",  # undoing left some compensation failed: needs a human
+]
+
+FINISHED: frozenset[str] = frozenset(
+    {"succeeded", "failed", "compensation_failed", "cancelled", "undone", "undo_failed"}
+)
+"""Statuses after which nothing runs any more."""
+
+StepStatus = Literal["running", "succeeded", "failed", "skipped", "cancelled"]
+CompensationStatus = Literal["running", "succeeded", "failed"]
+
+
+class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One step of a recorded run."""
+
+    status: StepStatus
+    """``running`` means started (or about to start) and not known to have ended: after a
+    crash such a step is *in doubt*, it may or may not have had its effect."""
+    attempt: int = 1
+    """The attempt started last (1-based)."""
+    result: bytes | None = None
+    """The step's result, MessagePack-encoded (decoded with the step's annotation)."""
+    error: str | None = None
+    """``repr`` of the exception, for a failed step."""
+    compensation: CompensationStatus | None = None
+    """Where undoing this step stands: ``None`` (not started), running, succeeded, failed."""
+    compensation_attempt: int = 0
+    compensation_error: str | None = None
+    started_at: float | None = None
+    """Wall-clock time (epoch seconds) the last attempt started."""
+    ended_at: float | None = None
+    """Wall-clock time the step ended (succeeded, failed, skipped or cancelled)."""
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Everything a store keeps about one durable run."""
+
+    version: int = SCHEMA_VERSION
+    """The schema version the record was written with."""
+    saga: str
+    """The saga class's name."""
+    saga_version: str
+    """The saga's ``saga_version`` when the run started: a run is resumed only by the same
+    version of the saga."""
+    run_id: str
+    status: RunStatus
+    inputs: bytes
+    """The run's inputs (resources excluded), MessagePack-encoded."""
+    fingerprint: str
+    """A digest of the inputs: an idempotency key reused with other inputs is refused."""
+    idempotency_key: str | None = None
+    owner: str | None = None
+    """The store identity (one per process) that runs the run; its lease says it is alive."""
+    steps: dict[str, StepRecord] = {}
+    """Steps that started, by name; a step missing here never started."""
+    failed_step: str | None = None
+    """The step whose failure made the run unwind (``None``: cancelled before any failed)."""
+    error: str | None = None
+    """``repr`` of the failing step's exception (or ``"cancelled"``)."""
+    created_at: float = msgspec.field(default_factory=time.time)
+    updated_at: float = msgspec.field(default_factory=time.time)
+    events: tuple[Event, ...] = ()
+    """The run's events, in order (filled in when a store reads a record back)."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether nothing runs any more (succeeded, failed, undone...)."""
+        return self.status in FINISHED
+
+    @property
+    def compensated(self) -> tuple[str, ...]:
+        """Steps whose compensation succeeded."""
+        return tuple(n for n, s in self.steps.items() if s.compensation == "succeeded")
+
+    @property
+    def failed_compensations(self) -> tuple[str, ...]:
+        """Steps whose compensation failed for good (they need a human)."""
+        return tuple(n for n, s in self.steps.items() if s.compensation == "failed")
+
+
+class _Version(msgspec.Struct):
+    """Just the schema version of a record, read first."""
+
+    version: int = 0
+
+
+_encoder = msgspec.msgpack.Encoder()
+_version_decoder = msgspec.msgpack.Decoder(_Version)
+_record_decoder = msgspec.msgpack.Decoder(RunRecord)
+_event_decoder: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
+
+
+def encode_record(record: RunRecord) -> bytes:
+    """The record as stored (its events are stored apart, see :meth:`RunStore.write`)."""
+    if record.events:
+        record = msgspec.structs.replace(record, events=())
+    return _encoder.encode(record)
+
+
+def decode_record(data: bytes, run_id: str | None = None) -> RunRecord:
+    """Decode a stored record, or raise :class:`~asaga.CorruptRecord` saying why."""
+    what = f"run {run_id}" if run_id else "a run"
+    try:
+        version = _version_decoder.decode(data).version
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecord(f"the record of {what} is not an asaga record: {exc}", run_id) from exc
+    if version > SCHEMA_VERSION:
+        raise CorruptRecord(
+            f"the record of {what} has schema version {version}, written by a newer asaga; "
+            f"this one reads versions up to {SCHEMA_VERSION}: upgrade asaga to read it",
+            run_id,
+        )
+    try:
+        return _record_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecord(f"the record of {what} does not decode: {exc}", run_id) from exc
+
+
+def encode_event(event: Event) -> bytes:
+    """One event as stored in a run's event list."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes, run_id: str | None = None) -> Event:
+    """Decode one stored event, or raise :class:`~asaga.CorruptRecord`."""
+    try:
+        return _event_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecord(f"an event of run {run_id} does not decode: {exc}", run_id) from exc
+
+
+class Write(msgspec.Struct, frozen=True, kw_only=True):
+    """One transition of a run, as handed to a store: write it before acting on it."""
+
+    run_id: str
+    record: bytes
+    """The whole encoded record after the transition."""
+    status: RunStatus
+    events: tuple[bytes, ...] = ()
+    """Encoded events to append to the run's event list."""
+    final: bool = False
+    """The run finished: drop it from the running runs, keep it for the retention period,
+    wake whoever waits for it."""
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """An idempotency key to claim with a run's creation."""
+
+    saga: str
+    key: str
+    window: float
+    """Seconds the key keeps naming the run."""
+
+
+class RunStore(Protocol):
+    """Where durable runs are recorded: :class:`~asaga.runs.MemoryRunStore` (default) or
+    :class:`~asaga.runs.RedisRunStore`.
+
+    Every write is fenced by ownership: it applies only if the run is still owned by this
+    store's :attr:`owner`, else it raises :class:`~asaga.RunTakenOver`.
+    """
+
+    @property
+    def owner(self) -> str:
+        """This store's identity as a run owner (one per store object, so per process)."""
+        ...
+
+    @property
+    def max_record_bytes(self) -> int:
+        """The largest encoded record the store accepts."""
+        ...
+
+    @property
+    def idempotency_window(self) -> float:
+        """Seconds an idempotency key keeps naming its run."""
+        ...
+
+    async def create(self, write: Write, claim: Claim | None) -> str | None:
+        """Record a new run owned by :attr:`owner`, claiming ``claim``'s key with it.
+
+        Returns ``None`` when created, or the id of the run that already holds the key
+        (nothing is written then).
+        """
+        ...
+
+    async def write(self, write: Write) -> None:
+        """Record a transition of a run this store owns (one round trip at most)."""
+        ...
+
+    async def load(self, run_id: str, *, events: bool = False) -> RunRecord:
+        """The run's record (with its events when asked); :class:`~asaga.RunNotFound` if
+        there is none."""
+        ...
+
+    async def list(
+        self, *, status: str | None = None, saga: str | None = None, limit: int = 50
+    ) -> Sequence[RunRecord]:
+        """Recorded runs, newest first, filtered by status and saga name."""
+        ...
+
+    async def claim_abandoned(
+        self, sagas: Mapping[str, str], *, limit: int = 100
+    ) -> Sequence[RunRecord]:
+        """Take over unfinished runs whose owner's lease expired (a crashed process), of
+        the sagas named in ``sagas`` (name -> ``saga_version``) only.
+
+        Exactly one caller wins each run; the records returned are now owned by this store.
+        """
+        ...
+
+    async def claim_undo(self, run_id: str) -> RunRecord:
+        """Take a succeeded run to undo it (status ``undoing``, owned by this store).
+
+        Returns the record as it was; if it is not ``succeeded`` (already undone, being
+        undone, failed...) nothing changes and the record shows why.
+        """
+        ...
+
+    async def release_key(self, claim: Claim, run_id: str) -> None:
+        """Let a key go (its run was cancelled: a retry should run again)."""
+        ...
+
+    async def wait_finished(self, run_id: str) -> RunRecord:
+        """Wait until the run has finished; return its record."""
+        ...

@@ -1,0 +1,50 @@
+"""Durable runs: a run's record, kept write-ahead in a store, so that a crash never
+strands a half-done saga.
+
+::
+
+    async with RedisRunStore.from_url("redis://localhost:6379/0") as runs:
+        result = await Checkout.run(order_id="o-1", runs=runs, idempotency_key="o-1")
+        ...
+        await recover(runs, sagas=[Checkout], resources={"payments": payments})
+        await Checkout.undo(result.run_id, runs=runs, payments=payments)
+
+``MemoryRunStore`` is the embedded default (idempotency keys, undo and inspection within
+one process); ``RedisRunStore`` (extra ``asaga[redis]``) survives the process. See
+docs/durability.md.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from .._durable import Recovered as Recovered
+from .._durable import UndoResult as UndoResult
+from .._durable import recover as recover
+from .._record import RunRecord as RunRecord
+from .._record import RunStatus as RunStatus
+from .._record import RunStore as RunStore
+from .._record import StepRecord as StepRecord
+from ._memory import MemoryRunStore as MemoryRunStore
+
+if TYPE_CHECKING:
+    from ._redis import RedisRunStore as RedisRunStore
+
+__all__ = [
+    "MemoryRunStore",
+    "Recovered",
+    "RedisRunStore",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "StepRecord",
+    "UndoResult",
+    "recover",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that asaga works without the redis extra installed.
+    if name == "RedisRunStore":
+        from ._redis import RedisRunStore
+
+        return RedisRunStore
+    raise AttributeError(f"module 'asaga.runs' has no attribute {name!r}")

@@ -1,0 +1,226 @@
+"""Durable-run records in this process's memory: the embedded default.
+
+Everything a durable run gives but surviving its process: idempotency keys, undo after
+success, inspection, the checks that results can be recorded. Records are stored encoded,
+exactly as :class:`~asaga.runs.RedisRunStore` stores them, so a saga that runs with this
+store runs the same with Redis. There is never anything to recover: the runs of a process
+end with it, and so does this store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.lowlevel
+import msgspec
+
+from .._exceptions import RunNotFound, RunTakenOver
+from .._record import (
+    FINISHED,
+    Claim,
+    RunRecord,
+    RunStatus,
+    Write,
+    decode_event,
+    decode_record,
+)
+
+__all__ = ["MemoryRunStore", "default_store"]
+
+
+@dataclass(slots=True)
+class _Run:
+    record: bytes
+    status: RunStatus
+    owner: str
+    saga: str
+    created: float
+    events: list[bytes] = field(default_factory=list)
+    expires: float | None = None  # set when the run finishes (retention)
+    finished: anyio.Event | None = None  # made when someone waits
+
+
+class MemoryRunStore:
+    """Records of durable runs in this process's memory (the default run store).
+
+    ``retention``: seconds a finished run's record is kept; ``idempotency_window``:
+    seconds an idempotency key keeps naming its run; ``max_record_bytes``: the largest
+    encoded record accepted. ``clock`` (monotonic seconds) is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        retention: float = 7 * 24 * 3600.0,
+        idempotency_window: float = 24 * 3600.0,
+        max_record_bytes: int = 1 << 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not retention > 0 or not idempotency_window > 0:
+            raise ValueError("retention and idempotency_window must be > 0 seconds")
+        if max_record_bytes < 1024:
+            raise ValueError("max_record_bytes must be at least 1024")
+        self._owner = f"memory-{os.urandom(8).hex()}"
+        self._max = max_record_bytes
+        self.retention = retention
+        self._window = idempotency_window
+        self._clock = clock
+        self._runs: dict[str, _Run] = {}
+        self._keys: dict[tuple[str, str], tuple[str, float]] = {}
+        self._writes = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    @property
+    def owner(self) -> str:
+        """This store's identity as the owner of its runs."""
+        return self._owner
+
+    @property
+    def max_record_bytes(self) -> int:
+        return self._max
+
+    @property
+    def idempotency_window(self) -> float:
+        return self._window
+
+    async def create(self, write: Write, claim: Claim | None) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        now = self._clock()
+        self._expire(now)
+        if claim is not None:
+            held = self._keys.get((claim.saga, claim.key))
+            if held is not None and held[1] > now and held[0] != write.run_id:
+                return held[0]
+            self._keys[(claim.saga, claim.key)] = (write.run_id, now + claim.window)
+        existing = self._runs.get(write.run_id)
+        if existing is not None:
+            if existing.owner == self._owner:
+                return None
+            raise ValueError(f"a run with id {write.run_id!r} is already recorded")
+        record = decode_record(write.record, write.run_id)
+        self._runs[write.run_id] = _Run(
+            record=write.record,
+            status=write.status,
+            owner=self._owner,
+            saga=record.saga,
+            created=time.time(),
+            events=list(write.events),
+        )
+        return None
+
+    async def write(self, write: Write) -> None:
+        await anyio.lowlevel.checkpoint()
+        run = self._runs.get(write.run_id)
+        if run is None or run.owner != self._owner:
+            raise RunTakenOver(
+                f"run {write.run_id} is no longer owned by this process", write.run_id
+            )
+        run.record = write.record
+        run.status = write.status
+        run.events.extend(write.events)
+        if write.final:
+            run.expires = self._clock() + self.retention
+            if run.finished is not None:
+                run.finished.set()
+                run.finished = None
+
+    async def load(self, run_id: str, *, events: bool = False) -> RunRecord:
+        await anyio.lowlevel.checkpoint()
+        run = self._live(run_id)
+        return self._decode(run_id, run, events)
+
+    async def list(
+        self, *, status: str | None = None, saga: str | None = None, limit: int = 50
+    ) -> Sequence[RunRecord]:
+        await anyio.lowlevel.checkpoint()
+        self._expire(self._clock())
+        found = []
+        for run_id, run in sorted(self._runs.items(), key=lambda kv: -kv[1].created):
+            if (status is None or run.status == status) and (saga is None or run.saga == saga):
+                found.append(self._decode(run_id, run, False))
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def claim_abandoned(
+        self, sagas: Mapping[str, str], *, limit: int = 100
+    ) -> Sequence[RunRecord]:
+        """Nothing is ever abandoned in memory: a process's runs end with it."""
+        await anyio.lowlevel.checkpoint()
+        return []
+
+    async def claim_undo(self, run_id: str) -> RunRecord:
+        await anyio.lowlevel.checkpoint()
+        run = self._live(run_id)
+        before = self._decode(run_id, run, False)
+        if run.status == "succeeded":
+            run.status = "undoing"
+            run.owner = self._owner
+            run.expires = None
+        return before
+
+    async def release_key(self, claim: Claim, run_id: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        held = self._keys.get((claim.saga, claim.key))
+        if held is not None and held[0] == run_id:
+            del self._keys[(claim.saga, claim.key)]
+
+    async def wait_finished(self, run_id: str) -> RunRecord:
+        run = self._live(run_id)
+        if run.status not in FINISHED:
+            if run.finished is None:
+                run.finished = anyio.Event()
+            await run.finished.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        return self._decode(run_id, run, False)
+
+    def _live(self, run_id: str) -> _Run:
+        run = self._runs.get(run_id)
+        if run is None or (run.expires is not None and run.expires <= self._clock()):
+            raise RunNotFound(f"no record of run {run_id!r} in this store", run_id)
+        return run
+
+    def _decode(self, run_id: str, run: _Run, events: bool) -> RunRecord:
+        record = decode_record(run.record, run_id)
+        return msgspec.structs.replace(
+            record,
+            status=run.status,
+            owner=run.owner,
+            events=tuple(decode_event(e, run_id) for e in run.events) if events else (),
+        )
+
+    def _expire(self, now: float) -> None:
+        self._writes += 1
+        if self._writes % 1000:
+            return
+        self._runs = {k: r for k, r in self._runs.items() if r.expires is None or r.expires > now}
+        self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
+
+
+_default: MemoryRunStore | None = None
+
+
+def default_store() -> MemoryRunStore:
+    """The process's default run store (made on first use): where ``run()`` records a run
+    given an ``idempotency_key`` but no ``runs``, and where ``undo()`` looks by default."""
+    global _default
+    if _default is None:
+        _default = MemoryRunStore()
+    return _default

@@ -1,0 +1,642 @@
+"""Durable-run records in Redis, shared by every process of a service.
+
+Keys (``<p>`` is the store's prefix)::
+
+    <p>run:<run_id>          hash: record (the encoded RunRecord), status, owner, saga
+    <p>events:<run_id>       list: the run's encoded events, in order
+    <p>runs:running          sorted set: unfinished runs (score: creation time)
+    <p>runs:index            sorted set: every recorded run (score: creation time)
+    <p>key:<saga>:<key>      the run an idempotency key names (expires with the window)
+    <p>owner:<owner>         the owner lease of one store object (one per process)
+    <p>waiting:<run_id>      set (briefly) while a process waits for the run to finish
+    channel <p>finished:<run_id>     published when a waited-for run finishes
+
+Each write is one Lua script that checks the run is still owned by this store (a process
+that lost its lease cannot overwrite the record of the process that recovered its runs)
+and applies the record, status and events at once; a finished run is dropped from the
+running set and expires after ``retention``. Scripts take keys and values as arguments,
+never interpolated text. Concurrent writes (of one run or of many) are sent together: one
+writer task per store drains what is queued into one pipeline, so a transition costs at
+most one round trip, often a share of one.
+
+One lease per store object says its owner is alive: ``<p>owner:<owner>``, set with a TTL
+and renewed every ``owner_ttl / 3`` by a task of the store. Recovery takes over the
+unfinished runs of owners whose lease has expired, one script per run, so exactly one
+recoverer wins each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import msgspec
+import redis.asyncio as aioredis
+import sniffio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from .._exceptions import RunNotFound, RunStoreError, RunTakenOver, StoreUnavailable
+from .._record import (
+    FINISHED,
+    Claim,
+    RunRecord,
+    Write,
+    decode_event,
+    decode_record,
+)
+
+__all__ = ["RedisRunStore"]
+
+_logger = structlog.get_logger("asaga")
+
+# KEYS: run, events, running, index[, key] ; ARGV: run_id, record, status, owner, saga,
+#   now, window_ms, version, events...
+# Returns nil when created (or already created by this owner: a retried write), else the
+# id of the run that holds the idempotency key.
+_CREATE = """
+if #KEYS == 5 then
+  local holder = redis.call('get', KEYS[5])
+  if holder and holder ~= ARGV[1] then return holder end
+end
+if redis.call('exists', KEYS[1]) == 1 then
+  if redis.call('hget', KEYS[1], 'owner') == ARGV[4] then return false end
+  return redis.error_reply('ERR asaga: a run with this id is already recorded')
+end
+if #KEYS == 5 then redis.call('set', KEYS[5], ARGV[1], 'px', ARGV[7]) end
+redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'owner', ARGV[4],
+           'saga', ARGV[5], 'version', ARGV[8])
+redis.call('zadd', KEYS[3], ARGV[6], ARGV[1])
+redis.call('zadd', KEYS[4], ARGV[6], ARGV[1])
+for i = 9, #ARGV do redis.call('rpush', KEYS[2], ARGV[i]) end
+return false
+"""
+
+# KEYS: run, events, running, index, waiting ; ARGV: run_id, record, status, owner, final,
+#   retention_ms, cutoff, channel, events...
+_WRITE = """
+if redis.call('hget', KEYS[1], 'owner') ~= ARGV[4] then return 0 end
+redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
+for i = 9, #ARGV do redis.call('rpush', KEYS[2], ARGV[i]) end
+if ARGV[5] == '1' then
+  redis.call('zrem', KEYS[3], ARGV[1])
+  redis.call('pexpire', KEYS[1], ARGV[6])
+  redis.call('pexpire', KEYS[2], ARGV[6])
+  redis.call('zremrangebyscore', KEYS[4], '-inf', ARGV[7])
+  if redis.call('exists', KEYS[5]) == 1 then redis.call('publish', ARGV[8], ARGV[3]) end
+end
+return 1
+"""
+
+# KEYS: run, lease of the old owner ; ARGV: old owner, new owner
+_CLAIM = """
+if redis.call('hget', KEYS[1], 'owner') ~= ARGV[1] then return false end
+local status = redis.call('hget', KEYS[1], 'status')
+if status ~= 'running' and status ~= 'compensating' and status ~= 'undoing' then
+  return false
+end
+if redis.call('exists', KEYS[2]) == 1 then return false end
+redis.call('hset', KEYS[1], 'owner', ARGV[2])
+return redis.call('hmget', KEYS[1], 'record', 'status')
+"""
+
+# KEYS: run, events, running, lease of the current owner ; ARGV: status seen, owner seen,
+#   new owner, now, run_id
+_CLAIM_UNDO = """
+local status = redis.call('hget', KEYS[1], 'status')
+if status ~= ARGV[1] or redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+if status == 'undoing' and redis.call('exists', KEYS[4]) == 1 then return 0 end
+if status ~= 'succeeded' and status ~= 'undoing' then return 0 end
+redis.call('hset', KEYS[1], 'status', 'undoing', 'owner', ARGV[3])
+redis.call('persist', KEYS[1])
+redis.call('persist', KEYS[2])
+redis.call('zadd', KEYS[3], ARGV[4], ARGV[5])
+return 1
+"""
+
+# KEYS: key ; ARGV: run_id
+_RELEASE_KEY = """
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+return 1
+"""
+
+_SCRIPTS = {"create": _CREATE, "write": _WRITE}
+_SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
+
+_MAX_BATCH = 256  # writes sent in one pipeline at most
+
+
+@dataclass(slots=True, eq=False)
+class _Op:
+    """One queued script call, and where its reply goes."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: Any = None
+    error: BaseException | None = None
+
+
+class RedisRunStore:
+    """Records of durable runs in Redis, shared by the processes of a service.
+
+    Use it as an async context manager, which runs its owner lease, its writer and its
+    notification listener, typically for the lifetime of an application::
+
+        async with RedisRunStore.from_url("redis://localhost:6379/0") as runs:
+            result = await Checkout.run(order_id="o-1", runs=runs, idempotency_key="k-1")
+
+    - ``prefix`` namespaces every key and channel;
+    - ``owner_ttl``: seconds after which the runs of a process that stopped renewing its
+      lease (it crashed) may be recovered by another;
+    - ``retention``: seconds a finished run's record is kept;
+    - ``idempotency_window``: seconds an idempotency key keeps naming its run;
+    - ``max_record_bytes``: the largest encoded record accepted (``RecordTooLarge``);
+    - ``write_timeout``: seconds a write keeps retrying while Redis cannot be reached
+      before the run fails with ``StoreUnavailable``;
+    - ``recheck``: seconds between checks of a run that is waited for, when its finish
+      was not notified (a missed message, a crashed owner).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "asaga:",
+        owner_ttl: float = 10.0,
+        retention: float = 7 * 24 * 3600.0,
+        idempotency_window: float = 24 * 3600.0,
+        max_record_bytes: int = 1 << 20,
+        write_timeout: float = 5.0,
+        recheck: float = 1.0,
+        _owns_client: bool = False,
+    ) -> None:
+        if not owner_ttl > 0 or not retention > 0 or not idempotency_window > 0:
+            raise ValueError("owner_ttl, retention and idempotency_window must be > 0")
+        if max_record_bytes < 1024:
+            raise ValueError("max_record_bytes must be at least 1024")
+        if not write_timeout > 0 or not recheck > 0:
+            raise ValueError("write_timeout and recheck must be > 0 seconds")
+        self.client = client
+        """The Redis client the store uses."""
+        self.prefix = prefix
+        self.owner_ttl = owner_ttl
+        self.retention = retention
+        self._window = idempotency_window
+        self.write_timeout = write_timeout
+        self.recheck = recheck
+        self._max = max_record_bytes
+        self._owner = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(6).hex()}"
+        self._owns_client = _owns_client
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._send: MemoryObjectSendStream[_Op] | None = None
+        self._drained = anyio.Event()
+        self._waiting: dict[str, anyio.Event] = {}
+        self._unsent: dict[str, Write] = {}  # final writes that failed, sent again later
+        self._listening = False
+        self._claim = client.register_script(_CLAIM)
+        self._claim_undo = client.register_script(_CLAIM_UNDO)
+        self._release_key = client.register_script(_RELEASE_KEY)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisRunStore:
+        """A store with its own client for ``url`` (``redis://``, ``rediss://`` for TLS,
+        with an ACL user and password: ``redis://user:secret@host:6379/0``); the client
+        is closed when the store exits."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=50, timeout=30, socket_connect_timeout=2.0
+        )
+        return cls(aioredis.Redis(connection_pool=pool), _owns_client=True, **options)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _run_key(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+    def _events_key(self, run_id: str) -> str:
+        return f"{self.prefix}events:{run_id}"
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self.prefix}owner:{owner}"
+
+    def _idempotency_key(self, claim: Claim) -> str:
+        return f"{self.prefix}key:{claim.saga}:{claim.key}"
+
+    @property
+    def _running(self) -> str:
+        return f"{self.prefix}runs:running"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}runs:index"
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        """This store's identity as the owner of its runs (host, pid, random)."""
+        return self._owner
+
+    @property
+    def max_record_bytes(self) -> int:
+        return self._max
+
+    @property
+    def idempotency_window(self) -> float:
+        return self._window
+
+    async def __aenter__(self) -> Self:
+        if sniffio.current_async_library() != "asyncio":
+            raise RuntimeError(
+                "RedisRunStore needs asyncio (redis-py's client is asyncio-only); "
+                "use MemoryRunStore on other backends"
+            )
+        try:
+            await self._beat()  # the lease exists before any run is recorded
+        except RedisError as exc:
+            raise StoreUnavailable(f"the run store cannot reach Redis: {exc}") from exc
+        send, receive = anyio.create_memory_object_stream[_Op](max_buffer_size=float("inf"))
+        self._send = send
+        self._drained = anyio.Event()
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self._writer, receive, name="asaga run store writer")
+        tg.start_soon(self._heartbeat, name="asaga run store lease")
+        tg.start_soon(self._listen, name="asaga run store notifications")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tg is not None
+        assert self._send is not None
+        self._send.close()  # the writer sends what is queued, then returns
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.write_timeout + 1):
+                await self._drained.wait()
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            self._tg = None
+            self._send = None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                # Runs still unfinished now were abandoned: recoverable at once (if Redis
+                # cannot be reached, the lease expires by itself).
+                with contextlib.suppress(RedisError):
+                    await self.client.delete(self._owner_key(self._owner))
+                if self._owns_client:
+                    await self.client.aclose()
+                    await self.client.connection_pool.disconnect()
+
+    async def _beat(self) -> None:
+        await self.client.set(
+            self._owner_key(self._owner), "1", px=max(1, round(self.owner_ttl * 1000))
+        )
+
+    async def _heartbeat(self) -> None:
+        """Renew the owner lease; send again the final writes Redis could not take."""
+        interval = self.owner_ttl / 3
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self._beat()
+            except RedisError as exc:
+                _logger.warning("run_store_lease_not_renewed", error=repr(exc))
+                continue
+            for write in list(self._unsent.values()):
+                try:
+                    await self.write(write)
+                except RunTakenOver:
+                    self._unsent.pop(write.run_id, None)
+                except StoreUnavailable:
+                    break  # next time
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def create(self, write: Write, claim: Claim | None) -> str | None:
+        keys = [
+            self._run_key(write.run_id),
+            self._events_key(write.run_id),
+            self._running,
+            self._index,
+        ]
+        window = 0
+        if claim is not None:
+            keys.append(self._idempotency_key(claim))
+            window = max(1, round(claim.window * 1000))
+        record = decode_record(write.record, write.run_id)
+        args: list[Any] = [
+            write.run_id,
+            write.record,
+            write.status,
+            self._owner,
+            record.saga,
+            time.time(),
+            window,
+            record.saga_version,
+            *write.events,
+        ]
+        reply = await self._submit("create", keys, args, write.run_id)
+        if reply is None:
+            return None
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def write(self, write: Write) -> None:
+        keys = [
+            self._run_key(write.run_id),
+            self._events_key(write.run_id),
+            self._running,
+            self._index,
+            f"{self.prefix}waiting:{write.run_id}",
+        ]
+        args: list[Any] = [
+            write.run_id,
+            write.record,
+            write.status,
+            self._owner,
+            "1" if write.final else "0",
+            max(1, round(self.retention * 1000)),
+            time.time() - self.retention,
+            f"{self.prefix}finished:{write.run_id}",
+            *write.events,
+        ]
+        try:
+            applied = await self._submit("write", keys, args, write.run_id)
+        except StoreUnavailable:
+            if write.final:
+                # Kept and sent again while the store is open, so that no run stays
+                # "running" in Redis once it can be reached again.
+                self._unsent[write.run_id] = write
+            raise
+        self._unsent.pop(write.run_id, None)
+        if not applied:
+            raise RunTakenOver(
+                f"run {write.run_id} was taken over by another process (this process's "
+                "lease had expired); it finishes or compensates the run",
+                write.run_id,
+            )
+
+    async def _submit(self, script: str, keys: list[str], args: list[Any], run_id: str) -> Any:
+        if self._send is None:
+            raise RuntimeError(
+                "the RedisRunStore is not open: use it as `async with RedisRunStore(...) "
+                "as runs:` around the runs that use it"
+            )
+        op = _Op(script, keys, args)
+        self._send.send_nowait(op)
+        await op.done.wait()
+        if op.error is not None:
+            if isinstance(op.error, RunStoreError):
+                raise op.error
+            raise StoreUnavailable(
+                f"run {run_id} could not be recorded: {op.error!r}", run_id
+            ) from op.error
+        return op.reply
+
+    async def _writer(self, receive: MemoryObjectReceiveStream[_Op]) -> None:
+        """Send queued writes, as many as are waiting, in one pipeline at a time."""
+        async with receive:
+            try:
+                await self._drain(receive)
+            finally:
+                self._drained.set()
+
+    async def _drain(self, receive: MemoryObjectReceiveStream[_Op]) -> None:
+        async for op in receive:
+            batch = [op]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            with anyio.CancelScope(shield=True):
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[_Op]) -> None:
+        """Run ``batch`` in order; retry what Redis could not take, within write_timeout."""
+        deadline = time.monotonic() + self.write_timeout
+        delay = 0.05
+        todo = batch
+        while todo:
+            pipe = self.client.pipeline(transaction=False)
+            for op in todo:
+                pipe.evalsha(_SHAS[op.script], len(op.keys), *op.keys, *op.args)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    for op in todo:
+                        op.error = exc
+                        op.done.set()
+                    return
+                await anyio.sleep(delay * random.uniform(1.0, 1.5))
+                delay = min(delay * 2, 1.0)
+                continue
+            retry = []
+            for op, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    retry.append(op)
+                    continue
+                if isinstance(reply, ResponseError):
+                    op.error = RunStoreError(f"the run store refused a write: {reply}")
+                elif isinstance(reply, BaseException):
+                    op.error = reply
+                else:
+                    op.reply = reply
+                op.done.set()
+            if retry:  # Redis lost its scripts (a restart): load them, then send again
+                try:
+                    for text in _SCRIPTS.values():
+                        await self.client.script_load(text)
+                except (RedisError, OSError) as exc:
+                    for op in retry:
+                        op.error = exc
+                        op.done.set()
+                    return
+            todo = retry
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def load(self, run_id: str, *, events: bool = False) -> RunRecord:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._run_key(run_id), "record", "status", "owner")
+                if events:
+                    pipe.lrange(self._events_key(run_id), 0, -1)
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot read run {run_id}: {exc}", run_id) from exc
+        data, status, owner = replies[0]
+        if data is None:
+            raise RunNotFound(f"no record of run {run_id!r} in this store", run_id)
+        return self._assemble(run_id, data, status, owner, replies[1] if events else ())
+
+    def _assemble(
+        self, run_id: str, data: bytes, status: Any, owner: Any, events: Sequence[bytes]
+    ) -> RunRecord:
+        record = decode_record(data, run_id)
+        return msgspec.structs.replace(
+            record,
+            status=_text(status) or record.status,
+            owner=_text(owner),
+            events=tuple(decode_event(e, run_id) for e in events),
+        )
+
+    async def list(
+        self, *, status: str | None = None, saga: str | None = None, limit: int = 50
+    ) -> Sequence[RunRecord]:
+        found: list[RunRecord] = []
+        start, page = 0, max(limit, 50)
+        try:
+            while len(found) < limit and start < 100 * page:  # bounded scan of the index
+                ids = await self.client.zrevrange(self._index, start, start + page - 1)
+                if not ids:
+                    break
+                start += page
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for raw in ids:
+                        pipe.hmget(
+                            self._run_key(_text(raw) or ""), "record", "status", "owner", "saga"
+                        )
+                    rows = await pipe.execute()
+                for raw, (data, st, owner, name) in zip(ids, rows, strict=True):
+                    if data is None:
+                        continue  # expired
+                    if status is not None and _text(st) != status:
+                        continue
+                    if saga is not None and _text(name) != saga:
+                        continue
+                    found.append(self._assemble(_text(raw) or "", data, st, owner, ()))
+                    if len(found) >= limit:
+                        break
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot list runs: {exc}") from exc
+        return found
+
+    # -- recovery, undo, keys ------------------------------------------------------------
+
+    async def claim_abandoned(
+        self, sagas: Mapping[str, str], *, limit: int = 100
+    ) -> Sequence[RunRecord]:
+        try:
+            ids = [_text(r) or "" for r in await self.client.zrange(self._running, 0, limit - 1)]
+            if not ids:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.hmget(self._run_key(run_id), "owner", "saga", "version")
+                rows = [[_text(v) for v in row] for row in await pipe.execute()]
+            gone = [run_id for run_id, row in zip(ids, rows, strict=True) if row[0] is None]
+            if gone:
+                await self.client.zrem(self._running, *gone)
+            claimed: list[RunRecord] = []
+            for run_id, (owner, saga, version) in zip(ids, rows, strict=True):
+                if owner is None or owner == self._owner or saga is None or saga not in sagas:
+                    continue
+                if sagas[saga] != version:
+                    continue  # another version of the saga: for a process that has it
+                reply = await self._claim(
+                    keys=[self._run_key(run_id), self._owner_key(owner)],
+                    args=[owner, self._owner],
+                )
+                if reply:
+                    data, status = reply
+                    claimed.append(self._assemble(run_id, data, status, self._owner, ()))
+        except RedisError as exc:
+            raise StoreUnavailable(f"cannot look for abandoned runs: {exc}") from exc
+        return claimed
+
+    async def claim_undo(self, run_id: str) -> RunRecord:
+        for _ in range(10):  # bounded: only a concurrent change makes it go round again
+            record = await self.load(run_id)
+            if record.status not in ("succeeded", "undoing"):
+                return record
+            owner = record.owner or ""
+            try:
+                taken = await self._claim_undo(
+                    keys=[
+                        self._run_key(run_id),
+                        self._events_key(run_id),
+                        self._running,
+                        self._owner_key(owner),
+                    ],
+                    args=[record.status, owner, self._owner, time.time(), run_id],
+                )
+            except RedisError as exc:
+                raise StoreUnavailable(f"cannot undo run {run_id}: {exc}", run_id) from exc
+            if taken:
+                return record
+            again = await self.load(run_id)
+            if again.status == record.status and again.owner == record.owner:
+                return again  # undoing, by a live owner: the caller waits for it
+        raise StoreUnavailable(f"run {run_id} keeps changing; try the undo again", run_id)
+
+    async def release_key(self, claim: Claim, run_id: str) -> None:
+        try:
+            await self._release_key(keys=[self._idempotency_key(claim)], args=[run_id])
+        except RedisError as exc:
+            _logger.warning("idempotency_key_not_released", key=claim.key, error=repr(exc))
+
+    async def wait_finished(self, run_id: str) -> RunRecord:
+        """Wait for the run's finish notification; check again every ``recheck`` seconds
+        (jittered) in case it was missed or its owner died and someone else recovers it."""
+        waiting = f"{self.prefix}waiting:{run_id}"
+        while True:
+            try:
+                await self.client.set(waiting, "1", px=max(1, round(self.recheck * 3000)))
+            except RedisError as exc:
+                raise StoreUnavailable(f"cannot wait for run {run_id}: {exc}", run_id) from exc
+            record = await self.load(run_id)
+            if record.status in FINISHED:
+                return record
+            event = self._waiting.get(run_id)
+            if event is None:
+                event = self._waiting[run_id] = anyio.Event()
+            with anyio.move_on_after(self.recheck * random.uniform(1.0, 1.5)):
+                await event.wait()
+
+    async def _listen(self) -> None:
+        pattern = f"{self.prefix}finished:*"
+        skip = len(self.prefix) + len("finished:")
+        delay = 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                self._listening = True
+                delay = 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") != "pmessage":
+                        continue
+                    event = self._waiting.pop(_text(message["channel"])[skip:], None)  # type: ignore[index]
+                    if event is not None:
+                        event.set()
+            except RedisError as exc:
+                _logger.warning("run_notifications_lost", error=repr(exc), retry_in=delay)
+            finally:
+                self._listening = False
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            await anyio.sleep(delay * random.uniform(1.0, 1.5))
+            delay = min(delay * 2, 5.0)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,433 @@
+"""Durable runs in Redis, against the real server: crashes, recovery, idempotency keys,
+undo, outages (asyncio: redis-py's client is asyncio-only).
+
+Each test uses its own key prefix (deleted afterwards). A crashed process is a real OS
+process (tests/durable_worker.py) killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+import redis.asyncio as aioredis
+
+from asaga import IdempotencyKeyReused, Saga, SagaFailed, step
+from asaga.runs import RedisRunStore, recover
+from examples.inventory import Product, RedisInventoryStore
+from tests.sagas.durable import DurableCheckout, DurableHold, Payments
+
+pytestmark = pytest.mark.anyio
+
+WORKER = Path(__file__).with_name("durable_worker.py")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def read_line(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> str:
+    """One line of a child's stdout (bounded: the child prints within seconds)."""
+    with anyio.fail_after(20):
+        while b"\n" not in buffer:
+            buffer.extend(await stream.receive())
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return line.decode()
+
+
+async def kill_worker_at_random(
+    redis_url: str, prefix: str, seed: int, runs: int, owner_ttl: float = 60.0
+) -> str:
+    """Start a worker running ``runs`` checkouts, kill -9 it at a random point of its
+    work; return its owner id."""
+    command = [
+        sys.executable,
+        str(WORKER),
+        redis_url,
+        prefix,
+        str(seed),
+        str(runs),
+        str(owner_ttl),
+    ]
+    async with await anyio.open_process(command, cwd=ROOT) as process:
+        assert process.stdout is not None
+        buffer = bytearray()
+        owner = (await read_line(process.stdout, buffer)).split()[1]
+        # A random point of its work (the runs take about half a second in all).
+        await anyio.sleep(random.Random(seed).uniform(0.02, 0.5))
+        process.kill()
+        await process.wait()
+    return owner
+
+
+async def reconcile(
+    runs: RedisRunStore, inventory: RedisInventoryStore, payments: Payments
+) -> Counter[str]:
+    """Every recorded run has finished, stock agrees with the transaction log, and the
+    non-idempotent charge never ran twice for one run. Returns the runs by status."""
+    records = await runs.list(limit=10_000)
+    statuses: Counter[str] = Counter(r.status for r in records)
+    assert all(r.finished for r in records), statuses
+    by_run: dict[str, list[str]] = {}
+    for entry in await inventory.transactions():
+        by_run.setdefault(entry.run_id, []).append(entry.operation)
+    reserved = 0
+    for entry in await inventory.transactions():
+        reserved += entry.quantity if entry.operation == "reserve" else -entry.quantity
+    product = await inventory.get("widget")
+    assert product.reserved_count == reserved  # stock reconciles with the log
+    known = {r.run_id for r in records}
+    assert set(by_run) <= known  # no reservation without a record of its run
+    for record in records:
+        log = by_run.get(record.run_id, [])
+        charges = await payments.charges(record.run_id)
+        assert charges <= 1, f"charge ran {charges} times in run {record.run_id}"
+        if record.status == "succeeded":
+            assert log == ["reserve"]
+            assert charges == 1
+            assert not await payments.refunded(record.run_id)
+        else:
+            assert record.status in ("failed", "compensation_failed"), record.status
+            assert log in ([], ["reserve", "release"]), log  # nothing left reserved
+            if record.status == "compensation_failed":
+                # Only a charge in doubt (its process died during it) needs a human.
+                assert record.failed_compensations == ("charge",)
+                assert record.steps["charge"].error is not None
+                assert "in doubt" in record.steps["charge"].error
+    return statuses
+
+
+async def test_runs_of_a_killed_process_are_finished_or_compensated(
+    redis_url: str, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """kill -9 at random points (several seeds): a recoverer finishes every run the dead
+    process left (idempotent steps resumed, a step in doubt compensated around), stock
+    reconciles exactly with the log, and no charge ran twice."""
+    totals: Counter[str] = Counter()
+    recovered = 0
+    for seed in range(5):
+        prefix = f"{redis_prefix}{seed}:"
+        inventory = RedisInventoryStore(client, None, prefix=f"{prefix}inv:")
+        payments = Payments(client, prefix)
+        await inventory.put(Product(sku="widget", inventory_count=1_000_000))
+        owner = await kill_worker_at_random(redis_url, prefix, seed, runs=48)
+        # Its lease would expire after owner_ttl; expire it now instead of waiting.
+        await client.delete(f"{prefix}runs:owner:{owner}")
+        async with RedisRunStore(client, prefix=f"{prefix}runs:") as runs:
+            report = await recover(
+                runs,
+                sagas=[DurableCheckout],
+                resources={"store": inventory, "payments": payments},
+                limit=1000,
+            )
+            assert all(r.outcome != "error" for r in report), report
+            assert not await recover(  # nothing left: a second sweep finds nothing
+                runs,
+                sagas=[DurableCheckout],
+                resources={"store": inventory, "payments": payments},
+            )
+            totals += await reconcile(runs, inventory, payments)
+        recovered += len(report)
+    assert recovered > 0  # the kills did interrupt runs
+    assert totals["succeeded"] > 0
+
+
+async def test_recovery_waits_for_the_owner_lease(
+    redis_url: str, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """Runs whose owner's lease is alive are not taken. Once it has expired (the killed
+    process renews it no more), two concurrent recoverers share the runs: each run is
+    taken by exactly one."""
+    inventory = RedisInventoryStore(client, None, prefix=f"{redis_prefix}inv:")
+    payments = Payments(client, redis_prefix)
+    await inventory.put(Product(sku="widget", inventory_count=1_000_000))
+    resources = {"store": inventory, "payments": payments}
+    owner = await kill_worker_at_random(redis_url, redis_prefix, 7, runs=48, owner_ttl=2.0)
+    lease = f"{redis_prefix}runs:owner:{owner}"
+    remaining = await client.pttl(lease)
+    assert remaining > 0  # killed well within its lease
+    async with (
+        RedisRunStore(client, prefix=f"{redis_prefix}runs:") as first,
+        RedisRunStore(client, prefix=f"{redis_prefix}runs:") as second,
+    ):
+        assert await recover(first, sagas=[DurableCheckout], resources=resources) == []
+        await anyio.sleep(remaining / 1000 + 0.05)  # until the lease's own expiry
+        reports: list[list[object]] = []
+
+        async def sweep(store: RedisRunStore) -> None:
+            reports.append(
+                list(await recover(store, sagas=[DurableCheckout], resources=resources, limit=1000))
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sweep, first)
+            tg.start_soon(sweep, second)
+        ids = [r.run_id for report in reports for r in report]  # type: ignore[attr-defined]
+        assert ids, "the kill left no run to recover"
+        assert len(ids) == len(set(ids))  # no run taken twice
+        await reconcile(first, inventory, payments)
+
+
+async def test_fifty_concurrent_calls_with_one_key_make_one_run(
+    redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """50 concurrent calls with one idempotency key: one run; the others wait for it and
+    return its result (replayed); a 51st later call replays it too."""
+    executions = 0
+    running, release = anyio.Event(), anyio.Event()
+
+    class Charge(Saga):
+        amount: int
+
+        @step
+        async def charge(amount: int, run_id: str) -> str:
+            nonlocal executions
+            executions += 1
+            running.set()
+            await release.wait()
+            return f"ch-{run_id}"
+
+    results = []
+    async with RedisRunStore(client, prefix=f"{redis_prefix}runs:", recheck=0.5) as runs:
+
+        async def call() -> None:
+            results.append(await Charge.run(amount=5, runs=runs, idempotency_key="order-1"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(call)
+            with anyio.fail_after(5):
+                await running.wait()
+            release.set()
+        later = await Charge.run(amount=5, runs=runs, idempotency_key="order-1")
+        with pytest.raises(IdempotencyKeyReused):
+            await Charge.run(amount=6, runs=runs, idempotency_key="order-1")
+    assert executions == 1
+    assert len({r.run_id for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert later.replayed
+    assert later.output == results[0].output
+
+
+async def test_undo_after_success_restores_stock_once(
+    redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """Undoing a succeeded run compensates it from its record, in reverse order, and
+    restores the stock; a second undo does nothing and says so."""
+    inventory = RedisInventoryStore(client, None, prefix=f"{redis_prefix}inv:")
+    payments = Payments(client, redis_prefix)
+    await inventory.put(Product(sku="widget", inventory_count=10))
+    async with RedisRunStore(client, prefix=f"{redis_prefix}runs:") as runs:
+        result = await DurableHold.run(
+            sku="widget", quantity=4, store=inventory, payments=payments, runs=runs
+        )
+        assert (await inventory.get("widget")).reserved_count == 4
+        first = await DurableHold.undo(result.run_id, runs=runs, store=inventory, payments=payments)
+        second = await DurableHold.undo(
+            result.run_id, runs=runs, store=inventory, payments=payments
+        )
+        record = await runs.load(result.run_id, events=True)
+    assert (await inventory.get("widget")).reserved_count == 0
+    assert await payments.refunded(result.run_id)
+    assert first.already is False
+    assert first.status == "undone"
+    assert first.compensated == ("charge", "reserve")  # reverse graph order
+    assert second.already is True
+    assert second.status == "undone"
+    assert record.status == "undone"
+    kinds = [e.kind for e in record.events]
+    assert kinds[-4:] == [
+        "compensation_started",
+        "compensation_succeeded",
+        "compensation_started",
+        "compensation_succeeded",
+    ]
+    log = [e.operation for e in await inventory.transactions()]
+    assert log == ["reserve", "release"]
+
+
+async def test_connections_dropped_mid_run_are_retried(
+    redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """Every client connection is killed while a step runs: the next write is retried
+    on a new connection and the run completes, recorded."""
+    gate = anyio.Event()
+    proceed = anyio.Event()
+
+    class Two(Saga):
+        @step
+        async def first() -> int:
+            return 1
+
+        @step
+        async def second(first: int) -> int:
+            gate.set()
+            await proceed.wait()
+            return first + 1
+
+    async with RedisRunStore(client, prefix=f"{redis_prefix}runs:") as runs:
+        async with anyio.create_task_group() as tg:
+            outcome: list[int] = []
+
+            async def run() -> None:
+                outcome.append((await Two.run(runs=runs)).output)
+
+            tg.start_soon(run)
+            with anyio.fail_after(5):
+                await gate.wait()
+            await client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
+            proceed.set()
+        record = (await runs.list())[0]
+    assert outcome == [2]
+    assert record.status == "succeeded"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[tuple[str, Path, int]]:
+    """A redis-server of this test's own, with an append-only file, so that it can be
+    restarted with its data."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not on PATH; the restart test needs it")
+    directory = Path(tempfile.mkdtemp(prefix="asaga-redis-"))
+    port = _free_port()
+    yield binary, directory, port
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def start_redis(binary: str, directory: Path, port: int) -> anyio.abc.Process:
+    process = await anyio.open_process(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
+    )
+    probe = aioredis.Redis(port=port, socket_connect_timeout=0.2)
+    try:
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await probe.ping()
+                    break
+                except OSError:
+                    await anyio.sleep(0.05)  # the server is starting
+                except aioredis.ConnectionError:
+                    await anyio.sleep(0.05)
+    finally:
+        await probe.aclose()
+    return process
+
+
+async def test_a_redis_restart_mid_run(own_redis: tuple[str, Path, int]) -> None:
+    """Redis restarts while a step runs: the run's next writes wait for it (within the
+    store's write_timeout) and the run completes; a longer outage fails the run cleanly
+    (compensated) and its final record is written once Redis is back."""
+    binary, directory, port = own_redis
+    server = await start_redis(binary, directory, port)
+    client = aioredis.Redis(port=port, socket_connect_timeout=0.5)
+    gate, proceed = anyio.Event(), anyio.Event()
+    undone: list[int] = []
+
+    class Two(Saga):
+        @step
+        async def first() -> int:
+            return 1
+
+        @first.compensate
+        async def unfirst(first: int) -> None:
+            undone.append(first)
+
+        @step
+        async def second(first: int) -> int:
+            gate.set()
+            await proceed.wait()
+            return first + 1
+
+    try:
+        async with RedisRunStore(client, write_timeout=10.0, owner_ttl=3.0) as runs:
+            async with anyio.create_task_group() as tg:
+                outcome: list[int] = []
+
+                async def run() -> None:
+                    outcome.append((await Two.run(runs=runs)).output)
+
+                tg.start_soon(run)
+                with anyio.fail_after(5):
+                    await gate.wait()
+                server.terminate()
+                await server.wait()
+                server = await start_redis(binary, directory, port)
+                proceed.set()
+            assert outcome == [2]
+            record = (await runs.list())[0]
+            assert record.status == "succeeded"
+
+            # Down for longer than write_timeout: the run fails cleanly, compensated.
+            gate, proceed = anyio.Event(), anyio.Event()
+            runs.write_timeout = 0.3
+            async with anyio.create_task_group() as tg:
+                failures: list[BaseException] = []
+
+                async def failing_run() -> None:
+                    try:
+                        await Two.run(runs=runs)
+                    except SagaFailed as exc:
+                        failures.append(exc)
+
+                tg.start_soon(failing_run)
+                with anyio.fail_after(5):
+                    await gate.wait()
+                server.terminate()
+                await server.wait()
+                proceed.set()
+            assert len(failures) == 1
+            assert undone == [1]
+            server = await start_redis(binary, directory, port)
+            # The final write is sent again once Redis answers (at the next lease renewal).
+            with anyio.fail_after(10):
+                while True:
+                    records = await runs.list()
+                    if all(r.finished for r in records) and len(records) == 2:
+                        break
+                    await anyio.sleep(0.1)
+            assert sorted(r.status for r in records) == ["failed", "succeeded"]
+    finally:
+        server.terminate()
+        await server.wait()
+        await client.aclose()
