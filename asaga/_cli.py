@@ -1,5 +1,5 @@
-"""The ``asaga`` command line: ``asaga graph module:Saga``, ``asaga demo`` (also
-``python -m asaga``).
+"""The ``asaga`` command line: ``asaga graph module:Saga``, ``asaga demo``, ``asaga runs
+list|show``, ``asaga recover`` (also ``python -m asaga``).
 
 Wiring only: each subcommand is one ``_add_<name>`` function that declares its arguments
 and one ``_<name>`` function that runs it; :data:`_COMMANDS` lists the former. A command
@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import inspect
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
+
+import anyio
 
 from ._exceptions import AsagaError
 from ._render import to_dot, to_mermaid
@@ -146,7 +150,165 @@ def _demo(args: argparse.Namespace) -> int:
     return status
 
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_graph, _add_demo)
+def _add_redis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("REDIS_URL"),
+        help="the run store's Redis (redis://, rediss://, user:password@...; default: $REDIS_URL)",
+    )
+    parser.add_argument(
+        "--prefix", default="asaga:", help="the run store's key prefix (default: asaga:)"
+    )
+
+
+def _add_runs(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "runs",
+        help="list recorded durable runs, or show one with its steps and timeline",
+        description="Read durable runs from a Redis run store (nothing is changed).",
+    )
+    actions = parser.add_subparsers(metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="recorded runs, newest first")
+    _add_redis_options(listing)
+    listing.add_argument("--status", help="only runs with this status (e.g. running)")
+    listing.add_argument("--saga", help="only runs of this saga (class name)")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    listing.set_defaults(command=_runs_list, command_name="runs list")
+    show = actions.add_parser("show", help="one run: its steps and the timeline of its events")
+    _add_redis_options(show)
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.set_defaults(command=_runs_show, command_name="runs show")
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    from .runs._show import format_runs  # only this command needs it
+
+    if not 1 <= args.limit <= 10_000:
+        raise TargetError("--limit must be between 1 and 10000")
+
+    async def read(runs: Any) -> str:
+        return format_runs(await runs.list(status=args.status, saga=args.saga, limit=args.limit))
+
+    return _with_store(args, read)
+
+
+def _runs_show(args: argparse.Namespace) -> int:
+    from .runs._show import format_run  # only this command needs it
+
+    async def read(runs: Any) -> str:
+        return format_run(await runs.load(args.run_id, events=True))
+
+    return _with_store(args, read)
+
+
+def _add_recover(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "recover",
+        help="finish or compensate the durable runs of processes that died",
+        description=(
+            "Take over the unfinished runs of the given sagas whose owner's lease expired "
+            "(its process died) and finish or compensate each, as asaga.runs.recover() "
+            "does. Exits 1 if a run could not be recovered."
+        ),
+    )
+    _add_redis_options(parser)
+    parser.add_argument(
+        "--saga",
+        action="append",
+        required=True,
+        metavar="TARGET",
+        help="a saga class to recover runs of, as module.path:Class (repeat for several)",
+    )
+    parser.add_argument(
+        "--resources",
+        metavar="TARGET",
+        help="module.path:function returning the sagas' resources as a mapping, or an async "
+        "context manager yielding one; it gets url= and prefix= (--redis, --prefix) if it "
+        "takes such parameters",
+    )
+    parser.add_argument("--limit", type=int, default=100, help="runs taken at most (100)")
+    parser.set_defaults(command=_recover, command_name="recover")
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from .runs import recover  # only this command needs it
+
+    sagas = [load_saga(target) for target in args.saga]
+    factory = _load_callable(args.resources) if args.resources else None
+    report: list[Any] = []
+
+    async def sweep(runs: Any) -> str:
+        async with _resources(factory, args.redis, args.prefix) as resources:
+            report.extend(await recover(runs, sagas=sagas, resources=resources, limit=args.limit))
+        lines = [
+            f"{r.run_id}  {r.saga}  {r.outcome}"
+            + (f"  in doubt: {', '.join(r.in_doubt)}" if r.in_doubt else "")
+            + (f"  {r.error}" if r.error else "")
+            for r in report
+        ]
+        return "\n".join([*lines, f"{len(report)} run(s) recovered"]) + "\n"
+
+    status = _with_store(args, sweep)
+    return 1 if status == 0 and any(r.outcome == "error" for r in report) else status
+
+
+@asynccontextmanager
+async def _resources(
+    factory: Callable[..., Any] | None, url: str, prefix: str
+) -> AsyncIterator[Mapping[str, Any]]:
+    if factory is None:
+        yield {}
+        return
+    takes = inspect.signature(factory).parameters
+    kwargs = {k: v for k, v in (("url", url), ("prefix", prefix)) if k in takes}
+    made = factory(**kwargs)
+    if inspect.isawaitable(made):
+        made = await made
+    if hasattr(made, "__aenter__"):
+        async with made as resources:
+            yield resources
+    else:
+        yield made
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> int:
+    if not args.redis:
+        raise TargetError("give the run store's Redis with --redis URL (or set REDIS_URL)")
+    from .runs import RedisRunStore  # the redis extra, only when used
+
+    async def main() -> str:
+        async with RedisRunStore.from_url(args.redis, prefix=args.prefix) as runs:
+            return await work(runs)
+
+    try:
+        sys.stdout.write(anyio.run(main))
+    except AsagaError as exc:
+        print(f"asaga {args.command_name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load_callable(target: str) -> Callable[..., Any]:
+    module_name, colon, attribute = target.partition(":")
+    if not colon or not module_name or not attribute:
+        raise TargetError(f"target {target!r} must be module.path:function")
+    value: object = _import(module_name)
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise TargetError(f"{target}: no attribute {part!r}")
+        value = getattr(value, part)
+    if not callable(value):
+        raise TargetError(f"{target} is not callable")
+    return value
+
+
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+    _add_graph,
+    _add_demo,
+    _add_runs,
+    _add_recover,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

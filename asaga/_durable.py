@@ -30,7 +30,7 @@ import msgspec
 import structlog
 
 from ._compensation import Unwind
-from ._events import Emitter, RunContext
+from ._events import Emitter, RunContext, split_hooks
 from ._exceptions import (
     CompensationFailed,
     IdempotencyKeyReused,
@@ -329,8 +329,6 @@ async def recover(
     Call it when a service starts, and then periodically (every ``owner_ttl`` or so): a
     run is recoverable once its owner's lease has expired.
     """
-    from ._events import split_hooks
-
     resources = dict(resources or {})
     specs: dict[str, SagaSpec] = {}
     for cls in sagas:

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import msgspec.inspect
 
 from ._annotations import EMPTY, type_name
 from ._events import Event
@@ -83,7 +84,10 @@ class SagaCodec:
                 continue
             try:
                 self._decoders[name] = msgspec.msgpack.Decoder(annotation)
+                unsupported = _custom_types(msgspec.inspect.type_info(annotation), set())
             except TypeError:
+                unsupported = [annotation]
+            if unsupported:
                 self.problems.append(
                     f"step '{name}' returns `{type_name(annotation)}`, which msgspec cannot "
                     "encode: a durable run records every result, so return a Struct, a "
@@ -137,6 +141,21 @@ class SagaCodec:
     def fingerprint(self, inputs: bytes) -> str:
         """A digest of the recorded inputs (an idempotency key must come back with them)."""
         return hashlib.sha256(inputs).hexdigest()[:32]
+
+
+def _custom_types(info: msgspec.inspect.Type, seen: set[int]) -> list[Any]:
+    """The types inside ``info`` that msgspec would only handle with custom hooks."""
+    if isinstance(info, msgspec.inspect.CustomType):
+        return [] if info.cls is object else [info.cls]  # object decodes like Any
+    found = []
+    for attr in info.__struct_fields__:
+        value = getattr(info, attr)
+        for item in value if isinstance(value, tuple) else (value,):
+            inner = item.type if isinstance(item, msgspec.inspect.Field) else item
+            if isinstance(inner, msgspec.inspect.Type) and id(inner) not in seen:
+                seen.add(id(inner))
+                found += _custom_types(inner, seen)
+    return found
 
 
 def _first_unencodable(values: Mapping[str, Any]) -> str:

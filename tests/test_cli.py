@@ -237,3 +237,167 @@ def test_docs_page_output(
     monkeypatch.chdir(ROOT)
     _, out, err = run(shlex.split(command)[2:], capsys)
     assert out + err == expected
+
+
+# -- asaga runs / asaga recover (against Redis) -------------------------------------------
+
+
+class Recorded(Saga):
+    """Runs recorded by the CLI tests."""
+
+    fail: bool = False
+
+    @step
+    async def first() -> str:
+        return "one"
+
+    @first.compensate
+    async def unfirst(first: str) -> None:
+        return None
+
+    @step
+    async def second(first: str, fail: bool) -> str:
+        if fail:
+            raise RuntimeError("second failed")
+        return first + "+two"
+
+
+def record_runs(redis_url: str, prefix: str) -> tuple[str, str]:
+    """One succeeded and one failed run in a RedisRunStore under ``prefix``."""
+    import anyio
+
+    from asaga import SagaFailed
+    from asaga.runs import RedisRunStore
+
+    async def main() -> tuple[str, str]:
+        async with RedisRunStore.from_url(redis_url, prefix=prefix) as runs:
+            ok = await Recorded.run(runs=runs)
+            try:
+                await Recorded.run(fail=True, runs=runs)
+            except SagaFailed as exc:
+                return ok.run_id, exc.run_id
+        raise AssertionError("the second run should have failed")
+
+    return anyio.run(main)
+
+
+@pytest.mark.usefixtures("quiet_logs")
+def test_runs_list_and_show(
+    redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`asaga runs list` shows recorded runs newest first; `runs show` one run's steps,
+    compensations and timeline."""
+    ok, failed = record_runs(redis_url, redis_prefix)
+    status, out, err = run(["runs", "list", "--redis", redis_url, "--prefix", redis_prefix], capsys)
+    assert (status, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["RUN", "SAGA", "STATUS", "CREATED", "(UTC)", "FAILED", "STEP"]
+    assert lines[1].split()[:3] == [failed, "Recorded", "failed"]
+    assert lines[1].split()[-1] == "second"
+    assert lines[2].split()[:3] == [ok, "Recorded", "succeeded"]
+    status, out, _ = run(
+        ["runs", "list", "--redis", redis_url, "--prefix", redis_prefix, "--status", "failed"],
+        capsys,
+    )
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [failed]
+
+    status, out, err = run(
+        ["runs", "show", failed, "--redis", redis_url, "--prefix", redis_prefix], capsys
+    )
+    assert (status, err) == (0, "")
+    assert f"run {failed}" in out
+    assert "failed    at second: RuntimeError('second failed')" in out
+    assert re.search(r"first\s+succeeded\s+1\s+succeeded\s+\"one\"", out)
+    assert re.search(r"second\s+failed\s+1\s+-\s+RuntimeError\('second failed'\)", out)
+    kinds = re.findall(r"ms  (\w+)", out)
+    assert kinds == [
+        "run_started",
+        "step_started",
+        "step_succeeded",
+        "step_started",
+        "step_failed",
+        "compensation_started",
+        "compensation_succeeded",
+        "run_failed",
+    ]
+
+
+def test_runs_show_unknown_run(
+    redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown run id is a clear error and status 1."""
+    status, out, err = run(
+        ["runs", "show", "nope", "--redis", redis_url, "--prefix", redis_prefix], capsys
+    )
+    assert (status, out) == (1, "")
+    assert "asaga runs show: no record of run 'nope'" in err
+
+
+def test_runs_need_a_redis_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --redis nor $REDIS_URL the command says what to give it."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    status, _, err = run(["runs", "list"], capsys)
+    assert status == 2
+    assert "give the run store's Redis with --redis URL" in err
+
+
+@pytest.mark.usefixtures("quiet_logs")
+def test_recover_command(
+    redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`asaga recover` takes over the run of a process that died mid-step (the durable
+    example's child process) and compensates it, with the example's resources."""
+    import os
+
+    import anyio
+    import redis
+    import redis.asyncio as aioredis
+
+    from examples.inventory import Product, RedisInventoryStore
+
+    async def stock() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        store = RedisInventoryStore(client, None, prefix=f"{redis_prefix}inv:")
+        await store.put(Product(sku="widget", inventory_count=10))
+        await client.aclose()
+
+    anyio.run(stock)
+    env = {**os.environ, "DURABLE_DEMO_CRASH": "1"}
+    example = str(ROOT / "examples" / "durable_checkout.py")
+    seed = [sys.executable, example, "--redis", redis_url, "--prefix", redis_prefix, "--child"]
+    assert subprocess.run(seed, env=env, timeout=60, check=False).returncode == 1
+    client = redis.Redis.from_url(redis_url)
+    try:
+        owners = list(client.scan_iter(match=f"{redis_prefix}owner:*"))
+        assert len(owners) == 1
+        client.delete(*owners)  # the dead process's lease, expired now instead of in 1 s
+    finally:
+        client.close()
+    argv = [
+        "recover",
+        "--redis",
+        redis_url,
+        "--prefix",
+        redis_prefix,
+        "--saga",
+        "examples.durable_checkout:DurableCheckout",
+        "--resources",
+        "examples.durable_checkout:resources",
+    ]
+    status, out, err = run(argv, capsys)
+    assert status == 0, err
+    assert re.search(r"\S+  DurableCheckout  compensation_failed  in doubt: charge", out)
+    assert out.rstrip().endswith("1 run(s) recovered")
+    status, out, _ = run(argv, capsys)
+    assert out.rstrip().endswith("0 run(s) recovered")
+
+    async def reserved() -> int:
+        client = aioredis.Redis.from_url(redis_url)
+        store = RedisInventoryStore(client, None, prefix=f"{redis_prefix}inv:")
+        product = await store.get("widget")
+        await client.aclose()
+        return product.reserved_count
+
+    assert anyio.run(reserved) == 0  # the dead run's reservation was released

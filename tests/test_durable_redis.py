@@ -21,7 +21,7 @@ import anyio.abc
 import pytest
 import redis.asyncio as aioredis
 
-from asaga import IdempotencyKeyReused, Saga, SagaFailed, step
+from asaga import CorruptRecord, IdempotencyKeyReused, Saga, SagaFailed, StoreUnavailable, step
 from asaga.runs import RedisRunStore, recover
 from examples.inventory import Product, RedisInventoryStore
 from tests.sagas.durable import DurableCheckout, DurableHold, Payments
@@ -431,3 +431,112 @@ async def test_a_redis_restart_mid_run(own_redis: tuple[str, Path, int]) -> None
         server.terminate()
         await server.wait()
         await client.aclose()
+
+
+async def test_a_tampered_record_is_refused(redis_prefix: str, client: aioredis.Redis) -> None:
+    """A record changed behind asaga's back decodes to a clear CorruptRecord (nothing is
+    unpickled or executed); recovery reports it instead of crashing the sweep."""
+
+    class One(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+    async with RedisRunStore(client, prefix=f"{redis_prefix}runs:") as runs:
+        result = await One.run(runs=runs)
+        key = f"{redis_prefix}runs:run:{result.run_id}"
+        await client.hset(key, "record", b"\x80\x03cos\nsystem\nq\x00.")  # a pickle
+        with pytest.raises(CorruptRecord, match=f"run {result.run_id}"):
+            await runs.load(result.run_id)
+        with pytest.raises(CorruptRecord):
+            await One.undo(result.run_id, runs=runs)
+
+
+async def test_an_acl_user_with_only_its_prefix_can_run_durably(
+    own_redis: tuple[str, Path, int],
+) -> None:
+    """A Redis ACL user (username and password in the URL) allowed only the store's key
+    prefix and channels is enough: every key and channel asaga uses is under the prefix."""
+    binary, directory, port = own_redis
+    server = await start_redis(binary, directory, port)
+    admin = aioredis.Redis(port=port)
+    try:
+        await admin.execute_command(
+            "ACL", "SETUSER", "saga", "on", ">s3cret", "~app:*", "&app:*", "+@all", "-@dangerous"
+        )
+        runs = RedisRunStore.from_url(f"redis://saga:s3cret@127.0.0.1:{port}/0", prefix="app:")
+        async with runs:
+
+            class One(Saga):
+                @step
+                async def a() -> int:
+                    return 1
+
+            result = await One.run(runs=runs, idempotency_key="k")
+            again = await One.run(runs=runs, idempotency_key="k")
+            assert again.replayed
+            assert (await runs.load(result.run_id)).status == "succeeded"
+        with pytest.raises(StoreUnavailable):  # the wrong password gets a clear error
+            async with RedisRunStore.from_url(f"redis://saga:wrong@127.0.0.1:{port}/0"):
+                pass
+    finally:
+        await admin.aclose()
+        server.terminate()
+        await server.wait()
+
+
+async def test_tls(own_redis: tuple[str, Path, int]) -> None:
+    """rediss:// works: a TLS-only redis-server with a certificate of a test CA."""
+    binary, directory, port = own_redis
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is not on PATH; the TLS test makes its certificates with it")
+    ca, cert, key = directory / "ca.crt", directory / "server.crt", directory / "server.key"
+    for command in (
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=asaga test CA", "-keyout", str(directory / "ca.key"), "-out", str(ca)],
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+         "-out", str(directory / "server.csr")],
+        [openssl, "x509", "-req", "-in", str(directory / "server.csr"), "-CA", str(ca),
+         "-CAkey", str(directory / "ca.key"), "-CAcreateserial", "-days", "1",
+         "-copy_extensions", "copy", "-out", str(cert)],
+    ):  # fmt: skip
+        done = await anyio.run_process(command, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+    process = await anyio.open_process(
+        [
+            binary,
+            "--port", "0",
+            "--tls-port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(directory),
+            "--save", "",
+            "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(ca),
+            "--tls-auth-clients", "no",
+        ]
+    )  # fmt: skip
+    client = aioredis.Redis.from_url(f"rediss://127.0.0.1:{port}/0", ssl_ca_certs=str(ca))
+    try:
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await client.ping()
+                    break
+                except (OSError, aioredis.ConnectionError):
+                    await anyio.sleep(0.05)  # the server is starting
+        async with RedisRunStore(client, prefix="tls:") as runs:
+
+            class One(Saga):
+                @step
+                async def a() -> int:
+                    return 1
+
+            result = await One.run(runs=runs)
+            assert (await runs.load(result.run_id)).status == "succeeded"
+    finally:
+        await client.aclose()
+        process.terminate()
+        await process.wait()

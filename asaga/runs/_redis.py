@@ -205,6 +205,9 @@ class RedisRunStore:
         self._drained = anyio.Event()
         self._waiting: dict[str, anyio.Event] = {}
         self._unsent: dict[str, Write] = {}  # final writes that failed, sent again later
+        self.round_trips = 0
+        """Pipelines the writer has sent (each one round trip, carrying one or more
+        writes): for measuring what durability costs."""
         self._listening = False
         self._claim = client.register_script(_CLAIM)
         self._claim_undo = client.register_script(_CLAIM_UNDO)
@@ -436,6 +439,7 @@ class RedisRunStore:
             pipe = self.client.pipeline(transaction=False)
             for op in todo:
                 pipe.evalsha(_SHAS[op.script], len(op.keys), *op.keys, *op.args)
+            self.round_trips += 1
             try:
                 replies = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as exc:
