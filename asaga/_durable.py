@@ -32,6 +32,7 @@ import structlog
 from ._compensation import Unwind
 from ._events import Emitter, RunContext, split_hooks
 from ._exceptions import (
+    AsagaError,
     CompensationFailed,
     IdempotencyKeyReused,
     RecordedError,
@@ -359,7 +360,7 @@ async def recover(
         async with limiter:
             try:
                 done = await _recover_one(specs[record.saga], runs, record, resources, extra)
-            except RunStoreError as exc:
+            except AsagaError as exc:  # a store error, inputs that no longer validate...
                 done = Recovered(
                     run_id=record.run_id, saga=record.saga, outcome="error", error=repr(exc)
                 )
@@ -398,10 +399,9 @@ async def _recover_one(
     values = _values(spec, record, resources)
     steps = record.steps
     in_doubt = [n for n, s in steps.items() if s.status == "running"]
-    risky = tuple(n for n in in_doubt if not plan.nodes[n].idempotent)
     failed = [n for n, s in steps.items() if s.status == "failed"]
-
-    if record.status == "running" and not failed and not risky:
+    unwinding = record.status != "running" or bool(failed)
+    if not unwinding and all(plan.nodes[n].idempotent for n in in_doubt):
         succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
         skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
         resume = Resume(succeeded=succeeded, skipped=skipped)
@@ -427,7 +427,10 @@ async def _recover_one(
             )
         return Recovered(run_id=run_id, saga=saga, outcome="succeeded", resumed=resumed)
 
-    # Unwind: from a failure that was recorded, or because a step is in doubt.
+    # Unwind: from a failure that was recorded, or because a step that is not idempotent
+    # is in doubt. No step runs forward now, so every step in doubt stays as it may be:
+    # it is undone only if it recorded a result, which a step in doubt did not.
+    risky = tuple(in_doubt)
     now = time.time()
     why = "its process died while it ran: it may or may not have had its effect"
     for name in risky:

@@ -271,7 +271,7 @@ async def _drive(
             error="cancelled",
         )
         if journal is not None and execution.taken_over is None:
-            await _record_end(journal, "cancelled", release_key=True)
+            await _record_end(journal, "cancelled", error="cancelled", release_key=True)
         raise
     except BaseException as exc:
         # Not an Exception (KeyboardInterrupt, SystemExit...): no SagaFailed for it, but the
@@ -368,8 +368,8 @@ async def _record_end(
     """Write down how the run ended, shielded; best effort (the outcome stands)."""
     with anyio.CancelScope(shield=True):
         try:
-            if error is not None:
-                await journal.failing(None, error)
+            if error is not None and journal.record.error is None:
+                journal.set_failure(None, error)
             await journal.finish(status)
         except RunStoreError as exc:
             _logger.warning("run_not_recorded", run_id=journal.run_id, error=repr(exc))
