@@ -25,7 +25,16 @@ __all__ = ["InputValidator"]
 class InputValidator:
     """Checks and converts the inputs of one saga; built once per saga class."""
 
-    __slots__ = ("_checked", "_names", "_required", "_saga", "_specs", "_struct", "problems")
+    __slots__ = (
+        "_checked",
+        "_fast",
+        "_names",
+        "_required",
+        "_saga",
+        "_specs",
+        "_struct",
+        "problems",
+    )
 
     def __init__(self, saga: str, specs: Mapping[str, InputSpec]) -> None:
         self._saga = saga
@@ -47,23 +56,32 @@ class InputValidator:
                 continue
             checked[spec.name] = spec.annotation
         self._checked = checked
-        fields = list(checked.items())
-        self._struct: type[msgspec.Struct] | None = (
-            msgspec.defstruct(f"{saga}Inputs", fields, kw_only=True) if fields else None
-        )
+        # Declared optional inputs take their default in the struct, so that a run that
+        # leaves them out still converts in one call.
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        for name, annotation in checked.items():
+            spec = specs[name]
+            optional = spec.declared and not spec.required
+            fields.append((name, annotation, spec.default) if optional else (name, annotation))
+        try:
+            struct = msgspec.defstruct(f"{saga}Inputs", fields, kw_only=True) if fields else None
+        except TypeError:  # a default msgspec refuses (a non-empty mutable one): no defaults
+            fields = list(checked.items())
+            struct = msgspec.defstruct(f"{saga}Inputs", fields, kw_only=True)
+        self._struct: type[msgspec.Struct] | None = struct
+        self._fast = self._required | {f[0] for f in fields if len(f) == 2}
+        """The inputs a run must give for the one-call conversion."""
 
     def validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Return the run's input values (converted), or raise ``InputValidationError``."""
         values = dict(given)
-        if (
-            self._names.issuperset(values)
-            and self._required.issubset(values)
-            and self._checked.keys() <= values.keys()
-        ):
+        if self._names.issuperset(values) and self._fast.issubset(values):
             if self._struct is None:
                 return self._fill_defaults(values)
             try:
-                converted = msgspec.convert({k: values[k] for k in self._checked}, self._struct)
+                converted = msgspec.convert(
+                    {k: values[k] for k in self._checked if k in values}, self._struct
+                )
             except (msgspec.ValidationError, TypeError):
                 pass  # the slow path below names every bad field
             else:

@@ -376,6 +376,7 @@ class _SagaElement:
         result, completed = await execute(
             self.spec, child_inputs, parent=context, prefix=context.path_of(label)
         )
+        assert completed is not None  # undoable by default
         return result.output, completed
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -135,7 +135,7 @@ class Completed:
             )
 
 
-async def execute(
+def execute(
     spec: SagaSpec,
     inputs: Mapping[str, Any],
     *,
@@ -143,18 +143,27 @@ async def execute(
     extra_hooks: Hooks = ((), ()),
     parent: RunContext | None = None,
     prefix: str | None = None,
-) -> tuple[SagaResult[Any], Completed]:
-    """Validate ``inputs`` and run the saga once.
+    undoable: bool = True,
+) -> Coroutine[Any, Any, tuple[SagaResult[Any], Completed | None]]:
+    """Validate ``inputs`` (now: ``InputValidationError`` is raised by this call), and
+    return the run of the saga to await.
 
-    Returns the result and a handle that can undo the run later; raises
-    ``InputValidationError``, ``SagaFailed`` / ``CompensationFailed`` (after unwinding), or
-    the caller's cancellation (after unwinding).
+    The run returns the result and a handle that can undo it later (``None`` with
+    ``undoable=False``: a top-level run, which nothing undoes in memory); it raises ``SagaFailed`` /
+    ``CompensationFailed`` (after unwinding), or the caller's cancellation (after
+    unwinding).
     """
     values = spec.inputs.validate(inputs)
     run_id = run_id or new_run_id()
     values[RUN_ID] = run_id  # what a `run_id` parameter receives
-    return await run_values(
-        spec, values, run_id, extra_hooks=extra_hooks, parent=parent, prefix=prefix
+    return run_values(
+        spec,
+        values,
+        run_id,
+        extra_hooks=extra_hooks,
+        parent=parent,
+        prefix=prefix,
+        undoable=undoable,
     )
 
 
@@ -173,7 +182,8 @@ async def run_values(
     prefix: str | None = None,
     journal: Journal | None = None,
     resume: Resume | None = None,
-) -> tuple[SagaResult[Any], Completed]:
+    undoable: bool = True,
+) -> tuple[SagaResult[Any], Completed | None]:
     """Run the saga on validated ``values`` (see :func:`execute`); with a ``journal``,
     write each transition down before acting on it, starting from ``resume`` if given."""
     sync_hooks, async_hooks = spec.sync_hooks, spec.async_hooks
@@ -186,9 +196,10 @@ async def run_values(
     # User logs inside steps carry saga and run_id (structlog.contextvars).
     tokens = bind_contextvars(saga=spec.plan.saga, run_id=run_id)
     try:
-        return await _with_dispatcher(
-            emitter, _drive(spec, values, context, journal, resume), _undo_run
-        )
+        work = _drive(spec, values, context, journal, resume, undoable)
+        if not emitter.needs_dispatcher:
+            return await work
+        return await _with_dispatcher(emitter, work, _undo_run)
     finally:
         reset_contextvars(**tokens)
 
@@ -236,7 +247,8 @@ async def _drive(
     context: RunContext,
     journal: Journal | None,
     resume: Resume | None,
-) -> tuple[SagaResult[Any], Completed]:
+    undoable: bool,
+) -> tuple[SagaResult[Any], Completed | None]:
     plan = spec.plan
     emit = context.emit
     started = time.monotonic()
@@ -317,6 +329,8 @@ async def _drive(
             output=results.get(plan.output) if plan.output is not None else None,
             results=_ReadOnly(results),
         )
+        if not undoable:
+            return result, None
         return result, Completed(spec, context, values, execution.completed, execution.undos)
 
     step_name, cause = execution.failure
@@ -378,9 +392,10 @@ async def _record_end(
             await journal.store.release_key(journal.claim, journal.run_id)
 
 
-async def _undo_run(outcome: tuple[SagaResult[Any], Completed]) -> None:
+async def _undo_run(outcome: tuple[SagaResult[Any], Completed | None]) -> None:
     completed = outcome[1]
-    await completed.undo(completed.parent_context)
+    if completed is not None:
+        await completed.undo(completed.parent_context)
 
 
 def _left_undone(step: str, cause: BaseException) -> list[tuple[str, Exception]]:

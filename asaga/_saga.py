@@ -134,7 +134,9 @@ class Saga(metaclass=SagaMeta):
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
         extra = split_hooks(hooks) if hooks else ((), ())
         if runs is None and idempotency_key is None:
-            result, _ = await execute(spec, inputs, run_id=run_id, extra_hooks=extra)
+            result, _ = await execute(
+                spec, inputs, run_id=run_id, extra_hooks=extra, undoable=False
+            )
             return result
         return await run_durable(
             spec,
