@@ -33,6 +33,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -44,7 +45,6 @@ import msgspec
 import redis.asyncio as aioredis
 import sniffio
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .._exceptions import RunNotFound, RunStoreError, RunTakenOver, StoreUnavailable
@@ -79,7 +79,7 @@ redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'owner', ARGV[
            'saga', ARGV[5], 'version', ARGV[8])
 redis.call('zadd', KEYS[3], ARGV[6], ARGV[1])
 redis.call('zadd', KEYS[4], ARGV[6], ARGV[1])
-for i = 9, #ARGV do redis.call('rpush', KEYS[2], ARGV[i]) end
+if #ARGV >= 9 then redis.call('rpush', KEYS[2], unpack(ARGV, 9)) end
 return false
 """
 
@@ -88,7 +88,7 @@ return false
 _WRITE = """
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[4] then return 0 end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
-for i = 9, #ARGV do redis.call('rpush', KEYS[2], ARGV[i]) end
+if #ARGV >= 9 then redis.call('rpush', KEYS[2], unpack(ARGV, 9)) end
 if ARGV[5] == '1' then
   redis.call('zrem', KEYS[3], ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[6])
@@ -201,7 +201,10 @@ class RedisRunStore:
         self._owner = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(6).hex()}"
         self._owns_client = _owns_client
         self._tg: anyio.abc.TaskGroup | None = None
-        self._send: MemoryObjectSendStream[_Op] | None = None
+        self._queue: deque[_Op] = deque()  # writes waiting for the writer task
+        self._open = False
+        self._busy = False  # a batch is being sent (by the writer or by a lone writer)
+        self._wakeup = anyio.Event()
         self._drained = anyio.Event()
         self._waiting: dict[str, anyio.Event] = {}
         self._unsent: dict[str, Write] = {}  # final writes that failed, sent again later
@@ -218,8 +221,10 @@ class RedisRunStore:
         """A store with its own client for ``url`` (``redis://``, ``rediss://`` for TLS,
         with an ACL user and password: ``redis://user:secret@host:6379/0``); the client
         is closed when the store exits."""
+        # No socket timeout: redis-py would wrap every command in a task of its own to
+        # enforce it; the store bounds its writes itself (write_timeout).
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=50, timeout=30, socket_connect_timeout=2.0
+            url, max_connections=50, timeout=30, socket_connect_timeout=2.0, socket_timeout=None
         )
         return cls(aioredis.Redis(connection_pool=pool), _owns_client=True, **options)
 
@@ -270,12 +275,12 @@ class RedisRunStore:
             await self._beat()  # the lease exists before any run is recorded
         except RedisError as exc:
             raise StoreUnavailable(f"the run store cannot reach Redis: {exc}") from exc
-        send, receive = anyio.create_memory_object_stream[_Op](max_buffer_size=float("inf"))
-        self._send = send
+        self._queue.clear()
+        self._open = True
         self._drained = anyio.Event()
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
-        tg.start_soon(self._writer, receive, name="asaga run store writer")
+        tg.start_soon(self._writer, name="asaga run store writer")
         tg.start_soon(self._heartbeat, name="asaga run store lease")
         tg.start_soon(self._listen, name="asaga run store notifications")
         return self
@@ -287,8 +292,8 @@ class RedisRunStore:
         tb: TracebackType | None,
     ) -> None:
         assert self._tg is not None
-        assert self._send is not None
-        self._send.close()  # the writer sends what is queued, then returns
+        self._open = False  # the writer sends what is queued, then returns
+        self._wakeup.set()
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.write_timeout + 1):
                 await self._drained.wait()
@@ -296,7 +301,6 @@ class RedisRunStore:
             await self._tg.__aexit__(None, None, None)
         finally:
             self._tg = None
-            self._send = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 # Runs still unfinished now were abandoned: recoverable at once (if Redis
                 # cannot be reached, the lease expires by itself).
@@ -395,14 +399,28 @@ class RedisRunStore:
             )
 
     async def _submit(self, script: str, keys: list[str], args: list[Any], run_id: str) -> Any:
-        if self._send is None:
+        if not self._open:
             raise RuntimeError(
                 "the RedisRunStore is not open: use it as `async with RedisRunStore(...) "
                 "as runs:` around the runs that use it"
             )
         op = _Op(script, keys, args)
-        self._send.send_nowait(op)
-        await op.done.wait()
+        if self._busy or self._queue:
+            # Wait for the writer, which sends this with whatever else is waiting.
+            self._queue.append(op)
+            self._wakeup.set()
+            await op.done.wait()
+        else:
+            # Nothing in flight: send it at once from this task (no hand-off to the
+            # writer); writes that arrive meanwhile queue behind it, in order.
+            self._busy = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._flush([op])
+            finally:
+                self._busy = False
+                if self._queue:
+                    self._wakeup.set()
         if op.error is not None:
             if isinstance(op.error, RunStoreError):
                 raise op.error
@@ -411,24 +429,25 @@ class RedisRunStore:
             ) from op.error
         return op.reply
 
-    async def _writer(self, receive: MemoryObjectReceiveStream[_Op]) -> None:
-        """Send queued writes, as many as are waiting, in one pipeline at a time."""
-        async with receive:
-            try:
-                await self._drain(receive)
-            finally:
-                self._drained.set()
-
-    async def _drain(self, receive: MemoryObjectReceiveStream[_Op]) -> None:
-        async for op in receive:
-            batch = [op]
-            while len(batch) < _MAX_BATCH:
+    async def _writer(self) -> None:
+        """Send queued writes, as many as are waiting, in one pipeline at a time; one batch
+        in flight at a time (so a run's writes land in the order they were made)."""
+        try:
+            while True:
+                while self._busy or not self._queue:
+                    if not self._open and not self._queue:
+                        return  # closed and drained
+                    self._wakeup = anyio.Event()
+                    await self._wakeup.wait()
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
+                self._busy = True
                 try:
-                    batch.append(receive.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            with anyio.CancelScope(shield=True):
-                await self._flush(batch)
+                    with anyio.CancelScope(shield=True):
+                        await self._flush(batch)
+                finally:
+                    self._busy = False
+        finally:
+            self._drained.set()
 
     async def _flush(self, batch: list[_Op]) -> None:
         """Run ``batch`` in order; retry what Redis could not take, within write_timeout."""
@@ -441,8 +460,9 @@ class RedisRunStore:
                 pipe.evalsha(_SHAS[op.script], len(op.keys), *op.keys, *op.args)
             self.round_trips += 1
             try:
-                replies = await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError) as exc:
+                with anyio.fail_after(max(deadline - time.monotonic(), 0.05)):
+                    replies = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError, TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
                     for op in todo:
                         op.error = exc
