@@ -80,14 +80,50 @@ target is ratio <= 1.5 with logging filtered; a line per shape says whether it i
 Absolute µs depend on the machine; compare ratios, and compare runs on the same machine
 only.
 
+Durable rows
+------------
+What recording a run write-ahead costs, against a peer that does the same in PostgreSQL.
+The saga is a chain of five steps modelled on examples/inventory (``InventoryReservation``):
+product lookup -> reserve (keyed by the run's id, so a retried reservation reserves once)
+-> transaction log -> replenishment check -> notify, against an in-memory inventory
+service. Every step makes one call to that service, which is one simulated I/O of
+``STEP_DELAY`` = 1 ms (``anyio.sleep``). Runs are sequential, one at a time, so what is
+measured is latency. What durability adds does not depend on the delay (nothing overlaps
+in a chain); 1 ms keeps the floor small and the runs many. Five variants run the *same*
+step functions, in one process (asyncio, logging filtered), warmed up, then timed run by
+run in batches that alternate their order:
+
+- **floor**: the five step functions awaited by hand, in order;
+- **asaga**: ``await InventoryReservation.run(...)``, not durable;
+- **asaga + MemoryRunStore**: ``run(..., runs=MemoryRunStore())``;
+- **asaga + RedisRunStore**: ``run(..., runs=store)``, the store open on Redis
+  (``--redis-url``, default 127.0.0.1:6379) under a random key prefix whose keys are
+  deleted afterwards. Its ``round_trips`` (pipelines sent by its writer, each one Redis
+  round trip) is read before and after every run: a chain of N steps costs N + 1 writes
+  (the open; one per step, the last step's carried by the final write);
+- **DBOS** (``dbos``, in the ``bench`` extra): each step function wrapped in an async
+  ``@DBOS.step()``, awaited in order by one async ``@DBOS.workflow()`` called directly on
+  the same event loop. DBOS is launched once, in the loop (it adopts it as its main loop),
+  on a database ``asaga_bench_dbos`` created on the PostgreSQL server (``--postgres-url``,
+  default 127.0.0.1:5432, user postgres) and dropped afterwards. DBOS's SQL statements per
+  run are counted on untimed runs. Skipped, with a note, if DBOS is not installed or
+  PostgreSQL cannot be reached.
+
+Before anything is timed, each variant's run is checked: it reserved once, logged and
+notified, and a durable run's record (or DBOS's workflow status) says it succeeded with
+five steps. Reported per variant: p50 and mean ms per run over every timed run, and the
+p50 added over the floor's p50, per run and per step (/ 5). Targets: a Redis-durable run
+takes <= 1 Redis round trip per step, and adds <= 1/3 of the latency DBOS adds.
+
 Usage::
 
     python benchmarks/overhead.py            # full run, a few minutes
     python benchmarks/overhead.py --quick    # smoke test, < 20 s
 
-It prints a Markdown table and writes ``benchmarks/results/overhead.json`` (rows, per-batch
+It prints Markdown tables and writes ``benchmarks/results/overhead.json`` (rows, per-batch
 samples, budget, machine information, and which asaga was measured: git commit and a digest
-of the imported sources, checked in every worker; a warning says if they changed mid-run).
+of the imported sources, checked in every worker; a warning says if they changed mid-run),
+with the durable rows under ``"durable"`` (null without the redis extra).
 """
 
 from __future__ import annotations
@@ -95,6 +131,7 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -113,15 +150,24 @@ from pathlib import Path
 from typing import Any, Literal, TextIO, cast, get_args
 
 import anyio
+import msgspec
 import structlog
 from structlog.testing import capture_logs
 
 import asaga
+from asaga.runs import MemoryRunStore
 
 try:
     from hamilton import async_driver as hamilton_async
 except ImportError:  # the `bench` extra is not installed: the Hamilton column is skipped
     hamilton_async = None
+
+try:
+    # Imported by every process, so that each one's digest of asaga's sources covers the
+    # same modules.
+    from asaga.runs import RedisRunStore
+except ImportError:  # the `redis` extra is not installed: the durable rows are skipped
+    RedisRunStore = None
 
 Backend = Literal["asyncio", "trio"]
 LoggingMode = Literal["filtered", "on"]
@@ -560,6 +606,528 @@ async def measure_backend(
     return rows
 
 
+# -- durable runs -----------------------------------------------------------------------------
+
+STEP_DELAY = 0.001
+"""Seconds of simulated I/O in each step of the inventory saga: one ``anyio.sleep``."""
+DURABLE_STEPS = 5
+ROUND_TRIP_TARGET = 1.0
+"""RedisRunStore round trips per step that a Redis-durable run should stay under."""
+DBOS_TARGET = 1 / 3
+"""asaga Redis-durable added latency / DBOS added latency that asaga should stay under."""
+DBOS_DATABASE = "asaga_bench_dbos"
+"""The PostgreSQL database made for DBOS's system tables: created, then dropped."""
+REDIS_URL = "redis://127.0.0.1:6379/0"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
+SKU = "sku-1"
+DBOS_NOTE = (
+    "DBOS checkpoints a workflow in PostgreSQL: its status and inputs as it starts; for each "
+    "step, reads of the workflow's status, of an output already recorded and of the "
+    "workflow's owner, then the step's output; its final status. Each is a SQL statement "
+    "that a synchronous SQLAlchemy call sends from a worker thread (DBOS's async API runs "
+    "them with asyncio.to_thread). asaga writes one Lua script per transition to Redis, "
+    "pipelined by one writer task per store."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DurableBudget:
+    """How long to time the durable rows; every loop is bounded in count and in time."""
+
+    warmup_runs: int  # per variant
+    batches: int
+    batch_runs: int  # per variant and batch
+    batch_seconds: float  # per variant and batch
+    seconds: float  # all batches together
+    worker_timeout: float  # seconds the durable worker process may take in all
+
+
+DURABLE_FULL = DurableBudget(
+    warmup_runs=20,
+    batches=40,
+    batch_runs=25,
+    batch_seconds=1.0,
+    seconds=60.0,
+    worker_timeout=240.0,
+)
+DURABLE_QUICK = DurableBudget(
+    warmup_runs=2,
+    batches=2,
+    batch_runs=5,
+    batch_seconds=0.2,
+    seconds=1.0,
+    worker_timeout=60.0,
+)
+
+
+class Product(msgspec.Struct, frozen=True, kw_only=True):
+    """Stock of one product."""
+
+    sku: str
+    inventory: int
+    reserved: int = 0
+    reorder_point: int = 0
+    max_stock: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.inventory - self.reserved
+
+
+class Inventory:
+    """The inventory service the saga's steps call, in this process's memory: products,
+    reservations keyed by run id (a retried reservation reserves once), the transaction
+    log, replenishment requests and notifications. Every call is one simulated I/O of
+    :data:`STEP_DELAY` seconds."""
+
+    def __init__(self) -> None:
+        # Enough stock for every run of the benchmark: replenishment is checked, never due.
+        self.products = {
+            SKU: Product(sku=SKU, inventory=10**12, reorder_point=10, max_stock=10**12)
+        }
+        self.reservations: dict[str, int] = {}
+        self.entries: dict[str, str] = {}  # log entry -> run id
+        self.requests: dict[str, int] = {}
+        self.sent: dict[str, str] = {}
+
+    async def get(self, sku: str) -> Product:
+        await anyio.sleep(STEP_DELAY)
+        return self.products[sku]
+
+    async def reserve(self, reservation_id: str, sku: str, quantity: int) -> Product:
+        await anyio.sleep(STEP_DELAY)
+        product = self.products[sku]
+        if reservation_id in self.reservations:
+            return product
+        if product.available < quantity:
+            raise ValueError(f"{sku}: {product.available} available, {quantity} wanted")
+        product = msgspec.structs.replace(product, reserved=product.reserved + quantity)
+        self.products[sku] = product
+        self.reservations[reservation_id] = quantity
+        return product
+
+    async def log(self, run_id: str, sku: str, quantity: int) -> str:
+        await anyio.sleep(STEP_DELAY)
+        entry = f"log-{len(self.entries) + 1}"
+        self.entries[entry] = run_id
+        return entry
+
+    async def replenish_if_low(self, product: Product, reference: str) -> str | None:
+        await anyio.sleep(STEP_DELAY)
+        if product.available >= product.reorder_point:
+            return None
+        request = f"replenish-{reference}"
+        self.requests[request] = product.max_stock - product.inventory
+        return request
+
+    async def notify(self, key: str, message: str) -> str:
+        await anyio.sleep(STEP_DELAY)
+        self.sent.setdefault(key, message)
+        return key
+
+
+class InventoryReservation(asaga.Saga):
+    """The durable rows' saga, a chain of five steps, modelled on examples/inventory.
+
+    Every variant runs these same step functions (a ``Step`` calls its function)."""
+
+    product_id: str
+    quantity: int
+    store: asaga.Resource[Inventory]
+
+    @asaga.step
+    async def product(product_id: str, store: Inventory) -> Product:
+        """Look the product up."""
+        return await store.get(product_id)
+
+    @asaga.step
+    async def reserve(product: Product, quantity: int, run_id: str, store: Inventory) -> Product:
+        """Reserve the units, keyed by the run's id."""
+        return await store.reserve(run_id, product.sku, quantity)
+
+    @asaga.step
+    async def log(reserve: Product, quantity: int, run_id: str, store: Inventory) -> str:
+        """Append the reservation to the transaction log."""
+        return await store.log(run_id, reserve.sku, quantity)
+
+    @asaga.step
+    async def replenishment(log: str, reserve: Product, store: Inventory) -> str | None:
+        """Below the reorder point after the reservation: request replenishment."""
+        return await store.replenish_if_low(reserve, reference=log)
+
+    @asaga.step
+    async def notify(replenishment: str | None, log: str, quantity: int, store: Inventory) -> str:
+        """Tell the warehouse, keyed by the log entry; returns the key."""
+        extra = f", replenishment {replenishment}" if replenishment else ""
+        return await store.notify(log, f"reserved {quantity}{extra}")
+
+
+_SAGA = InventoryReservation
+DbosWorkflow = Callable[[str, int], Awaitable[tuple[str, str]]]
+
+
+@dataclass(slots=True)
+class DurableBench:
+    """What the variants run against: one inventory, the run stores, DBOS's workflow."""
+
+    store: Inventory
+    memory: Any  # asaga.runs.MemoryRunStore
+    redis: Any  # asaga.runs.RedisRunStore, open
+    dbos: DbosWorkflow | None
+
+
+DurableVariant = Callable[[DurableBench], Awaitable[tuple[str, str]]]
+"""One run of the saga; returns (run id, the notification key)."""
+
+
+async def floor_run(bench: DurableBench) -> tuple[str, str]:
+    """The floor: the five step functions awaited by hand, in order."""
+    store, run_id = bench.store, os.urandom(16).hex()  # asaga's run ids are made this way
+    product = await _SAGA.product(product_id=SKU, store=store)
+    reserve = await _SAGA.reserve(product=product, quantity=1, run_id=run_id, store=store)
+    log = await _SAGA.log(reserve=reserve, quantity=1, run_id=run_id, store=store)
+    request = await _SAGA.replenishment(log=log, reserve=reserve, store=store)
+    return run_id, await _SAGA.notify(replenishment=request, log=log, quantity=1, store=store)
+
+
+async def asaga_run(bench: DurableBench) -> tuple[str, str]:
+    """asaga, not durable."""
+    result = await _SAGA.run(product_id=SKU, quantity=1, store=bench.store)
+    return result.run_id, result.output
+
+
+async def asaga_memory_run(bench: DurableBench) -> tuple[str, str]:
+    """asaga, durable in a MemoryRunStore."""
+    result = await _SAGA.run(product_id=SKU, quantity=1, store=bench.store, runs=bench.memory)
+    return result.run_id, result.output
+
+
+async def asaga_redis_run(bench: DurableBench) -> tuple[str, str]:
+    """asaga, durable in a RedisRunStore."""
+    result = await _SAGA.run(product_id=SKU, quantity=1, store=bench.store, runs=bench.redis)
+    return result.run_id, result.output
+
+
+async def dbos_run(bench: DurableBench) -> tuple[str, str]:
+    """The same five steps as DBOS steps of one DBOS workflow."""
+    assert bench.dbos is not None
+    return await bench.dbos(SKU, 1)
+
+
+DURABLE_VARIANTS: dict[str, tuple[str, DurableVariant]] = {
+    "floor": ("floor: the 5 step functions awaited by hand", floor_run),
+    "asaga": ("asaga, not durable", asaga_run),
+    "asaga-memory": ("asaga + MemoryRunStore", asaga_memory_run),
+    "asaga-redis": ("asaga + RedisRunStore (Redis on loopback)", asaga_redis_run),
+    "dbos": ("DBOS (PostgreSQL on loopback)", dbos_run),
+}
+
+
+def dbos_workflow(store: Inventory) -> DbosWorkflow:
+    """DBOS's version: each of the saga's step functions wrapped as a ``@DBOS.step()``
+    (the inventory is a closure: DBOS records a step's arguments and output, never the
+    service), called in order by one ``@DBOS.workflow()``. Registered before launch."""
+    from dbos import DBOS
+
+    @DBOS.step(name="bench_product")
+    async def product(product_id: str) -> Product:
+        return await _SAGA.product(product_id=product_id, store=store)
+
+    @DBOS.step(name="bench_reserve")
+    async def reserve(product: Product, quantity: int, run_id: str) -> Product:
+        return await _SAGA.reserve(product=product, quantity=quantity, run_id=run_id, store=store)
+
+    @DBOS.step(name="bench_log")
+    async def log(reserve: Product, quantity: int, run_id: str) -> str:
+        return await _SAGA.log(reserve=reserve, quantity=quantity, run_id=run_id, store=store)
+
+    @DBOS.step(name="bench_replenishment")
+    async def replenishment(log: str, reserve: Product) -> str | None:
+        return await _SAGA.replenishment(log=log, reserve=reserve, store=store)
+
+    @DBOS.step(name="bench_notify")
+    async def notify(replenishment: str | None, log: str, quantity: int) -> str:
+        return await _SAGA.notify(
+            replenishment=replenishment, log=log, quantity=quantity, store=store
+        )
+
+    @DBOS.workflow(name="bench_inventory_reservation")
+    async def inventory_reservation(product_id: str, quantity: int) -> tuple[str, str]:
+        run_id = DBOS.workflow_id
+        assert run_id is not None
+        found = await product(product_id)
+        reserved = await reserve(found, quantity, run_id)
+        entry = await log(reserved, quantity, run_id)
+        request = await replenishment(entry, reserved)
+        return run_id, await notify(request, entry, quantity)
+
+    return inventory_reservation
+
+
+def create_dbos_database(postgres_url: str) -> str:
+    """Create DBOS's database anew (dropping one left by an interrupted run); return the
+    server's version."""
+    import psycopg
+    from psycopg import sql
+
+    name = sql.Identifier(DBOS_DATABASE)
+    with psycopg.connect(f"{postgres_url}/postgres", autocommit=True, connect_timeout=5) as db:
+        db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        db.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        row = db.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def drop_dbos_database(postgres_url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(f"{postgres_url}/postgres", autocommit=True, connect_timeout=5) as db:
+        db.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DBOS_DATABASE))
+        )
+
+
+class StatementCounter:
+    """Counts the SQL statements SQLAlchemy sends (DBOS's system database), while on."""
+
+    def __init__(self) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        self.count = 0
+        self._listen = lambda: event.listen(Engine, "before_cursor_execute", self._seen)
+        self._remove = lambda: event.remove(Engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *args: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> StatementCounter:
+        self._listen()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+
+@dataclass(frozen=True, slots=True)
+class DurableRow:
+    """One variant of the durable rows: latency per run, and what it added to the floor."""
+
+    variant: str
+    description: str
+    runs: int
+    p50_ms: float
+    mean_ms: float
+    added_ms: float  # p50_ms - the floor's p50_ms
+    added_per_step_ms: float
+    added_mean_ms: float  # mean_ms - the floor's mean_ms
+    round_trips_per_run: float | None  # RedisRunStore pipelines (asaga variants)
+    round_trips_per_step: float | None
+    round_trips_min: int | None  # the fewest and most in one run
+    round_trips_max: int | None
+    batch_p50_ms: tuple[float, ...]
+
+
+@dataclass(slots=True)
+class DurableSamples:
+    ms: list[float]  # per run
+    round_trips: list[int]  # per run: the RedisRunStore's pipelines sent during it
+    batch_p50_ms: list[float]
+
+
+async def check_durable(bench: DurableBench, name: str, variant: DurableVariant) -> int:
+    """One run of ``variant`` did what the saga does (reserved once, logged, notified) and,
+    when durable, left a succeeded record of five succeeded steps; return the RedisRunStore
+    round trips it took."""
+    store = bench.store
+    reserved = store.products[SKU].reserved
+    before = bench.redis.round_trips
+    run_id, key = await variant(bench)
+    round_trips = bench.redis.round_trips - before
+    problems = []
+    if store.reservations.get(run_id) != 1 or store.products[SKU].reserved != reserved + 1:
+        problems.append("did not reserve once")
+    if store.entries.get(key) != run_id or key not in store.sent:
+        problems.append("did not log and notify")
+    runs = {"asaga-memory": bench.memory, "asaga-redis": bench.redis}.get(name)
+    if runs is not None:
+        record = await runs.load(run_id)
+        done = [step for step, value in record.steps.items() if value.status == "succeeded"]
+        if record.status != "succeeded" or len(done) != DURABLE_STEPS:
+            problems.append(f"recorded {record.status} with {len(done)} steps succeeded")
+    if name == "dbos":
+        from dbos import DBOS
+
+        status = await DBOS.get_workflow_status_async(run_id)
+        steps = await DBOS.list_workflow_steps_async(run_id)
+        if status is None or status.status != "SUCCESS" or len(steps) != DURABLE_STEPS:
+            problems.append(f"DBOS says {status and status.status} with {len(steps)} steps")
+    if name != "asaga-redis" and round_trips:
+        problems.append(f"{round_trips} Redis round trips")
+    if problems:
+        raise RuntimeError(f"durable rows, {name}: " + "; ".join(problems))
+    return round_trips
+
+
+async def timed_durable_batch(
+    bench: DurableBench, variant: DurableVariant, samples: DurableSamples, budget: DurableBudget
+) -> None:
+    """At most ``batch_runs`` runs or ``batch_seconds`` seconds (at least one), each timed
+    on its own: the runs are sequential, so this is latency."""
+    clock = time.perf_counter
+    deadline = clock() + budget.batch_seconds
+    batch: list[float] = []
+    for _ in range(budget.batch_runs):
+        round_trips = bench.redis.round_trips
+        start = clock()
+        await variant(bench)
+        batch.append((clock() - start) * 1e3)
+        samples.round_trips.append(bench.redis.round_trips - round_trips)
+        if clock() >= deadline:
+            break
+    samples.ms.extend(batch)
+    samples.batch_p50_ms.append(statistics.median(batch))
+
+
+async def measure_durable_variants(
+    bench: DurableBench, variants: Sequence[str], budget: DurableBudget
+) -> dict[str, DurableSamples]:
+    """Every variant warmed up, then timed in batches that alternate their order."""
+    runners = {name: DURABLE_VARIANTS[name][1] for name in variants}
+    for run in runners.values():
+        for _ in range(budget.warmup_runs):
+            await run(bench)
+    gc.collect()
+    samples = {name: DurableSamples([], [], []) for name in runners}
+    deadline = time.perf_counter() + budget.seconds
+    for batch in range(budget.batches):
+        order = list(runners) if batch % 2 == 0 else list(reversed(runners))
+        for name in order:
+            await timed_durable_batch(bench, runners[name], samples[name], budget)
+        if time.perf_counter() >= deadline:
+            break
+    return samples
+
+
+def durable_rows(samples: Mapping[str, DurableSamples]) -> list[DurableRow]:
+    floor = samples["floor"]
+    floor_p50, floor_mean = statistics.median(floor.ms), statistics.mean(floor.ms)
+    rows = []
+    for name, measured in samples.items():
+        p50, mean = statistics.median(measured.ms), statistics.mean(measured.ms)
+        counted = name.startswith("asaga")
+        round_trips = statistics.mean(measured.round_trips) if counted else None
+        rows.append(
+            DurableRow(
+                variant=name,
+                description=DURABLE_VARIANTS[name][0],
+                runs=len(measured.ms),
+                p50_ms=p50,
+                mean_ms=mean,
+                added_ms=p50 - floor_p50,
+                added_per_step_ms=(p50 - floor_p50) / DURABLE_STEPS,
+                added_mean_ms=mean - floor_mean,
+                round_trips_per_run=round_trips,
+                round_trips_per_step=(
+                    round_trips / DURABLE_STEPS if round_trips is not None else None
+                ),
+                round_trips_min=min(measured.round_trips) if counted else None,
+                round_trips_max=max(measured.round_trips) if counted else None,
+                batch_p50_ms=tuple(measured.batch_p50_ms),
+            )
+        )
+    return rows
+
+
+async def measure_durable(
+    budget: DurableBudget, redis_url: str, store: Inventory, dbos: DbosWorkflow | None
+) -> dict[str, Any]:
+    """The durable rows, on the running asyncio loop: launch DBOS (if set up), open the
+    Redis run store under a random prefix, check and time every variant, delete the keys."""
+    import redis.asyncio as aioredis
+
+    assert RedisRunStore is not None
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2.0)
+    prefix = f"asaga-bench:{os.urandom(6).hex()}:"
+    report: dict[str, Any] = {"redis_prefix": prefix}
+    statements: list[int] = []
+    try:
+        report["redis_server"] = (await client.info("server")).get("redis_version")
+        if dbos is not None:
+            from dbos import DBOS
+
+            DBOS.launch()  # here, so that DBOS adopts this event loop as its main loop
+        # Records expire after an hour even if the clean-up below does not run.
+        async with RedisRunStore(client, prefix=prefix, retention=3600.0) as redis_runs:
+            bench = DurableBench(store, MemoryRunStore(), redis_runs, dbos)
+            variants = [name for name in DURABLE_VARIANTS if name != "dbos" or dbos is not None]
+            for _ in range(2):  # the first Redis write may load the store's scripts
+                checked = {
+                    name: await check_durable(bench, name, DURABLE_VARIANTS[name][1])
+                    for name in variants
+                }
+            report["checked_round_trips"] = checked["asaga-redis"]
+            if dbos is not None:
+                for _ in range(3):  # the least of three: a background poll may fall in one
+                    with StatementCounter() as counter:
+                        await dbos_run(bench)
+                    statements.append(counter.count)
+            samples = await measure_durable_variants(bench, variants, budget)
+            report["concurrent"] = await measure_concurrent(bench, budget)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.fail_after(30):
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+            for start in range(0, len(keys), 1000):
+                await client.delete(*keys[start : start + 1000])
+            await client.aclose()
+        if dbos is not None:
+            from dbos import DBOS
+
+            DBOS.destroy()
+    rows = durable_rows(samples)
+    report["rows"] = [asdict(row) for row in rows]
+    report["dbos_sql_statements_per_run"] = min(statements) if statements else None
+    return report
+
+
+CONCURRENT = 100
+"""Runs in flight at once in the concurrent measurement."""
+
+
+async def measure_concurrent(bench: DurableBench, budget: DurableBudget) -> dict[str, Any]:
+    """``CONCURRENT`` runs at once, not durable and Redis-durable, alternating: runs per
+    second, and Redis round trips per step (the store's writer sends the writes that wait
+    together in one pipeline, so concurrent runs share round trips)."""
+    runs = CONCURRENT * max(2, budget.batch_runs // 5)
+    report: dict[str, Any] = {"in_flight": CONCURRENT, "runs_per_batch": runs}
+    rates: dict[str, list[float]] = {"asaga": [], "asaga-redis": []}
+    trips: list[float] = []
+    for _ in range(max(2, budget.batches // 10)):
+        for name in rates:
+            variant = DURABLE_VARIANTS[name][1]
+            limiter = anyio.CapacityLimiter(CONCURRENT)
+            before = bench.redis.round_trips
+
+            async def one(
+                variant: DurableVariant = variant, limiter: anyio.CapacityLimiter = limiter
+            ) -> None:
+                async with limiter:
+                    await variant(bench)
+
+            started = time.perf_counter()
+            with anyio.fail_after(budget.worker_timeout):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(runs):
+                        tg.start_soon(one)
+            rates[name].append(runs / (time.perf_counter() - started))
+            if name == "asaga-redis":
+                trips.append((bench.redis.round_trips - before) / (runs * DURABLE_STEPS))
+    report["runs_per_s"] = {name: statistics.median(r) for name, r in rates.items()}
+    report["round_trips_per_step"] = statistics.median(trips)
+    return report
+
+
 # -- processes --------------------------------------------------------------------------------
 
 
@@ -577,6 +1145,83 @@ def worker(mode: LoggingMode, budget: Budget, output: Path) -> None:
                 anyio.run(measure_backend, backend, works, hook, mode, budget, backend=backend)
             )
     output.write_text(json.dumps({"sha256": digest, "rows": [asdict(row) for row in rows]}))
+
+
+def durable_worker(budget: DurableBudget, output: Path, redis_url: str, postgres_url: str) -> None:
+    """Measure the durable rows (asyncio, logging filtered) in this process, DBOS launched
+    once; write them to ``output`` with the digest of the asaga sources measured."""
+    notes: list[str] = []
+    store = Inventory()
+    dbos: DbosWorkflow | None = None
+    postgres = None
+    with open(os.devnull, "w") as sink:
+        configure_logging("filtered", sink)
+        if importlib.util.find_spec("dbos") is None:
+            notes.append("DBOS is not installed (pip install 'asaga[bench]'): its row is skipped.")
+        else:
+            import psycopg
+
+            try:
+                postgres = create_dbos_database(postgres_url)
+            except psycopg.OperationalError as exc:
+                reason = " ".join(str(exc).split())
+                notes.append(f"PostgreSQL cannot be reached ({reason}): DBOS's row is skipped.")
+        try:
+            if postgres is not None:
+                from dbos import DBOS
+
+                dbos = dbos_workflow(store)
+                DBOS(
+                    config={
+                        "name": "asaga-bench",
+                        "system_database_url": f"{postgres_url}/{DBOS_DATABASE}",
+                        "log_level": "WARNING",
+                    }
+                )
+            report = anyio.run(measure_durable, budget, redis_url, store, dbos, backend="asyncio")
+        finally:
+            if postgres is not None:
+                drop_dbos_database(postgres_url)
+    report |= {
+        "steps": DURABLE_STEPS,
+        "step_delay_ms": STEP_DELAY * 1e3,
+        "round_trip_target": ROUND_TRIP_TARGET,
+        "dbos_target": DBOS_TARGET,
+        "dbos_note": DBOS_NOTE if dbos is not None else None,
+        "budget": asdict(budget),
+        "postgres_server": postgres,
+        "notes": notes,
+        "versions": {
+            package: _version_or_none(package)
+            for package in ("redis", "hiredis", "dbos", "sqlalchemy", "psycopg")
+        },
+    }
+    output.write_text(json.dumps({"sha256": _sources_digest(), "durable": report}))
+
+
+def run_durable_worker(
+    quick: bool, budget: DurableBudget, redis_url: str, postgres_url: str
+) -> tuple[str, dict[str, Any]]:
+    """Run :func:`durable_worker` in a fresh interpreter; return the digest of the asaga
+    sources it measured, and its report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "durable.json"
+        command = [
+            sys.executable,
+            __file__,
+            "--durable-worker",
+            "--worker-output",
+            str(output),
+            "--redis-url",
+            redis_url,
+            "--postgres-url",
+            postgres_url,
+        ]
+        if quick:
+            command.append("--quick")
+        subprocess.run(command, check=True, timeout=budget.worker_timeout)
+        data = json.loads(output.read_text())
+    return data["sha256"], data["durable"]
 
 
 def run_worker(mode: LoggingMode, quick: bool, budget: Budget) -> tuple[str, list[Row]]:
@@ -675,6 +1320,103 @@ def verdicts(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def durable_table(durable: Mapping[str, Any]) -> str:
+    """Latency per run of the 5-step saga, and what each variant adds to the floor."""
+    lines = [
+        "| variant | runs | p50 ms/run | mean ms/run | added ms/run | added ms/step "
+        "| Redis round trips/run | Redis round trips/step |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in durable["rows"]:
+        floor = r["variant"] == "floor"
+        added = "-" if floor else f"{r['added_ms']:.2f}"
+        per_step = "-" if floor else f"{r['added_per_step_ms']:.3f}"
+        trips, trips_per_step = r["round_trips_per_run"], r["round_trips_per_step"]
+        lines.append(
+            f"| {r['description']} | {r['runs']} | {r['p50_ms']:.2f} | {r['mean_ms']:.2f} "
+            f"| {added} | {per_step} | {'-' if trips is None else f'{trips:.2f}'} "
+            f"| {'-' if trips_per_step is None else f'{trips_per_step:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def durable_verdicts(durable: Mapping[str, Any]) -> str:
+    rows = {r["variant"]: r for r in durable["rows"]}
+    redis = rows["asaga-redis"]
+    per_step, per_run = redis["round_trips_per_step"], redis["round_trips_per_run"]
+    verdict = "met" if per_step <= ROUND_TRIP_TARGET else "MISSED"
+    journal = DURABLE_STEPS + 1
+    fewest, most = redis["round_trips_min"], redis["round_trips_max"]
+    spread = f"every run {most}" if fewest == most else f"{fewest} to {most} in one run"
+    lines = [
+        f"asaga Redis-durable: {per_step:.2f} round trips per step "
+        f"(target <= {ROUND_TRIP_TARGET:g}): {verdict}",
+        f"  {per_run:.2f} per run of {DURABLE_STEPS} steps ({spread}); a chain's journal "
+        f"writes {journal}: the open, then one per step, the last step's with the finish"
+        + ("" if most <= journal else f" (MORE than {journal})"),
+    ]
+    dbos = rows.get("dbos")
+    if dbos is None:
+        lines.append("asaga Redis-durable added latency / DBOS added latency: not measured")
+    elif dbos["added_ms"] <= 0:
+        lines.append("asaga Redis-durable added latency / DBOS added latency: DBOS added nothing")
+    else:
+        ratio = redis["added_ms"] / dbos["added_ms"]
+        verdict = "met" if ratio <= DBOS_TARGET else "MISSED"
+        lines.append(
+            f"asaga Redis-durable added latency / DBOS added latency = {ratio:.2f} "
+            f"(target <= {DBOS_TARGET:.2f}): {verdict}"
+        )
+        lines.append(
+            f"  {redis['added_ms']:.2f} ms / {dbos['added_ms']:.2f} ms per run (p50 over the "
+            f"floor's p50); means: {redis['added_mean_ms']:.2f} ms / {dbos['added_mean_ms']:.2f} ms"
+        )
+    return "\n".join(lines)
+
+
+def concurrent_lines(durable: Mapping[str, Any]) -> str:
+    concurrent = durable.get("concurrent")
+    if not concurrent:
+        return ""
+    rates = concurrent["runs_per_s"]
+    return (
+        f"With {concurrent['in_flight']} runs in flight: asaga {rates['asaga']:,.0f} runs/s, "
+        f"Redis-durable {rates['asaga-redis']:,.0f} runs/s "
+        f"({rates['asaga-redis'] / rates['asaga']:.2f}x); "
+        f"{concurrent['round_trips_per_step']:.3f} Redis round trips per step "
+        "(concurrent writes share a pipeline)"
+    )
+
+
+def print_durable(durable: Mapping[str, Any] | None) -> None:
+    if durable is None:
+        print(
+            "The redis extra is not installed (pip install 'asaga[bench]'): durable rows skipped."
+        )
+        return
+    print(
+        f"Durable runs: the {DURABLE_STEPS}-step inventory saga "
+        "(product -> reserve -> log -> replenishment -> notify), "
+        f"{durable['step_delay_ms']:g} ms of simulated I/O per step, one run at a time "
+        "(asyncio, logging filtered):\n"
+    )
+    print(durable_table(durable))
+    print()
+    for note in durable["notes"]:
+        print(f"Note: {note}")
+    if durable["dbos_sql_statements_per_run"] is not None:
+        print(
+            f"Note: {DBOS_NOTE} DBOS sent {durable['dbos_sql_statements_per_run']} SQL "
+            "statements per run (SQLAlchemy cursor executions, transaction commits not "
+            "counted; counted on untimed runs)."
+        )
+    print()
+    print(durable_verdicts(durable))
+    concurrent = concurrent_lines(durable)
+    if concurrent:
+        print(concurrent)
+
+
 def source_info() -> dict[str, Any]:
     """Which asaga is measured: the git commit, whether ``asaga/`` had uncommitted changes,
     and a digest of the source files of the asaga modules this process imported."""
@@ -740,6 +1482,7 @@ def write_json(
     quick: bool,
     took: float,
     source: dict[str, Any],
+    durable: dict[str, Any] | None,
 ) -> None:
     report = {
         "benchmark": "overhead",
@@ -753,6 +1496,7 @@ def write_json(
         "machine": machine_info(),
         "asaga_source": source,
         "rows": [asdict(row) for row in rows],
+        "durable": durable,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -762,12 +1506,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short smoke run (< 20 s)")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"default: {RESULTS}")
+    parser.add_argument(
+        "--redis-url", default=REDIS_URL, help=f"Redis for the durable rows (default: {REDIS_URL})"
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=POSTGRES_URL,
+        help=f"PostgreSQL server for DBOS, without a database (default: {POSTGRES_URL})",
+    )
     parser.add_argument("--worker", choices=LOGGING_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--durable-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
+    durable_budget = DURABLE_QUICK if args.quick else DURABLE_FULL
     if args.worker is not None:
         worker(args.worker, budget, args.worker_output)
+        return 0
+    if args.durable_worker:
+        durable_worker(durable_budget, args.worker_output, args.redis_url, args.postgres_url)
         return 0
 
     source = source_info()  # before measuring: asaga/ may be edited while this runs
@@ -778,6 +1535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         digest, worker_rows = run_worker(mode, args.quick, budget)
         measured.add(digest)
         rows.extend(worker_rows)
+    durable = None
+    if RedisRunStore is not None:
+        digest, durable = run_durable_worker(
+            args.quick, durable_budget, args.redis_url, args.postgres_url
+        )
+        measured.add(digest)
     measured.add(_sources_digest())
     source["consistent"] = len(measured) == 1
     kinds = list(dict.fromkeys(shape.kind for shape in SHAPES))
@@ -795,7 +1558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nNote: {HAMILTON_NOTE}")
     print()
     print(verdicts(rows))
-    write_json(args.json, rows, budget, args.quick, took, source)
+    print()
+    print_durable(durable)
+    write_json(args.json, rows, budget, args.quick, took, source, durable)
     if not source["consistent"]:
         print("\nwarning: asaga's sources changed while this ran; rows may mix two versions")
     print(f"\n{len(rows)} cells in {took:.0f} s; JSON written to {args.json}")
