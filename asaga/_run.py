@@ -262,19 +262,11 @@ async def _drive(
         journal=journal,
         resume=resume,
     )
-    unwind = Unwind(
-        plan,
-        values,
-        context,
-        execution.undos,
-        default_timeout=spec.compensation_timeout,
-        journal=journal,
-    )
     try:
         await execution.execute()
     except anyio.get_cancelled_exc_class():
         if execution.taken_over is None:
-            await unwind.run(execution.completed)
+            await _unwind(spec, context, execution, journal).run(execution.completed)
         emit(
             RunFailed,
             duration=time.monotonic() - started,
@@ -288,7 +280,7 @@ async def _drive(
     except BaseException as exc:
         # Not an Exception (KeyboardInterrupt, SystemExit...): no SagaFailed for it, but the
         # completed steps are still undone before it goes on, unwrapped from the group.
-        await unwind.run(execution.completed)
+        await _unwind(spec, context, execution, journal).run(execution.completed)
         inner = exc
         if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             inner = exc.exceptions[0]
@@ -337,6 +329,7 @@ async def _drive(
     if journal is not None:
         with anyio.CancelScope(shield=True):
             await _record_failing(journal, step_name, cause)
+    unwind = _unwind(spec, context, execution, journal)
     await unwind.run(execution.completed)
     emit(
         RunFailed,
@@ -364,6 +357,20 @@ async def _drive(
     # A caller cancelled while we were unwinding: the cancellation is what propagates.
     await anyio.lowlevel.checkpoint_if_cancelled()
     raise error from cause
+
+
+def _unwind(
+    spec: SagaSpec, context: RunContext, execution: Execution, journal: Journal | None
+) -> Unwind:
+    """The unwinding of a run that failed (made then: most runs succeed)."""
+    return Unwind(
+        spec.plan,
+        execution.values,
+        context,
+        execution.undos,
+        default_timeout=spec.compensation_timeout,
+        journal=journal,
+    )
 
 
 async def _record_failing(journal: Journal, step: str, cause: BaseException) -> None:

@@ -41,6 +41,7 @@ failed and the steps in flight settled. Cancellation from outside propagates out
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,6 +70,12 @@ if TYPE_CHECKING:
 __all__ = ["Execution", "OnFailure", "Resume"]
 
 OnFailure = Literal["wait", "cancel"]
+
+_NONE_SKIPPED: set[str] = set()
+"""``Execution.skipped`` until a step is skipped (never added to: replaced first)."""
+
+_NO_UNDOS: dict[str, Undoable] = {}
+"""``Execution.undos`` until a composed or mapped step completes (never written to)."""
 
 _NO_SLOT: AbstractAsyncContextManager[None] = nullcontext()
 """The slot of an attempt when the saga has no ``max_concurrency``: nothing to take."""
@@ -99,7 +106,6 @@ class Execution:
         "_tg",
         "completed",
         "failure",
-        "results",
         "skipped",
         "taken_over",
         "undos",
@@ -129,13 +135,11 @@ class Execution:
         self._tg: anyio.abc.TaskGroup | None = None
         self.values = values
         """Inputs and, as they complete, step results: what parameters resolve against."""
-        self.results: dict[str, Any] = {}
-        """Results of the completed steps."""
         self.completed: list[str] = []
         """Names of the completed steps, in completion order."""
-        self.skipped: set[str] = set()
+        self.skipped: set[str] = _NONE_SKIPPED  # a set of its own once a step is skipped
         """Steps skipped by their condition, or because a step they require was skipped."""
-        self.undos: dict[str, Undoable] = {}
+        self.undos: dict[str, Undoable] = _NO_UNDOS  # a dict of its own once needed
         """Sub-saga runs of completed composed or mapped steps, to undo them later."""
         self.failure: tuple[str, Exception] | None = None
         """The first step that failed for good, and its exception."""
@@ -147,10 +151,8 @@ class Execution:
     def _resume(self, resume: Resume) -> None:
         """Start from a recorded state: steps that ended are not run again."""
         done = set(resume.succeeded) | set(resume.skipped)
-        for name in resume.succeeded:
-            self.results[name] = self.values[name]
-            self.completed.append(name)
-        self.skipped.update(resume.skipped)
+        self.completed.extend(resume.succeeded)
+        self.skipped = set(resume.skipped)
         nodes = self._plan.nodes
         self._pending = {
             name: sum(1 for d in node.deps if d not in done)
@@ -163,21 +165,31 @@ class Execution:
         self._remaining = len(self._pending)
 
     @property
+    def results(self) -> dict[str, Any]:
+        """Results of the completed steps, in completion order."""
+        values = self.values
+        return {name: values[name] for name in self.completed}
+
+    @property
     def roots(self) -> tuple[str, ...]:
         """The steps the run starts with (all steps without dependencies, or, resuming,
         those whose dependencies all ended)."""
         return self._roots
 
-    async def execute(self) -> None:
-        """Run the steps until all completed or the run failed and in-flight steps settled."""
+    def execute(self) -> Awaitable[None]:
+        """Run the steps until all completed or the run failed and in-flight steps settled
+        (returns what to await)."""
         plan = self._plan
         roots = self._roots
+        if roots and plan.chain:
+            # Only ever one step at a time: the calling task runs them all, no task group.
+            return self._chain(plan.nodes[roots[0]])
+        return self._grouped(roots)
+
+    async def _grouped(self, roots: tuple[str, ...]) -> None:
         if not roots:
             return
-        if plan.chain:
-            # Only ever one step at a time: this task runs them all, no task group needed.
-            await self._chain(plan.nodes[roots[0]])
-            return
+        plan = self._plan
         async with anyio.create_task_group() as tg:
             self._tg = tg
             for name in roots[1:]:
@@ -212,6 +224,8 @@ class Execution:
                 return None
             if skip:
                 self._context.emit(StepSkipped, name)
+                if self.skipped is _NONE_SKIPPED:
+                    self.skipped = set()
                 self.skipped.add(name)
                 if self._stopped():
                     return None
@@ -290,9 +304,10 @@ class Execution:
                 return None
 
         emit(StepSucceeded, name, attempt=attempt, duration=time.monotonic() - started)
-        self.results[name] = result
         values[name] = result
         if undo is not None:
+            if self.undos is _NO_UNDOS:
+                self.undos = {}
             self.undos[name] = undo
         self.completed.append(name)
         if self._journal is not None:
@@ -413,7 +428,7 @@ class Execution:
 
     def _fail(self, name: str, attempt: int, duration: float, exc: Exception) -> None:
         self._context.emit(StepFailed, name, attempt=attempt, duration=duration, error=repr(exc))
-        if self._journal is not None and name not in self.results:
+        if self._journal is not None and name not in self.completed:
             self._journal.ended(name, "failed", repr(exc), attempt)
         if self.failure is None:
             self.failure = (name, exc)

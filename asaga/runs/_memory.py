@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from .._exceptions import RunNotFound, RunTakenOver
+from .._exceptions import RunNotFound, RunStoreError, RunTakenOver
 from .._record import (
     FINISHED,
     Claim,
@@ -93,13 +93,16 @@ class MemoryRunStore:
 
     @property
     def max_record_bytes(self) -> int:
+        """The largest encoded record accepted (``RecordTooLarge`` beyond)."""
         return self._max
 
     @property
     def idempotency_window(self) -> float:
+        """Seconds an idempotency key keeps naming its run."""
         return self._window
 
     async def create(self, write: Write, claim: Claim | None) -> str | None:
+        """Record a new run; the id of the run holding ``claim``'s key instead, if any."""
         await anyio.lowlevel.checkpoint()
         now = self._clock()
         self._expire(now)
@@ -112,7 +115,7 @@ class MemoryRunStore:
         if existing is not None:
             if existing.owner == self._owner:
                 return None
-            raise ValueError(f"a run with id {write.run_id!r} is already recorded")
+            raise RunStoreError(f"a run with id {write.run_id!r} is already recorded", write.run_id)
         record = decode_record(write.record, write.run_id)
         self._runs[write.run_id] = _Run(
             record=write.record,
@@ -125,6 +128,7 @@ class MemoryRunStore:
         return None
 
     async def write(self, write: Write) -> None:
+        """Record a transition of a run this store owns (``RunTakenOver`` otherwise)."""
         await anyio.lowlevel.checkpoint()
         run = self._runs.get(write.run_id)
         if run is None or run.owner != self._owner:
@@ -141,6 +145,7 @@ class MemoryRunStore:
                 run.finished = None
 
     async def load(self, run_id: str, *, events: bool = False) -> RunRecord:
+        """The run's record (``RunNotFound`` if none), with its events when asked."""
         await anyio.lowlevel.checkpoint()
         run = self._live(run_id)
         return self._decode(run_id, run, events)
@@ -148,6 +153,7 @@ class MemoryRunStore:
     async def list(
         self, *, status: str | None = None, saga: str | None = None, limit: int = 50
     ) -> Sequence[RunRecord]:
+        """Recorded runs, newest first, filtered by status and saga name."""
         await anyio.lowlevel.checkpoint()
         self._expire(self._clock())
         found = []
@@ -166,6 +172,7 @@ class MemoryRunStore:
         return []
 
     async def claim_undo(self, run_id: str) -> RunRecord:
+        """Take a succeeded run to undo it; the record as it was before."""
         await anyio.lowlevel.checkpoint()
         run = self._live(run_id)
         before = self._decode(run_id, run, False)
@@ -176,6 +183,7 @@ class MemoryRunStore:
         return before
 
     async def release_key(self, claim: Claim, run_id: str) -> None:
+        """Let ``claim``'s key go if it still names ``run_id``."""
         await anyio.lowlevel.checkpoint()
         held = self._keys.get((claim.saga, claim.key))
         if held is not None and held[0] == run_id:

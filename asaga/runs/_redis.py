@@ -259,10 +259,12 @@ class RedisRunStore:
 
     @property
     def max_record_bytes(self) -> int:
+        """The largest encoded record accepted (``RecordTooLarge`` beyond)."""
         return self._max
 
     @property
     def idempotency_window(self) -> float:
+        """Seconds an idempotency key keeps naming its run."""
         return self._window
 
     async def __aenter__(self) -> Self:
@@ -336,6 +338,7 @@ class RedisRunStore:
     # -- writing -------------------------------------------------------------------------
 
     async def create(self, write: Write, claim: Claim | None) -> str | None:
+        """Record a new run; the id of the run holding ``claim``'s key instead, if any."""
         keys = [
             self._run_key(write.run_id),
             self._events_key(write.run_id),
@@ -364,6 +367,7 @@ class RedisRunStore:
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def write(self, write: Write) -> None:
+        """Record a transition of a run this store owns (``RunTakenOver`` otherwise)."""
         keys = [
             self._run_key(write.run_id),
             self._events_key(write.run_id),
@@ -497,6 +501,7 @@ class RedisRunStore:
     # -- reading -------------------------------------------------------------------------
 
     async def load(self, run_id: str, *, events: bool = False) -> RunRecord:
+        """The run's record (``RunNotFound`` if none), with its events when asked."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hmget(self._run_key(run_id), "record", "status", "owner")
@@ -524,6 +529,7 @@ class RedisRunStore:
     async def list(
         self, *, status: str | None = None, saga: str | None = None, limit: int = 50
     ) -> Sequence[RunRecord]:
+        """Recorded runs, newest first, filtered by status and saga name."""
         found: list[RunRecord] = []
         start, page = 0, max(limit, 50)
         try:
@@ -557,6 +563,7 @@ class RedisRunStore:
     async def claim_abandoned(
         self, sagas: Mapping[str, str], *, limit: int = 100
     ) -> Sequence[RunRecord]:
+        """Take over the unfinished runs of dead owners (see ``RunStore``)."""
         try:
             ids = [_text(r) or "" for r in await self.client.zrange(self._running, 0, limit - 1)]
             if not ids:
@@ -586,6 +593,7 @@ class RedisRunStore:
         return claimed
 
     async def claim_undo(self, run_id: str) -> RunRecord:
+        """Take a succeeded run to undo it; the record as it was before."""
         for _ in range(10):  # bounded: only a concurrent change makes it go round again
             record = await self.load(run_id)
             if record.status not in ("succeeded", "undoing"):
@@ -611,6 +619,7 @@ class RedisRunStore:
         raise StoreUnavailable(f"run {run_id} keeps changing; try the undo again", run_id)
 
     async def release_key(self, claim: Claim, run_id: str) -> None:
+        """Let ``claim``'s key go if it still names ``run_id``."""
         try:
             await self._release_key(keys=[self._idempotency_key(claim)], args=[run_id])
         except RedisError as exc:
