@@ -357,9 +357,16 @@ class Leases:
                 if lease.lost and isinstance(failure, cancelled):
                     interrupted, failure = True, None
         finally:
-            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
-                for key in reversed(ordered):
-                    await self._release(key, holds[key], ttl, lost=lease.lost)
+            # A key handed to the next local waiter needs no I/O, so no shielded scope.
+            rest = [
+                key
+                for key in reversed(ordered)
+                if not self._hand_over(key, holds[key], lost=lease.lost)
+            ]
+            if rest:
+                with anyio.move_on_after(_RELEASE_BOUND, shield=True):
+                    for key in rest:
+                        await self._release(key, holds[key], ttl, lost=lease.lost)
         # A body that finished its work before the loss reached it returns normally: its
         # writes, if fenced, were accepted. One that was interrupted gets LeaseLost.
         if interrupted:
@@ -393,8 +400,11 @@ class Leases:
             waiter = _Waiter(ttl)
             queue.waiters.append(waiter)
             try:
-                with anyio.move_on_after(deadline - anyio.current_time()):
+                if deadline == math.inf:
                     await waiter.event.wait()
+                else:
+                    with anyio.move_on_after(deadline - anyio.current_time()):
+                        await waiter.event.wait()
             except BaseException:
                 with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                     await self._leave(key, queue, waiter)
@@ -459,24 +469,33 @@ class Leases:
             queue.busy = False
             self._queues.pop(key, None)
 
+    def _hand_over(self, key: str, hold: _Hold, *, lost: bool) -> bool:
+        """Hand the key to the next local waiter within this process's grant, if the
+        rules allow: no round trip to the backend. Whether it was handed over."""
+        queue = self._queues.get(key)
+        if queue is None or not queue.waiters or lost:
+            return False
+        waiter = queue.waiters[0]
+        if (
+            queue.streak + 1 >= self.fairness
+            or queue.next_token > hold.grant + self.backend.block - 1
+            or waiter.ttl != queue.ttl
+        ):
+            return False
+        queue.waiters.popleft()
+        queue.streak += 1
+        waiter.hold = _Hold(hold.grant, queue.next_token)
+        queue.next_token += 1
+        waiter.woken = True
+        waiter.event.set()
+        return True
+
     async def _release(self, key: str, hold: _Hold, ttl: float, *, lost: bool) -> None:
+        if self._hand_over(key, hold, lost=lost):
+            return
         queue = self._queues.get(key)
         if queue is not None and queue.waiters and not lost:
             waiter = queue.waiters[0]
-            block_end = hold.grant + self.backend.block - 1
-            if (
-                queue.streak + 1 < self.fairness
-                and queue.next_token <= block_end
-                and waiter.ttl == queue.ttl
-            ):
-                # Hand over within this process's grant: no round trip to the backend.
-                queue.waiters.popleft()
-                queue.streak += 1
-                waiter.hold = _Hold(hold.grant, queue.next_token)
-                queue.next_token += 1
-                waiter.woken = True
-                waiter.event.set()
-                return
             try:
                 # Every `fairness` holders the backend is asked; it gives the key to
                 # another process that wants it instead of renewing this one's grant.

@@ -349,7 +349,7 @@ class RedisLockProvider:
         # Shielded: once the script is sent, its reply is awaited even if the holder is
         # being cancelled (say, its lease was just found lost), so that the caller always
         # knows whether the write was applied; bounded, as Redis may not answer.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_FENCED_BOUND) as bound:
+        with anyio.move_on_after(_FENCED_BOUND, shield=True) as bound:
             try:
                 ok, payload = await backend.fenced(
                     keys=[backend.grant_key(key), backend.stale_key(key), *data_keys],
