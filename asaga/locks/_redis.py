@@ -21,7 +21,6 @@ holder's TTL runs out, bounded and jittered.
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -31,10 +30,10 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import redis.asyncio as aioredis
-import sniffio
 import structlog
 from redis.exceptions import RedisError
 
+from .._redis import follow_pattern, require_asyncio
 from ._lease import Lease, Leases, LeaseUnavailable, StaleWrite
 
 __all__ = ["RedisLockProvider"]
@@ -269,11 +268,7 @@ class RedisLockProvider:
         return self._backend.client
 
     async def __aenter__(self) -> Self:
-        if sniffio.current_async_library() != "asyncio":
-            raise RuntimeError(
-                "RedisLockProvider needs asyncio (redis-py's client is asyncio-only); "
-                "use MemoryLockProvider on other backends"
-            )
+        require_asyncio("RedisLockProvider", "MemoryLockProvider")
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
@@ -391,33 +386,18 @@ class RedisLockProvider:
 
     async def _listen(self, started: anyio.Event) -> None:
         backend = self._backend
-        pattern = f"{backend.prefix}released:*"
-        skip = len(backend.prefix) + len("released:")
-        delay = 0.1
-        while True:
-            pubsub = backend.client.pubsub()
-            try:
-                await pubsub.psubscribe(pattern)
-                backend.listening = True
-                started.set()
-                delay = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
-                        continue
-                    channel = message["channel"]
-                    if isinstance(channel, bytes):
-                        channel = channel.decode()
-                    backend.notify(channel[skip:])
-            except RedisError as exc:
-                backend.listening = False
-                _logger.warning("lease_notifications_lost", error=repr(exc), retry_in=delay)
-            finally:
-                backend.listening = False
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-            started.set()
-            await anyio.sleep(delay * random.uniform(1.0, 1.5))
-            delay = min(delay * 2, 5.0)
+
+        def subscribed(on: bool) -> None:
+            backend.listening = on
+            started.set()  # subscribed, or gave up for now: waits fall back to retries
+
+        await follow_pattern(
+            backend.client,
+            f"{backend.prefix}released:",
+            backend.notify,
+            subscribed=subscribed,
+            lost="lease_notifications_lost",
+        )
 
 
 def _ms(seconds: float) -> int:

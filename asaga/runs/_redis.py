@@ -43,7 +43,6 @@ import anyio
 import anyio.abc
 import msgspec
 import redis.asyncio as aioredis
-import sniffio
 import structlog
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -56,6 +55,7 @@ from .._record import (
     decode_event,
     decode_record,
 )
+from .._redis import follow_pattern, require_asyncio
 
 __all__ = ["RedisRunStore"]
 
@@ -211,7 +211,6 @@ class RedisRunStore:
         self.round_trips = 0
         """Pipelines the writer has sent (each one round trip, carrying one or more
         writes): for measuring what durability costs."""
-        self._listening = False
         self._claim = client.register_script(_CLAIM)
         self._claim_undo = client.register_script(_CLAIM_UNDO)
         self._release_key = client.register_script(_RELEASE_KEY)
@@ -268,11 +267,7 @@ class RedisRunStore:
         return self._window
 
     async def __aenter__(self) -> Self:
-        if sniffio.current_async_library() != "asyncio":
-            raise RuntimeError(
-                "RedisRunStore needs asyncio (redis-py's client is asyncio-only); "
-                "use MemoryRunStore on other backends"
-            )
+        require_asyncio("RedisRunStore", "MemoryRunStore")
         try:
             await self._beat()  # the lease exists before any run is recorded
         except RedisError as exc:
@@ -644,29 +639,18 @@ class RedisRunStore:
                 await event.wait()
 
     async def _listen(self) -> None:
-        pattern = f"{self.prefix}finished:*"
-        skip = len(self.prefix) + len("finished:")
-        delay = 0.1
-        while True:
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.psubscribe(pattern)
-                self._listening = True
-                delay = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
-                        continue
-                    event = self._waiting.pop(_text(message["channel"])[skip:], None)  # type: ignore[index]
-                    if event is not None:
-                        event.set()
-            except RedisError as exc:
-                _logger.warning("run_notifications_lost", error=repr(exc), retry_in=delay)
-            finally:
-                self._listening = False
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-            await anyio.sleep(delay * random.uniform(1.0, 1.5))
-            delay = min(delay * 2, 5.0)
+        await follow_pattern(
+            self.client,
+            f"{self.prefix}finished:",
+            self._finished,
+            subscribed=lambda on: None,  # waiters check again every `recheck` anyway
+            lost="run_notifications_lost",
+        )
+
+    def _finished(self, run_id: str) -> None:
+        event = self._waiting.pop(run_id, None)
+        if event is not None:
+            event.set()
 
 
 def _text(value: Any) -> str | None:
