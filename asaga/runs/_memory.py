@@ -30,6 +30,7 @@ from .._record import (
     decode_event,
     decode_record,
 )
+from ._settings import StoreSettings
 
 __all__ = ["MemoryRunStore", "default_store"]
 
@@ -46,7 +47,7 @@ class _Run:
     finished: anyio.Event | None = None  # made when someone waits
 
 
-class MemoryRunStore:
+class MemoryRunStore(StoreSettings):
     """Records of durable runs in this process's memory (the default run store).
 
     ``retention``: seconds a finished run's record is kept; ``idempotency_window``:
@@ -62,14 +63,12 @@ class MemoryRunStore:
         max_record_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not retention > 0 or not idempotency_window > 0:
-            raise ValueError("retention and idempotency_window must be > 0 seconds")
-        if max_record_bytes < 1024:
-            raise ValueError("max_record_bytes must be at least 1024")
-        self._owner = f"memory-{os.urandom(8).hex()}"
-        self._max = max_record_bytes
-        self.retention = retention
-        self._window = idempotency_window
+        super().__init__(
+            f"memory-{os.urandom(8).hex()}",
+            retention=retention,
+            idempotency_window=idempotency_window,
+            max_record_bytes=max_record_bytes,
+        )
         self._clock = clock
         self._runs: dict[str, _Run] = {}
         self._keys: dict[tuple[str, str], tuple[str, float]] = {}
@@ -85,21 +84,6 @@ class MemoryRunStore:
         tb: TracebackType | None,
     ) -> None:
         return None
-
-    @property
-    def owner(self) -> str:
-        """This store's identity as the owner of its runs."""
-        return self._owner
-
-    @property
-    def max_record_bytes(self) -> int:
-        """The largest encoded record accepted (``RecordTooLarge`` beyond)."""
-        return self._max
-
-    @property
-    def idempotency_window(self) -> float:
-        """Seconds an idempotency key keeps naming its run."""
-        return self._window
 
     async def create(self, write: Write, claim: Claim | None) -> str | None:
         """Record a new run; the id of the run holding ``claim``'s key instead, if any."""

@@ -56,6 +56,7 @@ from .._record import (
     decode_record,
 )
 from .._redis import follow_pattern, require_asyncio
+from ._settings import StoreSettings
 
 __all__ = ["RedisRunStore"]
 
@@ -149,7 +150,7 @@ class _Op:
     error: BaseException | None = None
 
 
-class RedisRunStore:
+class RedisRunStore(StoreSettings):
     """Records of durable runs in Redis, shared by the processes of a service.
 
     Use it as an async context manager, which runs its owner lease, its writer and its
@@ -183,22 +184,20 @@ class RedisRunStore:
         recheck: float = 1.0,
         _owns_client: bool = False,
     ) -> None:
-        if not owner_ttl > 0 or not retention > 0 or not idempotency_window > 0:
-            raise ValueError("owner_ttl, retention and idempotency_window must be > 0")
-        if max_record_bytes < 1024:
-            raise ValueError("max_record_bytes must be at least 1024")
-        if not write_timeout > 0 or not recheck > 0:
-            raise ValueError("write_timeout and recheck must be > 0 seconds")
+        super().__init__(
+            f"{socket.gethostname()}-{os.getpid()}-{os.urandom(6).hex()}",
+            retention=retention,
+            idempotency_window=idempotency_window,
+            max_record_bytes=max_record_bytes,
+        )
+        if not owner_ttl > 0 or not write_timeout > 0 or not recheck > 0:
+            raise ValueError("owner_ttl, write_timeout and recheck must be > 0 seconds")
         self.client = client
         """The Redis client the store uses."""
         self.prefix = prefix
         self.owner_ttl = owner_ttl
-        self.retention = retention
-        self._window = idempotency_window
         self.write_timeout = write_timeout
         self.recheck = recheck
-        self._max = max_record_bytes
-        self._owner = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(6).hex()}"
         self._owns_client = _owns_client
         self._tg: anyio.abc.TaskGroup | None = None
         self._queue: deque[_Op] = deque()  # writes waiting for the writer task
@@ -250,21 +249,6 @@ class RedisRunStore:
         return f"{self.prefix}runs:index"
 
     # -- lifetime ------------------------------------------------------------------------
-
-    @property
-    def owner(self) -> str:
-        """This store's identity as the owner of its runs (host, pid, random)."""
-        return self._owner
-
-    @property
-    def max_record_bytes(self) -> int:
-        """The largest encoded record accepted (``RecordTooLarge`` beyond)."""
-        return self._max
-
-    @property
-    def idempotency_window(self) -> float:
-        """Seconds an idempotency key keeps naming its run."""
-        return self._window
 
     async def __aenter__(self) -> Self:
         require_asyncio("RedisRunStore", "MemoryRunStore")
