@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -186,25 +186,31 @@ async def undo_run(
 ) -> UndoResult:
     """``Saga.undo``: take the succeeded run (exactly one caller wins), compensate it."""
     saga = spec.plan.saga
-    before = await runs.claim_undo(run_id)
-    if before.saga != saga:
-        raise RunStoreError(f"run {run_id} is a run of saga {before.saga}, not {saga}", run_id)
-    if before.status == "succeeded":
-        record = msgspec.structs.replace(before, status="undoing", owner=runs.owner)
-        return await _undo(spec, runs, record, resources, extra_hooks)
-    if before.status == "undoing":  # by a live process: wait for it
-        before = await runs.wait_finished(run_id)
-    if before.status in ("running", "compensating"):
+    record = await runs.load(run_id)
+    if record.saga != saga:
+        raise RunStoreError(f"run {run_id} is a run of saga {record.saga}, not {saga}", run_id)
+    if record.status in ("succeeded", "undoing"):
+        # Everything that can be refused is refused before the run is taken: inputs that
+        # no longer validate, a missing resource, a result that does not decode.
+        values = _values(spec, record, resources)
+        before, taken = await runs.claim_undo(run_id)
+        if taken:  # a succeeded run, or the undo of an owner that died: this call goes on
+            record = msgspec.structs.replace(before, status="undoing", owner=runs.owner)
+            return await _undo(spec, runs, record, values, extra_hooks)
+        record = before
+    if record.status == "undoing":  # by a live process: wait for it
+        record = await runs.wait_finished(run_id)
+    if record.status in ("running", "compensating"):
         raise RunStoreError(
-            f"run {run_id} of saga {saga} has not finished ({before.status}); undo it once "
+            f"run {run_id} of saga {saga} has not finished ({record.status}); undo it once "
             "it succeeded",
             run_id,
         )
     return UndoResult(
         run_id=run_id,
         saga=saga,
-        status=before.status,
-        compensated=before.compensated,
+        status=record.status,
+        compensated=record.compensated,
         already=True,
     )
 
@@ -213,23 +219,18 @@ async def _undo(
     spec: SagaSpec,
     runs: RunStore,
     record: RunRecord,
-    resources: Mapping[str, Any],
+    values: dict[str, Any],
     extra_hooks: Hooks,
 ) -> UndoResult:
     """Compensate the succeeded steps of ``record`` (owned by ``runs`` now), and record it."""
     journal = Journal(runs, spec.codec, record)
-    values = _values(spec, record, resources)
     completed = [
         n
         for n, s in record.steps.items()
         if s.status == "succeeded" and s.compensation != "succeeded"
     ]
-    unwind = await _unwind(spec, values, record, journal, completed, extra_hooks)
+    unwind = await _compensate(spec, values, record, journal, completed, extra_hooks, "undo")
     compensated = (*record.compensated, *unwind.compensated)
-    if not journal.lost:
-        status: RunStatus = "undo_failed" if unwind.errors else "undone"
-        with anyio.CancelScope(shield=True):
-            await journal.finish(status)
     if unwind.errors:
         raise UndoFailed(
             spec.plan.saga,
@@ -250,15 +251,18 @@ async def _undo(
     )
 
 
-async def _unwind(
+async def _compensate(
     spec: SagaSpec,
     values: dict[str, Any],
     record: RunRecord,
     journal: Journal,
     completed: Sequence[str],
     extra_hooks: Hooks,
+    ending: Callable[[Unwind], RunStatus] | str,
 ) -> Unwind:
-    """Compensate ``completed`` steps of a recorded run, events to the saga's hooks."""
+    """Compensate ``completed`` steps of a recorded run (events to the saga's hooks), then
+    write how it ended, even if the caller is cancelled meanwhile: ``ending`` is
+    ``"undo"`` (``undone`` / ``undo_failed``) or a function of the unwind."""
     sync_hooks = (*spec.sync_hooks, *extra_hooks[0], journal.hook)
     emitter = Emitter(sync_hooks, (*spec.async_hooks, *extra_hooks[1]))
     context = RunContext(spec.plan.saga, record.run_id, emitter)
@@ -270,15 +274,28 @@ async def _unwind(
         default_timeout=spec.compensation_timeout,
         journal=journal,
     )
-    if emitter.needs_dispatcher:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(emitter.dispatch, name="asaga event hooks")
-            try:
-                await unwind.run(completed)
-            finally:
-                emitter.close()
-    else:
-        await unwind.run(completed)
+    try:
+        if emitter.needs_dispatcher:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(emitter.dispatch, name="asaga event hooks")
+                try:
+                    await unwind.run(completed)
+                finally:
+                    emitter.close()
+        else:
+            await unwind.run(completed)
+    finally:
+        # The compensations ran shielded; their end is written down shielded too.
+        if not journal.lost:
+            if isinstance(ending, str):
+                status: RunStatus = "undo_failed" if unwind.errors else "undone"
+            else:
+                status = ending(unwind)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await journal.finish(status)
+                except RunStoreError as exc:
+                    _logger.warning("run_not_recorded", run_id=record.run_id, error=repr(exc))
     return unwind
 
 
@@ -320,12 +337,13 @@ async def recover(
 ) -> list[Recovered]:
     """Finish or compensate the runs of ``sagas`` whose process died.
 
-    Takes over (exactly one recoverer wins each) up to ``limit`` unfinished runs whose
-    owner's lease expired, and drives each to an end from its record: steps that never
-    started, and idempotent ones in doubt, run forward; a run with a non-idempotent step
-    in doubt, or that was already unwinding, is compensated. ``resources`` are the
-    ``Resource`` inputs the sagas need (never recorded, so given again here); at most
-    ``concurrency`` runs are recovered at once. Returns what happened to each run.
+    Finds up to ``limit`` unfinished runs whose owner's lease expired, takes each over
+    (exactly one recoverer wins each) just before driving it to an end from its record:
+    steps that never started, and idempotent ones in doubt, run forward; a run with a
+    non-idempotent step in doubt, or that was already unwinding, is compensated.
+    ``resources`` are the ``Resource`` inputs the sagas need (never recorded, so given
+    again here); at most ``concurrency`` runs are recovered at once. Returns what
+    happened to each run.
 
     Call it when a service starts, and then periodically (every ``owner_ttl`` or so): a
     run is recoverable once its owner's lease has expired.
@@ -350,14 +368,19 @@ async def recover(
     if not 1 <= concurrency <= 1000 or not limit >= 1:
         raise ValueError("limit >= 1 and 1 <= concurrency <= 1000")
     extra = split_hooks(hooks) if hooks else ((), ())
-    claimed = await runs.claim_abandoned(
+    found = await runs.abandoned(
         {name: spec.saga_version for name, spec in specs.items()}, limit=limit
     )
     report: list[Recovered] = []
     limiter = anyio.CapacityLimiter(concurrency)
 
-    async def one(record: RunRecord) -> None:
+    async def one(run_id: str, owner: str) -> None:
         async with limiter:
+            # Taken only now, when it is driven: if this sweep is cancelled, the runs it
+            # has not reached stay for the next sweep (here or in another process).
+            record = await runs.claim(run_id, owner)
+            if record is None:
+                return  # another recoverer took it, or it finished meanwhile
             try:
                 done = await _recover_one(specs[record.saga], runs, record, resources, extra)
             except AsagaError as exc:  # a store error, inputs that no longer validate...
@@ -368,8 +391,8 @@ async def recover(
             _logger.info("run_recovered", saga=done.saga, run_id=done.run_id, outcome=done.outcome)
 
     async with anyio.create_task_group() as tg:
-        for record in claimed:
-            tg.start_soon(one, record, name=f"recover {record.run_id}")
+        for run_id, owner in found:
+            tg.start_soon(one, run_id, owner, name=f"recover {run_id}")
     return report
 
 
@@ -384,7 +407,8 @@ async def _recover_one(
     run_id, saga = record.run_id, record.saga
     if record.status == "undoing":
         try:
-            undone = await _undo(spec, runs, record, resources, extra_hooks)
+            values = _values(spec, record, resources)
+            undone = await _undo(spec, runs, record, values, extra_hooks)
         except UndoFailed as exc:
             return Recovered(
                 run_id=run_id,
@@ -400,7 +424,11 @@ async def _recover_one(
     steps = record.steps
     in_doubt = [n for n, s in steps.items() if s.status == "running"]
     failed = [n for n, s in steps.items() if s.status == "failed"]
-    unwinding = record.status != "running" or bool(failed)
+    unwinding = (
+        record.status != "running"
+        or bool(failed)
+        or any(s.compensation is not None for s in steps.values())
+    )
     if not unwinding and all(plan.nodes[n].idempotent for n in in_doubt):
         succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
         skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
@@ -458,20 +486,18 @@ async def _recover_one(
     completed = [
         n for n, s in steps.items() if s.status == "succeeded" and s.compensation != "succeeded"
     ]
-    unwind = await _unwind(spec, values, record, journal, completed, extra_hooks)
-    needs_human = bool(unwind.errors) or any(plan.nodes[n].compensation for n in risky)
-    status: RunStatus = (
-        "compensation_failed"
-        if needs_human
-        else ("cancelled" if record.error == "cancelled" else "failed")
-    )
-    if not journal.lost:
-        with anyio.CancelScope(shield=True):
-            await journal.finish(status)
+    human = any(plan.nodes[n].compensation is not None for n in risky)
+
+    def ending(unwind: Unwind) -> RunStatus:
+        if unwind.errors or human:
+            return "compensation_failed"
+        return "cancelled" if record.error == "cancelled" else "failed"
+
+    unwind = await _compensate(spec, values, record, journal, completed, extra_hooks, ending)
     return Recovered(
         run_id=run_id,
         saga=saga,
-        outcome=status,
+        outcome=ending(unwind),
         compensated=tuple(unwind.compensated),
         in_doubt=risky,
     )

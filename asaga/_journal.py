@@ -25,6 +25,7 @@ decodes it with the saga's own annotations: one msgspec encoder, one decoder per
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["Journal", "SagaCodec"]
 
 _encoder = msgspec.msgpack.Encoder()
+_sorted_encoder = msgspec.msgpack.Encoder(order="sorted")  # inputs: same values, same bytes
 _any_decoder = msgspec.msgpack.Decoder()
 
 
@@ -98,7 +100,7 @@ class SagaCodec:
         """The run's inputs (resources excluded) as recorded."""
         recorded = {name: values[name] for name in self._inputs if name in values}
         try:
-            return _encoder.encode(recorded)
+            return _sorted_encoder.encode(recorded)
         except (TypeError, ValueError, OverflowError) as exc:
             bad = _first_unencodable(recorded)
             raise NotRecordable(
@@ -173,7 +175,9 @@ class Journal:
     __slots__ = (
         "_events",
         "_final_event",
+        "_nonce",
         "_record",
+        "_seq",
         "_steps",
         "claim",
         "codec",
@@ -196,6 +200,8 @@ class Journal:
         self._steps: dict[str, StepRecord] = dict(record.steps)
         self._events: list[bytes] = []
         self._final_event: Event | None = None
+        self._seq = record.seq  # a recovered run's writes go on from the record's
+        self._nonce = os.urandom(8).hex()
         self.deferred = False
         """A step's success is noted but not written yet (the next write carries it)."""
         self.lost = False
@@ -297,6 +303,7 @@ class Journal:
             starting = True
         if last and not starting:
             self.deferred = True
+            self._encoded()  # RecordTooLarge now, not at the final write
             return
         await self._put()
 
@@ -312,14 +319,26 @@ class Journal:
             await self._put()
 
     def ended(self, name: str, status: str, error: str | None, attempt: int) -> None:
-        """``name`` failed or was cancelled (written with the next transition)."""
+        """``name`` failed or was cancelled, or its result could not be recorded (written
+        with the next transition; no result is kept)."""
         self._steps[name] = msgspec.structs.replace(
             self._steps.get(name) or StepRecord(status="running"),
             status=status,
             attempt=attempt,
+            result=None,
             error=error,
             ended_at=time.time(),
         )
+
+    def settle(self) -> None:
+        """The run's steps have all ended (it unwinds now): a step still marked as starting
+        never began its first attempt (released, then the run failed or was cancelled)."""
+        now = time.time()
+        for name, step in self._steps.items():
+            if step.status == "running":
+                self._steps[name] = msgspec.structs.replace(
+                    step, status="cancelled", error="never started", ended_at=now
+                )
 
     async def failing(self, step: str | None, error: str) -> None:
         """The run unwinds: ``step`` failed for good (``None``: the caller cancelled)."""
@@ -376,10 +395,10 @@ class Journal:
     async def _put(self, *, final: bool = False) -> None:
         await self.store.write(self._write(self._record.status, final=final))
 
-    def _write(self, status: RunStatus, *, final: bool = False) -> Write:
-        self.deferred = False
+    def _encoded(self) -> bytes:
+        """The record as it stands, encoded; ``RecordTooLarge`` past the store's limit."""
         record = msgspec.structs.replace(
-            self._record, steps=dict(self._steps), updated_at=time.time()
+            self._record, steps=dict(self._steps), updated_at=time.time(), seq=self._seq
         )
         data = encode_record(record)
         limit = self.store.max_record_bytes
@@ -390,8 +409,22 @@ class Journal:
                 "data elsewhere and return a reference to it), or raise max_record_bytes",
                 self.run_id,
             )
+        return data
+
+    def _write(self, status: RunStatus, *, final: bool = False) -> Write:
+        self._seq += 1
+        data = self._encoded()
+        self.deferred = False
         events, self._events = tuple(self._events), []
-        return Write(run_id=self.run_id, record=data, status=status, events=events, final=final)
+        return Write(
+            run_id=self.run_id,
+            record=data,
+            status=status,
+            events=events,
+            final=final,
+            seq=self._seq,
+            nonce=self._nonce,
+        )
 
     # -- reading back --------------------------------------------------------------------
 

@@ -114,6 +114,8 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``repr`` of the failing step's exception (or ``"cancelled"``)."""
     created_at: float = msgspec.field(default_factory=time.time)
     updated_at: float = msgspec.field(default_factory=time.time)
+    seq: int = 0
+    """How many writes made this record (a store refuses a write older than the last)."""
     events: tuple[Event, ...] = ()
     """The run's events, in order (filled in when a store reads a record back)."""
 
@@ -196,6 +198,12 @@ class Write(msgspec.Struct, frozen=True, kw_only=True):
     final: bool = False
     """The run finished: drop it from the running runs, keep it for the retention period,
     wake whoever waits for it."""
+    seq: int = 0
+    """The write's place among the run's writes: an older one arriving late (sent again
+    after a lost reply) is ignored."""
+    nonce: str = ""
+    """For a creation: what tells this creation, sent again, from another run that
+    happens to use the same run id."""
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -253,21 +261,24 @@ class RunStore(Protocol):
         """Recorded runs, newest first, filtered by status and saga name."""
         ...
 
-    async def claim_abandoned(
+    async def abandoned(
         self, sagas: Mapping[str, str], *, limit: int = 100
-    ) -> Sequence[RunRecord]:
-        """Take over unfinished runs whose owner's lease expired (a crashed process), of
-        the sagas named in ``sagas`` (name -> ``saga_version``) only.
-
-        Exactly one caller wins each run; the records returned are now owned by this store.
-        """
+    ) -> Sequence[tuple[str, str]]:
+        """Unfinished runs of the sagas named in ``sagas`` (name -> ``saga_version``)
+        whose owner's lease has expired (a crashed process), as (run id, owner), oldest
+        first. Nothing is taken: see :meth:`claim`."""
         ...
 
-    async def claim_undo(self, run_id: str) -> RunRecord:
-        """Take a succeeded run to undo it (status ``undoing``, owned by this store).
+    async def claim(self, run_id: str, owner: str) -> RunRecord | None:
+        """Take over an abandoned run from ``owner`` (exactly one caller wins); the record,
+        now owned by this store, or ``None`` if someone else took it or it finished."""
+        ...
 
-        Returns the record as it was; if it is not ``succeeded`` (already undone, being
-        undone, failed...) nothing changes and the record shows why.
+    async def claim_undo(self, run_id: str) -> tuple[RunRecord, bool]:
+        """Take a succeeded run to undo it (status ``undoing``, owned by this store), or
+        the undo of an owner that died; returns the record as it was and whether it was
+        taken. If not (already undone, being undone by a live owner, failed...), nothing
+        changes and the record shows why.
         """
         ...
 

@@ -265,6 +265,10 @@ async def _drive(
     try:
         await execution.execute()
     except anyio.get_cancelled_exc_class():
+        if journal is not None and execution.taken_over is None:
+            journal.settle()
+            with anyio.CancelScope(shield=True):  # unwinding: say so before undoing
+                await _record_failing(journal, None, "cancelled")
         if execution.taken_over is None:
             await _unwind(spec, context, execution, journal).run(execution.completed)
         emit(
@@ -275,18 +279,22 @@ async def _drive(
             error="cancelled",
         )
         if journal is not None and execution.taken_over is None:
-            await _record_end(journal, "cancelled", error="cancelled", release_key=True)
+            await _record_end(journal, "cancelled", release_key=True)
         raise
     except BaseException as exc:
         # Not an Exception (KeyboardInterrupt, SystemExit...): no SagaFailed for it, but the
         # completed steps are still undone before it goes on, unwrapped from the group.
-        await _unwind(spec, context, execution, journal).run(execution.completed)
         inner = exc
         if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             inner = exc.exceptions[0]
+        if journal is not None:
+            journal.settle()
+            with anyio.CancelScope(shield=True):
+                await _record_failing(journal, None, repr(inner))
+        await _unwind(spec, context, execution, journal).run(execution.completed)
         emit(RunFailed, duration=time.monotonic() - started, error=repr(inner))
         if journal is not None:
-            await _record_end(journal, "failed", error=repr(inner))
+            await _record_end(journal, "failed")
         if inner is not exc:
             raise inner from None
         raise
@@ -305,10 +313,11 @@ async def _drive(
             emit(RunFailed, duration=time.monotonic() - started, error=repr(exc))
             raise
         except RunStoreError as exc:
-            # The run cannot be recorded as done: it is undone instead, so that the
-            # record and the world agree (a recovery would undo it too).
-            last = execution.completed[-1] if execution.completed else plan.order[-1]
-            execution.failure = (last, exc)
+            if not await _landed(journal):
+                # The run cannot be recorded as done: it is undone instead, so that the
+                # record and the world agree (a recovery would undo it too).
+                last = execution.completed[-1] if execution.completed else plan.order[-1]
+                execution.failure = (last, exc)
 
     if execution.failure is None:
         if succeeded is not None:
@@ -327,6 +336,7 @@ async def _drive(
 
     step_name, cause = execution.failure
     if journal is not None:
+        journal.settle()
         with anyio.CancelScope(shield=True):
             await _record_failing(journal, step_name, cause)
     unwind = _unwind(spec, context, execution, journal)
@@ -373,24 +383,31 @@ def _unwind(
     )
 
 
-async def _record_failing(journal: Journal, step: str, cause: BaseException) -> None:
+async def _landed(journal: Journal) -> bool:
+    """Whether the final write that seemed to fail was applied after all (its reply was
+    lost): the record then says the run succeeded, and so must the caller be told."""
+    try:
+        with anyio.CancelScope(shield=True):
+            record = await journal.store.load(journal.run_id)
+    except RunStoreError:
+        return False
+    return record.status == "succeeded" and record.owner == journal.store.owner
+
+
+async def _record_failing(journal: Journal, step: str | None, cause: BaseException | str) -> None:
     """Write down that the run unwinds (best effort: the unwind goes on regardless)."""
     try:
-        await journal.failing(step, repr(cause))
+        await journal.failing(step, cause if isinstance(cause, str) else repr(cause))
     except RunTakenOver:
         journal.lost = True
     except RunStoreError as exc:
         _logger.warning("run_not_recorded", run_id=journal.run_id, error=repr(exc))
 
 
-async def _record_end(
-    journal: Journal, status: RunStatus, *, error: str | None = None, release_key: bool = False
-) -> None:
+async def _record_end(journal: Journal, status: RunStatus, *, release_key: bool = False) -> None:
     """Write down how the run ended, shielded; best effort (the outcome stands)."""
     with anyio.CancelScope(shield=True):
         try:
-            if error is not None and journal.record.error is None:
-                journal.set_failure(None, error)
             await journal.finish(status)
         except RunStoreError as exc:
             _logger.warning("run_not_recorded", run_id=journal.run_id, error=repr(exc))

@@ -40,15 +40,16 @@ failed and the steps in flight settled. Cancellation from outside propagates out
 
 from __future__ import annotations
 
+import contextvars
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
-from structlog.contextvars import bind_contextvars, reset_contextvars
+from structlog.contextvars import bind_contextvars
 
 from ._events import (
     RunContext,
@@ -182,8 +183,9 @@ class Execution:
         plan = self._plan
         roots = self._roots
         if roots and plan.chain:
-            # Only ever one step at a time: the calling task runs them all, no task group.
-            return self._chain(plan.nodes[roots[0]])
+            # Only ever one step at a time: the calling task runs them all, no task group
+            # (in a context of their own, as a task of their own would have).
+            return _Isolated(self._chain(plan.nodes[roots[0]]))
         return self._grouped(roots)
 
     async def _grouped(self, roots: tuple[str, ...]) -> None:
@@ -194,21 +196,15 @@ class Execution:
             self._tg = tg
             for name in roots[1:]:
                 tg.start_soon(self._chain, plan.nodes[name], name=name)
-            await self._chain(plan.nodes[roots[0]])
+            await _Isolated(self._chain(plan.nodes[roots[0]]))
 
     async def _chain(self, node: Node | None) -> None:
-        """Run ``node``, then the first dependent it makes ready, and so on, in this task."""
-        tokens = None
-        try:
-            while node is not None:
-                # This task's context: user logs inside the step see which step they are in.
-                bound = bind_contextvars(step=node.name)
-                if tokens is None:
-                    tokens = bound
-                node = await self._run(node)
-        finally:
-            if tokens is not None:  # the run's own task must not leak `step` to its caller
-                reset_contextvars(**tokens)
+        """Run ``node``, then the first dependent it makes ready, and so on, in this task
+        (whose context is the chain's own: a task's, or an ``_Isolated`` copy)."""
+        while node is not None:
+            # User logs inside the step see which step they are in.
+            bind_contextvars(step=node.name)
+            node = await self._run(node)
 
     async def _run(self, node: Node) -> Node | None:
         """Run one step (all its attempts); return the next step this task should run."""
@@ -352,6 +348,10 @@ class Execution:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
             return
+        if self._journal is not None:
+            # Whatever it ended with (a result that cannot be recorded, a record that
+            # grew too large), none of it is kept: the next writes must go through.
+            self._journal.ended(name, "failed", repr(exc), max(attempt, 1))
         self._fail(name, max(attempt, 1), 0.0, exc)
 
     async def _locked(self, node: Node, kwargs: dict[str, Any]) -> Any:
@@ -437,6 +437,40 @@ class Execution:
                 self._failed.set()
             if self._on_failure == "cancel" and self._tg is not None:
                 self._tg.cancel_scope.cancel()
+
+
+class _Isolated:
+    """Await a coroutine in a copy of the current context, as a task of its own would run
+    it, without starting one: context variables it sets (a step's
+    ``structlog.contextvars.bind_contextvars``) do not leak into the awaiting task.
+
+    Every resumption of the coroutine goes through ``Context.run``; cancellation and
+    everything else the event loop sends or throws is passed through unchanged.
+    """
+
+    __slots__ = ("_context", "_coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._coro = coro
+        self._context = contextvars.copy_context()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, run = self._coro, self._context.run
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = run(coro.send, value) if error is None else run(coro.throw, error)
+            except StopIteration:
+                return
+            error = None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                run(coro.close)
+                raise
+            except BaseException as exc:  # noqa: BLE001 - passed on to the coroutine
+                error, value = exc, None
 
 
 def _explained(exc: Exception, node: Node, attempt: int) -> Exception:

@@ -12,6 +12,7 @@ import pytest
 
 from asaga import (
     IdempotencyKeyReused,
+    InputValidationError,
     NotRecordable,
     RecordedError,
     RecordTooLarge,
@@ -477,3 +478,177 @@ async def test_bad_idempotency_keys_are_refused() -> None:
     for key in ("", "k" * 256):
         with pytest.raises(ValueError, match="1 to 255 characters"):
             await One.run(idempotency_key=key)
+
+
+async def test_an_unwinding_run_says_so_before_compensating() -> None:
+    """A failed or cancelled run is recorded as compensating before its first
+    compensation runs, and steps released but never started are not left "running": a
+    recovery must never take such a run for one to resume."""
+    runs = MemoryRunStore()
+    seen: list[tuple[str, dict[str, str]]] = []
+    started = anyio.Event()
+
+    class Cancelled(Saga):
+        @step
+        async def first(run_id: str) -> str:
+            return run_id
+
+        @first.compensate
+        async def unfirst(first: str) -> None:
+            record = await runs.load(first)
+            seen.append((record.status, {n: s.status for n, s in record.steps.items()}))
+
+        @step
+        async def second(first: str) -> str:
+            started.set()
+            await anyio.sleep_forever()
+            return first
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: Cancelled.run(runs=runs))
+        with anyio.fail_after(5):
+            await started.wait()
+        tg.cancel_scope.cancel()
+    assert seen == [("compensating", {"first": "succeeded", "second": "cancelled"})]
+
+    class Fork(Saga):
+        on_failure = "cancel"
+
+        @step
+        async def a() -> int:
+            return 1
+
+        @step
+        async def b(a: int) -> int:
+            raise RuntimeError("b failed")
+
+        @step
+        async def c(a: int) -> int:
+            await anyio.sleep_forever()
+            return a
+
+        @step
+        async def d(c: int) -> int:
+            return c
+
+    with pytest.raises(SagaFailed) as failed:
+        await Fork.run(runs=runs)
+    record = await runs.load(failed.value.run_id)
+    assert record.status == "failed"
+    assert "running" not in {s.status for s in record.steps.values()}
+
+
+async def test_a_record_too_large_does_not_block_the_next_writes() -> None:
+    """After RecordTooLarge the oversized result is dropped from the record, so the
+    unwinding and the final status are written (the run does not stay "running")."""
+    runs = MemoryRunStore(max_record_bytes=4096)
+
+    class Big(Saga):
+        @step
+        async def small() -> str:
+            return "s"
+
+        @small.compensate
+        async def unsmall(small: str) -> None:
+            return None
+
+        @step
+        async def big(small: str) -> str:
+            return "x" * 5000  # the last step: its write would ride on the final one
+
+    with pytest.raises(SagaFailed) as failed:
+        await Big.run(runs=runs)
+    record = await runs.load(failed.value.run_id)
+    assert record.status == "failed"
+    assert record.steps["big"].status == "failed"
+    assert record.steps["big"].result is None
+    assert record.compensated == ("small",)
+
+
+async def test_undo_refuses_before_taking_the_run() -> None:
+    """An undo that cannot start (a resource left out) changes nothing: the run can
+    still be undone afterwards."""
+
+    class Booking(Saga):
+        desk: Resource[Payments]
+
+        @step
+        async def book(desk: Payments) -> str:
+            return "b-1"
+
+        @book.compensate
+        async def unbook(book: str, desk: Payments) -> None:
+            return None
+
+    store = MemoryRunStore()
+    result = await Booking.run(desk=Payments(), runs=store)
+    with pytest.raises(InputValidationError):
+        await Booking.undo(result.run_id, runs=store)
+    assert (await store.load(result.run_id)).status == "succeeded"
+    done = await Booking.undo(result.run_id, runs=store, desk=Payments())
+    assert (done.status, done.already) == ("undone", False)
+
+
+async def test_a_run_id_used_twice_is_refused() -> None:
+    """A run id already recorded in the store is refused, even by the same store: a
+    second run must not overwrite the first one's record."""
+    charged: list[int] = []
+
+    class Charge(Saga):
+        amount: int
+
+        @step
+        async def charge(amount: int) -> int:
+            charged.append(amount)
+            return amount
+
+    store = MemoryRunStore()
+    await Charge.run(amount=30, runs=store, run_id="r-0001")
+    with pytest.raises(RunStoreError, match="run r-0001 is already recorded"):
+        await Charge.run(amount=99, runs=store, run_id="r-0001")
+    assert charged == [30]
+
+
+async def test_the_key_fingerprint_ignores_the_order_of_the_inputs() -> None:
+    """The same inputs given in another order (a JSON body with its keys reordered) are
+    the same request for an idempotency key."""
+
+    class Order(Saga):
+        sku: str
+        quantity: int
+
+        @step
+        async def place(sku: str, quantity: int) -> int:
+            return quantity
+
+    store = MemoryRunStore()
+    first = await Order.run(runs=store, idempotency_key="o-1", **{"sku": "a", "quantity": 3})
+    again = await Order.run(runs=store, idempotency_key="o-1", **{"quantity": 3, "sku": "a"})
+    assert (again.run_id, again.replayed) == (first.run_id, True)
+
+
+def test_a_key_may_not_outlive_its_run() -> None:
+    """An idempotency window longer than the retention of records is refused."""
+    with pytest.raises(ValueError, match="must not outlast retention"):
+        MemoryRunStore(retention=3600, idempotency_window=7200)
+
+
+async def test_a_late_write_does_not_undo_a_newer_one() -> None:
+    """A write older than the last one applied (sent again after its reply was lost) is
+    ignored by the store."""
+    store = MemoryRunStore()
+
+    class One(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+    result = await One.run(runs=store)
+    record = await store.load(result.run_id)
+    from asaga._record import encode_record
+
+    stale = msgspec.structs.replace(record, status="running", seq=1)
+    await store.write(
+        Write(run_id=result.run_id, record=encode_record(stale), status="running", seq=1)
+    )
+    assert (await store.load(result.run_id)).status == "succeeded"

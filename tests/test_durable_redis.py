@@ -548,3 +548,68 @@ async def test_tls(own_redis: tuple[str, Path, int]) -> None:
         await client.aclose()
         process.terminate()
         await process.wait()
+
+
+async def test_an_undo_left_by_a_dead_process_is_finished(
+    redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """A process took a run to undo it and died (its lease is gone): the next undo() of
+    that run takes it over and finishes it, instead of waiting for the dead one."""
+    inventory = RedisInventoryStore(client, None, prefix=f"{redis_prefix}inv:")
+    payments = Payments(client, redis_prefix)
+    await inventory.put(Product(sku="widget", inventory_count=10))
+    async with RedisRunStore(client, prefix=f"{redis_prefix}runs:") as runs:
+        result = await DurableHold.run(
+            sku="widget", quantity=2, store=inventory, payments=payments, runs=runs
+        )
+        # Another store object takes the undo and never does it: it was never opened, so
+        # it never held a lease (as if its process had died right after the claim).
+        dead = RedisRunStore(client, prefix=f"{redis_prefix}runs:")
+        _, taken = await dead.claim_undo(result.run_id)
+        assert taken
+        with anyio.fail_after(10):
+            done = await DurableHold.undo(
+                result.run_id, runs=runs, store=inventory, payments=payments
+            )
+    assert (done.status, done.already) == ("undone", False)
+    assert (await inventory.get("widget")).reserved_count == 0
+
+
+async def test_runs_recovery_cannot_take_do_not_hide_the_others(
+    redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """Abandoned runs of another saga (or of another saga_version) at the head of the
+    running set do not keep recover() from finding the ones it can take."""
+    from asaga._record import RunRecord, Write, encode_record
+
+    class Mine(Saga):
+        @step
+        async def work(run_id: str) -> str:
+            return run_id
+
+    def record(saga: str, run_id: str) -> Write:
+        data = encode_record(
+            RunRecord(
+                saga=saga,
+                saga_version="1",
+                run_id=run_id,
+                status="running",
+                inputs=msgspec_empty,
+                fingerprint="f",
+                seq=1,
+            )
+        )
+        return Write(run_id=run_id, record=data, status="running", seq=1, nonce=run_id)
+
+    prefix = f"{redis_prefix}runs:"
+    async with RedisRunStore(client, prefix=prefix) as gone:
+        for n in range(120):
+            await gone.create(record("Other", f"other-{n}"), None)
+        await gone.create(record("Mine", "mine-1"), None)
+    # Closing the store dropped its lease: its unfinished runs are abandoned now.
+    async with RedisRunStore(client, prefix=prefix) as runs:
+        report = await recover(runs, sagas=[Mine], limit=10)
+    assert [(r.run_id, r.outcome) for r in report] == [("mine-1", "succeeded")]
+
+
+msgspec_empty = b"\x80"  # an empty MessagePack map: a saga without inputs

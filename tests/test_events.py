@@ -1,5 +1,7 @@
 """Events: one record per transition, logged by structlog and delivered to hooks in order."""
 
+import contextvars
+
 import msgspec
 import pytest
 import structlog
@@ -197,6 +199,36 @@ async def test_step_binding_does_not_leak_to_the_caller(shape: str) -> None:
         assert structlog.contextvars.get_contextvars() == {"request": "r-1"}
     finally:
         structlog.contextvars.unbind_contextvars("request")
+
+
+@pytest.mark.parametrize("shape", ["chain", "fork"])
+async def test_what_a_step_binds_stays_in_the_run(shape: str) -> None:
+    """A step that binds structlog contextvars (or sets a ContextVar) does not leak them
+    into the caller, even though a chain runs in the caller's own task."""
+    tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant", default=None)
+    seen: list[object] = []
+
+    class Chain(Saga):
+        @step
+        async def a() -> int:
+            structlog.contextvars.bind_contextvars(order_id="o-17")
+            tenant.set("acme")
+            return 1
+
+        @step
+        async def b(a: int) -> int:
+            seen.append((structlog.contextvars.get_contextvars().get("order_id"), tenant.get()))
+            return a
+
+    class Fork(Chain):
+        @step
+        async def c(a: int) -> int:
+            return a
+
+    await (Chain if shape == "chain" else Fork).run()
+    assert seen == [("o-17", "acme")]  # the next step of the chain sees it
+    assert "order_id" not in structlog.contextvars.get_contextvars()
+    assert tenant.get() is None
 
 
 async def test_events_round_trip_through_msgspec() -> None:

@@ -42,6 +42,8 @@ class _Run:
     owner: str
     saga: str
     created: float
+    nonce: str
+    seq: int
     events: list[bytes] = field(default_factory=list)
     expires: float | None = None  # set when the run finishes (retention)
     finished: anyio.Event | None = None  # made when someone waits
@@ -93,13 +95,18 @@ class MemoryRunStore(StoreSettings):
         if claim is not None:
             held = self._keys.get((claim.saga, claim.key))
             if held is not None and held[1] > now and held[0] != write.run_id:
-                return held[0]
-            self._keys[(claim.saga, claim.key)] = (write.run_id, now + claim.window)
+                holder = self._runs.get(held[0])
+                gone = holder is None or (holder.expires is not None and holder.expires <= now)
+                # A key whose run was cancelled, or whose record is gone, is taken over.
+                if not gone and holder is not None and holder.status != "cancelled":
+                    return held[0]
         existing = self._runs.get(write.run_id)
         if existing is not None:
-            if existing.owner == self._owner:
-                return None
-            raise RunStoreError(f"a run with id {write.run_id!r} is already recorded", write.run_id)
+            if existing.nonce == write.nonce:
+                return None  # this creation, sent again
+            raise RunStoreError(f"run {write.run_id} is already recorded", write.run_id)
+        if claim is not None:
+            self._keys[(claim.saga, claim.key)] = (write.run_id, now + claim.window)
         record = decode_record(write.record, write.run_id)
         self._runs[write.run_id] = _Run(
             record=write.record,
@@ -107,6 +114,8 @@ class MemoryRunStore(StoreSettings):
             owner=self._owner,
             saga=record.saga,
             created=time.time(),
+            nonce=write.nonce,
+            seq=write.seq,
             events=list(write.events),
         )
         return None
@@ -119,6 +128,9 @@ class MemoryRunStore(StoreSettings):
             raise RunTakenOver(
                 f"run {write.run_id} is no longer owned by this process", write.run_id
             )
+        if write.seq <= run.seq:
+            return  # a newer write of this run landed already
+        run.seq = write.seq
         run.record = write.record
         run.status = write.status
         run.events.extend(write.events)
@@ -148,23 +160,29 @@ class MemoryRunStore(StoreSettings):
                     break
         return found
 
-    async def claim_abandoned(
+    async def abandoned(
         self, sagas: Mapping[str, str], *, limit: int = 100
-    ) -> Sequence[RunRecord]:
+    ) -> Sequence[tuple[str, str]]:
         """Nothing is ever abandoned in memory: a process's runs end with it."""
         await anyio.lowlevel.checkpoint()
         return []
 
-    async def claim_undo(self, run_id: str) -> RunRecord:
-        """Take a succeeded run to undo it; the record as it was before."""
+    async def claim(self, run_id: str, owner: str) -> RunRecord | None:
+        """Nothing to take over in memory (see :meth:`abandoned`)."""
+        await anyio.lowlevel.checkpoint()
+        return None
+
+    async def claim_undo(self, run_id: str) -> tuple[RunRecord, bool]:
+        """Take a succeeded run to undo it; the record as it was, and whether taken."""
         await anyio.lowlevel.checkpoint()
         run = self._live(run_id)
         before = self._decode(run_id, run, False)
-        if run.status == "succeeded":
-            run.status = "undoing"
-            run.owner = self._owner
-            run.expires = None
-        return before
+        if run.status != "succeeded":
+            return before, False
+        run.status = "undoing"
+        run.owner = self._owner
+        run.expires = None
+        return before, True
 
     async def release_key(self, claim: Claim, run_id: str) -> None:
         """Let ``claim``'s key go if it still names ``run_id``."""

@@ -34,7 +34,8 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -63,39 +64,51 @@ __all__ = ["RedisRunStore"]
 _logger = structlog.get_logger("asaga")
 
 # KEYS: run, events, running, index[, key] ; ARGV: run_id, record, status, owner, saga,
-#   now, window_ms, version, events...
-# Returns nil when created (or already created by this owner: a retried write), else the
-# id of the run that holds the idempotency key.
+#   now, window_ms, version, nonce, run key prefix, seq, events...
+# Returns nil when created (or when this very creation is sent again), else the id of the
+# run that holds the idempotency key. A key whose run was cancelled, or whose record is
+# gone, is taken over: a cancelled run did nothing that stays.
 _CREATE = """
 if #KEYS == 5 then
   local holder = redis.call('get', KEYS[5])
-  if holder and holder ~= ARGV[1] then return holder end
+  if holder and holder ~= ARGV[1] then
+    local held = redis.call('hget', ARGV[10] .. holder, 'status')
+    if held and held ~= 'cancelled' then return holder end
+  end
 end
 if redis.call('exists', KEYS[1]) == 1 then
-  if redis.call('hget', KEYS[1], 'owner') == ARGV[4] then return false end
-  return redis.error_reply('ERR asaga: a run with this id is already recorded')
+  if redis.call('hget', KEYS[1], 'nonce') == ARGV[9] then return false end
+  return redis.error_reply('ERR asaga: run ' .. ARGV[1] .. ' is already recorded')
 end
 if #KEYS == 5 then redis.call('set', KEYS[5], ARGV[1], 'px', ARGV[7]) end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'owner', ARGV[4],
-           'saga', ARGV[5], 'version', ARGV[8])
+           'saga', ARGV[5], 'version', ARGV[8], 'nonce', ARGV[9], 'seq', ARGV[11])
 redis.call('zadd', KEYS[3], ARGV[6], ARGV[1])
 redis.call('zadd', KEYS[4], ARGV[6], ARGV[1])
-if #ARGV >= 9 then redis.call('rpush', KEYS[2], unpack(ARGV, 9)) end
+if #ARGV >= 12 then redis.call('rpush', KEYS[2], unpack(ARGV, 12)) end
 return false
 """
 
 # KEYS: run, events, running, index, waiting ; ARGV: run_id, record, status, owner, final,
-#   retention_ms, cutoff, channel, events...
+#   retention_ms, cutoff, channel, seq, events...
+# Returns 0 if another owner has the run, 2 if a newer write of this run landed already
+# (this one, sent late, is dropped), 1 when applied.
 _WRITE = """
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[4] then return 0 end
-redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
-if #ARGV >= 9 then redis.call('rpush', KEYS[2], unpack(ARGV, 9)) end
+if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= tonumber(ARGV[9]) then return 2 end
+redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'seq', ARGV[9])
+if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 if ARGV[5] == '1' then
   redis.call('zrem', KEYS[3], ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[6])
   redis.call('pexpire', KEYS[2], ARGV[6])
   redis.call('zremrangebyscore', KEYS[4], '-inf', ARGV[7])
   if redis.call('exists', KEYS[5]) == 1 then redis.call('publish', ARGV[8], ARGV[3]) end
+else
+  -- unfinished: findable by recovery (a late final write may have taken it out)
+  redis.call('persist', KEYS[1])
+  redis.call('persist', KEYS[2])
+  redis.call('zadd', KEYS[3], 'NX', tonumber(ARGV[7]) + tonumber(ARGV[6]) / 1000, ARGV[1])
 end
 return 1
 """
@@ -145,6 +158,7 @@ class _Op:
     script: str
     keys: list[str]
     args: list[Any]
+    run_id: str
     done: anyio.Event = field(default_factory=anyio.Event)
     reply: Any = None
     error: BaseException | None = None
@@ -206,7 +220,7 @@ class RedisRunStore(StoreSettings):
         self._wakeup = anyio.Event()
         self._drained = anyio.Event()
         self._waiting: dict[str, anyio.Event] = {}
-        self._unsent: dict[str, Write] = {}  # final writes that failed, sent again later
+        self._unsent: dict[str, Write] = {}  # a run's newest write that failed: sent again
         self.round_trips = 0
         """Pipelines the writer has sent (each one round trip, carrying one or more
         writes): for measuring what durability costs."""
@@ -254,8 +268,8 @@ class RedisRunStore(StoreSettings):
         require_asyncio("RedisRunStore", "MemoryRunStore")
         try:
             await self._beat()  # the lease exists before any run is recorded
-        except RedisError as exc:
-            raise StoreUnavailable(f"the run store cannot reach Redis: {exc}") from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"the run store cannot reach Redis: {exc!r}") from exc
         self._queue.clear()
         self._open = True
         self._drained = anyio.Event()
@@ -292,18 +306,19 @@ class RedisRunStore(StoreSettings):
                     await self.client.connection_pool.disconnect()
 
     async def _beat(self) -> None:
-        await self.client.set(
-            self._owner_key(self._owner), "1", px=max(1, round(self.owner_ttl * 1000))
-        )
+        with anyio.fail_after(max(self.owner_ttl / 3, 0.1)):
+            await self.client.set(
+                self._owner_key(self._owner), "1", px=max(1, round(self.owner_ttl * 1000))
+            )
 
     async def _heartbeat(self) -> None:
-        """Renew the owner lease; send again the final writes Redis could not take."""
+        """Renew the owner lease; send again the writes Redis could not take."""
         interval = self.owner_ttl / 3
         while True:
             await anyio.sleep(interval)
             try:
                 await self._beat()
-            except RedisError as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 _logger.warning("run_store_lease_not_renewed", error=repr(exc))
                 continue
             for write in list(self._unsent.values()):
@@ -338,6 +353,9 @@ class RedisRunStore(StoreSettings):
             time.time(),
             window,
             record.saga_version,
+            write.nonce,
+            f"{self.prefix}run:",
+            write.seq,
             *write.events,
         ]
         reply = await self._submit("create", keys, args, write.run_id)
@@ -363,17 +381,25 @@ class RedisRunStore(StoreSettings):
             max(1, round(self.retention * 1000)),
             time.time() - self.retention,
             f"{self.prefix}finished:{write.run_id}",
+            write.seq,
             *write.events,
         ]
+        kept = self._unsent.get(write.run_id)
+        if kept is not None and kept.seq < write.seq:
+            del self._unsent[write.run_id]  # this write carries a newer state
         try:
             applied = await self._submit("write", keys, args, write.run_id)
         except StoreUnavailable:
-            if write.final:
-                # Kept and sent again while the store is open, so that no run stays
-                # "running" in Redis once it can be reached again.
+            kept = self._unsent.get(write.run_id)
+            if kept is None or kept.seq < write.seq:
+                # The newest state of the run that Redis may not have: sent again while
+                # the store is open, so that no run stays behind (a "running" record)
+                # once Redis answers; an older write that lands late is refused by seq.
                 self._unsent[write.run_id] = write
             raise
-        self._unsent.pop(write.run_id, None)
+        kept = self._unsent.get(write.run_id)
+        if kept is not None and kept.seq <= write.seq:
+            del self._unsent[write.run_id]  # this write, or a newer one, landed
         if not applied:
             raise RunTakenOver(
                 f"run {write.run_id} was taken over by another process (this process's "
@@ -387,7 +413,7 @@ class RedisRunStore(StoreSettings):
                 "the RedisRunStore is not open: use it as `async with RedisRunStore(...) "
                 "as runs:` around the runs that use it"
             )
-        op = _Op(script, keys, args)
+        op = _Op(script, keys, args, run_id)
         if self._busy or self._queue:
             # Wait for the writer, which sends this with whatever else is waiting.
             self._queue.append(op)
@@ -407,8 +433,13 @@ class RedisRunStore(StoreSettings):
         if op.error is not None:
             if isinstance(op.error, RunStoreError):
                 raise op.error
+            why = (
+                f"Redis did not answer within {self.write_timeout:g} s (the store's write_timeout)"
+                if isinstance(op.error, TimeoutError)
+                else repr(op.error)
+            )
             raise StoreUnavailable(
-                f"run {run_id} could not be recorded: {op.error!r}", run_id
+                f"run {run_id} could not be recorded: {why}", run_id
             ) from op.error
         return op.reply
 
@@ -460,7 +491,7 @@ class RedisRunStore(StoreSettings):
                     retry.append(op)
                     continue
                 if isinstance(reply, ResponseError):
-                    op.error = RunStoreError(f"the run store refused a write: {reply}")
+                    op.error = RunStoreError(f"the run store refused a write: {reply}", op.run_id)
                 elif isinstance(reply, BaseException):
                     op.error = reply
                 else:
@@ -468,9 +499,10 @@ class RedisRunStore(StoreSettings):
                 op.done.set()
             if retry:  # Redis lost its scripts (a restart): load them, then send again
                 try:
-                    for text in _SCRIPTS.values():
-                        await self.client.script_load(text)
-                except (RedisError, OSError) as exc:
+                    with anyio.fail_after(max(deadline - time.monotonic(), 0.05)):
+                        for text in _SCRIPTS.values():
+                            await self.client.script_load(text)
+                except (RedisError, OSError, TimeoutError) as exc:
                     for op in retry:
                         op.error = exc
                         op.done.set()
@@ -479,16 +511,19 @@ class RedisRunStore(StoreSettings):
 
     # -- reading -------------------------------------------------------------------------
 
+    def _bounded(self, what: str, run_id: str | None = None) -> AbstractContextManager[None]:
+        """Bound one exchange with Redis by ``write_timeout``; any failure becomes
+        :class:`~asaga.StoreUnavailable` saying what could not be done."""
+        return _bounded(self.write_timeout, what, run_id)
+
     async def load(self, run_id: str, *, events: bool = False) -> RunRecord:
         """The run's record (``RunNotFound`` if none), with its events when asked."""
-        try:
+        with self._bounded(f"cannot read run {run_id}", run_id):
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hmget(self._run_key(run_id), "record", "status", "owner")
                 if events:
                     pipe.lrange(self._events_key(run_id), 0, -1)
                 replies = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"cannot read run {run_id}: {exc}", run_id) from exc
         data, status, owner = replies[0]
         if data is None:
             raise RunNotFound(f"no record of run {run_id!r} in this store", run_id)
@@ -511,74 +546,94 @@ class RedisRunStore(StoreSettings):
         """Recorded runs, newest first, filtered by status and saga name."""
         found: list[RunRecord] = []
         start, page = 0, max(limit, 50)
-        try:
-            while len(found) < limit and start < 100 * page:  # bounded scan of the index
+        while len(found) < limit and start < 100 * page:  # bounded scan of the index
+            with self._bounded("cannot list runs"):
                 ids = await self.client.zrevrange(self._index, start, start + page - 1)
                 if not ids:
                     break
-                start += page
                 async with self.client.pipeline(transaction=False) as pipe:
                     for raw in ids:
                         pipe.hmget(
                             self._run_key(_text(raw) or ""), "record", "status", "owner", "saga"
                         )
                     rows = await pipe.execute()
-                for raw, (data, st, owner, name) in zip(ids, rows, strict=True):
-                    if data is None:
-                        continue  # expired
-                    if status is not None and _text(st) != status:
-                        continue
-                    if saga is not None and _text(name) != saga:
-                        continue
-                    found.append(self._assemble(_text(raw) or "", data, st, owner, ()))
-                    if len(found) >= limit:
-                        break
-        except RedisError as exc:
-            raise StoreUnavailable(f"cannot list runs: {exc}") from exc
+            start += page
+            for raw, (data, st, owner, name) in zip(ids, rows, strict=True):
+                if data is None:
+                    continue  # expired
+                if status is not None and _text(st) != status:
+                    continue
+                if saga is not None and _text(name) != saga:
+                    continue
+                found.append(self._assemble(_text(raw) or "", data, st, owner, ()))
+                if len(found) >= limit:
+                    break
         return found
 
     # -- recovery, undo, keys ------------------------------------------------------------
 
-    async def claim_abandoned(
+    async def abandoned(
         self, sagas: Mapping[str, str], *, limit: int = 100
-    ) -> Sequence[RunRecord]:
-        """Take over the unfinished runs of dead owners (see ``RunStore``)."""
-        try:
-            ids = [_text(r) or "" for r in await self.client.zrange(self._running, 0, limit - 1)]
-            if not ids:
-                return []
-            async with self.client.pipeline(transaction=False) as pipe:
-                for run_id in ids:
-                    pipe.hmget(self._run_key(run_id), "owner", "saga", "version")
-                rows = [[_text(v) for v in row] for row in await pipe.execute()]
-            gone = [run_id for run_id, row in zip(ids, rows, strict=True) if row[0] is None]
-            if gone:
-                await self.client.zrem(self._running, *gone)
-            claimed: list[RunRecord] = []
-            for run_id, (owner, saga, version) in zip(ids, rows, strict=True):
-                if owner is None or owner == self._owner or saga is None or saga not in sagas:
-                    continue
-                if sagas[saga] != version:
-                    continue  # another version of the saga: for a process that has it
-                reply = await self._claim(
-                    keys=[self._run_key(run_id), self._owner_key(owner)],
-                    args=[owner, self._owner],
-                )
-                if reply:
-                    data, status = reply
-                    claimed.append(self._assemble(run_id, data, status, self._owner, ()))
-        except RedisError as exc:
-            raise StoreUnavailable(f"cannot look for abandoned runs: {exc}") from exc
-        return claimed
+    ) -> Sequence[tuple[str, str]]:
+        """Unfinished runs of ``sagas`` (name -> saga_version) whose owner's lease has
+        expired, oldest first, as (run id, owner); nothing is taken yet."""
+        found: list[tuple[str, str]] = []
+        start, page = 0, max(limit, 100)
+        while len(found) < limit and start < 100 * page:  # bounded scan of the running set
+            with self._bounded("cannot look for abandoned runs"):
+                ids = [
+                    _text(r) or ""
+                    for r in await self.client.zrange(self._running, start, start + page - 1)
+                ]
+                if not ids:
+                    break
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for run_id in ids:
+                        pipe.hmget(self._run_key(run_id), "owner", "saga", "version")
+                    rows = [[_text(v) for v in row] for row in await pipe.execute()]
+                gone = [run_id for run_id, row in zip(ids, rows, strict=True) if row[0] is None]
+                if gone:
+                    await self.client.zrem(self._running, *gone)
+                candidates = [
+                    (run_id, owner)
+                    for run_id, (owner, saga, version) in zip(ids, rows, strict=True)
+                    if owner is not None
+                    and owner != self._owner
+                    and saga is not None
+                    and saga in sagas
+                    and sagas[saga] == version  # another version waits for its own workers
+                ]
+                if candidates:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for _, owner in candidates:
+                            pipe.exists(self._owner_key(owner))
+                        alive = await pipe.execute()
+                    found += [c for c, live in zip(candidates, alive, strict=True) if not live]
+            start += page - len(gone)
+        return found[:limit]
 
-    async def claim_undo(self, run_id: str) -> RunRecord:
-        """Take a succeeded run to undo it; the record as it was before."""
+    async def claim(self, run_id: str, owner: str) -> RunRecord | None:
+        """Take over ``run_id`` from ``owner`` if that owner's lease has expired and the run
+        is unfinished; the record, now owned by this store, or ``None`` (taken by
+        another recoverer, finished, or its owner came back)."""
+        with self._bounded(f"cannot take over run {run_id}", run_id):
+            reply = await self._claim(
+                keys=[self._run_key(run_id), self._owner_key(owner)], args=[owner, self._owner]
+            )
+        if not reply:
+            return None
+        data, status = reply
+        return self._assemble(run_id, data, status, self._owner, ())
+
+    async def claim_undo(self, run_id: str) -> tuple[RunRecord, bool]:
+        """Take a succeeded run (or the undo of a dead owner) to undo it; the record as it
+        was, and whether it was taken."""
         for _ in range(10):  # bounded: only a concurrent change makes it go round again
             record = await self.load(run_id)
             if record.status not in ("succeeded", "undoing"):
-                return record
+                return record, False
             owner = record.owner or ""
-            try:
+            with self._bounded(f"cannot undo run {run_id}", run_id):
                 taken = await self._claim_undo(
                     keys=[
                         self._run_key(run_id),
@@ -588,31 +643,29 @@ class RedisRunStore(StoreSettings):
                     ],
                     args=[record.status, owner, self._owner, time.time(), run_id],
                 )
-            except RedisError as exc:
-                raise StoreUnavailable(f"cannot undo run {run_id}: {exc}", run_id) from exc
             if taken:
-                return record
+                return record, True
             again = await self.load(run_id)
             if again.status == record.status and again.owner == record.owner:
-                return again  # undoing, by a live owner: the caller waits for it
+                return again, False  # undoing, by a live owner: the caller waits for it
         raise StoreUnavailable(f"run {run_id} keeps changing; try the undo again", run_id)
 
     async def release_key(self, claim: Claim, run_id: str) -> None:
-        """Let ``claim``'s key go if it still names ``run_id``."""
+        """Let ``claim``'s key go if it still names ``run_id`` (best effort: a key whose
+        run was cancelled is taken over by the next run with it anyway)."""
         try:
-            await self._release_key(keys=[self._idempotency_key(claim)], args=[run_id])
-        except RedisError as exc:
-            _logger.warning("idempotency_key_not_released", key=claim.key, error=repr(exc))
+            with self._bounded(f"cannot release key {claim.key!r}", run_id):
+                await self._release_key(keys=[self._idempotency_key(claim)], args=[run_id])
+        except StoreUnavailable as exc:
+            _logger.warning("idempotency_key_not_released", key=claim.key, error=str(exc))
 
     async def wait_finished(self, run_id: str) -> RunRecord:
         """Wait for the run's finish notification; check again every ``recheck`` seconds
         (jittered) in case it was missed or its owner died and someone else recovers it."""
         waiting = f"{self.prefix}waiting:{run_id}"
         while True:
-            try:
+            with self._bounded(f"cannot wait for run {run_id}", run_id):
                 await self.client.set(waiting, "1", px=max(1, round(self.recheck * 3000)))
-            except RedisError as exc:
-                raise StoreUnavailable(f"cannot wait for run {run_id}: {exc}", run_id) from exc
             record = await self.load(run_id)
             if record.status in FINISHED:
                 return record
@@ -635,6 +688,20 @@ class RedisRunStore(StoreSettings):
         event = self._waiting.pop(run_id, None)
         if event is not None:
             event.set()
+
+
+@contextlib.contextmanager
+def _bounded(seconds: float, what: str, run_id: str | None) -> Iterator[None]:
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError as exc:
+        raise StoreUnavailable(
+            f"{what}: Redis did not answer within {seconds:g} s (the store's write_timeout)",
+            run_id,
+        ) from exc
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"{what}: {exc}", run_id) from exc
 
 
 def _text(value: Any) -> str | None:

@@ -15,6 +15,11 @@ class StoreSettings:
     ) -> None:
         if not retention > 0 or not idempotency_window > 0:
             raise ValueError("retention and idempotency_window must be > 0 seconds")
+        if idempotency_window > retention:
+            raise ValueError(
+                f"idempotency_window ({idempotency_window:g} s) must not outlast retention "
+                f"({retention:g} s): a key would name a run whose record is gone"
+            )
         if max_record_bytes < 1024:
             raise ValueError("max_record_bytes must be at least 1024")
         self._owner = owner
