@@ -284,19 +284,33 @@ async def _compensate(
                     emitter.close()
         else:
             await unwind.run(completed)
-    finally:
-        # The compensations ran shielded; their end is written down shielded too.
-        if not journal.lost:
-            if isinstance(ending, str):
-                status: RunStatus = "undo_failed" if unwind.errors else "undone"
-            else:
-                status = ending(unwind)
-            with anyio.CancelScope(shield=True):
-                try:
-                    await journal.finish(status)
-                except RunStoreError as exc:
-                    _logger.warning("run_not_recorded", run_id=record.run_id, error=repr(exc))
+    except anyio.get_cancelled_exc_class():
+        # The compensations ran shielded, to their end: write it down, then go on.
+        await _finish(journal, record, unwind, ending)
+        raise
+    # (Anything else that escapes, a KeyboardInterrupt in a compensation, leaves the run
+    # unfinished in the record, for a recovery to finish.)
+    await _finish(journal, record, unwind, ending)
     return unwind
+
+
+async def _finish(
+    journal: Journal,
+    record: RunRecord,
+    unwind: Unwind,
+    ending: Callable[[Unwind], RunStatus] | str,
+) -> None:
+    if journal.lost:
+        return
+    if isinstance(ending, str):
+        status: RunStatus = "undo_failed" if unwind.errors else "undone"
+    else:
+        status = ending(unwind)
+    with anyio.CancelScope(shield=True):
+        try:
+            await journal.finish(status)
+        except RunStoreError as exc:
+            _logger.warning("run_not_recorded", run_id=record.run_id, error=repr(exc))
 
 
 def _values(spec: SagaSpec, record: RunRecord, resources: Mapping[str, Any]) -> dict[str, Any]:
@@ -378,7 +392,11 @@ async def recover(
         async with limiter:
             # Taken only now, when it is driven: if this sweep is cancelled, the runs it
             # has not reached stay for the next sweep (here or in another process).
-            record = await runs.claim(run_id, owner)
+            try:
+                record = await runs.claim(run_id, owner)
+            except AsagaError as exc:  # Redis went away: this one waits for the next sweep
+                report.append(Recovered(run_id=run_id, saga="", outcome="error", error=repr(exc)))
+                return
             if record is None:
                 return  # another recoverer took it, or it finished meanwhile
             try:

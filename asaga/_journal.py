@@ -179,6 +179,7 @@ class Journal:
         "_record",
         "_seq",
         "_steps",
+        "begun",
         "claim",
         "codec",
         "deferred",
@@ -202,6 +203,9 @@ class Journal:
         self._final_event: Event | None = None
         self._seq = record.seq  # a recovered run's writes go on from the record's
         self._nonce = os.urandom(8).hex()
+        self.begun: set[str] = set()
+        """Steps that began an attempt in this process (a step marked as starting that is
+        not among them never did)."""
         self.deferred = False
         """A step's success is noted but not written yet (the next write carries it)."""
         self.lost = False
@@ -331,14 +335,27 @@ class Journal:
         )
 
     def settle(self) -> None:
-        """The run's steps have all ended (it unwinds now): a step still marked as starting
-        never began its first attempt (released, then the run failed or was cancelled)."""
+        """The run unwinds: a step still marked as starting that never began an attempt
+        (released, then the run failed or was cancelled) is marked so; one that began and
+        did not end (interrupted by a KeyboardInterrupt, say) stays in doubt."""
         now = time.time()
         for name, step in self._steps.items():
-            if step.status == "running":
+            if step.status == "running" and name not in self.begun:
                 self._steps[name] = msgspec.structs.replace(
                     step, status="cancelled", error="never started", ended_at=now
                 )
+
+    def unrecorded(self, name: str, error: str) -> None:
+        """``name`` completed but its result cannot be recorded (``NotRecordable``,
+        ``RecordTooLarge``): kept as succeeded without a result, which a recovery cannot
+        undo (its compensation would lack the result: it fails, and a human looks)."""
+        self._steps[name] = msgspec.structs.replace(
+            self._steps.get(name) or StepRecord(status="succeeded"),
+            status="succeeded",
+            result=None,
+            error=f"result not recorded: {error}",
+            ended_at=time.time(),
+        )
 
     async def failing(self, step: str | None, error: str) -> None:
         """The run unwinds: ``step`` failed for good (``None``: the caller cancelled)."""

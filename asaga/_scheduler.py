@@ -60,7 +60,13 @@ from ._events import (
     StepStarted,
     StepSucceeded,
 )
-from ._exceptions import RunStoreError, RunTakenOver, needs_repair
+from ._exceptions import (
+    NotRecordable,
+    RecordTooLarge,
+    RunStoreError,
+    RunTakenOver,
+    needs_repair,
+)
 from ._graph import Node, Plan
 from .locks._lease import LockProvider, default_provider
 
@@ -236,12 +242,15 @@ class Execution:
         # The slot is held for one attempt at a time, never across a backoff wait.
         slot = self._limiter if self._limiter is not None else _NO_SLOT
         attempt = 0
-        error: Exception | None
+        error: Exception | None = None
         while True:
             attempt += 1
             async with slot:
                 if self.failure is not None:
-                    return None  # no new step, and no new attempt, once the run has failed
+                    # No new step, and no new attempt, once the run has failed.
+                    if attempt > 1 and self._journal is not None:
+                        self._journal.ended(name, "failed", repr(error), attempt - 1)
+                    return None
                 if attempt > 1 and self._journal is not None:
                     try:
                         await self._journal.started(name, attempt)
@@ -249,6 +258,8 @@ class Execution:
                         self._store_failed(name, attempt, exc)
                         return None
                 emit(StepStarted, name, attempt=attempt)
+                if self._journal is not None:
+                    self._journal.begun.add(name)
                 started = time.monotonic()
                 try:
                     if invoke is not None:
@@ -348,10 +359,11 @@ class Execution:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
             return
-        if self._journal is not None:
-            # Whatever it ended with (a result that cannot be recorded, a record that
-            # grew too large), none of it is kept: the next writes must go through.
-            self._journal.ended(name, "failed", repr(exc), max(attempt, 1))
+        if self._journal is not None and isinstance(exc, NotRecordable | RecordTooLarge):
+            # The step ran, but its result cannot be kept: the record says so (undoing it
+            # after a crash would need that result: a human), and the next writes go
+            # through. A store that could not be reached keeps the result for them.
+            self._journal.unrecorded(name, repr(exc))
         self._fail(name, max(attempt, 1), 0.0, exc)
 
     async def _locked(self, node: Node, kwargs: dict[str, Any]) -> Any:

@@ -21,6 +21,7 @@ from asaga import (
     RunStoreError,
     Saga,
     SagaFailed,
+    StoreUnavailable,
     compose,
     step,
 )
@@ -539,8 +540,9 @@ async def test_an_unwinding_run_says_so_before_compensating() -> None:
 
 
 async def test_a_record_too_large_does_not_block_the_next_writes() -> None:
-    """After RecordTooLarge the oversized result is dropped from the record, so the
-    unwinding and the final status are written (the run does not stay "running")."""
+    """After RecordTooLarge the oversized result is dropped from the record (the step is
+    kept as succeeded without it), so the unwinding and the final status are written
+    (the run does not stay "running")."""
     runs = MemoryRunStore(max_record_bytes=4096)
 
     class Big(Saga):
@@ -560,8 +562,9 @@ async def test_a_record_too_large_does_not_block_the_next_writes() -> None:
         await Big.run(runs=runs)
     record = await runs.load(failed.value.run_id)
     assert record.status == "failed"
-    assert record.steps["big"].status == "failed"
-    assert record.steps["big"].result is None
+    assert record.steps["big"].status == "succeeded"  # it ran...
+    assert record.steps["big"].result is None  # ...but its result is not kept
+    assert (record.steps["big"].error or "").startswith("result not recorded: RecordTooLarge")
     assert record.compensated == ("small",)
 
 
@@ -652,3 +655,70 @@ async def test_a_late_write_does_not_undo_a_newer_one() -> None:
         Write(run_id=result.run_id, record=encode_record(stale), status="running", seq=1)
     )
     assert (await store.load(result.run_id)).status == "succeeded"
+
+
+async def test_a_lost_write_keeps_what_the_step_returned() -> None:
+    """The store cannot take the write of a step's success: the run fails, but the record
+    still says the step succeeded, with its result (so a recovery could undo it), and
+    that it was compensated."""
+
+    class Flaky(MemoryRunStore):
+        failed = False
+
+        async def write(self, write: Write) -> None:
+            record = decode_record(write.record)
+            if "ship" in record.steps and not self.failed:
+                self.failed = True
+                raise StoreUnavailable("Redis went away", write.run_id)
+            await super().write(write)
+
+    class Pay(Saga):
+        @step
+        async def charge() -> str:
+            return "ch-1"
+
+        @charge.compensate
+        async def refund(charge: str) -> None:
+            return None
+
+        @step
+        async def ship(charge: str) -> str:
+            return "sh-1"
+
+        @step
+        async def confirm(ship: str) -> str:
+            return ship
+
+    store = Flaky()
+    with pytest.raises(SagaFailed) as failed:
+        await Pay.run(runs=store)
+    assert isinstance(failed.value.__cause__, StoreUnavailable)
+    record = await store.load(failed.value.run_id)
+    assert record.steps["charge"].status == "succeeded"
+    assert record.steps["charge"].result is not None
+    assert record.steps["charge"].compensation == "succeeded"
+
+
+async def test_a_step_interrupted_mid_attempt_stays_in_doubt() -> None:
+    """A step that a SystemExit interrupts began and did not end: the record leaves it in
+    doubt (not "never started"), for a recovery to treat as such."""
+
+    class Order(Saga):
+        @step
+        async def reserve() -> str:
+            return "r-1"
+
+        @reserve.compensate
+        async def release(reserve: str) -> None:
+            return None
+
+        @step
+        async def charge(reserve: str) -> str:
+            raise SystemExit(3)
+
+    store = MemoryRunStore()
+    with pytest.raises(SystemExit):
+        await Order.run(runs=store, run_id="interrupted-1")
+    record = await store.load("interrupted-1")
+    assert record.steps["charge"].status == "running"
+    assert record.steps["reserve"].compensation == "succeeded"

@@ -328,6 +328,8 @@ class RedisRunStore(StoreSettings):
                     self._unsent.pop(write.run_id, None)
                 except StoreUnavailable:
                     break  # next time
+                except RunStoreError as exc:  # refused (READONLY after a failover, OOM...)
+                    _logger.warning("run_not_recorded", run_id=write.run_id, error=repr(exc))
 
     # -- writing -------------------------------------------------------------------------
 
