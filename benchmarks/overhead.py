@@ -1059,7 +1059,9 @@ async def measure_durable(
 
             DBOS.launch()  # here, so that DBOS adopts this event loop as its main loop
         # Records expire after an hour even if the clean-up below does not run.
-        async with RedisRunStore(client, prefix=prefix, retention=3600.0) as redis_runs:
+        async with RedisRunStore(
+            client, prefix=prefix, retention=3600.0, idempotency_window=3600.0
+        ) as redis_runs:
             bench = DurableBench(store, MemoryRunStore(), redis_runs, dbos)
             variants = [name for name in DURABLE_VARIANTS if name != "dbos" or dbos is not None]
             for _ in range(2):  # the first Redis write may load the store's scripts
