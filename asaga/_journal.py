@@ -66,10 +66,9 @@ class SagaCodec:
     any step, since a saga that is never run durably need not care.
     """
 
-    __slots__ = ("_decoders", "_inputs", "_plan", "problems")
+    __slots__ = ("_decoders", "_inputs", "problems")
 
     def __init__(self, plan: Plan) -> None:
-        self._plan = plan
         self._inputs = tuple(name for name, spec in plan.inputs.items() if not spec.resource)
         self.problems: list[str] = []
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
@@ -182,7 +181,6 @@ class Journal:
         "begun",
         "claim",
         "codec",
-        "deferred",
         "lost",
         "store",
     )
@@ -206,8 +204,6 @@ class Journal:
         self.begun: set[str] = set()
         """Steps that began an attempt in this process (a step marked as starting that is
         not among them never did)."""
-        self.deferred = False
-        """A step's success is noted but not written yet (the next write carries it)."""
         self.lost = False
         """Another process took the run over: nothing more is written or compensated."""
 
@@ -306,8 +302,7 @@ class Journal:
             self._steps[child] = StepRecord(status="running", started_at=now)
             starting = True
         if last and not starting:
-            self.deferred = True
-            self._encoded()  # RecordTooLarge now, not at the final write
+            self._encoded()  # not written yet, but RecordTooLarge now, not at the final write
             return
         await self._put()
 
@@ -431,7 +426,6 @@ class Journal:
     def _write(self, status: RunStatus, *, final: bool = False) -> Write:
         self._seq += 1
         data = self._encoded()
-        self.deferred = False
         events, self._events = tuple(self._events), []
         return Write(
             run_id=self.run_id,
@@ -442,16 +436,6 @@ class Journal:
             seq=self._seq,
             nonce=self._nonce,
         )
-
-    # -- reading back --------------------------------------------------------------------
-
-    def results(self) -> dict[str, Any]:
-        """The decoded results of the steps that succeeded."""
-        return {
-            name: self.codec.decode_result(name, s.result, self.run_id)
-            for name, s in self._steps.items()
-            if s.status == "succeeded" and s.result is not None
-        }
 
 
 def recorded_values(
