@@ -2,7 +2,10 @@
 
 Rules (see docs/failure.md):
 
-1. only steps that completed are compensated, each exactly once;
+1. only steps that completed are compensated, each exactly once; a step cut off while
+   running (in doubt: its effect may or may not have landed) only by a compensation
+   declared ``in_doubt=True``, which receives ``None`` as the step's result; the others
+   are reported as left in doubt;
 2. the compensation of step A starts only after the compensations of every completed step
    that depends on A, directly or through other steps, have finished (succeeded or failed);
    compensations of independent branches run concurrently;
@@ -63,6 +66,7 @@ class Unwind:
         "_values",
         "compensated",
         "errors",
+        "in_doubt",
     )
 
     def __init__(
@@ -85,11 +89,27 @@ class Unwind:
         """Steps whose compensation completed, in completion order."""
         self.errors: list[tuple[str, Exception]] = []
         """(step, exception) of every compensation that failed for good."""
+        self.in_doubt: tuple[str, ...] = ()
+        """Steps cut off while running that no compensation covered (left in doubt)."""
 
-    async def run(self, completed: Sequence[str]) -> None:
-        """Compensate ``completed`` steps (those that have something to undo), shielded."""
+    async def run(self, completed: Sequence[str], in_doubt: Sequence[str] = ()) -> None:
+        """Compensate ``completed`` steps (those that have something to undo), and the
+        ``in_doubt`` ones whose compensation is declared safe for them, shielded."""
         nodes, undos = self._plan.nodes, self._undos
         todo = [n for n in completed if nodes[n].compensation is not None or n in undos]
+        if in_doubt:
+            blind = []
+            for name in in_doubt:
+                comp = nodes[name].compensation
+                if comp is not None and comp.in_doubt and name not in undos:
+                    blind.append(name)
+            self.in_doubt = tuple(n for n in in_doubt if n not in blind)
+            if blind:
+                # Nothing depends on a step that did not complete: they unwind first.
+                values = self._values = dict(self._values)
+                for name in blind:
+                    values.setdefault(name, None)
+                todo += blind
         if not todo:
             return
         todo_set = set(todo)

@@ -118,12 +118,15 @@ class RunFailed(EventBase, frozen=True, kw_only=True, tag="run_failed"):
     """The run failed (or was cancelled) and has been unwound."""
 
     level: ClassVar[int] = _WARNING
-    log_fields: ClassVar[tuple[str, ...]] = ("failed_step", "cancelled")
+    log_fields: ClassVar[tuple[str, ...]] = ("failed_step", "cancelled", "in_doubt")
     failed_step: str | None = None
     """The step whose failure ended the run; ``None`` when the caller was cancelled before
     any step failed."""
     cancelled: bool = False
     """Whether the run ended because the caller was cancelled."""
+    in_doubt: tuple[str, ...] = ()
+    """Steps cut off while running that no compensation covered: whether their effect
+    landed is unknown (a human must check)."""
 
 
 class StepStarted(EventBase, frozen=True, kw_only=True, tag="step_started"):
@@ -150,9 +153,15 @@ class StepRetrying(EventBase, frozen=True, kw_only=True, tag="step_retrying"):
 
 
 class StepCancelled(EventBase, frozen=True, kw_only=True, tag="step_cancelled"):
-    """A running step was cancelled (the run failed or its caller was cancelled)."""
+    """A step was stopped: cut off while running (the caller's cancellation outlasted
+    ``cancel_grace``, or ``on_failure = "cancel"``), or cancelled between attempts."""
 
     level: ClassVar[int] = _INFO
+    log_fields: ClassVar[tuple[str, ...]] = ("in_doubt",)
+    in_doubt: bool = False
+    """Whether the step was cut off after its body began: what it did may or may not have
+    landed. Only a compensation declared ``in_doubt=True`` runs for it; otherwise it needs
+    a human (the run's ``RunFailed.in_doubt`` and the exception list it too)."""
 
 
 class StepSkipped(EventBase, frozen=True, kw_only=True, tag="step_skipped"):
@@ -277,7 +286,9 @@ class Emitter:
     def emit(self, event: Event) -> None:
         """Deliver one event; never raises because of a hook."""
         level = event.level
-        if type(event) is CompensationFailedEvent and not event.final:
+        if (type(event) is CompensationFailedEvent and not event.final) or (
+            type(event) is StepCancelled and event.in_doubt
+        ):
             level = _WARNING
         if self._enabled is None or self._enabled(level):
             # Like the stdlib's logging, a log sink that fails must not fail the saga (or

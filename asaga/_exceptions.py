@@ -104,13 +104,16 @@ class SagaFailed(AsagaError):
     """A step failed for good and the saga was unwound.
 
     ``__cause__`` is the failing step's exception. :attr:`compensated` names the steps whose
-    compensations completed, in completion order.
+    compensations completed, in completion order. :attr:`in_doubt` names the steps cut off
+    while running (``on_failure = "cancel"``) that no compensation covered: whether their
+    effect landed is unknown, and a human must check.
     """
 
     saga: str
     run_id: str
     step: str
     compensated: tuple[str, ...]
+    in_doubt: tuple[str, ...]
 
     def __init__(
         self,
@@ -119,15 +122,22 @@ class SagaFailed(AsagaError):
         step: str,
         compensated: Sequence[str],
         message: str | None = None,
+        *,
+        in_doubt: Sequence[str] = (),
     ) -> None:
         self.saga = saga
         self.run_id = run_id
         self.step = step
         self.compensated = tuple(compensated)
+        self.in_doubt = tuple(in_doubt)
+        doubt = f"; in doubt: {list(self.in_doubt)}" if self.in_doubt else ""
         super().__init__(
-            message
-            or f"saga {saga} (run {run_id}) failed at step {step!r}; "
-            f"compensated: {list(self.compensated)}"
+            (
+                message
+                or f"saga {saga} (run {run_id}) failed at step {step!r}; "
+                f"compensated: {list(self.compensated)}"
+            )
+            + doubt
         )
 
 
@@ -150,6 +160,8 @@ class CompensationFailed(SagaFailed):
         compensated: Sequence[str],
         failed_compensations: Sequence[str],
         errors: ExceptionGroup[Exception],
+        *,
+        in_doubt: Sequence[str] = (),
     ) -> None:
         self.errors = errors
         self.failed_compensations = tuple(failed_compensations)
@@ -161,6 +173,7 @@ class CompensationFailed(SagaFailed):
             f"saga {saga} (run {run_id}) failed at step {step!r}, and compensating "
             f"{list(self.failed_compensations)} failed too (needs manual repair); "
             f"compensated: {list(compensated)}",
+            in_doubt=in_doubt,
         )
 
 

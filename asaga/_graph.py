@@ -69,6 +69,7 @@ class CompNode:
     optional: frozenset[str]  # parameters with a default, passed only when available
     retry: Retry
     timeout: float | None  # None: the saga's compensation_timeout
+    in_doubt: bool = False  # also runs for a step cut off mid-flight (result: None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +339,9 @@ def build_plan(
         csig = c.signature.resolved(c.fn, ns, what)
         problems.extend(csig.problems)
         problems.extend(_option_problems(what, c.retry, c.timeout))
+        in_doubt: object = c.in_doubt
+        if not isinstance(in_doubt, bool):
+            problems.append(f"{what}: in_doubt={in_doubt!r}: set it to True or False")
         optional: set[str] = set()
         if by_name[target].invoke is not None:
             problems.append(
@@ -389,6 +393,7 @@ def build_plan(
             optional=frozenset(optional),
             retry=c.retry or retry_defaults or NO_RETRY,
             timeout=c.timeout,
+            in_doubt=c.in_doubt is True,
         )
 
     # -- output ----------------------------------------------------------------------------

@@ -1,14 +1,14 @@
-"""Redis plumbing shared by the lease provider and the run store (extra ``asaga[redis]``):
+"""Redis plumbing shared by the lease provider and the run store:
 the asyncio check, and a pattern subscription that survives dropped connections."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import sniffio
 import structlog
 from redis.exceptions import RedisError
 
@@ -19,11 +19,13 @@ _logger = structlog.get_logger("asaga")
 
 def require_asyncio(what: str, instead: str) -> None:
     """Refuse to start ``what`` off asyncio (redis-py's client is asyncio-only)."""
-    if sniffio.current_async_library() != "asyncio":
+    try:
+        asyncio.get_running_loop()  # raises off asyncio (trio has no asyncio loop running)
+    except RuntimeError:
         raise RuntimeError(
             f"{what} needs asyncio (redis-py's client is asyncio-only); use {instead} on "
             "other backends"
-        )
+        ) from None
 
 
 async def follow_pattern(

@@ -74,6 +74,12 @@ class SagaSpec:
     max_concurrency: int | None
     on_failure: str
     compensation_timeout: float | None
+    cancel_grace: float | None
+    """Seconds steps in flight get to finish once the caller is cancelled (None: their
+    own timeouts bound them)."""
+    watch: bool
+    """Whether a run needs a task watching for the caller's cancellation (some step may
+    outlast ``cancel_grace``)."""
     codec: SagaCodec
     """How a durable run of the saga encodes and decodes what it records."""
     saga_version: str
@@ -216,17 +222,20 @@ async def _with_dispatcher(
     """
     if not emitter.needs_dispatcher:
         return await work
-    failed: SagaFailed | None = None
+    failed: BaseException | None = None
     outcome: T | None = None
     done = False
+    cancelled = anyio.get_cancelled_exc_class()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(emitter.dispatch, name="asaga event hooks")
             try:
                 outcome = await work
                 done = True
-            except SagaFailed as exc:  # re-raised outside the task group, unwrapped
-                failed = exc
+            except cancelled:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - re-raised outside the task group,
+                failed = exc  # unwrapped: the same exception as a run without async hooks
             finally:
                 emitter.close()
     except anyio.get_cancelled_exc_class():
@@ -237,7 +246,10 @@ async def _with_dispatcher(
                 await undo(outcome)  # type: ignore[arg-type]  # set when done
         raise
     if failed is not None:
-        raise failed
+        try:
+            raise failed
+        finally:
+            del failed  # no reference cycle through the traceback
     return outcome  # type: ignore[return-value]  # set when no exception
 
 
@@ -259,27 +271,48 @@ async def _drive(
         context,
         max_concurrency=spec.max_concurrency,
         on_failure=spec.on_failure,
+        cancel_grace=spec.cancel_grace,
+        watch=spec.watch,
         journal=journal,
         resume=resume,
     )
     try:
         await execution.execute()
-    except anyio.get_cancelled_exc_class():
+    except anyio.get_cancelled_exc_class() as cancelled:
+        # The caller was cancelled. The steps in flight were shielded: each finished (and
+        # is compensated below) or was cut off after the grace (in doubt).
         if journal is not None and execution.taken_over is None:
             journal.settle()
             with anyio.CancelScope(shield=True):  # unwinding: say so before undoing
                 await _record_failing(journal, None, "cancelled")
+        left: tuple[str, ...] = tuple(execution.in_doubt)
         if execution.taken_over is None:
-            await _unwind(spec, context, execution, journal).run(execution.completed)
+            unwind = _unwind(spec, context, execution, journal)
+            await unwind.run(execution.completed, execution.in_doubt)
+            left = unwind.in_doubt
+            if unwind.errors:
+                _logger.error(
+                    "compensation_failed_on_cancel",
+                    saga=plan.saga,
+                    run_id=context.run_id,
+                    steps=[name for name, _ in unwind.errors],
+                )
         emit(
             RunFailed,
             duration=time.monotonic() - started,
             cancelled=True,
             failed_step=execution.failure[0] if execution.failure else None,
             error="cancelled",
+            in_doubt=left,
         )
+        if left:
+            # The cancellation propagates as it is; it says which steps need a human.
+            cancelled.add_note(
+                f"asaga: run {context.run_id} of saga {plan.saga} was cancelled; steps left "
+                f"in doubt (cut off while running, their effect unknown): {', '.join(left)}"
+            )
         if journal is not None and execution.taken_over is None:
-            await _record_end(journal, "cancelled", release_key=True)
+            await _record_end(journal, "cancelled", release_key=not left)
         raise
     except BaseException as exc:
         # Not an Exception (KeyboardInterrupt, SystemExit...): no SagaFailed for it, but the
@@ -291,8 +324,14 @@ async def _drive(
             journal.settle()
             with anyio.CancelScope(shield=True):
                 await _record_failing(journal, None, repr(inner))
-        await _unwind(spec, context, execution, journal).run(execution.completed)
-        emit(RunFailed, duration=time.monotonic() - started, error=repr(inner))
+        unwind = _unwind(spec, context, execution, journal)
+        await unwind.run(execution.completed, execution.in_doubt)
+        emit(
+            RunFailed,
+            duration=time.monotonic() - started,
+            error=repr(inner),
+            in_doubt=unwind.in_doubt,
+        )
         if journal is not None:
             await _record_end(journal, "failed")
         if inner is not exc:
@@ -340,12 +379,13 @@ async def _drive(
         with anyio.CancelScope(shield=True):
             await _record_failing(journal, step_name, cause)
     unwind = _unwind(spec, context, execution, journal)
-    await unwind.run(execution.completed)
+    await unwind.run(execution.completed, execution.in_doubt)
     emit(
         RunFailed,
         duration=time.monotonic() - started,
         failed_step=step_name,
         error=repr(cause),
+        in_doubt=unwind.in_doubt,
     )
     error: SagaFailed
     # The failed step may itself have left work it could not undo (a sub-saga whose
@@ -361,9 +401,12 @@ async def _drive(
             unwind.compensated,
             [name for name, _ in errors],
             ExceptionGroup(f"compensations of saga {plan.saga} failed", [e for _, e in errors]),
+            in_doubt=unwind.in_doubt,
         )
     else:
-        error = SagaFailed(plan.saga, context.run_id, step_name, unwind.compensated)
+        error = SagaFailed(
+            plan.saga, context.run_id, step_name, unwind.compensated, in_doubt=unwind.in_doubt
+        )
     # A caller cancelled while we were unwinding: the cancellation is what propagates.
     await anyio.lowlevel.checkpoint_if_cancelled()
     raise error from cause

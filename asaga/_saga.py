@@ -19,7 +19,7 @@ from ._journal import SagaCodec
 from ._record import RunStore
 from ._retry import Retry
 from ._run import SagaResult, SagaSpec, execute
-from ._scheduler import OnFailure
+from ._scheduler import OnFailure, needs_watch
 from ._step import Compensation, Step
 from .runs._memory import default_store
 
@@ -31,6 +31,7 @@ _SETTINGS = (
     "max_concurrency",
     "on_failure",
     "compensation_timeout",
+    "cancel_grace",
     "hooks",
     "saga_version",
 )
@@ -82,6 +83,9 @@ class Saga(metaclass=SagaMeta):
     - ``on_failure``: ``"wait"`` (default) lets steps in flight finish when one fails,
       ``"cancel"`` cancels them; either way completed steps are compensated;
     - ``compensation_timeout``: seconds one compensation attempt may take (default 30);
+    - ``cancel_grace``: when the caller is cancelled, seconds the steps in flight get to
+      finish before they are cut off and reported in doubt (default 10; ``None``: as long
+      as their own ``timeout`` lets them);
     - ``hooks``: callables (sync or async) that receive every event of every run;
     - ``saga_version``: a label (default ``"1"``) recorded with every durable run: after a
       crash, a run is resumed only by a process whose saga has the same version, so change
@@ -93,6 +97,7 @@ class Saga(metaclass=SagaMeta):
     max_concurrency: ClassVar[int | None] = None
     on_failure: ClassVar[OnFailure] = "wait"
     compensation_timeout: ClassVar[float | None] = 30.0
+    cancel_grace: ClassVar[float | None] = 10.0
     hooks: ClassVar[Sequence[Hook]] = ()
     saga_version: ClassVar[str] = "1"
 
@@ -262,6 +267,8 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         max_concurrency=cls.max_concurrency,
         on_failure=cls.on_failure,
         compensation_timeout=cls.compensation_timeout,
+        cancel_grace=cls.cancel_grace,
+        watch=needs_watch(plan, cls.cancel_grace),
         codec=SagaCodec(plan),
         saga_version=str(cls.saga_version),
     )
@@ -290,6 +297,13 @@ def _setting_problems(cls: "type[Saga]") -> list[str]:
         or timeout <= 0
     ):
         problems.append(f"compensation_timeout = {timeout!r}: set it to seconds > 0 or None")
+    grace: object = cls.cancel_grace
+    if grace is not None and (
+        isinstance(grace, bool)
+        or not isinstance(grace, int | float)
+        or not 0 <= grace < math.inf
+    ):
+        problems.append(f"cancel_grace = {grace!r}: set it to seconds >= 0 (finite) or None")
     version: object = cls.saga_version
     if isinstance(version, bool) or not isinstance(version, str | int) or not str(version):
         problems.append(f"saga_version = {version!r}: set it to a non-empty str (or an int)")

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from structlog.contextvars import bind_contextvars
 
 from ._events import (
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from ._compensation import Undoable
     from ._journal import Journal
 
-__all__ = ["Execution", "OnFailure", "Resume"]
+__all__ = ["Execution", "OnFailure", "Resume", "needs_watch"]
 
 OnFailure = Literal["wait", "cancel"]
 
@@ -103,16 +104,22 @@ class Execution:
     __slots__ = (
         "_context",
         "_failed",
+        "_flights",
+        "_grace",
+        "_idle",
         "_journal",
         "_limiter",
+        "_live",
         "_on_failure",
         "_pending",
         "_plan",
         "_remaining",
         "_roots",
         "_tg",
+        "_watch",
         "completed",
         "failure",
+        "in_doubt",
         "skipped",
         "taken_over",
         "undos",
@@ -127,10 +134,17 @@ class Execution:
         *,
         max_concurrency: int | None,
         on_failure: str,
+        cancel_grace: float | None = None,
+        watch: bool = False,
         journal: Journal | None = None,
         resume: Resume | None = None,
     ) -> None:
         self._plan = plan
+        self._grace = cancel_grace
+        self._watch = watch  # a task watches for the caller's cancellation (see execute)
+        self._flights: dict[str, _Flight] = {}  # attempts in flight, by step
+        self._live = 0  # chains running in tasks of the task group
+        self._idle: anyio.Event | None = None  # set when the last of them ends (watching)
         self._context = context
         self._on_failure = on_failure
         self._journal = journal
@@ -152,6 +166,8 @@ class Execution:
         """The first step that failed for good, and its exception."""
         self.taken_over: RunTakenOver | None = None
         """Set when another process took the (durable) run over: stop, undo nothing."""
+        self.in_doubt: list[str] = []
+        """Steps cut off while running (their effect may or may not have landed)."""
         if resume is not None:
             self._resume(resume)
 
@@ -188,7 +204,7 @@ class Execution:
         (returns what to await)."""
         plan = self._plan
         roots = self._roots
-        if roots and plan.chain:
+        if roots and plan.chain and not self._watch:
             # Only ever one step at a time: the calling task runs them all, no task group
             # (in a context of their own, as a task of their own would have).
             return _Isolated(self._chain(plan.nodes[roots[0]]))
@@ -200,9 +216,48 @@ class Execution:
         plan = self._plan
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            for name in roots[1:]:
-                tg.start_soon(self._chain, plan.nodes[name], name=name)
-            await _Isolated(self._chain(plan.nodes[roots[0]]))
+            if not self._watch:
+                for name in roots[1:]:
+                    self._spawn(plan.nodes[name])
+                await _Isolated(self._chain(plan.nodes[roots[0]]))
+                return
+            # Steps run shielded: only a task outside them sees the caller's cancellation
+            # in time to bound them by the grace (this one, which runs no step).
+            self._idle = anyio.Event()
+            for name in roots:
+                self._spawn(plan.nodes[name])
+            try:
+                await self._idle.wait()
+            except anyio.get_cancelled_exc_class():
+                if not tg.cancel_scope.cancel_called:  # not the run's own on_failure cancel
+                    self.caller_cancelled()
+                raise
+
+    def caller_cancelled(self) -> None:
+        """The caller is cancelled (no attempt starts any more: each checks first): give
+        those in flight ``cancel_grace`` seconds to finish (one still waiting for its lease
+        stops now)."""
+        if self._grace is None:
+            return
+        deadline = anyio.current_time() + self._grace
+        for flight in self._flights.values():
+            if not flight.entered:
+                flight.scope.cancel()
+            elif flight.scope.deadline > deadline:
+                flight.scope.deadline = deadline
+
+    def _spawn(self, node: Node) -> None:
+        assert self._tg is not None  # never in a chain plan run without a task group
+        self._live += 1
+        self._tg.start_soon(self._task, node, name=node.name)
+
+    async def _task(self, node: Node) -> None:
+        try:
+            await self._chain(node)
+        finally:
+            self._live -= 1
+            if not self._live and self._idle is not None:
+                self._idle.set()
 
     async def _chain(self, node: Node | None) -> None:
         """Run ``node``, then the first dependent it makes ready, and so on, in this task
@@ -237,7 +292,6 @@ class Execution:
         kwargs = {p: values[p] for p in node.params if p in values}
         retry = node.retry
         emit = self._context.emit
-        invoke = node.invoke
         undo: Undoable | None = None
         # The slot is held for one attempt at a time, never across a backoff wait.
         slot = self._limiter if self._limiter is not None else _NO_SLOT
@@ -251,6 +305,9 @@ class Execution:
                     if attempt > 1 and self._journal is not None:
                         self._journal.ended(name, "failed", repr(error), attempt - 1)
                     return None
+                # ... nor once the caller was cancelled: that is raised here, before the
+                # attempt starts (its shield would hold the cancellation off).
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 if attempt > 1 and self._journal is not None:
                     try:
                         await self._journal.started(name, attempt)
@@ -261,26 +318,39 @@ class Execution:
                 if self._journal is not None:
                     self._journal.begun.add(name)
                 started = time.monotonic()
+                flight = _Flight(node)
+                self._flights[name] = flight
                 try:
-                    if invoke is not None:
-                        with anyio.fail_after(node.timeout):
-                            result, undo = await invoke(self._context, name, kwargs)
-                    elif node.lock is not None:
-                        with anyio.fail_after(node.timeout):
-                            result = await self._locked(node, kwargs)
-                    elif node.timeout is None:
-                        result = await node.fn(**kwargs)
-                    else:
-                        with anyio.fail_after(node.timeout):
+                    # Shielded: the caller's cancellation never lands in the middle of a
+                    # step's write. The attempt ends on its own (bounded by its timeout);
+                    # only the run cuts it off (flight.cut_off), reporting it in doubt.
+                    with flight.scope:
+                        if node.invoke is not None:
+                            with anyio.fail_after(node.timeout):
+                                result, undo = await node.invoke(self._context, name, kwargs)
+                        elif node.lock is not None:
+                            with anyio.fail_after(node.timeout):
+                                result = await self._locked(node, kwargs, flight)
+                        elif node.timeout is None:
                             result = await node.fn(**kwargs)
-                except anyio.get_cancelled_exc_class():
-                    self._cancelled(name, attempt, started)
-                    raise
+                        else:
+                            with anyio.fail_after(node.timeout):
+                                result = await node.fn(**kwargs)
+                    if flight.scope.cancelled_caught:
+                        # Cut off by the run: whatever the step did may have landed.
+                        self._cut_off(name, attempt, started, flight)
+                        return None
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
                     duration = time.monotonic() - started
+                    if flight.scope.cancel_called and flight.entered:
+                        # The cut-off surfaced as an error of the step's own: still in doubt.
+                        self._cut_off(name, attempt, started, flight)
+                        return None
                     error = _explained(exc, node, attempt)
                 else:
                     error = None
+                finally:
+                    del self._flights[name]
             if error is None:
                 break
             # Work a failed attempt left undone needs a human: never retried over it.
@@ -304,7 +374,7 @@ class Execution:
                 with anyio.move_on_after(delay):
                     await self._failed.wait()  # woken early when the run fails
             except anyio.get_cancelled_exc_class():
-                self._cancelled(name, attempt, waited)
+                self._cancelled(name, attempt, waited, in_doubt=False)
                 raise
             if self._failed.is_set():
                 self._fail(name, attempt, duration, error)
@@ -366,7 +436,7 @@ class Execution:
             self._journal.unrecorded(name, repr(exc))
         self._fail(name, max(attempt, 1), 0.0, exc)
 
-    async def _locked(self, node: Node, kwargs: dict[str, Any]) -> Any:
+    async def _locked(self, node: Node, kwargs: dict[str, Any], flight: _Flight) -> Any:
         """Run one attempt of a step holding its lease (cancelled if the lease is lost)."""
         lock = node.lock
         assert lock is not None
@@ -380,6 +450,7 @@ class Execution:
             )
         keys = lock.render({**node.defaults, **kwargs})
         async with provider.lease(*keys, ttl=lock.ttl, wait=lock.wait) as lease:
+            flight.entered = True  # from here on the step may have done something
             if node.takes_lease:
                 return await node.fn(**kwargs, lease=lease)
             return await node.fn(**kwargs)
@@ -399,10 +470,23 @@ class Execution:
             verdict = await verdict
         return not verdict
 
-    def _cancelled(self, name: str, attempt: int, since: float) -> None:
-        self._context.emit(StepCancelled, name, attempt=attempt, duration=time.monotonic() - since)
+    def _cancelled(self, name: str, attempt: int, since: float, *, in_doubt: bool) -> None:
+        context = self._context
+        duration = time.monotonic() - since
+        if in_doubt:  # a warning: always built, whatever the level of step_cancelled
+            context.emitter.emit(
+                context.make(StepCancelled, name, attempt=attempt, duration=duration, in_doubt=True)
+            )
+        else:
+            context.emit(StepCancelled, name, attempt=attempt, duration=duration)
         if self._journal is not None:
             self._journal.ended(name, "cancelled", None, attempt)
+
+    def _cut_off(self, name: str, attempt: int, since: float, flight: _Flight) -> None:
+        """The run cut off an attempt of ``name`` in flight: in doubt if its body began."""
+        if flight.entered:
+            self.in_doubt.append(name)
+        self._cancelled(name, attempt, since, in_doubt=flight.entered)
 
     def _release(self, node: Node) -> Node | None:
         """Count down the dependents of ``node``, which just ended; start those now ready,
@@ -416,8 +500,7 @@ class Execution:
                 if following is None:
                     following = nodes[child]
                 else:  # never in a chain plan: there, at most one step is ever ready
-                    assert self._tg is not None
-                    self._tg.start_soon(self._chain, nodes[child], name=child)
+                    self._spawn(nodes[child])
         return following
 
     def _ready(self, node: Node) -> list[Node]:
@@ -434,8 +517,7 @@ class Execution:
     def _start(self, ready: list[Node]) -> Node | None:
         """Start ``ready`` steps but the first, which is returned to run in this task."""
         for node in ready[1:]:
-            assert self._tg is not None  # never in a chain plan: one step at a time
-            self._tg.start_soon(self._chain, node, name=node.name)
+            self._spawn(node)
         return ready[0] if ready else None
 
     def _fail(self, name: str, attempt: int, duration: float, exc: Exception) -> None:
@@ -447,8 +529,33 @@ class Execution:
             self._context.failed = True
             if self._failed is not None:
                 self._failed.set()
-            if self._on_failure == "cancel" and self._tg is not None:
-                self._tg.cancel_scope.cancel()
+            if self._on_failure == "cancel":
+                # Cut off the steps in flight (they are in doubt), and the waits between
+                # attempts.
+                for flight in self._flights.values():
+                    flight.scope.cancel()
+                if self._tg is not None:
+                    self._tg.cancel_scope.cancel()
+
+
+class _Flight:
+    """One attempt of a step in flight, in a shielded scope that only the run cancels."""
+
+    __slots__ = ("entered", "scope")
+
+    def __init__(self, node: Node) -> None:
+        self.scope = anyio.CancelScope(shield=True)
+        self.entered = node.lock is None
+        """Whether the step's body began (a locked step's, once it holds its lease)."""
+
+
+def needs_watch(plan: Plan, cancel_grace: float | None) -> bool:
+    """Whether a run of ``plan`` needs a task that watches for the caller's cancellation:
+    some step may run longer than ``cancel_grace`` (it has no shorter timeout). Otherwise
+    the steps' own timeouts bound how long a cancelled caller waits, with no extra task."""
+    if cancel_grace is None:
+        return False
+    return any(n.timeout is None or n.timeout > cancel_grace for n in plan.nodes.values())
 
 
 class _Isolated:

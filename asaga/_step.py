@@ -221,7 +221,12 @@ class Step(Generic[P, R]):
 
     @overload
     def compensate(
-        self, /, *, retry: Retry | None = None, timeout: float | None = None
+        self,
+        /,
+        *,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        in_doubt: bool = False,
     ) -> Callable[[_ASYNC_FN], Compensation]: ...
 
     def compensate(
@@ -231,6 +236,7 @@ class Step(Generic[P, R]):
         *,
         retry: Retry | None = None,
         timeout: float | None = None,
+        in_doubt: bool = False,
     ) -> Compensation | Callable[[_ASYNC_FN], Compensation]:
         """Register the function that undoes this step: ``@reserve.compensate``.
 
@@ -238,16 +244,34 @@ class Step(Generic[P, R]):
         result. It runs only if the step completed and the run later failed, at most once,
         shielded from cancellation. Use ``@reserve.compensate(retry=..., timeout=...)`` to
         bound and retry it (``timeout`` defaults to the saga's ``compensation_timeout``).
+
+        ``in_doubt=True`` declares that the compensation is safe for a step that may not
+        have happened: it also runs for a step that was cut off while running (its
+        caller's cancellation outlasted the saga's ``cancel_grace``, or ``on_failure =
+        "cancel"``), whose effect may or may not have landed. It then receives ``None``
+        as the step's result, and must find the work from the inputs (a ``run_id`` is a
+        good key) or do nothing harmlessly.
         """
         if fn is None:
-            return lambda f: Compensation(self, f, retry=retry, timeout=timeout)
-        return Compensation(self, fn, retry=retry, timeout=timeout)
+            return lambda f: Compensation(
+                self, f, retry=retry, timeout=timeout, in_doubt=in_doubt
+            )
+        return Compensation(self, fn, retry=retry, timeout=timeout, in_doubt=in_doubt)
 
 
 class Compensation:
     """The undo action of one step, created by ``@<step>.compensate``."""
 
-    __slots__ = ("__wrapped__", "fn", "name", "retry", "signature", "target", "timeout")
+    __slots__ = (
+        "__wrapped__",
+        "fn",
+        "in_doubt",
+        "name",
+        "retry",
+        "signature",
+        "target",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -256,12 +280,15 @@ class Compensation:
         *,
         retry: Retry | None,
         timeout: float | None,
+        in_doubt: bool = False,
     ) -> None:
         self.target = target
         self.fn = fn
         self.name = getattr(fn, "__name__", repr(fn))
         self.retry = retry
         self.timeout = timeout
+        self.in_doubt = in_doubt
+        """Whether it also runs for a step cut off mid-flight (see ``Step.compensate``)."""
         self.signature = Signature.read(fn, f"compensation '{self.name}' of step '{target.name}'")
         self.__wrapped__ = fn
 

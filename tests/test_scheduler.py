@@ -370,9 +370,41 @@ async def test_cancellation_during_backoff_is_an_event() -> None:
     assert recorder.trace()[-2:] == [("step_cancelled", "patient"), ("run_failed", None)]
 
 
-async def test_a_chain_runs_in_the_callers_task() -> None:
-    """A saga whose steps can only run one after another starts no task: every step runs
-    in the task that called run()."""
+@pytest.mark.parametrize("bounded_by", ["timeouts", "no grace"])
+async def test_a_chain_runs_in_the_callers_task(bounded_by: str) -> None:
+    """A saga whose steps can only run one after another starts no task when nothing needs
+    watching for the caller's cancellation (every step has a timeout within the
+    ``cancel_grace``, or there is no grace): every step runs in the task that called
+    run()."""
+    caller = anyio.get_current_task().id
+    seen: list[int] = []
+    timeout = 5.0 if bounded_by == "timeouts" else None
+
+    class Chain(Saga):
+        cancel_grace = 10.0 if bounded_by == "timeouts" else None
+
+        @step(timeout=timeout)
+        async def first() -> int:
+            seen.append(anyio.get_current_task().id)
+            return 1
+
+        @step(timeout=timeout)
+        async def second(first: int) -> int:
+            seen.append(anyio.get_current_task().id)
+            return first + 1
+
+        @step(timeout=timeout)
+        async def third(second: int, first: int) -> int:
+            seen.append(anyio.get_current_task().id)
+            return second + first
+
+    assert (await Chain.run()).output == 3
+    assert seen == [caller, caller, caller]
+
+
+async def test_a_chain_that_may_outlast_the_grace_runs_in_a_watched_task() -> None:
+    """With a step that has no timeout (it may outlast ``cancel_grace``), the steps run in
+    a task of their own while the caller's task watches for its cancellation."""
     caller = anyio.get_current_task().id
     seen: list[int] = []
 
@@ -387,22 +419,21 @@ async def test_a_chain_runs_in_the_callers_task() -> None:
             seen.append(anyio.get_current_task().id)
             return first + 1
 
-        @step
-        async def third(second: int, first: int) -> int:
-            seen.append(anyio.get_current_task().id)
-            return second + first
-
-    assert (await Chain.run()).output == 3
-    assert seen == [caller, caller, caller]
+    assert (await Chain.run()).output == 2
+    assert len(set(seen)) == 1
+    assert caller not in seen
 
 
 async def test_a_task_goes_on_with_the_first_step_it_made_ready() -> None:
-    """In a branching saga the first root runs in the caller's task and carries on with
-    the first dependent it releases; a second branch gets a task of its own."""
+    """In a branching saga the first root runs in the caller's task (when no task needs
+    to watch for the caller's cancellation) and carries on with the first dependent it
+    releases; a second branch gets a task of its own."""
     caller = anyio.get_current_task().id
     seen: dict[str, int] = {}
 
     class Fork(Saga):
+        cancel_grace = None
+
         @step
         async def root() -> int:
             seen["root"] = anyio.get_current_task().id

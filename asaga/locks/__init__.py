@@ -5,8 +5,8 @@
     async with MemoryLockProvider().lease("inventory:sku-1", ttl=5.0, wait=10.0) as lease:
         ...  # lease.token is this grant's fencing token
 
-``MemoryLockProvider`` is the embedded default; ``RedisLockProvider`` (extra
-``asaga[redis]``) shares leases between processes. See docs/locks.md.
+``MemoryLockProvider`` is the embedded default; ``RedisLockProvider`` shares leases
+between processes. See docs/locks.md.
 """
 
 from typing import TYPE_CHECKING, Any

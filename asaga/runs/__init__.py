@@ -10,7 +10,7 @@ strands a half-done saga.
         await Checkout.undo(result.run_id, runs=runs, payments=payments)
 
 ``MemoryRunStore`` is the embedded default (idempotency keys, undo and inspection within
-one process); ``RedisRunStore`` (extra ``asaga[redis]``) survives the process. See
+one process); ``RedisRunStore`` survives the process. See
 docs/durability.md.
 """
 
