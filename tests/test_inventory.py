@@ -7,6 +7,7 @@ runs conserve stock exactly.
 """
 
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -326,10 +327,11 @@ async def test_expired_atomic_reservations_are_reaped() -> None:
     """A reservation not committed before its hold time is returned by the reaper, which
     logs the release."""
     store = await seeded_memory()
-    assert await store.reserve("r-1", "p1", 3, ttl=0.0)
+    assert await store.reserve("r-1", "p1", 3, ttl=1.0)
     assert await store.reserve("r-2", "p1", 2, ttl=600.0)
     assert await store.commit("r-2")
-    assert await store.reap() == 1
+    assert await store.reap() == 0  # nothing expired yet
+    assert await store.reap(now=time.time() + 60) == 1
     assert (await store.get("p1")).reserved_count == 2
     log = await store.transactions()
     assert [(t.operation, t.run_id) for t in log][-1] == ("release", "r-1")
@@ -445,9 +447,10 @@ class TestRedis:
             await store.reserve("r-2", "p1", 5, ttl=600.0)  # only 4 left
         with pytest.raises(UnknownProduct):
             await store.reserve("r-2", "nope", 5, ttl=600.0)
-        assert await store.reserve("r-3", "p1", 4, ttl=0.0)
+        assert await store.reserve("r-3", "p1", 4, ttl=1.0)
         assert await store.commit("r-1")
-        assert await store.reap() == 1
+        assert await store.reap() == 0  # nothing expired yet
+        assert await store.reap(now=time.time() + 60) == 1
         assert (await store.get("p1")).reserved_count == 6
         assert await store.release("r-1") is False  # committed: no longer releasable
         log = await store.transactions()
@@ -545,7 +548,7 @@ class TestRedis:
                             product_id="hot",
                             quantity=rng.randint(1, 3),
                             reservation_id=f"r-{n}",
-                            hold_seconds=rng.choice([0.0, 900.0]),
+                            hold_seconds=rng.choice([1.0, 900.0]),
                             store=store,
                             notifier=Notifier(failures=3 if failing else 0),
                         )
@@ -569,7 +572,7 @@ class TestRedis:
             assert 0 <= product.reserved_count <= product.inventory_count
             counts = (product.inventory_count, product.reserved_count)
             assert counts == reconciled(await store.transactions(), "hot", 800, 0)
-            await store.reap()
+            await store.reap(now=time.time() + 60)  # the 1-second holds have expired
 
 
 async def test_transfer_failing_between_its_two_writes_restores_the_source() -> None:

@@ -22,7 +22,14 @@ import msgspec
 from asaga import Lock, MapResult, Resource, Retry, Saga, map_each, step
 from asaga.locks import Lease, LockProvider
 
-from .store import InventoryStore, Product, Transaction, check, deltas
+from .store import (
+    MAX_HOLD_SECONDS,
+    InventoryStore,
+    Product,
+    Transaction,
+    check,
+    deltas,
+)
 
 __all__ = [
     "AtomicReservationSaga",
@@ -36,6 +43,8 @@ __all__ = [
 
 Quantity = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]
 Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+HoldSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_HOLD_SECONDS)]
+"""How long an atomic reservation is held: above 0, at most a day (NaN and infinities refused)."""
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -168,7 +177,7 @@ class AtomicReservationSaga(Saga):
     product_id: Sku
     quantity: Quantity
     reservation_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    hold_seconds: float = 900.0
+    hold_seconds: HoldSeconds = 900.0
     store: Resource[InventoryStore]
     notifier: Resource[Notifier]
 

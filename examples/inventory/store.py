@@ -21,12 +21,25 @@ Two ways to change stock:
 
 Compensations use :meth:`InventoryStore.adjust`, an atomic delta that refuses to make any
 count negative.
+
+Arguments are checked before anything is written: the stores' methods raise ValueError
+for a quantity, delta, hold time or id out of bounds (:data:`MAX_QUANTITY`,
+:data:`MAX_HOLD_SECONDS`, :data:`MAX_ID_LENGTH`), and every Lua script checks all its
+arguments again before its first write (a script that fails half-way keeps what it wrote:
+Redis does not roll scripts back). One reservation id names one reservation: reusing it
+for another product or quantity raises :class:`ReservationConflict`.
+
+Everything the Redis store writes is bounded: the log stream is trimmed to about
+``log_max_entries``; a pending reservation holds at least one unit (so there are at most as
+many as units in stock) and is returned by the reaper once expired; a committed one is
+forgotten ``retention`` seconds after its commit.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -35,17 +48,38 @@ import msgspec
 from asaga.locks import Lease, LockProvider, MemoryLockProvider, StaleWrite
 
 __all__ = [
+    "MAX_HOLD_SECONDS",
+    "MAX_ID_LENGTH",
+    "MAX_QUANTITY",
     "InsufficientStock",
     "InventoryStore",
     "MemoryInventoryStore",
     "Product",
     "RedisInventoryStore",
     "Reservation",
+    "ReservationConflict",
     "Transaction",
     "UnknownProduct",
 ]
 
 Operation = Literal["reserve", "release", "consume"]
+
+MAX_QUANTITY = 1_000_000_000
+"""The largest quantity of a reservation and the largest delta (either sign) of a change:
+counts stay exact in Lua's numbers (doubles)."""
+
+MAX_HOLD_SECONDS = 86_400.0
+"""The longest hold of an atomic-path reservation (a day); the shortest is above 0."""
+
+MAX_ID_LENGTH = 1024
+"""The longest reservation id and SKU, in bytes (UTF-8); the shortest is 1. (What the
+sagas accept, at most 129 characters, fits.)"""
+
+MAX_RETENTION = 366 * 86_400.0
+"""The longest ``retention`` of committed reservations (a year)."""
+
+MAX_LOG_ENTRIES = 1_000_000_000
+"""The largest ``log_max_entries``."""
 
 
 class Product(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +126,33 @@ class InsufficientStock(ValueError):
     """The operation would make a count negative (oversell)."""
 
 
+class ReservationConflict(ValueError):
+    """A reservation id already names another reservation (of another product, or of
+    another quantity): refused, nothing written. The same id, product and quantity again
+    is a retry, not a conflict.
+
+    ``held_quantity`` is None when the id holds another product (on Redis, that
+    reservation's quantity lives under the other product's keys)."""
+
+    def __init__(
+        self, reservation_id: str, held_sku: str, held_quantity: int | None, sku: str, quantity: int
+    ) -> None:
+        self.reservation_id = reservation_id
+        self.held_sku = held_sku
+        self.held_quantity = held_quantity
+        self.sku = sku
+        self.quantity = quantity
+        held = held_sku if held_quantity is None else f"{held_quantity} x {held_sku}"
+        super().__init__(
+            f"reservation id {reservation_id!r} already reserves {held}; "
+            f"refused {quantity} x {sku} under the same id"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.reservation_id, self.held_sku, self.held_quantity, self.sku, self.quantity)
+        return (type(self), args)
+
+
 def deltas(operation: Operation, quantity: int) -> tuple[int, int]:
     """(inventory delta, reserved delta) of an operation."""
     if operation == "reserve":
@@ -109,6 +170,47 @@ def check(product: Product, d_inventory: int, d_reserved: int) -> None:
         raise insufficient(
             product.sku, product.inventory_count, product.reserved_count, d_inventory, d_reserved
         )
+
+
+def check_identifier(name: str, value: object) -> str:
+    """``value`` if it is a str of 1 to MAX_ID_LENGTH bytes; ValueError otherwise."""
+    if not isinstance(value, str) or not 0 < len(value.encode()) <= MAX_ID_LENGTH:
+        raise ValueError(f"{name} must be a str of 1 to {MAX_ID_LENGTH} bytes, not {value!r:.80}")
+    return value
+
+
+def check_integer(name: str, value: object, low: int, high: int) -> int:
+    """``value`` if it is an int (not a bool) in [low, high]; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], not {value!r:.80}")
+    return value
+
+
+def check_seconds(name: str, value: object, high: float) -> float:
+    """``value`` as a float if it is a finite number in (0, high]; ValueError otherwise
+    (NaN, infinities, 0 and negatives included)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= high
+    ):
+        raise ValueError(f"{name} must be a number of seconds in (0, {high:g}], not {value!r:.80}")
+    return float(value)
+
+
+def check_reservation(reservation_id: str, sku: str, quantity: int, ttl: float) -> None:
+    """The arguments of :meth:`InventoryStore.reserve`, checked alike by every store."""
+    check_identifier("reservation_id", reservation_id)
+    check_identifier("sku", sku)
+    check_integer("quantity", quantity, 1, MAX_QUANTITY)
+    check_seconds("ttl", ttl, MAX_HOLD_SECONDS)
+
+
+def check_deltas(d_inventory: int, d_reserved: int) -> None:
+    """The deltas of :meth:`InventoryStore.apply` and ``adjust``."""
+    check_integer("d_inventory", d_inventory, -MAX_QUANTITY, MAX_QUANTITY)
+    check_integer("d_reserved", d_reserved, -MAX_QUANTITY, MAX_QUANTITY)
 
 
 def insufficient(
@@ -189,8 +291,11 @@ class InventoryStore(Protocol):
     async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
         """Atomic path: reserve if available and log a ``reserve`` entry, in one step;
         returns the entry's id. Idempotent per id: a reservation that exists (pending or
-        committed) changes nothing and returns its entry's id. UnknownProduct;
-        InsufficientStock if fewer than ``quantity`` are available."""
+        committed) for the same product and quantity changes nothing and returns its
+        entry's id; ReservationConflict if the id holds another product or quantity.
+        ValueError (nothing written) unless ``quantity`` is in [1, MAX_QUANTITY], ``ttl``
+        in (0, MAX_HOLD_SECONDS] and the id and SKU are 1 to MAX_ID_LENGTH bytes.
+        UnknownProduct; InsufficientStock if fewer than ``quantity`` are available."""
         ...
 
     async def release(self, reservation_id: str) -> bool:
@@ -199,23 +304,39 @@ class InventoryStore(Protocol):
         ...
 
     async def commit(self, reservation_id: str) -> bool:
-        """Atomic path: make a reservation permanent (no expiry); idempotent."""
+        """Atomic path: make a reservation permanent (no expiry); idempotent. The store
+        remembers a committed reservation (a retried ``reserve`` returns its entry) for its
+        ``retention`` after the commit, then forgets it."""
         ...
 
-    async def reap(self) -> int:
-        """Return expired reservations to stock; how many were returned."""
+    async def reap(self, *, now: float | None = None) -> int:
+        """Return reservations expired at ``now`` (default: the current time) to stock,
+        and forget committed ones past their retention; how many were returned."""
         ...
 
 
 class MemoryInventoryStore:
-    """An :class:`InventoryStore` in this process's memory."""
+    """An :class:`InventoryStore` in this process's memory. Bounded as the Redis store is:
+    the log keeps its newest ``log_max_entries`` entries, a committed reservation is
+    forgotten ``retention`` seconds after its commit. ``clock`` as the Redis store's."""
 
-    def __init__(self, locks: MemoryLockProvider | None = None) -> None:
+    def __init__(
+        self,
+        locks: MemoryLockProvider | None = None,
+        *,
+        log_max_entries: int = 1_000_000,
+        retention: float = 7 * 86_400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.locks: MemoryLockProvider = locks or MemoryLockProvider()
+        self.log_max_entries = check_integer("log_max_entries", log_max_entries, 1, MAX_LOG_ENTRIES)
+        self.retention = check_seconds("retention", retention, MAX_RETENTION)
+        self.clock = clock
         self._products: dict[str, Product] = {}
         self._log: dict[str, Transaction] = {}
         self._reservations: dict[str, Reservation] = {}
         self._committed: dict[str, Reservation] = {}
+        self._forget_at: dict[str, float] = {}  # committed id -> when forgotten, in commit order
         self._requests: dict[str, tuple[str, int]] = {}
         self._orders: dict[str, dict[str, Any]] = {}
         self._ids = 0
@@ -237,9 +358,11 @@ class MemoryInventoryStore:
         if not self.locks.is_current(lease, key):
             self.stale_writes += 1
             raise StaleWrite(f"stale lease on {key!r}", (key,))
+        check_deltas(d_inventory, d_reserved)
         return self._add(sku, d_inventory, d_reserved)
 
     async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
+        check_deltas(d_inventory, d_reserved)
         self._add(sku, d_inventory, d_reserved)
 
     def _add(self, sku: str, d_inventory: int, d_reserved: int) -> Product:
@@ -262,6 +385,8 @@ class MemoryInventoryStore:
         self._ids += 1
         entry_id = f"{self._ids}-0"
         self._log[entry_id] = entry
+        if len(self._log) > self.log_max_entries:
+            del self._log[next(iter(self._log))]  # the oldest
         return entry_id
 
     async def unlog(self, entry_id: str) -> None:
@@ -295,8 +420,13 @@ class MemoryInventoryStore:
     # Redis store's scripts are.
 
     async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
+        check_reservation(reservation_id, sku, quantity, ttl)
         held = self._reservations.get(reservation_id) or self._committed.get(reservation_id)
         if held is not None:
+            if held.sku != sku:
+                raise ReservationConflict(reservation_id, held.sku, None, sku, quantity)
+            if held.quantity != quantity:
+                raise ReservationConflict(reservation_id, sku, held.quantity, sku, quantity)
             return held.entry_id
         self._add(sku, 0, quantity)
         entry_id = self._append(
@@ -306,12 +436,13 @@ class MemoryInventoryStore:
             id=reservation_id,
             sku=sku,
             quantity=quantity,
-            expires_at=time.time() + ttl,
+            expires_at=self.clock() + ttl,
             entry_id=entry_id,
         )
         return entry_id
 
     async def release(self, reservation_id: str) -> bool:
+        check_identifier("reservation_id", reservation_id)
         reservation = self._reservations.get(reservation_id)
         if reservation is None:
             return False
@@ -328,21 +459,106 @@ class MemoryInventoryStore:
         return True
 
     async def commit(self, reservation_id: str) -> bool:
+        check_identifier("reservation_id", reservation_id)
+        now = self.clock()
+        self._forget(now, limit=2)  # as the Redis script: the committed stay bounded
         reservation = self._reservations.pop(reservation_id, None)
         if reservation is None:
             return reservation_id in self._committed
         self._committed[reservation_id] = reservation
+        self._forget_at[reservation_id] = now + self.retention
         return True
 
-    async def reap(self) -> int:
-        now = time.time()
+    async def reap(self, *, now: float | None = None) -> int:
+        now = self.clock() if now is None else now
         expired = [r.id for r in self._reservations.values() if r.expires_at <= now]
         for reservation_id in expired:
             await self.release(reservation_id)
+        self._forget(now)
         return len(expired)
+
+    def _forget(self, now: float, limit: int | None = None) -> None:
+        """Forget committed reservations whose retention ended by ``now`` (at most
+        ``limit``), oldest commit first."""
+        while self._forget_at and (limit is None or limit > 0):
+            reservation_id, at = next(iter(self._forget_at.items()))
+            if at > now:
+                return
+            del self._forget_at[reservation_id], self._committed[reservation_id]
+            limit = None if limit is None else limit - 1
 
 
 # -- Redis -------------------------------------------------------------------------------
+
+_ARGUMENTS = (
+    f"""
+local MAX_QUANTITY = {MAX_QUANTITY}
+local MAX_HOLD_SECONDS = {MAX_HOLD_SECONDS:g}
+local MAX_ID_LENGTH = {MAX_ID_LENGTH}
+local MAX_RETENTION = {MAX_RETENTION:g}
+local MAX_LOG_ENTRIES = {MAX_LOG_ENTRIES}
+local MAX_TIME = 1e11
+local MAX_TOKEN = 9007199254740991
+"""
+    + """
+local function refuse(name, value, why)
+  error({err = 'BAD_ARGUMENT ' .. name .. ' '
+    .. string.format('%q', string.sub(tostring(value), 1, 64)) .. ': ' .. why})
+end
+local function int_arg(i, name, low, high)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s > 17 or not string.match(s, '^%-?%d+$') then
+    refuse(name, s, 'not an integer')
+  end
+  local n = tonumber(s)
+  if n < low or n > high then
+    refuse(name, s, string.format('not in [%.0f, %.0f]', low, high))
+  end
+  return n
+end
+local function number_arg(i, name, high)
+  local s = ARGV[i]
+  local n = type(s) == 'string' and #s <= 32 and string.match(s, '^[-+.%deE]+$') and tonumber(s)
+  if not n or n ~= n or n <= 0 or n > high then
+    refuse(name, s, string.format('not a number in (0, %.17g]', high))
+  end
+  return n
+end
+local function id_arg(i, name)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s == 0 or #s > MAX_ID_LENGTH then
+    refuse(name, s, string.format('not 1 to %d bytes', MAX_ID_LENGTH))
+  end
+  return s
+end
+local function sku_arg(i, product_key)
+  local sku = id_arg(i, 'sku')
+  local suffix = '{' .. sku .. '}:product'
+  if string.sub(product_key, -#suffix) ~= suffix then
+    refuse('sku', sku, 'not the SKU of ' .. product_key)
+  end
+  return sku
+end
+"""
+)
+"""Argument checks, run by every script before its first write (Redis does not roll a
+script back: one that fails half-way keeps what it wrote). A refusal is the error reply
+``BAD_ARGUMENT <name> "<value>": <why>``, which the store raises as ValueError. Numbers
+are matched as text first: Lua's ``tonumber`` reads ``nan``, ``inf``, ``0x10`` and
+padded strings."""
+
+_FORGET = """
+local function forget(reservations, committed, index, now, limit)
+  local due = redis.call('zrangebyscore', committed, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('hdel', reservations, id)
+    redis.call('hdel', index, id)
+    redis.call('zrem', committed, id)
+  end
+  return #due
+end
+"""
+"""Forget at most ``limit`` committed reservations whose retention ended by ``now``."""
 
 _CHANGE = """
 local function change(product, d_inv, d_res)
@@ -363,8 +579,11 @@ the deltas, for :func:`insufficient`'s message."""
 
 # KEYS: product hash ; ARGV: d_inventory, d_reserved
 _ADJUST = (
-    _CHANGE
+    _ARGUMENTS
+    + _CHANGE
     + """
+int_arg(1, 'd_inventory', -MAX_QUANTITY, MAX_QUANTITY)
+int_arg(2, 'd_reserved', -MAX_QUANTITY, MAX_QUANTITY)
 local refused = change(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 if refused then return refused end
 return 1
@@ -374,8 +593,12 @@ return 1
 # KEYS: product hash, fence key, stale counter ; ARGV: d_inventory, d_reserved, token
 # Returns the product hash after the write (HGETALL's flat list).
 _APPLY = (
-    _CHANGE
+    _ARGUMENTS
+    + _CHANGE
     + """
+int_arg(1, 'd_inventory', -MAX_QUANTITY, MAX_QUANTITY)
+int_arg(2, 'd_reserved', -MAX_QUANTITY, MAX_QUANTITY)
+int_arg(3, 'token', 1, MAX_TOKEN)
 local newest = tonumber(redis.call('get', KEYS[2]) or '0')
 if tonumber(ARGV[3]) < newest then
   redis.call('incr', KEYS[3])
@@ -388,64 +611,133 @@ return redis.call('hgetall', KEYS[1])
 )
 
 # KEYS: product hash, reservation hash, expiry zset, reservation index, log stream
-# ARGV: id, sku, quantity, expires_at, the reserve log entry (JSON)
-# A reservation is stored as "<quantity> <log entry id>". Returns the log entry id.
+# ARGV: id, sku, quantity, hold (seconds), time of the reservation, log max entries
+# A reservation is stored as "<quantity> <log entry id>". Returns the log entry id. The
+# id's owner is checked in the index: one id never names two reservations.
 _RESERVE = (
-    _CHANGE
+    _ARGUMENTS
+    + _CHANGE
     + """
-local held = redis.call('hget', KEYS[2], ARGV[1])
-if held then return string.match(held, '^%S+ (%S+)$') or '' end
-local refused = change(KEYS[1], 0, tonumber(ARGV[3]))
+local id = id_arg(1, 'reservation_id')
+local sku = sku_arg(2, KEYS[1])
+local qty = int_arg(3, 'quantity', 1, MAX_QUANTITY)
+local hold = number_arg(4, 'ttl', MAX_HOLD_SECONDS)
+local at = number_arg(5, 'at', MAX_TIME)
+local log_max = int_arg(6, 'log_max_entries', 1, MAX_LOG_ENTRIES)
+local owner = redis.call('hget', KEYS[4], id)
+if owner and owner ~= sku then
+  return redis.error_reply('RESERVATION_CONFLICT ' .. cjson.encode({sku = owner}))
+end
+local held = redis.call('hget', KEYS[2], id)
+if held then
+  local held_qty, held_entry = string.match(held, '^(%S+) (%S+)$')
+  if tonumber(held_qty) ~= qty then
+    return redis.error_reply(
+      'RESERVATION_CONFLICT ' .. cjson.encode({sku = sku, quantity = tonumber(held_qty)}))
+  end
+  return held_entry
+end
+local refused = change(KEYS[1], 0, qty)
 if refused then return refused end
-local entry = redis.call('xadd', KEYS[5], '*', 'entry', ARGV[5])
-redis.call('hset', KEYS[2], ARGV[1], ARGV[3] .. ' ' .. entry)
-redis.call('zadd', KEYS[3], ARGV[4], ARGV[1])
-redis.call('hset', KEYS[4], ARGV[1], ARGV[2])
+local entry = redis.call('xadd', KEYS[5], 'MAXLEN', '~', log_max, '*', 'entry',
+  cjson.encode({sku = sku, operation = 'reserve', quantity = qty, run_id = id, at = at}))
+redis.call('hset', KEYS[2], id, qty .. ' ' .. entry)
+redis.call('zadd', KEYS[3], at + hold, id)
+redis.call('hset', KEYS[4], id, sku)
 return entry
 """
 )
 
 # KEYS: product hash, reservation hash, expiry zset, reservation index, log stream
-# ARGV: id, sku, time of the release ; 1 if released, 0 if unknown or committed
+# ARGV: id, sku, time of the release, log max entries
+# 1 if released, 0 if unknown or committed
 _RELEASE = (
-    _CHANGE
+    _ARGUMENTS
+    + _CHANGE
     + """
-local held = redis.call('hget', KEYS[2], ARGV[1])
-if not held or not redis.call('zscore', KEYS[3], ARGV[1]) then return 0 end
+local id = id_arg(1, 'reservation_id')
+local sku = sku_arg(2, KEYS[1])
+local at = number_arg(3, 'at', MAX_TIME)
+local log_max = int_arg(4, 'log_max_entries', 1, MAX_LOG_ENTRIES)
+local held = redis.call('hget', KEYS[2], id)
+if not held or not redis.call('zscore', KEYS[3], id) then return 0 end
 local qty = tonumber(string.match(held, '^%S+'))
 local refused = change(KEYS[1], 0, -qty)
 if refused then return refused end
-redis.call('hdel', KEYS[2], ARGV[1])
-redis.call('zrem', KEYS[3], ARGV[1])
-redis.call('hdel', KEYS[4], ARGV[1])
-local entry = {sku = ARGV[2], operation = 'release', quantity = qty, run_id = ARGV[1],
-  at = tonumber(ARGV[3])}
-redis.call('xadd', KEYS[5], '*', 'entry', cjson.encode(entry))
+redis.call('hdel', KEYS[2], id)
+redis.call('zrem', KEYS[3], id)
+redis.call('hdel', KEYS[4], id)
+local entry = {sku = sku, operation = 'release', quantity = qty, run_id = id, at = at}
+redis.call('xadd', KEYS[5], 'MAXLEN', '~', log_max, '*', 'entry', cjson.encode(entry))
 return 1
 """
 )
 
-# KEYS: reservation hash, expiry zset ; ARGV: id
-_COMMIT = """
-if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('zrem', KEYS[2], ARGV[1])
+# KEYS: reservation hash, expiry zset, committed zset, reservation index
+# ARGV: id, time of the commit, retention (seconds) ; 1 if committed (now or before)
+# Each commit first forgets up to 2 reservations past their retention: the committed
+# stay bounded without a reaper.
+_COMMIT = (
+    _ARGUMENTS
+    + _FORGET
+    + """
+local id = id_arg(1, 'reservation_id')
+local now = number_arg(2, 'at', MAX_TIME)
+local retention = number_arg(3, 'retention', MAX_RETENTION)
+forget(KEYS[1], KEYS[3], KEYS[4], now, 2)
+if redis.call('hexists', KEYS[1], id) == 0 then return 0 end
+if redis.call('zrem', KEYS[2], id) == 1 then
+  redis.call('zadd', KEYS[3], now + retention, id)
+end
 return 1
 """
+)
+
+# KEYS: reservation hash, committed zset, reservation index ; ARGV: now, limit
+# Returns how many committed reservations were forgotten.
+_FORGET_DUE = (
+    _ARGUMENTS
+    + _FORGET
+    + """
+local now = number_arg(1, 'now', MAX_TIME)
+local limit = int_arg(2, 'limit', 1, 10000)
+return forget(KEYS[1], KEYS[2], KEYS[3], now, limit)
+"""
+)
 
 
 class RedisInventoryStore:
     """An :class:`InventoryStore` in Redis. ``locks`` must be the provider whose leases
-    guard :meth:`apply` (its fenced writes check their tokens)."""
+    guard :meth:`apply` (its fenced writes check their tokens).
 
-    def __init__(self, client: Any, locks: Any, *, prefix: str = "inv:") -> None:
+    The log stream keeps about its newest ``log_max_entries`` entries (``XADD MAXLEN ~``:
+    up to a stream node, 100 entries by default, more); a committed reservation is
+    forgotten ``retention`` seconds after its commit (a ``reserve`` retried later would
+    reserve again). ``clock`` dates reservations, releases and commits, and is the reaper's
+    default ``now`` (``time.time`` by default; every client of one store must agree)."""
+
+    def __init__(
+        self,
+        client: Any,
+        locks: Any,
+        *,
+        prefix: str = "inv:",
+        log_max_entries: int = 1_000_000,
+        retention: float = 7 * 86_400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
         self.locks = locks
         self.prefix = prefix
+        self.log_max_entries = check_integer("log_max_entries", log_max_entries, 1, MAX_LOG_ENTRIES)
+        self.retention = check_seconds("retention", retention, MAX_RETENTION)
+        self.clock = clock
         self._adjust = client.register_script(_ADJUST)
         self._apply = client.register_script(_APPLY)
         self._reserve = client.register_script(_RESERVE)
         self._release = client.register_script(_RELEASE)
         self._commit = client.register_script(_COMMIT)
+        self._forget = client.register_script(_FORGET_DUE)
 
     def product_key(self, sku: str) -> str:
         return f"{self.prefix}{{{sku}}}:product"
@@ -455,6 +747,9 @@ class RedisInventoryStore:
 
     def _expiry_key(self, sku: str) -> str:
         return f"{self.prefix}{{{sku}}}:expiry"
+
+    def _committed_key(self, sku: str) -> str:
+        return f"{self.prefix}{{{sku}}}:committed"
 
     @property
     def _log_key(self) -> str:
@@ -488,6 +783,7 @@ class RedisInventoryStore:
         # One script: the fence check, the count check and the write cannot be separated,
         # so neither a stale holder nor a concurrent compensation can oversell.
         key = lease.key if key is None else key
+        check_deltas(d_inventory, d_reserved)
         keys = [self.product_key(sku), self.locks.fence_key(key), self.locks.stale_key(key)]
         # Shielded (and bounded): a holder cancelled mid-write still learns whether the
         # write was applied, so its saga step neither loses nor double-counts it.
@@ -526,10 +822,16 @@ class RedisInventoryStore:
         return {_text(k): msgspec.json.decode(v) for k, v in raw.items()}
 
     async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
+        check_deltas(d_inventory, d_reserved)
         await self._scripted(self._adjust, [self.product_key(sku)], [d_inventory, d_reserved], sku)
 
     async def log(self, entry: Transaction) -> str:
-        entry_id = await self.client.xadd(self._log_key, {"entry": msgspec.json.encode(entry)})
+        entry_id = await self.client.xadd(
+            self._log_key,
+            {"entry": msgspec.json.encode(entry)},
+            maxlen=self.log_max_entries,
+            approximate=True,
+        )
         return _text(entry_id)
 
     async def unlog(self, entry_id: str) -> None:
@@ -540,18 +842,21 @@ class RedisInventoryStore:
         return [msgspec.json.decode(fields[b"entry"], type=Transaction) for _, fields in rows]
 
     async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
-        entry = Transaction(sku=sku, operation="reserve", quantity=quantity, run_id=reservation_id)
-        args = [reservation_id, sku, quantity, entry.at + ttl, msgspec.json.encode(entry)]
-        return _text(await self._scripted(self._reserve, self._atomic_keys(sku), args, sku))
+        check_reservation(reservation_id, sku, quantity, ttl)
+        args = [reservation_id, sku, quantity, float(ttl), self.clock(), self.log_max_entries]
+        keys = self._atomic_keys(sku)
+        request = (reservation_id, quantity)
+        return _text(await self._scripted(self._reserve, keys, args, sku, request=request))
 
     async def release(self, reservation_id: str) -> bool:
+        check_identifier("reservation_id", reservation_id)
         sku = await self._sku_of(reservation_id)
         if sku is None:
             return False
         return await self._release_in(sku, reservation_id)
 
     async def _release_in(self, sku: str, reservation_id: str) -> bool:
-        args = [reservation_id, sku, time.time()]
+        args = [reservation_id, sku, self.clock(), self.log_max_entries]
         return bool(await self._scripted(self._release, self._atomic_keys(sku), args, sku))
 
     def _atomic_keys(self, sku: str) -> list[str]:
@@ -565,20 +870,30 @@ class RedisInventoryStore:
         ]
 
     async def commit(self, reservation_id: str) -> bool:
+        check_identifier("reservation_id", reservation_id)
         sku = await self._sku_of(reservation_id)
         if sku is None:
             return False
-        keys = [self._reservations_key(sku), self._expiry_key(sku)]
-        return bool(await self._commit(keys=keys, args=[reservation_id]))
+        keys = [
+            self._reservations_key(sku),
+            self._expiry_key(sku),
+            self._committed_key(sku),
+            self._index_key,
+        ]
+        args = [reservation_id, self.clock(), self.retention]
+        return bool(await self._scripted(self._commit, keys, args, sku))
 
-    async def reap(self) -> int:
+    async def reap(self, *, now: float | None = None) -> int:
         returned = 0
-        now = time.time()
+        now = self.clock() if now is None else now
         for sku in await self.client.smembers(f"{self.prefix}skus"):
             sku = _text(sku)
             expired = await self.client.zrangebyscore(self._expiry_key(sku), "-inf", now)
             for reservation_id in expired:
                 returned += await self._release_in(sku, _text(reservation_id))
+            keys = [self._reservations_key(sku), self._committed_key(sku), self._index_key]
+            while await self._scripted(self._forget, keys, [now, 1000], sku) == 1000:
+                pass
         return returned
 
     async def _sku_of(self, reservation_id: str) -> str | None:
@@ -586,13 +901,31 @@ class RedisInventoryStore:
         return None if sku is None else _text(sku)
 
     async def _scripted(
-        self, script: Any, keys: Sequence[str], args: Sequence[Any], sku: str
+        self,
+        script: Any,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        sku: str,
+        *,
+        request: tuple[str, int] | None = None,
     ) -> Any:
+        """Run a script; its error replies raised as the store's exceptions. ``request``
+        is a reservation's (id, quantity), for ReservationConflict."""
         from redis.exceptions import ResponseError
 
         try:
             return await script(keys=list(keys), args=list(args))
         except ResponseError as exc:
+            message = str(exc)
+            if message.startswith("BAD_ARGUMENT "):
+                detail = message.removeprefix("BAD_ARGUMENT ").split(" script: ", 1)[0]
+                raise ValueError(f"refused by the store's script: {detail}") from None
+            if message.startswith("RESERVATION_CONFLICT ") and request is not None:
+                held = msgspec.json.decode(message.removeprefix("RESERVATION_CONFLICT "))
+                reservation_id, quantity = request
+                raise ReservationConflict(
+                    reservation_id, held["sku"], held.get("quantity"), sku, quantity
+                ) from None
             if "UNKNOWN_PRODUCT" in str(exc):
                 raise UnknownProduct(sku) from None
             if "INSUFFICIENT_STOCK" in str(exc):
