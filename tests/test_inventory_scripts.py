@@ -1,0 +1,496 @@
+"""The inventory store at its edges: arguments out of bounds, one reservation id for two
+reservations, and keys that could grow without bound.
+
+Each behaviour is pinned on the memory store and on the real Redis server; the Lua
+scripts are also called directly, past the Python checks, with one bad argument at a
+time, and must refuse it before their first write (Redis does not roll a failing script
+back: what it wrote before the error stays).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from asaga import InputValidationError, SagaFailed
+from asaga.locks import RedisLockProvider
+from examples.inventory import AtomicReservationSaga, Notifier
+from examples.inventory.store import (
+    MAX_QUANTITY,
+    InventoryStore,
+    MemoryInventoryStore,
+    Product,
+    RedisInventoryStore,
+    ReservationConflict,
+)
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: redis-py is asyncio-only (each test runs once per store instead)."""
+    return "asyncio"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(
+    request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
+) -> AsyncIterator[Callable[..., Any]]:
+    """A factory of seeded stores (p1: 10 units, p2: 10 units) of one kind."""
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def make(**options: Any) -> InventoryStore:
+        store: InventoryStore
+        if request.param == "memory":
+            store = MemoryInventoryStore(**options)
+        else:
+            store = RedisInventoryStore(client, None, prefix=f"{redis_prefix}inv:", **options)
+        await store.put(Product(sku="p1", inventory_count=10))
+        await store.put(Product(sku="p2", inventory_count=10))
+        return store
+
+    yield make
+    await client.aclose()
+
+
+async def state(store: InventoryStore) -> dict[str, Any]:
+    """What the store holds, as its public reads see it."""
+    return {
+        "p1": await store.get("p1"),
+        "p2": await store.get("p2"),
+        "log": await store.transactions(),
+    }
+
+
+# -- 9. bounds, checked before anything is written -------------------------------------------
+
+BAD_TTLS = [math.nan, math.inf, -math.inf, 0.0, -1.0, 86_400.5, True, "60"]
+
+
+@pytest.mark.parametrize("ttl", BAD_TTLS, ids=repr)
+async def test_a_hold_out_of_bounds_is_refused_and_writes_nothing(
+    make_store: Callable[..., Any], ttl: Any
+) -> None:
+    """NaN, infinities, 0, negatives and more than a day are refused with ValueError, and
+    nothing is reserved (NaN used to fail the Redis script after it had reserved, leaving
+    units reserved that no index could free)."""
+    store = await make_store()
+    await store.reserve("r-0", "p1", 1, 60.0)
+    before = await state(store)
+    with pytest.raises(ValueError, match=r"^ttl must be a number of seconds in \(0, 86400\]"):
+        await store.reserve("r-1", "p1", 2, ttl)
+    assert await state(store) == before
+    assert await store.release("r-1") is False
+
+
+@pytest.mark.parametrize(
+    ("reservation_id", "sku", "quantity", "field"),
+    [
+        ("r-1", "p1", 0, "quantity"),
+        ("r-1", "p1", -3, "quantity"),
+        ("r-1", "p1", 2.0, "quantity"),
+        ("r-1", "p1", True, "quantity"),
+        ("r-1", "p1", MAX_QUANTITY + 1, "quantity"),
+        ("", "p1", 2, "reservation_id"),
+        ("r" * 1025, "p1", 2, "reservation_id"),
+        ("r-1", "", 2, "sku"),
+    ],
+)
+async def test_reserve_arguments_out_of_bounds_are_refused(
+    make_store: Callable[..., Any], reservation_id: str, sku: str, quantity: Any, field: str
+) -> None:
+    """Quantities, ids and SKUs out of bounds: ValueError naming the field, nothing
+    written."""
+    store = await make_store()
+    before = await state(store)
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        await store.reserve(reservation_id, sku, quantity, 60.0)
+    assert await state(store) == before
+
+
+@pytest.mark.parametrize("delta", [MAX_QUANTITY + 1, -MAX_QUANTITY - 1, 1.5, math.nan, False])
+async def test_adjust_deltas_out_of_bounds_are_refused(
+    make_store: Callable[..., Any], delta: Any
+) -> None:
+    """``adjust`` takes int deltas within MAX_QUANTITY only."""
+    store = await make_store()
+    before = await state(store)
+    with pytest.raises(ValueError, match=r"^d_inventory must be an int"):
+        await store.adjust("p1", delta, 0)
+    assert await state(store) == before
+
+
+@pytest.mark.parametrize("hold_seconds", [math.nan, math.inf, 0.0, -5.0, 86_401.0])
+async def test_the_saga_refuses_a_hold_out_of_bounds(
+    make_store: Callable[..., Any], hold_seconds: float
+) -> None:
+    """AtomicReservationSaga validates ``hold_seconds`` (above 0, at most a day) before
+    any step runs."""
+    store = await make_store()
+    before = await state(store)
+    with pytest.raises(InputValidationError, match="hold_seconds"):
+        await AtomicReservationSaga.run(
+            product_id="p1",
+            quantity=2,
+            reservation_id="r-1",
+            hold_seconds=hold_seconds,
+            store=store,
+            notifier=Notifier(),
+        )
+    assert await state(store) == before
+
+
+# -- 10. one reservation id, one reservation ------------------------------------------------
+
+
+async def test_one_id_for_two_products_is_refused(make_store: Callable[..., Any]) -> None:
+    """Reserving an id held for another product raises ReservationConflict naming the id
+    and both products, alike on both stores; the first reservation stands and is still
+    the one its id releases (Redis used to reserve again and re-point the id)."""
+    store = await make_store()
+    entry = await store.reserve("r-1", "p1", 2, 60.0)
+    before = await state(store)
+    with pytest.raises(ReservationConflict) as info:
+        await store.reserve("r-1", "p2", 2, 60.0)
+    assert str(info.value) == (
+        "reservation id 'r-1' already reserves p1; refused 2 x p2 under the same id"
+    )
+    assert (info.value.held_sku, info.value.sku) == ("p1", "p2")
+    assert await state(store) == before
+    assert await store.reserve("r-1", "p1", 2, 60.0) == entry  # still idempotent
+    assert await store.release("r-1") is True
+    assert ((await store.get("p1")).reserved_count, (await store.get("p2")).reserved_count) == (
+        0,
+        0,
+    )
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["pending", "committed"])
+async def test_one_id_for_another_quantity_is_refused(
+    make_store: Callable[..., Any], committed: bool
+) -> None:
+    """The same id, product and quantity again returns the first entry; another quantity
+    is refused with ReservationConflict, pending or committed."""
+    store = await make_store()
+    entry = await store.reserve("r-1", "p1", 2, 60.0)
+    if committed:
+        assert await store.commit("r-1")
+    assert await store.reserve("r-1", "p1", 2, 60.0) == entry
+    before = await state(store)
+    with pytest.raises(ReservationConflict) as info:
+        await store.reserve("r-1", "p1", 3, 60.0)
+    assert str(info.value) == (
+        "reservation id 'r-1' already reserves 2 x p1; refused 3 x p1 under the same id"
+    )
+    assert (info.value.held_quantity, info.value.quantity) == (2, 3)
+    assert await state(store) == before
+
+
+async def test_the_conflict_fails_the_saga_at_reserve(make_store: Callable[..., Any]) -> None:
+    """AtomicReservationSaga with a reused id fails at ``reserve``, which compensates
+    nothing: the other product's reservation is not released by it."""
+    store = await make_store()
+    args = {"quantity": 2, "reservation_id": "r-1", "store": store, "notifier": Notifier()}
+    await AtomicReservationSaga.run(product_id="p1", **args)
+    before = await state(store)
+    with pytest.raises(SagaFailed) as info:
+        await AtomicReservationSaga.run(product_id="p2", **args)
+    assert info.value.step == "reserve"
+    assert info.value.compensated == ()
+    assert isinstance(info.value.__cause__, ReservationConflict)
+    assert await state(store) == before
+
+
+# -- bounds on what the stores keep ----------------------------------------------------------
+
+
+async def test_the_log_keeps_its_newest_entries(make_store: Callable[..., Any]) -> None:
+    """The transaction log is bounded by ``log_max_entries`` (on Redis, XADD MAXLEN ~:
+    at most one stream node more)."""
+    store = await make_store(log_max_entries=10)
+    for n in range(150):
+        await store.reserve(f"r-{n}", "p1" if n % 2 else "p2", 1, 60.0)
+        await store.release(f"r-{n}")
+    log = await store.transactions()
+    if isinstance(store, RedisInventoryStore):
+        node = int(
+            (await store.client.config_get("stream-node-max-entries"))["stream-node-max-entries"]
+        )
+        assert 10 <= len(log) <= 10 + node
+    else:
+        assert len(log) == 10
+    assert (log[-1].operation, log[-1].run_id) == ("release", "r-149")
+
+
+async def test_committed_reservations_are_forgotten_after_their_retention(
+    make_store: Callable[..., Any],
+) -> None:
+    """A committed reservation stays idempotent for ``retention`` seconds, then is
+    forgotten: by the reaper, and by later commits of the product (2 per commit) without
+    one."""
+    clock = Clock()
+    store = await make_store(retention=3600.0, clock=clock)
+    first = await store.reserve("r-0", "p1", 1, 60.0)
+    assert await store.commit("r-0")
+    clock.now += 3599
+    assert await store.reserve("r-0", "p1", 1, 60.0) == first  # still remembered
+    clock.now += 2
+    for n in range(1, 4):  # the commits forget r-0 on their own
+        await store.reserve(f"r-{n}", "p1", 1, 60.0)
+        assert await store.commit(f"r-{n}")
+    again = await store.reserve("r-0", "p1", 1, 60.0)  # forgotten: a new reservation
+    assert again != first
+    clock.now += 3601
+    assert await store.reap() == 1  # r-0 again (pending, expired); r-1..r-3 forgotten
+    if isinstance(store, RedisInventoryStore):
+        assert await redis_keys(store) == {"skus", "{p1}:product", "{p2}:product", "log"}
+
+
+async def redis_keys(store: RedisInventoryStore) -> set[str]:
+    """The store's keys, without its prefix."""
+    keys = [k.decode() async for k in store.client.scan_iter(match=f"{store.prefix}*")]
+    return {k.removeprefix(store.prefix) for k in keys}
+
+
+async def test_every_redis_key_has_a_ttl_or_a_bound(make_store: Callable[..., Any]) -> None:
+    """After reservations pending, released, committed and reaped, every key the Redis
+    store wrote is one whose size is bounded: the product hashes and the SKU set by the
+    products, the log by ``log_max_entries``, the reservation hash, expiry and index by
+    the pending reservations (each holds a unit) plus the committed ones within their
+    retention. No other key exists."""
+    clock = Clock()
+    store = await make_store(retention=3600.0, clock=clock, log_max_entries=20)
+    if not isinstance(store, RedisInventoryStore):
+        pytest.skip("Redis keys")
+    await store.put(Product(sku="p1", inventory_count=100))
+    for n in range(40):
+        await store.reserve(f"r-{n}", "p1", 1, 60.0)
+        if n % 3 == 0:
+            await store.commit(f"r-{n}")
+        elif n % 3 == 1:
+            await store.release(f"r-{n}")
+        if n == 4:
+            await store.reserve("r-held", "p2", 1, 60.0)
+    c = store.client
+    p = store.prefix
+    pending = await c.zcard(f"{p}{{p1}}:expiry")
+    committed = await c.zcard(f"{p}{{p1}}:committed")
+    assert (pending, committed) == (13, 14)
+    assert (await store.get("p1")).reserved_count == pending + committed
+    assert await c.hlen(f"{p}{{p1}}:reservations") == pending + committed
+    assert await c.hlen(f"{p}reservation-index") == pending + committed + 1
+    assert await c.xlen(f"{p}log") <= 20 + 100
+    for key in await redis_keys(store):  # no key without a TTL outside these
+        assert (
+            key
+            in {
+                "skus",
+                "log",
+                "reservation-index",
+                "{p1}:product",
+                "{p1}:reservations",
+                "{p1}:expiry",
+                "{p1}:committed",
+                "{p2}:product",
+                "{p2}:reservations",
+                "{p2}:expiry",
+            }
+            or await c.ttl(f"{p}{key}") > 0
+        ), key
+    clock.now += 3601
+    assert await store.reap() == pending + 1
+    assert await redis_keys(store) == {"skus", "{p1}:product", "{p2}:product", "log"}
+
+
+# -- the scripts themselves, past the Python checks ------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisInventoryStore]:
+    """p1 with a pending reservation (r-1) and a committed one (r-c) whose retention has
+    ended, so that a commit or a reap would forget it; a fence for the lease key."""
+    client = aioredis.Redis.from_url(redis_url)
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        store = RedisInventoryStore(client, locks, prefix=f"{redis_prefix}inv:", retention=1.0)
+        await store.put(Product(sku="p1", inventory_count=10))
+        await store.reserve("r-1", "p1", 2, 60.0)
+        await store.reserve("r-c", "p1", 1, 60.0)
+        await store.commit("r-c")
+        await client.zadd(store._committed_key("p1"), {"r-c": 1.0})  # due to be forgotten
+        await client.set(locks.fence_key("inventory:p1"), 5)
+        yield store
+    await client.aclose()
+
+
+async def dump(store: RedisInventoryStore) -> dict[bytes, Any]:
+    """Every key under the store's prefix and the lock provider's, serialized."""
+    prefix = store.prefix.removesuffix("inv:")
+    keys = [k async for k in store.client.scan_iter(match=f"{prefix}*")]
+    return {k: await store.client.dump(k) for k in sorted(keys)}
+
+
+def script_cases() -> list[tuple[str, str, list[Any], int, list[Any]]]:
+    """(script, argument name, good arguments, index of the bad one, bad values)."""
+    at = str(NOW)
+    numbers = ["nan", "inf", "-inf", "0", "-1", "", "abc", "0x10", " 5", "1e999"]
+    integers = ["nan", "inf", "1.5", "1e3", "0x10", " 2", "", "abc", "99999999999999999"]
+    cases: list[tuple[str, str, list[Any], int, list[Any]]] = []
+
+    def add(script: str, good: list[Any], names: list[str], bad: dict[str, list[Any]]) -> None:
+        for index, name in enumerate(names):
+            if name in bad:
+                cases.append((script, name, good, index, bad[name]))
+
+    add(
+        "adjust",
+        ["0", "1"],
+        ["d_inventory", "d_reserved"],
+        {
+            "d_inventory": [*integers, str(MAX_QUANTITY + 1), None],
+            "d_reserved": [*integers, str(-MAX_QUANTITY - 1), None],
+        },
+    )
+    add(
+        "apply",
+        ["0", "1", "7"],
+        ["d_inventory", "d_reserved", "token"],
+        {
+            "d_inventory": integers,
+            "d_reserved": integers,
+            "token": [*integers, "0", "-7", None],
+        },
+    )
+    add(
+        "reserve",
+        ["r-2", "p1", "2", "60", at, "1000"],
+        ["reservation_id", "sku", "quantity", "ttl", "at", "log_max_entries"],
+        {
+            "reservation_id": ["", "r" * 1025, None],
+            "sku": ["", "p2", "p", None],
+            "quantity": [*integers, "0", "-2", str(MAX_QUANTITY + 1)],
+            "ttl": [*numbers, "86401"],
+            "at": [*numbers, "1e12"],
+            "log_max_entries": [*integers, "0"],
+        },
+    )
+    add(
+        "release",
+        ["r-1", "p1", at, "1000"],
+        ["reservation_id", "sku", "at", "log_max_entries"],
+        {
+            "reservation_id": ["", None],
+            "sku": ["", "p2", None],
+            "at": numbers,
+            "log_max_entries": [*integers, "0"],
+        },
+    )
+    add(
+        "commit",
+        ["r-1", at, "3600"],
+        ["reservation_id", "at", "retention"],
+        {"reservation_id": ["", None], "at": numbers, "retention": [*numbers, "1e9"]},
+    )
+    add(
+        "forget",
+        [at, "10"],
+        ["now", "limit"],
+        {"now": numbers, "limit": [*integers, "0", "10001"]},
+    )
+    return cases
+
+
+def script_keys(store: RedisInventoryStore, script: str) -> list[str]:
+    """The keys the store passes to ``script`` for p1."""
+    fence = [store.locks.fence_key("inventory:p1"), store.locks.stale_key("inventory:p1")]
+    return {
+        "adjust": [store.product_key("p1")],
+        "apply": [store.product_key("p1"), *fence],
+        "reserve": store._atomic_keys("p1"),
+        "release": store._atomic_keys("p1"),
+        "commit": [
+            store._reservations_key("p1"),
+            store._expiry_key("p1"),
+            store._committed_key("p1"),
+            store._index_key,
+        ],
+        "forget": [store._reservations_key("p1"), store._committed_key("p1"), store._index_key],
+    }[script]
+
+
+def test_every_script_of_the_store_is_checked() -> None:
+    """The cases below cover every script the Redis store registers."""
+
+    class Client:
+        def register_script(self, text: str) -> str:
+            return text
+
+    store = RedisInventoryStore(Client(), None)
+    registered = {
+        k.lstrip("_") for k, v in vars(store).items() if isinstance(v, str) and "redis.call" in v
+    }
+    assert registered == {case[0] for case in script_cases()}
+
+
+@pytest.mark.parametrize(
+    ("script", "name", "good", "index", "bad"),
+    [
+        pytest.param(*case[:4], bad, id=f"{case[0]}-{case[1]}={bad!r}")
+        for case in script_cases()
+        for bad in case[4]
+    ],
+)
+async def test_a_script_refuses_a_bad_argument_before_writing(
+    redis_store: RedisInventoryStore,
+    script: str,
+    name: str,
+    good: list[Any],
+    index: int,
+    bad: Any,
+) -> None:
+    """Called directly with one bad argument (or without it), each script replies
+    ``BAD_ARGUMENT <name> ...`` and every key is as it was."""
+    store = redis_store
+    args = list(good)
+    if bad is None:
+        del args[index:]  # missing
+    else:
+        args[index] = bad
+    before = await dump(store)
+    with pytest.raises(ResponseError, match=f"^BAD_ARGUMENT {name} "):
+        await getattr(store, f"_{script}")(keys=script_keys(store, script), args=args)
+    assert await dump(store) == before
+
+
+@pytest.mark.parametrize("script", ["adjust", "apply", "reserve", "release", "commit", "forget"])
+async def test_the_good_arguments_of_the_script_cases_are_accepted(
+    redis_store: RedisInventoryStore, script: str
+) -> None:
+    """The cases above break one argument of a call that the script accepts."""
+    good = next(case[2] for case in script_cases() if case[0] == script)
+    await getattr(store := redis_store, f"_{script}")(keys=script_keys(store, script), args=good)
+
+
+async def test_a_script_refusal_is_a_value_error(redis_store: RedisInventoryStore) -> None:
+    """The store raises a script's BAD_ARGUMENT reply as ValueError naming the argument."""
+    store = redis_store
+    args = ["r-2", "p1", 2, "nan", NOW, 1000]
+    with pytest.raises(ValueError, match=r'^refused by the store\'s script: ttl "nan": not a '):
+        await store._scripted(store._reserve, store._atomic_keys("p1"), args, "p1")
