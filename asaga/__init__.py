@@ -40,6 +40,7 @@ from ._exceptions import NotRecordable as NotRecordable
 from ._exceptions import RecordedError as RecordedError
 from ._exceptions import RecordTooLarge as RecordTooLarge
 from ._exceptions import RunNotFound as RunNotFound
+from ._exceptions import RunRecordLost as RunRecordLost
 from ._exceptions import RunStoreError as RunStoreError
 from ._exceptions import RunTakenOver as RunTakenOver
 from ._exceptions import SagaDefinitionError as SagaDefinitionError
@@ -88,6 +89,7 @@ __all__ = [
     "Retry",
     "RunFailed",
     "RunNotFound",
+    "RunRecordLost",
     "RunStarted",
     "RunStoreError",
     "RunSucceeded",

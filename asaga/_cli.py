@@ -1,5 +1,5 @@
 """The ``asaga`` command line: ``asaga graph module:Saga``, ``asaga demo``, ``asaga runs
-list|show``, ``asaga recover`` (also ``python -m asaga``).
+list|show|readmit``, ``asaga recover`` (also ``python -m asaga``).
 
 Wiring only: each subcommand is one ``_add_<name>`` function that declares its arguments
 and one ``_<name>`` function that runs it; :data:`_COMMANDS` lists the former. A command
@@ -165,13 +165,20 @@ def _add_redis_options(parser: argparse.ArgumentParser) -> None:
 def _add_runs(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "runs",
-        help="list recorded durable runs, or show one with its steps and timeline",
-        description="Read durable runs from a Redis run store (nothing is changed).",
+        help="list recorded durable runs, show one, or readmit a quarantined one",
+        description=(
+            "Read durable runs from a Redis run store (list, show: nothing is changed), or "
+            "put a quarantined run back for recovery (readmit)."
+        ),
     )
     actions = parser.add_subparsers(metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="recorded runs, newest first")
+    listing = actions.add_parser(
+        "list", help="recorded runs, newest first, then the quarantined ones"
+    )
     _add_redis_options(listing)
-    listing.add_argument("--status", help="only runs with this status (e.g. running)")
+    listing.add_argument(
+        "--status", help="only runs with this status (e.g. running, or quarantined)"
+    )
     listing.add_argument("--saga", help="only runs of this saga (class name)")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     listing.set_defaults(command=_runs_list, command_name="runs list")
@@ -179,16 +186,33 @@ def _add_runs(subparsers: _Subparsers) -> None:
     _add_redis_options(show)
     show.add_argument("run_id", metavar="RUN_ID")
     show.set_defaults(command=_runs_show, command_name="runs show")
+    readmit = actions.add_parser(
+        "readmit",
+        help="put a quarantined run back among the unfinished runs, for the next recovery",
+    )
+    _add_redis_options(readmit)
+    readmit.add_argument("run_id", metavar="RUN_ID")
+    readmit.set_defaults(command=_runs_readmit, command_name="runs readmit")
 
 
 def _runs_list(args: argparse.Namespace) -> int:
-    from .runs._show import format_runs  # only this command needs it
+    from .runs._show import format_quarantined, format_runs  # only this command needs them
 
     if not 1 <= args.limit <= 10_000:
         raise TargetError("--limit must be between 1 and 10000")
 
     async def read(runs: Any) -> str:
-        return format_runs(await runs.list(status=args.status, saga=args.saga, limit=args.limit))
+        aside = [
+            q
+            for q in await runs.quarantined(limit=args.limit)
+            if args.saga is None or q.saga == args.saga
+        ]
+        if args.status == "quarantined":
+            return format_quarantined(aside) if aside else "no runs quarantined\n"
+        text = format_runs(await runs.list(status=args.status, saga=args.saga, limit=args.limit))
+        if aside and args.status is None:
+            text += "\n" + format_quarantined(aside)
+        return text
 
     return _with_store(args, read)
 
@@ -202,6 +226,14 @@ def _runs_show(args: argparse.Namespace) -> int:
     return _with_store(args, read)
 
 
+def _runs_readmit(args: argparse.Namespace) -> int:
+    async def readmit(runs: Any) -> str:
+        await runs.readmit(args.run_id)
+        return f"run {args.run_id} readmitted: the next recovery sweep takes it\n"
+
+    return _with_store(args, readmit)
+
+
 def _add_recover(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "recover",
@@ -209,7 +241,8 @@ def _add_recover(subparsers: _Subparsers) -> None:
         description=(
             "Take over the unfinished runs of the given sagas whose owner's lease expired "
             "(its process died) and finish or compensate each, as asaga.runs.recover() "
-            "does. Exits 1 if a run could not be recovered."
+            "does; a run whose record cannot be driven is quarantined. Exits 1 if a run "
+            "could not be recovered or was quarantined."
         ),
     )
     _add_redis_options(parser)
@@ -247,10 +280,15 @@ def _recover(args: argparse.Namespace) -> int:
             + (f"  {r.error}" if r.error else "")
             for r in report
         ]
-        return "\n".join([*lines, f"{len(report)} run(s) recovered"]) + "\n"
+        aside = sum(r.outcome == "quarantined" for r in report)
+        summary = f"{len(report) - aside} run(s) recovered"
+        if aside:
+            summary += f", {aside} quarantined (asaga runs list shows why)"
+        return "\n".join([*lines, summary]) + "\n"
 
     status = _with_store(args, sweep)
-    return 1 if status == 0 and any(r.outcome == "error" for r in report) else status
+    bad = any(r.outcome in ("error", "quarantined") for r in report)
+    return 1 if status == 0 and bad else status
 
 
 @asynccontextmanager

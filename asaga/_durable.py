@@ -16,6 +16,12 @@ Recovery of one run taken over from a dead owner, by what its record says::
 
 A recovered run is driven by the same scheduler and unwinder as a fresh one, with a
 journal that goes on from the record, so it is recorded the same way.
+
+A run whose record cannot be driven (it does not decode, is foreign, names steps the saga
+lacks, or its inputs no longer validate) is quarantined by the store, with the reason:
+out of every later sweep, kept until readmitted. It never counts against a sweep's
+``limit``: the sweep looks again until it has taken ``limit`` runs it can drive, or there
+are no more.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from ._events import Emitter, RunContext, split_hooks
 from ._exceptions import (
     AsagaError,
     CompensationFailed,
+    CorruptRecord,
     IdempotencyKeyReused,
+    InputValidationError,
     RecordedError,
     RunStoreError,
     SagaFailed,
@@ -52,6 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["Recovered", "UndoResult", "recover", "run_durable", "undo_run"]
 
 _logger = structlog.get_logger("asaga")
+
+_MAX_ROUNDS = 1000  # a sweep looks again after quarantining runs, this many times at most
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -330,7 +340,8 @@ class Recovered(msgspec.Struct, frozen=True, kw_only=True):
     outcome: str
     """``succeeded`` (resumed and finished), ``failed`` (compensated), ``cancelled``,
     ``compensation_failed`` / ``undo_failed`` (some compensation failed: needs a human),
-    ``undone`` (an interrupted undo finished), or ``error`` (see ``error``)."""
+    ``undone`` (an interrupted undo finished), ``quarantined`` (its record cannot be
+    driven: set aside, ``error`` says why), or ``error`` (see ``error``)."""
     resumed: tuple[str, ...] = ()
     """Steps that ran (again) forward."""
     compensated: tuple[str, ...] = ()
@@ -354,7 +365,9 @@ async def recover(
     Finds up to ``limit`` unfinished runs whose owner's lease expired, takes each over
     (exactly one recoverer wins each) just before driving it to an end from its record:
     steps that never started, and idempotent ones in doubt, run forward; a run with a
-    non-idempotent step in doubt, or that was already unwinding, is compensated.
+    non-idempotent step in doubt, or that was already unwinding, is compensated. A run
+    whose record cannot be driven (corrupt, of a newer schema, foreign, not fitting the
+    saga) is quarantined (outcome ``quarantined``) and does not count against ``limit``.
     ``resources`` are the ``Resource`` inputs the sagas need (never recorded, so given
     again here); at most ``concurrency`` runs are recovered at once. Returns what
     happened to each run.
@@ -382,11 +395,10 @@ async def recover(
     if not 1 <= concurrency <= 1000 or not limit >= 1:
         raise ValueError("limit >= 1 and 1 <= concurrency <= 1000")
     extra = split_hooks(hooks) if hooks else ((), ())
-    found = await runs.abandoned(
-        {name: spec.saga_version for name, spec in specs.items()}, limit=limit
-    )
+    versions = {name: spec.saga_version for name, spec in specs.items()}
     report: list[Recovered] = []
     limiter = anyio.CapacityLimiter(concurrency)
+    aside: list[str] = []
 
     async def one(run_id: str, owner: str) -> None:
         async with limiter:
@@ -394,38 +406,106 @@ async def recover(
             # has not reached stay for the next sweep (here or in another process).
             try:
                 record = await runs.claim(run_id, owner)
+            except CorruptRecord as exc:  # taken, but its record cannot be read
+                report.append(await _set_aside(runs, run_id, "", str(exc), aside))
+                return
             except AsagaError as exc:  # Redis went away: this one waits for the next sweep
                 report.append(Recovered(run_id=run_id, saga="", outcome="error", error=repr(exc)))
                 return
             if record is None:
                 return  # another recoverer took it, or it finished meanwhile
             try:
-                done = await _recover_one(specs[record.saga], runs, record, resources, extra)
-            except AsagaError as exc:  # a store error, inputs that no longer validate...
+                spec, values = _admit(specs, record, resources)
+            except (CorruptRecord, InputValidationError) as exc:
+                report.append(await _set_aside(runs, run_id, record.saga, str(exc), aside))
+                return
+            except AsagaError as exc:
+                report.append(
+                    Recovered(run_id=run_id, saga=record.saga, outcome="error", error=repr(exc))
+                )
+                return
+            try:
+                done = await _recover_one(spec, runs, record, values, extra)
+            except AsagaError as exc:  # a store error...
                 done = Recovered(
                     run_id=record.run_id, saga=record.saga, outcome="error", error=repr(exc)
                 )
             report.append(done)
             _logger.info("run_recovered", saga=done.saga, run_id=done.run_id, outcome=done.outcome)
 
-    async with anyio.create_task_group() as tg:
-        for run_id, owner in found:
-            tg.start_soon(one, run_id, owner, name=f"recover {run_id}")
+    # Quarantined runs leave the running set and do not count: look again until ``limit``
+    # runs that can be driven were taken, or there are no more.
+    seen: set[str] = set()
+    taken = 0
+    for _ in range(_MAX_ROUNDS):
+        found = [
+            (run_id, owner)
+            for run_id, owner in await runs.abandoned(versions, limit=limit - taken)
+            if run_id not in seen
+        ]
+        if not found:
+            break
+        seen.update(run_id for run_id, _ in found)
+        aside.clear()
+        async with anyio.create_task_group() as tg:
+            for run_id, owner in found:
+                tg.start_soon(one, run_id, owner, name=f"recover {run_id}")
+        taken += len(found) - len(aside)
+        if not aside or taken >= limit:
+            break
     return report
+
+
+def _admit(
+    specs: Mapping[str, SagaSpec], record: RunRecord, resources: Mapping[str, Any]
+) -> tuple[SagaSpec, dict[str, Any]]:
+    """The saga and values to drive ``record`` with; :class:`CorruptRecord` (or
+    :class:`InputValidationError`) if the record does not fit a saga of this sweep."""
+    run_id = record.run_id
+    spec = specs.get(record.saga)
+    if spec is None or spec.saga_version != record.saga_version:
+        raise CorruptRecord(
+            f"the record of run {run_id} is of saga {record.saga} (saga_version "
+            f"{record.saga_version}), which this recovery was not given",
+            run_id,
+        )
+    unknown = [name for name in record.steps if name not in spec.plan.nodes]
+    if unknown:
+        raise CorruptRecord(
+            f"the record of run {run_id} names steps saga {record.saga} does not have: "
+            f"{unknown} (change saga_version when steps are renamed)",
+            run_id,
+        )
+    return spec, _values(spec, record, resources)
+
+
+async def _set_aside(
+    runs: RunStore, run_id: str, saga: str, reason: str, aside: list[str]
+) -> Recovered:
+    """Quarantine a run this sweep has taken and cannot drive."""
+    try:
+        done = await runs.quarantine(run_id, reason)
+    except AsagaError as exc:
+        return Recovered(run_id=run_id, saga=saga, outcome="error", error=repr(exc))
+    if not done:
+        return Recovered(
+            run_id=run_id, saga=saga, outcome="error", error=f"{reason} (taken over meanwhile)"
+        )
+    aside.append(run_id)
+    return Recovered(run_id=run_id, saga=saga, outcome="quarantined", error=reason)
 
 
 async def _recover_one(
     spec: SagaSpec,
     runs: RunStore,
     record: RunRecord,
-    resources: Mapping[str, Any],
+    values: dict[str, Any],
     extra_hooks: Hooks,
 ) -> Recovered:
     plan = spec.plan
     run_id, saga = record.run_id, record.saga
     if record.status == "undoing":
         try:
-            values = _values(spec, record, resources)
             undone = await _undo(spec, runs, record, values, extra_hooks)
         except UndoFailed as exc:
             return Recovered(
@@ -438,7 +518,6 @@ async def _recover_one(
         return Recovered(run_id=run_id, saga=saga, outcome="undone", compensated=undone.compensated)
 
     journal = Journal(runs, spec.codec, record)
-    values = _values(spec, record, resources)
     steps = record.steps
     in_doubt = [n for n, s in steps.items() if s.status == "running"]
     failed = [n for n, s in steps.items() if s.status == "failed"]

@@ -15,6 +15,7 @@
         ├── CorruptRecord        a stored record does not decode (tampered, foreign, newer)
         ├── RunNotFound          no record of that run in the store
         ├── RunTakenOver         another process recovered the run; this one must stop
+        ├── RunRecordLost        the run's record vanished (Redis lost writes); unwound here
         └── StoreUnavailable     the store cannot be reached
 
 Every exception carries structured fields (``saga``, ``run_id``, ``step``...) so that
@@ -36,6 +37,7 @@ __all__ = [
     "RecordTooLarge",
     "RecordedError",
     "RunNotFound",
+    "RunRecordLost",
     "RunStoreError",
     "RunTakenOver",
     "SagaDefinitionError",
@@ -273,6 +275,14 @@ class RunNotFound(RunStoreError, LookupError):
 class RunTakenOver(RunStoreError):
     """Another process took the run over (its owner's lease had expired): this process
     stops it without compensating; the new owner finishes or compensates it."""
+
+
+class RunRecordLost(RunStoreError):
+    """The run's record is gone from the store while this process was running it: Redis
+    lost writes (restarted without persistence, rolled back to a snapshot, or failed over
+    to a replica that lacked them). Nobody else owns the run, so this process unwinds it
+    itself (compensating its completed steps, writing nothing more); the run's
+    ``SagaFailed`` has this error as its ``__cause__``."""
 
 
 class StoreUnavailable(RunStoreError):

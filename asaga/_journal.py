@@ -13,6 +13,11 @@ trip) before it returns::
     finish      the run's final status (with the last step's result, when that step
                 is the last thing that happened)
 
+If the record vanishes under a running run (Redis lost writes: restarted without
+persistence, rolled back, failed over), the write that finds it gone raises
+:class:`~asaga.RunRecordLost` once, and every later write is skipped: nobody else owns the
+run, so its process unwinds it with what it holds, writing nothing more.
+
 So after a crash the record says, for every step, whether it never started, is in doubt
 (started, not known to have ended), succeeded (with its result) or failed, and where the
 unwinding stands. Events are recorded too: a hook of the run collects them and each write
@@ -32,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import msgspec.inspect
+import structlog
 
 from ._annotations import EMPTY, type_name
 from ._events import Event
-from ._exceptions import CorruptRecord, NotRecordable, RecordTooLarge
+from ._exceptions import CorruptRecord, NotRecordable, RecordTooLarge, RunRecordLost
 from ._graph import RUN_ID, Plan
 from ._record import (
     Claim,
@@ -52,6 +58,8 @@ if TYPE_CHECKING:
     from ._inputs import InputValidator
 
 __all__ = ["Journal", "SagaCodec"]
+
+_logger = structlog.get_logger("asaga")
 
 _encoder = msgspec.msgpack.Encoder()
 _sorted_encoder = msgspec.msgpack.Encoder(order="sorted")  # inputs: same values, same bytes
@@ -181,6 +189,7 @@ class Journal:
         "begun",
         "claim",
         "codec",
+        "gone",
         "lost",
         "store",
     )
@@ -206,6 +215,9 @@ class Journal:
         not among them never did)."""
         self.lost = False
         """Another process took the run over: nothing more is written or compensated."""
+        self.gone: RunRecordLost | None = None
+        """The run's record vanished from the store: nothing more is written (the run is
+        still unwound here, since nobody else owns it)."""
 
     @classmethod
     def new(
@@ -405,7 +417,14 @@ class Journal:
     # -- writing -------------------------------------------------------------------------
 
     async def _put(self, *, final: bool = False) -> None:
-        await self.store.write(self._write(self._record.status, final=final))
+        if self.gone is not None:
+            return  # nothing to write to: the run unwinds on what this process holds
+        try:
+            await self.store.write(self._write(self._record.status, final=final))
+        except RunRecordLost as exc:
+            self.gone = exc
+            _logger.warning("run_record_lost", run_id=self.run_id, error=str(exc))
+            raise
 
     def _encoded(self) -> bytes:
         """The record as it stands, encoded; ``RecordTooLarge`` past the store's limit."""

@@ -30,11 +30,13 @@ __all__ = [
     "FINISHED",
     "SCHEMA_VERSION",
     "Claim",
+    "Quarantined",
     "RunRecord",
     "RunStatus",
     "RunStore",
     "StepRecord",
     "Write",
+    "check_identity",
     "decode_event",
     "decode_record",
     "encode_event",
@@ -173,6 +175,21 @@ def decode_record(data: bytes, run_id: str | None = None) -> RunRecord:
         raise CorruptRecord(f"the record of {what} does not decode: {exc}", run_id) from exc
 
 
+def check_identity(
+    record: RunRecord, run_id: str, saga: str | None, saga_version: str | None
+) -> None:
+    """Refuse a record that is not the one its store's index says it is (written by
+    another program, or copied under another run's key): :class:`~asaga.CorruptRecord`."""
+    found = (record.run_id, record.saga, record.saga_version)
+    if found != (run_id, saga, saga_version):
+        raise CorruptRecord(
+            f"the record of run {run_id} is foreign: the store lists it as run {run_id} of "
+            f"saga {saga} (saga_version {saga_version}), the record says run "
+            f"{record.run_id} of saga {record.saga} (saga_version {record.saga_version})",
+            run_id,
+        )
+
+
 def encode_event(event: Event) -> bytes:
     """One event as stored in a run's event list."""
     return _encoder.encode(event)
@@ -215,12 +232,31 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds the key keeps naming the run."""
 
 
+class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
+    """An unfinished run set aside by recovery because its record cannot be driven here:
+    it does not decode (corrupt, or of a newer schema), it is foreign (its content
+    disagrees with what the store lists it as), or it does not fit the saga (unknown steps,
+    inputs that no longer validate). Kept, out of every sweep, until readmitted
+    (:meth:`RunStore.readmit`, ``asaga runs readmit``) or its retention runs out."""
+
+    run_id: str
+    saga: str | None
+    """The saga the store lists the run under (the record itself may say otherwise)."""
+    reason: str
+    """Why it was set aside."""
+    quarantined_at: float
+    """Wall-clock time (epoch seconds) it was set aside."""
+    by: str | None = None
+    """The store (owner identity) that set it aside."""
+
+
 class RunStore(Protocol):
     """Where durable runs are recorded: :class:`~asaga.runs.MemoryRunStore` (default) or
     :class:`~asaga.runs.RedisRunStore`.
 
     Every write is fenced by ownership: it applies only if the run is still owned by this
-    store's :attr:`owner`, else it raises :class:`~asaga.RunTakenOver`.
+    store's :attr:`owner`, else it raises :class:`~asaga.RunTakenOver`, or
+    :class:`~asaga.RunRecordLost` when the record is not there at all.
     """
 
     @property
@@ -271,7 +307,27 @@ class RunStore(Protocol):
 
     async def claim(self, run_id: str, owner: str) -> RunRecord | None:
         """Take over an abandoned run from ``owner`` (exactly one caller wins); the record,
-        now owned by this store, or ``None`` if someone else took it or it finished."""
+        now owned by this store, or ``None`` if someone else took it or it finished.
+
+        Raises :class:`~asaga.CorruptRecord` when the run was taken but its record does
+        not decode or is foreign (see :func:`check_identity`): the caller quarantines it.
+        """
+        ...
+
+    async def quarantine(self, run_id: str, reason: str) -> bool:
+        """Set aside a run this store has taken (:meth:`claim`) whose record cannot be
+        driven: out of the unfinished runs (no sweep sees it again), kept with ``reason``
+        for the store's retention. ``False`` if this store no longer owns it."""
+        ...
+
+    async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
+        """The runs set aside, newest first."""
+        ...
+
+    async def readmit(self, run_id: str) -> None:
+        """Put a quarantined run back among the unfinished runs, for the next recovery
+        sweep to take (after an upgrade that reads it, say);
+        :class:`~asaga.RunNotFound` if it is not quarantined."""
         ...
 
     async def claim_undo(self, run_id: str) -> tuple[RunRecord, bool]:

@@ -1,5 +1,6 @@
 """Redis plumbing shared by the lease provider and the run store:
-the asyncio check, and a pattern subscription that survives dropped connections."""
+the asyncio check, the persistence check, and a pattern subscription that survives
+dropped connections."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
-__all__ = ["follow_pattern", "require_asyncio"]
+__all__ = ["follow_pattern", "require_asyncio", "warn_without_persistence"]
 
 _logger = structlog.get_logger("asaga")
 
@@ -26,6 +27,31 @@ def require_asyncio(what: str, instead: str) -> None:
             f"{what} needs asyncio (redis-py's client is asyncio-only); use {instead} on "
             "other backends"
         ) from None
+
+
+async def warn_without_persistence(client: Any, what: str) -> None:
+    """Log a warning (``redis_without_persistence``) if the server runs with
+    ``appendonly no``: a restart or a failover then loses the latest writes (runs in flight
+    are unwound by their process, finished runs and idempotency keys may be forgotten,
+    leases may be granted twice). Says nothing when the server refuses ``CONFIG GET``
+    (managed Redis often does) or does not answer within a second."""
+    try:
+        with anyio.fail_after(1.0):
+            reply = await client.config_get("appendonly")
+    except (RedisError, OSError, TimeoutError):
+        return
+    value = reply.get("appendonly", reply.get(b"appendonly")) if isinstance(reply, dict) else None
+    if isinstance(value, bytes):
+        value = value.decode()
+    if value == "no":
+        _logger.warning(
+            "redis_without_persistence",
+            store=what,
+            appendonly="no",
+            advice="a restart or failover of this Redis loses its latest writes; enable "
+            "appendonly (appendfsync everysec or always) for durable runs and leases; "
+            "see docs/durability.md",
+        )
 
 
 async def follow_pattern(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import redis.asyncio as aioredis
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -22,6 +23,10 @@ from asaga import SagaFailed
 from asaga.runs import RedisRunStore
 from examples.inventory import RedisInventoryStore
 from tests.sagas.durable import DurableCheckout, Payments
+
+# stdout carries what the test reads; asaga's log lines (a warning about the test Redis's
+# persistence, say) go to stderr.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 async def main(url: str, prefix: str, seed: str, runs: str, owner_ttl: str) -> None:

@@ -18,8 +18,13 @@ import time
 
 import anyio
 import redis.asyncio as aioredis
+import structlog
 
 from asaga.locks import LeaseLost, RedisLockProvider
+
+# stdout carries what the test reads; asaga's log lines (a warning about the test Redis's
+# persistence, say) go to stderr.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 async def main(url: str, prefix: str, mode: str, *args: str) -> None:

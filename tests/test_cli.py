@@ -322,6 +322,7 @@ def test_runs_list_and_show(
     ]
 
 
+@pytest.mark.usefixtures("quiet_logs")  # the test Redis has no AOF: the store warns
 def test_runs_show_unknown_run(
     redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

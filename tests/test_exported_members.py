@@ -31,6 +31,7 @@ def test_all_is_pinned() -> None:
         "Retry",
         "RunFailed",
         "RunNotFound",
+        "RunRecordLost",
         "RunStarted",
         "RunStoreError",
         "RunSucceeded",

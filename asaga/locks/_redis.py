@@ -1,13 +1,20 @@
 """Redis leases: one key per lease with a TTL, a fencing counter, and release notifications.
 
-Keys (``{key}`` is a hash tag, so each lease's keys share a cluster slot)::
+Keys (``{key}`` is a hash tag, so each lease's keys share a cluster slot); every one of
+them expires, so a key leased once leaves nothing behind for long::
 
-    <prefix>lock:{key}     the holding process's grant, with the lease's TTL (PX)
-    <prefix>fence:{key}    the fencing counter: each grant reserves a block of tokens
-    <prefix>grant:{key}    the first token of the newest grant (what fenced writes check)
-    <prefix>want:{key}     set (briefly) by a process that found the key held
-    <prefix>stale:{key}    count of fenced writes rejected as stale
+    <prefix>lock:{key}     the holding process's grant (its first token), with the lease's
+                           TTL; what fenced writes check: current iff held, token >= grant
+    <prefix>fence:{key}    the last token reserved, kept a minute after the last grant
+    <prefix>want:{key}     set (for 2 s) by a process that found the key held
+    <prefix>stale:{key}    count of fenced writes rejected as stale, kept a day
     channel <prefix>released:<key>   published on release when someone wants the key
+
+Tokens follow the server's clock: a grant's first token is the larger of the counter's
+next value and the server's ``TIME`` in microseconds. So they keep rising when the counter
+is gone, whether it expired or Redis lost its data (a restart without persistence): a
+grant made after that is still larger than any token granted before, and a holder from
+before cannot write (its lock key is gone, and a newer grant is larger than its token).
 
 A grant is the process's, not one task's: the process hands the key from one of its tasks
 to the next with the next token of the grant's block, without a round trip; every
@@ -33,31 +40,47 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from .._redis import follow_pattern, require_asyncio
+from .._redis import follow_pattern, require_asyncio, warn_without_persistence
 from ._lease import Lease, Leases, LeaseUnavailable, StaleWrite
 
 __all__ = ["RedisLockProvider"]
 
 _logger = structlog.get_logger("asaga")
 
-# A grant reserves a block of fencing tokens (INCRBY); the lock key holds the grant (the
-# block's first token) and <prefix>grant:{key} remembers the newest grant's first token:
-# a fenced write is current iff its token >= that.
+# A grant reserves a block of fencing tokens: its first token is the larger of the
+# counter's next value and the server's clock in microseconds, and the counter (fence key)
+# moves to the block's last token. The counter is kept until the clock has passed that
+# token, and _FENCE_KEEP_MS beyond; after that the clock alone keeps tokens rising. The
+# lock key holds the grant: a fenced write is current iff the key is held and its token
+# >= the grant (the grant's own block, handed on within this process, included).
+# Numbers stay below 2^53 (microseconds until the year 2255): exact in Lua's doubles.
+_GRANT = """
+local function grant(fence, lock, ttl_ms, block, keep_ms)
+  local clock = redis.call('time')
+  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  local first = tonumber(redis.call('get', fence) or '0') + 1
+  if first < now then first = now end
+  local last = first + block - 1
+  local keep = keep_ms + math.ceil((last - now) / 1000)
+  redis.call('set', fence, string.format('%.0f', last), 'px', keep)
+  redis.call('set', lock, string.format('%.0f', first), 'px', ttl_ms)
+  return first
+end
+"""
 
-# KEYS: lock, fence, want, grant ; ARGV: ttl_ms, want_ms, identity, block
-_ACQUIRE = """
+# KEYS: lock, fence, want ; ARGV: ttl_ms, want_ms, identity, block, keep_ms
+_ACQUIRE = (
+    _GRANT
+    + """
 local held = redis.call('pttl', KEYS[1])
 if held == -2 then
-  local block = tonumber(ARGV[4])
-  local grant = redis.call('incrby', KEYS[2], block) - block + 1
-  redis.call('set', KEYS[1], grant, 'px', ARGV[1])
-  redis.call('set', KEYS[4], grant)
-  return {grant, 0}
+  return {grant(KEYS[2], KEYS[1], ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])), 0}
 end
 redis.call('set', KEYS[3], ARGV[3], 'px', ARGV[2])
 if held < 0 then held = tonumber(ARGV[1]) end
 return {0, held}
 """
+)
 
 # KEYS: lock keys ; ARGV: ttl_ms, grants...
 _RENEW = """
@@ -78,8 +101,11 @@ end
 return 0
 """
 
-# KEYS: lock, fence, want, grant ; ARGV: grant, ttl_ms, streak, cap, channel, identity, block
-_HANDOFF = """
+# KEYS: lock, fence, want
+# ARGV: grant, ttl_ms, streak, cap, channel, identity, block, keep_ms
+_HANDOFF = (
+    _GRANT
+    + """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 local wanted_by = redis.call('get', KEYS[3])
 if tonumber(ARGV[3]) >= tonumber(ARGV[4]) and wanted_by and wanted_by ~= ARGV[6] then
@@ -87,24 +113,23 @@ if tonumber(ARGV[3]) >= tonumber(ARGV[4]) and wanted_by and wanted_by ~= ARGV[6]
   redis.call('publish', ARGV[5], '1')
   return -1
 end
-local block = tonumber(ARGV[7])
-local grant = redis.call('incrby', KEYS[2], block) - block + 1
-redis.call('set', KEYS[1], grant, 'px', ARGV[2])
-redis.call('set', KEYS[4], grant)
-return grant
+return grant(KEYS[2], KEYS[1], ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8]))
 """
+)
 
-# KEYS: grant, stale, data keys... ; ARGV: token, n commands, then per command:
+# KEYS: lock, stale, data keys... ; ARGV: token, stale_ms, n commands, then per command:
 #   name, index of its key in KEYS, number of arguments, arguments...
+# Refused: {0, the holder's grant, or '' if nobody holds the key}.
 _FENCED = """
-local newest = tonumber(redis.call('get', KEYS[1]) or '0')
-if tonumber(ARGV[1]) < newest then
+local held = redis.call('get', KEYS[1])
+if not held or tonumber(ARGV[1]) < tonumber(held) then
   redis.call('incr', KEYS[2])
-  return {0, newest}
+  redis.call('pexpire', KEYS[2], ARGV[2])
+  return {0, held or ''}
 end
 local results = {}
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[i + 2])
   local call = {ARGV[i], KEYS[tonumber(ARGV[i + 1])]}
   for j = 1, n do call[#call + 1] = ARGV[i + 2 + j] end
@@ -114,7 +139,11 @@ end
 return {1, results}
 """
 
-_BLOCK = 1024  # fencing tokens per grant, handed to local waiters without a round trip
+_FENCE_KEEP_MS = 60_000
+"""How long the fencing counter outlives the clock's passing its last token: within that
+window, tokens keep rising even if the server's clock steps back."""
+
+_STALE_KEEP_MS = 86_400_000  # a stale-write counter lives a day after its last count
 
 _FENCED_BOUND = 10.0  # seconds a fenced write waits for its reply, shielded
 
@@ -122,13 +151,15 @@ _WANT_MS = 2000  # how long a failed attempt marks the key as wanted by another 
 
 
 class _RedisBackend:
-    block = _BLOCK
-
     def __init__(self, client: aioredis.Redis, prefix: str, fairness: int) -> None:
         self.client = client
         self.identity = uuid.uuid4().hex  # marks the keys this provider wants
         self.prefix = prefix
         self.fairness = fairness
+        # Tokens per grant: the holders a grant serves before the process asks Redis again
+        # (every `fairness` holders). No more: a grant's block runs ahead of the clock its
+        # tokens follow, and small blocks keep the tokens within microseconds of it.
+        self.block = max(1, fairness)
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -143,9 +174,6 @@ class _RedisBackend:
     def fence_key(self, key: str) -> str:
         return f"{self.prefix}fence:{{{key}}}"
 
-    def grant_key(self, key: str) -> str:
-        return f"{self.prefix}grant:{{{key}}}"
-
     def want_key(self, key: str) -> str:
         return f"{self.prefix}want:{{{key}}}"
 
@@ -158,13 +186,8 @@ class _RedisBackend:
     async def try_acquire(self, key: str, ttl: float) -> tuple[int, float]:
         try:
             token, held_ms = await self._acquire(
-                keys=[
-                    self.lock_key(key),
-                    self.fence_key(key),
-                    self.want_key(key),
-                    self.grant_key(key),
-                ],
-                args=[_ms(ttl), _WANT_MS, self.identity, self.block],
+                keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
+                args=[_ms(ttl), _WANT_MS, self.identity, self.block, _FENCE_KEEP_MS],
             )
         except RedisError as exc:
             raise LeaseUnavailable(
@@ -189,12 +212,7 @@ class _RedisBackend:
 
     async def handoff(self, key: str, grant: int, ttl: float, streak: int) -> int:
         granted = await self._handoff(
-            keys=[
-                self.lock_key(key),
-                self.fence_key(key),
-                self.want_key(key),
-                self.grant_key(key),
-            ],
+            keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
             args=[
                 str(grant),
                 _ms(ttl),
@@ -203,6 +221,7 @@ class _RedisBackend:
                 self.channel(key),
                 self.identity,
                 self.block,
+                _FENCE_KEEP_MS,
             ],
         )
         return int(granted)
@@ -213,7 +232,13 @@ class _RedisBackend:
         event = self.waiting.get(key)
         if event is None:
             event = self.waiting[key] = anyio.Event()
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            # One head per key and process waits: once it leaves (woken, timed out or
+            # cancelled), nothing of the key stays behind.
+            if self.waiting.get(key) is event:
+                del self.waiting[key]
 
     def notify(self, key: str) -> None:
         event = self.waiting.pop(key, None)
@@ -267,8 +292,13 @@ class RedisLockProvider:
         """The Redis client the provider uses."""
         return self._backend.client
 
+    _persistence_checked = False  # warned (once per provider) if Redis keeps no AOF
+
     async def __aenter__(self) -> Self:
         require_asyncio("RedisLockProvider", "MemoryLockProvider")
+        if not self._persistence_checked:
+            self._persistence_checked = True
+            await warn_without_persistence(self.client, "RedisLockProvider")
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
@@ -335,7 +365,7 @@ class RedisLockProvider:
         key = lease.key if key is None else key
         backend = self._backend
         data_keys: list[str] = []
-        args: list[Any] = [lease.tokens[key], len(commands)]
+        args: list[Any] = [lease.tokens[key], _STALE_KEEP_MS, len(commands)]
         for command in commands:
             name, redis_key, *rest = command
             if redis_key not in data_keys:
@@ -347,7 +377,7 @@ class RedisLockProvider:
         with anyio.move_on_after(_FENCED_BOUND, shield=True) as bound:
             try:
                 ok, payload = await backend.fenced(
-                    keys=[backend.grant_key(key), backend.stale_key(key), *data_keys],
+                    keys=[backend.lock_key(key), backend.stale_key(key), *data_keys],
                     args=args,
                 )
             except RedisError as exc:
@@ -362,21 +392,28 @@ class RedisLockProvider:
             )
         if not ok:
             self.stale_writes += 1
+            why = (
+                f"a newer lease (tokens from {int(payload)}) was granted since"
+                if payload
+                else "the lease is no longer held"
+            )
             raise StaleWrite(
-                f"write under lease token {lease.tokens[key]} on {key!r} rejected: a newer "
-                f"lease (tokens from {payload}) was granted since",
+                f"write under lease token {lease.tokens[key]} on {key!r} rejected: {why}",
                 (key,),
             )
         return list(payload)
 
     def fence_key(self, key: str) -> str:
-        """The Redis key holding the first fencing token of ``key``'s newest grant, for
-        Lua scripts that check a lease's token themselves: a write is current iff
-        ``token >= GET fence_key`` (a missing key counts as 0)."""
-        return self._backend.grant_key(key)
+        """The Redis key holding the first fencing token of the grant that holds ``key``,
+        for Lua scripts that check a lease's token themselves: a write is current iff the
+        key exists and ``token >= GET fence_key``. A missing key means stale: nobody holds
+        ``key`` (the lease expired, or Redis lost its data)."""
+        return self._backend.lock_key(key)
 
     def stale_key(self, key: str) -> str:
-        """The Redis key counting stale writes on ``key`` (INCR it when refusing one)."""
+        """The Redis key counting stale writes on ``key``: INCR it when refusing one, and
+        give it a TTL (PEXPIRE; the provider keeps it a day), as every key under the
+        prefix has."""
         return self._backend.stale_key(key)
 
     async def stale_count(self, key: str) -> int:

@@ -20,10 +20,11 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from .._exceptions import RunNotFound, RunStoreError, RunTakenOver
+from .._exceptions import RunNotFound, RunRecordLost, RunStoreError, RunTakenOver
 from .._record import (
     FINISHED,
     Claim,
+    Quarantined,
     RunRecord,
     RunStatus,
     Write,
@@ -47,6 +48,7 @@ class _Run:
     events: list[bytes] = field(default_factory=list)
     expires: float | None = None  # set when the run finishes (retention)
     finished: anyio.Event | None = None  # made when someone waits
+    quarantined: Quarantined | None = None  # set aside (see MemoryRunStore.quarantine)
 
 
 class MemoryRunStore(StoreSettings):
@@ -124,7 +126,13 @@ class MemoryRunStore(StoreSettings):
         """Record a transition of a run this store owns (``RunTakenOver`` otherwise)."""
         await anyio.lowlevel.checkpoint()
         run = self._runs.get(write.run_id)
-        if run is None or run.owner != self._owner:
+        if run is None:
+            raise RunRecordLost(
+                f"the record of run {write.run_id} is gone from the store; this process "
+                "unwinds the run itself",
+                write.run_id,
+            )
+        if run.owner != self._owner:
             raise RunTakenOver(
                 f"run {write.run_id} is no longer owned by this process", write.run_id
             )
@@ -154,6 +162,8 @@ class MemoryRunStore(StoreSettings):
         self._expire(self._clock())
         found = []
         for run_id, run in sorted(self._runs.items(), key=lambda kv: -kv[1].created):
+            if run.quarantined is not None:
+                continue  # see quarantined()
             if (status is None or run.status == status) and (saga is None or run.saga == saga):
                 found.append(self._decode(run_id, run, False))
                 if len(found) >= limit:
@@ -171,6 +181,38 @@ class MemoryRunStore(StoreSettings):
         """Nothing to take over in memory (see :meth:`abandoned`)."""
         await anyio.lowlevel.checkpoint()
         return None
+
+    async def quarantine(self, run_id: str, reason: str) -> bool:
+        """Set aside ``run_id`` (owned by this store), kept with ``reason`` for
+        ``retention``; ``False`` if this store does not own it."""
+        await anyio.lowlevel.checkpoint()
+        run = self._runs.get(run_id)
+        if run is None or run.owner != self._owner or run.status in FINISHED:
+            return False
+        run.quarantined = Quarantined(
+            run_id=run_id, saga=run.saga, reason=reason, quarantined_at=time.time(), by=run.owner
+        )
+        run.owner = "quarantine"
+        run.expires = self._clock() + self.retention
+        return True
+
+    async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
+        """The runs set aside, newest first."""
+        await anyio.lowlevel.checkpoint()
+        self._expire(self._clock())
+        aside = [r.quarantined for r in self._runs.values() if r.quarantined is not None]
+        return sorted(aside, key=lambda q: -q.quarantined_at)[:limit]
+
+    async def readmit(self, run_id: str) -> None:
+        """Put a quarantined run back among the unfinished runs; ``RunNotFound`` if it is
+        not quarantined."""
+        await anyio.lowlevel.checkpoint()
+        run = self._runs.get(run_id)
+        expired = run is not None and run.expires is not None and run.expires <= self._clock()
+        if run is None or run.quarantined is None or expired:
+            raise RunNotFound(f"run {run_id!r} is not quarantined in this store", run_id)
+        run.quarantined = None
+        run.expires = None
 
     async def claim_undo(self, run_id: str) -> tuple[RunRecord, bool]:
         """Take a succeeded run to undo it; the record as it was, and whether taken."""

@@ -6,6 +6,7 @@ Keys (``<p>`` is the store's prefix)::
     <p>events:<run_id>       list: the run's encoded events, in order
     <p>runs:running          sorted set: unfinished runs (score: creation time)
     <p>runs:index            sorted set: every recorded run (score: creation time)
+    <p>runs:quarantine       sorted set: unfinished runs set aside by recovery (score: when)
     <p>key:<saga>:<key>      the run an idempotency key names (expires with the window)
     <p>owner:<owner>         the owner lease of one store object (one per process)
     <p>waiting:<run_id>      set (briefly) while a process waits for the run to finish
@@ -18,6 +19,11 @@ running set and expires after ``retention``. Scripts take keys and values as arg
 never interpolated text. Concurrent writes (of one run or of many) are sent together: one
 writer task per store drains what is queued into one pipeline, so a transition costs at
 most one round trip, often a share of one.
+
+A run whose record recovery cannot drive (it does not decode, is foreign, or does not fit
+the saga) is quarantined: out of the running set, into ``runs:quarantine`` with the
+reason in its hash, its keys expiring after ``retention``; the quarantine set is trimmed
+to that retention and to ``_MAX_QUARANTINED`` entries. ``readmit`` puts it back.
 
 One lease per store object says its owner is alive: ``<p>owner:<owner>``, set with a TTL
 and renewed every ``owner_ttl / 3`` by a task of the store. Recovery takes over the
@@ -47,16 +53,25 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from .._exceptions import RunNotFound, RunStoreError, RunTakenOver, StoreUnavailable
+from .._exceptions import (
+    CorruptRecord,
+    RunNotFound,
+    RunRecordLost,
+    RunStoreError,
+    RunTakenOver,
+    StoreUnavailable,
+)
 from .._record import (
     FINISHED,
     Claim,
+    Quarantined,
     RunRecord,
     Write,
+    check_identity,
     decode_event,
     decode_record,
 )
-from .._redis import follow_pattern, require_asyncio
+from .._redis import follow_pattern, require_asyncio, warn_without_persistence
 from ._settings import StoreSettings
 
 __all__ = ["RedisRunStore"]
@@ -91,9 +106,10 @@ return false
 
 # KEYS: run, events, running, index, waiting ; ARGV: run_id, record, status, owner, final,
 #   retention_ms, cutoff, channel, seq, events...
-# Returns 0 if another owner has the run, 2 if a newer write of this run landed already
-# (this one, sent late, is dropped), 1 when applied.
+# Returns 0 if another owner has the run, 3 if its record is gone (Redis lost writes), 2 if
+# a newer write of this run landed already (this one, sent late, is dropped), 1 when applied.
 _WRITE = """
+if redis.call('exists', KEYS[1]) == 0 then return 3 end
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[4] then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= tonumber(ARGV[9]) then return 2 end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'seq', ARGV[9])
@@ -122,7 +138,38 @@ if status ~= 'running' and status ~= 'compensating' and status ~= 'undoing' then
 end
 if redis.call('exists', KEYS[2]) == 1 then return false end
 redis.call('hset', KEYS[1], 'owner', ARGV[2])
-return redis.call('hmget', KEYS[1], 'record', 'status')
+return redis.call('hmget', KEYS[1], 'record', 'status', 'saga', 'version')
+"""
+
+# KEYS: run, events, running, quarantine ; ARGV: run_id, owner, reason, now, retention_ms,
+#   cutoff, most kept
+_QUARANTINE = """
+if redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+local score = redis.call('zscore', KEYS[3], ARGV[1]) or ARGV[4]
+redis.call('zrem', KEYS[3], ARGV[1])
+redis.call('hset', KEYS[1], 'owner', 'quarantine', 'quarantined', ARGV[3],
+           'quarantined_at', ARGV[4], 'quarantined_by', ARGV[2], 'running_score', score)
+redis.call('pexpire', KEYS[1], ARGV[5])
+redis.call('pexpire', KEYS[2], ARGV[5])
+redis.call('zadd', KEYS[4], ARGV[4], ARGV[1])
+redis.call('zremrangebyscore', KEYS[4], '-inf', ARGV[6])
+local extra = redis.call('zcard', KEYS[4]) - tonumber(ARGV[7])
+if extra > 0 then redis.call('zremrangebyrank', KEYS[4], 0, extra - 1) end
+return 1
+"""
+
+# KEYS: run, events, running, quarantine ; ARGV: run_id
+# The run keeps the owner 'quarantine', which never holds a lease: the next sweep takes it.
+_READMIT = """
+if not redis.call('zscore', KEYS[4], ARGV[1]) then return 0 end
+redis.call('zrem', KEYS[4], ARGV[1])
+if redis.call('hexists', KEYS[1], 'quarantined') == 0 then return 0 end
+local score = redis.call('hget', KEYS[1], 'running_score')
+redis.call('hdel', KEYS[1], 'quarantined', 'quarantined_at', 'quarantined_by', 'running_score')
+redis.call('persist', KEYS[1])
+redis.call('persist', KEYS[2])
+redis.call('zadd', KEYS[3], score, ARGV[1])
+return 1
 """
 
 # KEYS: run, events, running, lease of the current owner ; ARGV: status seen, owner seen,
@@ -149,6 +196,7 @@ _SCRIPTS = {"create": _CREATE, "write": _WRITE}
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 
 _MAX_BATCH = 256  # writes sent in one pipeline at most
+_MAX_QUARANTINED = 10_000  # runs kept in the quarantine set at most (the oldest go first)
 
 
 @dataclass(slots=True, eq=False)
@@ -226,6 +274,9 @@ class RedisRunStore(StoreSettings):
         writes): for measuring what durability costs."""
         self._claim = client.register_script(_CLAIM)
         self._claim_undo = client.register_script(_CLAIM_UNDO)
+        self._quarantine = client.register_script(_QUARANTINE)
+        self._readmit = client.register_script(_READMIT)
+        self._persistence_checked = False
         self._release_key = client.register_script(_RELEASE_KEY)
 
     @classmethod
@@ -262,6 +313,10 @@ class RedisRunStore(StoreSettings):
     def _index(self) -> str:
         return f"{self.prefix}runs:index"
 
+    @property
+    def _quarantined(self) -> str:
+        return f"{self.prefix}runs:quarantine"
+
     # -- lifetime ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -270,6 +325,9 @@ class RedisRunStore(StoreSettings):
             await self._beat()  # the lease exists before any run is recorded
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"the run store cannot reach Redis: {exc!r}") from exc
+        if not self._persistence_checked:
+            self._persistence_checked = True
+            await warn_without_persistence(self.client, "RedisRunStore")
         self._queue.clear()
         self._open = True
         self._drained = anyio.Event()
@@ -324,7 +382,7 @@ class RedisRunStore(StoreSettings):
             for write in list(self._unsent.values()):
                 try:
                     await self.write(write)
-                except RunTakenOver:
+                except (RunTakenOver, RunRecordLost):
                     self._unsent.pop(write.run_id, None)
                 except StoreUnavailable:
                     break  # next time
@@ -402,6 +460,13 @@ class RedisRunStore(StoreSettings):
         kept = self._unsent.get(write.run_id)
         if kept is not None and kept.seq <= write.seq:
             del self._unsent[write.run_id]  # this write, or a newer one, landed
+        if applied == 3:
+            raise RunRecordLost(
+                f"the record of run {write.run_id} is gone from Redis (it lost writes: a "
+                "restart without persistence, a snapshot rollback, or a failover to a "
+                "replica that lacked them); this process unwinds the run itself",
+                write.run_id,
+            )
         if not applied:
             raise RunTakenOver(
                 f"run {write.run_id} was taken over by another process (this process's "
@@ -556,18 +621,27 @@ class RedisRunStore(StoreSettings):
                 async with self.client.pipeline(transaction=False) as pipe:
                     for raw in ids:
                         pipe.hmget(
-                            self._run_key(_text(raw) or ""), "record", "status", "owner", "saga"
+                            self._run_key(_text(raw) or ""),
+                            "record",
+                            "status",
+                            "owner",
+                            "saga",
+                            "quarantined",
                         )
                     rows = await pipe.execute()
             start += page
-            for raw, (data, st, owner, name) in zip(ids, rows, strict=True):
-                if data is None:
-                    continue  # expired
+            for raw, (data, st, owner, name, aside) in zip(ids, rows, strict=True):
+                if data is None or aside is not None:
+                    continue  # expired, or quarantined (see quarantined())
                 if status is not None and _text(st) != status:
                     continue
                 if saga is not None and _text(name) != saga:
                     continue
-                found.append(self._assemble(_text(raw) or "", data, st, owner, ()))
+                try:
+                    found.append(self._assemble(_text(raw) or "", data, st, owner, ()))
+                except CorruptRecord as exc:  # shown by `runs show`; recovery sets it aside
+                    _logger.warning("run_not_listed", run_id=_text(raw), error=str(exc))
+                    continue
                 if len(found) >= limit:
                     break
         return found
@@ -624,8 +698,78 @@ class RedisRunStore(StoreSettings):
             )
         if not reply:
             return None
-        data, status = reply
-        return self._assemble(run_id, data, status, self._owner, ())
+        data, status, saga, version = reply
+        if data is None:
+            raise CorruptRecord(f"run {run_id} has no record, only its index fields", run_id)
+        record = self._assemble(run_id, data, status, self._owner, ())
+        check_identity(record, run_id, _text(saga), _text(version))
+        return record
+
+    async def quarantine(self, run_id: str, reason: str) -> bool:
+        """Set aside ``run_id`` (taken by this store): out of the running set, kept with
+        ``reason`` for ``retention``; ``False`` if this store no longer owns it."""
+        now = time.time()
+        with self._bounded(f"cannot quarantine run {run_id}", run_id):
+            done = await self._quarantine(
+                keys=[
+                    self._run_key(run_id),
+                    self._events_key(run_id),
+                    self._running,
+                    self._quarantined,
+                ],
+                args=[
+                    run_id,
+                    self._owner,
+                    reason,
+                    now,
+                    max(1, round(self.retention * 1000)),
+                    now - self.retention,
+                    _MAX_QUARANTINED,
+                ],
+            )
+        if done:
+            _logger.warning("run_quarantined", run_id=run_id, reason=reason)
+        return bool(done)
+
+    async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
+        """The runs set aside by recovery, newest first."""
+        with self._bounded("cannot list quarantined runs"):
+            ids = [
+                _text(r) or "" for r in await self.client.zrevrange(self._quarantined, 0, limit - 1)
+            ]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.hmget(
+                        self._run_key(run_id),
+                        "saga",
+                        "quarantined",
+                        "quarantined_at",
+                        "quarantined_by",
+                    )
+                rows = [[_text(v) for v in row] for row in await pipe.execute()]
+        return [
+            Quarantined(
+                run_id=run_id, saga=saga, reason=reason, quarantined_at=float(at or 0), by=by
+            )
+            for run_id, (saga, reason, at, by) in zip(ids, rows, strict=True)
+            if reason is not None  # expired, or readmitted meanwhile
+        ]
+
+    async def readmit(self, run_id: str) -> None:
+        """Put a quarantined run back among the unfinished runs: the next recovery sweep
+        takes it. ``RunNotFound`` if it is not quarantined."""
+        with self._bounded(f"cannot readmit run {run_id}", run_id):
+            done = await self._readmit(
+                keys=[
+                    self._run_key(run_id),
+                    self._events_key(run_id),
+                    self._running,
+                    self._quarantined,
+                ],
+                args=[run_id],
+            )
+        if not done:
+            raise RunNotFound(f"run {run_id!r} is not quarantined in this store", run_id)
 
     async def claim_undo(self, run_id: str) -> tuple[RunRecord, bool]:
         """Take a succeeded run (or the undo of a dead owner) to undo it; the record as it

@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from .._record import RunRecord
+from .._record import Quarantined, RunRecord
 
-__all__ = ["format_run", "format_runs"]
+__all__ = ["format_quarantined", "format_run", "format_runs"]
 
 _WIDTH = 60  # characters of a result or an error shown in a table cell
 
@@ -23,6 +23,14 @@ def format_runs(records: Sequence[RunRecord]) -> str:
     rows += [
         (r.run_id, r.saga, r.status, _when(r.created_at), r.failed_step or "") for r in records
     ]
+    return _table(rows)
+
+
+def format_quarantined(runs: Sequence[Quarantined]) -> str:
+    """Runs set aside by recovery, newest first: id, saga, when, why (in full: the reason
+    says what to do)."""
+    rows = [("QUARANTINED RUN", "SAGA", "SINCE (UTC)", "REASON")]
+    rows += [(q.run_id, q.saga or "-", _when(q.quarantined_at), q.reason) for q in runs]
     return _table(rows)
 
 
