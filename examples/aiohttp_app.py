@@ -19,10 +19,13 @@ Routes:
 - ``POST /transfers``: ``{product_id, quantity, source, destination}`` runs an
   :class:`InventoryTransferSaga`.
 
-Both POSTs honour an ``Idempotency-Key`` header. A saga's failure is a problem response
-(``asaga.integrations.aiohttp.saga_errors``): 422 bad inputs, 409 failed and undone, 500
-failed and not fully undone. The store, the locks, the notifier and the idempotency
-outcomes are created once per application, in a ``cleanup_ctx``, and kept under
+Both POSTs honour an ``Idempotency-Key`` header. A body gives only the saga's inputs
+(``run_arguments`` adds the resources): a key such as ``store``, ``idempotency_key`` or
+``runs`` is refused. A failure is a problem response
+(``asaga.integrations.aiohttp.saga_errors``): 400 a body that is not a JSON object, 422
+bad inputs, 409 failed and undone, 500 failed and not fully undone, 503 (with
+``Retry-After``) Redis or a lease was unavailable. The store, the locks, the notifier and
+the idempotency outcomes are created once per application, in a ``cleanup_ctx``, and kept under
 ``web.AppKey``\\ s: in memory by default, on Redis with ``redis_url`` (every key under
 ``prefix``). ``main()`` serves with ``handler_cancellation=True``, so a client that
 disconnects mid-request cancels its saga, which compensates what it had done.
@@ -31,11 +34,9 @@ disconnects mid-request cancels its saga, which compensates what it had done.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -43,11 +44,9 @@ from aiohttp import web
 if __name__ == "__main__" and not __package__:  # `python examples/aiohttp_app.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asaga import Hook, Saga
-from asaga.integrations.aiohttp import PROBLEM_JSON, idempotent, problem_response, saga_errors
-from asaga.integrations.idempotency import (
-    Idempotency,
-)
+from asaga import Hook
+from asaga.integrations.aiohttp import idempotent, problem_response, saga_errors
+from asaga.integrations.idempotency import Idempotency
 from asaga.locks import LockProvider
 from examples.inventory import (
     Change,
@@ -58,7 +57,7 @@ from examples.inventory import (
     Product,
     UnknownProduct,
 )
-from examples.inventory.service import MalformedBody, open_services, request_inputs
+from examples.inventory.service import Services, open_services, run_arguments
 
 __all__ = [
     "HOOKS",
@@ -66,6 +65,7 @@ __all__ = [
     "LOCKS",
     "NOTIFIER",
     "SEED",
+    "SERVICES",
     "STORE",
     "create_app",
     "main",
@@ -81,6 +81,8 @@ IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 """Outcomes of requests that carried an ``Idempotency-Key``."""
 HOOKS: web.AppKey[tuple[Hook, ...]] = web.AppKey("hooks")
 """Event hooks added to every saga run of the application."""
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+"""All of the above, as the example's service layer keeps them."""
 
 SEED = (
     Product(sku="widget", inventory_count=100, reorder_point=10, max_stock_level=200),
@@ -117,8 +119,10 @@ def create_app(
             prefix=prefix,
             seed=seed,
             notifier=notifier,
+            hooks=hooks,
             idempotency_window=idempotency_window,
         ) as services:
+            app[SERVICES] = services
             app[STORE] = services.store
             app[LOCKS] = services.locks
             app[NOTIFIER] = services.notifier
@@ -132,35 +136,13 @@ def create_app(
     return app
 
 
-async def saga_inputs(
-    request: web.Request, saga: type[Saga], resources: dict[str, Any]
-) -> dict[str, Any]:
-    """The request's JSON object as ``saga``'s client inputs, plus ``resources`` (see
-    :func:`examples.inventory.service.request_inputs`). A body that is not a JSON object
-    is answered 400; a key that is not a client input 422 (InputValidationError)."""
-    try:
-        inputs = request_inputs(await request.read(), saga)
-    except MalformedBody as exc:
-        raise _bad_request(str(exc)) from None
-    return {**inputs, **resources}
-
-
-def _bad_request(detail: str) -> web.HTTPBadRequest:
-    problem = {"type": "about:blank", "title": "Malformed request body", "status": 400}
-    return web.HTTPBadRequest(
-        text=json.dumps({**problem, "detail": detail}), content_type=PROBLEM_JSON
-    )
-
-
 async def create_reservation(request: web.Request) -> web.Response:
     """``POST /reservations``: run an :class:`InventorySaga`; 201 with what it did."""
     app = request.app
 
     async def work() -> web.Response:
-        resources = {"store": app[STORE], "locks": app[LOCKS], "notifier": app[NOTIFIER]}
-        inputs = await saga_inputs(request, InventorySaga, resources)
-        hooks = app[HOOKS]
-        result = await InventorySaga.run(hooks=hooks, **inputs)
+        arguments = run_arguments(app[SERVICES], InventorySaga, await request.read())
+        result = await InventorySaga.run(**arguments)
         change: Change = result.output
         return web.json_response(
             {
@@ -181,18 +163,16 @@ async def create_transfer(request: web.Request) -> web.Response:
     app = request.app
 
     async def work() -> web.Response:
-        resources = {"store": app[STORE], "locks": app[LOCKS]}
-        inputs = await saga_inputs(request, InventoryTransferSaga, resources)
-        hooks = app[HOOKS]
-        result = await InventoryTransferSaga.run(hooks=hooks, **inputs)
+        arguments = run_arguments(app[SERVICES], InventoryTransferSaga, await request.read())
+        result = await InventoryTransferSaga.run(**arguments)
         change: Change = result.output
         return web.json_response(
             {
                 "run_id": result.run_id,
                 "reference": change.reference,
-                "product_id": inputs["product_id"],
-                "source": inputs["source"],
-                "destination": inputs["destination"],
+                "product_id": arguments["product_id"],
+                "source": arguments["source"],
+                "destination": arguments["destination"],
                 "quantity": change.quantity,
             },
             status=201,

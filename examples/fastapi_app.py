@@ -22,8 +22,11 @@ Endpoints:
 - ``GET /products/{id}`` answers the product's counts, or 404.
 
 Both POSTs honour an ``Idempotency-Key`` header and are cancelled, and their saga unwound,
-if the client disconnects. Failures are RFC 9457 problem responses: 422 bad input (no
-step ran), 409 a step failed and everything was undone, 500 an undo failed too.
+if the client disconnects. A body gives only the saga's inputs (``run_arguments`` adds
+the resources): a key such as ``store``, ``idempotency_key`` or ``runs`` is refused.
+Failures are RFC 9457 problem responses: 400 a body that is not a JSON object, 422 bad
+input (no step ran), 409 a step failed and everything was undone, 500 an undo failed
+too, 503 (with ``Retry-After``) Redis or a lease was unavailable.
 
 Everything the handlers use (store, locks, notifier, idempotency) is created once per
 application by :func:`create_app`'s lifespan and kept in ``app.state.services``.
@@ -36,13 +39,13 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from asaga import FieldError, Hook, InputValidationError, Saga
+from asaga import Hook
 from asaga.integrations.fastapi import PROBLEM_JSON, idempotent, install_error_handlers
 
 if not __package__:  # run as a script: make the repository root importable
@@ -55,7 +58,7 @@ from examples.inventory import (
     Product,
     UnknownProduct,
 )
-from examples.inventory.service import MalformedBody, Services, open_services, request_inputs
+from examples.inventory.service import Services, open_services, run_arguments
 
 __all__ = ["SEED", "Services", "create_app", "main"]
 
@@ -124,10 +127,8 @@ def create_app(
         svc = services(request)
 
         async def work() -> Response:
-            inputs = await client_inputs(request, InventorySaga)
-            result = await InventorySaga.run(
-                **inputs, store=svc.store, locks=svc.locks, notifier=svc.notifier, hooks=svc.hooks
-            )
+            arguments = run_arguments(svc, InventorySaga, await request.body())
+            result = await InventorySaga.run(**arguments)
             return JSONResponse(
                 {"run_id": result.run_id, "change": msgspec.to_builtins(result.output)},
                 status_code=201,
@@ -141,10 +142,8 @@ def create_app(
         svc = services(request)
 
         async def work() -> Response:
-            inputs = await client_inputs(request, InventoryTransferSaga)
-            result = await InventoryTransferSaga.run(
-                **inputs, store=svc.store, locks=svc.locks, hooks=svc.hooks
-            )
+            arguments = run_arguments(svc, InventoryTransferSaga, await request.body())
+            result = await InventoryTransferSaga.run(**arguments)
             return JSONResponse(
                 {"run_id": result.run_id, "change": msgspec.to_builtins(result.output)},
                 status_code=201,
@@ -153,18 +152,6 @@ def create_app(
         return await idempotent(request, svc.idempotency, work)
 
     return app
-
-
-async def client_inputs(request: Request, saga: type[Saga]) -> dict[str, Any]:
-    """The request's JSON object as the saga's client inputs (see
-    :func:`examples.inventory.service.request_inputs`); a body that is not a JSON object
-    is an InputValidationError on ``body``, answered 422 before any step runs."""
-    try:
-        return request_inputs(await request.body(), saga)
-    except MalformedBody as exc:
-        raise InputValidationError(
-            saga.__name__, [FieldError(field="body", message=str(exc))]
-        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -102,6 +102,17 @@ class Recorder:
         return [(e.kind, e.step) for e in self.events if e.kind in kinds]
 
 
+class NotificationRefused(Exception):
+    """The warehouse refused the notification: a business failure, not an outage."""
+
+
+class RefusingNotifier(Notifier):
+    """A notifier whose every ``send`` is refused (409, unlike an unreachable one)."""
+
+    async def send(self, key: str, message: str) -> None:
+        raise NotificationRefused(key)
+
+
 class BlockingNotifier(Notifier):
     """Blocks every send until the test sets ``release``; ``entered`` when one started."""
 
@@ -168,6 +179,7 @@ async def test_bad_input_is_422_and_no_step_runs() -> None:
         malformed = await http.post("/reservations", content=b"[1, 2")
         assert malformed.status_code == 400
         assert malformed.headers["content-type"].startswith("application/problem+json")
+        assert malformed.json()["type"] == "urn:asaga:problem:malformed-body"
 
         assert recorder.kinds("step_started") == []
         assert await counts(http, "widget") == (100, 0)
@@ -175,7 +187,7 @@ async def test_bad_input_is_422_and_no_step_runs() -> None:
 
 async def test_step_failure_is_409_and_undone() -> None:
     """notify fails for good: 409 naming the step and the compensations; stock as before."""
-    notifier = Notifier(failures=3)  # notify's three attempts all fail
+    notifier = RefusingNotifier()  # notify's three attempts all fail
     async with (
         serve(create_app(seed=SEED, notifier=notifier)) as (base, _),
         client(base) as http,
@@ -190,7 +202,7 @@ async def test_step_failure_is_409_and_undone() -> None:
             "InventorySaga",
             "notify",
         )
-        assert problem["cause"] == "ConnectionError"
+        assert problem["cause"] == "NotificationRefused"
         assert problem["run_id"]
         # Reverse graph order: perform is undone after its dependents.
         assert set(problem["compensated"]) == {"transaction", "replenishment", "perform"}
@@ -434,7 +446,7 @@ async def test_same_key_different_body_is_422() -> None:
 
 async def test_failed_saga_is_stored_for_the_key() -> None:
     """A 409 is an outcome like any other: the retry gets it again, runs nothing."""
-    notifier = Notifier(failures=3)
+    notifier = RefusingNotifier()
     async with (
         serve(create_app(seed=SEED, notifier=notifier)) as (base, _),
         client(base) as http,

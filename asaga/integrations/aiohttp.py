@@ -9,27 +9,38 @@
 
     async def reserve(request: web.Request) -> web.Response:
         async def work() -> web.Response:
-            result = await InventorySaga.run(**inputs, **resources)
+            inputs = await saga_inputs(request, InventorySaga)   # never **body
+            result = await InventorySaga.run(**inputs, store=store, locks=locks)
             return web.json_response({"run_id": result.run_id}, status=201)
 
         return await idempotent(request, request.app[IDEMPOTENCY], work)
 
     web.run_app(app, handler_cancellation=True)   # a client disconnect cancels the handler
 
-:func:`saga_errors` maps what ``Saga.run()`` raises to ``application/problem+json``:
+:func:`saga_inputs` takes a saga's inputs from the request's JSON object: only its
+declared, non-resource inputs; a key naming a resource or an option of ``run()``
+(``idempotency_key``, ``runs``, ``hooks``, ``run_id``) is a 422 (see
+:mod:`asaga.integrations.inputs`).
+
+:func:`saga_errors` maps what ``Saga.run()`` and the infrastructure raise to
+``application/problem+json`` (:mod:`asaga.integrations.problems` has the full table):
 
 ==========================  ======  =====================================================
 exception                   status  meaning
 ==========================  ======  =====================================================
 ``InputValidationError``    422     bad inputs; no step ran
+``MalformedBody``           400     the body is not a JSON object
 ``SagaFailed``              409     a step failed for good; every completed step was undone
 ``CompensationFailed``      500     ... and undoing failed too: a human must repair it
+infrastructure errors       503     Redis down, a lease not had, a saga that failed for
+                                    that reason: retry after ``Retry-After`` seconds
 ==========================  ======  =====================================================
 
 Bodies name ``saga``, ``run_id``, the failed ``step``, ``cause`` (the step exception's
 type name only: its message may hold internals), ``compensated`` and, for a 500,
-``failed_compensations``; a 422 names ``saga`` and ``errors`` (``[{field, message}]``).
-Problem types are ``urn:asaga:problem:<kind>``, as in :mod:`asaga.integrations.fastapi`.
+``failed_compensations``; a 422 names ``saga`` and ``errors`` (``[{field, message}]``,
+each value cut to a few hundred characters). Problem types are
+``urn:asaga:problem:<kind>``, as in :mod:`asaga.integrations.fastapi`.
 
 aiohttp cancels a handler whose client disconnected only with ``handler_cancellation=True``
 (an argument of ``web.run_app`` and ``web.AppRunner``; the default is ``False``, under
@@ -43,16 +54,18 @@ This module is the only one of asaga that imports aiohttp (extra ``asaga[aiohttp
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
-from .._exceptions import InputValidationError, SagaFailed
+from .._exceptions import IdempotencyKeyReused
+from .._saga import Saga
 from ..locks import LeaseTimeout
-from .idempotency import Idempotency, IdempotencyKeyReused, Outcome
+from .idempotency import Idempotency, Outcome
+from .inputs import decode_inputs
 from .problems import (
     IDEMPOTENCY_KEY_HEADER,
     PROBLEM_COMPENSATION_FAILED,
@@ -61,9 +74,14 @@ from .problems import (
     PROBLEM_IDEMPOTENCY_KEY_REUSED,
     PROBLEM_INVALID_INPUTS,
     PROBLEM_JSON,
+    PROBLEM_MALFORMED_BODY,
     PROBLEM_SAGA_FAILED,
+    PROBLEM_UNAVAILABLE,
     REPLAYED_HEADER,
+    RETRY_AFTER,
+    Problem,
     fingerprint,
+    is_unavailable,
     problem,
     problem_for,
 )
@@ -76,12 +94,17 @@ __all__ = [
     "PROBLEM_IDEMPOTENCY_KEY_REUSED",
     "PROBLEM_INVALID_INPUTS",
     "PROBLEM_JSON",
+    "PROBLEM_MALFORMED_BODY",
     "PROBLEM_SAGA_FAILED",
+    "PROBLEM_UNAVAILABLE",
     "REPLAYED_HEADER",
+    "error_middleware",
+    "error_response",
     "fingerprint",
     "idempotent",
     "problem_response",
     "saga_errors",
+    "saga_inputs",
 ]
 
 _ENCODER = msgspec.json.Encoder()
@@ -98,34 +121,75 @@ def problem_response(
     """An ``application/problem+json`` response (RFC 9457) with ``status`` and ``title``,
     an optional ``detail``, and ``extensions`` as extra members (encoded with msgspec, so
     structs, tuples and the like are fine)."""
-    return _response(problem(status, type, title, detail, **extensions))
+    return _response(Problem(status, problem(status, type, title, detail, **extensions)))
 
 
-def _saga_problem(exc: InputValidationError | SagaFailed) -> web.Response:
-    body = problem_for(exc)
-    assert body is not None
-    return _response(body)
-
-
-def _response(body: dict[str, Any]) -> web.Response:
+def _response(answer: Problem) -> web.Response:
     return web.Response(
-        status=body["status"], body=_ENCODER.encode(body), headers={"Content-Type": PROBLEM_JSON}
+        status=answer.status,
+        body=_ENCODER.encode(answer.body),
+        headers={"Content-Type": PROBLEM_JSON, **answer.headers},
     )
 
 
-@web.middleware
-async def saga_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Middleware: turn the exceptions of ``Saga.run()`` into problem responses.
+def error_response(exc: Exception, *, retry_after: int = RETRY_AFTER) -> web.Response:
+    """The problem response for ``exc``
+    (:func:`asaga.integrations.problems.problem_for`): 422, 400, 409, 500, or 503 with
+    ``Retry-After: retry_after`` for an unavailable infrastructure. An exception with no
+    problem answer (a bug) is re-raised."""
+    answer = problem_for(exc, retry_after=retry_after)
+    if answer is None:
+        raise exc
+    return _response(answer)
 
-    ``InputValidationError`` becomes 422, ``SagaFailed`` 409 (the failure was fully
-    undone: the request conflicts with the state of the world), ``CompensationFailed``
-    500 (checked first: something was left in place and needs a human). Anything else,
-    cancellation included, passes through untouched.
+
+def error_middleware(*, retry_after: int = RETRY_AFTER) -> Middleware:
+    """A middleware like :func:`saga_errors`, whose 503s carry ``Retry-After:
+    retry_after``."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            answer = problem_for(exc, retry_after=retry_after)
+            if answer is None:
+                raise  # a bug, or aiohttp's own HTTPException responses
+            return _response(answer)
+
+    return errors
+
+
+saga_errors: Middleware = error_middleware()
+"""Middleware: turn the exceptions of ``Saga.run()`` and of the infrastructure into
+problem responses.
+
+``InputValidationError`` becomes 422, ``MalformedBody`` 400, ``SagaFailed`` 409 (the
+failure was fully undone: the request conflicts with the state of the world),
+``CompensationFailed`` 500 (something was left in place and needs a human), an
+unavailable infrastructure (Redis unreachable, a run store or a lease that could not be
+had, a ``SagaFailed`` caused by one of those) 503 with ``Retry-After`` (5 s; build
+another with :func:`error_middleware`). Anything else, aiohttp's ``HTTPException``
+responses and cancellation included, passes through untouched.
+"""
+
+
+async def saga_inputs(
+    request: web.Request, saga: type[Saga], *, fields: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The request's JSON object as keyword arguments for ``saga.run()``: only the saga's
+    declared, non-resource inputs (narrowed to ``fields`` if given).
+
+    A key naming a resource, an option of ``run()`` (``idempotency_key``, ``runs``,
+    ``hooks``, ``run_id``) or anything else is an :class:`~asaga.InputValidationError`
+    (422, naming each such key); a body that is not a JSON object a
+    :class:`~asaga.integrations.inputs.MalformedBody` (400). See
+    :func:`asaga.integrations.inputs.request_inputs`. Add the resources yourself::
+
+        inputs = await saga_inputs(request, InventorySaga)
+        await InventorySaga.run(**inputs, store=request.app[STORE])
     """
-    try:
-        return await handler(request)
-    except (InputValidationError, SagaFailed) as exc:
-        return _saga_problem(exc)
+    return decode_inputs(saga, await request.read(), fields=fields)
 
 
 def _key(request: web.Request) -> str | None:
@@ -160,6 +224,8 @@ async def idempotent(
     request: web.Request,
     idempotency: Idempotency,
     work: Callable[[], Awaitable[web.Response]],
+    *,
+    retry_after: int = RETRY_AFTER,
 ) -> web.Response:
     """Run ``work`` at most once per ``Idempotency-Key`` header; replay its response.
 
@@ -179,13 +245,17 @@ async def idempotent(
       duplicate that waited longer than ``idempotency.wait`` for the first one 409
       (``idempotency-key-in-use``).
 
-    asaga's failures inside ``work`` (``InputValidationError``, ``SagaFailed``,
-    ``CompensationFailed``) become their problem responses (as :func:`saga_errors` makes
-    them) and are stored like any outcome: a retry of a failed request gets the same
-    answer, not a second attempt. Any other exception, and a cancelled ``work`` (the
-    client went away, with ``handler_cancellation=True``), store nothing: a retry runs
-    ``work`` again. ``work`` must return a ``web.Response`` whose body is in memory
-    (``json_response``, ``text=``, ``body=bytes``), not a streamed payload.
+    asaga's failures inside ``work`` (``InputValidationError``, ``MalformedBody``,
+    ``SagaFailed``, ``CompensationFailed``) become their problem responses (as
+    :func:`saga_errors` makes them) and are stored like any outcome: a retry of a failed
+    request gets the same answer, not a second attempt. An unavailable infrastructure
+    (Redis down, for the outcome store, the key's lease or the work's saga; see
+    :func:`~asaga.integrations.problems.is_unavailable`) is answered 503 with
+    ``Retry-After: retry_after`` and **not** stored: a retry with the key runs again. Any
+    other exception, and a cancelled ``work`` (the client went away, with
+    ``handler_cancellation=True``), store nothing either: a retry runs ``work`` again.
+    ``work`` must return a ``web.Response`` whose body is in memory (``json_response``,
+    ``text=``, ``body=bytes``), not a streamed payload.
     """
     key = _key(request)
     if key is None:
@@ -204,24 +274,19 @@ async def idempotent(
     async def produce() -> Outcome:
         try:
             response = await work()
-        except (InputValidationError, SagaFailed) as exc:
-            response = _saga_problem(exc)
+        except Exception as exc:
+            answer = problem_for(exc, retry_after=retry_after)
+            if answer is None or is_unavailable(exc):
+                raise  # not an outcome: nothing is stored, a retry runs again
+            response = _response(answer)
         first.append(response)
         return _outcome(response)
 
     try:
         outcome, replayed = await idempotency.run(key, request_print, produce)
-    except IdempotencyKeyReused as exc:
-        return problem_response(
-            422,
-            "Idempotency key reused",
-            type=PROBLEM_IDEMPOTENCY_KEY_REUSED,
-            detail=str(exc),
-            key=exc.key,
-        )
     except LeaseTimeout as exc:
         if f"idempotency:{key}" not in exc.keys:
-            raise  # the work's own lease, not the wait for a duplicate
+            return error_response(exc, retry_after=retry_after)  # the work's own lease
         return problem_response(
             409,
             "Idempotency key in use",
@@ -230,6 +295,10 @@ async def idempotent(
             "retry later",
             key=key,
         )
+    except Exception as exc:
+        if isinstance(exc, IdempotencyKeyReused) or is_unavailable(exc):
+            return error_response(exc, retry_after=retry_after)
+        raise
     if not replayed and first:
         return first[0]
     return web.Response(

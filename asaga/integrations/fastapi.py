@@ -8,15 +8,22 @@
     @app.post("/reservations")
     async def reserve(request: Request) -> Response:
         async def work() -> Response:
+            inputs = await saga_inputs(request, InventorySaga)   # never **body
             result = await InventorySaga.run(**inputs, store=store, ...)
             return JSONResponse({"run_id": result.run_id}, status_code=201)
 
         return await idempotent(request, idempotency, work)
 
+- :func:`saga_inputs` takes a saga's inputs from the request's JSON object: only its
+  declared, non-resource inputs; a key naming a resource or an option of ``run()``
+  (``idempotency_key``, ``runs``, ``hooks``, ``run_id``) is a 422 (see
+  :mod:`asaga.integrations.inputs`).
 - :func:`install_error_handlers` maps :class:`~asaga.InputValidationError` to 422,
-  :class:`~asaga.SagaFailed` to 409 and :class:`~asaga.CompensationFailed` to 500, each
-  with an RFC 9457 ``application/problem+json`` body naming the saga, the run, the failed
-  step and what was compensated (see :func:`problem_response`).
+  :class:`~asaga.SagaFailed` to 409, :class:`~asaga.CompensationFailed` to 500 and an
+  unavailable infrastructure (Redis down, a lease that could not be had) to 503 with
+  ``Retry-After``, each with an RFC 9457 ``application/problem+json`` body naming the
+  saga, the run, the failed step and what was compensated (see :func:`problem_response`
+  and :mod:`asaga.integrations.problems`).
 - :func:`run_until_disconnect` cancels the work when the client goes away: uvicorn does
   not cancel a handler on disconnect, it only reports ``http.disconnect`` to ``receive``.
   A cancelled saga unwinds (shielded) before the cancellation ends the work.
@@ -29,7 +36,7 @@ FastAPI is imported by this module only (extra ``asaga[fastapi]``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
@@ -37,14 +44,25 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from .._exceptions import AsagaError, InputValidationError, SagaFailed
+from .._exceptions import (
+    AsagaError,
+    IdempotencyKeyReused,
+    InputValidationError,
+    SagaFailed,
+)
+from .._saga import Saga
 from ..locks import LeaseTimeout
-from .idempotency import Idempotency, IdempotencyKeyReused, Outcome
+from .idempotency import Idempotency, Outcome
+from .inputs import MalformedBody, decode_inputs
 from .problems import (
     IDEMPOTENCY_KEY_HEADER,
     PROBLEM_JSON,
     REPLAYED_HEADER,
+    RETRY_AFTER,
+    Problem,
     fingerprint,
+    infrastructure_errors,
+    is_unavailable,
     problem,
     problem_for,
 )
@@ -59,6 +77,7 @@ __all__ = [
     "install_error_handlers",
     "problem_response",
     "run_until_disconnect",
+    "saga_inputs",
 ]
 
 T = TypeVar("T")
@@ -89,38 +108,78 @@ def _problem(status: int, kind: str, title: str, detail: str, **members: Any) ->
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
-def problem_response(exc: AsagaError) -> Response:
-    """The RFC 9457 ``application/problem+json`` response for one of asaga's errors.
+def _response(answer: Problem) -> JSONResponse:
+    return JSONResponse(
+        answer.body,
+        status_code=answer.status,
+        media_type=PROBLEM_JSON,
+        headers=dict(answer.headers),
+    )
 
-    The mapping is :func:`asaga.integrations.problems.problem_for`'s (422 for bad input,
-    409 for a failed and undone saga, 500 when its undo failed, 422 for a reused
-    idempotency key); :class:`ClientDisconnected` gives 499. Any other error is
-    re-raised.
+
+def problem_response(exc: Exception, *, retry_after: int = RETRY_AFTER) -> Response:
+    """The RFC 9457 ``application/problem+json`` response for ``exc``.
+
+    The mapping is :func:`asaga.integrations.problems.problem_for`'s: 422 for bad input,
+    400 for a body that is not a JSON object, 409 for a failed and undone saga, 500 when
+    its undo failed, 422 for a reused idempotency key, 503 with ``Retry-After:
+    retry_after`` for an unavailable infrastructure (Redis down, a lease that could not be
+    had, a saga that failed for that reason); :class:`ClientDisconnected` gives 499. Any
+    other error is re-raised.
     """
-    body = problem_for(exc)
-    if body is not None:
-        return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON)
+    answer = problem_for(exc, retry_after=retry_after)
+    if answer is not None:
+        return _response(answer)
     if isinstance(exc, ClientDisconnected):
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     raise exc
 
 
-async def _handle(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, AsagaError):  # pragma: no cover - registered for AsagaErrors only
-        raise exc
-    return problem_response(exc)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer asaga's errors raised by ``app``'s handlers with :func:`problem_response`.
+def install_error_handlers(app: FastAPI, *, retry_after: int = RETRY_AFTER) -> None:
+    """Answer the errors raised by ``app``'s handlers with :func:`problem_response`.
 
     Registers exception handlers for :class:`~asaga.InputValidationError`,
-    :class:`~asaga.SagaFailed` (which covers :class:`~asaga.CompensationFailed`),
-    :class:`~asaga.integrations.idempotency.IdempotencyKeyReused` and
-    :class:`ClientDisconnected`.
+    :class:`~asaga.integrations.inputs.MalformedBody`, :class:`~asaga.SagaFailed` (which
+    covers :class:`~asaga.CompensationFailed`),
+    :class:`~asaga.IdempotencyKeyReused`, :class:`ClientDisconnected`, and the
+    infrastructure errors (:class:`~asaga.StoreUnavailable`,
+    :class:`~asaga.locks.LeaseError`, ``redis.exceptions.ConnectionError`` and
+    ``TimeoutError``, ``OSError``), answered 503 with ``Retry-After: retry_after``. An
+    ``OSError`` of the file system (``FileNotFoundError``...) is not one: it is re-raised
+    to Starlette, which answers 500.
     """
-    for kind in (InputValidationError, SagaFailed, IdempotencyKeyReused, ClientDisconnected):
-        app.add_exception_handler(kind, _handle)
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        return problem_response(exc, retry_after=retry_after)
+
+    kinds: tuple[type[Exception], ...] = (
+        InputValidationError,
+        MalformedBody,
+        SagaFailed,
+        IdempotencyKeyReused,
+        ClientDisconnected,
+        *infrastructure_errors(),
+    )
+    for kind in kinds:
+        app.add_exception_handler(kind, handle)
+
+
+async def saga_inputs(
+    request: Request, saga: type[Saga], *, fields: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The request's JSON object as keyword arguments for ``saga.run()``: only the saga's
+    declared, non-resource inputs (narrowed to ``fields`` if given).
+
+    A key naming a resource, an option of ``run()`` (``idempotency_key``, ``runs``,
+    ``hooks``, ``run_id``) or anything else is an :class:`~asaga.InputValidationError`
+    (422, naming each such key); a body that is not a JSON object a
+    :class:`~asaga.integrations.inputs.MalformedBody` (400). See
+    :func:`asaga.integrations.inputs.request_inputs`. Add the resources yourself::
+
+        inputs = await saga_inputs(request, InventorySaga)
+        await InventorySaga.run(**inputs, store=store, locks=locks)
+    """
+    return decode_inputs(saga, await _read_body(request), fields=fields)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -186,6 +245,8 @@ async def idempotent(
     request: Request,
     idempotency: Idempotency,
     work: Callable[[], Awaitable[Response]],
+    *,
+    retry_after: int = RETRY_AFTER,
 ) -> Response:
     """Run ``work`` at most once per ``Idempotency-Key`` and replay its response.
 
@@ -202,10 +263,14 @@ async def idempotent(
       than ``Idempotency.wait`` for the first one 409 (``idempotency-key-in-use``).
 
     asaga's failures inside ``work`` (:class:`~asaga.InputValidationError`,
-    :class:`~asaga.SagaFailed`, :class:`~asaga.CompensationFailed`) are turned into
-    :func:`problem_response` responses and stored like any outcome, so a retry of a failed
-    request gets the same answer rather than a second attempt. Other exceptions, and a
-    cancelled ``work``, store nothing: a retry runs again.
+    :class:`~asaga.integrations.inputs.MalformedBody`, :class:`~asaga.SagaFailed`,
+    :class:`~asaga.CompensationFailed`) are turned into :func:`problem_response` responses
+    and stored like any outcome, so a retry of a failed request gets the same answer
+    rather than a second attempt. An unavailable infrastructure (Redis down, for the
+    outcome store, the key's lease or the work's saga; see
+    :func:`~asaga.integrations.problems.is_unavailable`) is answered 503 with
+    ``Retry-After: retry_after`` and **not** stored: a retry with the key runs again.
+    Other exceptions, and a cancelled ``work``, store nothing either, and propagate.
 
     Everything runs under :func:`run_until_disconnect`: if the client goes away, ``work``
     is cancelled (its saga unwinds), nothing is stored and :class:`ClientDisconnected` is
@@ -234,8 +299,11 @@ async def idempotent(
         started.append(True)
         try:
             response = await work()
-        except (InputValidationError, SagaFailed) as exc:
-            response = problem_response(exc)
+        except Exception as exc:
+            answer = problem_for(exc, retry_after=retry_after)
+            if answer is None or is_unavailable(exc):
+                raise  # not an outcome: nothing is stored, a retry runs again
+            response = _response(answer)
         first.append(response)
         return _outcome(response)
 
@@ -244,17 +312,19 @@ async def idempotent(
 
     try:
         outcome, replayed = await run_until_disconnect(request, run)
-    except IdempotencyKeyReused as exc:
-        return problem_response(exc)
-    except LeaseTimeout:
+    except LeaseTimeout as exc:
         if started:  # raised by work itself, not by the wait for a duplicate
-            raise
+            return problem_response(exc, retry_after=retry_after)
         return _problem(
             409,
             "idempotency-key-in-use",
             "Idempotency key in use",
             f"a request with this {IDEMPOTENCY_HEADER} is still being processed; retry later",
         )
+    except Exception as exc:
+        if isinstance(exc, IdempotencyKeyReused) or is_unavailable(exc):
+            return problem_response(exc, retry_after=retry_after)
+        raise
     if not replayed and first:
         return first[0]
     return Response(

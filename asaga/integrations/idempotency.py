@@ -11,6 +11,12 @@ the release, no polling) and then finds the stored outcome; a later one finds it
 A request whose work is cancelled (the client went away) or crashes stores nothing, so a
 retry runs the work again. A key reused with a different request (another fingerprint)
 is refused with :class:`IdempotencyKeyReused`.
+
+If the store or the locks cannot be reached (Redis down), :meth:`Idempotency.run` raises
+their error before running anything (the web integrations answer 503). If the store
+fails only when the finished work's outcome is being stored, the outcome is returned all
+the same and the loss is logged (``idempotency_outcome_not_stored``): the work ran, and a
+503 would invite a retry that runs it again.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from typing import Any, Protocol
 
 import anyio
 import msgspec
+import structlog
 
 from .._exceptions import IdempotencyKeyReused
 from ..locks import LockProvider
+from .problems import is_unavailable
 
 __all__ = [
     "Idempotency",
@@ -33,6 +41,8 @@ __all__ = [
     "OutcomeStore",
     "RedisOutcomeStore",
 ]
+
+_logger = structlog.get_logger("asaga")
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +117,7 @@ class Idempotency:
     ``locks`` serialises requests with the same key (use the service's
     ``RedisLockProvider`` when several processes serve it); ``lease_ttl`` bounds how long
     a crashed request keeps its key locked; ``wait`` how long a duplicate waits for the
-    first one to finish.
+    first one to finish; ``put_timeout`` how long storing an outcome may take.
     """
 
     def __init__(
@@ -118,6 +128,7 @@ class Idempotency:
         window: float = 24 * 3600.0,
         lease_ttl: float = 30.0,
         wait: float = 60.0,
+        put_timeout: float = 10.0,
     ) -> None:
         if not window > 0:
             raise ValueError(f"window must be > 0 seconds, got {window!r}")
@@ -126,6 +137,7 @@ class Idempotency:
         self.window = window
         self.lease_ttl = lease_ttl
         self.wait = wait
+        self.put_timeout = put_timeout
 
     async def run(
         self, key: str, fingerprint: str, work: Callable[[], Awaitable[Outcome]]
@@ -142,8 +154,20 @@ class Idempotency:
                     outcome = msgspec.structs.replace(outcome, fingerprint=fingerprint)
                     # Shielded (bounded): once the work is done, a client that goes away now
                     # must not leave it unrecorded, or a retry would run it again.
-                    with anyio.CancelScope(shield=True), anyio.fail_after(10.0):
-                        await self.store.put(key, outcome, self.window)
+                    try:
+                        with anyio.CancelScope(shield=True), anyio.fail_after(self.put_timeout):
+                            await self.store.put(key, outcome, self.window)
+                    except Exception as exc:
+                        if not is_unavailable(exc):
+                            raise
+                        # The work is done: its own answer is worth more than a 503, which
+                        # would invite a retry that runs it again. Said loudly instead.
+                        _logger.warning(
+                            "idempotency_outcome_not_stored",
+                            key=key,
+                            status=outcome.status,
+                            error=type(exc).__name__,
+                        )
                     return outcome, False
         if stored.fingerprint and fingerprint and stored.fingerprint != fingerprint:
             raise IdempotencyKeyReused(key)

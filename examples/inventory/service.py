@@ -2,8 +2,11 @@
 
 - :func:`open_services` creates the store, lock provider, notifier and idempotency of one
   application (in memory, or on Redis), seeds products, and closes everything at exit;
-- :func:`request_inputs` turns a request body into a saga's inputs, accepting only the
-  inputs a client may give (never a resource such as ``store`` or a run option).
+- :func:`run_arguments` turns a request body into the keyword arguments of a saga's
+  ``run()``: the inputs a client may give, taken by
+  :func:`asaga.integrations.inputs.decode_inputs` (never a resource such as ``store``,
+  nor an option of ``run()`` such as ``idempotency_key`` or ``runs``), plus the
+  application's resources and hooks.
 """
 
 from __future__ import annotations
@@ -13,18 +16,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-import msgspec
-
-from asaga import FieldError, Hook, InputValidationError, Saga
+from asaga import Hook, Saga
 from asaga.integrations.idempotency import (
     Idempotency,
     MemoryOutcomeStore,
     OutcomeStore,
     RedisOutcomeStore,
 )
+from asaga.integrations.inputs import decode_inputs
 from asaga.locks import LockProvider
 
-from .sagas import InventorySaga, InventoryTransferSaga, Notifier
+from .sagas import Notifier
 from .store import (
     InventoryStore,
     MemoryInventoryStore,
@@ -33,7 +35,7 @@ from .store import (
     UnknownProduct,
 )
 
-__all__ = ["CLIENT_INPUTS", "MalformedBody", "Services", "open_services", "request_inputs"]
+__all__ = ["Services", "open_services", "run_arguments"]
 
 
 @dataclass(frozen=True)
@@ -103,45 +105,24 @@ async def open_services(
         )
 
 
-CLIENT_INPUTS: dict[type[Saga], tuple[str, ...]] = {
-    InventorySaga: ("product_id", "quantity", "operation"),
-    InventoryTransferSaga: ("product_id", "quantity", "source", "destination"),
-}
-"""The inputs a client may give each saga (the others are resources, injected)."""
+def run_arguments(services: Services, saga: type[Saga], body: bytes) -> dict[str, Any]:
+    """The keyword arguments of ``saga.run()`` for a request whose body is ``body``.
 
-
-class MalformedBody(ValueError):
-    """The request body is not a JSON object."""
-
-
-def request_inputs(body: bytes, saga: type[Saga]) -> dict[str, Any]:
-    """A request body (a JSON object) as ``saga``'s client inputs.
-
-    Raises :class:`MalformedBody` if it is not a JSON object, and InputValidationError (a
-    422, before any step) for a key naming one of the saga's injected inputs (``store``)
-    or a run option (``hooks``, ``run_id``): a client cannot swap those. Every other key
-    goes to the saga, which validates the values and reports unknown keys together with
-    the other bad fields.
+    The client's part comes from :func:`asaga.integrations.inputs.decode_inputs`: only
+    the saga's declared, non-resource inputs; a key naming a resource (``store``), an
+    option of ``run()`` (``idempotency_key``, ``runs``, ``hooks``, ``run_id``) or
+    anything else is an ``InputValidationError`` (422) and a body that is not a JSON
+    object a ``MalformedBody`` (400), both before any step runs. The saga's resources
+    (``store``, ``locks``, ``notifier``, whichever it declares) and the application's
+    hooks are added here, from ``services``.
     """
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedBody("the body must be a JSON object")
-    allowed = CLIENT_INPUTS[saga]
+    inputs = decode_inputs(saga, body)
     spec = saga.__asaga__
-    injected = set(spec.plan.inputs) - set(allowed) if spec is not None else set()
-    refused = [name for name in data if name in injected or name in _RUN_OPTIONS]
-    if refused:
-        raise InputValidationError(
-            saga.__name__,
-            [
-                FieldError(field=name, message=f"not accepted from a request; give {list(allowed)}")
-                for name in refused
-            ],
-        )
-    return data
-
-
-_RUN_OPTIONS = frozenset({"hooks", "run_id"})
+    assert spec is not None
+    available = {"store": services.store, "locks": services.locks, "notifier": services.notifier}
+    resources = {
+        name: available[name]
+        for name, input_ in spec.plan.inputs.items()
+        if input_.resource and name in available
+    }
+    return {**inputs, **resources, "hooks": services.hooks}

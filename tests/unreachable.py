@@ -1,0 +1,82 @@
+"""Redis that is really unreachable, for the tests of infrastructure errors (no mocks).
+
+- :func:`closed_port` is a loopback port nothing listens on: connecting is refused;
+- :func:`throwaway_redis` starts a ``redis-server`` of the test's own (no persistence) on a
+  free loopback port; the test kills it (by its PID, :meth:`RedisServer.kill`) to take
+  Redis away from an application that was using it.
+"""
+
+from __future__ import annotations
+
+import selectors
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+__all__ = ["RedisServer", "closed_port", "throwaway_redis"]
+
+
+def closed_port() -> int:
+    """A loopback TCP port that was free a moment ago and has no listener."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A ``redis-server`` process this test owns."""
+
+    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def kill(self) -> None:
+        """SIGKILL the server (this process only, by PID) and wait until it is gone."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@contextmanager
+def throwaway_redis() -> Iterator[RedisServer]:
+    """Start a ``redis-server`` on a free loopback port; kill it at the end."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail("redis-server is not installed")
+    port = closed_port()
+    process = subprocess.Popen(
+        [
+            *(executable, "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = RedisServer(process, port)
+    try:
+        assert process.stdout is not None
+        # Wait for its "Ready to accept connections" line (bounded), not by polling a port.
+        deadline = time.monotonic() + 10
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    pytest.fail("redis-server did not start within 10 s")
+                line = process.stdout.readline()
+                if not line:
+                    pytest.fail(f"redis-server exited with {process.wait()}")
+                if "Ready to accept connections" in line:
+                    break
+        yield server
+    finally:
+        server.kill()
+        if process.stdout is not None:
+            process.stdout.close()
