@@ -288,3 +288,35 @@ async def test_contender_arriving_during_a_release_is_not_stranded() -> None:
     assert got == [2]
     async with leases.lease(["k"], ttl=5.0, wait=0):  # and the key is not stuck
         pass
+
+
+async def test_per_key_state_is_dropped_when_nobody_holds_or_waits() -> None:
+    """Leases on many distinct keys, released, expired or waited for in vain, leave no
+    per-key state behind; tokens still rise per key, and an earlier holder is no longer
+    current."""
+    locks = MemoryLockProvider()
+    backend = locks._backend
+    for n in range(300):
+        async with locks.lease(f"idempotency:{n}", ttl=5.0):
+            pass
+    async with locks.lease("k", ttl=5.0) as first:  # a waiter that gives up
+        with pytest.raises(LeaseTimeout):
+            async with locks.lease("k", ttl=5.0, wait=0.01):
+                pass
+
+    async def stall_past_the_ttl() -> None:
+        async with locks.lease("lost", ttl=0.05):
+            time.sleep(0.1)  # noqa: ASYNC251 - the lease expires meanwhile
+            await anyio.sleep(10)
+
+    with pytest.raises(LeaseLost):
+        await stall_past_the_ttl()
+    kept = {name: value for name, value in vars(backend).items() if isinstance(value, dict)}
+    assert kept
+    assert {name: value for name, value in kept.items() if value} == {}
+    assert locks._leases._queues == {}
+
+    async with locks.lease("k", ttl=5.0) as second:
+        assert second.token > first.token
+        assert locks.is_current(second)
+        assert not locks.is_current(first)

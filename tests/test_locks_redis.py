@@ -328,3 +328,75 @@ async def test_errors_inside_the_provider_block_are_not_wrapped(client: aioredis
     with pytest.raises(KeyError):
         async with RedisLockProvider(client, prefix="unused-wrap:"):
             raise KeyError("mine")
+
+
+async def test_every_key_the_provider_writes_expires(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """300 distinct Idempotency-Keys, each leased once and released, leave no key without
+    a TTL under the provider's prefix; neither do a contended key (``want:``) nor a
+    refused stale write (``stale:``). Nothing the lock provider writes lives forever."""
+    from asaga.integrations.idempotency import Idempotency, Outcome, RedisOutcomeStore
+
+    prefix = f"{redis_prefix}locks:"
+
+    async def work() -> Outcome:
+        return Outcome(status=201, body=b"{}")
+
+    async with (
+        RedisLockProvider(client, prefix=prefix) as locks,
+        RedisLockProvider(client, prefix=prefix) as other,
+    ):
+        idem = Idempotency(RedisOutcomeStore(client, prefix=f"{redis_prefix}idem:"), locks)
+        for n in range(300):
+            await idem.run(f"key-{n}", "request", work)
+
+        async with locks.lease("hot", ttl=5.0) as stale:
+            with pytest.raises(LeaseTimeout):  # marks the key as wanted by another process
+                await _hold_briefly(other, "hot")
+        async with other.lease("hot", ttl=5.0):
+            with pytest.raises(StaleWrite):  # counted under stale:{hot}
+                await locks.fenced(stale, ("SET", f"{prefix}data:{{hot}}", 1))
+
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+    written = {key.decode().removeprefix(prefix).split(":")[0] for key in keys}
+    assert {"want", "stale"} <= written
+    no_ttl = [key for key in keys if await client.pttl(key) == -1]
+    assert no_ttl == []
+
+
+async def test_tokens_keep_rising_when_the_fence_counter_is_gone(
+    locks: RedisLockProvider, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """The per-key counter expires some time after the last grant (or is lost): the next
+    grant's token is still larger than every earlier one, and the earlier holder's write
+    is still refused."""
+    async with locks.lease("k", ttl=5.0) as first:
+        pass
+    await client.delete(f"{redis_prefix}fence:{{k}}")  # as if it had expired
+    async with locks.lease("k", ttl=5.0) as second:
+        assert second.token > first.token
+        with pytest.raises(StaleWrite):
+            await locks.fenced(first, ("SET", f"{redis_prefix}data:{{k}}", 1))
+
+
+async def test_a_head_leaves_no_per_key_state_behind(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A head that waited in vain for a key another process held (``LeaseTimeout``), and
+    saw no release notification afterwards (the holder released it after the key's
+    ``want:`` mark expired), leaves no waiting state in the provider: its bookkeeping does
+    not grow per distinct key."""
+    async with (
+        RedisLockProvider(client, prefix=redis_prefix) as holder,
+        RedisLockProvider(client, prefix=redis_prefix) as waiter,
+    ):
+        for n in range(20):
+            key = f"k{n}"
+            async with holder.lease(key, ttl=30.0):
+                with pytest.raises(LeaseTimeout):
+                    async with waiter.lease(key, ttl=5.0, wait=0.01):
+                        pass
+                await client.delete(f"{redis_prefix}want:{{{key}}}")  # as if expired
+        assert waiter._backend.waiting == {}
+        assert waiter._leases._queues == {}

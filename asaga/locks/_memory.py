@@ -14,25 +14,37 @@ __all__ = ["MemoryLockProvider"]
 
 
 class _MemoryBackend:
-    """Holders and fencing counters in dicts; expiry by the event loop's clock."""
+    """Holders in a dict, expiry by the event loop's clock.
+
+    Per-key state lives only while someone holds or waits for the key, so a provider used
+    with many distinct keys does not grow. Tokens still rise per key: a new grant's token
+    is above ``floor``, the largest token of any key since freed (and above the token it
+    replaces, on a handoff).
+    """
 
     block = 1  # handoffs are as cheap as local ones: no token blocks needed
 
     def __init__(self) -> None:
         self.holders: dict[str, tuple[int, float]] = {}  # key -> (token, expires at)
-        self.fences: dict[str, int] = {}
-        self.released: dict[str, anyio.Event] = {}
+        self.released: dict[str, anyio.Event] = {}  # key -> its head's wake-up
+        self.floor = 0
 
     def _holder(self, key: str) -> tuple[int, float] | None:
         held = self.holders.get(key)
         if held is not None and held[1] <= anyio.current_time():
-            del self.holders[key]  # expired
+            self._free(key)  # expired
             return None
         return held
 
-    def _grant(self, key: str, ttl: float) -> int:
-        token = self.fences.get(key, 0) + 1
-        self.fences[key] = token
+    def _free(self, key: str) -> None:
+        token, _ = self.holders.pop(key)
+        self.floor = max(self.floor, token)
+        event = self.released.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def _grant(self, key: str, ttl: float, after: int = 0) -> int:
+        token = max(after, self.floor) + 1
         self.holders[key] = (token, anyio.current_time() + ttl)
         return token
 
@@ -55,26 +67,30 @@ class _MemoryBackend:
     async def release(self, key: str, token: int) -> None:
         held = self._holder(key)
         if held is not None and held[0] == token:
-            del self.holders[key]
-            event = self.released.pop(key, None)
-            if event is not None:
-                event.set()
+            self._free(key)
 
     async def handoff(self, key: str, token: int, ttl: float, streak: int) -> int:
         held = self._holder(key)
         if held is None or held[0] != token:
             return 0
-        return self._grant(key, ttl)
+        return self._grant(key, ttl, after=token)
 
     async def wait_released(self, key: str) -> None:
         event = self.released.get(key)
         if event is None:
             event = self.released[key] = anyio.Event()
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            # One head per key waits (single flight): once it leaves, however it leaves,
+            # nothing of the key stays behind.
+            if self.released.get(key) is event:
+                del self.released[key]
 
     def current_token(self, key: str) -> int:
-        """The newest token granted for ``key`` (0 if never)."""
-        return self.fences.get(key, 0)
+        """The token of the lease holding ``key`` (0 if nobody holds it)."""
+        held = self._holder(key)
+        return 0 if held is None else held[0]
 
 
 class MemoryLockProvider:
@@ -103,6 +119,7 @@ class MemoryLockProvider:
         return self._leases.lease(keys, ttl=ttl, wait=wait)
 
     def is_current(self, lease: Lease, key: str | None = None) -> bool:
-        """Whether ``lease``'s token for ``key`` is still the newest granted (fencing)."""
+        """Whether ``lease`` still holds ``key``: its token is the newest granted, and has
+        not expired or been released (fencing)."""
         key = lease.key if key is None else key
         return self._backend.current_token(key) == lease.tokens[key]

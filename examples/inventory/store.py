@@ -599,9 +599,10 @@ _APPLY = (
 int_arg(1, 'd_inventory', -MAX_QUANTITY, MAX_QUANTITY)
 int_arg(2, 'd_reserved', -MAX_QUANTITY, MAX_QUANTITY)
 int_arg(3, 'token', 1, MAX_TOKEN)
-local newest = tonumber(redis.call('get', KEYS[2]) or '0')
-if tonumber(ARGV[3]) < newest then
+local newest = redis.call('get', KEYS[2])
+if not newest or tonumber(ARGV[3]) < tonumber(newest) then  -- no holder, or a newer one
   redis.call('incr', KEYS[3])
+  redis.call('pexpire', KEYS[3], 86400000)
   return redis.error_reply('STALE_WRITE')
 end
 local refused = change(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
