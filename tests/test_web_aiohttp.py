@@ -11,27 +11,33 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
-from asaga import CompensationFailed, Event
+from asaga import CompensationFailed, Event, Resource, Saga, step
 from asaga.integrations.aiohttp import (
     PROBLEM_COMPENSATION_FAILED,
     PROBLEM_IDEMPOTENCY_KEY_REUSED,
     PROBLEM_INVALID_INPUTS,
     PROBLEM_SAGA_FAILED,
+    PROBLEM_UNAVAILABLE,
+    error_middleware,
     idempotent,
     saga_errors,
+    saga_inputs,
 )
 from asaga.integrations.idempotency import Idempotency, MemoryOutcomeStore
 from asaga.locks import MemoryLockProvider
 from examples.aiohttp_app import STORE, create_app
 from examples.inventory import Notifier, Product
+
+from .unreachable import closed_port, throwaway_redis
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quiet_logs")]
 
@@ -471,3 +477,176 @@ async def test_failed_saga_is_stored_for_the_key() -> None:
             "/reservations", json=reservation(), headers={"Idempotency-Key": "k" * 256}
         )
         assert too_long.status_code == 400
+
+
+# -- what a request may give (issue 12, item 8) --------------------------------------------
+
+
+async def test_run_options_and_resources_in_the_body_are_refused() -> None:
+    """A body naming an option of run() or a resource is a 422 naming it, before any
+    step: a client can neither replay another client's run through its
+    ``idempotency_key`` nor make the run durable (``runs`` was a 500)."""
+    recorder = Recorder()
+    async with (
+        serve(create_app(seed=SEED, hooks=[recorder])) as (base, _),
+        client(base) as http,
+    ):
+        for key in ("idempotency_key", "runs", "hooks", "run_id", "store", "locks", "notifier"):
+            for _ in range(2):  # a second client with the same key replays nothing
+                response = await http.post("/reservations", json={**reservation(), key: "x"})
+                assert response.status_code == 422, (key, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                assert [e["field"] for e in response.json()["errors"]] == [key]
+        assert recorder.kinds("step_started") == []
+        assert await counts(http, "widget") == (100, 0)
+
+
+class Bump(Saga):
+    """One INCR on a Redis the application points at (the test takes it away)."""
+
+    key: str
+    client: Resource[Any]
+
+    @step
+    async def bump(key: str, client: Any) -> int:
+        return int(await client.incr(key))
+
+
+REDIS: web.AppKey[dict[str, Any]] = web.AppKey("redis", dict)
+"""``{"client": ...}``: the Redis client Bump uses (mutable: the test switches it)."""
+
+
+def bump_app(idempotency: Idempotency) -> web.Application:
+    """POST /bumps runs Bump on ``app[REDIS]["client"]`` with the integration's helpers."""
+
+    async def bumps(request: web.Request) -> web.Response:
+        async def work() -> web.Response:
+            inputs = await saga_inputs(request, Bump)
+            result = await Bump.run(**inputs, client=request.app[REDIS]["client"])
+            return web.json_response({"count": result.output}, status=201)
+
+        return await idempotent(request, idempotency, work, retry_after=3)
+
+    app = web.Application(middlewares=[error_middleware(retry_after=3)])
+    app.router.add_post("/bumps", bumps)
+    return app
+
+
+def assert_unavailable(response: httpx.Response, retry_after: str) -> dict[str, Any]:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == retry_after
+    problem: dict[str, Any] = response.json()
+    assert problem["type"] == PROBLEM_UNAVAILABLE
+    assert problem["status"] == 503
+    return problem
+
+
+async def test_saga_failed_on_unreachable_redis_is_503_and_not_stored(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A saga whose step cannot reach Redis (a closed loopback port, for real) is a 503
+    with Retry-After, with or without an Idempotency-Key, and the key's outcome is not
+    stored: once Redis is back, a retry with the same key runs the saga."""
+    idempotency = Idempotency(MemoryOutcomeStore(), MemoryLockProvider())
+    app = bump_app(idempotency)
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    live = aioredis.Redis.from_url(redis_url)
+    app[REDIS] = {"client": dead}
+    body = {"key": f"{redis_prefix}bumps"}
+    headers = {"Idempotency-Key": "bump-1"}
+    try:
+        async with serve(app) as (base, _), client(base) as http:
+            for extra in ({}, headers):
+                response = await http.post("/bumps", json=body, headers=extra)
+                problem = assert_unavailable(response, "3")
+                assert (problem["saga"], problem["step"]) == ("Bump", "bump")
+                assert problem["cause"] == "ConnectionError"
+            assert await idempotency.store.get("bump-1") is None
+            app[REDIS]["client"] = live  # Redis is back
+            retried = await http.post("/bumps", json=body, headers=headers)
+            assert retried.status_code == 201, retried.text
+            assert "idempotent-replayed" not in retried.headers
+            assert retried.json() == {"count": 1}
+            again = await http.post("/bumps", json=body, headers=headers)
+            assert again.headers["idempotent-replayed"] == "true"
+            assert again.json() == {"count": 1}
+    finally:
+        await dead.aclose()
+        await live.aclose()
+
+
+async def test_unreachable_notification_service_is_503_and_not_stored() -> None:
+    """notify cannot reach its service (ConnectionError, three times): 503, everything
+    undone, nothing stored for the key; the retry with the key runs and succeeds."""
+    notifier = Notifier(failures=3)
+    async with (
+        serve(create_app(seed=SEED, notifier=notifier)) as (base, _),
+        client(base) as http,
+    ):
+        headers = {"Idempotency-Key": "res-503"}
+        first = await http.post("/reservations", json=reservation(), headers=headers)
+        problem = assert_unavailable(first, "5")
+        assert (problem["step"], problem["cause"]) == ("notify", "ConnectionError")
+        assert await counts(http, "widget") == (100, 0)
+        retried = await http.post("/reservations", json=reservation(), headers=headers)
+        assert retried.status_code == 201, retried.text
+        assert "idempotent-replayed" not in retried.headers
+        assert await counts(http, "widget") == (100, 3)
+
+
+async def test_redis_down_is_503_not_409_nor_text_500(redis_prefix: str) -> None:
+    """The example service on a Redis of the test's own, killed: a reservation is a 503
+    problem with Retry-After (was a 409 "failed and was undone"), with an
+    Idempotency-Key too (was a text/plain 500), and so is reading a product."""
+    with throwaway_redis() as server:
+        app = create_app(server.url, prefix=redis_prefix, seed=SEED)
+        async with serve(app) as (base, _), client(base) as http:
+            assert (await http.post("/reservations", json=reservation())).status_code == 201
+            server.kill()
+            with anyio.fail_after(30):
+                plain = await http.post("/reservations", json=reservation())
+                keyed = await http.post(
+                    "/reservations", json=reservation(), headers={"Idempotency-Key": "down-1"}
+                )
+                product = await http.get("/products/widget")
+            problem = assert_unavailable(plain, "5")
+            assert (problem["step"], problem["cause"]) == ("product", "ConnectionError")
+            assert_unavailable(keyed, "5")
+            assert_unavailable(product, "5")
+
+
+# -- bounded problem bodies (issue 12, item 12) --------------------------------------------
+
+
+class Paint(Saga):
+    colour: Literal["red", "blue"]
+
+    @step
+    async def paint(colour: str) -> str:
+        return colour
+
+
+async def test_a_5mb_bad_field_gives_a_small_422() -> None:
+    """msgspec quotes a bad enum value in its message; the problem echoes it once, cut
+    short: a 5 MB field no longer gives a 10 MB response. A 5 MB unknown key neither."""
+
+    async def paint(request: web.Request) -> web.Response:
+        body = await request.json()
+        result = await Paint.run(colour=body["colour"])
+        return web.json_response({"colour": result.output}, status=201)
+
+    async def paint_checked(request: web.Request) -> web.Response:
+        result = await Paint.run(**await saga_inputs(request, Paint))
+        return web.json_response({"colour": result.output}, status=201)
+
+    app = web.Application(middlewares=[saga_errors], client_max_size=16 * 1024 * 1024)
+    app.router.add_post("/paint", paint)
+    app.router.add_post("/paint-checked", paint_checked)
+    huge = "x" * (5 * 1024 * 1024)
+    async with serve(app) as (base, _), client(base) as http:
+        for path, payload in (("/paint", {"colour": huge}), ("/paint-checked", {huge: 1})):
+            response = await http.post(path, json=payload)
+            assert response.status_code == 422, response.text[:200]
+            assert response.headers["content-type"] == "application/problem+json"
+            assert len(response.content) < 2000

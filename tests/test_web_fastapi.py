@@ -15,19 +15,36 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
-from asaga import CompensationFailed, Event, InputValidationError, RunFailed, SagaFailed
+from asaga import (
+    CompensationFailed,
+    Event,
+    InputValidationError,
+    Resource,
+    RunFailed,
+    Saga,
+    SagaFailed,
+    step,
+)
 from asaga.integrations.fastapi import (
     PROBLEM_JSON,
     REPLAYED_HEADER,
     ClientDisconnected,
+    idempotent,
+    install_error_handlers,
     problem_response,
+    saga_inputs,
 )
-from asaga.integrations.idempotency import IdempotencyKeyReused
+from asaga.integrations.idempotency import Idempotency, IdempotencyKeyReused, MemoryOutcomeStore
+from asaga.locks import MemoryLockProvider
 from examples.fastapi_app import create_app
 from examples.inventory import Notifier, Product
+
+from .unreachable import closed_port, throwaway_redis
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quiet_logs")]
 
@@ -478,3 +495,158 @@ async def test_disconnect_cancels_the_saga_and_undoes_it(key: str | None) -> Non
             assert response.status_code == 201, response.text
             assert REPLAYED_HEADER.lower() not in response.headers
             assert await stock(client, "widget") == (100, 7)
+
+
+# -- what a request may give (issue 12, item 8) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["idempotency_key", "runs", "hooks", "run_id", "store", "locks", "notifier"]
+)
+async def test_run_options_and_resources_in_the_body_are_refused(key: str) -> None:
+    """A body naming an option of run() or a resource is a 422 naming it, before any
+    step: a client can neither replay another client's run through its
+    ``idempotency_key`` nor make the run durable (``runs`` was a 500)."""
+    recorder = Recorder()
+    async with in_process(create_app(hooks=[recorder])) as client:
+        for _ in range(2):  # a second client with the same idempotency_key replays nothing
+            response = await client.post("/reservations", json={**RESERVE_1, key: "x"})
+            assert response.status_code == 422, response.text
+            assert response.headers["content-type"] == PROBLEM_JSON
+            assert [e["field"] for e in response.json()["errors"]] == [key]
+        assert recorder.kinds("step_started") == []
+        assert await stock(client, "gizmo") == (150, 0)
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"{not json", b""])
+async def test_a_body_that_is_not_a_json_object_is_400(content: bytes) -> None:
+    async with in_process(create_app()) as client:
+        response = await client.post("/reservations", content=content)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"] == PROBLEM_JSON
+        assert response.json()["type"] == "urn:asaga:problem:malformed-body"
+
+
+class Bump(Saga):
+    """One INCR on a Redis the application points at (the test takes it away)."""
+
+    key: str
+    client: Resource[Any]
+
+    @step
+    async def bump(key: str, client: Any) -> int:
+        return int(await client.incr(key))
+
+
+def bump_app(idempotency: Idempotency) -> FastAPI:
+    """POST /bumps runs Bump on ``app.state.redis`` with the integration's helpers."""
+    app = FastAPI()
+    install_error_handlers(app, retry_after=3)
+
+    @app.post("/bumps")
+    async def bumps(request: Request) -> Response:
+        async def work() -> Response:
+            inputs = await saga_inputs(request, Bump)
+            result = await Bump.run(**inputs, client=request.app.state.redis)
+            return JSONResponse({"count": result.output}, status_code=201)
+
+        return await idempotent(request, idempotency, work, retry_after=3)
+
+    return app
+
+
+def assert_unavailable(response: httpx.Response, retry_after: str) -> dict[str, Any]:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.headers["retry-after"] == retry_after
+    problem: dict[str, Any] = response.json()
+    assert problem["type"] == "urn:asaga:problem:unavailable"
+    assert problem["status"] == 503
+    return problem
+
+
+async def test_saga_failed_on_unreachable_redis_is_503_and_not_stored(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A saga whose step cannot reach Redis (a closed loopback port, for real) is a 503
+    with Retry-After, with or without an Idempotency-Key, and the key's outcome is not
+    stored: once Redis is back, a retry with the same key runs the saga."""
+    idempotency = Idempotency(MemoryOutcomeStore(), MemoryLockProvider())
+    app = bump_app(idempotency)
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    live = aioredis.Redis.from_url(redis_url)
+    body = {"key": f"{redis_prefix}bumps"}
+    headers = {"Idempotency-Key": "bump-1"}
+    try:
+        async with in_process(app) as client:
+            app.state.redis = dead
+            for extra in ({}, headers):
+                response = await client.post("/bumps", json=body, headers=extra)
+                problem = assert_unavailable(response, "3")
+                assert (problem["saga"], problem["step"]) == ("Bump", "bump")
+                assert problem["cause"] == "ConnectionError"
+            assert await idempotency.store.get("bump-1") is None
+
+            app.state.redis = live
+            retried = await client.post("/bumps", json=body, headers=headers)
+            assert retried.status_code == 201, retried.text
+            assert REPLAYED_HEADER.lower() not in retried.headers
+            assert retried.json() == {"count": 1}
+            again = await client.post("/bumps", json=body, headers=headers)
+            assert again.headers[REPLAYED_HEADER] == "true"
+            assert again.json() == {"count": 1}
+    finally:
+        await dead.aclose()
+        await live.aclose()
+
+
+async def test_unreachable_notification_service_is_503_and_not_stored() -> None:
+    """notify cannot reach its service (ConnectionError, three times): 503, everything
+    undone, nothing stored for the key; the retry with the key runs and succeeds."""
+    notifier = Notifier(failures=3)
+    async with in_process(create_app(notifier=notifier)) as client:
+        headers = {"Idempotency-Key": "order-503"}
+        first = await client.post("/reservations", json=RESERVE_1, headers=headers)
+        problem = assert_unavailable(first, "5")
+        assert (problem["step"], problem["cause"]) == ("notify", "ConnectionError")
+        assert await stock(client, "gizmo") == (150, 0)
+        retried = await client.post("/reservations", json=RESERVE_1, headers=headers)
+        assert retried.status_code == 201, retried.text
+        assert REPLAYED_HEADER.lower() not in retried.headers
+        assert await stock(client, "gizmo") == (150, 1)
+
+
+async def test_redis_down_is_503_not_409_nor_text_500(redis_prefix: str) -> None:
+    """The example service on a Redis of the test's own, killed: a reservation is a 503
+    problem with Retry-After (was a 409 "failed and was undone"), with an
+    Idempotency-Key too (was a text/plain 500), and so is reading a product."""
+    with throwaway_redis() as server:
+        app = create_app(server.url, prefix=redis_prefix)
+        async with in_process(app) as client:
+            assert (await client.post("/reservations", json=RESERVE_1)).status_code == 201
+            server.kill()
+            with anyio.fail_after(30):
+                plain = await client.post("/reservations", json=RESERVE_1)
+                keyed = await client.post(
+                    "/reservations", json=RESERVE_1, headers={"Idempotency-Key": "down-1"}
+                )
+                product = await client.get("/products/gizmo")
+            problem = assert_unavailable(plain, "5")
+            assert (problem["step"], problem["cause"]) == ("product", "ConnectionError")
+            assert_unavailable(keyed, "5")
+            assert_unavailable(product, "5")
+
+
+# -- bounded problem bodies (issue 12, item 12) ----------------------------------------------
+
+
+async def test_a_5mb_bad_field_gives_a_small_422() -> None:
+    """msgspec quotes a bad enum value in its message; the problem echoes it once, cut
+    short: a 5 MB field no longer gives a 10 MB response."""
+    huge = "x" * (5 * 1024 * 1024)
+    async with in_process(create_app()) as client:
+        for payload in ({**RESERVE_1, "operation": huge}, {**RESERVE_1, huge: 1}):
+            response = await client.post("/reservations", json=payload)
+            assert response.status_code == 422
+            assert len(response.content) < 2000
+            assert response.json()["errors"][0]["field"] in ("operation", huge[:100] + "...")
