@@ -278,6 +278,9 @@ async def _drive(
     )
     try:
         await execution.execute()
+        # A caller cancelled while the last steps ran shielded: the run fails like any
+        # cancelled one (the caller will not see a result), and is unwound below.
+        await anyio.lowlevel.checkpoint_if_cancelled()
     except anyio.get_cancelled_exc_class() as cancelled:
         # The caller was cancelled. The steps in flight were shielded: each finished (and
         # is compensated below) or was cut off after the grace (in doubt).

@@ -216,22 +216,29 @@ class Execution:
         plan = self._plan
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if not self._watch:
-                for name in roots[1:]:
-                    self._spawn(plan.nodes[name])
-                await _Isolated(self._chain(plan.nodes[roots[0]]))
-                return
-            # Steps run shielded: only a task outside them sees the caller's cancellation
-            # in time to bound them by the grace (this one, which runs no step).
-            self._idle = anyio.Event()
-            for name in roots:
+            if self._watch:
+                # Steps run shielded: a task that runs none sees the caller's cancellation
+                # in time to bound them by the grace.
+                self._idle = anyio.Event()
+                self._live += 1  # the chain this task runs
+                tg.start_soon(self._watcher, name="asaga cancellation watch")
+            for name in roots[1:]:
                 self._spawn(plan.nodes[name])
             try:
-                await self._idle.wait()
-            except anyio.get_cancelled_exc_class():
-                if not tg.cancel_scope.cancel_called:  # not the run's own on_failure cancel
-                    self.caller_cancelled()
-                raise
+                await _Isolated(self._chain(plan.nodes[roots[0]]))
+            finally:
+                if self._idle is not None:
+                    self._ended()
+
+    async def _watcher(self) -> None:
+        """Wait until no chain runs; if cancelled first (the caller was), bound the steps
+        in flight by the grace."""
+        assert self._idle is not None
+        try:
+            await self._idle.wait()
+        except anyio.get_cancelled_exc_class():
+            self.caller_cancelled()
+            raise
 
     def caller_cancelled(self) -> None:
         """The caller is cancelled (no attempt starts any more: each checks first): give
@@ -255,9 +262,13 @@ class Execution:
         try:
             await self._chain(node)
         finally:
-            self._live -= 1
-            if not self._live and self._idle is not None:
-                self._idle.set()
+            self._ended()
+
+    def _ended(self) -> None:
+        """A chain ended: the watcher stops with the last one."""
+        self._live -= 1
+        if not self._live and self._idle is not None:
+            self._idle.set()
 
     async def _chain(self, node: Node | None) -> None:
         """Run ``node``, then the first dependent it makes ready, and so on, in this task
