@@ -487,12 +487,13 @@ async def _set_aside(
         done = await runs.quarantine(run_id, reason)
     except AsagaError as exc:
         return Recovered(run_id=run_id, saga=saga, outcome="error", error=repr(exc))
-    if not done:
+    if done is None:
         return Recovered(
             run_id=run_id, saga=saga, outcome="error", error=f"{reason} (taken over meanwhile)"
         )
     aside.append(run_id)
-    return Recovered(run_id=run_id, saga=saga, outcome="quarantined", error=reason)
+    # The saga the store lists it under (its record, if it decodes, may say another).
+    return Recovered(run_id=run_id, saga=done.saga or saga, outcome="quarantined", error=reason)
 
 
 async def _recover_one(

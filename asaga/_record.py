@@ -314,10 +314,10 @@ class RunStore(Protocol):
         """
         ...
 
-    async def quarantine(self, run_id: str, reason: str) -> bool:
+    async def quarantine(self, run_id: str, reason: str) -> Quarantined | None:
         """Set aside a run this store has taken (:meth:`claim`) whose record cannot be
         driven: out of the unfinished runs (no sweep sees it again), kept with ``reason``
-        for the store's retention. ``False`` if this store no longer owns it."""
+        for the store's retention. ``None`` if this store no longer owns it."""
         ...
 
     async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:

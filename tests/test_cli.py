@@ -402,3 +402,74 @@ def test_recover_command(
         return product.reserved_count
 
     assert anyio.run(reserved) == 0  # the dead run's reservation was released
+
+
+@pytest.mark.usefixtures("quiet_logs")
+def test_recover_quarantines_a_foreign_record_and_readmit_puts_it_back(
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`asaga recover` quarantines an abandoned run listed as Recorded whose record is of
+    another saga (it crashed with a KeyError before), still recovers the genuine run next
+    to it, and exits 1; `runs list` shows the quarantined run with its reason, `runs list
+    --status quarantined` only those, `runs readmit` puts it back (once)."""
+    import anyio
+
+    from asaga._record import RunRecord, Write, encode_record
+    from asaga.runs import RedisRunStore
+
+    def write(saga: str, run_id: str) -> Write:
+        data = encode_record(
+            RunRecord(
+                saga=saga,
+                saga_version="1",
+                run_id=run_id,
+                status="running",
+                inputs=b"\x80",
+                fingerprint="f",
+                seq=1,
+            )
+        )
+        return Write(run_id=run_id, record=data, status="running", seq=1, nonce=run_id)
+
+    async def abandon() -> None:
+        async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as dead:
+            await dead.create(write("Other", "foreign-1"), None)
+            await dead.client.hset(f"{redis_prefix}run:foreign-1", "saga", "Recorded")
+            await dead.create(write("Recorded", "genuine-1"), None)
+
+    anyio.run(abandon)
+    monkeypatch.chdir(ROOT)
+    store = ["--redis", redis_url, "--prefix", redis_prefix]
+    status, out, err = run(["recover", *store, "--saga", "tests.test_cli:Recorded"], capsys)
+    assert (status, err) == (1, "")
+    assert "genuine-1  Recorded  succeeded" in out
+    assert re.search(
+        r"foreign-1  Recorded  quarantined  the record of run foreign-1 is foreign", out
+    )
+    assert out.rstrip().endswith("1 run(s) recovered, 1 quarantined (asaga runs list shows why)")
+
+    status, out, _ = run(["runs", "list", *store], capsys)
+    assert status == 0
+    runs_table, quarantined_table = out.split("\n\n")
+    assert [line.split()[0] for line in runs_table.splitlines()[1:]] == ["genuine-1"]
+    header, row = quarantined_table.splitlines()
+    assert header.split()[:2] == ["QUARANTINED", "RUN"]
+    assert row.split()[:2] == ["foreign-1", "Recorded"]
+    assert "saga Other" in row
+    status, out, _ = run(["runs", "list", *store, "--status", "quarantined"], capsys)
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["foreign-1"]
+
+    status, out, err = run(["runs", "readmit", "foreign-1", *store], capsys)
+    assert (status, out, err) == (
+        0,
+        "run foreign-1 readmitted: the next recovery sweep takes it\n",
+        "",
+    )
+    status, out, _ = run(["runs", "list", *store, "--status", "quarantined"], capsys)
+    assert out == "no runs quarantined\n"
+    status, out, err = run(["runs", "readmit", "foreign-1", *store], capsys)
+    assert (status, out) == (1, "")
+    assert "asaga runs readmit: run 'foreign-1' is not quarantined in this store" in err

@@ -182,19 +182,19 @@ class MemoryRunStore(StoreSettings):
         await anyio.lowlevel.checkpoint()
         return None
 
-    async def quarantine(self, run_id: str, reason: str) -> bool:
+    async def quarantine(self, run_id: str, reason: str) -> Quarantined | None:
         """Set aside ``run_id`` (owned by this store), kept with ``reason`` for
-        ``retention``; ``False`` if this store does not own it."""
+        ``retention``; ``None`` if this store does not own it."""
         await anyio.lowlevel.checkpoint()
         run = self._runs.get(run_id)
         if run is None or run.owner != self._owner or run.status in FINISHED:
-            return False
-        run.quarantined = Quarantined(
+            return None
+        aside = run.quarantined = Quarantined(
             run_id=run_id, saga=run.saga, reason=reason, quarantined_at=time.time(), by=run.owner
         )
         run.owner = "quarantine"
         run.expires = self._clock() + self.retention
-        return True
+        return aside
 
     async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
         """The runs set aside, newest first."""

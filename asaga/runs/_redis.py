@@ -144,7 +144,7 @@ return redis.call('hmget', KEYS[1], 'record', 'status', 'saga', 'version')
 # KEYS: run, events, running, quarantine ; ARGV: run_id, owner, reason, now, retention_ms,
 #   cutoff, most kept
 _QUARANTINE = """
-if redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+if redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return false end
 local score = redis.call('zscore', KEYS[3], ARGV[1]) or ARGV[4]
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('hset', KEYS[1], 'owner', 'quarantine', 'quarantined', ARGV[3],
@@ -155,7 +155,7 @@ redis.call('zadd', KEYS[4], ARGV[4], ARGV[1])
 redis.call('zremrangebyscore', KEYS[4], '-inf', ARGV[6])
 local extra = redis.call('zcard', KEYS[4]) - tonumber(ARGV[7])
 if extra > 0 then redis.call('zremrangebyrank', KEYS[4], 0, extra - 1) end
-return 1
+return {redis.call('hget', KEYS[1], 'saga') or ''}
 """
 
 # KEYS: run, events, running, quarantine ; ARGV: run_id
@@ -705,9 +705,9 @@ class RedisRunStore(StoreSettings):
         check_identity(record, run_id, _text(saga), _text(version))
         return record
 
-    async def quarantine(self, run_id: str, reason: str) -> bool:
+    async def quarantine(self, run_id: str, reason: str) -> Quarantined | None:
         """Set aside ``run_id`` (taken by this store): out of the running set, kept with
-        ``reason`` for ``retention``; ``False`` if this store no longer owns it."""
+        ``reason`` for ``retention``; ``None`` if this store no longer owns it."""
         now = time.time()
         with self._bounded(f"cannot quarantine run {run_id}", run_id):
             done = await self._quarantine(
@@ -727,9 +727,13 @@ class RedisRunStore(StoreSettings):
                     _MAX_QUARANTINED,
                 ],
             )
-        if done:
-            _logger.warning("run_quarantined", run_id=run_id, reason=reason)
-        return bool(done)
+        if not done:
+            return None
+        saga = _text(done[0]) or None
+        _logger.warning("run_quarantined", run_id=run_id, saga=saga, reason=reason)
+        return Quarantined(
+            run_id=run_id, saga=saga, reason=reason, quarantined_at=now, by=self._owner
+        )
 
     async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
         """The runs set aside by recovery, newest first."""
