@@ -461,6 +461,10 @@ class Execution:
             )
         keys = lock.render({**node.defaults, **kwargs})
         async with provider.lease(*keys, ttl=lock.ttl, wait=lock.wait) as lease:
+            if flight.scope.cancel_called:
+                # Cut off while it waited, and handed the lease before that was delivered:
+                # the body never starts (the cancellation is raised here).
+                await anyio.lowlevel.checkpoint()
             flight.entered = True  # from here on the step may have done something
             if node.takes_lease:
                 return await node.fn(**kwargs, lease=lease)
