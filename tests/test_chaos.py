@@ -117,8 +117,11 @@ def test_inventory_chaos_on_redis_from_four_processes(redis_url: str, redis_pref
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "chaos_worker.py")]
-            + [redis_url, redis_prefix, str(i), "1000", str(100 + i)],
+            [
+                sys.executable,
+                str(ROOT / "tests" / "chaos_worker.py"),
+                *(redis_url, redis_prefix, str(i), "1000", str(100 + i)),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
