@@ -353,12 +353,13 @@ class RedisLockProvider:
     async def fenced(
         self, lease: Lease, *commands: Sequence[Any], key: str | None = None
     ) -> list[Any]:
-        """Run Redis write commands atomically, only if ``lease`` is still the newest.
+        """Run Redis write commands atomically, only if ``lease`` still holds the key.
 
         Each command is ``(name, redis_key, *args)``, e.g.
         ``("HINCRBY", "inv:{sku-1}", "reserved", 2)``. The check and the writes are one
         Lua script: if a newer lease on ``key`` (default: the lease's only key) has been
-        granted since, nothing is written, the rejection is counted (in Redis and in
+        granted since, or the lease no longer holds it (expired, released, or lost with
+        Redis's data), nothing is written, the rejection is counted (in Redis and in
         :attr:`stale_writes`) and :class:`~asaga.locks.StaleWrite` is raised. Returns each
         command's reply.
         """
