@@ -8,6 +8,7 @@ strands a half-done saga.
         ...
         await recover(runs, sagas=[Checkout], resources={"payments": payments})
         await Checkout.undo(result.run_id, runs=runs, payments=payments)
+        await runs.readmit(run_id)  # a run recovery quarantined (see runs.quarantined())
 
 ``MemoryRunStore`` is the embedded default (idempotency keys, undo and inspection within
 one process); ``RedisRunStore`` survives the process. See
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._durable import Recovered as Recovered
 from .._durable import UndoResult as UndoResult
 from .._durable import recover as recover
+from .._record import Quarantined as Quarantined
 from .._record import RunRecord as RunRecord
 from .._record import RunStatus as RunStatus
 from .._record import RunStore as RunStore
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MemoryRunStore",
+    "Quarantined",
     "Recovered",
     "RedisRunStore",
     "RunRecord",
