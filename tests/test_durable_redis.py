@@ -443,7 +443,7 @@ async def test_a_redis_restart_mid_run(own_redis: tuple[str, Path, int]) -> None
 
 async def test_a_tampered_record_is_refused(redis_prefix: str, client: aioredis.Redis) -> None:
     """A record changed behind asaga's back decodes to a clear CorruptRecord (nothing is
-    unpickled or executed); recovery reports it instead of crashing the sweep."""
+    unpickled or executed); recovery quarantines it (tests/test_recovery_edges.py)."""
 
     class One(Saga):
         @step
