@@ -249,8 +249,9 @@ class Execution:
         deadline = anyio.current_time() + self._grace
         for flight in self._flights.values():
             if not flight.entered:
-                flight.scope.cancel()
+                flight.cut_off()
             elif flight.scope.deadline > deadline:
+                flight.cut = True  # if the deadline is reached now, the grace ran out
                 flight.scope.deadline = deadline
 
     def _spawn(self, node: Node) -> None:
@@ -333,27 +334,23 @@ class Execution:
                 self._flights[name] = flight
                 try:
                     # Shielded: the caller's cancellation never lands in the middle of a
-                    # step's write. The attempt ends on its own (bounded by its timeout);
-                    # only the run cuts it off (flight.cut_off), reporting it in doubt.
+                    # step's write. The attempt ends on its own (the scope's deadline is its
+                    # timeout); only the run cuts it off (flight.cut), reporting it in doubt.
                     with flight.scope:
                         if node.invoke is not None:
-                            with anyio.fail_after(node.timeout):
-                                result, undo = await node.invoke(self._context, name, kwargs)
+                            result, undo = await node.invoke(self._context, name, kwargs)
                         elif node.lock is not None:
-                            with anyio.fail_after(node.timeout):
-                                result = await self._locked(node, kwargs, flight)
-                        elif node.timeout is None:
-                            result = await node.fn(**kwargs)
+                            result = await self._locked(node, kwargs, flight)
                         else:
-                            with anyio.fail_after(node.timeout):
-                                result = await node.fn(**kwargs)
+                            result = await node.fn(**kwargs)
                     if flight.scope.cancelled_caught:
-                        # Cut off by the run: whatever the step did may have landed.
-                        self._cut_off(name, attempt, started, flight)
-                        return None
+                        if flight.cut:  # whatever the step did may have landed
+                            self._cut_off(name, attempt, started, flight)
+                            return None
+                        raise _timed_out(node, attempt)
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
                     duration = time.monotonic() - started
-                    if flight.scope.cancel_called and flight.entered:
+                    if flight.cut and flight.entered:
                         # The cut-off surfaced as an error of the step's own: still in doubt.
                         self._cut_off(name, attempt, started, flight)
                         return None
@@ -461,7 +458,7 @@ class Execution:
             )
         keys = lock.render({**node.defaults, **kwargs})
         async with provider.lease(*keys, ttl=lock.ttl, wait=lock.wait) as lease:
-            if flight.scope.cancel_called:
+            if flight.cut:
                 # Cut off while it waited, and handed the lease before that was delivered:
                 # the body never starts (the cancellation is raised here).
                 await anyio.lowlevel.checkpoint()
@@ -548,20 +545,34 @@ class Execution:
                 # Cut off the steps in flight (they are in doubt), and the waits between
                 # attempts.
                 for flight in self._flights.values():
-                    flight.scope.cancel()
+                    flight.cut_off()
                 if self._tg is not None:
                     self._tg.cancel_scope.cancel()
 
 
 class _Flight:
-    """One attempt of a step in flight, in a shielded scope that only the run cancels."""
+    """One attempt of a step in flight, in a shielded scope whose deadline is the step's
+    timeout, and that only the run cancels otherwise."""
 
-    __slots__ = ("entered", "scope")
+    __slots__ = ("cut", "entered", "scope")
 
     def __init__(self, node: Node) -> None:
-        self.scope = anyio.CancelScope(shield=True)
+        timeout = node.timeout
+        if timeout is None:
+            self.scope = anyio.CancelScope(shield=True)
+        else:
+            self.scope = anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout)
         self.entered = node.lock is None
         """Whether the step's body began (a locked step's, once it holds its lease)."""
+        self.cut = False
+        """Whether the run cut the attempt off (or brought its deadline forward to do so):
+        a cancellation of the scope is then not the step's timeout."""
+
+    def cut_off(self) -> None:
+        """Stop the attempt now (the run failed with on_failure="cancel", or the caller
+        was cancelled while it waited for its lease)."""
+        self.cut = True
+        self.scope.cancel()
 
 
 def needs_watch(plan: Plan, cancel_grace: float | None) -> bool:
@@ -605,6 +616,15 @@ class _Isolated:
                 raise
             except BaseException as exc:  # noqa: BLE001 - passed on to the coroutine
                 error, value = exc, None
+
+
+def _timed_out(node: Node, attempt: int) -> TimeoutError:
+    """The error of an attempt that ran over the step's timeout."""
+    waiting = " (including the wait for its lease)" if node.lock is not None else ""
+    return TimeoutError(
+        f"step {node.name!r}, attempt {attempt}: ran over its timeout of {node.timeout:g} s"
+        f"{waiting}"
+    )
 
 
 def _explained(exc: Exception, node: Node, attempt: int) -> Exception:
