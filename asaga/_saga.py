@@ -299,9 +299,7 @@ def _setting_problems(cls: "type[Saga]") -> list[str]:
         problems.append(f"compensation_timeout = {timeout!r}: set it to seconds > 0 or None")
     grace: object = cls.cancel_grace
     if grace is not None and (
-        isinstance(grace, bool)
-        or not isinstance(grace, int | float)
-        or not 0 <= grace < math.inf
+        isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace < math.inf
     ):
         problems.append(f"cancel_grace = {grace!r}: set it to seconds >= 0 (finite) or None")
     version: object = cls.saga_version

@@ -40,7 +40,9 @@ failed and the steps in flight settled. Cancellation from outside propagates out
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import math
 import time
 from collections.abc import Awaitable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -103,7 +105,7 @@ class Execution:
 
     __slots__ = (
         "_context",
-        "_failed",
+        "_fatal",
         "_flights",
         "_grace",
         "_idle",
@@ -115,7 +117,10 @@ class Execution:
         "_plan",
         "_remaining",
         "_roots",
+        "_shield",
+        "_stopping",
         "_tg",
+        "_wake",
         "_watch",
         "completed",
         "failure",
@@ -145,6 +150,7 @@ class Execution:
         self._flights: dict[str, _Flight] = {}  # attempts in flight, by step
         self._live = 0  # chains running in tasks of the task group
         self._idle: anyio.Event | None = None  # set when the last of them ends (watching)
+        self._fatal: BaseException | None = None  # not an Exception, out of a chain task
         self._context = context
         self._on_failure = on_failure
         self._journal = journal
@@ -152,7 +158,9 @@ class Execution:
         self._pending = {name: len(node.deps) for name, node in plan.nodes.items()}
         self._roots = plan.roots
         self._remaining = len(plan.nodes)  # steps not yet ended (for the journal)
-        self._failed: anyio.Event | None = None  # made when a retry waits out a backoff
+        self._wake: anyio.Event | None = None  # made when a retry waits out a backoff
+        self._stopping = False  # the caller was cancelled: no step or attempt starts
+        self._shield = True  # attempts run shielded (not in a guarded task: see execute)
         self._tg: anyio.abc.TaskGroup | None = None
         self.values = values
         """Inputs and, as they complete, step results: what parameters resolve against."""
@@ -202,51 +210,101 @@ class Execution:
     def execute(self) -> Awaitable[None]:
         """Run the steps until all completed or the run failed and in-flight steps settled
         (returns what to await)."""
+        if not self._roots:
+            return _NOTHING
+        if _on_asyncio():
+            return self._guarded()
+        return self._steps()
+
+    def _steps(self) -> Awaitable[None]:
         plan = self._plan
         roots = self._roots
-        if roots and plan.chain and not self._watch:
-            # Only ever one step at a time: the calling task runs them all, no task group
-            # (in a context of their own, as a task of their own would have).
-            return _Isolated(self._chain(plan.nodes[roots[0]]))
+        if plan.chain and not self._watch:
+            # Only ever one step at a time: this task runs them all, no task group (in a
+            # context of their own, as a task of their own would have: a guarded run's
+            # task has one already).
+            chain = self._chain(plan.nodes[roots[0]])
+            return chain if not self._shield else _Isolated(chain)
         return self._grouped(roots)
 
+    async def _guarded(self) -> None:
+        """On asyncio: run the steps in a task of their own, which the caller's
+        cancellation cannot reach; once the caller is cancelled, give the steps in flight
+        the grace, then cut off what still runs.
+
+        asyncio's native ``Task.cancel()`` (``asyncio.timeout``, ``wait_for``, a server
+        cancelling its handler) reaches into any shielded scope of the task it cancels:
+        only another task keeps a step from being cut off mid-write. One plain task is
+        what that costs (an anyio task group costs several times more); the calling task
+        is the one that watches for the cancellation, so no step needs a shield.
+        """
+        self._shield = False  # nothing cancels the steps' task but the run itself
+        self._watch = False  # the calling task watches
+        scope = anyio.CancelScope()
+        outcome: list[BaseException] = []
+
+        async def steps() -> None:
+            try:
+                with scope:
+                    await self._steps()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the calling task
+                outcome.append(exc)  # (SystemExit would otherwise leave the event loop)
+
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(steps())  # in a copy of this context, as any task
+        ended = loop.create_future()
+        task.add_done_callback(lambda _: None if ended.done() else ended.set_result(None))
+        try:
+            await ended  # a cancellation cancels `ended`, never the task
+        except asyncio.CancelledError:
+            # The caller is cancelled: no step or attempt starts any more, and the steps
+            # in flight get the grace; then what still runs is cut off (in doubt).
+            self.caller_cancelled()
+            with anyio.CancelScope(shield=True):
+                await _join(task, self._grace)
+                if not task.done():
+                    scope.cancel()
+                    await _join(task, None)
+            raise
+        if outcome:
+            raise outcome[0]
+
     async def _grouped(self, roots: tuple[str, ...]) -> None:
-        if not roots:
-            return
-        plan = self._plan
+        nodes = self._plan.nodes
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if self._watch:
-                # Steps run shielded: a task that runs none sees the caller's cancellation
-                # in time to bound them by the grace.
-                self._idle = anyio.Event()
-                self._live += 1  # the chain this task runs
-                tg.start_soon(self._watcher, name="asaga cancellation watch")
-            for name in roots[1:]:
-                self._spawn(plan.nodes[name])
+            if not self._watch:
+                # The steps' timeouts bound a cancelled caller's wait: this task runs the
+                # first chain itself.
+                for name in roots[1:]:
+                    self._spawn(nodes[name])
+                await _Isolated(self._chain(nodes[roots[0]]))
+                return
+            # Steps run shielded, in tasks of their own; this one runs none and sees the
+            # caller's cancellation (an anyio/trio cancel scope's, or asyncio's native
+            # Task.cancel(), which no shield holds off) in time to bound them by the grace.
+            self._idle = anyio.Event()
+            for name in roots:
+                self._spawn(nodes[name])
             try:
-                await _Isolated(self._chain(plan.nodes[roots[0]]))
-            finally:
-                if self._idle is not None:
-                    self._ended()
-
-    async def _watcher(self) -> None:
-        """Wait until no chain runs; if cancelled first (the caller was), bound the steps
-        in flight by the grace."""
-        assert self._idle is not None
-        try:
-            await self._idle.wait()
-        except anyio.get_cancelled_exc_class():
-            self.caller_cancelled()
-            raise
+                await self._idle.wait()
+            except anyio.get_cancelled_exc_class():
+                self.caller_cancelled()
+                raise
+        if self._fatal is not None:
+            fatal, self._fatal = self._fatal, None
+            raise fatal
 
     def caller_cancelled(self) -> None:
-        """The caller is cancelled (no attempt starts any more: each checks first): give
-        those in flight ``cancel_grace`` seconds to finish (one still waiting for its lease
-        stops now)."""
-        if self._grace is None:
-            return
-        deadline = anyio.current_time() + self._grace
+        """The caller is cancelled: no step or attempt starts any more; a step still
+        waiting for its lease stops now; the steps in flight get ``cancel_grace`` seconds
+        to finish (bounded here with shields; by the guard, on asyncio)."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()  # retries waiting out a backoff stop
+        deadline = math.inf
+        if self._shield and self._grace is not None:
+            deadline = anyio.current_time() + self._grace
         for flight in self._flights.values():
             if not flight.entered:
                 flight.cut_off()
@@ -262,11 +320,23 @@ class Execution:
     async def _task(self, node: Node) -> None:
         try:
             await self._chain(node)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the run's own task
+            # SystemExit, KeyboardInterrupt...: out of run() as from a step run inline (on
+            # asyncio it would otherwise leave the event loop), once the other steps are
+            # cut off.
+            if self._fatal is None:
+                self._fatal = exc
+            for flight in self._flights.values():
+                flight.cut_off()
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
         finally:
             self._ended()
 
     def _ended(self) -> None:
-        """A chain ended: the watcher stops with the last one."""
+        """A chain ended: the watching task stops with the last one."""
         self._live -= 1
         if not self._live and self._idle is not None:
             self._idle.set()
@@ -317,9 +387,11 @@ class Execution:
                     if attempt > 1 and self._journal is not None:
                         self._journal.ended(name, "failed", repr(error), attempt - 1)
                     return None
-                # ... nor once the caller was cancelled: that is raised here, before the
-                # attempt starts (its shield would hold the cancellation off).
-                await anyio.lowlevel.checkpoint_if_cancelled()
+                # ... nor once the caller was cancelled.
+                if self._stopping:
+                    return None
+                if self._shield:  # raised here, before its shield would hold it off
+                    await anyio.lowlevel.checkpoint_if_cancelled()
                 if attempt > 1 and self._journal is not None:
                     try:
                         await self._journal.started(name, attempt)
@@ -330,12 +402,13 @@ class Execution:
                 if self._journal is not None:
                     self._journal.begun.add(name)
                 started = time.monotonic()
-                flight = _Flight(node)
+                flight = _Flight(node, self._shield)
                 self._flights[name] = flight
                 try:
-                    # Shielded: the caller's cancellation never lands in the middle of a
-                    # step's write. The attempt ends on its own (the scope's deadline is its
-                    # timeout); only the run cuts it off (flight.cut), reporting it in doubt.
+                    # The caller's cancellation never lands in the middle of a step's write
+                    # (the attempt runs shielded, or in a task the caller cannot cancel).
+                    # The attempt ends on its own (its scope's deadline is its timeout);
+                    # only the run cuts it off (flight.cut), reporting it in doubt.
                     with flight.scope:
                         if node.invoke is not None:
                             result, undo = await node.invoke(self._context, name, kwargs)
@@ -348,6 +421,11 @@ class Execution:
                             self._cut_off(name, attempt, started, flight)
                             return None
                         raise _timed_out(node, attempt)
+                except anyio.get_cancelled_exc_class():
+                    # Cut off by the run in a task only the run cancels (the guard, once
+                    # the grace ran out; on_failure="cancel").
+                    self._cut_off(name, attempt, started, flight)
+                    raise
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
                     duration = time.monotonic() - started
                     if flight.cut and flight.entered:
@@ -376,15 +454,18 @@ class Execution:
                 delay=delay,
             )
             waited = time.monotonic()
-            if self._failed is None:
-                self._failed = anyio.Event()
+            if self._wake is None:
+                self._wake = anyio.Event()
             try:
                 with anyio.move_on_after(delay):
-                    await self._failed.wait()  # woken early when the run fails
-            except anyio.get_cancelled_exc_class():
+                    await self._wake.wait()  # woken early: the run failed, or its caller
+            except anyio.get_cancelled_exc_class():  # was cancelled
                 self._cancelled(name, attempt, waited, in_doubt=False)
                 raise
-            if self._failed.is_set():
+            if self._caller_gone():
+                self._cancelled(name, attempt, waited, in_doubt=False)
+                return None
+            if self._stopped():
                 self._fail(name, attempt, duration, error)
                 return None
 
@@ -428,6 +509,10 @@ class Execution:
     def _stopped(self) -> bool:
         """Whether the run has failed (checked again after an await)."""
         return self.failure is not None
+
+    def _caller_gone(self) -> bool:
+        """Whether the caller was cancelled (checked again after an await)."""
+        return self._stopping
 
     def _store_failed(self, name: str, attempt: int, exc: RunStoreError) -> None:
         """The journal could not record a transition of ``name``: the run stops there."""
@@ -539,8 +624,8 @@ class Execution:
         if self.failure is None:
             self.failure = (name, exc)
             self._context.failed = True
-            if self._failed is not None:
-                self._failed.set()
+            if self._wake is not None:
+                self._wake.set()
             if self._on_failure == "cancel":
                 # Cut off the steps in flight (they are in doubt), and the waits between
                 # attempts.
@@ -550,18 +635,58 @@ class Execution:
                     self._tg.cancel_scope.cancel()
 
 
+class _Nothing:
+    """An awaitable that completes at once: the execution of a run with no step to run."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return
+        yield  # a generator that yields nothing
+
+
+_NOTHING = _Nothing()
+
+
+class _OpenScope:
+    """The scope of an attempt that nothing but its task's own cancellation can stop (no
+    timeout, no lease to wait for, in a task the caller cannot cancel): no scope at all."""
+
+    __slots__ = ()
+    cancelled_caught = False
+    deadline = math.inf
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def cancel(self) -> None:
+        """Nothing to cancel: the run cancels the attempt's task instead."""
+
+
+_OPEN = _OpenScope()
+
+
 class _Flight:
-    """One attempt of a step in flight, in a shielded scope whose deadline is the step's
-    timeout, and that only the run cancels otherwise."""
+    """One attempt of a step in flight, in a scope whose deadline is the step's timeout,
+    shielded from the caller's cancellation (unless the task is one the caller cannot
+    cancel), and that only the run cancels otherwise."""
 
     __slots__ = ("cut", "entered", "scope")
 
-    def __init__(self, node: Node) -> None:
+    scope: anyio.CancelScope | _OpenScope
+
+    def __init__(self, node: Node, shield: bool) -> None:
         timeout = node.timeout
-        if timeout is None:
-            self.scope = anyio.CancelScope(shield=True)
+        if timeout is not None:
+            deadline = anyio.current_time() + timeout
+            self.scope = anyio.CancelScope(shield=shield, deadline=deadline)
+        elif shield or node.lock is not None:
+            self.scope = anyio.CancelScope(shield=shield)
         else:
-            self.scope = anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout)
+            self.scope = _OPEN
         self.entered = node.lock is None
         """Whether the step's body began (a locked step's, once it holds its lease)."""
         self.cut = False
@@ -573,6 +698,30 @@ class _Flight:
         was cancelled while it waited for its lease)."""
         self.cut = True
         self.scope.cancel()
+
+
+async def _join(task: asyncio.Task[None], seconds: float | None) -> None:
+    """Wait for ``task`` to end, at most ``seconds`` (None: no bound), in a shielded
+    scope: a native cancellation of this task does not end the wait."""
+    end = math.inf if seconds is None else anyio.current_time() + seconds
+    while not task.done():
+        left = end - anyio.current_time()
+        if left <= 0:
+            return
+        try:
+            with anyio.move_on_after(left):
+                await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            continue  # cancelled again from outside: the step is still in flight
+
+
+def _on_asyncio() -> bool:
+    """Whether this runs on asyncio (trio has no asyncio event loop running)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def needs_watch(plan: Plan, cancel_grace: float | None) -> bool:

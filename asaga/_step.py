@@ -253,9 +253,7 @@ class Step(Generic[P, R]):
         good key) or do nothing harmlessly.
         """
         if fn is None:
-            return lambda f: Compensation(
-                self, f, retry=retry, timeout=timeout, in_doubt=in_doubt
-            )
+            return lambda f: Compensation(self, f, retry=retry, timeout=timeout, in_doubt=in_doubt)
         return Compensation(self, fn, retry=retry, timeout=timeout, in_doubt=in_doubt)
 
 

@@ -137,7 +137,6 @@ if str(ROOT) not in sys.path:  # `examples` is not installed: import it from the
 
 import anyio  # noqa: E402
 import anyio.to_thread  # noqa: E402
-import msgspec  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 import structlog  # noqa: E402
 from redis.exceptions import LockError, WatchError  # noqa: E402
@@ -158,7 +157,6 @@ from examples.inventory import (  # noqa: E402
     Notifier,
     Product,
     RedisInventoryStore,
-    Transaction,
 )
 from examples.inventory import store as inventory_store  # noqa: E402
 
@@ -1011,9 +1009,8 @@ async def ceiling(url: str, run_prefix: str) -> dict[str, Any] | None:
     # The script's KEYS, as the store passes them: product hash, reservation hash, expiry
     # zset, reservation index, log stream (all under ``prefix``, deleted below).
     store_keys = store._atomic_keys(SKU)
-    entry = Transaction(sku=SKU, operation="reserve", quantity=1, run_id="redis-benchmark")
-    # ARGV: id (random), sku, quantity, expires_at, the log entry (JSON).
-    store_args = ["id:__rand_int__", SKU, "1", "4e9", msgspec.json.encode(entry).decode()]
+    # ARGV: id (random), sku, quantity, hold (s), now (epoch s), the log's bound.
+    store_args = ["id:__rand_int__", SKU, "1", "900", f"{time.time():.3f}", "1000000"]
     try:
         runs = {
             "decrement": await redis_benchmark(

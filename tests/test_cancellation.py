@@ -352,3 +352,51 @@ async def test_the_exception_does_not_depend_on_the_hooks() -> None:
         with pytest.raises(RunStoreError) as info:
             await Durable.run(runs=TakenOver(), hooks=hooks)
         assert type(info.value) is RunTakenOver
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("how", ["task.cancel()", "asyncio.timeout", "twice"])
+async def test_asyncio_native_cancellation_does_not_cut_a_step_off(how: str) -> None:
+    """asyncio's own cancellation (``Task.cancel()``, ``asyncio.timeout``, ``wait_for``,
+    a server cancelling its handler) reaches into any shielded scope of the task it
+    cancels; the steps run in a task it cannot reach. A step in flight finishes its write,
+    is compensated, and the native cancellation propagates, even when repeated."""
+    import asyncio
+
+    ledger = Ledger()
+    writing, release = anyio.Event(), anyio.Event()
+
+    class Native(Saga):
+        ledger: Resource[Ledger]
+
+        @step
+        async def log(ledger: Ledger, run_id: str) -> str:
+            writing.set()
+            await release.wait()
+            ledger.write(run_id)
+            return run_id
+
+        @log.compensate
+        async def unlog(log: str, ledger: Ledger) -> None:
+            ledger.undo(log)
+
+    async def call() -> None:
+        if how == "asyncio.timeout":
+            async with asyncio.timeout(0):  # expires at its first chance
+                await Native.run(ledger=ledger)
+        else:
+            await Native.run(ledger=ledger)
+
+    task = asyncio.get_running_loop().create_task(call())
+    await writing.wait()
+    if how != "asyncio.timeout":
+        task.cancel()
+        if how == "twice":
+            await asyncio.sleep(0)
+            task.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(TimeoutError if how == "asyncio.timeout" else asyncio.CancelledError):
+        await task
+    assert ledger.written == 1
+    assert ledger.entries == set()

@@ -371,11 +371,12 @@ async def test_cancellation_during_backoff_is_an_event() -> None:
 
 
 @pytest.mark.parametrize("bounded_by", ["timeouts", "no grace"])
-async def test_a_chain_runs_in_the_callers_task(bounded_by: str) -> None:
-    """A saga whose steps can only run one after another starts no task when nothing needs
-    watching for the caller's cancellation (every step has a timeout within the
-    ``cancel_grace``, or there is no grace): every step runs in the task that called
-    run()."""
+async def test_a_chain_runs_in_one_task(bounded_by: str, anyio_backend: str) -> None:
+    """A saga whose steps can only run one after another runs them all in one task: on
+    trio, when nothing needs watching for the caller's cancellation (every step has a
+    timeout within the ``cancel_grace``, or there is no grace), the task that called
+    run(); on asyncio, one task of the run's own (asyncio's native cancellation would
+    reach into the caller's task)."""
     caller = anyio.get_current_task().id
     seen: list[int] = []
     timeout = 5.0 if bounded_by == "timeouts" else None
@@ -399,12 +400,13 @@ async def test_a_chain_runs_in_the_callers_task(bounded_by: str) -> None:
             return second + first
 
     assert (await Chain.run()).output == 3
-    assert seen == [caller, caller, caller]
+    assert len(set(seen)) == 1
+    assert (seen[0] == caller) is (anyio_backend == "trio")
 
 
-async def test_a_chain_that_may_outlast_the_grace_is_watched() -> None:
-    """With a step that has no timeout (it may outlast ``cancel_grace``), a task watches
-    for the caller's cancellation; the steps still run in the caller's task."""
+async def test_a_chain_that_may_outlast_the_grace_is_watched(anyio_backend: str) -> None:
+    """With a step that has no timeout (it may outlast ``cancel_grace``), the caller's task
+    watches for its cancellation; the steps run in one task of their own."""
     caller = anyio.get_current_task().id
     seen: list[int] = []
 
@@ -422,12 +424,14 @@ async def test_a_chain_that_may_outlast_the_grace_is_watched() -> None:
     assert Chain.__asaga__ is not None
     assert Chain.__asaga__.watch
     assert (await Chain.run()).output == 2
-    assert seen == [caller, caller]
+    assert len(set(seen)) == 1
+    assert caller not in seen
 
 
 async def test_a_task_goes_on_with_the_first_step_it_made_ready() -> None:
-    """In a branching saga the first root runs in the caller's task and carries on with
-    the first dependent it releases; a second branch gets a task of its own."""
+    """In a branching saga the task of the first root carries on with the first dependent
+    it releases; a second branch gets a task of its own. (On trio with bounded steps,
+    that first task is the caller's.)"""
     caller = anyio.get_current_task().id
     seen: dict[str, int] = {}
 
@@ -454,7 +458,8 @@ async def test_a_task_goes_on_with_the_first_step_it_made_ready() -> None:
             return left + right
 
     assert (await Fork.run()).output == 2
-    assert seen["root"] == seen["left"] == caller
+    assert seen["root"] == seen["left"]
+    assert seen["right"] != seen["root"]
     assert seen["right"] != caller
 
 

@@ -318,8 +318,9 @@ async def post_then_drop(
 
 
 async def test_disconnect_cancels_the_saga_which_compensates() -> None:
-    """With handler_cancellation=True, a dropped client cancels the handler: notify is
-    cancelled, the completed steps are compensated, stock is back exactly."""
+    """With handler_cancellation=True, a dropped client cancels the handler: notify, in
+    flight and blocked, runs out its attempt's timeout (shielded) and is not retried, the
+    completed steps are compensated, stock is back exactly."""
     notifier = BlockingNotifier()
     recorder = Recorder()
     app = create_app(seed=SEED, notifier=notifier, hooks=[recorder])

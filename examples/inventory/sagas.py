@@ -43,6 +43,9 @@ __all__ = [
 
 Quantity = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]
 Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+NETWORK_TIMEOUT = 2.0
+"""Seconds one attempt of a step that calls a service (the store, the notifier) may take."""
+
 HoldSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_HOLD_SECONDS)]
 """How long an atomic reservation is held: above 0, at most a day (NaN and infinities refused)."""
 
@@ -163,9 +166,10 @@ class InventorySaga(Saga):
         if replenishment is not None:
             await store.cancel_replenishment(replenishment)
 
-    @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01))
+    @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01), timeout=NETWORK_TIMEOUT)
     async def notify(transaction: str, perform: Change, notifier: Notifier) -> str:
-        """Tell the warehouse; idempotent (keyed by the log entry), retried."""
+        """Tell the warehouse; idempotent (keyed by the log entry), retried, each attempt
+        bounded (a cancelled caller waits for it at most that long)."""
         await notifier.send(transaction, f"{perform.operation} {perform.quantity} x {perform.sku}")
         return transaction
 
@@ -183,7 +187,9 @@ class AtomicReservationSaga(Saga):
 
     output = "reserve"
 
-    @step
+    # Every step has a timeout within the saga's cancel_grace: a cancelled caller waits at
+    # most that long, and a run needs no task watching for the cancellation.
+    @step(timeout=NETWORK_TIMEOUT)
     async def reserve(
         product_id: str,
         reservation_id: str,
@@ -203,7 +209,7 @@ class AtomicReservationSaga(Saga):
         reconciling with the stock."""
         await store.release(reservation_id)
 
-    @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01))
+    @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01), timeout=NETWORK_TIMEOUT)
     async def notify(reserve: str, product_id: str, notifier: Notifier) -> str:
         """Tell the warehouse; idempotent (keyed by the log entry), retried."""
         await notifier.send(reserve, f"reserved {product_id}")
