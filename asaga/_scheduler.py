@@ -240,13 +240,11 @@ class Execution:
         """
         self._shield = False  # nothing cancels the steps' task but the run itself
         self._watch = False  # the calling task watches
-        scope = anyio.CancelScope()
         outcome: list[BaseException] = []
 
         async def steps() -> None:
             try:
-                with scope:
-                    await self._steps()
+                await self._steps()
             except BaseException as exc:  # noqa: BLE001 - re-raised by the calling task
                 outcome.append(exc)  # (SystemExit would otherwise leave the event loop)
 
@@ -263,7 +261,7 @@ class Execution:
             with anyio.CancelScope(shield=True):
                 await _join(task, self._grace)
                 if not task.done():
-                    scope.cancel()
+                    task.cancel()  # what still runs is cut off: the steps see it as theirs
                     await _join(task, None)
             raise
         if outcome:
