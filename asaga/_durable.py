@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -54,10 +54,7 @@ from ._record import RunRecord, RunStatus, RunStore, StepRecord
 from ._run import Hooks, SagaResult, SagaSpec, _ReadOnly, new_run_id, run_values
 from ._scheduler import Resume
 
-if TYPE_CHECKING:
-    from ._saga import Saga
-
-__all__ = ["Recovered", "UndoResult", "recover", "run_durable", "undo_run"]
+__all__ = ["Recovered", "SagaClass", "UndoResult", "recover", "run_durable", "undo_run"]
 
 _logger = structlog.get_logger("asaga")
 
@@ -351,10 +348,21 @@ class Recovered(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class SagaClass(Protocol):
+    """A saga class (``type[Saga]``) as :func:`recover` reads it: its spec.
+
+    Named here rather than imported, because :mod:`asaga._saga` imports this module: the
+    dependency points one way (checked by the import-linter contracts in pyproject.toml).
+    """
+
+    @property
+    def __asaga__(self) -> SagaSpec | None: ...
+
+
 async def recover(
     runs: RunStore,
     *,
-    sagas: Sequence[type[Saga]],
+    sagas: Sequence[SagaClass],
     resources: Mapping[str, Any] | None = None,
     limit: int = 100,
     concurrency: int = 8,

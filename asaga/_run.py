@@ -35,6 +35,7 @@ from ._scheduler import Execution, Resume
 
 if TYPE_CHECKING:
     from ._journal import Journal, SagaCodec
+    from .locks._lease import LockProvider
 
 _logger = structlog.get_logger("asaga")
 
@@ -84,6 +85,9 @@ class SagaSpec:
     """How a durable run of the saga encodes and decodes what it records."""
     saga_version: str
     """The saga's ``saga_version``: a recorded run is resumed only by the same version."""
+    default_locks: Callable[[], LockProvider]
+    """The lock provider of locked steps when the saga has no ``locks`` input (the
+    in-memory one of the event loop, injected by :mod:`asaga._saga`)."""
 
 
 class Completed:
@@ -271,6 +275,7 @@ async def _drive(
         context,
         max_concurrency=spec.max_concurrency,
         on_failure=spec.on_failure,
+        default_locks=spec.default_locks,
         cancel_grace=spec.cancel_grace,
         watch=spec.watch,
         journal=journal,

@@ -21,6 +21,7 @@ from ._retry import Retry
 from ._run import SagaResult, SagaSpec, execute
 from ._scheduler import OnFailure, needs_watch
 from ._step import Compensation, Step
+from .locks._memory import default_provider
 from .runs._memory import default_store
 
 __all__ = ["Saga", "SagaResult"]
@@ -271,6 +272,7 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         watch=needs_watch(plan, cls.cancel_grace),
         codec=SagaCodec(plan),
         saga_version=str(cls.saga_version),
+        default_locks=default_provider,
     )
     cls.__asaga_steps__ = tuple(steps)
     cls.__asaga_compensations__ = tuple(comps)

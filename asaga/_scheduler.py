@@ -44,7 +44,7 @@ import asyncio
 import contextvars
 import math
 import time
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -71,7 +71,7 @@ from ._exceptions import (
     needs_repair,
 )
 from ._graph import Node, Plan
-from .locks._lease import LockProvider, default_provider
+from .locks._lease import LockProvider
 
 if TYPE_CHECKING:
     from ._compensation import Undoable
@@ -105,6 +105,7 @@ class Execution:
 
     __slots__ = (
         "_context",
+        "_default_locks",
         "_fatal",
         "_flights",
         "_grace",
@@ -139,12 +140,16 @@ class Execution:
         *,
         max_concurrency: int | None,
         on_failure: str,
+        default_locks: Callable[[], LockProvider],
         cancel_grace: float | None = None,
         watch: bool = False,
         journal: Journal | None = None,
         resume: Resume | None = None,
     ) -> None:
         self._plan = plan
+        # The lock provider of a saga with no ``locks`` input: injected (the saga's spec
+        # carries the in-memory one), so that the scheduler never imports a backend.
+        self._default_locks = default_locks
         self._grace = cancel_grace
         self._watch = watch  # a task watches for the caller's cancellation (see execute)
         self._flights: dict[str, _Flight] = {}  # attempts in flight, by step
@@ -532,7 +537,7 @@ class Execution:
         lock = node.lock
         assert lock is not None
         locks = self.values.get("locks") if "locks" in self._plan.inputs else None
-        provider: LockProvider = locks if locks is not None else default_provider()
+        provider: LockProvider = locks if locks is not None else self._default_locks()
         if not callable(getattr(provider, "lease", None)):
             raise TypeError(
                 f"step {node.name!r} holds a lock, and the saga's input `locks` should be a "

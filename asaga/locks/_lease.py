@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import structlog
 
 from .._exceptions import AsagaError
@@ -624,21 +623,3 @@ def _check_wait(wait: float) -> float:
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
         raise ValueError(f"wait must be a number of seconds >= 0 or None, got {wait!r}")
     return float(wait)
-
-
-_default_provider: anyio.lowlevel.RunVar[LockProvider] = anyio.lowlevel.RunVar(
-    "asaga_default_locks"
-)
-
-
-def default_provider() -> LockProvider:
-    """The in-memory provider shared by every saga of this event loop that has no ``locks``
-    input: the embedded default."""
-    try:
-        return _default_provider.get()
-    except LookupError:
-        from ._memory import MemoryLockProvider
-
-        provider = MemoryLockProvider()
-        _default_provider.set(provider)
-        return provider

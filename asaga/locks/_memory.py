@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 
 import anyio
+import anyio.lowlevel
 
 from ._lease import Lease, Leases
 
-__all__ = ["MemoryLockProvider"]
+__all__ = ["MemoryLockProvider", "default_provider"]
 
 
 class _MemoryBackend:
@@ -123,3 +124,19 @@ class MemoryLockProvider:
         not expired or been released (fencing)."""
         key = lease.key if key is None else key
         return self._backend.current_token(key) == lease.tokens[key]
+
+
+_default_provider: anyio.lowlevel.RunVar[MemoryLockProvider] = anyio.lowlevel.RunVar(
+    "asaga_default_locks"
+)
+
+
+def default_provider() -> MemoryLockProvider:
+    """The in-memory provider shared by every saga of this event loop that has no ``locks``
+    input: the embedded default (a saga's spec carries it, see :mod:`asaga._saga`)."""
+    try:
+        return _default_provider.get()
+    except LookupError:
+        provider = MemoryLockProvider()
+        _default_provider.set(provider)
+        return provider
