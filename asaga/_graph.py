@@ -1,13 +1,18 @@
 """The planner: a saga's steps → nodes → edges → validation → a frozen :class:`Plan`.
 
-Pure: no I/O, no event loop. Every problem is collected, so that one
-:class:`~asaga.SagaDefinitionError` can list them all::
+Pure: no I/O, no event loop. :func:`build_plan` runs one function per phase; each returns
+what it built and the problems it found there, so that one
+:class:`~asaga.SagaDefinitionError` lists them all, phase by phase::
 
-    nodes   = one per step, from the frozen descriptions made by @step
-    inputs  = declared class annotations, else inferred from parameters naming no step
-    edges   = parameter named like a step → dependency on that step
-    checks  = unknown names, duplicates, annotation mismatches, compensations, cycles
-    plan    = topological order (graphlib), roots, dependents, descendants, output step
+    nodes          = one per step name, signatures resolved; duplicates, options, names
+    input names    = declared inputs named like run() options or Saga's attributes
+    inputs         = declared class annotations, else inferred from parameters naming no step
+    edges          = parameter named like a step → dependency on it; annotations must agree
+    order          = a topological order (graphlib), or the cycle
+    shape          = dependents, descendants, ancestors, steps a condition may skip
+    compensations  = at most one per step; parameters take results, inputs or the run id
+    output         = the ``output =`` step, else the only sink
+    plan           = only if nothing is wrong: nodes in order, roots, chain
 """
 
 from __future__ import annotations
@@ -141,16 +146,56 @@ def build_plan(
     """Plan a saga: ``(plan, inputs, [])``, or ``(None, inputs, problems)``.
 
     ``reserved`` are names no step or input may take (Saga's own attributes), ``settings``
-    those among them that are configuration assigned in the class body.
+    those among them that are configuration assigned in the class body. Each phase is a
+    pure function returning what it built and the problems it found; problems are listed
+    in phase order.
     """
-    problems: list[str] = []
     ns = dict(namespace)
+    nodes, problems = _nodes(steps, ns, declared, reserved)
+    problems += _input_name_problems(declared, reserved, settings)
+    users = _users(nodes)
+    inputs, found = _inputs(declared, users, nodes.by_name)
+    problems += found
+    edges, found = _edges(users, nodes.sigs, declared)
+    problems += found
+    order, found = _order(edges.deps)
+    problems += found
+    shape = _shape(order, nodes, edges)
+    comps, found = _compensations(compensations, nodes, shape, declared, inputs, ns, retry_defaults)
+    problems += found
+    output, found = _output(output, shape, nodes.by_name)
+    problems += found
+    if problems:
+        return None, inputs, problems
+    plan = _plan(saga, nodes, edges, shape, comps, inputs, output, retry_defaults)
+    return plan, plan.inputs, []
 
-    # -- nodes -------------------------------------------------------------------------
-    sigs: dict[str, Signature] = {}
-    conds: dict[str, Signature] = {}  # the when= predicates' signatures
-    locks: dict[str, Lock] = {}
+
+# -- nodes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Nodes:
+    """The nodes: each step name once, with what was resolved for it."""
+
+    by_name: dict[str, Step[Any, Any]]  # the first step of each name
+    sigs: dict[str, Signature]  # without a locked step's `lease` parameter
+    conds: dict[str, Signature]  # the when= predicates' signatures
+    locks: dict[str, Lock]  # the valid lock= of each locked step
+
+
+def _nodes(
+    steps: Sequence[Step[Any, Any]],
+    ns: dict[str, Any],
+    declared: Mapping[str, Declared],
+    reserved: frozenset[str],
+) -> tuple[_Nodes, list[str]]:
+    """One node per step name; each step's problems are listed together, in step order."""
     by_name: dict[str, Step[Any, Any]] = {}
+    sigs: dict[str, Signature] = {}
+    conds: dict[str, Signature] = {}
+    locks: dict[str, Lock] = {}
+    problems: list[str] = []
     for s in steps:
         if s.name in by_name:
             problems.append(
@@ -158,46 +203,69 @@ def build_plan(
             )
             continue
         by_name[s.name] = s
-        sig = s.signature.resolved(s.fn, ns, f"step '{s.name}'")
-        if s.lock is not None:
-            lock, lock_problems = _lock_of(s, sig)
-            problems.extend(lock_problems)
-            if lock is not None:
-                locks[s.name] = lock
-            # `lease` receives the step's lease: neither a dependency nor an input.
-            sig = Signature(
-                tuple(p for p in sig.params if p.name != "lease"),
-                sig.returns,
-                sig.problems,
-                sig.unresolved,
-            )
-        sigs[s.name] = sig
-        problems.extend(sig.problems)
-        if s.when is not None:
-            cond = s.when.signature.resolved(s.when.fn, ns, f"condition of step '{s.name}'")
+        sigs[s.name], cond, lock, found = _read_step(s, ns)
+        if cond is not None:
             conds[s.name] = cond
-            problems.extend(cond.problems)
-        problems.extend(_option_problems(f"step '{s.name}'", s.retry, s.timeout))
-        flag: object = s.idempotent
-        if not isinstance(flag, bool):
-            problems.append(
-                f"step '{s.name}': idempotent= takes True or False, got {s.idempotent!r}"
-            )
-        if s.name == RUN_ID:
-            problems.append(
-                f"step '{s.name}': `{RUN_ID}` is the parameter that receives the run's id; "
-                "rename the step"
-            )
-        elif s.name in reserved:
-            problems.append(
-                f"step '{s.name}' shadows the Saga attribute `{s.name}`; rename the step"
-            )
-        if s.name in declared:
-            problems.append(
-                f"step '{s.name}' has the same name as the input `{s.name}`; "
-                "rename the step or the input"
-            )
+        if lock is not None:
+            locks[s.name] = lock
+        problems += found
+        problems += _step_problems(s, declared, reserved)
+    return _Nodes(by_name, sigs, conds, locks), problems
 
+
+def _read_step(
+    s: Step[Any, Any], ns: dict[str, Any]
+) -> tuple[Signature, Signature | None, Lock | None, list[str]]:
+    """A step's resolved signature, its condition's, its lock; and the problems in them."""
+    problems: list[str] = []
+    sig = s.signature.resolved(s.fn, ns, f"step '{s.name}'")
+    lock = None
+    if s.lock is not None:
+        lock, lock_problems = _lock_of(s, sig)
+        problems += lock_problems
+        # `lease` receives the step's lease: neither a dependency nor an input.
+        sig = Signature(
+            tuple(p for p in sig.params if p.name != "lease"),
+            sig.returns,
+            sig.problems,
+            sig.unresolved,
+        )
+    problems += sig.problems
+    cond = None
+    if s.when is not None:
+        cond = s.when.signature.resolved(s.when.fn, ns, f"condition of step '{s.name}'")
+        problems += cond.problems
+    return sig, cond, lock, problems
+
+
+def _step_problems(
+    s: Step[Any, Any], declared: Mapping[str, Declared], reserved: frozenset[str]
+) -> list[str]:
+    """A step's options, and a name that clashes with the run id, Saga or an input."""
+    problems = _option_problems(f"step '{s.name}'", s.retry, s.timeout)
+    flag: object = s.idempotent
+    if not isinstance(flag, bool):
+        problems.append(f"step '{s.name}': idempotent= takes True or False, got {s.idempotent!r}")
+    if s.name == RUN_ID:
+        problems.append(
+            f"step '{s.name}': `{RUN_ID}` is the parameter that receives the run's id; "
+            "rename the step"
+        )
+    elif s.name in reserved:
+        problems.append(f"step '{s.name}' shadows the Saga attribute `{s.name}`; rename the step")
+    if s.name in declared:
+        problems.append(
+            f"step '{s.name}' has the same name as the input `{s.name}`; "
+            "rename the step or the input"
+        )
+    return problems
+
+
+def _input_name_problems(
+    declared: Mapping[str, Declared], reserved: frozenset[str], settings: frozenset[str]
+) -> list[str]:
+    """Declared inputs named like a run() option, a Saga setting or a Saga attribute."""
+    problems = []
     for name in declared:
         if name in _RESERVED_INPUTS:
             problems.append(
@@ -210,11 +278,39 @@ def build_plan(
             )
         elif name in reserved:
             problems.append(f"input `{name}` would hide `Saga.{name}`; rename the input")
+    return problems
 
-    # -- inputs ------------------------------------------------------------------------
-    inputs: dict[str, InputSpec] = {}
-    for name, decl in declared.items():
-        inputs[name] = InputSpec(
+
+# -- inputs ------------------------------------------------------------------------------
+
+_User = tuple[str, str, Signature]
+"""A function whose parameters name steps and inputs: (its step, its name in problems, its
+signature). A step's condition belongs to that step: its parameters are the step's too."""
+
+
+def _users(nodes: _Nodes) -> list[_User]:
+    """The steps, then the steps' conditions: the functions that take steps and inputs."""
+    return [(name, f"step '{name}'", sig) for name, sig in nodes.sigs.items()] + [
+        (name, f"condition of step '{name}'", sig) for name, sig in nodes.conds.items()
+    ]
+
+
+def _inputs(
+    declared: Mapping[str, Declared],
+    users: Sequence[_User],
+    steps: Mapping[str, Step[Any, Any]],
+) -> tuple[dict[str, InputSpec], list[str]]:
+    """The saga's inputs: the declared ones if any (every other name is then a problem),
+    else those inferred from the parameters that name no step."""
+    if declared:
+        return _declared_inputs(declared), _undeclared_problems(users, steps, declared)
+    return _inferred_inputs(users, steps)
+
+
+def _declared_inputs(declared: Mapping[str, Declared]) -> dict[str, InputSpec]:
+    """One input per class annotation on the saga."""
+    return {
+        name: InputSpec(
             name=name,
             annotation=decl.annotation,
             resource=is_resource(decl.annotation),
@@ -222,81 +318,141 @@ def build_plan(
             default=decl.default,
             declared=True,
         )
-    strict = bool(declared)
-    known = set(by_name) | set(declared)
-    inferred: dict[str, list[tuple[str, Param]]] = {}
-    users = [(name, f"step '{name}'", sig) for name, sig in sigs.items()] + [
-        (name, f"condition of step '{name}'", sig) for name, sig in conds.items()
-    ]
-    for name, what, sig in users:
-        for p in sig.params:
-            if p.name in by_name or p.name in declared or p.name == RUN_ID:
-                continue
-            if strict:
-                problems.append(
-                    f"{what}, parameter '{p.name}': no step or input is named "
-                    f"'{p.name}'{_suggest(p.name, known)}; declare it on the saga "
-                    f"(`{p.name}: <type>`) or rename the parameter"
-                )
-            else:
-                inferred.setdefault(p.name, []).append((name, p))
-    for name, uses in inferred.items():
-        if name in _RESERVED_INPUTS:
-            problems.append(
-                f"step '{uses[0][0]}', parameter '{name}': `{name}` is reserved for run() "
-                "options; rename the parameter"
-            )
-        annotated = [(user, p) for user, p in uses if p.annotation is not EMPTY]
-        annotation = annotated[0][1].annotation if annotated else EMPTY
-        for user, p in annotated[1:]:
-            if strip_annotated(p.annotation) != strip_annotated(annotation):
-                problems.append(
-                    f"input '{name}' is annotated `{type_name(annotation)}` in step "
-                    f"'{annotated[0][0]}' but `{type_name(p.annotation)}` in step '{user}'; "
-                    "use one type, or declare the input on the saga"
-                )
-        defaults = [p for _, p in uses if p.has_default]
-        inputs[name] = InputSpec(
-            name=name,
-            annotation=annotation,
-            resource=is_resource(annotation),
-            required=len(defaults) < len(uses),
-            default=defaults[0].default if defaults else None,
-            declared=False,
-        )
+        for name, decl in declared.items()
+    }
 
-    # -- edges and annotation checks -----------------------------------------------------
+
+def _undeclared_problems(
+    users: Sequence[_User],
+    steps: Mapping[str, Step[Any, Any]],
+    declared: Mapping[str, Declared],
+) -> list[str]:
+    """Parameters naming neither a step nor a declared input, when inputs are declared."""
+    known = set(steps) | set(declared)
+    return [
+        f"{what}, parameter '{p.name}': no step or input is named "
+        f"'{p.name}'{_suggest(p.name, known)}; declare it on the saga "
+        f"(`{p.name}: <type>`) or rename the parameter"
+        for _, what, sig in users
+        for p in sig.params
+        if p.name not in steps and p.name not in declared and p.name != RUN_ID
+    ]
+
+
+def _inferred_inputs(
+    users: Sequence[_User], steps: Mapping[str, Step[Any, Any]]
+) -> tuple[dict[str, InputSpec], list[str]]:
+    """One input per parameter name that names no step, when no input is declared."""
+    uses: dict[str, list[tuple[str, Param]]] = {}
+    for name, _, sig in users:
+        for p in sig.params:
+            if p.name not in steps and p.name != RUN_ID:
+                uses.setdefault(p.name, []).append((name, p))
+    inputs: dict[str, InputSpec] = {}
+    problems: list[str] = []
+    for name, its_uses in uses.items():
+        inputs[name], found = _inferred_input(name, its_uses)
+        problems += found
+    return inputs, problems
+
+
+def _inferred_input(name: str, uses: Sequence[tuple[str, Param]]) -> tuple[InputSpec, list[str]]:
+    """An inferred input from the parameters that take it: typed by the first annotated
+    one, which the others must agree with; required unless every one has a default."""
+    problems = []
+    if name in _RESERVED_INPUTS:
+        problems.append(
+            f"step '{uses[0][0]}', parameter '{name}': `{name}` is reserved for run() "
+            "options; rename the parameter"
+        )
+    annotated = [(user, p) for user, p in uses if p.annotation is not EMPTY]
+    annotation = annotated[0][1].annotation if annotated else EMPTY
+    for user, p in annotated[1:]:
+        if strip_annotated(p.annotation) != strip_annotated(annotation):
+            problems.append(
+                f"input '{name}' is annotated `{type_name(annotation)}` in step "
+                f"'{annotated[0][0]}' but `{type_name(p.annotation)}` in step '{user}'; "
+                "use one type, or declare the input on the saga"
+            )
+    defaults = [p for _, p in uses if p.has_default]
+    spec = InputSpec(
+        name=name,
+        annotation=annotation,
+        resource=is_resource(annotation),
+        required=len(defaults) < len(uses),
+        default=defaults[0].default if defaults else None,
+        declared=False,
+    )
+    return spec, problems
+
+
+# -- edges -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Edges:
+    """Each step's dependencies, from its and its condition's parameters."""
+
+    deps: dict[str, tuple[str, ...]]
+    required: dict[str, list[str]]  # dependencies taken without a default
+
+
+def _edges(
+    users: Sequence[_User], sigs: Mapping[str, Signature], declared: Mapping[str, Declared]
+) -> tuple[_Edges, list[str]]:
+    """A parameter named like a step is an edge from that step; its annotation must agree
+    with the step's return annotation (a declared input's, for an input)."""
     deps: dict[str, tuple[str, ...]] = {}
     required: dict[str, list[str]] = {name: [] for name in sigs}
+    problems = []
     for name, what, sig in users:
         step_deps = list(deps.get(name, ()))
         for p in sig.params:
-            if p.name in by_name:
+            if p.name in sigs:
                 if p.name not in step_deps:
                     step_deps.append(p.name)
                 if not p.has_default and p.name not in required[name]:
                     required[name].append(p.name)
-                problems.extend(_mismatch(what, p, p.name, sigs.get(p.name)))
+                problems += _mismatch(what, p, p.name, sigs.get(p.name))
             elif p.name in declared:
-                problems.extend(_input_mismatch(what, p, declared[p.name]))
+                problems += _input_mismatch(what, p, declared[p.name])
         deps[name] = tuple(step_deps)
+    return _Edges(deps, required), problems
 
-    # -- order and cycles ------------------------------------------------------------------
-    sorter = graphlib.TopologicalSorter(deps)
-    order: tuple[str, ...] = ()
+
+# -- order and shape ---------------------------------------------------------------------
+
+
+def _order(deps: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, ...], list[str]]:
+    """A topological order (graphlib); ``()`` and the cycle as a problem if there is one."""
     try:
-        order = tuple(sorter.static_order())
+        return tuple(graphlib.TopologicalSorter(deps).static_order()), []
     except graphlib.CycleError as exc:
         cycle = exc.args[1]
-        problems.append(
+        return (), [
             "steps form a cycle: "
             + " -> ".join(f"'{n}'" for n in reversed(cycle))
             + "; each parameter names a step it waits for, so break the loop"
-        )
+        ]
 
-    dependents: dict[str, list[str]] = {name: [] for name in by_name}
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What the order tells about the graph. After a cycle (no order) no step reaches
+    another, and every step counts as every step's ancestor."""
+
+    order: tuple[str, ...]
+    dependents: dict[str, list[str]]  # in order
+    descendants: dict[str, frozenset[str]]
+    ancestors: dict[str, set[str]]  # after a cycle every step, so nothing is unreachable
+    skippable: set[str]  # steps with a condition, and those requiring one
+
+
+def _shape(order: tuple[str, ...], nodes: _Nodes, edges: _Edges) -> _Shape:
+    """Dependents, descendants, ancestors and skippable steps, read along ``order``."""
+    dependents: dict[str, list[str]] = {name: [] for name in nodes.by_name}
     for name in order:
-        for d in deps.get(name, ()):
+        for d in edges.deps.get(name, ()):
             dependents[d].append(name)
     descendants: dict[str, frozenset[str]] = {}
     for name in reversed(order):
@@ -305,148 +461,229 @@ def build_plan(
             acc.add(child)
             acc |= descendants[child]
         descendants[name] = frozenset(acc)
-    ancestors: dict[str, set[str]] = {name: set() for name in by_name}
+    ancestors: dict[str, set[str]] = {name: set() for name in nodes.by_name}
     for name, desc in descendants.items():
         for d in desc:
             ancestors[d].add(name)
-    if by_name and not order:  # a cycle: do not add dependency complaints on top of it
-        ancestors = {name: set(by_name) for name in by_name}
-
-    # Steps that may end up skipped: those with a condition, and those requiring one.
+    if nodes.by_name and not order:  # a cycle: do not add dependency complaints on top of it
+        ancestors = {name: set(nodes.by_name) for name in nodes.by_name}
     skippable: set[str] = set()
     for name in order:
-        if name in conds or any(r in skippable for r in required[name]):
+        if name in nodes.conds or any(r in skippable for r in edges.required[name]):
             skippable.add(name)
+    return _Shape(order, dependents, descendants, ancestors, skippable)
 
-    # -- compensations ---------------------------------------------------------------------
+
+# -- compensations -----------------------------------------------------------------------
+
+
+def _compensations(
+    compensations: Sequence[Compensation],
+    nodes: _Nodes,
+    shape: _Shape,
+    declared: Mapping[str, Declared],
+    inputs: Mapping[str, InputSpec],
+    ns: dict[str, Any],
+    retry_defaults: Retry | None,
+) -> tuple[dict[str, CompNode], list[str]]:
+    """At most one compensation per step of this saga, each with its parameters checked."""
     comps: dict[str, CompNode] = {}
-    step_ids = {id(s) for s in by_name.values()}
+    problems: list[str] = []
+    step_ids = {id(s) for s in nodes.by_name.values()}
     for c in compensations:
         target = c.target.name
-        what = f"compensation '{c.name}' of step '{target}'"
         if id(c.target) not in step_ids:
             problems.append(
-                f"{what}: '{target}' is not a step of this saga (it belongs to another saga "
-                "or to none); register compensations on this saga's own steps"
+                f"compensation '{c.name}' of step '{target}': '{target}' is not a step of "
+                "this saga (it belongs to another saga or to none); register compensations "
+                "on this saga's own steps"
             )
-            continue
-        if target in comps:
+        elif target in comps:
             problems.append(
                 f"step '{target}' has two compensations ('{comps[target].name}' and "
                 f"'{c.name}'); keep one"
             )
-            continue
-        csig = c.signature.resolved(c.fn, ns, what)
-        problems.extend(csig.problems)
-        problems.extend(_option_problems(what, c.retry, c.timeout))
-        in_doubt: object = c.in_doubt
-        if not isinstance(in_doubt, bool):
-            problems.append(f"{what}: in_doubt={in_doubt!r}: set it to True or False")
-        optional: set[str] = set()
-        if by_name[target].invoke is not None:
-            problems.append(
-                f"{what}: '{target}' is a composed or mapped step, undone by its sub-runs' "
-                "own compensations (or map_each's undo=); it takes no compensation"
+        else:
+            comps[target], found = _compensation(
+                c, nodes, shape, declared, inputs, ns, retry_defaults
             )
-        for p in csig.params:
-            if p.name in skippable and p.name != target and not p.has_default:
-                problems.append(
-                    f"{what}, parameter '{p.name}': step '{p.name}' may be skipped by a "
-                    "condition, so it may have no result; give the parameter a default"
-                )
-                optional.add(p.name)
-            elif p.name == RUN_ID:
-                continue
-            elif p.name == target or (p.name in by_name and p.name in ancestors.get(target, ())):
-                problems.extend(_mismatch(what, p, p.name, sigs.get(p.name)))
-            elif p.name in by_name:
-                if not p.has_default:
-                    problems.append(
-                        f"{what}, parameter '{p.name}': step '{p.name}' is not a dependency "
-                        f"of '{target}', so it may not have completed when '{target}' is "
-                        f"undone; make '{target}' depend on it or give the parameter a default"
-                    )
-                optional.add(p.name)
-            elif p.name in inputs:
-                if p.name in declared:
-                    problems.extend(_input_mismatch(what, p, declared[p.name]))
-                spec = inputs[p.name]
-                if not spec.required and not spec.declared:
-                    # An optional inferred input has no saga-wide default to pass.
-                    if not p.has_default:
-                        problems.append(
-                            f"{what}, parameter '{p.name}': input '{p.name}' is optional "
-                            "(the steps give it a default), so the compensation may run "
-                            "without it; give the parameter a default too"
-                        )
-                    optional.add(p.name)
-            else:
-                problems.append(
-                    f"{what}, parameter '{p.name}': names no step or input of this saga"
-                    f"{_suggest(p.name, known | set(inputs))}; a compensation takes the "
-                    f"step's result as '{target}', other steps' results and inputs"
-                )
-        comps[target] = CompNode(
-            name=c.name,
-            fn=c.fn,
-            params=tuple(p.name for p in csig.params),
-            optional=frozenset(optional),
-            retry=c.retry or retry_defaults or NO_RETRY,
-            timeout=c.timeout,
-            in_doubt=c.in_doubt is True,
-        )
+            problems += found
+    return comps, problems
 
-    # -- output ----------------------------------------------------------------------------
-    sinks = [name for name in order if not dependents[name]]
+
+def _compensation(
+    c: Compensation,
+    nodes: _Nodes,
+    shape: _Shape,
+    declared: Mapping[str, Declared],
+    inputs: Mapping[str, InputSpec],
+    ns: dict[str, Any],
+    retry_defaults: Retry | None,
+) -> tuple[CompNode, list[str]]:
+    """A compensation's signature and options, then each of its parameters."""
+    target = c.target.name
+    what = f"compensation '{c.name}' of step '{target}'"
+    csig = c.signature.resolved(c.fn, ns, what)
+    problems = [*csig.problems, *_option_problems(what, c.retry, c.timeout)]
+    in_doubt: object = c.in_doubt
+    if not isinstance(in_doubt, bool):
+        problems.append(f"{what}: in_doubt={in_doubt!r}: set it to True or False")
+    if nodes.by_name[target].invoke is not None:
+        problems.append(
+            f"{what}: '{target}' is a composed or mapped step, undone by its sub-runs' "
+            "own compensations (or map_each's undo=); it takes no compensation"
+        )
+    optional: set[str] = set()
+    for p in csig.params:
+        is_optional, found = _comp_param(what, target, p, nodes, shape, declared, inputs)
+        problems += found
+        if is_optional:
+            optional.add(p.name)
+    comp = CompNode(
+        name=c.name,
+        fn=c.fn,
+        params=tuple(p.name for p in csig.params),
+        optional=frozenset(optional),
+        retry=c.retry or retry_defaults or NO_RETRY,
+        timeout=c.timeout,
+        in_doubt=c.in_doubt is True,
+    )
+    return comp, problems
+
+
+def _comp_param(
+    what: str,
+    target: str,
+    p: Param,
+    nodes: _Nodes,
+    shape: _Shape,
+    declared: Mapping[str, Declared],
+    inputs: Mapping[str, InputSpec],
+) -> tuple[bool, list[str]]:
+    """One compensation parameter: whether it is passed only when available, and its
+    problems. It may take the target's result, an ancestor's, another step's (with a
+    default), an input or the run id."""
+    if p.name in shape.skippable and p.name != target and not p.has_default:
+        return True, [
+            f"{what}, parameter '{p.name}': step '{p.name}' may be skipped by a "
+            "condition, so it may have no result; give the parameter a default"
+        ]
+    if p.name == RUN_ID:
+        return False, []
+    by_name = nodes.by_name
+    if p.name == target or (p.name in by_name and p.name in shape.ancestors.get(target, ())):
+        return False, _mismatch(what, p, p.name, nodes.sigs.get(p.name))
+    if p.name in by_name:
+        if p.has_default:
+            return True, []
+        return True, [
+            f"{what}, parameter '{p.name}': step '{p.name}' is not a dependency "
+            f"of '{target}', so it may not have completed when '{target}' is "
+            f"undone; make '{target}' depend on it or give the parameter a default"
+        ]
+    if p.name in inputs:
+        return _comp_input(what, p, declared, inputs[p.name])
+    return False, [
+        f"{what}, parameter '{p.name}': names no step or input of this saga"
+        f"{_suggest(p.name, set(by_name) | set(inputs))}; a compensation takes the "
+        f"step's result as '{target}', other steps' results and inputs"
+    ]
+
+
+def _comp_input(
+    what: str, p: Param, declared: Mapping[str, Declared], spec: InputSpec
+) -> tuple[bool, list[str]]:
+    """A compensation parameter taking an input. An optional inferred input has no
+    saga-wide default to pass, so the parameter is optional and needs its own default."""
+    problems = _input_mismatch(what, p, declared[p.name]) if p.name in declared else []
+    if spec.required or spec.declared:
+        return False, problems
+    if not p.has_default:
+        problems.append(
+            f"{what}, parameter '{p.name}': input '{p.name}' is optional "
+            "(the steps give it a default), so the compensation may run "
+            "without it; give the parameter a default too"
+        )
+    return True, problems
+
+
+# -- output and plan ---------------------------------------------------------------------
+
+
+def _output(
+    output: str | None, shape: _Shape, steps: Mapping[str, Step[Any, Any]]
+) -> tuple[str | None, list[str]]:
+    """The output step: the one named by ``output =``, else the only sink, else none."""
     if output is not None:
-        if not isinstance(output, str) or output not in by_name:
-            problems.append(
-                f"output = {output!r} names no step{_suggest(str(output), set(by_name))}; "
+        if not isinstance(output, str) or output not in steps:
+            return None, [
+                f"output = {output!r} names no step{_suggest(str(output), set(steps))}; "
                 "set it to a step's name"
-            )
-            output = None
-    elif len(sinks) == 1:
-        output = sinks[0]
+            ]
+        return output, []
+    sinks = [name for name in shape.order if not shape.dependents[name]]
+    return (sinks[0] if len(sinks) == 1 else None), []
 
-    if problems:
-        return None, inputs, problems
 
-    nodes = {
-        name: Node(
-            name=name,
-            fn=by_name[name].fn,
-            params=tuple(p.name for p in sigs[name].params),
-            deps=deps[name],
-            dependents=tuple(dependents[name]),
-            retry=by_name[name].retry or retry_defaults or NO_RETRY,
-            timeout=by_name[name].timeout,
-            compensation=comps.get(name),
-            when=_when(by_name[name], conds.get(name)),
-            required=tuple(required[name]),
-            invoke=by_name[name].invoke,
-            lock=locks.get(name),
-            takes_lease=name in locks and "lease" in _param_names(by_name[name].signature),
-            defaults=MappingProxyType(
-                {p.name: p.default for p in sigs[name].params if p.has_default}
-                if name in locks
-                else {}
-            ),
-            returns=sigs[name].returns,
-            idempotent=by_name[name].idempotent is True,
-        )
-        for name in order
-    }
-    plan = Plan(
+def _plan(
+    saga: str,
+    nodes: _Nodes,
+    edges: _Edges,
+    shape: _Shape,
+    comps: Mapping[str, CompNode],
+    inputs: Mapping[str, InputSpec],
+    output: str | None,
+    retry_defaults: Retry | None,
+) -> Plan:
+    """The frozen plan of a saga with no problem; nodes in topological order."""
+    order, descendants = shape.order, shape.descendants
+    return Plan(
         saga=saga,
-        nodes=MappingProxyType(nodes),
+        nodes=MappingProxyType(
+            {
+                name: _node(name, nodes, edges, shape, comps.get(name), retry_defaults)
+                for name in order
+            }
+        ),
         order=order,
-        roots=tuple(name for name in order if not deps[name]),
+        roots=tuple(name for name in order if not edges.deps[name]),
         inputs=MappingProxyType(inputs),
         output=output,
         descendants=MappingProxyType(descendants),
         chain=all(later in descendants[earlier] for earlier, later in pairwise(order)),
     )
-    return plan, plan.inputs, []
+
+
+def _node(
+    name: str,
+    nodes: _Nodes,
+    edges: _Edges,
+    shape: _Shape,
+    comp: CompNode | None,
+    retry_defaults: Retry | None,
+) -> Node:
+    """A step as the scheduler needs it; a locked step keeps its parameter defaults."""
+    s, sig, lock = nodes.by_name[name], nodes.sigs[name], nodes.locks.get(name)
+    return Node(
+        name=name,
+        fn=s.fn,
+        params=tuple(p.name for p in sig.params),
+        deps=edges.deps[name],
+        dependents=tuple(shape.dependents[name]),
+        retry=s.retry or retry_defaults or NO_RETRY,
+        timeout=s.timeout,
+        compensation=comp,
+        when=_when(s, nodes.conds.get(name)),
+        required=tuple(edges.required[name]),
+        invoke=s.invoke,
+        lock=lock,
+        takes_lease=lock is not None and "lease" in _param_names(s.signature),
+        defaults=MappingProxyType(
+            {p.name: p.default for p in sig.params if p.has_default} if lock is not None else {}
+        ),
+        returns=sig.returns,
+        idempotent=s.idempotent is True,
+    )
 
 
 def _param_names(sig: Signature) -> set[str]:
