@@ -1,4 +1,4 @@
-"""The planner: a saga's steps → nodes → edges → validation → a frozen :class:`Plan`.
+"""The planner: a saga's steps, phase by phase, into a frozen :class:`Plan`.
 
 Pure: no I/O, no event loop. :func:`build_plan` runs one function per phase; each returns
 what it built and the problems it found there, so that one
