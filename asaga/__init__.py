@@ -6,8 +6,6 @@ run that fails for good is unwound by compensations in reverse graph order, shie
 cancellation.
 """
 
-from contextlib import suppress as _suppress
-
 from ._annotations import Resource as Resource
 from ._events import (
     CompensationFailedEvent as CompensationFailedEvent,
@@ -53,6 +51,7 @@ from ._nested import MapFailed as MapFailed
 from ._nested import MapResult as MapResult
 from ._nested import compose as compose
 from ._nested import map_each as map_each
+from ._public import claim as _claim
 from ._retry import Retry as Retry
 from ._run import SagaResult as SagaResult
 from ._saga import Saga as Saga
@@ -113,11 +112,5 @@ __all__ = [
 ]
 
 # Tracebacks and reprs say `asaga.Saga`, not `asaga._saga.Saga`.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("asaga."):
-        with _suppress(AttributeError, TypeError):  # a few built types refuse; fine
-            _obj.__module__ = "asaga"
-for _fn in (step, compose, map_each):
-    _fn.__module__ = "asaga"
-del _name, _obj, _fn, _suppress
+_claim(__name__, globals())
+del _claim

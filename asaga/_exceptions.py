@@ -1,4 +1,4 @@
-"""The exceptions asaga raises.
+"""The exceptions asaga raises, all defined here; each public module re-exports its own.
 
 ::
 
@@ -8,18 +8,40 @@
     ├── UndoFailed               undoing a completed run left some compensations failed
     ├── SagaFailed               a step failed for good; completed steps were compensated
     │   └── CompensationFailed   ... and at least one compensation failed too
+    ├── MapFailed                an element of a fail_fast mapped step failed; the
+    │                            completed elements were undone (undo_failures: not all)
+    ├── MapAbandoned             (internal) a mapped step stopped starting elements because
+    │                            another step failed the run
     ├── IdempotencyKeyReused     an idempotency key came back with different inputs
-    └── RunStoreError            a durable run could not be recorded or read back
-        ├── NotRecordable        a value (an input, a result) cannot be encoded
-        ├── RecordTooLarge       a run's record outgrew the store's size limit
-        ├── CorruptRecord        a stored record does not decode (tampered, foreign, newer)
-        ├── RunNotFound          no record of that run in the store
-        ├── RunTakenOver         another process recovered the run; this one must stop
-        ├── RunRecordLost        the run's record vanished (Redis lost writes); unwound here
-        └── StoreUnavailable     the store cannot be reached
+    ├── LeaseError               asaga.locks: a lease on ``keys`` went wrong
+    │   ├── LeaseTimeout         not acquired within ``wait`` seconds (a TimeoutError too)
+    │   ├── LeaseLost            expired or taken over while held; the work was cancelled
+    │   │   └── StaleWrite       a fenced write was refused: a newer lease exists
+    │   └── LeaseUnavailable     the lock backend (Redis) cannot be reached
+    ├── RunStoreError            a durable run could not be recorded or read back
+    │   ├── NotRecordable        a value (an input, a result) cannot be encoded
+    │   ├── RecordTooLarge       a run's record outgrew the store's size limit
+    │   ├── CorruptRecord        a stored record does not decode (tampered, foreign, newer)
+    │   ├── RunNotFound          no record of that run in the store
+    │   ├── RunTakenOver         another process recovered the run; this one must stop
+    │   ├── RunRecordLost        the run's record vanished (Redis lost writes); unwound here
+    │   └── StoreUnavailable     the store cannot be reached
+    ├── MalformedBody            asaga.integrations.inputs: a request body that is not a
+    │                            JSON object (a ValueError too)
+    └── ClientDisconnected       asaga.integrations.fastapi: the client went away before
+                                 the response; the work was cancelled
 
-Every exception carries structured fields (``saga``, ``run_id``, ``step``...) so that
-handlers can map them to responses without parsing messages.
+    RecordedError                not an AsagaError: a failure a durable run's record
+                                 remembers (only its repr), the cause of a replayed failure
+
+Every exception carries structured fields (``saga``, ``run_id``, ``step``, ``keys``...) so
+that handlers can map them to responses without parsing messages. Two records travel with
+them: :class:`FieldError` (one bad input of an :class:`InputValidationError`) and
+:class:`ElementFailure` (one failed element, in a :class:`MapFailed`'s ``undo_failures``
+and in a mapped step's result).
+
+Errors without a module named above are exported by ``asaga``; each class reports the
+public module that exports it as its ``__module__`` (``asaga.locks.LeaseLost``).
 """
 
 from collections.abc import Sequence
@@ -28,11 +50,20 @@ import msgspec
 
 __all__ = [
     "AsagaError",
+    "ClientDisconnected",
     "CompensationFailed",
     "CorruptRecord",
+    "ElementFailure",
     "FieldError",
     "IdempotencyKeyReused",
     "InputValidationError",
+    "LeaseError",
+    "LeaseLost",
+    "LeaseTimeout",
+    "LeaseUnavailable",
+    "MalformedBody",
+    "MapAbandoned",
+    "MapFailed",
     "NotRecordable",
     "RecordTooLarge",
     "RecordedError",
@@ -42,6 +73,7 @@ __all__ = [
     "RunTakenOver",
     "SagaDefinitionError",
     "SagaFailed",
+    "StaleWrite",
     "StoreUnavailable",
     "UndoFailed",
     "needs_repair",
@@ -79,6 +111,17 @@ class FieldError(msgspec.Struct, frozen=True, kw_only=True):
     """The input's name."""
     message: str
     """What is wrong with it."""
+
+
+class ElementFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """One element of a mapped step that failed (``collect`` mode), or whose undo failed
+    (in :attr:`MapFailed.undo_failures`)."""
+
+    index: int
+    """The element's position in the collection."""
+    error: BaseException
+    """What it raised: for a sub-saga, its ``SagaFailed`` (or ``InputValidationError`` if
+    the element's inputs were bad); ``TypeError`` for an element of the wrong shape."""
 
 
 class InputValidationError(AsagaError, ValueError):
@@ -211,6 +254,86 @@ class UndoFailed(AsagaError):
         )
 
 
+class MapFailed(AsagaError):
+    """A ``fail_fast`` mapped step failed: element :attr:`index` (the lowest index that
+    failed) raised the exception in ``__cause__``.
+
+    The completed elements were undone, in reverse index order, before this was raised:
+    :attr:`undone` lists their indexes; :attr:`undo_failures` the undos that failed (they
+    need a human, and make the run raise ``CompensationFailed``). :attr:`saga` and
+    :attr:`run_id` name the run the mapped step :attr:`step` belongs to.
+    """
+
+    step: str
+    index: int
+    undone: tuple[int, ...]
+    undo_failures: tuple[ElementFailure, ...]
+    saga: str | None
+    run_id: str | None
+
+    def __init__(
+        self,
+        step: str,
+        index: int,
+        undone: Sequence[int],
+        undo_failures: Sequence[ElementFailure],
+        *,
+        saga: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.step = step
+        self.index = index
+        self.undone = tuple(undone)
+        self.undo_failures = tuple(undo_failures)
+        self.saga = saga
+        self.run_id = run_id
+        extra = ""
+        if undo_failures:
+            extra = f"; undoing elements {[f.index for f in undo_failures]} failed"
+        super().__init__(
+            f"element {index} of mapped step {step!r} failed; undid elements "
+            f"{list(self.undone)}{extra}"
+        )
+
+
+class MapAbandoned(AsagaError):
+    """A mapped step stopped starting elements because another step failed the run.
+
+    Internal: the run fails for the other step's reason. Elements :attr:`started` of
+    :attr:`size` had been started; the completed ones were undone, but for
+    :attr:`undo_failures`.
+    """
+
+    step: str
+    started: int
+    size: int
+    undo_failures: tuple[ElementFailure, ...]
+    saga: str | None
+    run_id: str | None
+
+    def __init__(
+        self,
+        step: str,
+        started: int,
+        size: int,
+        undo_failures: Sequence[ElementFailure] = (),
+        *,
+        saga: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.step = step
+        self.started = started
+        self.size = size
+        self.undo_failures = tuple(undo_failures)
+        self.saga = saga
+        self.run_id = run_id
+        failed = [f.index for f in self.undo_failures]
+        super().__init__(
+            f"mapped step {step!r} stopped at element {started} of {size}: another step "
+            "failed the run" + (f"; undoing {failed} failed" if failed else "")
+        )
+
+
 class IdempotencyKeyReused(AsagaError):
     """An idempotency key was used again for a different request (other inputs).
 
@@ -226,6 +349,41 @@ class IdempotencyKeyReused(AsagaError):
             f"idempotency key {key!r} was already used for {detail}; "
             "use a new key for a new request"
         )
+
+
+class LeaseError(AsagaError):
+    """Base class of lease errors; ``keys`` names the keys concerned."""
+
+    keys: tuple[str, ...]
+
+    def __init__(self, message: str, keys: Sequence[str]) -> None:
+        self.keys = tuple(keys)
+        super().__init__(message)
+
+
+class LeaseTimeout(LeaseError, TimeoutError):
+    """The lease could not be acquired within ``wait`` seconds."""
+
+
+class LeaseLost(LeaseError):
+    """The lease expired or was taken over while held; the holder's work was cancelled."""
+
+
+class LeaseUnavailable(LeaseError):
+    """The lock backend cannot be reached (for example, Redis is down)."""
+
+
+class StaleWrite(LeaseLost):
+    """A fenced write was rejected: a newer lease on the key exists.
+
+    :attr:`token` is the fencing token the write was made under (``None`` if not known).
+    """
+
+    token: int | None
+
+    def __init__(self, message: str, keys: Sequence[str], *, token: int | None = None) -> None:
+        self.token = token
+        super().__init__(message, keys)
 
 
 class RecordedError(Exception):
@@ -289,8 +447,31 @@ class StoreUnavailable(RunStoreError):
     """The run store cannot be reached (Redis down or too slow)."""
 
 
+class MalformedBody(AsagaError, ValueError):
+    """A request body that is not a JSON object (answered 400 by the web integrations)."""
+
+    reason: str
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ClientDisconnected(AsagaError):
+    """The client closed the connection before the response; the work was cancelled.
+
+    Raised by :func:`asaga.integrations.fastapi.run_until_disconnect` and
+    :func:`~asaga.integrations.fastapi.idempotent` once the cancelled work has finished
+    unwinding. :func:`~asaga.integrations.fastapi.install_error_handlers` answers it with a
+    499 response, which the server drops (there is nobody to send it to).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the client disconnected before the response; the work was cancelled")
+
+
 def needs_repair(exc: BaseException) -> bool:
     """Whether ``exc`` reports work that could not be undone (a human must look)."""
-    return isinstance(exc, CompensationFailed | UndoFailed) or bool(
-        getattr(exc, "undo_failures", ())
+    return isinstance(exc, CompensationFailed | UndoFailed) or (
+        isinstance(exc, MapFailed) and bool(exc.undo_failures)
     )

@@ -33,7 +33,9 @@ from ._events import (
     CompensationSucceeded,
     RunContext,
 )
-from ._exceptions import AsagaError
+from ._exceptions import ElementFailure as ElementFailure
+from ._exceptions import MapAbandoned
+from ._exceptions import MapFailed as MapFailed
 from ._retry import Retry
 from ._run import Completed, SagaSpec, execute
 from ._step import Param, Signature, Step
@@ -54,16 +56,6 @@ class ElementSuccess(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     """Its result (for a sub-saga, the sub-saga's output)."""
 
 
-class ElementFailure(msgspec.Struct, frozen=True, kw_only=True):
-    """One element of a mapped step that failed (``collect`` mode)."""
-
-    index: int
-    """The element's position in the collection."""
-    error: BaseException
-    """What it raised: for a sub-saga, its ``SagaFailed`` (or ``InputValidationError`` if
-    the element's inputs were bad); ``TypeError`` for an element of the wrong shape."""
-
-
 class MapResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     """The result of a mapped step in ``collect`` mode.
 
@@ -81,39 +73,6 @@ class MapResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     def all_failed(self) -> bool:
         """Whether no element completed (and there was at least one)."""
         return not self.successes and bool(self.failures)
-
-
-class MapFailed(AsagaError):
-    """A ``fail_fast`` mapped step failed: element :attr:`index` (the lowest index that
-    failed) raised the exception in ``__cause__``.
-
-    The completed elements were undone, in reverse index order, before this was raised:
-    :attr:`undone` lists their indexes; :attr:`undo_failures` the undos that failed (they
-    need a human, and make the run raise ``CompensationFailed``).
-    """
-
-    def __init__(
-        self,
-        step: str,
-        index: int,
-        undone: Sequence[int],
-        undo_failures: Sequence[ElementFailure],
-    ) -> None:
-        self.step = step
-        self.index = index
-        self.undone = tuple(undone)
-        self.undo_failures = tuple(undo_failures)
-        extra = ""
-        if undo_failures:
-            extra = f"; undoing elements {[f.index for f in undo_failures]} failed"
-        super().__init__(
-            f"element {index} of mapped step {step!r} failed; undid elements "
-            f"{list(self.undone)}{extra}"
-        )
-
-
-class _Abandoned(AsagaError):
-    """A mapped step stopped starting elements because another step failed the run."""
 
 
 # -- compose ---------------------------------------------------------------------------------
@@ -287,13 +246,23 @@ class _Mapping:
         if self.mode == "fail_fast" and self.failures:
             first = self.failures[0]
             failures = await undo.undo_shielded(self.context)
-            raise MapFailed(self.name, first.index, undo.undone, failures) from first.error
+            raise MapFailed(
+                self.name,
+                first.index,
+                undo.undone,
+                failures,
+                saga=self.context.saga,
+                run_id=self.context.run_id,
+            ) from first.error
         if self.next_index < len(self.items):  # stopped because the run failed
             failures = await undo.undo_shielded(self.context)
-            raise _Abandoned(
-                f"mapped step {self.name!r} stopped at element {self.next_index} of "
-                f"{len(self.items)}: another step failed the run"
-                + (f"; undoing {[f.index for f in failures]} failed" if failures else "")
+            raise MapAbandoned(
+                self.name,
+                self.next_index,
+                len(self.items),
+                failures,
+                saga=self.context.saga,
+                run_id=self.context.run_id,
             )
         if self.mode == "collect":
             failed = {f.index for f in self.failures}

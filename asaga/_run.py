@@ -23,6 +23,7 @@ from ._compensation import Undoable, Unwind
 from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
 from ._exceptions import (
     CompensationFailed,
+    MapFailed,
     RunStoreError,
     RunTakenOver,
     SagaFailed,
@@ -483,8 +484,13 @@ def _left_undone(step: str, cause: BaseException) -> list[tuple[str, Exception]]
             )
             if isinstance(error, Exception)
         ]
-    undo_failures = getattr(cause, "undo_failures", ())  # MapFailed
-    return [(f"{step}[{f.index}]", f.error) for f in undo_failures]
+    if isinstance(cause, MapFailed):
+        return [
+            (f"{step}[{f.index}]", f.error)
+            for f in cause.undo_failures
+            if isinstance(f.error, Exception)  # undos catch Exception only
+        ]
+    return []
 
 
 class _ReadOnly(Mapping[str, Any]):

@@ -1,6 +1,26 @@
 """The public API: what ``asaga`` exports, and that it says ``asaga.X``."""
 
+import importlib
+import inspect
+import pkgutil
+import re
+from types import ModuleType
+
 import asaga
+import asaga._exceptions
+import asaga.locks
+
+
+def _modules(*, private: bool) -> list[ModuleType]:
+    """Every module of asaga (public ones only unless ``private``), imported."""
+    names = ["asaga"] + [
+        info.name
+        for info in pkgutil.walk_packages(asaga.__path__, "asaga.")
+        if info.name != "asaga.__main__"
+    ]
+    if not private:
+        names = [n for n in names if not any(p.startswith("_") for p in n.split("."))]
+    return [importlib.import_module(name) for name in names]
 
 
 def test_all_is_pinned() -> None:
@@ -70,8 +90,76 @@ def test_public_classes_say_asaga() -> None:
         assert fn.__module__ == "asaga"
 
 
+def test_public_modules_claim_their_names() -> None:
+    """Every class and function a public module exports reports a public module that
+    exports it as its ``__module__`` (``asaga.locks.LeaseLost``, never
+    ``asaga._exceptions.LeaseLost``), so that tracebacks and reprs name a real import
+    path."""
+    modules = _modules(private=False)
+    assert {m.__name__ for m in modules} >= {
+        "asaga",
+        "asaga.integrations.fastapi",
+        "asaga.integrations.inputs",
+        "asaga.locks",
+        "asaga.runs",
+        "asaga.testing",
+    }
+    exporters: dict[int, set[str]] = {}
+    checked: list[tuple[str, object]] = []
+    for module in modules:
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)  # also imports the lazy names (RedisLockProvider)
+            exporters.setdefault(id(obj), set()).add(module.__name__)
+            if isinstance(obj, type) or inspect.isfunction(obj):
+                checked.append((f"{module.__name__}.{name}", obj))
+    assert checked
+    for where, obj in checked:
+        assert obj.__module__ in exporters[id(obj)], (where, obj.__module__)
+
+
+def test_names_in_two_modules_say_the_specific_one() -> None:
+    """A name exported by ``asaga`` and by a subpackage reports the subpackage."""
+    assert asaga.Lock.__module__ == "asaga.locks"
+    assert asaga.locks.LeaseLost.__module__ == "asaga.locks"
+    assert repr(asaga.locks.StaleWrite) == "<class 'asaga.locks.StaleWrite'>"
+
+
+def test_every_exception_is_defined_in_one_module() -> None:
+    """asaga defines its exceptions in ``asaga._exceptions`` only (the other modules
+    re-export them), and the tree in its docstring draws every one of them."""
+    defined = {
+        obj
+        for module in _modules(private=True)
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, BaseException)
+        and obj.__module__.partition(".")[0] == "asaga"
+    }
+    # The command line's usage error never leaves its main(): it is an exit status.
+    import asaga._cli
+
+    defined.discard(asaga._cli.TargetError)
+    for cls in defined:
+        assert getattr(asaga._exceptions, cls.__name__, None) is cls, cls
+        assert cls.__name__ in asaga._exceptions.__all__, cls
+        assert re.search(rf"[ ─]{cls.__name__}\s", asaga._exceptions.__doc__ or ""), cls
+
+
 def test_exception_tree() -> None:
     """The documented hierarchy holds."""
+    from asaga.integrations.fastapi import ClientDisconnected
+    from asaga.integrations.inputs import MalformedBody
+
+    assert issubclass(asaga.MapFailed, asaga.AsagaError)
+    assert issubclass(asaga.locks.LeaseError, asaga.AsagaError)
+    assert issubclass(asaga.locks.LeaseTimeout, asaga.locks.LeaseError)
+    assert issubclass(asaga.locks.LeaseTimeout, TimeoutError)
+    assert issubclass(asaga.locks.LeaseLost, asaga.locks.LeaseError)
+    assert issubclass(asaga.locks.StaleWrite, asaga.locks.LeaseLost)
+    assert issubclass(asaga.locks.LeaseUnavailable, asaga.locks.LeaseError)
+    assert issubclass(MalformedBody, asaga.AsagaError)
+    assert issubclass(MalformedBody, ValueError)
+    assert issubclass(ClientDisconnected, asaga.AsagaError)
     assert issubclass(asaga.SagaDefinitionError, asaga.AsagaError)
     assert issubclass(asaga.InputValidationError, asaga.AsagaError)
     assert issubclass(asaga.SagaFailed, asaga.AsagaError)

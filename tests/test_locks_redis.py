@@ -298,8 +298,10 @@ async def test_local_handoffs_need_no_round_trip_but_stay_fenced(
     assert int(await client.get(stock) or 0) == 20
     async with locks.lease("k", ttl=5.0) as newest:
         assert newest.token > tokens[-1]
-        with pytest.raises(StaleWrite):  # the first holder, from an older grant
+        with pytest.raises(StaleWrite) as info:  # the first holder, from an older grant
             await locks.fenced(held[0], ("INCR", stock))
+    assert info.value.keys == ("k",)
+    assert info.value.token == held[0].token == tokens[0]
 
 
 async def test_a_lease_held_past_its_ttl_is_renewed(

@@ -372,5 +372,11 @@ async def test_failed_undo_of_an_element_needs_a_human() -> None:
     assert isinstance(cause, MapFailed)
     assert [f.index for f in cause.undo_failures] == [1]
     assert cause.undone == (0,)
+    assert (cause.saga, cause.run_id, cause.step, cause.index) == (
+        "Split",
+        info.value.run_id,
+        "charges",
+        2,
+    )
     assert recorder.steps("compensation_failed") == ["charges[1]"]
     assert recorder.steps("compensation_succeeded") == ["charges[0]"]

@@ -44,12 +44,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from .._exceptions import ClientDisconnected as ClientDisconnected
 from .._exceptions import (
-    AsagaError,
     IdempotencyKeyReused,
     InputValidationError,
     SagaFailed,
 )
+from .._public import claim as _claim
 from .._saga import Saga
 from ..locks import LeaseTimeout
 from .idempotency import Idempotency, Outcome
@@ -89,18 +90,6 @@ CLIENT_CLOSED_REQUEST = 499
 """The status of the (never delivered) response to a client that went away (nginx's)."""
 
 _MAX_MESSAGES = 1_000  # ASGI messages a watcher reads before giving up watching
-
-
-class ClientDisconnected(AsagaError):
-    """The client closed the connection before the response; the work was cancelled.
-
-    Raised by :func:`run_until_disconnect` and :func:`idempotent` once the cancelled work
-    has finished unwinding. :func:`install_error_handlers` answers it with a 499 response,
-    which the server drops (there is nobody to send it to).
-    """
-
-    def __init__(self) -> None:
-        super().__init__("the client disconnected before the response; the work was cancelled")
 
 
 def _problem(status: int, kind: str, title: str, detail: str, **members: Any) -> JSONResponse:
@@ -332,3 +321,7 @@ async def idempotent(
         status_code=outcome.status,
         headers={"content-type": outcome.media_type, REPLAYED_HEADER: "true"},
     )
+
+
+# Tracebacks and reprs say `asaga.integrations.fastapi.ClientDisconnected`.
+_claim(__name__, globals())

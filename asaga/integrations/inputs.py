@@ -33,7 +33,9 @@ from typing import Any
 
 import msgspec
 
-from .._exceptions import AsagaError, FieldError, InputValidationError
+from .._exceptions import FieldError, InputValidationError
+from .._exceptions import MalformedBody as MalformedBody
+from .._public import claim as _claim
 from .._saga import Saga
 
 __all__ = [
@@ -53,16 +55,6 @@ RUN_OPTIONS: frozenset[str] = frozenset(
 covered as soon as it exists): never taken from a request."""
 
 _NAME_LIMIT = 100  # characters of a refused key kept in its FieldError
-
-
-class MalformedBody(AsagaError, ValueError):
-    """A request body that is not a JSON object (answered 400 by the web integrations)."""
-
-    reason: str
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 def accepted_inputs(saga: type[Saga]) -> tuple[str, ...]:
@@ -146,3 +138,7 @@ def decode_inputs(
 
 def _clip(text: str) -> str:
     return text if len(text) <= _NAME_LIMIT else f"{text[:_NAME_LIMIT]}..."
+
+
+# Tracebacks and reprs say `asaga.integrations.inputs.MalformedBody`.
+_claim(__name__, globals())

@@ -11,6 +11,7 @@ between processes. See docs/locks.md.
 
 from typing import TYPE_CHECKING, Any
 
+from .._public import claim as _claim
 from ._lease import Lease as Lease
 from ._lease import LeaseError as LeaseError
 from ._lease import LeaseLost as LeaseLost
@@ -37,11 +38,16 @@ __all__ = [
     "StaleWrite",
 ]
 
+# Tracebacks and reprs say `asaga.locks.LeaseLost`, not `asaga._exceptions.LeaseLost`.
+_claim(__name__, globals())
+del _claim
+
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so that asaga works without the redis extra installed.
     if name == "RedisLockProvider":
         from ._redis import RedisLockProvider
 
+        RedisLockProvider.__module__ = __name__
         return RedisLockProvider
     raise AttributeError(f"module 'asaga.locks' has no attribute {name!r}")

@@ -25,7 +25,7 @@ import math
 import random
 import string
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,7 +34,11 @@ import anyio
 import anyio.abc
 import structlog
 
-from .._exceptions import AsagaError
+from .._exceptions import LeaseError as LeaseError
+from .._exceptions import LeaseLost as LeaseLost
+from .._exceptions import LeaseTimeout as LeaseTimeout
+from .._exceptions import LeaseUnavailable as LeaseUnavailable
+from .._exceptions import StaleWrite as StaleWrite
 
 _logger = structlog.get_logger("asaga")
 
@@ -97,30 +101,6 @@ class Lock:
     def render(self, values: Mapping[str, Any]) -> tuple[str, ...]:
         """The keys for one run of the step."""
         return tuple(template.format_map(values) for template in self.keys)
-
-
-class LeaseError(AsagaError):
-    """Base class of lease errors; ``keys`` names the keys concerned."""
-
-    def __init__(self, message: str, keys: Sequence[str]) -> None:
-        self.keys = tuple(keys)
-        super().__init__(message)
-
-
-class LeaseTimeout(LeaseError, TimeoutError):
-    """The lease could not be acquired within ``wait`` seconds."""
-
-
-class LeaseLost(LeaseError):
-    """The lease expired or was taken over while held; the holder's work was cancelled."""
-
-
-class LeaseUnavailable(LeaseError):
-    """The lock backend cannot be reached (for example, Redis is down)."""
-
-
-class StaleWrite(LeaseLost):
-    """A fenced write was rejected: a newer lease on the key exists."""
 
 
 class Lease:

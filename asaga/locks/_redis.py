@@ -401,6 +401,7 @@ class RedisLockProvider:
             raise StaleWrite(
                 f"write under lease token {lease.tokens[key]} on {key!r} rejected: {why}",
                 (key,),
+                token=lease.tokens[key],
             )
         return list(payload)
 

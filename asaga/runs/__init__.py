@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._durable import Recovered as Recovered
 from .._durable import UndoResult as UndoResult
 from .._durable import recover as recover
+from .._public import claim as _claim
 from .._record import Quarantined as Quarantined
 from .._record import RunRecord as RunRecord
 from .._record import RunStatus as RunStatus
@@ -43,11 +44,16 @@ __all__ = [
     "recover",
 ]
 
+# Tracebacks and reprs say `asaga.runs.RunRecord`, not `asaga._record.RunRecord`.
+_claim(__name__, globals())
+del _claim
+
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so that asaga works without the redis extra installed.
     if name == "RedisRunStore":
         from ._redis import RedisRunStore
 
+        RedisRunStore.__module__ = __name__
         return RedisRunStore
     raise AttributeError(f"module 'asaga.runs' has no attribute {name!r}")
