@@ -7,27 +7,6 @@ cancellation.
 """
 
 from ._annotations import Resource as Resource
-from ._events import (
-    CompensationFailedEvent as CompensationFailedEvent,
-)
-from ._events import (
-    CompensationStarted as CompensationStarted,
-)
-from ._events import (
-    CompensationSucceeded as CompensationSucceeded,
-)
-from ._events import Event as Event
-from ._events import EventKind as EventKind
-from ._events import Hook as Hook
-from ._events import RunFailed as RunFailed
-from ._events import RunStarted as RunStarted
-from ._events import RunSucceeded as RunSucceeded
-from ._events import StepCancelled as StepCancelled
-from ._events import StepFailed as StepFailed
-from ._events import StepRetrying as StepRetrying
-from ._events import StepSkipped as StepSkipped
-from ._events import StepStarted as StepStarted
-from ._events import StepSucceeded as StepSucceeded
 from ._exceptions import AsagaError as AsagaError
 from ._exceptions import CompensationFailed as CompensationFailed
 from ._exceptions import CorruptRecord as CorruptRecord
@@ -58,6 +37,21 @@ from ._saga import Saga as Saga
 from ._step import Compensation as Compensation
 from ._step import Step as Step
 from ._step import step as step
+from .events import CompensationFailedEvent as CompensationFailedEvent
+from .events import CompensationStarted as CompensationStarted
+from .events import CompensationSucceeded as CompensationSucceeded
+from .events import Event as Event
+from .events import EventKind as EventKind
+from .events import Hook as Hook
+from .events import RunFailed as RunFailed
+from .events import RunStarted as RunStarted
+from .events import RunSucceeded as RunSucceeded
+from .events import StepCancelled as StepCancelled
+from .events import StepFailed as StepFailed
+from .events import StepRetrying as StepRetrying
+from .events import StepSkipped as StepSkipped
+from .events import StepStarted as StepStarted
+from .events import StepSucceeded as StepSucceeded
 from .locks import Lock as Lock
 
 __version__ = "0.1.0.dev0"

@@ -98,6 +98,7 @@ def test_public_modules_claim_their_names() -> None:
     modules = _modules(private=False)
     assert {m.__name__ for m in modules} >= {
         "asaga",
+        "asaga.events",
         "asaga.integrations.fastapi",
         "asaga.integrations.inputs",
         "asaga.locks",
@@ -117,8 +118,37 @@ def test_public_modules_claim_their_names() -> None:
         assert obj.__module__ in exporters[id(obj)], (where, obj.__module__)
 
 
+def test_events_exports() -> None:
+    """``asaga.events`` exports the event records, their union and the hook type, and
+    ``asaga`` re-exports every one of them, the same objects."""
+    import asaga.events
+
+    assert asaga.events.__all__ == [
+        "CompensationFailedEvent",
+        "CompensationStarted",
+        "CompensationSucceeded",
+        "Event",
+        "EventKind",
+        "Hook",
+        "RunFailed",
+        "RunStarted",
+        "RunSucceeded",
+        "StepCancelled",
+        "StepFailed",
+        "StepRetrying",
+        "StepSkipped",
+        "StepStarted",
+        "StepSucceeded",
+    ]
+    for name in asaga.events.__all__:
+        assert getattr(asaga, name) is getattr(asaga.events, name), name
+        assert name in asaga.__all__, name
+
+
 def test_names_in_two_modules_say_the_specific_one() -> None:
     """A name exported by ``asaga`` and by a subpackage reports the subpackage."""
+    assert asaga.StepStarted.__module__ == "asaga.events"
+    assert repr(asaga.RunFailed) == "<class 'asaga.events.RunFailed'>"
     assert asaga.Lock.__module__ == "asaga.locks"
     assert asaga.locks.LeaseLost.__module__ == "asaga.locks"
     assert repr(asaga.locks.StaleWrite) == "<class 'asaga.locks.StaleWrite'>"
