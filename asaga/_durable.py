@@ -125,7 +125,7 @@ def _replayed(spec: SagaSpec, record: RunRecord) -> SagaResult[Any]:
     if record.status in ("succeeded", "undoing", "undone", "undo_failed"):
         results = _results(spec, record)
         plan = spec.plan
-        return SagaResult(
+        return SagaResult._create(
             run_id=record.run_id,
             output=results.get(plan.output) if plan.output is not None else None,
             results=_ReadOnly(results),

@@ -543,4 +543,6 @@ def _nested_step(
     signature = Signature(
         tuple(params), EMPTY, tuple(f"step '{label}': {p}" for p in problems), False
     )
-    return Step(nested, retry=retry, timeout=timeout, when=when, invoke=invoke, signature=signature)
+    return Step._create(
+        nested, retry=retry, timeout=timeout, when=when, invoke=invoke, signature=signature
+    )

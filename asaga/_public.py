@@ -1,17 +1,46 @@
-"""Public modules claim the names they export.
+"""The shape of the public API: which module a name reports, and who may construct what.
 
 Classes and functions are defined in private modules (``asaga._exceptions``,
 ``asaga._saga``...); the public module that exports one sets its ``__module__``, so that
 reprs and tracebacks say ``asaga.Saga`` and ``asaga.locks.LeaseLost`` (as trio's and
 httpx's ``__init__`` do). Each public module calls :func:`claim` once its names are bound.
+
+Objects that asaga creates for its users (a run's :class:`~asaga.SagaResult`, a
+:class:`~asaga.locks.Lease`, a :class:`~asaga.Step` made by ``@step``) have no public
+constructor: their class's metaclass is :class:`NoPublicConstructor` (trio's pattern), so
+calling the class raises ``TypeError`` and asaga builds them with ``cls._create(...)``.
 """
 
 import inspect
 from collections.abc import Mapping
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-__all__ = ["claim", "is_private"]
+__all__ = ["NoPublicConstructor", "claim", "is_private"]
+
+T = TypeVar("T")
+
+
+class NoPublicConstructor(type):
+    """Metaclass of the classes whose instances only asaga creates.
+
+    ``Cls(...)`` raises ``TypeError``, saying how users get one (the class's
+    ``_created_by``); asaga calls ``Cls._create(...)``, which takes the arguments of
+    ``__init__``. Unpickling and ``copy`` never call the class, so they keep working.
+    """
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        how = getattr(cls, "_created_by", "asaga creates them")
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor: {how}")
+
+    if TYPE_CHECKING:
+
+        def _create(cls: type[T], *args: Any, **kwargs: Any) -> T: ...
+
+    else:
+        # `type.__call__` bound to the class: creating one costs what `Cls(...)` used to
+        # (a Python-level `super().__call__` adds a third to a small dataclass's creation).
+        _create = type.__call__
 
 
 def is_private(module: str) -> bool:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._graph import RUN_ID, Plan
 from ._inputs import InputValidator
+from ._public import NoPublicConstructor
 from ._record import RunStatus
 from ._scheduler import Execution, Resume
 
@@ -49,8 +50,10 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class SagaResult(Generic[T]):
+class SagaResult(Generic[T], metaclass=NoPublicConstructor):
     """The outcome of a successful run. Created by ``run()``, never by users."""
+
+    _created_by: ClassVar[str] = "`await MySaga.run(...)` returns one"
 
     run_id: str
     """The run's id (unique per run)."""
@@ -373,7 +376,7 @@ async def _drive(
         else:
             emit(RunSucceeded, duration=time.monotonic() - started)
         results = execution.results
-        result = SagaResult(
+        result = SagaResult._create(
             run_id=context.run_id,
             output=results.get(plan.output) if plan.output is not None else None,
             results=_ReadOnly(results),

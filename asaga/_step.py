@@ -11,9 +11,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, cast, overload
 
 from ._annotations import EMPTY, resolve_hints
+from ._public import NoPublicConstructor
 from ._retry import Retry
 from .locks._lease import Lock
 
@@ -142,7 +143,7 @@ Invoke = Callable[..., Awaitable[tuple[Any, Any]]]
 step's result and what can undo it."""
 
 
-class Step(Generic[P, R]):
+class Step(Generic[P, R], metaclass=NoPublicConstructor):
     """A saga step: an ``async def`` whose parameter names declare its dependencies.
 
     Created by :func:`step` (or :func:`~asaga.compose` / :func:`~asaga.map_each`); never
@@ -164,6 +165,7 @@ class Step(Generic[P, R]):
         "timeout",
         "when",
     )
+    _created_by: ClassVar[str] = "decorate an `async def` in a Saga body with `@step`"
 
     name: str
     fn: Callable[P, Awaitable[R]]
@@ -349,8 +351,11 @@ def step(
     ``step`` itself never raises: a malformed step is reported when the saga class is
     created, together with every other problem.
     """
-    if fn is None:
-        return lambda f: Step(
+
+    def make(f: Callable[P, Coroutine[Any, Any, R]]) -> Step[P, R]:
+        made = Step._create(
             f, retry=retry, timeout=timeout, when=when, lock=lock, idempotent=idempotent
         )
-    return Step(fn, retry=retry, timeout=timeout, when=when, lock=lock, idempotent=idempotent)
+        return cast("Step[P, R]", made)  # _create cannot carry the class's type parameters
+
+    return make if fn is None else make(fn)

@@ -6,6 +6,8 @@ import pkgutil
 import re
 from types import ModuleType
 
+import pytest
+
 import asaga
 import asaga._exceptions
 import asaga.locks
@@ -152,6 +154,52 @@ def test_names_in_two_modules_say_the_specific_one() -> None:
     assert asaga.Lock.__module__ == "asaga.locks"
     assert asaga.locks.LeaseLost.__module__ == "asaga.locks"
     assert repr(asaga.locks.StaleWrite) == "<class 'asaga.locks.StaleWrite'>"
+
+
+def test_runtime_objects_have_no_public_constructor() -> None:
+    """``SagaResult``, ``Step`` and ``Lease`` are made by asaga (``run()``, ``@step``, a
+    provider's ``lease()``); calling the class raises ``TypeError`` saying how to get one,
+    while isinstance checks, generics, copies and pickles of the real thing still work."""
+    import copy
+    import pickle
+
+    import anyio
+
+    cases = [
+        (asaga.SagaResult, r"asaga\.SagaResult has no public constructor: `await MySaga\.run"),
+        (asaga.Step, r"asaga\.Step has no public constructor: decorate .* with `@step`"),
+        (asaga.locks.Lease, r"asaga\.locks\.Lease has no public constructor: `async with"),
+    ]
+    for cls, message in cases:
+        with pytest.raises(TypeError, match=message):
+            cls()
+    with pytest.raises(TypeError, match="no public constructor"):
+        asaga.SagaResult[int](run_id="r", output=1, results={})
+
+    class Pair(asaga.Saga):
+        @asaga.step
+        async def a(x: int) -> int:
+            return x + 1
+
+        @asaga.step
+        async def b(a: int) -> int:
+            return a * 2
+
+    async def main() -> tuple[asaga.SagaResult[int], int]:
+        async with asaga.locks.MemoryLockProvider().lease("k", ttl=5.0) as lease:
+            assert isinstance(lease, asaga.locks.Lease)
+            token = lease.token
+        return await Pair.run(x=1, run_id="run-1"), token
+
+    result, token = anyio.run(main)
+    assert token > 0
+    assert isinstance(Pair.a, asaga.Step)
+    assert isinstance(result, asaga.SagaResult)
+    assert repr(result) == (
+        "SagaResult(run_id='run-1', output=4, results={'a': 2, 'b': 4}, replayed=False)"
+    )
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert copy.copy(result) == result
 
 
 def test_every_exception_is_defined_in_one_module() -> None:

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import anyio
 import anyio.abc
@@ -39,6 +39,7 @@ from .._exceptions import LeaseLost as LeaseLost
 from .._exceptions import LeaseTimeout as LeaseTimeout
 from .._exceptions import LeaseUnavailable as LeaseUnavailable
 from .._exceptions import StaleWrite as StaleWrite
+from .._public import NoPublicConstructor
 
 _logger = structlog.get_logger("asaga")
 
@@ -103,10 +104,11 @@ class Lock:
         return tuple(template.format_map(values) for template in self.keys)
 
 
-class Lease:
+class Lease(metaclass=NoPublicConstructor):
     """One acquisition of one or more keys. Created by a provider, never by users."""
 
     __slots__ = ("_closed", "_expires", "_grants", "_leases", "_lost", "keys", "tokens", "ttl")
+    _created_by: ClassVar[str] = "`async with provider.lease(key, ttl=...) as lease` gives one"
 
     def __init__(
         self,
@@ -301,7 +303,7 @@ class Leases:
                 for key, hold in reversed(holds.items()):
                     await self._release(key, hold, ttl, lost=False)
             raise
-        lease = Lease(self, ordered, holds, ttl)
+        lease = Lease._create(self, ordered, holds, ttl)
         failure: BaseException | None = None
         interrupted = False  # the body was cancelled because the lease was lost
         try:
