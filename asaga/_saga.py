@@ -71,12 +71,24 @@ class SagaMeta(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"sagas are not instantiated; call `await {cls.__name__}.run(...)` instead")
 
+    # Settings and steps are read once, when the class is created: a later change would be
+    # silently ignored by every run, so it raises instead (like a frozen dataclass).
+    def __setattr__(cls, name: str, value: Any) -> None:
+        _refuse_change(cls, name, value, "assigned")
+        super().__setattr__(name, value)
+
+    def __delattr__(cls, name: str) -> None:
+        _refuse_change(cls, name, None, "deleted")
+        super().__delattr__(name)
+
 
 class Saga(metaclass=SagaMeta):
     """Base class of sagas: subclass it and define steps with :func:`~asaga.step`.
 
     Class annotations declare inputs (validated by msgspec before any step runs);
-    ``Resource[T]`` declares an injected object. Settings are plain class attributes:
+    ``Resource[T]`` declares an injected object. Settings are plain class attributes, read
+    once when the class is created (assigning one, or a step, afterwards raises
+    ``AttributeError``; a subclass may set them anew in its body):
 
     - ``output``: the name of the step whose result is ``SagaResult.output``;
     - ``retry_defaults``: the :class:`~asaga.Retry` of steps and compensations without one;
@@ -182,6 +194,35 @@ class Saga(metaclass=SagaMeta):
             resources=resources,
             extra_hooks=split_hooks(hooks) if hooks else ((), ()),
         )
+
+
+def _refuse_change(cls: SagaMeta, name: str, value: Any, done: str) -> None:
+    """Raise if ``name`` of the created saga class ``cls`` is a setting or a step (or
+    compensation), or ``value`` is one: runs would never see the change."""
+    if "__asaga__" not in vars(cls):  # still being created (an __init_subclass__)
+        return
+    current = next((vars(k)[name] for k in cls.__mro__ if name in vars(k)), None)
+    if name in _SETTINGS:
+        if vars(cls)["__asaga__"] is None:  # Saga itself: it would reach later sagas only
+            raise AttributeError(
+                f"{cls.__name__}.{name} cannot be {done}: settings are not global. Set "
+                f"`{name} = ...` in the body of your saga class (or of a base class of "
+                "your sagas)."
+            )
+        raise AttributeError(
+            f"{cls.__name__}.{name} cannot be {done} after the class is created: settings "
+            f"are read once, when the class is created, so runs would ignore it. Set "
+            f"`{name} = ...` in the class body (or in the body of a subclass)."
+        )
+    for obj, subject in ((current, "it is"), (value, "the value is")):
+        if isinstance(obj, Step | Compensation):
+            kind = "step" if isinstance(obj, Step) else "compensation"
+            raise AttributeError(
+                f"{cls.__name__}.{name} cannot be {done} after the class is created: "
+                f"{subject} a {kind}, and steps are planned once, when the class is "
+                "created, so runs would ignore it. Define it in the class body (or "
+                "override it in the body of a subclass)."
+            )
 
 
 # -- definition ------------------------------------------------------------------------------

@@ -608,3 +608,91 @@ def test_redefined_step_with_compensation_reports_once() -> None:
 
     (problem,) = problems_of(build)
     assert "'a' is defined twice" in problem
+
+
+def test_settings_cannot_change_after_creation() -> None:
+    """Settings are read once, at class creation: assigning or deleting one later raises,
+    naming the setting and saying where to set it, and the saga keeps its settings."""
+
+    class Capped(Saga):
+        max_concurrency = 2
+
+        @step
+        async def a(x: int) -> int:
+            return x
+
+    with pytest.raises(AttributeError, match=r"Capped\.max_concurrency cannot be assigned") as info:
+        Capped.max_concurrency = 3
+    assert "in the class body (or in the body of a subclass)" in str(info.value)
+    with pytest.raises(AttributeError, match=r"Capped\.max_concurrency cannot be deleted"):
+        del Capped.max_concurrency
+    with pytest.raises(AttributeError, match=r"Capped\.hooks cannot be assigned"):
+        Capped.hooks = [print]
+    assert Capped.max_concurrency == 2
+    assert Capped.__asaga__ is not None
+    assert Capped.__asaga__.max_concurrency == 2
+    with pytest.raises(AttributeError, match=r"Saga\.on_failure cannot be assigned: settings"):
+        Saga.on_failure = "cancel"
+    assert Saga.on_failure == "wait"
+
+
+def test_steps_cannot_change_after_creation() -> None:
+    """Steps and compensations are planned once: assigning, replacing or deleting one on
+    the class later raises; other class attributes stay assignable."""
+
+    class Planned(Saga):
+        @step
+        async def a(x: int) -> int:
+            return x
+
+        @a.compensate
+        async def undo_a(a: int) -> None:
+            return None
+
+    class Child(Planned):
+        pass
+
+    async def other(x: int) -> int:
+        return x
+
+    with pytest.raises(AttributeError, match=r"Planned\.a cannot be assigned .* it is a step"):
+        Planned.a = step(other)
+    with pytest.raises(AttributeError, match=r"Planned\.a cannot be deleted .* it is a step"):
+        del Planned.a
+    with pytest.raises(AttributeError, match=r"it is a compensation"):
+        Planned.undo_a = None
+    with pytest.raises(AttributeError, match=r"Child\.a cannot be assigned"):  # inherited
+        Child.a = None
+    with pytest.raises(AttributeError, match=r"Planned\.b cannot be assigned .* value is a step"):
+        Planned.b = step(other)
+    Planned.note = "not a setting"  # a plain attribute is the user's own business
+    del Planned.note
+    assert Planned.__asaga__ is not None
+    assert set(Planned.__asaga__.plan.nodes) == {"a"}
+
+
+def test_subclass_sets_settings_in_its_body() -> None:
+    """A subclass (or a base's ``__init_subclass__``, while the class is being created)
+    sets settings anew; its parent keeps its own."""
+
+    class Base(Saga):
+        max_concurrency = 2
+
+        def __init_subclass__(cls, **kwargs: typing.Any) -> None:
+            cls.cancel_grace = 1.0
+            super().__init_subclass__(**kwargs)
+
+        @step
+        async def a(x: int) -> int:
+            return x
+
+    class Sub(Base):
+        max_concurrency = 5
+        on_failure = "cancel"
+
+    assert Base.__asaga__ is not None
+    assert Sub.__asaga__ is not None
+    assert (Base.__asaga__.max_concurrency, Base.__asaga__.cancel_grace) == (2, 10.0)
+    assert Sub.__asaga__.max_concurrency == 5
+    assert Sub.__asaga__.on_failure == "cancel"
+    assert Sub.__asaga__.cancel_grace == 1.0
