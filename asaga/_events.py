@@ -13,6 +13,7 @@ happened.
 """
 
 import inspect
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -384,7 +385,16 @@ def _hook_failed(hook: object, event: Event, exc: Exception) -> None:
 class RunContext:
     """The identity of one run, and how its events are built and delivered."""
 
-    __slots__ = ("emitter", "failed", "parent", "parent_run_id", "prefix", "run_id", "saga")
+    __slots__ = (
+        "_stop_at",
+        "emitter",
+        "failed",
+        "parent",
+        "parent_run_id",
+        "prefix",
+        "run_id",
+        "saga",
+    )
 
     def __init__(
         self,
@@ -404,6 +414,33 @@ class RunContext:
         self.parent_run_id = parent.run_id if parent is not None else None
         self.failed = False
         """Whether a step of this run failed for good (the scheduler sets it)."""
+        self._stop_at: float | None = None
+
+    def stop(self, deadline: float) -> None:
+        """The run's caller was cancelled: no step starts any more, in this run or in the
+        runs below it, and the steps in flight may run until ``deadline``."""
+        if self._stop_at is None:
+            self._stop_at = deadline
+
+    def stopping(self) -> bool:
+        """Whether this run's caller, or a parent run's, was cancelled."""
+        context: RunContext | None = self
+        while context is not None:
+            if context._stop_at is not None:
+                return True
+            context = context.parent
+        return False
+
+    def stop_deadline(self) -> float:
+        """Until when the steps in flight may run: the earliest deadline of this run's and
+        its parents' cancelled callers (``inf`` if none)."""
+        deadline = math.inf
+        context: RunContext | None = self
+        while context is not None:
+            if context._stop_at is not None and context._stop_at < deadline:
+                deadline = context._stop_at
+            context = context.parent
+        return deadline
 
     def emit(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> None:
         """Build one event of this run and deliver it, unless nobody would receive it."""

@@ -282,8 +282,8 @@ class _Mapping:
         items = self.items
         context = self.context
         while not self.stopped and self.next_index < len(items):
-            if context.failed:
-                return  # no new element once the run has failed
+            if context.failed or context.stopping():
+                return  # no new element once the run has failed, or its caller is cancelled
             index = self.next_index
             self.next_index += 1
             try:

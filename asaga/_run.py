@@ -34,6 +34,7 @@ from ._inputs import InputValidator
 from ._public import NoPublicConstructor
 from ._record import RunStatus
 from ._scheduler import Execution, Resume
+from ._shielded import shielded
 
 if TYPE_CHECKING:
     from ._journal import Journal, SagaCodec
@@ -210,10 +211,14 @@ async def run_values(
     # User logs inside steps carry saga and run_id (structlog.contextvars).
     tokens = bind_contextvars(saga=spec.plan.saga, run_id=run_id)
     try:
-        work = _drive(spec, values, context, journal, resume, undoable)
         if not emitter.needs_dispatcher:
-            return await work
-        return await _with_dispatcher(emitter, work, _undo_run)
+            return await _drive(spec, values, context, journal, resume, undoable)
+        # Cancelled while the hooks drain after the run succeeded, the caller never sees the
+        # result: the run is undone, so it needs its undo handle (unless the record says
+        # it succeeded: a durable run is undone by Saga.undo, by its id).
+        work = _drive(spec, values, context, journal, resume, undoable or journal is None)
+        result, completed = await _with_dispatcher(emitter, work, _undo_run)
+        return result, completed if undoable else None
     finally:
         reset_contextvars(**tokens)
 
@@ -221,7 +226,7 @@ async def run_values(
 async def _with_dispatcher(
     emitter: Emitter,
     work: Awaitable[T],
-    undo: Callable[[T], Awaitable[None]] | None = None,
+    undo: Callable[[T], Coroutine[Any, Any, None]] | None = None,
 ) -> T:
     """Await ``work`` while the emitter's async hooks are fed, if it has any.
 
@@ -250,8 +255,7 @@ async def _with_dispatcher(
         # Cancelled while the hooks drained, after the run had completed: the caller
         # will never see the result, so the run is undone like any cancelled one.
         if done and undo is not None:
-            with anyio.CancelScope(shield=True):
-                await undo(outcome)  # type: ignore[arg-type]  # set when done
+            await shielded(undo(outcome))  # type: ignore[arg-type]  # set when done
         raise
     if failed is not None:
         try:
@@ -292,39 +296,14 @@ async def _drive(
         await anyio.lowlevel.checkpoint_if_cancelled()
     except anyio.get_cancelled_exc_class() as cancelled:
         # The caller was cancelled. The steps in flight were shielded: each finished (and
-        # is compensated below) or was cut off after the grace (in doubt).
-        if journal is not None and execution.taken_over is None:
-            journal.settle()
-            with anyio.CancelScope(shield=True):  # unwinding: say so before undoing
-                await _record_failing(journal, None, "cancelled")
-        left: tuple[str, ...] = tuple(execution.in_doubt)
-        if execution.taken_over is None:
-            unwind = _unwind(spec, context, execution, journal)
-            await unwind.run(execution.completed, execution.in_doubt)
-            left = unwind.in_doubt
-            if unwind.errors:
-                _logger.error(
-                    "compensation_failed_on_cancel",
-                    saga=plan.saga,
-                    run_id=context.run_id,
-                    steps=[name for name, _ in unwind.errors],
-                )
-        emit(
-            RunFailed,
-            duration=time.monotonic() - started,
-            cancelled=True,
-            failed_step=execution.failure[0] if execution.failure else None,
-            error="cancelled",
-            in_doubt=left,
+        # is compensated now) or was cut off after the grace (in doubt). The unwinding
+        # finishes whatever else cancels the caller.
+        await _settle(
+            _unwind_cancelled(spec, context, execution, journal, started, cancelled),
+            spec,
+            execution,
+            journal,
         )
-        if left:
-            # The cancellation propagates as it is; it says which steps need a human.
-            cancelled.add_note(
-                f"asaga: run {context.run_id} of saga {plan.saga} was cancelled; steps left "
-                f"in doubt (cut off while running, their effect unknown): {', '.join(left)}"
-            )
-        if journal is not None and execution.taken_over is None:
-            await _record_end(journal, "cancelled", release_key=not left)
         raise
     except BaseException as exc:
         # Not an Exception (KeyboardInterrupt, SystemExit...): no SagaFailed for it, but the
@@ -332,20 +311,12 @@ async def _drive(
         inner = exc
         if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             inner = exc.exceptions[0]
-        if journal is not None:
-            journal.settle()
-            with anyio.CancelScope(shield=True):
-                await _record_failing(journal, None, repr(inner))
-        unwind = _unwind(spec, context, execution, journal)
-        await unwind.run(execution.completed, execution.in_doubt)
-        emit(
-            RunFailed,
-            duration=time.monotonic() - started,
-            error=repr(inner),
-            in_doubt=unwind.in_doubt,
+        await _settle(
+            _unwind_aborted(spec, context, execution, journal, started, inner),
+            spec,
+            execution,
+            journal,
         )
-        if journal is not None:
-            await _record_end(journal, "failed")
         if inner is not exc:
             raise inner from None
         raise
@@ -358,8 +329,8 @@ async def _drive(
     if execution.failure is None and journal is not None:
         succeeded = context.make(RunSucceeded, duration=time.monotonic() - started)
         try:
-            with anyio.CancelScope(shield=True):  # done: what remains is to write it down
-                await journal.finish("succeeded", succeeded)
+            # Done: what remains is to write it down, whatever cancels the caller.
+            await shielded(journal.finish("succeeded", succeeded))
         except RunTakenOver as exc:
             emit(RunFailed, duration=time.monotonic() - started, error=repr(exc))
             raise
@@ -385,28 +356,128 @@ async def _drive(
             return result, None
         return result, Completed(spec, context, values, execution.completed, execution.undos)
 
+    cause = execution.failure[1]
+    error = await _settle(
+        _unwind_failed(spec, context, execution, journal, started), spec, execution, journal
+    )
+    # A caller cancelled while we were unwinding: the cancellation is what propagates.
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    raise error from cause
+
+
+async def _settle(
+    work: Coroutine[Any, Any, T], spec: SagaSpec, execution: Execution, journal: Journal | None
+) -> T:
+    """Await the unwinding ``work`` to its end whatever cancels the caller, if it has
+    anything to do that a cancellation could interrupt (a compensation, a write); one with
+    nothing to undo and nothing to record runs through at once."""
+    nodes, undos = spec.plan.nodes, execution.undos
+    if journal is None and not any(
+        nodes[name].compensation is not None or name in undos
+        for name in (*execution.completed, *execution.in_doubt)
+    ):
+        return await work
+    return await shielded(work)
+
+
+async def _unwind_cancelled(
+    spec: SagaSpec,
+    context: RunContext,
+    execution: Execution,
+    journal: Journal | None,
+    started: float,
+    cancelled: BaseException,
+) -> None:
+    """Unwind a run whose caller was cancelled: record it, compensate, report what was
+    left in doubt (in the events, and in a note on the cancellation)."""
+    saga = spec.plan.saga
+    if journal is not None and execution.taken_over is None:
+        journal.settle()
+        await _record_failing(journal, None, "cancelled")  # unwinding: say so first
+    left: tuple[str, ...] = tuple(execution.in_doubt)
+    if execution.taken_over is None:
+        unwind = _unwind(spec, context, execution, journal)
+        await unwind.run(execution.completed, execution.in_doubt)
+        left = unwind.in_doubt
+        if unwind.errors:
+            _logger.error(
+                "compensation_failed_on_cancel",
+                saga=saga,
+                run_id=context.run_id,
+                steps=[name for name, _ in unwind.errors],
+            )
+    context.emit(
+        RunFailed,
+        duration=time.monotonic() - started,
+        cancelled=True,
+        failed_step=execution.failure[0] if execution.failure else None,
+        error="cancelled",
+        in_doubt=left,
+    )
+    if left:
+        # The cancellation propagates as it is; it says which steps need a human.
+        cancelled.add_note(
+            f"asaga: run {context.run_id} of saga {saga} was cancelled; steps left in doubt "
+            f"(cut off while running, their effect unknown): {', '.join(left)}"
+        )
+    if journal is not None and execution.taken_over is None:
+        await _record_end(journal, "cancelled", release_key=not left)
+
+
+async def _unwind_aborted(
+    spec: SagaSpec,
+    context: RunContext,
+    execution: Execution,
+    journal: Journal | None,
+    started: float,
+    inner: BaseException,
+) -> None:
+    """Unwind a run that a KeyboardInterrupt, SystemExit... ends."""
+    if journal is not None:
+        journal.settle()
+        await _record_failing(journal, None, repr(inner))
+    unwind = _unwind(spec, context, execution, journal)
+    await unwind.run(execution.completed, execution.in_doubt)
+    context.emit(
+        RunFailed,
+        duration=time.monotonic() - started,
+        error=repr(inner),
+        in_doubt=unwind.in_doubt,
+    )
+    if journal is not None:
+        await _record_end(journal, "failed")
+
+
+async def _unwind_failed(
+    spec: SagaSpec,
+    context: RunContext,
+    execution: Execution,
+    journal: Journal | None,
+    started: float,
+) -> SagaFailed:
+    """Unwind a run whose step failed for good; the error to raise."""
+    plan = spec.plan
+    assert execution.failure is not None
     step_name, cause = execution.failure
     if journal is not None:
         journal.settle()
-        with anyio.CancelScope(shield=True):
-            await _record_failing(journal, step_name, cause)
+        await _record_failing(journal, step_name, cause)
     unwind = _unwind(spec, context, execution, journal)
     await unwind.run(execution.completed, execution.in_doubt)
-    emit(
+    context.emit(
         RunFailed,
         duration=time.monotonic() - started,
         failed_step=step_name,
         error=repr(cause),
         in_doubt=unwind.in_doubt,
     )
-    error: SagaFailed
     # The failed step may itself have left work it could not undo (a sub-saga whose
     # compensation failed, mapped elements whose undo failed): that needs a human too.
     errors = [*_left_undone(step_name, cause), *unwind.errors]
     if journal is not None and not journal.lost:
         await _record_end(journal, "compensation_failed" if errors else "failed")
     if errors:
-        error = CompensationFailed(
+        return CompensationFailed(
             plan.saga,
             context.run_id,
             step_name,
@@ -415,13 +486,9 @@ async def _drive(
             ExceptionGroup(f"compensations of saga {plan.saga} failed", [e for _, e in errors]),
             in_doubt=unwind.in_doubt,
         )
-    else:
-        error = SagaFailed(
-            plan.saga, context.run_id, step_name, unwind.compensated, in_doubt=unwind.in_doubt
-        )
-    # A caller cancelled while we were unwinding: the cancellation is what propagates.
-    await anyio.lowlevel.checkpoint_if_cancelled()
-    raise error from cause
+    return SagaFailed(
+        plan.saga, context.run_id, step_name, unwind.compensated, in_doubt=unwind.in_doubt
+    )
 
 
 def _unwind(

@@ -71,6 +71,7 @@ from ._exceptions import (
     needs_repair,
 )
 from ._graph import Node, Plan
+from ._shielded import on_asyncio
 from .locks._lease import LockProvider
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class Execution:
         (returns what to await)."""
         if not self._roots:
             return _NOTHING
-        if _on_asyncio():
+        if on_asyncio():
             return self._guarded()
         return self._steps()
 
@@ -262,17 +263,37 @@ class Execution:
         except asyncio.CancelledError:
             # The caller is cancelled: no step or attempt starts any more, and the steps
             # in flight get the grace; then what still runs is cut off (in doubt).
-            self.caller_cancelled()
+            deadline = self.caller_cancelled()
             with anyio.CancelScope(shield=True):
-                await _join(task, self._grace)
+                await _join(task, deadline - anyio.current_time())
                 if not task.done():
-                    task.cancel()  # what still runs is cut off: the steps see it as theirs
+                    self._cut_all()
+                    task.cancel()  # the chain this task runs without a task group
                     await _join(task, None)
+            if outcome and not isinstance(outcome[0], asyncio.CancelledError):
+                raise outcome[0] from None  # KeyboardInterrupt, SystemExit from a step
             raise
         if outcome:
             raise outcome[0]
 
+    def _cut_all(self) -> None:
+        """The grace ran out: cut off every step still running (in doubt), however its
+        cancellation surfaces, and every task of the run's task group (anyio delivers the
+        cancellation again to a step that swallows it)."""
+        for flight in self._flights.values():
+            flight.cut_off()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
     async def _grouped(self, roots: tuple[str, ...]) -> None:
+        try:
+            await self._group(roots)
+        finally:
+            fatal, self._fatal = self._fatal, None
+            if fatal is not None:
+                raise fatal  # KeyboardInterrupt, SystemExit from a step: never lost
+
+    async def _group(self, roots: tuple[str, ...]) -> None:
         nodes = self._plan.nodes
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -284,8 +305,7 @@ class Execution:
                 await _Isolated(self._chain(nodes[roots[0]]))
                 return
             # Steps run shielded, in tasks of their own; this one runs none and sees the
-            # caller's cancellation (an anyio/trio cancel scope's, or asyncio's native
-            # Task.cancel(), which no shield holds off) in time to bound them by the grace.
+            # caller's cancellation in time to bound them by the grace.
             self._idle = anyio.Event()
             for name in roots:
                 self._spawn(nodes[name])
@@ -294,26 +314,28 @@ class Execution:
             except anyio.get_cancelled_exc_class():
                 self.caller_cancelled()
                 raise
-        if self._fatal is not None:
-            fatal, self._fatal = self._fatal, None
-            raise fatal
 
-    def caller_cancelled(self) -> None:
-        """The caller is cancelled: no step or attempt starts any more; a step still
-        waiting for its lease stops now; the steps in flight get ``cancel_grace`` seconds
-        to finish (bounded here with shields; by the guard, on asyncio)."""
-        self._stopping = True
+    def caller_cancelled(self) -> float:
+        """The caller is cancelled: no step or attempt starts any more, here or in the
+        runs of composed and mapped steps; a step still waiting for its lease stops now;
+        the steps in flight get ``cancel_grace`` seconds to finish, and no more than a
+        parent run's cancelled caller gives (bounded here with shields; by the guard, on
+        asyncio). Returns when the grace ends."""
+        context = self._context
+        if not self._stopping:
+            self._stopping = True
+            grace = math.inf if self._grace is None else self._grace
+            context.stop(anyio.current_time() + grace)
         if self._wake is not None:
             self._wake.set()  # retries waiting out a backoff stop
-        deadline = math.inf
-        if self._shield and self._grace is not None:
-            deadline = anyio.current_time() + self._grace
+        deadline = context.stop_deadline()
         for flight in self._flights.values():
             if not flight.entered:
                 flight.cut_off()
-            elif flight.scope.deadline > deadline:
+            elif self._shield and flight.scope.deadline > deadline:
                 flight.cut = True  # if the deadline is reached now, the grace ran out
                 flight.scope.deadline = deadline
+        return deadline
 
     def _spawn(self, node: Node) -> None:
         assert self._tg is not None  # never in a chain plan run without a task group
@@ -390,8 +412,8 @@ class Execution:
                     if attempt > 1 and self._journal is not None:
                         self._journal.ended(name, "failed", repr(error), attempt - 1)
                     return None
-                # ... nor once the caller was cancelled.
-                if self._stopping:
+                # ... nor once the caller (or a parent run's caller) was cancelled.
+                if self._stopping or self._context.stopping():
                     return None
                 if self._shield:  # raised here, before its shield would hold it off
                     await anyio.lowlevel.checkpoint_if_cancelled()
@@ -416,15 +438,25 @@ class Execution:
                         if node.invoke is not None:
                             result, undo = await node.invoke(self._context, name, kwargs)
                         elif node.lock is not None:
-                            result = await self._locked(node, kwargs, flight)
+                            await self._locked(node, kwargs, flight)
+                            result = flight.result
                         else:
                             result = await node.fn(**kwargs)
-                    if flight.scope.cancelled_caught:
+                    if flight.returned:
+                        # A locked body that returned completed the attempt, even if the
+                        # release of its lease then met the deadline.
+                        result = flight.result
+                    elif flight.scope.cancelled_caught:
                         if flight.cut:  # whatever the step did may have landed
                             self._cut_off(name, attempt, started, flight)
                             return None
                         raise _timed_out(node, attempt)
                 except anyio.get_cancelled_exc_class():
+                    if flight.returned:  # cancelled as its lease was released: completed
+                        emit(StepSucceeded, name, attempt=attempt)
+                        values[name] = flight.result
+                        self.completed.append(name)
+                        raise
                     # Cut off by the run in a task only the run cancels (the guard, once
                     # the grace ran out; on_failure="cancel").
                     self._cut_off(name, attempt, started, flight)
@@ -515,7 +547,7 @@ class Execution:
 
     def _caller_gone(self) -> bool:
         """Whether the caller was cancelled (checked again after an await)."""
-        return self._stopping
+        return self._stopping or self._context.stopping()
 
     def _store_failed(self, name: str, attempt: int, exc: RunStoreError) -> None:
         """The journal could not record a transition of ``name``: the run stops there."""
@@ -532,7 +564,7 @@ class Execution:
             self._journal.unrecorded(name, repr(exc))
         self._fail(name, max(attempt, 1), 0.0, exc)
 
-    async def _locked(self, node: Node, kwargs: dict[str, Any], flight: _Flight) -> Any:
+    async def _locked(self, node: Node, kwargs: dict[str, Any], flight: _Flight) -> None:
         """Run one attempt of a step holding its lease (cancelled if the lease is lost)."""
         lock = node.lock
         assert lock is not None
@@ -552,8 +584,10 @@ class Execution:
                 await anyio.lowlevel.checkpoint()
             flight.entered = True  # from here on the step may have done something
             if node.takes_lease:
-                return await node.fn(**kwargs, lease=lease)
-            return await node.fn(**kwargs)
+                flight.result = await node.fn(**kwargs, lease=lease)
+            else:
+                flight.result = await node.fn(**kwargs)
+            flight.returned = True
 
     async def _skips(self, node: Node) -> bool:
         """Whether ``node`` is skipped: a step it requires was skipped, or its condition
@@ -677,7 +711,7 @@ class _Flight:
     shielded from the caller's cancellation (unless the task is one the caller cannot
     cancel), and that only the run cancels otherwise."""
 
-    __slots__ = ("cut", "entered", "scope")
+    __slots__ = ("cut", "entered", "result", "returned", "scope")
 
     scope: anyio.CancelScope | _OpenScope
 
@@ -695,6 +729,10 @@ class _Flight:
         self.cut = False
         """Whether the run cut the attempt off (or brought its deadline forward to do so):
         a cancellation of the scope is then not the step's timeout."""
+        self.returned = False
+        """Whether a locked step's body returned (its ``result``), whatever its lease's
+        release then met."""
+        self.result: Any = None
 
     def cut_off(self) -> None:
         """Stop the attempt now (the run failed with on_failure="cancel", or the caller
@@ -716,15 +754,6 @@ async def _join(task: asyncio.Task[None], seconds: float | None) -> None:
                 await asyncio.wait((task,))
         except asyncio.CancelledError:
             continue  # cancelled again from outside: the step is still in flight
-
-
-def _on_asyncio() -> bool:
-    """Whether this runs on asyncio (trio has no asyncio event loop running)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def needs_watch(plan: Plan, cancel_grace: float | None) -> bool:

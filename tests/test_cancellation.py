@@ -9,6 +9,7 @@ cancellation, and the cancellation is what propagates.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
@@ -18,11 +19,14 @@ import pytest
 
 from asaga import (
     Resource,
+    Retry,
     RunStoreError,
     RunTakenOver,
     Saga,
     SagaFailed,
     StepCancelled,
+    compose,
+    map_each,
     step,
 )
 from asaga._record import Write
@@ -400,3 +404,305 @@ async def test_asyncio_native_cancellation_does_not_cut_a_step_off(how: str) -> 
         await task
     assert ledger.written == 1
     assert ledger.entries == set()
+
+
+# -- found by an adversarial review ------------------------------------------------------
+
+
+async def test_a_cut_off_that_surfaces_as_another_error_is_still_in_doubt() -> None:
+    """A step cut off after the grace that turns the cancellation into an error of its own
+    (a driver's "connection aborted") is in doubt, not failed nor retried: its in-doubt
+    compensation runs."""
+    recorder = EventRecorder()
+    undone: list[object] = []
+    entered = anyio.Event()
+
+    class Aborts(Saga):
+        cancel_grace = 0.05
+        retry_defaults = Retry(max_attempts=3, base_delay=0.01)
+        hooks = (recorder,)
+
+        @step
+        async def call() -> int:
+            entered.set()
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class() as exc:
+                raise RuntimeError("connection aborted") from exc
+            return 1  # pragma: no cover
+
+        @call.compensate(in_doubt=True)
+        async def undo_call(call: int | None) -> None:
+            undone.append(call)
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+
+        async def caller() -> None:
+            with scope:
+                await Aborts.run()
+
+        tg.start_soon(caller)
+        await entered.wait()
+        scope.cancel()
+    assert recorder.steps("step_retrying") == []
+    assert recorder.steps("step_failed") == []
+    (cut,) = recorder.of("step_cancelled")
+    assert isinstance(cut, StepCancelled)
+    assert cut.in_doubt
+    assert undone == [None]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_native_cancellation_does_not_cut_the_unwinding_short() -> None:
+    """asyncio's native cancellation landing while a failed run unwinds (wait_for)
+    does not stop a compensation halfway: it finishes, then the cancellation propagates."""
+    import asyncio
+
+    log: list[str] = []
+
+    class Unwinds(Saga):
+        @step
+        async def a() -> int:
+            return 1
+
+        @step
+        async def b(a: int) -> int:
+            raise RuntimeError("b failed")
+
+        @a.compensate
+        async def undo_a(a: int) -> None:
+            log.append("started")
+            await asyncio.sleep(0.05)
+            log.append("done")
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(Unwinds.run(), 0.01)
+    assert log == ["started", "done"]
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+async def test_a_keyboard_interrupt_during_the_grace_is_not_lost(
+    fatal: type[BaseException],
+) -> None:
+    """A step that raises KeyboardInterrupt (or SystemExit) while the run's cancelled
+    caller waits out the grace: that is what comes out of run(), after the unwind."""
+    undone: list[str] = []
+    entered = anyio.Event()
+    release = anyio.Event()
+
+    class Interrupted(Saga):
+        cancel_grace = 5.0
+
+        @step
+        async def a() -> int:
+            return 1
+
+        @a.compensate
+        async def undo_a(a: int) -> None:
+            undone.append("a")
+
+        @step
+        async def b(a: int) -> int:
+            entered.set()
+            await release.wait()
+            raise fatal
+
+    scope = anyio.CancelScope()
+    caught: list[BaseException] = []
+
+    async def caller() -> None:
+        with scope:
+            try:
+                await Interrupted.run()
+            except BaseException as exc:
+                caught.append(exc)
+                if not isinstance(exc, fatal):
+                    raise
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(caller)
+        await entered.wait()
+        scope.cancel()
+        await anyio.lowlevel.checkpoint()
+        release.set()
+    assert [type(e) for e in caught] == [fatal]
+    assert undone == ["a"]
+
+
+async def test_a_run_cancelled_while_its_async_hooks_drain_is_undone() -> None:
+    """With an async hook, a caller cancelled after the last step completed, while the
+    hooks drain: either it gets the result (the hooks' drain is bounded), or the run is
+    undone, as without async hooks; never a cancellation with the run left in place."""
+    log: list[str] = []
+    drained = anyio.Event()
+
+    async def slow_hook(event: object) -> None:
+        if getattr(event, "kind", None) == "run_succeeded":
+            drained.set()
+            await anyio.sleep_forever()  # cut when the caller is cancelled
+
+    class Hooked(Saga):
+        hooks = (slow_hook,)
+
+        @step
+        async def reserve() -> str:
+            log.append("reserved")
+            return "r1"
+
+        @reserve.compensate
+        async def release(reserve: str) -> None:
+            log.append("released")
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+
+        async def caller() -> None:
+            with scope:
+                await Hooked.run()
+
+        tg.start_soon(caller)
+        await drained.wait()
+        scope.cancel()
+    if scope.cancelled_caught:
+        assert log == ["reserved", "released"]
+    else:
+        assert log == ["reserved"]
+
+
+@pytest.mark.parametrize("shape", ["compose", "map_each"])
+async def test_no_child_step_starts_after_the_caller_is_cancelled(shape: str) -> None:
+    """A composed sub-saga and the elements of a map start nothing once the caller of the
+    parent run is cancelled: the step in flight finishes and is undone."""
+    log: list[str] = []
+    entered = anyio.Event()
+    release = anyio.Event()
+
+    class Child(Saga):
+        @step
+        async def c1() -> int:
+            log.append("c1")
+            entered.set()
+            await release.wait()
+            return 1
+
+        @c1.compensate
+        async def u1(c1: int) -> None:
+            log.append("undo c1")
+
+        @step
+        async def c2(c1: int) -> int:
+            log.append("c2")  # pragma: no cover - must not start
+            return 2
+
+    class Item(Saga):
+        n: int
+
+        @step
+        async def take(n: int) -> int:
+            log.append(f"take {n}")
+            if n == 0:
+                entered.set()
+                await release.wait()
+            return n
+
+        @take.compensate
+        async def give(take: int) -> None:
+            log.append(f"give {take}")
+
+    class Composed(Saga):
+        one = compose(Child)
+
+    class Mapped(Saga):
+        many = map_each(Item, over="items", max_concurrency=1)
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+
+        async def caller() -> None:
+            with scope:
+                if shape == "compose":
+                    await Composed.run()
+                else:
+                    await Mapped.run(items=[{"n": 0}, {"n": 1}, {"n": 2}])
+
+        tg.start_soon(caller)
+        await entered.wait()
+        scope.cancel()
+        await anyio.lowlevel.checkpoint()
+        release.set()
+    assert scope.cancelled_caught
+    if shape == "compose":
+        assert log == ["c1", "undo c1"]
+    else:
+        assert log == ["take 0", "give 0"]
+
+
+async def test_nested_graces_do_not_add_up() -> None:
+    """A composed sub-saga's steps are cut off when the parent's grace runs out: the
+    child does not start a grace of its own after it."""
+    cut: list[str] = []
+    entered = anyio.Event()
+
+    class Child(Saga):
+        cancel_grace = 30.0
+
+        @step
+        async def slow() -> int:
+            entered.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                cut.append("slow")
+            return 1  # pragma: no cover
+
+    class Parent(Saga):
+        cancel_grace = 0.05
+        one = compose(Child)
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+
+        async def caller() -> None:
+            with scope:
+                await Parent.run()
+
+        tg.start_soon(caller)
+        await entered.wait()
+        with anyio.fail_after(10):  # the child's 30 s grace would have run out this
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+    assert cut == ["slow"]
+    assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_step_that_swallows_the_cut_off_does_not_keep_its_siblings_running() -> None:
+    """After the grace, a step that absorbs its cancellation does not keep a sibling from
+    being cut off: the run returns promptly, the sibling in doubt."""
+    import asyncio
+
+    recorder = EventRecorder()
+    entered = anyio.Event()
+
+    class Swallows(Saga):
+        cancel_grace = 0.05
+        hooks = (recorder,)
+
+        @step
+        async def first() -> int:
+            with contextlib.suppress(asyncio.CancelledError):  # a library that does that
+                await asyncio.sleep(0.2)
+            return 1
+
+        @step
+        async def sibling() -> int:
+            entered.set()
+            await asyncio.sleep(30)
+            return 2  # pragma: no cover
+
+    with anyio.fail_after(10):
+        with anyio.move_on_after(0.01):
+            await Swallows.run()
+    (failed,) = recorder.of("run_failed")
+    assert "sibling" in failed.in_doubt  # type: ignore[union-attr]
