@@ -176,6 +176,31 @@ async def test_a_quarantined_run_is_readmitted_after_an_upgrade(
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("quiet_logs")
+async def test_the_quarantine_script_checks_its_arguments_before_writing(
+    redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """A quarantine script call with a retention that is not a number is refused before
+    it writes anything: the run stays in the running set, unexpiring, out of quarantine;
+    readmit of a run whose running score is missing puts it back all the same."""
+    prefix = f"{redis_prefix}runs:"
+    async with RedisRunStore(client, prefix=prefix) as runs:
+        await runs.create(record_of("Mine", "m-1"), None)
+        keys = [f"{prefix}run:m-1", f"{prefix}events:m-1", f"{prefix}runs:running"]
+        keys.append(f"{prefix}runs:quarantine")
+        with pytest.raises(aioredis.ResponseError, match="asaga quarantine"):
+            await runs._quarantine(keys=keys, args=["m-1", runs.owner, "r", 1.0, "x", 0, 5])
+        assert await client.zscore(f"{prefix}runs:running", "m-1") is not None
+        assert await client.hget(f"{prefix}run:m-1", "quarantined") is None
+        assert await client.pttl(f"{prefix}run:m-1") == -1
+        assert await runs.quarantine("m-1", "does not fit") is not None
+        await client.hdel(f"{prefix}run:m-1", "running_score")
+        await runs.readmit("m-1")
+        assert await client.zscore(f"{prefix}runs:running", "m-1") == 0
+        assert await client.pttl(f"{prefix}run:m-1") == -1
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("quiet_logs")
 async def test_every_key_has_a_ttl_or_a_bound(
     redis_prefix: str, client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -144,6 +144,10 @@ return redis.call('hmget', KEYS[1], 'record', 'status', 'saga', 'version')
 # KEYS: run, events, running, quarantine ; ARGV: run_id, owner, reason, now, retention_ms,
 #   cutoff, most kept
 _QUARANTINE = """
+local ttl, most = tonumber(ARGV[5]), tonumber(ARGV[7])
+if not (tonumber(ARGV[4]) and tonumber(ARGV[6]) and ttl and most) or ttl < 1 or most < 0 then
+  return redis.error_reply('ERR asaga quarantine: now, retention_ms, cutoff, most kept')
+end
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return false end
 local score = redis.call('zscore', KEYS[3], ARGV[1]) or ARGV[4]
 redis.call('zrem', KEYS[3], ARGV[1])
@@ -153,18 +157,23 @@ redis.call('pexpire', KEYS[1], ARGV[5])
 redis.call('pexpire', KEYS[2], ARGV[5])
 redis.call('zadd', KEYS[4], ARGV[4], ARGV[1])
 redis.call('zremrangebyscore', KEYS[4], '-inf', ARGV[6])
-local extra = redis.call('zcard', KEYS[4]) - tonumber(ARGV[7])
+local extra = redis.call('zcard', KEYS[4]) - most
 if extra > 0 then redis.call('zremrangebyrank', KEYS[4], 0, extra - 1) end
 return {redis.call('hget', KEYS[1], 'saga') or ''}
 """
 
 # KEYS: run, events, running, quarantine ; ARGV: run_id
 # The run keeps the owner 'quarantine', which never holds a lease: the next sweep takes it.
+# Everything is read before the first write: a run whose record expired only loses its
+# dangling entry; one without its running score goes back at the head of the running set.
 _READMIT = """
 if not redis.call('zscore', KEYS[4], ARGV[1]) then return 0 end
+if redis.call('hexists', KEYS[1], 'quarantined') == 0 then
+  redis.call('zrem', KEYS[4], ARGV[1])
+  return 0
+end
+local score = tonumber(redis.call('hget', KEYS[1], 'running_score')) or 0
 redis.call('zrem', KEYS[4], ARGV[1])
-if redis.call('hexists', KEYS[1], 'quarantined') == 0 then return 0 end
-local score = redis.call('hget', KEYS[1], 'running_score')
 redis.call('hdel', KEYS[1], 'quarantined', 'quarantined_at', 'quarantined_by', 'running_score')
 redis.call('persist', KEYS[1])
 redis.call('persist', KEYS[2])
