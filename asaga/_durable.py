@@ -406,7 +406,6 @@ async def recover(
     versions = {name: spec.saga_version for name, spec in specs.items()}
     report: list[Recovered] = []
     limiter = anyio.CapacityLimiter(concurrency)
-    aside: list[str] = []
 
     async def one(run_id: str, owner: str) -> None:
         async with limiter:
@@ -415,7 +414,7 @@ async def recover(
             try:
                 record = await runs.claim(run_id, owner)
             except CorruptRecord as exc:  # taken, but its record cannot be read
-                report.append(await _set_aside(runs, run_id, "", str(exc), aside))
+                report.append(await _set_aside(runs, run_id, "", str(exc)))
                 return
             except AsagaError as exc:  # Redis went away: this one waits for the next sweep
                 report.append(Recovered(run_id=run_id, saga="", outcome="error", error=repr(exc)))
@@ -425,7 +424,7 @@ async def recover(
             try:
                 spec, values = _admit(specs, record, resources)
             except (CorruptRecord, InputValidationError) as exc:
-                report.append(await _set_aside(runs, run_id, record.saga, str(exc), aside))
+                report.append(await _set_aside(runs, run_id, record.saga, str(exc)))
                 return
             except AsagaError as exc:
                 report.append(
@@ -454,11 +453,12 @@ async def recover(
         if not found:
             break
         seen.update(run_id for run_id, _ in found)
-        aside.clear()
+        before = len(report)
         async with anyio.create_task_group() as tg:
             for run_id, owner in found:
                 tg.start_soon(one, run_id, owner, name=f"recover {run_id}")
-        taken += len(found) - len(aside)
+        aside = sum(r.outcome == "quarantined" for r in report[before:])
+        taken += len(found) - aside
         if not aside or taken >= limit:
             break
     return report
@@ -487,9 +487,7 @@ def _admit(
     return spec, _values(spec, record, resources)
 
 
-async def _set_aside(
-    runs: RunStore, run_id: str, saga: str, reason: str, aside: list[str]
-) -> Recovered:
+async def _set_aside(runs: RunStore, run_id: str, saga: str, reason: str) -> Recovered:
     """Quarantine a run this sweep has taken and cannot drive."""
     try:
         done = await runs.quarantine(run_id, reason)
@@ -499,7 +497,6 @@ async def _set_aside(
         return Recovered(
             run_id=run_id, saga=saga, outcome="error", error=f"{reason} (taken over meanwhile)"
         )
-    aside.append(run_id)
     # The saga the store lists it under (its record, if it decodes, may say another).
     return Recovered(run_id=run_id, saga=done.saga or saga, outcome="quarantined", error=reason)
 
