@@ -201,16 +201,16 @@ def _runs_list(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 10_000:
         raise TargetError("--limit must be between 1 and 10000")
 
+    async def quarantined(runs: Any) -> list[Any]:
+        aside = await runs.quarantined(limit=args.limit)
+        return [q for q in aside if args.saga is None or q.saga == args.saga]
+
     async def read(runs: Any) -> str:
-        aside = [
-            q
-            for q in await runs.quarantined(limit=args.limit)
-            if args.saga is None or q.saga == args.saga
-        ]
         if args.status == "quarantined":
+            aside = await quarantined(runs)
             return format_quarantined(aside) if aside else "no runs quarantined\n"
         text = format_runs(await runs.list(status=args.status, saga=args.saga, limit=args.limit))
-        if aside and args.status is None:
+        if args.status is None and (aside := await quarantined(runs)):  # not for --status
             text += "\n" + format_quarantined(aside)
         return text
 
