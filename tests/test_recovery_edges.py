@@ -449,7 +449,7 @@ async def test_the_persistence_warning(server_dir: Path) -> None:
 def test_the_memory_store_quarantines_and_readmits_too() -> None:
     """MemoryRunStore has the same quarantine API: a run it owns is set aside (out of
     list(), kept with the reason), a run it does not own is refused, readmit puts it back
-    once."""
+    once; past its retention it is neither listed nor readmitted."""
     from asaga import RunNotFound
 
     async def main() -> None:
@@ -465,6 +465,15 @@ def test_the_memory_store_quarantines_and_readmits_too() -> None:
         assert [r.run_id for r in await runs.list()] == ["m-1"]
         with pytest.raises(RunNotFound):
             await runs.readmit("m-1")
+
+        now = [0.0]
+        runs = MemoryRunStore(clock=lambda: now[0], retention=10.0, idempotency_window=5.0)
+        await runs.create(record_of("Mine", "m-2"), None)
+        assert await runs.quarantine("m-2", "does not fit") is not None
+        now[0] = 11.0  # past retention: neither listed nor readmitted
+        assert await runs.quarantined() == []
+        with pytest.raises(RunNotFound):
+            await runs.readmit("m-2")
 
     for backend in ("asyncio", "trio"):
         anyio.run(main, backend=backend)

@@ -199,8 +199,13 @@ class MemoryRunStore(StoreSettings):
     async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
         """The runs set aside, newest first."""
         await anyio.lowlevel.checkpoint()
-        self._expire(self._clock())
-        aside = [r.quarantined for r in self._runs.values() if r.quarantined is not None]
+        now = self._clock()
+        self._expire(now)  # sweeps only now and then: what it keeps may be past retention
+        aside = [
+            r.quarantined
+            for r in self._runs.values()
+            if r.quarantined is not None and (r.expires is None or r.expires > now)
+        ]
         return sorted(aside, key=lambda q: -q.quarantined_at)[:limit]
 
     async def readmit(self, run_id: str) -> None:
