@@ -215,7 +215,7 @@ class Journal:
         not among them never did)."""
         self.lost = False
         """Another process took the run over: nothing more is written or compensated."""
-        self.gone: RunRecordLost | None = None
+        self.gone = False
         """The run's record vanished from the store: nothing more is written (the run is
         still unwound here, since nobody else owns it)."""
 
@@ -417,12 +417,12 @@ class Journal:
     # -- writing -------------------------------------------------------------------------
 
     async def _put(self, *, final: bool = False) -> None:
-        if self.gone is not None:
+        if self.gone:
             return  # nothing to write to: the run unwinds on what this process holds
         try:
             await self.store.write(self._write(self._record.status, final=final))
         except RunRecordLost as exc:
-            self.gone = exc
+            self.gone = True
             _logger.warning("run_record_lost", run_id=self.run_id, error=str(exc))
             raise
 
