@@ -402,3 +402,28 @@ async def test_a_head_leaves_no_per_key_state_behind(
                 await client.delete(f"{redis_prefix}want:{{{key}}}")  # as if expired
         assert waiter._backend.waiting == {}
         assert waiter._leases._queues == {}
+
+
+async def test_a_command_redis_refuses_is_not_reported_as_redis_down(
+    locks: RedisLockProvider, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A fenced call whose command Redis refuses (a typo, WRONGTYPE) raises Redis's own
+    ResponseError, noting that the commands before it were applied, not LeaseUnavailable
+    ("Redis is unreachable"); a malformed command or a key the lease does not hold is a
+    ValueError, before anything is sent."""
+    from redis.exceptions import ResponseError
+
+    data, hash_key = f"{redis_prefix}data:{{k}}", f"{redis_prefix}hash:{{k}}"
+    await client.hset(hash_key, "f", 1)
+    async with locks.lease("k", ttl=5.0) as lease:
+        with pytest.raises(ResponseError, match="WRONGTYPE") as info:
+            await locks.fenced(lease, ("SET", data, 1), ("INCR", hash_key))
+        assert "the commands before it were applied" in info.value.__notes__[0]
+        assert await client.get(data) == b"1"
+        with pytest.raises(ResponseError, match="Unknown Redis command"):
+            await locks.fenced(lease, ("HINCR", hash_key, "f", 1))
+        with pytest.raises(ValueError, match=r"each command is \(name, redis_key"):
+            await locks.fenced(lease, ("SET",))
+        with pytest.raises(ValueError, match="the lease holds \\['k'\\], not 'other'"):
+            await locks.fenced(lease, ("SET", data, 2), key="other")
+    assert locks.stale_writes == 0

@@ -38,7 +38,7 @@ import anyio
 import anyio.abc
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .._redis import follow_pattern, require_asyncio, warn_without_persistence
 from ._lease import Lease, Leases, LeaseUnavailable, StaleWrite
@@ -362,12 +362,23 @@ class RedisLockProvider:
         Redis's data), nothing is written, the rejection is counted (in Redis and in
         :attr:`stale_writes`) and :class:`~asaga.locks.StaleWrite` is raised. Returns each
         command's reply.
+
+        A command Redis refuses (unknown, ``WRONGTYPE``, a bad argument) raises its
+        ``ResponseError``; the commands before it in the call stay applied, as Redis
+        does not roll a script back. ``ValueError`` for a key the lease does not hold or a
+        command that is not ``(name, redis_key, *args)``.
         """
         key = lease.key if key is None else key
+        if key not in lease.tokens:
+            raise ValueError(f"fenced(): the lease holds {list(lease.keys)}, not {key!r}")
         backend = self._backend
         data_keys: list[str] = []
         args: list[Any] = [lease.tokens[key], _STALE_KEEP_MS, len(commands)]
         for command in commands:
+            if isinstance(command, str | bytes) or len(command) < 2:
+                raise ValueError(
+                    f"fenced(): each command is (name, redis_key, *args), got {command!r}"
+                )
             name, redis_key, *rest = command
             if redis_key not in data_keys:
                 data_keys.append(redis_key)
@@ -381,6 +392,18 @@ class RedisLockProvider:
                     keys=[backend.lock_key(key), backend.stale_key(key), *data_keys],
                     args=args,
                 )
+            except ResponseError as exc:
+                if type(exc) is not ResponseError:  # READONLY, OOM, NOPERM...: the server's
+                    raise LeaseUnavailable(
+                        f"fenced write on {key!r} failed: Redis refused it ({exc})", (key,)
+                    ) from exc
+                # A command of the call failed (unknown command, WRONGTYPE, bad argument):
+                # the caller's mistake, not the server's; raised as Redis replied.
+                exc.add_note(
+                    f"fenced write on {key!r}: a command was refused; the commands before it "
+                    "were applied (Redis does not roll a script back)"
+                )
+                raise
             except RedisError as exc:
                 raise LeaseUnavailable(
                     f"fenced write on {key!r} failed: Redis is unreachable ({exc})", (key,)
