@@ -3,17 +3,29 @@
 from collections.abc import AsyncIterator
 
 import anyio
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from asaga import SagaFailed
 from asaga.integrations.idempotency import (
     Idempotency,
     IdempotencyKeyReused,
     MemoryOutcomeStore,
     Outcome,
     RedisOutcomeStore,
+    answer,
 )
-from asaga.locks import MemoryLockProvider, RedisLockProvider
+from asaga.integrations.problems import (
+    PROBLEM_IDEMPOTENCY_KEY_IN_USE,
+    PROBLEM_IDEMPOTENCY_KEY_INVALID,
+    PROBLEM_IDEMPOTENCY_KEY_REUSED,
+    PROBLEM_JSON,
+    PROBLEM_SAGA_FAILED,
+    PROBLEM_UNAVAILABLE,
+    Problem,
+)
+from asaga.locks import LeaseTimeout, MemoryLockProvider, RedisLockProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -96,6 +108,107 @@ async def test_window_expires() -> None:
     _, replayed = await idem.run("k1", "req-a", counting_work(calls))
     assert not replayed
     assert calls == [1, 1]
+
+
+# -- answer(): the HTTP flow every web integration wraps --------------------------------------
+
+
+def failed(cause: Exception) -> SagaFailed:
+    exc = SagaFailed("Order", "run-1", "place", ["reserve"])
+    exc.__cause__ = cause
+    return exc
+
+
+class Work:
+    """A request's work: ``raises`` each call's exception in turn, then answers ``"made"``."""
+
+    def __init__(self, *raises: Exception) -> None:
+        self.raises = list(raises)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.raises:
+            raise self.raises.pop(0)
+        return "made"
+
+
+def outcome(response: str) -> Outcome:
+    return Outcome(status=201, body=response.encode(), media_type="text/plain")
+
+
+async def test_answer_returns_the_work_then_replays_its_outcome() -> None:
+    """The first request gets the work's own response, a retry the stored outcome; a
+    quoted key (a structured-field string) is the same key as the bare one."""
+    idem = Idempotency(MemoryOutcomeStore(), MemoryLockProvider())
+    work = Work()
+    assert await answer(idem, "k1", "req-a", work, outcome) == "made"
+    replayed = await answer(idem, ' "k1" ', "req-a", work, outcome)
+    assert replayed == Outcome(
+        status=201, body=b"made", media_type="text/plain", fingerprint="req-a"
+    )
+    assert work.calls == 1
+
+
+async def test_answer_stores_the_problem_of_a_failed_saga() -> None:
+    """A saga that failed for good is an outcome: a 409 now, replayed to the retry."""
+    idem = Idempotency(MemoryOutcomeStore(), MemoryLockProvider())
+    work = Work(failed(RuntimeError("card declined")))
+    first = await answer(idem, "k1", "req-a", work, outcome)
+    assert isinstance(first, Problem)
+    assert (first.status, first.body["type"]) == (409, PROBLEM_SAGA_FAILED)
+    again = await answer(idem, "k1", "req-a", work, outcome)
+    assert isinstance(again, Outcome)
+    assert (again.status, again.media_type) == (409, PROBLEM_JSON)
+    assert msgspec.json.decode(again.body) == first.body
+    assert work.calls == 1
+
+
+async def test_answer_never_stores_an_unavailable_infrastructure() -> None:
+    """A saga undone because a service was unreachable, or the work's own lease that
+    could not be had, is a 503 with Retry-After, not stored: the retry runs the work."""
+    store = MemoryOutcomeStore()
+    idem = Idempotency(store, MemoryLockProvider())
+    work = Work(failed(ConnectionRefusedError()), LeaseTimeout("busy", ["stock:widget"]))
+    for _ in range(2):
+        unavailable = await answer(idem, "k1", "req-a", work, outcome, retry_after=7)
+        assert isinstance(unavailable, Problem)
+        assert (unavailable.status, unavailable.body["type"]) == (503, PROBLEM_UNAVAILABLE)
+        assert unavailable.headers == {"Retry-After": "7"}
+        assert await store.get("k1") is None
+    assert await answer(idem, "k1", "req-a", work, outcome) == "made"
+    assert work.calls == 3
+
+
+async def test_answer_refuses_a_bad_key_a_reused_key_and_a_busy_key() -> None:
+    """400 for an empty or overlong key, 422 for a key reused with another request, 409
+    for a key whose first request outlasts ``wait``; the work does not run."""
+    locks = MemoryLockProvider()
+    idem = Idempotency(MemoryOutcomeStore(), locks, wait=0.05)
+    work = Work()
+    for header in ("", '""', "k" * 256):
+        invalid = await answer(idem, header, "req-a", work, outcome)
+        assert isinstance(invalid, Problem)
+        assert (invalid.status, invalid.body["type"]) == (400, PROBLEM_IDEMPOTENCY_KEY_INVALID)
+    await answer(idem, "k1", "req-a", work, outcome)
+    reused = await answer(idem, "k1", "req-b", work, outcome)
+    assert isinstance(reused, Problem)
+    assert (reused.status, reused.body["type"]) == (422, PROBLEM_IDEMPOTENCY_KEY_REUSED)
+    async with locks.lease("idempotency:k2", ttl=30):  # the first request still runs
+        busy = await answer(idem, "k2", "req-a", work, outcome)
+    assert isinstance(busy, Problem)
+    assert (busy.status, busy.body["type"]) == (409, PROBLEM_IDEMPOTENCY_KEY_IN_USE)
+    assert busy.body["key"] == "k2"
+    assert work.calls == 1
+
+
+async def test_answer_lets_a_bug_through_and_stores_nothing() -> None:
+    """An error with no problem answer propagates (the framework's 500); the retry runs."""
+    idem = Idempotency(MemoryOutcomeStore(), MemoryLockProvider())
+    work = Work(ValueError("bug"))
+    with pytest.raises(ValueError, match="bug"):
+        await answer(idem, "k1", "req-a", work, outcome)
+    assert await answer(idem, "k1", "req-a", work, outcome) == "made"
 
 
 class TestRedis:

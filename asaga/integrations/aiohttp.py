@@ -61,10 +61,8 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .._exceptions import IdempotencyKeyReused
 from .._saga import Saga
-from ..locks import LeaseTimeout
-from .idempotency import Idempotency, Outcome
+from .idempotency import Idempotency, Outcome, answer
 from .inputs import decode_inputs
 from .problems import (
     IDEMPOTENCY_KEY_HEADER,
@@ -81,7 +79,6 @@ from .problems import (
     RETRY_AFTER,
     Problem,
     fingerprint,
-    is_unavailable,
     problem,
     problem_for,
 )
@@ -192,16 +189,6 @@ async def saga_inputs(
     return decode_inputs(saga, await request.read(), fields=fields)
 
 
-def _key(request: web.Request) -> str | None:
-    raw = request.headers.get(IDEMPOTENCY_KEY_HEADER)
-    if raw is None:
-        return None
-    key = raw.strip()
-    if len(key) >= 2 and key[0] == key[-1] == '"':  # a structured-field string: "abc"
-        key = key[1:-1]
-    return key
-
-
 def _outcome(response: web.Response) -> Outcome:
     body = response.body
     if body is None:
@@ -257,52 +244,17 @@ async def idempotent(
     ``work`` must return a ``web.Response`` whose body is in memory (``json_response``,
     ``text=``, ``body=bytes``), not a streamed payload.
     """
-    key = _key(request)
-    if key is None:
+    header = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    if header is None:
         return await work()
-    if not key or len(key) > 255:
-        return problem_response(
-            400,
-            "Invalid idempotency key",
-            type=PROBLEM_IDEMPOTENCY_KEY_INVALID,
-            detail=f"the {IDEMPOTENCY_KEY_HEADER} header must be 1 to 255 characters",
+    print_ = fingerprint(request.method, request.path_qs, await request.read())
+    result = await answer(idempotency, header, print_, work, _outcome, retry_after=retry_after)
+    if isinstance(result, Problem):
+        return _response(result)
+    if isinstance(result, Outcome):
+        return web.Response(
+            status=result.status,
+            body=result.body,
+            headers={"Content-Type": result.media_type, REPLAYED_HEADER: "true"},
         )
-    body = await request.read()
-    request_print = fingerprint(request.method, request.path_qs, body)
-    first: list[web.Response] = []
-
-    async def produce() -> Outcome:
-        try:
-            response = await work()
-        except Exception as exc:
-            answer = problem_for(exc, retry_after=retry_after)
-            if answer is None or is_unavailable(exc):
-                raise  # not an outcome: nothing is stored, a retry runs again
-            response = _response(answer)
-        first.append(response)
-        return _outcome(response)
-
-    try:
-        outcome, replayed = await idempotency.run(key, request_print, produce)
-    except LeaseTimeout as exc:
-        if f"idempotency:{key}" not in exc.keys:
-            return error_response(exc, retry_after=retry_after)  # the work's own lease
-        return problem_response(
-            409,
-            "Idempotency key in use",
-            type=PROBLEM_IDEMPOTENCY_KEY_IN_USE,
-            detail=f"a request with this {IDEMPOTENCY_KEY_HEADER} is still being processed; "
-            "retry later",
-            key=key,
-        )
-    except Exception as exc:
-        if isinstance(exc, IdempotencyKeyReused) or is_unavailable(exc):
-            return error_response(exc, retry_after=retry_after)
-        raise
-    if not replayed and first:
-        return first[0]
-    return web.Response(
-        status=outcome.status,
-        body=outcome.body,
-        headers={"Content-Type": outcome.media_type, REPLAYED_HEADER: "true"},
-    )
+    return result

@@ -45,15 +45,10 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from .._exceptions import ClientDisconnected as ClientDisconnected
-from .._exceptions import (
-    IdempotencyKeyReused,
-    InputValidationError,
-    SagaFailed,
-)
+from .._exceptions import IdempotencyKeyReused, InputValidationError, SagaFailed
 from .._public import claim as _claim
 from .._saga import Saga
-from ..locks import LeaseTimeout
-from .idempotency import Idempotency, Outcome
+from .idempotency import Idempotency, Outcome, answer
 from .inputs import MalformedBody, decode_inputs
 from .problems import (
     IDEMPOTENCY_KEY_HEADER,
@@ -63,8 +58,6 @@ from .problems import (
     Problem,
     fingerprint,
     infrastructure_errors,
-    is_unavailable,
-    problem,
     problem_for,
 )
 
@@ -90,11 +83,6 @@ CLIENT_CLOSED_REQUEST = 499
 """The status of the (never delivered) response to a client that went away (nginx's)."""
 
 _MAX_MESSAGES = 1_000  # ASGI messages a watcher reads before giving up watching
-
-
-def _problem(status: int, kind: str, title: str, detail: str, **members: Any) -> JSONResponse:
-    body = problem(status, f"urn:asaga:problem:{kind}", title, detail, **members)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
 def _response(answer: Problem) -> JSONResponse:
@@ -266,61 +254,27 @@ async def idempotent(
     raised. ``work`` must return a response with its body in memory (not streamed).
     Headers other than the content type are not replayed.
     """
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
+    header = request.headers.get(IDEMPOTENCY_HEADER)
+    if header is None:
         return await run_until_disconnect(request, work)
-    if not 1 <= len(key) <= 255:
-        return _problem(
-            400,
-            "invalid-idempotency-key",
-            "Invalid idempotency key",
-            f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 characters",
-        )
-    body = await _read_body(request)
     target = request.url.path
     if request.scope["query_string"]:
         target += "?" + request.scope["query_string"].decode("latin-1")
-    print_ = fingerprint(request.method, target, body)
-    started: list[bool] = []
-    first: list[Response] = []
+    print_ = fingerprint(request.method, target, await _read_body(request))
 
-    async def produce() -> Outcome:
-        started.append(True)
-        try:
-            response = await work()
-        except Exception as exc:
-            answer = problem_for(exc, retry_after=retry_after)
-            if answer is None or is_unavailable(exc):
-                raise  # not an outcome: nothing is stored, a retry runs again
-            response = _response(answer)
-        first.append(response)
-        return _outcome(response)
+    async def run() -> Response | Outcome | Problem:
+        return await answer(idempotency, header, print_, work, _outcome, retry_after=retry_after)
 
-    async def run() -> tuple[Outcome, bool]:
-        return await idempotency.run(key, print_, produce)
-
-    try:
-        outcome, replayed = await run_until_disconnect(request, run)
-    except LeaseTimeout as exc:
-        if started:  # raised by work itself, not by the wait for a duplicate
-            return problem_response(exc, retry_after=retry_after)
-        return _problem(
-            409,
-            "idempotency-key-in-use",
-            "Idempotency key in use",
-            f"a request with this {IDEMPOTENCY_HEADER} is still being processed; retry later",
+    result = await run_until_disconnect(request, run)
+    if isinstance(result, Problem):
+        return _response(result)
+    if isinstance(result, Outcome):
+        return Response(
+            content=result.body,
+            status_code=result.status,
+            headers={"content-type": result.media_type, REPLAYED_HEADER: "true"},
         )
-    except Exception as exc:
-        if isinstance(exc, IdempotencyKeyReused) or is_unavailable(exc):
-            return problem_response(exc, retry_after=retry_after)
-        raise
-    if not replayed and first:
-        return first[0]
-    return Response(
-        content=outcome.body,
-        status_code=outcome.status,
-        headers={"content-type": outcome.media_type, REPLAYED_HEADER: "true"},
-    )
+    return result
 
 
 # Tracebacks and reprs say `asaga.integrations.fastapi.ClientDisconnected`.

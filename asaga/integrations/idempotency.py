@@ -17,21 +17,38 @@ their error before running anything (the web integrations answer 503). If the st
 fails only when the finished work's outcome is being stored, the outcome is returned all
 the same and the loss is logged (``idempotency_outcome_not_stored``): the work ran, and a
 503 would invite a retry that runs it again.
+
+:func:`answer` is the whole HTTP flow on top of :meth:`Idempotency.run`, the same for
+every web framework (each only reads the request and renders what it returns): it reads
+the header's key, turns the work's problem (a 422, a 409...) into a stored outcome, and
+answers what is not an outcome (an invalid key, a key in use or reused, an unavailable
+infrastructure) with a :class:`~asaga.integrations.problems.Problem`, never stored.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import msgspec
 import structlog
 
 from .._exceptions import IdempotencyKeyReused
-from ..locks import LockProvider
-from .problems import is_unavailable
+from ..locks import LeaseTimeout, LockProvider
+from .problems import (
+    IDEMPOTENCY_KEY_HEADER,
+    PROBLEM_IDEMPOTENCY_KEY_IN_USE,
+    PROBLEM_IDEMPOTENCY_KEY_INVALID,
+    PROBLEM_JSON,
+    RETRY_AFTER,
+    Problem,
+    clip,
+    is_unavailable,
+    problem,
+    problem_for,
+)
 
 __all__ = [
     "Idempotency",
@@ -40,7 +57,13 @@ __all__ = [
     "Outcome",
     "OutcomeStore",
     "RedisOutcomeStore",
+    "answer",
+    "key_of",
 ]
+
+R = TypeVar("R")
+
+MAX_KEY_LENGTH = 255
 
 _logger = structlog.get_logger("asaga")
 
@@ -143,8 +166,8 @@ class Idempotency:
         self, key: str, fingerprint: str, work: Callable[[], Awaitable[Outcome]]
     ) -> tuple[Outcome, bool]:
         """The outcome for ``key``, and whether it was replayed (not computed now)."""
-        if not key or len(key) > 255:
-            raise ValueError("an idempotency key is 1 to 255 characters")
+        if not 1 <= len(key) <= MAX_KEY_LENGTH:
+            raise ValueError(f"an idempotency key is 1 to {MAX_KEY_LENGTH} characters")
         stored = await self.store.get(key)
         if stored is None:
             async with self.locks.lease(f"idempotency:{key}", ttl=self.lease_ttl, wait=self.wait):
@@ -172,3 +195,95 @@ class Idempotency:
         if stored.fingerprint and fingerprint and stored.fingerprint != fingerprint:
             raise IdempotencyKeyReused(key)
         return stored, True
+
+
+def key_of(header: str) -> str:
+    """The key of an ``Idempotency-Key`` header: a bare token, or a structured-field
+    string (``"abc"``), as the IETF draft writes it."""
+    key = header.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    return key
+
+
+_PROBLEM_ENCODER = msgspec.json.Encoder()
+
+
+async def answer(
+    idempotency: Idempotency,
+    header: str,
+    fingerprint: str,
+    work: Callable[[], Awaitable[R]],
+    outcome: Callable[[R], Outcome],
+    *,
+    retry_after: int = RETRY_AFTER,
+) -> R | Outcome | Problem:
+    """Answer a request carrying an ``Idempotency-Key`` ``header``: each web integration's
+    ``idempotent()`` is this, plus reading the request and rendering the result.
+
+    Returns ``work()``'s own response when it ran now (``outcome`` turns it into what is
+    stored), the stored :class:`Outcome` to replay for a retry, or a
+    :class:`~asaga.integrations.problems.Problem` to render:
+
+    - the problem of an asaga failure inside ``work`` (``problem_for``: 422, 400, 409,
+      500), stored like any outcome, so a retry gets it again;
+    - 400 for a key that is empty or over 255 characters, 409 for a key whose first
+      request still runs after ``idempotency.wait``, 422 for a key reused with another
+      ``fingerprint``, 503 (``Retry-After: retry_after``) for an unavailable
+      infrastructure, wherever it failed: none of these is stored, so a retry runs again.
+
+    Any other exception of ``work`` propagates, and stores nothing.
+    """
+    key = key_of(header)
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        return Problem(
+            400,
+            problem(
+                400,
+                PROBLEM_IDEMPOTENCY_KEY_INVALID,
+                "Invalid idempotency key",
+                f"the {IDEMPOTENCY_KEY_HEADER} header must be 1 to {MAX_KEY_LENGTH} characters",
+            ),
+        )
+    started = False
+    first: list[R | Problem] = []
+
+    async def produce() -> Outcome:
+        nonlocal started
+        started = True
+        try:
+            response = await work()
+        except Exception as exc:
+            failure = None if is_unavailable(exc) else problem_for(exc, retry_after=retry_after)
+            if failure is None:
+                raise  # not an outcome: nothing is stored, a retry runs again
+            first.append(failure)
+            return Outcome(
+                status=failure.status,
+                body=_PROBLEM_ENCODER.encode(failure.body),
+                media_type=PROBLEM_JSON,
+            )
+        first.append(response)
+        return outcome(response)
+
+    try:
+        stored, replayed = await idempotency.run(key, fingerprint, produce)
+    except Exception as exc:
+        if isinstance(exc, LeaseTimeout) and not started:  # the wait for the key ran out
+            return Problem(
+                409,
+                problem(
+                    409,
+                    PROBLEM_IDEMPOTENCY_KEY_IN_USE,
+                    "Idempotency key in use",
+                    f"a request with this {IDEMPOTENCY_KEY_HEADER} is still being "
+                    "processed; retry later",
+                    key=clip(key),
+                ),
+            )
+        if not (isinstance(exc, IdempotencyKeyReused) or is_unavailable(exc)):
+            raise
+        failure = problem_for(exc, retry_after=retry_after)
+        assert failure is not None  # both have one
+        return failure
+    return stored if replayed else first[0]
