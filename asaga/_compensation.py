@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 _logger = structlog.get_logger("asaga")
 
-__all__ = ["Undoable", "Unwind"]
+__all__ = ["Undoable", "Unwind", "undoable"]
 
 
 class Undoable(Protocol):
@@ -52,6 +52,12 @@ class Undoable(Protocol):
     async def undo(self, parent: RunContext) -> None:
         """Compensate, reporting to ``parent`` (the run that unwinds); raise if any part
         could not be undone."""
+
+
+def undoable(plan: Plan, undos: Mapping[str, Undoable], name: str) -> bool:
+    """Whether step ``name`` has something that undoes it (a compensation, or the runs of
+    a composed or mapped step)."""
+    return plan.nodes[name].compensation is not None or name in undos
 
 
 class Unwind:
@@ -96,7 +102,7 @@ class Unwind:
         """Compensate ``completed`` steps (those that have something to undo), and the
         ``in_doubt`` ones whose compensation is declared safe for them, shielded."""
         nodes, undos = self._plan.nodes, self._undos
-        todo = [n for n in completed if nodes[n].compensation is not None or n in undos]
+        todo = [n for n in completed if undoable(self._plan, undos, n)]
         if in_doubt:
             blind = []
             for name in in_doubt:

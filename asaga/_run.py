@@ -19,7 +19,7 @@ import anyio.lowlevel
 import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from ._compensation import Undoable, Unwind
+from ._compensation import Undoable, Unwind, undoable
 from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
 from ._exceptions import (
     CompensationFailed,
@@ -371,13 +371,42 @@ async def _settle(
     """Await the unwinding ``work`` to its end whatever cancels the caller, if it has
     anything to do that a cancellation could interrupt (a compensation, a write); one with
     nothing to undo and nothing to record runs through at once."""
-    nodes, undos = spec.plan.nodes, execution.undos
+    plan, undos = spec.plan, execution.undos
     if journal is None and not any(
-        nodes[name].compensation is not None or name in undos
-        for name in (*execution.completed, *execution.in_doubt)
+        undoable(plan, undos, name) for name in (*execution.completed, *execution.in_doubt)
     ):
         return await work
     return await shielded(work)
+
+
+async def _compensate(
+    spec: SagaSpec,
+    context: RunContext,
+    execution: Execution,
+    journal: Journal | None,
+    started: float,
+    *,
+    step: str | None,
+    reason: str,
+    cancelled: bool = False,
+) -> Unwind:
+    """What every failed run does: say in the record that it unwinds, compensate, and
+    emit ``run_failed``. Returns the unwinding (what it compensated, what failed, what is
+    left in doubt)."""
+    if journal is not None:
+        journal.settle()
+        await _record_failing(journal, step, reason)  # unwinding: say so first
+    unwind = _unwind(spec, context, execution, journal)
+    await unwind.run(execution.completed, execution.in_doubt)
+    context.emit(
+        RunFailed,
+        duration=time.monotonic() - started,
+        failed_step=execution.failure[0] if execution.failure else None,
+        error=reason,
+        cancelled=cancelled,
+        in_doubt=unwind.in_doubt,
+    )
+    return unwind
 
 
 async def _unwind_cancelled(
@@ -388,39 +417,36 @@ async def _unwind_cancelled(
     started: float,
     cancelled: BaseException,
 ) -> None:
-    """Unwind a run whose caller was cancelled: record it, compensate, report what was
-    left in doubt (in the events, and in a note on the cancellation)."""
+    """Unwind a run whose caller was cancelled; report what was left in doubt (in the
+    events, and in a note on the cancellation). A run taken over is left to its owner."""
     saga = spec.plan.saga
-    if journal is not None and execution.taken_over is None:
-        journal.settle()
-        await _record_failing(journal, None, "cancelled")  # unwinding: say so first
-    left: tuple[str, ...] = tuple(execution.in_doubt)
-    if execution.taken_over is None:
-        unwind = _unwind(spec, context, execution, journal)
-        await unwind.run(execution.completed, execution.in_doubt)
-        left = unwind.in_doubt
-        if unwind.errors:
-            _logger.error(
-                "compensation_failed_on_cancel",
-                saga=saga,
-                run_id=context.run_id,
-                steps=[name for name, _ in unwind.errors],
-            )
-    context.emit(
-        RunFailed,
-        duration=time.monotonic() - started,
-        cancelled=True,
-        failed_step=execution.failure[0] if execution.failure else None,
-        error="cancelled",
-        in_doubt=left,
+    if execution.taken_over is not None:
+        context.emit(
+            RunFailed,
+            duration=time.monotonic() - started,
+            cancelled=True,
+            error="cancelled",
+            in_doubt=tuple(execution.in_doubt),
+        )
+        return
+    unwind = await _compensate(
+        spec, context, execution, journal, started, step=None, reason="cancelled", cancelled=True
     )
+    if unwind.errors:
+        _logger.error(
+            "compensation_failed_on_cancel",
+            saga=saga,
+            run_id=context.run_id,
+            steps=[name for name, _ in unwind.errors],
+        )
+    left = unwind.in_doubt
     if left:
         # The cancellation propagates as it is; it says which steps need a human.
         cancelled.add_note(
             f"asaga: run {context.run_id} of saga {saga} was cancelled; steps left in doubt "
             f"(cut off while running, their effect unknown): {', '.join(left)}"
         )
-    if journal is not None and execution.taken_over is None:
+    if journal is not None:
         await _record_end(journal, "cancelled", release_key=not left)
 
 
@@ -433,17 +459,7 @@ async def _unwind_aborted(
     inner: BaseException,
 ) -> None:
     """Unwind a run that a KeyboardInterrupt, SystemExit... ends."""
-    if journal is not None:
-        journal.settle()
-        await _record_failing(journal, None, repr(inner))
-    unwind = _unwind(spec, context, execution, journal)
-    await unwind.run(execution.completed, execution.in_doubt)
-    context.emit(
-        RunFailed,
-        duration=time.monotonic() - started,
-        error=repr(inner),
-        in_doubt=unwind.in_doubt,
-    )
+    await _compensate(spec, context, execution, journal, started, step=None, reason=repr(inner))
     if journal is not None:
         await _record_end(journal, "failed")
 
@@ -456,20 +472,11 @@ async def _unwind_failed(
     started: float,
 ) -> SagaFailed:
     """Unwind a run whose step failed for good; the error to raise."""
-    plan = spec.plan
+    saga = spec.plan.saga
     assert execution.failure is not None
     step_name, cause = execution.failure
-    if journal is not None:
-        journal.settle()
-        await _record_failing(journal, step_name, cause)
-    unwind = _unwind(spec, context, execution, journal)
-    await unwind.run(execution.completed, execution.in_doubt)
-    context.emit(
-        RunFailed,
-        duration=time.monotonic() - started,
-        failed_step=step_name,
-        error=repr(cause),
-        in_doubt=unwind.in_doubt,
+    unwind = await _compensate(
+        spec, context, execution, journal, started, step=step_name, reason=repr(cause)
     )
     # The failed step may itself have left work it could not undo (a sub-saga whose
     # compensation failed, mapped elements whose undo failed): that needs a human too.
@@ -478,17 +485,15 @@ async def _unwind_failed(
         await _record_end(journal, "compensation_failed" if errors else "failed")
     if errors:
         return CompensationFailed(
-            plan.saga,
+            saga,
             context.run_id,
             step_name,
             unwind.compensated,
             [name for name, _ in errors],
-            ExceptionGroup(f"compensations of saga {plan.saga} failed", [e for _, e in errors]),
+            ExceptionGroup(f"compensations of saga {saga} failed", [e for _, e in errors]),
             in_doubt=unwind.in_doubt,
         )
-    return SagaFailed(
-        plan.saga, context.run_id, step_name, unwind.compensated, in_doubt=unwind.in_doubt
-    )
+    return SagaFailed(saga, context.run_id, step_name, unwind.compensated, in_doubt=unwind.in_doubt)
 
 
 def _unwind(

@@ -71,7 +71,7 @@ from ._exceptions import (
     needs_repair,
 )
 from ._graph import Node, Plan
-from ._shielded import on_asyncio
+from ._shielded import join, on_asyncio
 from .locks._lease import LockProvider
 
 if TYPE_CHECKING:
@@ -264,12 +264,11 @@ class Execution:
             # The caller is cancelled: no step or attempt starts any more, and the steps
             # in flight get the grace; then what still runs is cut off (in doubt).
             deadline = self.caller_cancelled()
-            with anyio.CancelScope(shield=True):
-                await _join(task, deadline - anyio.current_time())
-                if not task.done():
-                    self._cut_all()
-                    task.cancel()  # the chain this task runs without a task group
-                    await _join(task, None)
+            await join(task, deadline - anyio.current_time())
+            if not task.done():
+                self._cut_all()
+                task.cancel()  # the chain this task runs without a task group
+                await join(task)
             if outcome and not isinstance(outcome[0], asyncio.CancelledError):
                 raise outcome[0] from None  # KeyboardInterrupt, SystemExit from a step
             raise
@@ -277,9 +276,10 @@ class Execution:
             raise outcome[0]
 
     def _cut_all(self) -> None:
-        """The grace ran out: cut off every step still running (in doubt), however its
-        cancellation surfaces, and every task of the run's task group (anyio delivers the
-        cancellation again to a step that swallows it)."""
+        """Cut off every step still running (in doubt), however its cancellation
+        surfaces, and every task of the run's task group (anyio delivers the cancellation
+        again to a step that swallows it): the grace ran out, the run failed with
+        on_failure="cancel", or a step raised KeyboardInterrupt."""
         for flight in self._flights.values():
             flight.cut_off()
         if self._tg is not None:
@@ -353,10 +353,7 @@ class Execution:
             # cut off.
             if self._fatal is None:
                 self._fatal = exc
-            for flight in self._flights.values():
-                flight.cut_off()
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
+            self._cut_all()
         finally:
             self._ended()
 
@@ -467,7 +464,7 @@ class Execution:
                         # The cut-off surfaced as an error of the step's own: still in doubt.
                         self._cut_off(name, attempt, started, flight)
                         return None
-                    error = _explained(exc, node, attempt)
+                    error = exc
                 else:
                     error = None
                 finally:
@@ -664,12 +661,7 @@ class Execution:
             if self._wake is not None:
                 self._wake.set()
             if self._on_failure == "cancel":
-                # Cut off the steps in flight (they are in doubt), and the waits between
-                # attempts.
-                for flight in self._flights.values():
-                    flight.cut_off()
-                if self._tg is not None:
-                    self._tg.cancel_scope.cancel()
+                self._cut_all()  # the steps in flight (in doubt), the waits between attempts
 
 
 class _Nothing:
@@ -741,21 +733,6 @@ class _Flight:
         self.scope.cancel()
 
 
-async def _join(task: asyncio.Task[None], seconds: float | None) -> None:
-    """Wait for ``task`` to end, at most ``seconds`` (None: no bound), in a shielded
-    scope: a native cancellation of this task does not end the wait."""
-    end = math.inf if seconds is None else anyio.current_time() + seconds
-    while not task.done():
-        left = end - anyio.current_time()
-        if left <= 0:
-            return
-        try:
-            with anyio.move_on_after(left):
-                await asyncio.wait((task,))
-        except asyncio.CancelledError:
-            continue  # cancelled again from outside: the step is still in flight
-
-
 def needs_watch(plan: Plan, cancel_grace: float | None) -> bool:
     """Whether a run of ``plan`` needs a task that watches for the caller's cancellation:
     some step may run longer than ``cancel_grace`` (it has no shorter timeout). Otherwise
@@ -806,17 +783,3 @@ def _timed_out(node: Node, attempt: int) -> TimeoutError:
         f"step {node.name!r}, attempt {attempt}: ran over its timeout of {node.timeout:g} s"
         f"{waiting}"
     )
-
-
-def _explained(exc: Exception, node: Node, attempt: int) -> Exception:
-    """A bare TimeoutError from the attempt's deadline gets a message naming the step."""
-    if type(exc) is TimeoutError and not exc.args and node.timeout is not None:
-        waiting = " (including the wait for its lease)" if node.lock is not None else ""
-        explained = TimeoutError(
-            f"step {node.name!r}, attempt {attempt}: ran over its timeout of "
-            f"{node.timeout:g} s{waiting}"
-        )
-        explained.__cause__ = exc.__cause__
-        explained.__traceback__ = exc.__traceback__
-        return explained
-    return exc

@@ -136,6 +136,22 @@ async def test_step_timeout_names_the_step() -> None:
     assert message == "step 'slow', attempt 1: ran over its timeout of 0.01 s"
 
 
+async def test_a_steps_own_timeout_error_is_not_taken_for_its_deadline() -> None:
+    """A step with a timeout that raises a TimeoutError of its own (its client's) before
+    the deadline fails with that error: it is not reported as running over the timeout."""
+
+    class S(Saga):
+        @step(timeout=5)
+        async def call() -> None:
+            raise TimeoutError
+
+    with pytest.raises(SagaFailed) as info:
+        await S.run()
+    cause = info.value.__cause__
+    assert type(cause) is TimeoutError
+    assert cause.args == ()
+
+
 async def test_no_retry_over_work_left_undone() -> None:
     """A composed step whose child could not undo itself is not retried (that would hide
     the state that needs a human); the run reports CompensationFailed."""
