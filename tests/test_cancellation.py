@@ -455,11 +455,13 @@ async def test_a_cut_off_that_surfaces_as_another_error_is_still_in_doubt() -> N
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_native_cancellation_does_not_cut_the_unwinding_short() -> None:
-    """asyncio's native cancellation landing while a failed run unwinds (wait_for)
-    does not stop a compensation halfway: it finishes, then the cancellation propagates."""
+    """asyncio's native cancellation landing while a failed run unwinds (as wait_for's
+    does) does not stop a compensation halfway: it finishes, then the cancellation
+    propagates."""
     import asyncio
 
     log: list[str] = []
+    undoing, release = anyio.Event(), anyio.Event()
 
     class Unwinds(Saga):
         @step
@@ -473,11 +475,17 @@ async def test_a_native_cancellation_does_not_cut_the_unwinding_short() -> None:
         @a.compensate
         async def undo_a(a: int) -> None:
             log.append("started")
-            await asyncio.sleep(0.05)
+            undoing.set()
+            await release.wait()
             log.append("done")
 
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(Unwinds.run(), 0.01)
+    task = asyncio.get_running_loop().create_task(Unwinds.run())
+    await undoing.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation is delivered before the compensation ends
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert log == ["started", "done"]
 
 
