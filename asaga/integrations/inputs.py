@@ -37,6 +37,7 @@ from .._exceptions import FieldError, InputValidationError
 from .._exceptions import MalformedBody as MalformedBody
 from .._public import claim as _claim
 from .._saga import Saga
+from .problems import MAX_ERRORS, clip
 
 __all__ = [
     "RUN_OPTIONS",
@@ -106,11 +107,15 @@ def request_inputs(
             reason = "a resource of the saga, never taken from a request"
         elif name in inputs:
             reason = "not accepted from a request"
-        else:
+        elif len(refused) < MAX_ERRORS:  # the ones a problem lists: difflib is slow
             hint = difflib.get_close_matches(name[:_NAME_LIMIT], accepted, n=1)
             reason = "unknown input" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        else:
+            reason = "unknown input"
         refused.append(
-            FieldError(field=_clip(name), message=f"{reason}; accepted: {list(accepted)}")
+            FieldError(
+                field=clip(name, _NAME_LIMIT), message=f"{reason}; accepted: {list(accepted)}"
+            )
         )
     taken = {name: value for name, value in data.items() if name in accepted}
     if refused:
@@ -132,12 +137,8 @@ def decode_inputs(
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the body is not valid JSON ({_clip(str(exc))})") from None
+        raise MalformedBody(f"the body is not valid JSON ({clip(str(exc), _NAME_LIMIT)})") from None
     return request_inputs(saga, data, fields=fields)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _NAME_LIMIT else f"{text[:_NAME_LIMIT]}..."
 
 
 # Tracebacks and reprs say `asaga.integrations.inputs.MalformedBody`.

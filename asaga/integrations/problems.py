@@ -54,11 +54,11 @@ from .._exceptions import (
     CompensationFailed,
     IdempotencyKeyReused,
     InputValidationError,
+    MalformedBody,
     SagaFailed,
     StoreUnavailable,
 )
 from ..locks import LeaseError
-from .inputs import MalformedBody
 
 __all__ = [
     "IDEMPOTENCY_KEY_HEADER",
