@@ -218,8 +218,8 @@ async def idempotent(
 
     Without the header, ``work`` simply runs. With it (a bare token, or a quoted
     structured-field string), the request is fingerprinted (:func:`fingerprint`: SHA-256
-    of method, path with query string, and body) and run through
-    :meth:`Idempotency.run <asaga.integrations.idempotency.Idempotency.run>`:
+    of method, path with query string, and body) and answered by the framework-neutral
+    :func:`asaga.integrations.idempotency.answer`:
 
     - the first request with a key runs ``work``; its status, body and ``Content-Type``
       are stored for ``idempotency.window`` seconds and its own response is returned as

@@ -227,9 +227,10 @@ async def idempotent(
 ) -> Response:
     """Run ``work`` at most once per ``Idempotency-Key`` and replay its response.
 
-    Without the header, ``work`` simply runs. With it, the request is fingerprinted
-    (SHA-256 of method, path, query string and body) and run through
-    :meth:`Idempotency.run <asaga.integrations.idempotency.Idempotency.run>`:
+    Without the header, ``work`` simply runs. With it (a bare token, or a quoted
+    structured-field string), the request is fingerprinted (SHA-256 of method, path,
+    query string and body) and answered by the framework-neutral
+    :func:`asaga.integrations.idempotency.answer`:
 
     - the first request with a key runs ``work``; its status, body and content type are
       stored for the idempotency window and its own response is returned as it is;
