@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import redis.asyncio as aioredis
 from asaga import CorruptRecord, IdempotencyKeyReused, Saga, SagaFailed, StoreUnavailable, step
 from asaga.runs import RedisRunStore, recover
 from examples.inventory import Product, RedisInventoryStore
+from tests.redis_servers import AOF_ALWAYS, RedisServer, redis_server
 from tests.sagas.durable import DurableCheckout, DurableHold, Payments
 
 pytestmark = pytest.mark.anyio
@@ -309,66 +308,13 @@ async def test_connections_dropped_mid_run_are_retried(
     assert record.status == "succeeded"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def own_redis() -> AsyncIterator[tuple[str, Path, int]]:
-    """A redis-server of this test's own, with an append-only file, so that it can be
-    restarted with its data."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not on PATH; the restart test needs it")
-    directory = Path(tempfile.mkdtemp(prefix="asaga-redis-"))
-    port = _free_port()
-    yield binary, directory, port
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-async def start_redis(binary: str, directory: Path, port: int) -> anyio.abc.Process:
-    process = await anyio.open_process(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ]
-    )
-    probe = aioredis.Redis(port=port, socket_connect_timeout=0.2)
-    try:
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    await probe.ping()
-                    break
-                except OSError:
-                    await anyio.sleep(0.05)  # the server is starting
-                except aioredis.ConnectionError:
-                    await anyio.sleep(0.05)
-    finally:
-        await probe.aclose()
-    return process
-
-
-async def test_a_redis_restart_mid_run(own_redis: tuple[str, Path, int]) -> None:
-    """Redis restarts while a step runs: the run's next writes wait for it (within the
-    store's write_timeout) and the run completes; a longer outage fails the run cleanly
-    (compensated) and its final record is written once Redis is back."""
-    binary, directory, port = own_redis
-    server = await start_redis(binary, directory, port)
-    client = aioredis.Redis(port=port, socket_connect_timeout=0.5)
+async def test_a_redis_restart_mid_run(tmp_path: Path) -> None:
+    """Redis (with an AOF) restarts while a step runs: the run's next writes wait for it
+    (within the store's write_timeout) and the run completes; a longer outage fails the run
+    cleanly (compensated) and its final record is written once Redis is back."""
+    server = RedisServer(tmp_path, AOF_ALWAYS)
+    await server.start()
+    client = aioredis.Redis(port=server.port, socket_connect_timeout=0.5)
     gate, proceed = anyio.Event(), anyio.Event()
     undone: list[int] = []
 
@@ -398,9 +344,7 @@ async def test_a_redis_restart_mid_run(own_redis: tuple[str, Path, int]) -> None
                 tg.start_soon(run)
                 with anyio.fail_after(5):
                     await gate.wait()
-                server.terminate()
-                await server.wait()
-                server = await start_redis(binary, directory, port)
+                await server.restart()
                 proceed.set()
             assert outcome == [2]
             record = (await runs.list())[0]
@@ -421,12 +365,11 @@ async def test_a_redis_restart_mid_run(own_redis: tuple[str, Path, int]) -> None
                 tg.start_soon(failing_run)
                 with anyio.fail_after(5):
                     await gate.wait()
-                server.terminate()
-                await server.wait()
+                await server.kill()
                 proceed.set()
             assert len(failures) == 1
             assert undone == [1]
-            server = await start_redis(binary, directory, port)
+            await server.start()
             # The final write is sent again once Redis answers (at the next lease renewal).
             with anyio.fail_after(10):
                 while True:
@@ -436,8 +379,7 @@ async def test_a_redis_restart_mid_run(own_redis: tuple[str, Path, int]) -> None
                     await anyio.sleep(0.1)
             assert sorted(r.status for r in records) == ["failed", "succeeded"]
     finally:
-        server.terminate()
-        await server.wait()
+        await server.kill()
         await client.aclose()
 
 
@@ -460,13 +402,12 @@ async def test_a_tampered_record_is_refused(redis_prefix: str, client: aioredis.
             await One.undo(result.run_id, runs=runs)
 
 
-async def test_an_acl_user_with_only_its_prefix_can_run_durably(
-    own_redis: tuple[str, Path, int],
-) -> None:
+async def test_an_acl_user_with_only_its_prefix_can_run_durably(tmp_path: Path) -> None:
     """A Redis ACL user (username and password in the URL) allowed only the store's key
     prefix and channels is enough: every key and channel asaga uses is under the prefix."""
-    binary, directory, port = own_redis
-    server = await start_redis(binary, directory, port)
+    server = RedisServer(tmp_path, AOF_ALWAYS)
+    await server.start()
+    port = server.port
     admin = aioredis.Redis(port=port)
     try:
         await admin.execute_command(
@@ -489,13 +430,12 @@ async def test_an_acl_user_with_only_its_prefix_can_run_durably(
                 pass
     finally:
         await admin.aclose()
-        server.terminate()
-        await server.wait()
+        await server.kill()
 
 
-async def test_tls(own_redis: tuple[str, Path, int]) -> None:
+async def test_tls(tmp_path: Path) -> None:
     """rediss:// works: a TLS-only redis-server with a certificate of a test CA."""
-    binary, directory, port = own_redis
+    directory = tmp_path
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.fail("openssl is not on PATH; the TLS test makes its certificates with it")
@@ -512,42 +452,29 @@ async def test_tls(own_redis: tuple[str, Path, int]) -> None:
     ):  # fmt: skip
         done = await anyio.run_process(command, check=False)
         assert done.returncode == 0, done.stderr.decode()
-    process = await anyio.open_process(
-        [
-            binary,
-            "--port", "0",
-            "--tls-port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(directory),
-            "--save", "",
-            "--tls-cert-file", str(cert),
-            "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(ca),
-            "--tls-auth-clients", "no",
-        ]
+    tls = (
+        "--port", "0",
+        "--save", "",
+        "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca),
+        "--tls-auth-clients", "no",
     )  # fmt: skip
-    client = aioredis.Redis.from_url(f"rediss://127.0.0.1:{port}/0", ssl_ca_certs=str(ca))
-    try:
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    await client.ping()
-                    break
-                except (OSError, aioredis.ConnectionError):
-                    await anyio.sleep(0.05)  # the server is starting
-        async with RedisRunStore(client, prefix="tls:") as runs:
+    async with (
+        redis_server(directory, tls, port_option="--tls-port") as server,
+        aioredis.Redis.from_url(
+            f"rediss://127.0.0.1:{server.port}/0", ssl_ca_certs=str(ca)
+        ) as client,
+        RedisRunStore(client, prefix="tls:") as runs,
+    ):
 
-            class One(Saga):
-                @step
-                async def a() -> int:
-                    return 1
+        class One(Saga):
+            @step
+            async def a() -> int:
+                return 1
 
-            result = await One.run(runs=runs)
-            assert (await runs.load(result.run_id)).status == "succeeded"
-    finally:
-        await client.aclose()
-        process.terminate()
-        await process.wait()
+        result = await One.run(runs=runs)
+        assert (await runs.load(result.run_id)).status == "succeeded"
 
 
 async def test_an_undo_left_by_a_dead_process_is_finished(

@@ -1,25 +1,21 @@
 """Fencing survives Redis data loss: a grant made before the loss cannot write after it.
 
-Each test starts a throwaway ``redis-server`` of its own (no persistence: ``--save ""
---appendonly no``, a temporary ``--dir``) on a free loopback port, kills it by PID to lose
-every key, starts it again on the same port, and stops it by PID at the end.
+Each test starts a ``redis-server`` of its own without persistence
+(tests/redis_servers.py), kills it by PID to lose every key, starts it again on the same
+port, and kills it by PID at the end.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
-import anyio.abc
 import pytest
 import redis.asyncio as aioredis
 
 from asaga.locks import RedisLockProvider, StaleWrite
 from examples.inventory import Product, RedisInventoryStore
+from tests.redis_servers import NO_PERSISTENCE, RedisServer, redis_server
 
 pytestmark = pytest.mark.anyio
 
@@ -31,73 +27,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class ThrowawayRedis:
-    """A ``redis-server`` without persistence on a free loopback port."""
-
-    def __init__(self, executable: str, directory: Path) -> None:
-        self.executable = executable
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process: anyio.abc.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        """Start the server; return once its log says it accepts connections."""
-        command = [
-            self.executable,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-        ]  # fmt: skip
-        process = await anyio.open_process(command, stderr=subprocess.STDOUT)
-        self.process = process
-        assert process.stdout is not None
-        seen = b""
-        with anyio.fail_after(10):
-            async for chunk in process.stdout:
-                seen += chunk
-                if b"Ready to accept connections" in seen:
-                    return
-        raise RuntimeError(f"redis-server did not start: {seen.decode(errors='replace')}")
-
-    async def stop(self) -> None:
-        """Kill the server by its PID (SIGKILL: nothing is saved) and reap it."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.kill()
-        with anyio.CancelScope(shield=True):
-            await process.wait()
-            await process.aclose()
-
-    async def restart(self) -> None:
-        """Lose every key: kill the server and start an empty one on the same port."""
-        await self.stop()
-        await self.start()
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    async with redis_server(tmp_path, NO_PERSISTENCE) as server:
+        yield server
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[ThrowawayRedis]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail("redis-server is not on PATH: these tests start a server of their own")
-    redis = ThrowawayRedis(executable, tmp_path)
-    await redis.start()
-    try:
-        yield redis
-    finally:
-        await redis.stop()
-
-
-@pytest.fixture
-async def client(server: ThrowawayRedis) -> AsyncIterator[aioredis.Redis]:
+async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(server.url)
     yield client
     await client.aclose()
@@ -110,7 +47,7 @@ async def _grant_a_few(locks: RedisLockProvider, key: str, times: int) -> None:
 
 
 async def test_a_grant_from_before_a_restart_cannot_write_after_it(
-    server: ThrowawayRedis, client: aioredis.Redis
+    server: RedisServer, client: aioredis.Redis
 ) -> None:
     """A holder granted the key before Redis lost its data (restart without persistence)
     has its fenced write refused after it: while nobody holds the key, and once a new
@@ -140,7 +77,7 @@ async def test_a_grant_from_before_a_restart_cannot_write_after_it(
 
 
 async def test_a_resource_checking_tokens_refuses_a_grant_from_before_a_restart(
-    server: ThrowawayRedis, client: aioredis.Redis
+    server: RedisServer, client: aioredis.Redis
 ) -> None:
     """The inventory example's store checks tokens in its own script (against
     ``fence_key``): after a restart it refuses the old holder too, before and after a new
@@ -170,7 +107,7 @@ async def test_a_resource_checking_tokens_refuses_a_grant_from_before_a_restart(
 
 
 async def test_tokens_keep_rising_across_restarts(
-    server: ThrowawayRedis, client: aioredis.Redis
+    server: RedisServer, client: aioredis.Redis
 ) -> None:
     """Tokens per key strictly increase across several restarts, each losing the
     counter."""

@@ -3,15 +3,12 @@ foreign, more of them than a sweep's limit), and a Redis that loses writes (no
 persistence) or keeps them (AOF) across a kill -9 of the server.
 
 Tests against the shared Redis use their own key prefix; those that restart or kill Redis
-start a redis-server of their own on a free loopback port and stop it by its PID.
+start a redis-server of their own (tests/redis_servers.py) and kill it by its PID.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from asaga import Event, RunRecordLost, Saga, SagaFailed, step
 from asaga._record import RunRecord, Write, encode_record
 from asaga.locks import RedisLockProvider
 from asaga.runs import MemoryRunStore, RedisRunStore, recover
+from tests.redis_servers import AOF_ALWAYS, NO_PERSISTENCE, RedisServer, redis_server
 
 EMPTY_INPUTS = b"\x80"  # an empty MessagePack map: a saga without inputs
 PICKLE = b"\x80\x03cos\nsystem\nq\x00."  # what a tampered record might hold
@@ -271,51 +269,6 @@ def test_a_vanished_record_is_unwound_by_its_process_in_memory() -> None:
         anyio.run(main, backend=backend)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def server_dir() -> Iterator[Path]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not on PATH; these tests start their own")
-    directory = Path(tempfile.mkdtemp(prefix="asaga-redis-"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
-AOF_ALWAYS = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
-
-
-async def start_server(directory: Path, port: int, config: tuple[str, ...]) -> Any:
-    """A redis-server on 127.0.0.1:``port`` with ``config``, answering."""
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    process = await anyio.open_process(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), *config]
-    )
-    probe = aioredis.Redis(port=port, socket_connect_timeout=0.2)
-    try:
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    await probe.ping()
-                    break
-                except (OSError, aioredis.ConnectionError):
-                    await anyio.sleep(0.05)  # the server is starting
-    finally:
-        await probe.aclose()
-    return process
-
-
-async def kill_9(process: Any) -> None:
-    process.kill()  # SIGKILL, by PID: no shutdown, no final save
-    await process.wait()
-
-
 def saga_with_a_gate() -> tuple[type[Saga], anyio.Event, anyio.Event, list[str]]:
     """A saga whose second step waits for the test (between them Redis is killed)."""
     gate, proceed = anyio.Event(), anyio.Event()
@@ -340,14 +293,11 @@ def saga_with_a_gate() -> tuple[type[Saga], anyio.Event, anyio.Event, list[str]]
 
 
 async def run_across_a_redis_kill(
-    directory: Path, config: tuple[str, ...]
-) -> tuple[BaseException | str, list[str], aioredis.Redis, Any, list[dict[str, Any]]]:
-    """Run the gated saga with an idempotency key; kill -9 the server during its second
+    server: RedisServer, client: aioredis.Redis
+) -> tuple[BaseException | str, list[str], list[dict[str, Any]]]:
+    """Run the gated saga with an idempotency key; kill -9 ``server`` during its second
     step and start it again (same directory, same config). Returns the run's outcome, the
-    compensations, a client, the server and the logs; the caller stops both."""
-    port = _free_port()
-    server = await start_server(directory, port, config)
-    client = aioredis.Redis(port=port, socket_connect_timeout=0.5)
+    compensations and the logs."""
     saga, gate, proceed, undone = saga_with_a_gate()
     outcome: list[BaseException | str] = []
     with capture_logs() as logs:
@@ -363,22 +313,22 @@ async def run_across_a_redis_kill(
                 tg.start_soon(run)
                 with anyio.fail_after(5):
                     await gate.wait()
-                await kill_9(server)
-                server = await start_server(directory, port, config)
+                await server.restart()
                 proceed.set()
-    return outcome[0], undone, client, server, logs
+    return outcome[0], undone, logs
 
 
 @pytest.mark.anyio
-async def test_redis_without_persistence_killed_mid_run(server_dir: Path) -> None:
+async def test_redis_without_persistence_killed_mid_run(tmp_path: Path) -> None:
     """Redis without persistence is killed (-9) and restarted empty while a run is in
     its second step: the run's next write finds no record (RunRecordLost, not
     RunTakenOver), so its process compensates the first step itself, writes nothing
     more, and raises SagaFailed; the store had warned when it opened."""
-    outcome, undone, client, server, logs = await run_across_a_redis_kill(
-        server_dir, NO_PERSISTENCE
-    )
-    try:
+    async with (
+        redis_server(tmp_path, NO_PERSISTENCE) as server,
+        aioredis.Redis(port=server.port, socket_connect_timeout=0.5) as client,
+    ):
+        outcome, undone, logs = await run_across_a_redis_kill(server, client)
         assert isinstance(outcome, SagaFailed), outcome
         assert isinstance(outcome.__cause__, RunRecordLost)
         assert undone == ["one"]
@@ -388,38 +338,34 @@ async def test_redis_without_persistence_killed_mid_run(server_dir: Path) -> Non
         assert "run_record_lost" in kinds
         failed = [entry for entry in logs if entry["event"] == "run_failed"]
         assert "RunRecordLost" in failed[0]["error"]
-    finally:
-        await client.aclose()
-        await kill_9(server)
 
 
 @pytest.mark.anyio
-async def test_redis_with_aof_killed_mid_run(server_dir: Path) -> None:
+async def test_redis_with_aof_killed_mid_run(tmp_path: Path) -> None:
     """Redis with an append-only file (appendfsync always) is killed (-9) and restarted
     while a run is in its second step: the record is still there, the run succeeds, and
     the store gave no persistence warning."""
-    outcome, undone, client, server, logs = await run_across_a_redis_kill(server_dir, AOF_ALWAYS)
-    try:
+    async with (
+        redis_server(tmp_path, AOF_ALWAYS) as server,
+        aioredis.Redis(port=server.port, socket_connect_timeout=0.5) as client,
+    ):
+        outcome, undone, logs = await run_across_a_redis_kill(server, client)
         assert outcome == "one+two"
         assert undone == []
         assert [e for e in logs if e["event"] == "redis_without_persistence"] == []
-        assert await client.hget(next(iter(await client.keys("asaga:run:*"))), "status") == (
-            b"succeeded"
-        )
-    finally:
-        await client.aclose()
-        await kill_9(server)
+        [key] = await client.keys("asaga:run:*")
+        assert await client.hget(key, "status") == b"succeeded"
 
 
 @pytest.mark.anyio
-async def test_the_persistence_warning(server_dir: Path) -> None:
+async def test_the_persistence_warning(tmp_path: Path) -> None:
     """On a server with appendonly no, a RedisRunStore and a RedisLockProvider each warn
     once (entered twice, still once); a user refused CONFIG GET (managed Redis) gets no
     warning and no failure."""
-    port = _free_port()
-    server = await start_server(server_dir, port, NO_PERSISTENCE)
-    admin = aioredis.Redis(port=port)
-    try:
+    async with (
+        redis_server(tmp_path, NO_PERSISTENCE) as server,
+        aioredis.Redis(port=server.port) as admin,
+    ):
         await admin.execute_command(
             "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-config"
         )
@@ -434,16 +380,14 @@ async def test_the_persistence_warning(server_dir: Path) -> None:
         assert [e["store"] for e in warnings] == ["RedisRunStore", "RedisLockProvider"]
         assert all(e["log_level"] == "warning" for e in warnings)
         with capture_logs() as logs:
-            limited = aioredis.Redis.from_url(f"redis://app:pw@127.0.0.1:{port}/0")
-            async with RedisRunStore(limited) as runs:
-                await Mine.run(runs=runs)
-            async with RedisLockProvider(limited):
-                pass
-            await limited.aclose()
+            async with aioredis.Redis.from_url(
+                f"redis://app:pw@127.0.0.1:{server.port}/0"
+            ) as limited:
+                async with RedisRunStore(limited) as runs:
+                    await Mine.run(runs=runs)
+                async with RedisLockProvider(limited):
+                    pass
         assert [e for e in logs if e["event"] == "redis_without_persistence"] == []
-    finally:
-        await admin.aclose()
-        await kill_9(server)
 
 
 def test_the_memory_store_quarantines_and_readmits_too() -> None:

@@ -3,14 +3,14 @@
 - :func:`closed_port` is a loopback port nothing listens on: connecting is refused;
 - :func:`throwaway_redis` starts a ``redis-server`` of the test's own (no persistence) on a
   free loopback port; the test kills it (by its PID, :meth:`RedisServer.kill`) to take
-  Redis away from an application that was using it.
+  Redis away from an application that was using it. It is synchronous, for tests that
+  kill Redis from under a running app; tests that restart Redis use
+  :mod:`tests.redis_servers`, whose port, binary and readiness line it shares.
 """
 
 from __future__ import annotations
 
 import selectors
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,14 +18,14 @@ from contextlib import contextmanager
 
 import pytest
 
+from .redis_servers import NO_PERSISTENCE, READY, free_port, redis_server_binary
+
 __all__ = ["RedisServer", "closed_port", "throwaway_redis"]
 
 
 def closed_port() -> int:
     """A loopback TCP port that was free a moment ago and has no listener."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 class RedisServer:
@@ -46,14 +46,11 @@ class RedisServer:
 @contextmanager
 def throwaway_redis() -> Iterator[RedisServer]:
     """Start a ``redis-server`` on a free loopback port; kill it at the end."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail("redis-server is not installed")
-    port = closed_port()
+    port = free_port()
     process = subprocess.Popen(
         [
-            *(executable, "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+            *(redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"),
+            *(*NO_PERSISTENCE, "--daemonize", "no"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -73,7 +70,7 @@ def throwaway_redis() -> Iterator[RedisServer]:
                 line = process.stdout.readline()
                 if not line:
                     pytest.fail(f"redis-server exited with {process.wait()}")
-                if "Ready to accept connections" in line:
+                if READY in line:
                     break
         yield server
     finally:
