@@ -494,3 +494,22 @@ async def test_a_script_refusal_is_a_value_error(redis_store: RedisInventoryStor
     args = ["r-2", "p1", 2, "nan", NOW, 1000]
     with pytest.raises(ValueError, match=r'^refused by the store\'s script: ttl "nan": not a '):
         await store._scripted(store._reserve, store._atomic_keys("p1"), args, "p1")
+
+
+async def test_apply_refuses_a_token_past_the_grants_block(
+    redis_store: RedisInventoryStore,
+) -> None:
+    """The apply script checks the provider's rule: current iff the lease key is held and
+    grant <= token < grant + MAX_FAIRNESS (the fixture's grant is 5); a token above the
+    block (a grant from a clock ahead, before a data loss) is stale."""
+    from asaga.locks._redis import MAX_FAIRNESS
+
+    store = redis_store
+    keys = script_keys(store, "apply")
+    before = await dump(store)
+    for token in (4, 5 + MAX_FAIRNESS):
+        with pytest.raises(ResponseError, match="STALE_WRITE"):
+            await store._apply(keys=keys, args=["0", "1", str(token)])
+    assert await store.client.get(keys[2]) == b"2"  # both counted
+    await store._apply(keys=keys, args=["0", "1", str(4 + MAX_FAIRNESS)])
+    assert await dump(store) != before

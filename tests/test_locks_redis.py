@@ -427,3 +427,29 @@ async def test_a_command_redis_refuses_is_not_reported_as_redis_down(
         with pytest.raises(ValueError, match="the lease holds \\['k'\\], not 'other'"):
             await locks.fenced(lease, ("SET", data, 2), key="other")
     assert locks.stale_writes == 0
+
+
+async def test_a_token_from_a_clock_that_went_back_is_still_refused(
+    locks: RedisLockProvider, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """After a data loss, a server whose clock is behind the old one (a failover, a clock
+    stepped back) grants tokens below those of an earlier holder: that holder's write is
+    refused all the same, as its token is not of the new grant's block."""
+    data = f"{redis_prefix}data:{{k}}"
+    lock, fence = f"{redis_prefix}lock:{{k}}", f"{redis_prefix}fence:{{k}}"
+    async with locks.lease("k", ttl=5.0) as old:
+        await client.delete(lock, fence)  # the data loss
+        # A new holder, granted by a clock 10 s behind the one that granted `old`.
+        behind = old.token - 10_000_000
+        await client.set(lock, behind, px=5000)
+        with pytest.raises(StaleWrite, match=f"another grant \\(tokens from {behind}\\)"):
+            await locks.fenced(old, ("SET", data, "old"))
+    assert await client.get(data) is None
+
+
+@pytest.mark.parametrize("fairness", [0, -1, 1001, 2.0, True, "8"])
+async def test_fairness_out_of_bounds_is_refused(client: aioredis.Redis, fairness: object) -> None:
+    """fairness is an int from 1 to MAX_FAIRNESS (a grant's tokens span fewer than that,
+    which fenced writes check)."""
+    with pytest.raises(ValueError, match="fairness must be an int from 1 to 1000"):
+        RedisLockProvider(client, fairness=fairness)  # type: ignore[arg-type]

@@ -4,7 +4,8 @@ Keys (``{key}`` is a hash tag, so each lease's keys share a cluster slot); every
 them expires, so a key leased once leaves nothing behind for long::
 
     <prefix>lock:{key}     the holding process's grant (its first token), with the lease's
-                           TTL; what fenced writes check: current iff held, token >= grant
+                           TTL; what fenced writes check: current iff held and the token
+                           is of the grant's block (grant <= token < grant + MAX_FAIRNESS)
     <prefix>fence:{key}    the last token reserved, kept a minute after the last grant
     <prefix>want:{key}     set (for 2 s) by a process that found the key held
     <prefix>stale:{key}    count of fenced writes rejected as stale, kept a day
@@ -14,7 +15,8 @@ Tokens follow the server's clock: a grant's first token is the larger of the cou
 next value and the server's ``TIME`` in microseconds. So they keep rising when the counter
 is gone, whether it expired or Redis lost its data (a restart without persistence): a
 grant made after that is still larger than any token granted before, and a holder from
-before cannot write (its lock key is gone, and a newer grant is larger than its token).
+before cannot write (its lock key is gone, and its token is not of the newer grant's
+block: smaller, or larger by more than a block if the clock went back).
 
 A grant is the process's, not one task's: the process hands the key from one of its tasks
 to the next with the next token of the grant's block, without a round trip; every
@@ -52,7 +54,7 @@ _logger = structlog.get_logger("asaga")
 # moves to the block's last token. The counter is kept until the clock has passed that
 # token, and _FENCE_KEEP_MS beyond; after that the clock alone keeps tokens rising. The
 # lock key holds the grant: a fenced write is current iff the key is held and its token
-# >= the grant (the grant's own block, handed on within this process, included).
+# is of the grant's block (handed on within this process), see _FENCED.
 # Numbers stay below 2^53 (microseconds until the year 2255): exact in Lua's doubles.
 _GRANT = """
 local function grant(fence, lock, ttl_ms, block, keep_ms)
@@ -117,19 +119,25 @@ return grant(KEYS[2], KEYS[1], ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8]))
 """
 )
 
-# KEYS: lock, stale, data keys... ; ARGV: token, stale_ms, n commands, then per command:
+# KEYS: lock, stale, data keys...
+# ARGV: token, stale_ms, max fairness, n commands, then per command:
 #   name, index of its key in KEYS, number of arguments, arguments...
+# Current iff the key is held and the token is one of its grant's block: grant <= token <
+# grant + max fairness. The upper bound refuses a token from a grant made before a data
+# loss by a server whose clock was ahead (a failover, a clock stepped back): `>=` alone
+# would take it for a newer one.
 # Refused: {0, the holder's grant, or '' if nobody holds the key}.
 _FENCED = """
 local held = redis.call('get', KEYS[1])
-if not held or tonumber(ARGV[1]) < tonumber(held) then
+local token = tonumber(ARGV[1])
+if not held or token < tonumber(held) or token >= tonumber(held) + tonumber(ARGV[3]) then
   redis.call('incr', KEYS[2])
   redis.call('pexpire', KEYS[2], ARGV[2])
   return {0, held or ''}
 end
 local results = {}
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
   local n = tonumber(ARGV[i + 2])
   local call = {ARGV[i], KEYS[tonumber(ARGV[i + 1])]}
   for j = 1, n do call[#call + 1] = ARGV[i + 2 + j] end
@@ -138,6 +146,11 @@ for _ = 1, tonumber(ARGV[3]) do
 end
 return {1, results}
 """
+
+MAX_FAIRNESS = 1000
+"""The largest ``fairness``: a grant reserves ``fairness`` tokens, so every token of a grant
+is below its first token + MAX_FAIRNESS (what fenced writes check), and tokens run ahead of
+the server's clock by at most that many microseconds per grant."""
 
 _FENCE_KEEP_MS = 60_000
 """How long the fencing counter outlives the clock's passing its last token: within that
@@ -159,7 +172,7 @@ class _RedisBackend:
         # Tokens per grant: the holders a grant serves before the process asks Redis again
         # (every `fairness` holders). No more: a grant's block runs ahead of the clock its
         # tokens follow, and small blocks keep the tokens within microseconds of it.
-        self.block = max(1, fairness)
+        self.block = fairness
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -256,8 +269,9 @@ class RedisLockProvider:
             async with locks.lease("inventory:sku-1", ttl=5.0, wait=10.0) as lease:
                 ...
 
-    ``prefix`` namespaces every key and channel. ``fairness`` is how many times in a row a
-    process may hand a key to its own next waiter while another process wants it.
+    ``prefix`` namespaces every key and channel. ``fairness`` (1 to :data:`MAX_FAIRNESS`)
+    is how many times in a row a process may hand a key to its own next waiter while
+    another process wants it.
     """
 
     def __init__(
@@ -268,6 +282,12 @@ class RedisLockProvider:
         fairness: int = 8,
         _owns_client: bool = False,
     ) -> None:
+        if (
+            isinstance(fairness, bool)
+            or not isinstance(fairness, int)
+            or not 1 <= fairness <= MAX_FAIRNESS
+        ):
+            raise ValueError(f"fairness must be an int from 1 to {MAX_FAIRNESS}, got {fairness!r}")
         self._backend = _RedisBackend(client, prefix, fairness)
         self._leases = Leases(self._backend, fairness=fairness)
         self._owns_client = _owns_client
@@ -373,7 +393,7 @@ class RedisLockProvider:
             raise ValueError(f"fenced(): the lease holds {list(lease.keys)}, not {key!r}")
         backend = self._backend
         data_keys: list[str] = []
-        args: list[Any] = [lease.tokens[key], _STALE_KEEP_MS, len(commands)]
+        args: list[Any] = [lease.tokens[key], _STALE_KEEP_MS, MAX_FAIRNESS, len(commands)]
         for command in commands:
             if isinstance(command, str | bytes) or len(command) < 2:
                 raise ValueError(
@@ -417,7 +437,7 @@ class RedisLockProvider:
         if not ok:
             self.stale_writes += 1
             why = (
-                f"a newer lease (tokens from {int(payload)}) was granted since"
+                f"another grant (tokens from {int(payload)}) holds the key"
                 if payload
                 else "the lease is no longer held"
             )
@@ -431,8 +451,9 @@ class RedisLockProvider:
     def fence_key(self, key: str) -> str:
         """The Redis key holding the first fencing token of the grant that holds ``key``,
         for Lua scripts that check a lease's token themselves: a write is current iff the
-        key exists and ``token >= GET fence_key``. A missing key means stale: nobody holds
-        ``key`` (the lease expired, or Redis lost its data)."""
+        key exists and ``0 <= token - GET fence_key < MAX_FAIRNESS`` (the grant's block).
+        A missing key means stale: nobody holds ``key`` (the lease expired, or Redis lost
+        its data)."""
         return self._backend.lock_key(key)
 
     def stale_key(self, key: str) -> str:

@@ -599,8 +599,11 @@ _APPLY = (
 int_arg(1, 'd_inventory', -MAX_QUANTITY, MAX_QUANTITY)
 int_arg(2, 'd_reserved', -MAX_QUANTITY, MAX_QUANTITY)
 int_arg(3, 'token', 1, MAX_TOKEN)
-local newest = redis.call('get', KEYS[2])
-if not newest or tonumber(ARGV[3]) < tonumber(newest) then  -- no holder, or a newer one
+-- Current iff the key is held and the token is of its grant's block, which spans fewer
+-- than 1000 tokens (RedisLockProvider's MAX_FAIRNESS; docs/locks.md, "Fencing").
+local grant = redis.call('get', KEYS[2])
+local token = tonumber(ARGV[3])
+if not grant or token < tonumber(grant) or token >= tonumber(grant) + 1000 then
   redis.call('incr', KEYS[3])
   redis.call('pexpire', KEYS[3], 86400000)
   return redis.error_reply('STALE_WRITE')
