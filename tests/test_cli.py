@@ -417,28 +417,14 @@ def test_recover_quarantines_a_foreign_record_and_readmit_puts_it_back(
     --status quarantined` only those, `runs readmit` puts it back (once)."""
     import anyio
 
-    from asaga._record import RunRecord, Write, encode_record
     from asaga.runs import RedisRunStore
-
-    def write(saga: str, run_id: str) -> Write:
-        data = encode_record(
-            RunRecord(
-                saga=saga,
-                saga_version="1",
-                run_id=run_id,
-                status="running",
-                inputs=b"\x80",
-                fingerprint="f",
-                seq=1,
-            )
-        )
-        return Write(run_id=run_id, record=data, status="running", seq=1, nonce=run_id)
+    from tests.unfinished_runs import unfinished_run
 
     async def abandon() -> None:
         async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as dead:
-            await dead.create(write("Other", "foreign-1"), None)
+            await dead.create(unfinished_run("Other", "foreign-1"), None)
             await dead.client.hset(f"{redis_prefix}run:foreign-1", "saga", "Recorded")
-            await dead.create(write("Recorded", "genuine-1"), None)
+            await dead.create(unfinished_run("Recorded", "genuine-1"), None)
 
     anyio.run(abandon)
     monkeypatch.chdir(ROOT)

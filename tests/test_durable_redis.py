@@ -24,6 +24,7 @@ from asaga.runs import RedisRunStore, recover
 from examples.inventory import Product, RedisInventoryStore
 from tests.redis_servers import AOF_ALWAYS, RedisServer, redis_server
 from tests.sagas.durable import DurableCheckout, DurableHold, Payments
+from tests.unfinished_runs import unfinished_run
 
 pytestmark = pytest.mark.anyio
 
@@ -505,36 +506,18 @@ async def test_runs_recovery_cannot_take_do_not_hide_the_others(
 ) -> None:
     """Abandoned runs of another saga (or of another saga_version) at the head of the
     running set do not keep recover() from finding the ones it can take."""
-    from asaga._record import RunRecord, Write, encode_record
 
     class Mine(Saga):
         @step
         async def work(run_id: str) -> str:
             return run_id
 
-    def record(saga: str, run_id: str) -> Write:
-        data = encode_record(
-            RunRecord(
-                saga=saga,
-                saga_version="1",
-                run_id=run_id,
-                status="running",
-                inputs=msgspec_empty,
-                fingerprint="f",
-                seq=1,
-            )
-        )
-        return Write(run_id=run_id, record=data, status="running", seq=1, nonce=run_id)
-
     prefix = f"{redis_prefix}runs:"
     async with RedisRunStore(client, prefix=prefix) as gone:
         for n in range(120):
-            await gone.create(record("Other", f"other-{n}"), None)
-        await gone.create(record("Mine", "mine-1"), None)
+            await gone.create(unfinished_run("Other", f"other-{n}"), None)
+        await gone.create(unfinished_run("Mine", "mine-1"), None)
     # Closing the store dropped its lease: its unfinished runs are abandoned now.
     async with RedisRunStore(client, prefix=prefix) as runs:
         report = await recover(runs, sagas=[Mine], limit=10)
     assert [(r.run_id, r.outcome) for r in report] == [("mine-1", "succeeded")]
-
-
-msgspec_empty = b"\x80"  # an empty MessagePack map: a saga without inputs

@@ -19,12 +19,11 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from asaga import Event, RunRecordLost, Saga, SagaFailed, step
-from asaga._record import RunRecord, Write, encode_record
 from asaga.locks import RedisLockProvider
 from asaga.runs import MemoryRunStore, RedisRunStore, recover
 from tests.redis_servers import AOF_ALWAYS, NO_PERSISTENCE, RedisServer, redis_server
+from tests.unfinished_runs import unfinished_run
 
-EMPTY_INPUTS = b"\x80"  # an empty MessagePack map: a saga without inputs
 PICKLE = b"\x80\x03cos\nsystem\nq\x00."  # what a tampered record might hold
 
 
@@ -34,23 +33,6 @@ class Mine(Saga):
     @step
     async def work(run_id: str) -> str:
         return run_id
-
-
-def record_of(saga: str, run_id: str, *, version: int = 1) -> Write:
-    """The creation of an unfinished run of ``saga`` that has done nothing yet."""
-    data = encode_record(
-        RunRecord(
-            version=version,
-            saga=saga,
-            saga_version="1",
-            run_id=run_id,
-            status="running",
-            inputs=EMPTY_INPUTS,
-            fingerprint="f",
-            seq=1,
-        )
-    )
-    return Write(run_id=run_id, record=data, status="running", seq=1, nonce=run_id)
 
 
 @pytest.fixture
@@ -70,17 +52,17 @@ async def abandon_bad_records(client: aioredis.Redis, prefix: str, count: int) -
             kind = ("corrupt", "newer", "foreign")[n % 3]
             run_id = f"{kind}-{n}"
             if kind == "newer":  # written by a newer asaga, before a rollback
-                await dead.create(record_of("Mine", run_id), None)
-                newer = record_of("Mine", run_id, version=2).record
+                await dead.create(unfinished_run("Mine", run_id), None)
+                newer = unfinished_run("Mine", run_id, version=2).record
                 await client.hset(f"{prefix}run:{run_id}", "record", newer)
             elif kind == "foreign":  # the index says Mine, the record another saga
-                await dead.create(record_of("Other", run_id), None)
+                await dead.create(unfinished_run("Other", run_id), None)
                 await client.hset(f"{prefix}run:{run_id}", "saga", "Mine")
             else:
-                await dead.create(record_of("Mine", run_id), None)
+                await dead.create(unfinished_run("Mine", run_id), None)
                 await client.hset(f"{prefix}run:{run_id}", "record", PICKLE)
             bad.append(run_id)
-        await dead.create(record_of("Mine", "mine-ok"), None)
+        await dead.create(unfinished_run("Mine", "mine-ok"), None)
     return bad
 
 
@@ -98,9 +80,9 @@ async def test_a_foreign_record_does_not_crash_the_sweep(
     quarantined; the genuine run next to it is recovered by the same sweep."""
     prefix = f"{redis_prefix}runs:"
     async with RedisRunStore(client, prefix=prefix) as dead:
-        await dead.create(record_of("Other", "foreign-1"), None)
+        await dead.create(unfinished_run("Other", "foreign-1"), None)
         await client.hset(f"{prefix}run:foreign-1", "saga", "Mine")
-        await dead.create(record_of("Mine", "mine-1"), None)
+        await dead.create(unfinished_run("Mine", "mine-1"), None)
     async with RedisRunStore(client, prefix=prefix) as runs:
         report = await recover(runs, sagas=[Mine])
         outcomes = {r.run_id: r.outcome for r in report}
@@ -149,8 +131,8 @@ async def test_a_quarantined_run_is_readmitted_after_an_upgrade(
     sweep recovers it. Readmitting a run that is not quarantined says so."""
     prefix = f"{redis_prefix}runs:"
     async with RedisRunStore(client, prefix=prefix) as dead:
-        await dead.create(record_of("Mine", "newer-1"), None)
-        newer = record_of("Mine", "newer-1", version=2).record
+        await dead.create(unfinished_run("Mine", "newer-1"), None)
+        newer = unfinished_run("Mine", "newer-1", version=2).record
         await client.hset(f"{prefix}run:newer-1", "record", newer)
     async with RedisRunStore(client, prefix=prefix) as runs:
         assert [r.outcome for r in await recover(runs, sagas=[Mine])] == ["quarantined"]
@@ -158,7 +140,7 @@ async def test_a_quarantined_run_is_readmitted_after_an_upgrade(
         assert await runs.quarantined() == []
         assert [r.outcome for r in await recover(runs, sagas=[Mine])] == ["quarantined"]
         await client.hset(
-            f"{prefix}run:newer-1", "record", record_of("Mine", "newer-1").record
+            f"{prefix}run:newer-1", "record", unfinished_run("Mine", "newer-1").record
         )  # what the newer asaga would read
         await runs.readmit("newer-1")
         report = await recover(runs, sagas=[Mine])
@@ -182,7 +164,7 @@ async def test_the_quarantine_script_checks_its_arguments_before_writing(
     readmit of a run whose running score is missing puts it back all the same."""
     prefix = f"{redis_prefix}runs:"
     async with RedisRunStore(client, prefix=prefix) as runs:
-        await runs.create(record_of("Mine", "m-1"), None)
+        await runs.create(unfinished_run("Mine", "m-1"), None)
         keys = [f"{prefix}run:m-1", f"{prefix}events:m-1", f"{prefix}runs:running"]
         keys.append(f"{prefix}runs:quarantine")
         with pytest.raises(aioredis.ResponseError, match="asaga quarantine"):
@@ -398,7 +380,7 @@ def test_the_memory_store_quarantines_and_readmits_too() -> None:
 
     async def main() -> None:
         runs = MemoryRunStore()
-        await runs.create(record_of("Mine", "m-1"), None)
+        await runs.create(unfinished_run("Mine", "m-1"), None)
         aside = await runs.quarantine("m-1", "does not fit")
         assert aside is not None
         assert (aside.run_id, aside.saga, aside.reason) == ("m-1", "Mine", "does not fit")
@@ -412,7 +394,7 @@ def test_the_memory_store_quarantines_and_readmits_too() -> None:
 
         now = [0.0]
         runs = MemoryRunStore(clock=lambda: now[0], retention=10.0, idempotency_window=5.0)
-        await runs.create(record_of("Mine", "m-2"), None)
+        await runs.create(unfinished_run("Mine", "m-2"), None)
         assert await runs.quarantine("m-2", "does not fit") is not None
         now[0] = 11.0  # past retention: neither listed nor readmitted
         assert await runs.quarantined() == []
