@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from asaga import InputValidationError, SagaFailed
-from asaga.locks import RedisLockProvider
+from asaga.locks import RedisLockProvider, StaleWrite
 from examples.inventory import AtomicReservationSaga, Notifier
 from examples.inventory.store import (
     MAX_QUANTITY,
@@ -513,3 +513,40 @@ async def test_apply_refuses_a_token_past_the_grants_block(
     assert await store.client.get(keys[2]) == b"2"  # both counted
     await store._apply(keys=keys, args=["0", "1", str(4 + MAX_FAIRNESS)])
     assert await dump(store) != before
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_stale_apply_names_the_lease_key_and_token(
+    kind: str, redis_url: str, redis_prefix: str
+) -> None:
+    """A write under a lease that no longer holds its key raises StaleWrite naming the
+    lease key (not the SKU) and the write's token, worded alike by both stores; a bad
+    delta under such a lease is a ValueError, not counted as stale."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with RedisLockProvider(client, prefix=redis_prefix) as redis_locks:
+            store: InventoryStore
+            if kind == "memory":
+                store = MemoryInventoryStore()
+            else:
+                store = RedisInventoryStore(client, redis_locks, prefix=f"{redis_prefix}inv:")
+            await store.put(Product(sku="p1", inventory_count=10))
+            async with store.locks.lease("inventory:p1", ttl=5.0) as old:
+                pass  # released: no longer current
+            with pytest.raises(ValueError, match=r"^d_inventory must be"):
+                await store.apply(old, "p1", 1.5, 0)  # type: ignore[arg-type]
+            with pytest.raises(StaleWrite) as info:
+                await store.apply(old, "p1", 0, 1)
+            assert info.value.keys == ("inventory:p1",)
+            assert info.value.token == old.token
+            assert str(info.value) == (
+                f"write under lease token {old.token} on 'inventory:p1' rejected: the lease "
+                "no longer holds the key (it expired, or another lease was granted since)"
+            )
+            if isinstance(store, MemoryInventoryStore):
+                assert store.stale_writes == 1
+            else:
+                assert await redis_locks.stale_count("inventory:p1") == 1
+            assert (await store.get("p1")).reserved_count == 0
+    finally:
+        await client.aclose()

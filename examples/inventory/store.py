@@ -223,6 +223,17 @@ def insufficient(
     )
 
 
+def stale_write(key: str, token: int) -> StaleWrite:
+    """The error of a write refused by fencing, worded alike by every store: ``keys``
+    names the lease key, ``token`` the write's fencing token."""
+    return StaleWrite(
+        f"write under lease token {token} on {key!r} rejected: the lease no longer holds "
+        "the key (it expired, or another lease was granted since)",
+        (key,),
+        token=token,
+    )
+
+
 class InventoryStore(Protocol):
     """What the inventory sagas need of a store."""
 
@@ -355,10 +366,10 @@ class MemoryInventoryStore:
         self, lease: Lease, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
     ) -> Product:
         key = lease.key if key is None else key
+        check_deltas(d_inventory, d_reserved)  # first, as the Redis store: no stale count
         if not self.locks.is_current(lease, key):
             self.stale_writes += 1
-            raise StaleWrite(f"stale lease on {key!r}", (key,))
-        check_deltas(d_inventory, d_reserved)
+            raise stale_write(key, lease.tokens[key])
         return self._add(sku, d_inventory, d_reserved)
 
     async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
@@ -791,9 +802,10 @@ class RedisInventoryStore:
         keys = [self.product_key(sku), self.locks.fence_key(key), self.locks.stale_key(key)]
         # Shielded (and bounded): a holder cancelled mid-write still learns whether the
         # write was applied, so its saga step neither loses nor double-counts it.
+        token = lease.tokens[key]
         with anyio.CancelScope(shield=True), anyio.fail_after(10.0):
             flat = await self._scripted(
-                self._apply, keys, [d_inventory, d_reserved, lease.tokens[key]], sku
+                self._apply, keys, [d_inventory, d_reserved, token], sku, fence=(key, token)
             )
         return _product(sku, zip(flat[::2], flat[1::2], strict=True))
 
@@ -912,9 +924,11 @@ class RedisInventoryStore:
         sku: str,
         *,
         request: tuple[str, int] | None = None,
+        fence: tuple[str, int] | None = None,
     ) -> Any:
         """Run a script; its error replies raised as the store's exceptions. ``request``
-        is a reservation's (id, quantity), for ReservationConflict."""
+        is a reservation's (id, quantity), for ReservationConflict; ``fence`` a fenced
+        write's (lease key, token), for StaleWrite."""
         from redis.exceptions import ResponseError
 
         try:
@@ -930,16 +944,14 @@ class RedisInventoryStore:
                 raise ReservationConflict(
                     reservation_id, held["sku"], held.get("quantity"), sku, quantity
                 ) from None
-            if "UNKNOWN_PRODUCT" in str(exc):
+            if "UNKNOWN_PRODUCT" in message:
                 raise UnknownProduct(sku) from None
-            if "INSUFFICIENT_STOCK" in str(exc):
-                counts = str(exc).split("INSUFFICIENT_STOCK ", 1)[1].split()[:4]
+            if "INSUFFICIENT_STOCK" in message:
+                counts = message.split("INSUFFICIENT_STOCK ", 1)[1].split()[:4]
                 inventory, reserved, d_inventory, d_reserved = map(int, counts)
                 raise insufficient(sku, inventory, reserved, d_inventory, d_reserved) from None
-            if "STALE_WRITE" in str(exc):
-                raise StaleWrite(
-                    f"stale lease on {sku!r}: a newer one was granted", (sku,)
-                ) from None
+            if "STALE_WRITE" in message and fence is not None:
+                raise stale_write(*fence) from None
             raise
 
 
