@@ -292,6 +292,7 @@ class RedisLockProvider:
         self._leases = Leases(self._backend, fairness=fairness)
         self._owns_client = _owns_client
         self._tg: anyio.abc.TaskGroup | None = None
+        self._persistence_checked = False  # warned (once per provider) if Redis keeps no AOF
         self.stale_writes = 0
         """Fenced writes this provider had rejected as stale."""
 
@@ -311,8 +312,6 @@ class RedisLockProvider:
     def client(self) -> aioredis.Redis:
         """The Redis client the provider uses."""
         return self._backend.client
-
-    _persistence_checked = False  # warned (once per provider) if Redis keeps no AOF
 
     async def __aenter__(self) -> Self:
         require_asyncio("RedisLockProvider", "MemoryLockProvider")
