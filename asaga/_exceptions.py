@@ -124,6 +124,17 @@ class ElementFailure(msgspec.Struct, frozen=True, kw_only=True):
     the element's inputs were bad); ``TypeError`` for an element of the wrong shape."""
 
 
+_LISTED = 20
+"""Fields an InputValidationError's message lists (all are in ``errors``)."""
+
+_CLIP = 200
+"""Characters of a field's name or message that the message repeats."""
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= _CLIP else f"{text[:_CLIP]}... ({len(text)} characters)"
+
+
 class InputValidationError(AsagaError, ValueError):
     """The inputs given to ``run()`` are invalid; no step has started.
 
@@ -136,7 +147,12 @@ class InputValidationError(AsagaError, ValueError):
     def __init__(self, saga: str, errors: Sequence[FieldError]) -> None:
         self.saga = saga
         self.errors = tuple(errors)
-        lines = "\n".join(f"  - {e.field}: {e.message}" for e in self.errors)
+        # The message is bounded (it is logged): the first fields, each clipped; every
+        # field stays in :attr:`errors`.
+        shown = [f"  - {_clipped(e.field)}: {_clipped(e.message)}" for e in self.errors[:_LISTED]]
+        if len(self.errors) > _LISTED:
+            shown.append(f"  ... and {len(self.errors) - _LISTED} more")
+        lines = "\n".join(shown)
         super().__init__(f"invalid inputs for saga {saga}:\n{lines}")
 
     @property

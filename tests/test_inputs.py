@@ -131,3 +131,14 @@ async def test_inferred_custom_class_is_isinstance_checked() -> None:
     assert (await Typed.run(client=client)).output is client
     with pytest.raises(InputValidationError, match="Expected `Client`"):
         await Typed.run(client=object())
+
+
+async def test_the_message_is_bounded_whatever_the_inputs() -> None:
+    """150,000 unknown inputs with long names: the error keeps every one in ``errors``,
+    and its message (what a log shows) stays small."""
+    inputs = {f"{'k' * 300}{i}": i for i in range(150_000)}
+    with pytest.raises(InputValidationError) as info:
+        await Checkout.run(**inputs)
+    assert len(info.value.errors) > 150_000  # the unknown ones, and the missing ones
+    assert len(str(info.value)) < 20_000
+    assert f"and {len(info.value.errors) - 20} more" in str(info.value)
