@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import subprocess
 import time
@@ -31,7 +32,7 @@ def closed_port() -> int:
 class RedisServer:
     """A ``redis-server`` process this test owns."""
 
-    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
         self.process = process
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
@@ -54,24 +55,27 @@ def throwaway_redis() -> Iterator[RedisServer]:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        bufsize=0,  # unbuffered: what select() says is readable is all there is to read
     )
     server = RedisServer(process, port)
     try:
         assert process.stdout is not None
         # Wait for its "Ready to accept connections" line (bounded), not by polling a port.
+        # Raw chunks, not lines: a buffered readline() may swallow the ready line along
+        # with the one before it, and select() then waits for nothing more.
+        fd = process.stdout.fileno()
+        seen = b""
         deadline = time.monotonic() + 10
         with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            while True:
+            selector.register(fd, selectors.EVENT_READ)
+            while READY.encode() not in seen:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not selector.select(remaining):
-                    pytest.fail("redis-server did not start within 10 s")
-                line = process.stdout.readline()
-                if not line:
-                    pytest.fail(f"redis-server exited with {process.wait()}")
-                if READY in line:
-                    break
+                    pytest.fail(f"redis-server did not start within 10 s: {seen!r}")
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    pytest.fail(f"redis-server exited with {process.wait()}: {seen!r}")
+                seen += chunk
         yield server
     finally:
         server.kill()
