@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import anyio
-import structlog
 from structlog.contextvars import bind_contextvars
 
 from ._events import (
@@ -34,24 +33,10 @@ from ._events import (
     CompensationSucceeded,
     RunContext,
 )
-from ._exceptions import RunStoreError, RunTakenOver
 from ._graph import CompNode, Plan
-
-if TYPE_CHECKING:
-    from ._journal import Journal
-
-_logger = structlog.get_logger("asaga")
+from ._observer import Observer, Undoable
 
 __all__ = ["Undoable", "Unwind", "undoable"]
-
-
-class Undoable(Protocol):
-    """What a completed composed or mapped step leaves behind: its sub-saga runs, which
-    it undoes as a whole (in their own reverse-graph order) when the parent unwinds."""
-
-    async def undo(self, parent: RunContext) -> None:
-        """Compensate, reporting to ``parent`` (the run that unwinds); raise if any part
-        could not be undone."""
 
 
 def undoable(plan: Plan, undos: Mapping[str, Undoable], name: str) -> bool:
@@ -65,7 +50,7 @@ class Unwind:
 
     __slots__ = (
         "_context",
-        "_journal",
+        "_observer",
         "_plan",
         "_timeout",
         "_undos",
@@ -83,14 +68,14 @@ class Unwind:
         undos: Mapping[str, Undoable],
         *,
         default_timeout: float | None,
-        journal: Journal | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._plan = plan
         self._values = values
         self._context = context
         self._undos = undos
         self._timeout = default_timeout
-        self._journal = journal
+        self._observer = observer
         self.compensated: list[str] = []
         """Steps whose compensation completed, in completion order."""
         self.errors: list[tuple[str, Exception]] = []
@@ -102,6 +87,8 @@ class Unwind:
         """Compensate ``completed`` steps (those that have something to undo), and the
         ``in_doubt`` ones whose compensation is declared safe for them, shielded."""
         nodes, undos = self._plan.nodes, self._undos
+        if self._observer is not None:
+            undos = self._undos = self._recorded_undos(completed)
         todo = [n for n in completed if undoable(self._plan, undos, n)]
         if in_doubt:
             blind = []
@@ -146,6 +133,20 @@ class Unwind:
                 for name in todo:
                     if waiting[name] == 0:
                         tg.start_soon(compensate, name, name=f"undo {name}")
+
+    def _recorded_undos(self, completed: Sequence[str]) -> Mapping[str, Undoable]:
+        """The undo handles held in memory, and for composed or mapped steps without one
+        (a resumed run, an undo after success), those the observer makes from the
+        children's records."""
+        observer, nodes, undos = self._observer, self._plan.nodes, self._undos
+        assert observer is not None
+        found: dict[str, Undoable] = {}
+        for name in completed:
+            if nodes[name].invoke is not None and name not in undos:
+                handle = observer.undo_of(name, self._values)
+                if handle is not None:
+                    found[name] = handle
+        return {**undos, **found} if found else undos
 
     async def _undo_nested(self, name: str, undo: Undoable) -> None:
         """Undo a composed or mapped step: its sub-runs compensate themselves, each
@@ -210,29 +211,9 @@ class Unwind:
             return
 
     async def _record(self, name: str, status: str, attempt: int, error: str | None = None) -> bool:
-        """Write down where undoing ``name`` stands (durable runs); ``False`` if the run
-        was taken over by another process.
-
-        Best effort otherwise: a store that cannot be reached does not stop an unwind
-        (compensations are at-least-once: a recovery would run again those whose end was
-        not recorded), the failure is logged and the final write carries the state.
-        """
-        journal = self._journal
-        if journal is None:
+        """Report where undoing ``name`` stands; ``False`` if the run was taken over by
+        another process (it compensates)."""
+        observer = self._observer
+        if observer is None:
             return True
-        if journal.lost:
-            return False
-        try:
-            await journal.compensation(name, status, attempt, error)
-        except RunTakenOver:
-            journal.lost = True
-            return False
-        except RunStoreError as exc:
-            _logger.warning(
-                "compensation_not_recorded",
-                run_id=self._context.run_id,
-                step=name,
-                status=status,
-                error=repr(exc),
-            )
-        return True
+        return await observer.compensation(name, status, attempt, error)

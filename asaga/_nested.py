@@ -26,7 +26,6 @@ import anyio
 import msgspec
 
 from ._annotations import EMPTY
-from ._compensation import Undoable
 from ._events import (
     CompensationFailedEvent,
     CompensationStarted,
@@ -36,8 +35,9 @@ from ._events import (
 from ._exceptions import ElementFailure as ElementFailure
 from ._exceptions import MapAbandoned
 from ._exceptions import MapFailed as MapFailed
+from ._observer import Observer, Undoable
 from ._retry import Retry
-from ._run import Completed, SagaSpec, execute
+from ._run import SagaSpec, execute
 from ._step import Param, Signature, Step
 
 __all__ = ["ElementFailure", "ElementSuccess", "MapFailed", "MapResult", "compose", "map_each"]
@@ -106,17 +106,58 @@ def compose(
     sources = _sources(spec, inputs, problems, mapped_only=False)
     label = getattr(saga, "__name__", repr(saga))
 
-    async def invoke(context: RunContext, name: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        assert spec is not None
-        child_inputs = {child: kwargs[parent] for child, parent in sources if parent in kwargs}
-        result, completed = await execute(
-            spec, child_inputs, parent=context, prefix=context.path_of(name)
-        )
-        return result.output, completed
-
     return _nested_step(
-        f"compose({label})", _params(sources, spec), problems, invoke, retry, timeout, when
+        f"compose({label})",
+        _params(sources, spec),
+        problems,
+        _Compose(spec, sources),
+        retry,
+        timeout,
+        when,
     )
+
+
+class _Compose:
+    """How a composed step runs: one child run of the sub-saga per attempt."""
+
+    durable_problem = None
+
+    def __init__(self, spec: SagaSpec | None, sources: list[tuple[str, str]]) -> None:
+        self.spec = spec
+        self.sources = sources
+        self.sagas = (spec,) if spec is not None else ()
+
+    async def run(
+        self,
+        context: RunContext,
+        name: str,
+        kwargs: dict[str, Any],
+        attempt: int,
+        observer: Observer | None,
+    ) -> tuple[Any, Undoable | None]:
+        assert self.spec is not None
+        inputs = {child: kwargs[parent] for child, parent in self.sources if parent in kwargs}
+        return await _run_child(self.spec, inputs, context, name, f"{name}/{attempt}", observer)
+
+    def children(self, name: str, attempt: int, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        return [(f"{name}/{attempt}", self.spec)]
+
+
+async def _run_child(
+    spec: SagaSpec,
+    inputs: dict[str, Any],
+    context: RunContext,
+    label: str,
+    key: str,
+    observer: Observer | None,
+) -> tuple[Any, Undoable | None]:
+    """Run one sub-saga below ``context``: in memory, or as a child run the observer
+    records (``key`` names it within the parent run: step, attempt, element)."""
+    prefix = context.path_of(label)
+    if observer is None:
+        result, completed = await execute(spec, inputs, parent=context, prefix=prefix)
+        return result.output, completed
+    return await observer.run_child(spec, inputs, key=key, parent=context, prefix=prefix)
 
 
 # -- map -------------------------------------------------------------------------------------
@@ -188,21 +229,69 @@ def map_each(
         params.append(Param(over, EMPTY, False, None))
     limit = max_concurrency if isinstance(max_concurrency, int) else 1
 
-    async def invoke(context: RunContext, name: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        collection = kwargs[over]
-        if not isinstance(collection, Iterable) or isinstance(collection, str | bytes):
-            raise TypeError(
-                f"map_each over {over!r} needs a collection, got {type(collection).__name__}"
-            )
-        if isinstance(collection, Iterator):
-            # A generator can be read once: a retried attempt would see no elements.
-            raise TypeError(
-                f"map_each over {over!r} got a one-shot iterator "
-                f"({type(collection).__name__}); return a list or tuple instead"
-            )
-        return await _Mapping(context, name, element, list(collection), kwargs, limit, mode).run()
-
+    invoke = _Map(element, over, limit, mode)
     return _nested_step(f"map_each({label})", params, problems, invoke, retry, timeout, when)
+
+
+class _Map:
+    """How a mapped step runs: its elements, each a child run of the sub-saga (or a call
+    of the function) per attempt."""
+
+    def __init__(
+        self, element: _SagaElement | _FunctionElement, over: str, limit: int, mode: MapMode
+    ) -> None:
+        self.element = element
+        self.over = over
+        self.limit = limit
+        self.mode = mode
+        self.sagas = (element.spec,) if isinstance(element, _SagaElement) and element.spec else ()
+        self.durable_problem: str | None = None
+        if isinstance(element, _FunctionElement) and element.undo_fn is not None:
+            self.durable_problem = (
+                "maps an async function with undo=, whose elements a durable run cannot "
+                "undo from its record: map a saga instead (each element is then a child run)"
+            )
+        elif mode == "collect":
+            self.durable_problem = (
+                "maps in mode='collect', whose result holds the elements' exceptions, which "
+                "a durable run cannot record: use mode='fail_fast' in a durable saga"
+            )
+
+    async def run(
+        self,
+        context: RunContext,
+        name: str,
+        kwargs: dict[str, Any],
+        attempt: int,
+        observer: Observer | None,
+    ) -> tuple[Any, Undoable | None]:
+        collection = _collection(kwargs[self.over], self.over)
+        mapping = _Mapping(context, name, self.element, collection, kwargs, self.limit, self.mode)
+        return await mapping.run(attempt, observer)
+
+    def children(self, name: str, attempt: int, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        if not isinstance(self.element, _SagaElement) or self.over not in values:
+            return []
+        try:
+            count = len(_collection(values[self.over], self.over))
+        except TypeError:
+            return []
+        spec = self.element.spec
+        return [(f"{name}/{attempt}/{index}", spec) for index in range(count)]
+
+
+def _collection(collection: Any, over: str) -> list[Any]:
+    if not isinstance(collection, Iterable) or isinstance(collection, str | bytes):
+        raise TypeError(
+            f"map_each over {over!r} needs a collection, got {type(collection).__name__}"
+        )
+    if isinstance(collection, Iterator):
+        # A generator can be read once: a retried attempt would see no elements.
+        raise TypeError(
+            f"map_each over {over!r} got a one-shot iterator "
+            f"({type(collection).__name__}); return a list or tuple instead"
+        )
+    return list(collection)
 
 
 class _Mapping:
@@ -230,8 +319,12 @@ class _Mapping:
         self.failures: list[ElementFailure] = []
         self.next_index = 0
         self.stopped = False
+        self.attempt = 1
+        self.observer: Observer | None = None
 
-    async def run(self) -> tuple[Any, Undoable]:
+    async def run(self, attempt: int, observer: Observer | None) -> tuple[Any, Undoable]:
+        self.attempt = attempt
+        self.observer = observer
         undo = _UndoElements(self.undos)
         try:
             async with anyio.create_task_group() as tg:
@@ -288,7 +381,12 @@ class _Mapping:
             self.next_index += 1
             try:
                 value, undo = await self.element.run(
-                    self.context, f"{self.name}[{index}]", items[index], self.kwargs
+                    self.context,
+                    f"{self.name}[{index}]",
+                    items[index],
+                    self.kwargs,
+                    f"{self.name}/{self.attempt}/{index}",
+                    self.observer,
                 )
             except Exception as exc:  # noqa: BLE001 - an element may fail in any way
                 self.failures.append(ElementFailure(index=index, error=exc))
@@ -337,16 +435,18 @@ class _SagaElement:
         self.sources = sources
 
     async def run(
-        self, context: RunContext, label: str, item: Any, kwargs: dict[str, Any]
-    ) -> tuple[Any, Completed]:
+        self,
+        context: RunContext,
+        label: str,
+        item: Any,
+        kwargs: dict[str, Any],
+        key: str,
+        observer: Observer | None,
+    ) -> tuple[Any, Undoable | None]:
         assert self.spec is not None
         child_inputs = {c: kwargs[p] for c, p in self.sources if p in kwargs}
         child_inputs.update(_as_inputs(item))
-        result, completed = await execute(
-            self.spec, child_inputs, parent=context, prefix=context.path_of(label)
-        )
-        assert completed is not None  # undoable by default
-        return result.output, completed
+        return await _run_child(self.spec, child_inputs, context, label, key, observer)
 
 
 class _FunctionElement:
@@ -413,7 +513,13 @@ class _FunctionElement:
         return cls(fn, item, fn_sources, undo, undo_sources, undo_params, list(params.values()))
 
     async def run(
-        self, context: RunContext, label: str, item: Any, kwargs: dict[str, Any]
+        self,
+        context: RunContext,
+        label: str,
+        item: Any,
+        kwargs: dict[str, Any],
+        key: str,
+        observer: Observer | None,
     ) -> tuple[Any, Undoable | None]:
         args = {child: kwargs[parent] for child, parent in self.fn_sources if parent in kwargs}
         args[self.item] = item
@@ -526,7 +632,7 @@ def _nested_step(
     label: str,
     params: list[Param],
     problems: list[str],
-    invoke: Callable[..., Awaitable[tuple[Any, Any]]],
+    invoke: _Compose | _Map,
     retry: Retry | None,
     timeout: float | None,
     when: Callable[..., Any] | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -32,12 +32,11 @@ from ._exceptions import (
 from ._graph import RUN_ID, Plan
 from ._inputs import InputValidator
 from ._public import NoPublicConstructor
-from ._record import RunStatus
 from ._scheduler import Execution, Resume
 from ._shielded import shielded
 
 if TYPE_CHECKING:
-    from ._journal import Journal, SagaCodec
+    from ._observer import Observer
     from .locks._lease import LockProvider
 
 _logger = structlog.get_logger("asaga")
@@ -86,13 +85,13 @@ class SagaSpec:
     watch: bool
     """Whether a run needs a task watching for the caller's cancellation (some step may
     outlast ``cancel_grace``)."""
-    codec: SagaCodec
-    """How a durable run of the saga encodes and decodes what it records."""
     saga_version: str
     """The saga's ``saga_version``: a recorded run is resumed only by the same version."""
     default_locks: Callable[[], LockProvider]
     """The lock provider of locked steps when the saga has no ``locks`` input (the
     in-memory one of the event loop, injected by :mod:`asaga._saga`)."""
+    extensions: dict[str, Any] = field(default_factory=dict, compare=False)
+    """What other layers keep per saga, made on first use (the codec of durable runs)."""
 
 
 class Completed:
@@ -195,28 +194,29 @@ async def run_values(
     extra_hooks: Hooks = ((), ()),
     parent: RunContext | None = None,
     prefix: str | None = None,
-    journal: Journal | None = None,
+    observer: Observer | None = None,
     resume: Resume | None = None,
     undoable: bool = True,
 ) -> tuple[SagaResult[Any], Completed | None]:
-    """Run the saga on validated ``values`` (see :func:`execute`); with a ``journal``,
-    write each transition down before acting on it, starting from ``resume`` if given."""
+    """Run the saga on validated ``values`` (see :func:`execute`); with an ``observer``,
+    report each transition to it before acting on it, starting from ``resume`` if
+    given."""
     sync_hooks, async_hooks = spec.sync_hooks, spec.async_hooks
     if extra_hooks[0] or extra_hooks[1]:
         sync_hooks, async_hooks = sync_hooks + extra_hooks[0], async_hooks + extra_hooks[1]
-    if journal is not None:
-        sync_hooks = (*sync_hooks, journal.hook)
+    if observer is not None:
+        sync_hooks = (*sync_hooks, observer.hook)
     emitter = Emitter(sync_hooks, async_hooks, parent=parent.emitter if parent else None)
     context = RunContext(spec.plan.saga, run_id, emitter, prefix=prefix, parent=parent)
     # User logs inside steps carry saga and run_id (structlog.contextvars).
     tokens = bind_contextvars(saga=spec.plan.saga, run_id=run_id)
     try:
         if not emitter.needs_dispatcher:
-            return await _drive(spec, values, context, journal, resume, undoable)
+            return await _drive(spec, values, context, observer, resume, undoable)
         # Cancelled while the hooks drain after the run succeeded, the caller never sees the
         # result: the run is undone, so it needs its undo handle (unless the record says
         # it succeeded: a durable run is undone by Saga.undo, by its id).
-        work = _drive(spec, values, context, journal, resume, undoable or journal is None)
+        work = _drive(spec, values, context, observer, resume, undoable or observer is None)
         result, completed = await _with_dispatcher(emitter, work, _undo_run)
         return result, completed if undoable else None
     finally:
@@ -269,7 +269,7 @@ async def _drive(
     spec: SagaSpec,
     values: dict[str, Any],
     context: RunContext,
-    journal: Journal | None,
+    observer: Observer | None,
     resume: Resume | None,
     undoable: bool,
 ) -> tuple[SagaResult[Any], Completed | None]:
@@ -286,7 +286,7 @@ async def _drive(
         default_locks=spec.default_locks,
         cancel_grace=spec.cancel_grace,
         watch=spec.watch,
-        journal=journal,
+        observer=observer,
         resume=resume,
     )
     try:
@@ -299,10 +299,10 @@ async def _drive(
         # is compensated now) or was cut off after the grace (in doubt). The unwinding
         # finishes whatever else cancels the caller.
         await _settle(
-            _unwind_cancelled(spec, context, execution, journal, started, cancelled),
+            _unwind_cancelled(spec, context, execution, observer, started, cancelled),
             spec,
             execution,
-            journal,
+            observer,
         )
         raise
     except BaseException as exc:
@@ -312,10 +312,10 @@ async def _drive(
         if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             inner = exc.exceptions[0]
         await _settle(
-            _unwind_aborted(spec, context, execution, journal, started, inner),
+            _unwind_aborted(spec, context, execution, observer, started, inner),
             spec,
             execution,
-            journal,
+            observer,
         )
         if inner is not exc:
             raise inner from None
@@ -326,16 +326,16 @@ async def _drive(
         raise execution.taken_over
 
     succeeded: Event | None = None
-    if execution.failure is None and journal is not None:
+    if execution.failure is None and observer is not None:
         succeeded = context.make(RunSucceeded, duration=time.monotonic() - started)
         try:
             # Done: what remains is to write it down, whatever cancels the caller.
-            await shielded(journal.finish("succeeded", succeeded))
+            await shielded(observer.run_succeeded(succeeded))
         except RunTakenOver as exc:
             emit(RunFailed, duration=time.monotonic() - started, error=repr(exc))
             raise
         except RunStoreError as exc:
-            if not await _landed(journal):
+            if not await observer.landed():
                 # The run cannot be recorded as done: it is undone instead, so that the
                 # record and the world agree (a recovery would undo it too).
                 last = execution.completed[-1] if execution.completed else plan.order[-1]
@@ -358,7 +358,7 @@ async def _drive(
 
     cause = execution.failure[1]
     error = await _settle(
-        _unwind_failed(spec, context, execution, journal, started), spec, execution, journal
+        _unwind_failed(spec, context, execution, observer, started), spec, execution, observer
     )
     # A caller cancelled while we were unwinding: the cancellation is what propagates.
     await anyio.lowlevel.checkpoint_if_cancelled()
@@ -366,13 +366,13 @@ async def _drive(
 
 
 async def _settle(
-    work: Coroutine[Any, Any, T], spec: SagaSpec, execution: Execution, journal: Journal | None
+    work: Coroutine[Any, Any, T], spec: SagaSpec, execution: Execution, observer: Observer | None
 ) -> T:
     """Await the unwinding ``work`` to its end whatever cancels the caller, if it has
     anything to do that a cancellation could interrupt (a compensation, a write); one with
     nothing to undo and nothing to record runs through at once."""
     plan, undos = spec.plan, execution.undos
-    if journal is None and not any(
+    if observer is None and not any(
         undoable(plan, undos, name) for name in (*execution.completed, *execution.in_doubt)
     ):
         return await work
@@ -383,7 +383,7 @@ async def _compensate(
     spec: SagaSpec,
     context: RunContext,
     execution: Execution,
-    journal: Journal | None,
+    observer: Observer | None,
     started: float,
     *,
     step: str | None,
@@ -393,10 +393,9 @@ async def _compensate(
     """What every failed run does: say in the record that it unwinds, compensate, and
     emit ``run_failed``. Returns the unwinding (what it compensated, what failed, what is
     left in doubt)."""
-    if journal is not None:
-        journal.settle()
-        await _record_failing(journal, step, reason)  # unwinding: say so first
-    unwind = _unwind(spec, context, execution, journal)
+    if observer is not None:
+        await observer.unwinding(step, reason)  # unwinding: say so first
+    unwind = _unwind(spec, context, execution, observer)
     await unwind.run(execution.completed, execution.in_doubt)
     context.emit(
         RunFailed,
@@ -413,7 +412,7 @@ async def _unwind_cancelled(
     spec: SagaSpec,
     context: RunContext,
     execution: Execution,
-    journal: Journal | None,
+    observer: Observer | None,
     started: float,
     cancelled: BaseException,
 ) -> None:
@@ -430,7 +429,7 @@ async def _unwind_cancelled(
         )
         return
     unwind = await _compensate(
-        spec, context, execution, journal, started, step=None, reason="cancelled", cancelled=True
+        spec, context, execution, observer, started, step=None, reason="cancelled", cancelled=True
     )
     if unwind.errors:
         _logger.error(
@@ -446,29 +445,29 @@ async def _unwind_cancelled(
             f"asaga: run {context.run_id} of saga {saga} was cancelled; steps left in doubt "
             f"(cut off while running, their effect unknown): {', '.join(left)}"
         )
-    if journal is not None:
-        await _record_end(journal, "cancelled", release_key=not left)
+    if observer is not None:
+        await observer.run_ended("cancelled", release_key=not left)
 
 
 async def _unwind_aborted(
     spec: SagaSpec,
     context: RunContext,
     execution: Execution,
-    journal: Journal | None,
+    observer: Observer | None,
     started: float,
     inner: BaseException,
 ) -> None:
     """Unwind a run that a KeyboardInterrupt, SystemExit... ends."""
-    await _compensate(spec, context, execution, journal, started, step=None, reason=repr(inner))
-    if journal is not None:
-        await _record_end(journal, "failed")
+    await _compensate(spec, context, execution, observer, started, step=None, reason=repr(inner))
+    if observer is not None:
+        await observer.run_ended("failed")
 
 
 async def _unwind_failed(
     spec: SagaSpec,
     context: RunContext,
     execution: Execution,
-    journal: Journal | None,
+    observer: Observer | None,
     started: float,
 ) -> SagaFailed:
     """Unwind a run whose step failed for good; the error to raise."""
@@ -476,13 +475,13 @@ async def _unwind_failed(
     assert execution.failure is not None
     step_name, cause = execution.failure
     unwind = await _compensate(
-        spec, context, execution, journal, started, step=step_name, reason=repr(cause)
+        spec, context, execution, observer, started, step=step_name, reason=repr(cause)
     )
     # The failed step may itself have left work it could not undo (a sub-saga whose
     # compensation failed, mapped elements whose undo failed): that needs a human too.
     errors = [*_left_undone(step_name, cause), *unwind.errors]
-    if journal is not None and not journal.lost:
-        await _record_end(journal, "compensation_failed" if errors else "failed")
+    if observer is not None and not observer.lost:
+        await observer.run_ended("compensation_failed" if errors else "failed")
     if errors:
         return CompensationFailed(
             saga,
@@ -497,7 +496,7 @@ async def _unwind_failed(
 
 
 def _unwind(
-    spec: SagaSpec, context: RunContext, execution: Execution, journal: Journal | None
+    spec: SagaSpec, context: RunContext, execution: Execution, observer: Observer | None
 ) -> Unwind:
     """The unwinding of a run that failed (made then: most runs succeed)."""
     return Unwind(
@@ -506,41 +505,8 @@ def _unwind(
         context,
         execution.undos,
         default_timeout=spec.compensation_timeout,
-        journal=journal,
+        observer=observer,
     )
-
-
-async def _landed(journal: Journal) -> bool:
-    """Whether the final write that seemed to fail was applied after all (its reply was
-    lost): the record then says the run succeeded, and so must the caller be told."""
-    try:
-        with anyio.CancelScope(shield=True):
-            record = await journal.store.load(journal.run_id)
-    except RunStoreError:
-        return False
-    return record.status == "succeeded" and record.owner == journal.store.owner
-
-
-async def _record_failing(journal: Journal, step: str | None, cause: BaseException | str) -> None:
-    """Write down that the run unwinds (best effort: the unwind goes on regardless)."""
-    try:
-        await journal.failing(step, cause if isinstance(cause, str) else repr(cause))
-    except RunTakenOver:
-        journal.lost = True
-    except RunStoreError as exc:
-        _logger.warning("run_not_recorded", run_id=journal.run_id, error=repr(exc))
-
-
-async def _record_end(journal: Journal, status: RunStatus, *, release_key: bool = False) -> None:
-    """Write down how the run ended, shielded; best effort (the outcome stands)."""
-    with anyio.CancelScope(shield=True):
-        try:
-            await journal.finish(status)
-        except RunStoreError as exc:
-            _logger.warning("run_not_recorded", run_id=journal.run_id, error=repr(exc))
-        if release_key and journal.claim is not None:
-            # A cancelled run did nothing that stays: a retry with its key runs again.
-            await journal.store.release_key(journal.claim, journal.run_id)
 
 
 async def _undo_run(outcome: tuple[SagaResult[Any], Completed | None]) -> None:

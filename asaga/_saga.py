@@ -7,24 +7,70 @@ Wiring only: the plan comes from :mod:`asaga._graph`, inputs are checked by
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, cast, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, get_origin
 
 from ._annotations import resolve_hints
-from ._durable import UndoResult, run_durable, undo_run
 from ._events import Hook, split_hooks
 from ._exceptions import SagaDefinitionError
 from ._graph import Declared, build_plan
 from ._inputs import InputValidator
-from ._journal import SagaCodec
-from ._record import RunStore
 from ._retry import Retry
-from ._run import SagaResult, SagaSpec, execute
+from ._run import Hooks, SagaResult, SagaSpec, execute
 from ._scheduler import OnFailure, needs_watch
 from ._step import Compensation, Step
 from .locks._memory import default_provider
-from .runs._memory import default_store
 
-__all__ = ["Saga", "SagaResult"]
+if TYPE_CHECKING:  # the types of run()'s and undo()'s signatures; nothing of runs/ runs here
+    from .runs import RunStore, UndoResult
+
+__all__ = ["Durability", "Saga", "SagaResult", "use_durability"]
+
+
+class Durability(Protocol):
+    """Durable runs, as the saga calls them: given by :mod:`asaga.runs` (wired in
+    ``asaga/__init__.py``), so that the core never imports persistence."""
+
+    def default_store(self) -> "RunStore":
+        """The process's in-memory store (idempotency keys, undo without ``runs``)."""
+
+    async def run(
+        self,
+        spec: SagaSpec,
+        inputs: Mapping[str, Any],
+        *,
+        runs: "RunStore",
+        idempotency_key: str | None,
+        run_id: str | None,
+        extra_hooks: Hooks,
+    ) -> SagaResult[Any]:
+        """Run the saga recorded write-ahead in ``runs``."""
+
+    async def undo(
+        self,
+        spec: SagaSpec,
+        run_id: str,
+        *,
+        runs: "RunStore",
+        resources: Mapping[str, Any],
+        extra_hooks: Hooks,
+    ) -> "UndoResult":
+        """Undo a recorded run that succeeded."""
+
+
+_durability: Durability | None = None
+
+
+def use_durability(durability: Durability) -> None:
+    """Give sagas their durable runs (called once, by ``asaga/__init__.py``)."""
+    global _durability
+    _durability = durability
+
+
+def _durable() -> Durability:
+    if _durability is None:  # pragma: no cover - asaga/__init__.py wires it on import
+        raise RuntimeError("asaga's durable runs are not wired: import asaga, not its parts")
+    return _durability
+
 
 _SETTINGS = (
     "output",
@@ -124,7 +170,7 @@ class Saga(metaclass=SagaMeta):
         *,
         hooks: Sequence[Hook] = (),
         run_id: str | None = None,
-        runs: RunStore | None = None,
+        runs: "RunStore | None" = None,
         idempotency_key: str | None = None,
         **inputs: Any,
     ) -> SagaResult[Any]:
@@ -156,10 +202,11 @@ class Saga(metaclass=SagaMeta):
                 spec, inputs, run_id=run_id, extra_hooks=extra, undoable=False
             )
             return result
-        return await run_durable(
+        durability = _durable()
+        return await durability.run(
             spec,
             inputs,
-            runs=runs if runs is not None else default_store(),
+            runs=runs if runs is not None else durability.default_store(),
             idempotency_key=idempotency_key,
             run_id=run_id,
             extra_hooks=extra,
@@ -170,10 +217,10 @@ class Saga(metaclass=SagaMeta):
         cls,
         run_id: str,
         *,
-        runs: RunStore | None = None,
+        runs: "RunStore | None" = None,
         hooks: Sequence[Hook] = (),
         **resources: Any,
-    ) -> UndoResult:
+    ) -> "UndoResult":
         """Compensate a durable run that succeeded, from its record, once.
 
         Every step is undone by its compensation in reverse graph order, as if the run had
@@ -187,10 +234,11 @@ class Saga(metaclass=SagaMeta):
         spec = cls.__asaga__
         if spec is None:
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
-        return await undo_run(
+        durability = _durable()
+        return await durability.undo(
             spec,
             run_id,
-            runs=runs if runs is not None else default_store(),
+            runs=runs if runs is not None else durability.default_store(),
             resources=resources,
             extra_hooks=split_hooks(hooks) if hooks else ((), ()),
         )
@@ -311,7 +359,6 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         compensation_timeout=cls.compensation_timeout,
         cancel_grace=cls.cancel_grace,
         watch=needs_watch(plan, cls.cancel_grace),
-        codec=SagaCodec(plan),
         saga_version=str(cls.saga_version),
         default_locks=default_provider,
     )

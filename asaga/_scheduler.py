@@ -64,8 +64,6 @@ from ._events import (
     StepSucceeded,
 )
 from ._exceptions import (
-    NotRecordable,
-    RecordTooLarge,
     RunStoreError,
     RunTakenOver,
     needs_repair,
@@ -75,8 +73,7 @@ from ._shielded import join, on_asyncio
 from .locks._lease import LockProvider
 
 if TYPE_CHECKING:
-    from ._compensation import Undoable
-    from ._journal import Journal
+    from ._observer import Observer, Undoable
 
 __all__ = ["Execution", "OnFailure", "Resume", "needs_watch"]
 
@@ -111,9 +108,9 @@ class Execution:
         "_flights",
         "_grace",
         "_idle",
-        "_journal",
         "_limiter",
         "_live",
+        "_observer",
         "_on_failure",
         "_pending",
         "_plan",
@@ -144,7 +141,7 @@ class Execution:
         default_locks: Callable[[], LockProvider],
         cancel_grace: float | None = None,
         watch: bool = False,
-        journal: Journal | None = None,
+        observer: Observer | None = None,
         resume: Resume | None = None,
     ) -> None:
         self._plan = plan
@@ -159,11 +156,11 @@ class Execution:
         self._fatal: BaseException | None = None  # not an Exception, out of a chain task
         self._context = context
         self._on_failure = on_failure
-        self._journal = journal
+        self._observer = observer
         self._limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
         self._pending = {name: len(node.deps) for name, node in plan.nodes.items()}
         self._roots = plan.roots
-        self._remaining = len(plan.nodes)  # steps not yet ended (for the journal)
+        self._remaining = len(plan.nodes)  # steps not yet ended (for the observer)
         self._wake: anyio.Event | None = None  # made when a retry waits out a backoff
         self._stopping = False  # the caller was cancelled: no step or attempt starts
         self._shield = True  # attempts run shielded (not in a guarded task: see execute)
@@ -390,7 +387,7 @@ class Execution:
                 self.skipped.add(name)
                 if self._stopped():
                     return None
-                if self._journal is None:
+                if self._observer is None:
                     return self._release(node)
                 return await self._recorded(node, 0, None)
         kwargs = {p: values[p] for p in node.params if p in values}
@@ -406,23 +403,23 @@ class Execution:
             async with slot:
                 if self.failure is not None:
                     # No new step, and no new attempt, once the run has failed.
-                    if attempt > 1 and self._journal is not None:
-                        self._journal.ended(name, "failed", repr(error), attempt - 1)
+                    if attempt > 1 and self._observer is not None:
+                        self._observer.ended(name, "failed", repr(error), attempt - 1)
                     return None
                 # ... nor once the caller (or a parent run's caller) was cancelled.
                 if self._stopping or self._context.stopping():
                     return None
                 if self._shield:  # raised here, before its shield would hold it off
                     await anyio.lowlevel.checkpoint_if_cancelled()
-                if attempt > 1 and self._journal is not None:
+                if attempt > 1 and self._observer is not None:
                     try:
-                        await self._journal.started(name, attempt)
+                        await self._observer.retrying(name, attempt)
                     except RunStoreError as exc:
                         self._store_failed(name, attempt, exc)
                         return None
                 emit(StepStarted, name, attempt=attempt)
-                if self._journal is not None:
-                    self._journal.begun.add(name)
+                if self._observer is not None:
+                    self._observer.begun(name)
                 started = time.monotonic()
                 flight = _Flight(node, self._shield)
                 self._flights[name] = flight
@@ -433,7 +430,9 @@ class Execution:
                     # only the run cuts it off (flight.cut), reporting it in doubt.
                     with flight.scope:
                         if node.invoke is not None:
-                            result, undo = await node.invoke(self._context, name, kwargs)
+                            result, undo = await node.invoke.run(
+                                self._context, name, kwargs, attempt, self._observer
+                            )
                         elif node.lock is not None:
                             await self._locked(node, kwargs, flight)
                             result = flight.result
@@ -508,31 +507,28 @@ class Execution:
                 self.undos = {}
             self.undos[name] = undo
         self.completed.append(name)
-        if self._journal is not None:
+        if self._observer is not None:
             return await self._recorded(node, attempt, result)
         return self._release(node) if self.failure is None else None
 
     async def _recorded(self, node: Node, attempt: int, result: Any) -> Node | None:
-        """Write down that ``node`` ended (``attempt`` 0: skipped) and which steps it makes
+        """Report that ``node`` ended (``attempt`` 0: skipped) and which steps it makes
         ready, before they start; return the next step for this task, as _release does."""
-        journal = self._journal
-        assert journal is not None
+        observer = self._observer
+        assert observer is not None
         name = node.name
         self._remaining -= 1
         try:
             if self.failure is not None:  # in flight when the run failed: to be undone
                 if attempt:
-                    await journal.succeeded(
-                        name, attempt, journal.encode(name, result), (), last=False
-                    )
+                    await observer.succeeded(name, attempt, result, (), last=False)
                 return None
             ready = self._ready(node)
             released = [n.name for n in ready]
             if attempt:
-                blob = journal.encode(name, result)
-                await journal.succeeded(name, attempt, blob, released, last=not self._remaining)
+                await observer.succeeded(name, attempt, result, released, last=not self._remaining)
             else:
-                await journal.skipped(name, released)
+                await observer.skipped(name, released)
         except RunStoreError as exc:
             self._store_failed(name, attempt, exc)
             return None
@@ -547,18 +543,14 @@ class Execution:
         return self._stopping or self._context.stopping()
 
     def _store_failed(self, name: str, attempt: int, exc: RunStoreError) -> None:
-        """The journal could not record a transition of ``name``: the run stops there."""
+        """The observer could not record a transition of ``name``: the run stops there
+        (a result that cannot be kept, the observer has noted so already)."""
         if isinstance(exc, RunTakenOver):
             # Another process owns the run now: stop everything, undo nothing.
             self.taken_over = exc
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
             return
-        if self._journal is not None and isinstance(exc, NotRecordable | RecordTooLarge):
-            # The step ran, but its result cannot be kept: the record says so (undoing it
-            # after a crash would need that result: a human), and the next writes go
-            # through. A store that could not be reached keeps the result for them.
-            self._journal.unrecorded(name, repr(exc))
         self._fail(name, max(attempt, 1), 0.0, exc)
 
     async def _locked(self, node: Node, kwargs: dict[str, Any], flight: _Flight) -> None:
@@ -610,8 +602,8 @@ class Execution:
             )
         else:
             context.emit(StepCancelled, name, attempt=attempt, duration=duration)
-        if self._journal is not None:
-            self._journal.ended(name, "cancelled", None, attempt)
+        if self._observer is not None:
+            self._observer.ended(name, "cancelled", None, attempt)
 
     def _cut_off(self, name: str, attempt: int, since: float, flight: _Flight) -> None:
         """The run cut off an attempt of ``name`` in flight: in doubt if its body began."""
@@ -653,8 +645,8 @@ class Execution:
 
     def _fail(self, name: str, attempt: int, duration: float, exc: Exception) -> None:
         self._context.emit(StepFailed, name, attempt=attempt, duration=duration, error=repr(exc))
-        if self._journal is not None and name not in self.completed:
-            self._journal.ended(name, "failed", repr(exc), attempt)
+        if self._observer is not None and name not in self.completed:
+            self._observer.ended(name, "failed", repr(exc), attempt)
         if self.failure is None:
             self.failure = (name, exc)
             self._context.failed = True

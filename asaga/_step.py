@@ -9,11 +9,13 @@ saga class, together with every other problem of the saga.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, cast, overload
+from typing import Any, ClassVar, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._annotations import EMPTY, resolve_hints
+from ._events import RunContext
+from ._observer import Observer, Undoable
 from ._public import NoPublicConstructor
 from ._retry import Retry
 from .locks._lease import Lock
@@ -138,9 +140,28 @@ class Condition:
         )
 
 
-Invoke = Callable[..., Awaitable[tuple[Any, Any]]]
-"""How a composed or mapped step runs: ``invoke(context, name, kwargs)`` returns the
-step's result and what can undo it."""
+class Invoke(Protocol):
+    """How a composed or mapped step runs its sub-sagas (see :mod:`asaga._nested`)."""
+
+    durable_problem: str | None
+    """Why a durable run cannot record this step (``None``: it can)."""
+    sagas: tuple[Any, ...]
+    """The ``SagaSpec`` of each sub-saga the step runs (none for mapped functions)."""
+
+    async def run(
+        self,
+        context: RunContext,
+        name: str,
+        kwargs: dict[str, Any],
+        attempt: int,
+        observer: Observer | None,
+    ) -> tuple[Any, Undoable | None]:
+        """Attempt ``attempt`` of step ``name`` with its parameters ``kwargs``: the step's
+        result and what can undo it; child runs go through ``observer`` if there is one."""
+
+    def children(self, name: str, attempt: int, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """The child runs attempt ``attempt`` of ``name`` made, or would have made, given
+        the run's ``values``: (key within the run, the child's ``SagaSpec``) pairs."""
 
 
 class Step(Generic[P, R], metaclass=NoPublicConstructor):

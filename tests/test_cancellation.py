@@ -29,7 +29,7 @@ from asaga import (
     map_each,
     step,
 )
-from asaga._record import Write
+from asaga.runs._record import Write
 from asaga.locks import MemoryLockProvider
 from asaga.runs import MemoryRunStore
 from asaga.testing import EventRecorder

@@ -23,10 +23,11 @@ from asaga import (
     SagaFailed,
     StoreUnavailable,
     compose,
+    map_each,
     step,
 )
-from asaga._record import Write, decode_record
 from asaga.runs import MemoryRunStore, RunRecord, recover
+from asaga.runs._record import Write, decode_record
 from asaga.testing import EventRecorder
 
 pytestmark = pytest.mark.anyio
@@ -250,8 +251,9 @@ async def test_a_record_over_the_size_limit_fails_the_run_cleanly() -> None:
     assert undone == ["s"]
 
 
-async def test_sub_sagas_are_not_recorded_yet() -> None:
-    """A saga with a composed step cannot run durably: a clear error before any step."""
+async def test_a_composed_step_runs_as_a_child_run_named_by_its_parent() -> None:
+    """A composed step runs durably: the sub-saga is a run of its own, recorded under
+    ``<parent>/<step>/<attempt>``, naming its parent, and the parent names it."""
 
     class Child(Saga):
         @step
@@ -261,9 +263,60 @@ async def test_sub_sagas_are_not_recorded_yet() -> None:
     class Parent(Saga):
         child = compose(Child)
 
-    with pytest.raises(NotRecordable, match="runs sub-sagas"):
-        await Parent.run(runs=MemoryRunStore())
-    assert (await Parent.run()).output == 1
+    store = MemoryRunStore()
+    result = await Parent.run(runs=store, run_id="p-1")
+    assert result.output == 1
+    child = await store.load("p-1/child/1")
+    assert (child.saga, child.status, child.parent) == ("Child", "succeeded", "p-1")
+    parent = await store.load("p-1")
+    assert parent.steps["child"].children == ("p-1/child/1",)
+
+
+async def test_what_a_durable_run_cannot_record_of_a_map_is_refused_before_any_step() -> None:
+    """Mapped functions with undo= and mode="collect" cannot be recorded: the durable run
+    is refused with every reason before any step; the in-memory run still works."""
+    ran: list[int] = []
+
+    async def bump(item: int) -> int:
+        ran.append(item)
+        return item
+
+    async def unbump(item: int) -> None:
+        ran.remove(item)
+
+    class Child(Saga):
+        n: int
+
+        @step
+        async def work(n: int) -> int:
+            return n
+
+    class Parent(Saga):
+        items: list[int]
+        first = map_each(bump, over="items", undo=unbump)
+        second = map_each(Child, over="pairs", mode="collect")
+
+        @step
+        async def pairs(items: list[int]) -> list[dict[str, int]]:
+            return [{"n": i} for i in items]
+
+    with pytest.raises(NotRecordable) as caught:
+        await Parent.run(items=[1, 2], runs=MemoryRunStore())
+    assert "undo=" in str(caught.value)
+    assert "mode='collect'" in str(caught.value)
+    assert ran == []
+    await Parent.run(items=[1, 2])
+    assert ran == [1, 2]
+
+
+async def test_a_durable_run_id_may_not_hold_the_child_separator() -> None:
+    class One(Saga):
+        @step
+        async def work() -> int:
+            return 1
+
+    with pytest.raises(ValueError, match="without '/'"):
+        await One.run(runs=MemoryRunStore(), run_id="a/b")
 
 
 async def test_an_idempotency_key_runs_once_and_replays_the_outcome() -> None:
@@ -648,7 +701,7 @@ async def test_a_late_write_does_not_undo_a_newer_one() -> None:
 
     result = await One.run(runs=store)
     record = await store.load(result.run_id)
-    from asaga._record import encode_record
+    from asaga.runs._record import encode_record
 
     stale = msgspec.structs.replace(record, status="running", seq=1)
     await store.write(

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from asaga import CorruptRecord
-from asaga._record import SCHEMA_VERSION, RunRecord, decode_event, decode_record
+from asaga.runs._record import SCHEMA_VERSION, RunRecord, decode_event, decode_record
 
 RECORDS = Path(__file__).with_name("records")
 
@@ -82,6 +82,6 @@ def test_records_round_trip() -> None:
     record = RunRecord(
         saga="S", saga_version="2", run_id="r", status="running", inputs=b"\x80", fingerprint="f"
     )
-    from asaga._record import encode_record
+    from asaga.runs._record import encode_record
 
     assert decode_record(encode_record(record)) == record

@@ -3,7 +3,7 @@ left them: for the tests of recovery (``recover()``, ``asaga recover``)."""
 
 from __future__ import annotations
 
-from asaga._record import RunRecord, Write, encode_record
+from asaga.runs._record import RunRecord, Write, encode_record
 
 __all__ = ["EMPTY_INPUTS", "unfinished_run"]
 

@@ -17,16 +17,16 @@ docs/durability.md.
 
 from typing import TYPE_CHECKING, Any
 
-from .._durable import Recovered as Recovered
-from .._durable import UndoResult as UndoResult
-from .._durable import recover as recover
 from .._public import claim as _claim
-from .._record import Quarantined as Quarantined
-from .._record import RunRecord as RunRecord
-from .._record import RunStatus as RunStatus
-from .._record import RunStore as RunStore
-from .._record import StepRecord as StepRecord
+from ._durable import Recovered as Recovered
+from ._durable import UndoResult as UndoResult
+from ._durable import recover as recover
 from ._memory import MemoryRunStore as MemoryRunStore
+from ._record import Quarantined as Quarantined
+from ._record import RunRecord as RunRecord
+from ._record import RunStatus as RunStatus
+from ._record import RunStore as RunStore
+from ._record import StepRecord as StepRecord
 
 if TYPE_CHECKING:
     from ._redis import RedisRunStore as RedisRunStore

@@ -21,7 +21,7 @@ import anyio.lowlevel
 import msgspec
 
 from .._exceptions import RunNotFound, RunRecordLost, RunStoreError, RunTakenOver
-from .._record import (
+from ._record import (
     FINISHED,
     Claim,
     Quarantined,

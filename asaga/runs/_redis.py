@@ -61,7 +61,8 @@ from .._exceptions import (
     RunTakenOver,
     StoreUnavailable,
 )
-from .._record import (
+from .._redis import follow_pattern, require_asyncio, warn_without_persistence
+from ._record import (
     FINISHED,
     Claim,
     Quarantined,
@@ -71,7 +72,6 @@ from .._record import (
     decode_event,
     decode_record,
 )
-from .._redis import follow_pattern, require_asyncio, warn_without_persistence
 from ._settings import StoreSettings
 
 __all__ = ["RedisRunStore"]

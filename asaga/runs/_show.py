@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from .._record import Quarantined, RunRecord
+from ._record import Quarantined, RunRecord
 
 __all__ = ["format_quarantined", "format_run", "format_runs"]
 

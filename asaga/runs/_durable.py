@@ -35,26 +35,38 @@ import anyio
 import msgspec
 import structlog
 
-from ._compensation import Unwind
-from ._events import Emitter, RunContext, split_hooks
-from ._exceptions import (
+from .._compensation import Unwind
+from .._events import Emitter, RunContext, split_hooks
+from .._exceptions import (
     AsagaError,
     CompensationFailed,
     CorruptRecord,
     IdempotencyKeyReused,
     InputValidationError,
     RecordedError,
+    RunNotFound,
     RunStoreError,
     SagaFailed,
     UndoFailed,
 )
-from ._graph import RUN_ID
-from ._journal import Journal, recorded_values
+from .._graph import RUN_ID
+from .._observer import Undoable
+from .._run import Hooks, SagaResult, SagaSpec, _ReadOnly, new_run_id, run_values
+from .._scheduler import Resume
+from ._codec import codec_of, recorded_values
+from ._journal import Journal
+from ._memory import default_store
 from ._record import RunRecord, RunStatus, RunStore, StepRecord
-from ._run import Hooks, SagaResult, SagaSpec, _ReadOnly, new_run_id, run_values
-from ._scheduler import Resume
 
-__all__ = ["Recovered", "SagaClass", "UndoResult", "recover", "run_durable", "undo_run"]
+__all__ = [
+    "DURABILITY",
+    "Recovered",
+    "SagaClass",
+    "UndoResult",
+    "recover",
+    "run_durable",
+    "undo_run",
+]
 
 _logger = structlog.get_logger("asaga")
 
@@ -80,17 +92,25 @@ async def run_durable(
         not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255
     ):
         raise ValueError("an idempotency key is a str of 1 to 255 characters")
+    if run_id is not None and (
+        not isinstance(run_id, str) or not 1 <= len(run_id) <= 255 or "/" in run_id
+    ):
+        raise ValueError(
+            "a durable run's run_id is a str of 1 to 255 characters without '/' (which "
+            "names the child runs of composed and mapped steps)"
+        )
     values = spec.inputs.validate(inputs)
     run_id = run_id or new_run_id()
     journal = Journal.new(
         runs,
-        spec.codec,
+        codec_of(spec),
         saga,
         spec.saga_version,
         run_id,
         values,
         idempotency_key,
         runs.idempotency_window,
+        children=_Children(spec, extra_hooks),
     )
     values[RUN_ID] = run_id
     for _ in range(100):  # bounded: only a cancelled holder of the key makes it go round
@@ -116,7 +136,7 @@ async def run_durable(
         return _replayed(spec, record)
     else:  # pragma: no cover - a key whose runs keep being cancelled
         raise RunStoreError(f"idempotency key {idempotency_key!r} keeps being released")
-    result, _ = await run_values(spec, values, run_id, extra_hooks=extra_hooks, journal=journal)
+    result, _ = await run_values(spec, values, run_id, extra_hooks=extra_hooks, observer=journal)
     return result
 
 
@@ -157,7 +177,7 @@ def _failure(spec: SagaSpec, record: RunRecord) -> SagaFailed:
 
 
 def _results(spec: SagaSpec, record: RunRecord) -> dict[str, Any]:
-    codec = spec.codec
+    codec = codec_of(spec)
     return {
         name: codec.decode_result(name, s.result, record.run_id)
         for name, s in record.steps.items()
@@ -190,8 +210,10 @@ async def undo_run(
     runs: RunStore,
     resources: Mapping[str, Any],
     extra_hooks: Hooks,
+    parent: RunContext | None = None,
 ) -> UndoResult:
-    """``Saga.undo``: take the succeeded run (exactly one caller wins), compensate it."""
+    """``Saga.undo``: take the succeeded run (exactly one caller wins), compensate it
+    (reporting to ``parent``, for the child run of a composed or mapped step)."""
     saga = spec.plan.saga
     record = await runs.load(run_id)
     if record.saga != saga:
@@ -203,7 +225,7 @@ async def undo_run(
         before, taken = await runs.claim_undo(run_id)
         if taken:  # a succeeded run, or the undo of an owner that died: this call goes on
             record = msgspec.structs.replace(before, status="undoing", owner=runs.owner)
-            return await _undo(spec, runs, record, values, extra_hooks)
+            return await _undo(spec, runs, record, values, extra_hooks, parent)
         record = before
     if record.status == "undoing":  # by a live process: wait for it
         record = await runs.wait_finished(run_id)
@@ -228,15 +250,18 @@ async def _undo(
     record: RunRecord,
     values: dict[str, Any],
     extra_hooks: Hooks,
+    parent: RunContext | None = None,
 ) -> UndoResult:
     """Compensate the succeeded steps of ``record`` (owned by ``runs`` now), and record it."""
-    journal = Journal(runs, spec.codec, record)
+    journal = Journal(runs, codec_of(spec), record, children=_Children(spec, extra_hooks))
     completed = [
         n
         for n, s in record.steps.items()
         if s.status == "succeeded" and s.compensation != "succeeded"
     ]
-    unwind = await _compensate(spec, values, record, journal, completed, extra_hooks, "undo")
+    unwind = await _compensate(
+        spec, values, record, journal, completed, extra_hooks, "undo", parent
+    )
     compensated = (*record.compensated, *unwind.compensated)
     if unwind.errors:
         raise UndoFailed(
@@ -266,20 +291,26 @@ async def _compensate(
     completed: Sequence[str],
     extra_hooks: Hooks,
     ending: Callable[[Unwind], RunStatus] | str,
+    parent: RunContext | None = None,
 ) -> Unwind:
     """Compensate ``completed`` steps of a recorded run (events to the saga's hooks), then
     write how it ended, even if the caller is cancelled meanwhile: ``ending`` is
     ``"undo"`` (``undone`` / ``undo_failed``) or a function of the unwind."""
     sync_hooks = (*spec.sync_hooks, *extra_hooks[0], journal.hook)
-    emitter = Emitter(sync_hooks, (*spec.async_hooks, *extra_hooks[1]))
-    context = RunContext(spec.plan.saga, record.run_id, emitter)
+    emitter = Emitter(
+        sync_hooks,
+        (*spec.async_hooks, *extra_hooks[1]),
+        parent=parent.emitter if parent is not None else None,
+    )
+    prefix = _prefix_of(record.run_id) if parent is not None else None
+    context = RunContext(spec.plan.saga, record.run_id, emitter, prefix=prefix, parent=parent)
     unwind = Unwind(
         spec.plan,
         values,
         context,
         {},
         default_timeout=spec.compensation_timeout,
-        journal=journal,
+        observer=journal,
     )
     try:
         if emitter.needs_dispatcher:
@@ -321,7 +352,7 @@ async def _finish(
 
 
 def _values(spec: SagaSpec, record: RunRecord, resources: Mapping[str, Any]) -> dict[str, Any]:
-    values = recorded_values(spec.codec, spec.inputs, record, resources)
+    values = recorded_values(codec_of(spec), spec.inputs, record, resources)
     values.update(_results(spec, record))
     return values
 
@@ -448,7 +479,7 @@ async def recover(
         found = [
             (run_id, owner)
             for run_id, owner in await runs.abandoned(versions, limit=limit - taken)
-            if run_id not in seen
+            if run_id not in seen and "/" not in run_id  # a child run: its parent drives it
         ]
         if not found:
             break
@@ -507,12 +538,17 @@ async def _recover_one(
     record: RunRecord,
     values: dict[str, Any],
     extra_hooks: Hooks,
+    parent: RunContext | None = None,
+    *,
+    forward: bool = True,
 ) -> Recovered:
+    """Drive one taken-over run to its end from its record (see the module docstring);
+    ``forward=False`` unwinds it whatever it could do (a child run whose parent unwinds)."""
     plan = spec.plan
     run_id, saga = record.run_id, record.saga
     if record.status == "undoing":
         try:
-            undone = await _undo(spec, runs, record, values, extra_hooks)
+            undone = await _undo(spec, runs, record, values, extra_hooks, parent)
         except UndoFailed as exc:
             return Recovered(
                 run_id=run_id,
@@ -523,16 +559,19 @@ async def _recover_one(
             )
         return Recovered(run_id=run_id, saga=saga, outcome="undone", compensated=undone.compensated)
 
-    journal = Journal(runs, spec.codec, record)
+    journal = Journal(runs, codec_of(spec), record, children=_Children(spec, extra_hooks))
     steps = record.steps
     in_doubt = [n for n, s in steps.items() if s.status == "running"]
     failed = [n for n, s in steps.items() if s.status == "failed"]
     unwinding = (
-        record.status != "running"
+        not forward
+        or record.status != "running"
         or bool(failed)
         or any(s.compensation is not None for s in steps.values())
     )
-    if not unwinding and all(plan.nodes[n].idempotent for n in in_doubt):
+    # A composed or mapped step in doubt runs again: its children have records of their
+    # own, so running it again picks each child up where it stands, never twice.
+    if not unwinding and all(_rerunnable(plan.nodes[n]) for n in in_doubt):
         succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
         skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
         resume = Resume(succeeded=succeeded, skipped=skipped)
@@ -544,8 +583,11 @@ async def _recover_one(
                 values,
                 record.run_id,
                 extra_hooks=extra_hooks,
-                journal=journal,
+                parent=parent,
+                prefix=_prefix_of(run_id) if parent is not None else None,
+                observer=journal,
                 resume=resume,
+                undoable=False,
             )
         except SagaFailed as exc:
             outcome = "compensation_failed" if isinstance(exc, CompensationFailed) else "failed"
@@ -560,10 +602,22 @@ async def _recover_one(
 
     # Unwind: from a failure that was recorded, or because a step that is not idempotent
     # is in doubt. No step runs forward now, so every step in doubt stays as it may be:
-    # it is undone only if it recorded a result, which a step in doubt did not.
-    risky = tuple(in_doubt)
+    # it is undone only if it recorded a result, which a step in doubt did not (a
+    # composed or mapped step in doubt is undone through its children's records).
     now = time.time()
     why = "its process died while it ran: it may or may not have had its effect"
+    nested = tuple(n for n in in_doubt if plan.nodes[n].invoke is not None)
+    risky = tuple(n for n in in_doubt if n not in nested)
+    for name in nested:
+        journal.mark(
+            name,
+            msgspec.structs.replace(
+                steps[name],
+                status="failed",
+                error=f"in doubt: {why}; its child runs are unwound from their records",
+                ended_at=now,
+            ),
+        )
     for name in risky:
         node = plan.nodes[name]
         journal.mark(
@@ -582,12 +636,15 @@ async def _recover_one(
                 ended_at=now,
             ),
         )
-    failed_step = record.failed_step or (failed[0] if failed else risky[0] if risky else None)
-    error = record.error or (f"step {failed_step!r} in doubt: {why}" if risky else "recovered")
+    doubt = (*risky, *nested)
+    failed_step = record.failed_step or (failed[0] if failed else doubt[0] if doubt else None)
+    error = record.error or (f"step {failed_step!r} in doubt: {why}" if doubt else "recovered")
     journal.set_status("compensating")
     journal.set_failure(failed_step, error)
     completed = [
-        n for n, s in steps.items() if s.status == "succeeded" and s.compensation != "succeeded"
+        n
+        for n, s in steps.items()
+        if (s.status == "succeeded" or n in nested) and s.compensation != "succeeded"
     ]
     human = any(plan.nodes[n].compensation is not None for n in risky)
 
@@ -596,7 +653,9 @@ async def _recover_one(
             return "compensation_failed"
         return "cancelled" if record.error == "cancelled" else "failed"
 
-    unwind = await _compensate(spec, values, record, journal, completed, extra_hooks, ending)
+    unwind = await _compensate(
+        spec, values, record, journal, completed, extra_hooks, ending, parent
+    )
     return Recovered(
         run_id=run_id,
         saga=saga,
@@ -606,6 +665,208 @@ async def _recover_one(
     )
 
 
+def _rerunnable(node: Any) -> bool:
+    """Whether a step in doubt may run again: idempotent, or composed/mapped (its child
+    runs are recorded)."""
+    return bool(node.idempotent or node.invoke is not None)
+
+
+def _prefix_of(child_id: str) -> str:
+    """The event path of a child run, from its id (``parent/step/attempt[/element]``)."""
+    parts = child_id.split("/")[1:]
+    if len(parts) >= 3:
+        return f"{parts[0]}[{parts[2]}]"
+    return parts[0] if parts else child_id
+
+
 def _roots(plan: Any, succeeded: Sequence[str], skipped: Sequence[str]) -> list[str]:
     done = set(succeeded) | set(skipped)
     return [n for n in plan.order if n not in done and all(d in done for d in plan.nodes[n].deps)]
+
+
+# -- child runs -------------------------------------------------------------------------------
+
+
+class _Children:
+    """The child runs of one durable run's composed and mapped steps (see
+    :class:`~asaga.runs._journal.ChildRuns`): each a run of its own, recorded under
+    ``<parent>/<step>/<attempt>[/<element>]``, so that a resumed parent finds every child
+    where it stands, and an unwinding one undoes each from its record, once."""
+
+    __slots__ = ("_extra", "_spec")
+
+    def __init__(self, spec: SagaSpec, extra_hooks: Hooks) -> None:
+        self._spec = spec  # the parent saga's
+        self._extra = extra_hooks
+
+    async def run(
+        self,
+        journal: Journal,
+        spec: SagaSpec,
+        inputs: Mapping[str, Any],
+        child_id: str,
+        parent: RunContext,
+        prefix: str,
+    ) -> tuple[Any, Undoable]:
+        runs = journal.store
+        values = spec.inputs.validate(inputs)
+        resources = _resources(spec, values)
+        undo = _ChildUndo(((child_id, spec),), runs, resources)
+        try:
+            record: RunRecord | None = await runs.load(child_id)
+        except RunNotFound:
+            record = None
+        if record is not None:  # the parent was resumed: pick the child up where it is
+            return await self._reattach(runs, spec, record, resources, parent, prefix), undo
+        child = Journal.new(
+            runs,
+            codec_of(spec),
+            spec.plan.saga,
+            spec.saga_version,
+            child_id,
+            values,
+            None,
+            runs.idempotency_window,
+            children=_Children(spec, ((), ())),
+            parent=journal.run_id,
+        )
+        values[RUN_ID] = child_id
+        try:
+            await child.open(spec.plan.roots)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), contextlib.suppress(RunStoreError):
+                await child.finish("cancelled")  # if it was written at all
+            raise
+        result, _ = await run_values(
+            spec, values, child_id, parent=parent, prefix=prefix, observer=child, undoable=False
+        )
+        return result.output, undo
+
+    async def _reattach(
+        self,
+        runs: RunStore,
+        spec: SagaSpec,
+        record: RunRecord,
+        resources: Mapping[str, Any],
+        parent: RunContext,
+        prefix: str,
+    ) -> Any:
+        """The output of a child recorded before, driven to its end first if it was
+        left unfinished; its recorded failure raised if it failed."""
+        if not record.finished:
+            record = await _take(runs, spec, record, resources, parent, forward=True)
+        if record.status != "succeeded":
+            raise _failure(spec, record)
+        results = _results(spec, record)
+        return results.get(spec.plan.output) if spec.plan.output is not None else None
+
+    def undo(self, journal: Journal, step: str, values: Mapping[str, Any]) -> Undoable | None:
+        node = self._spec.plan.nodes.get(step)
+        if node is None or node.invoke is None:
+            return None
+        recorded = journal.record.steps.get(step)
+        attempts = max(recorded.attempt if recorded is not None else 1, 1)
+        found: dict[str, SagaSpec] = {}
+        for attempt in range(1, attempts + 1):
+            for key, spec in node.invoke.children(step, attempt, values):
+                found[f"{journal.run_id}/{key}"] = spec
+        if recorded is not None and recorded.children:
+            spec = next(iter(found.values()), None)
+            for child_id in recorded.children:
+                if spec is not None:
+                    found.setdefault(child_id, spec)
+        if not found:
+            return None
+        any_spec = next(iter(found.values()))
+        return _ChildUndo(tuple(found.items()), journal.store, _resources(any_spec, values))
+
+
+async def _take(
+    runs: RunStore,
+    spec: SagaSpec,
+    record: RunRecord,
+    resources: Mapping[str, Any],
+    parent: RunContext,
+    *,
+    forward: bool,
+) -> RunRecord:
+    """Drive the unfinished child run ``record`` to its end (taking it over from its dead
+    owner first, or waiting for the live one that holds it); its record then."""
+    run_id = record.run_id
+    if record.owner != runs.owner:
+        taken = await runs.claim(run_id, record.owner or "")
+        if taken is None:  # a live owner, or another recoverer, has it
+            return await runs.wait_finished(run_id)
+        record = taken
+    values = _values(spec, record, resources)
+    await _recover_one(spec, runs, record, values, ((), ()), parent, forward=forward)
+    return await runs.load(run_id)
+
+
+def _resources(spec: SagaSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The resources of a child saga, from the values that feed it (never recorded)."""
+    return {
+        name: values[name] for name, i in spec.plan.inputs.items() if i.resource and name in values
+    }
+
+
+class _ChildUndo:
+    """Undo child runs from their records, the last first: a succeeded child is undone
+    (once, whoever asks: ``Saga.undo`` semantics), an unfinished one is driven to its end
+    by unwinding, one that failed was unwound already."""
+
+    __slots__ = ("_children", "_resources", "_runs")
+
+    def __init__(
+        self,
+        children: tuple[tuple[str, SagaSpec], ...],
+        runs: RunStore,
+        resources: Mapping[str, Any],
+    ) -> None:
+        self._children = children
+        self._runs = runs
+        self._resources = resources
+
+    async def undo(self, parent: RunContext) -> None:
+        errors: list[Exception] = []
+        for child_id, spec in reversed(self._children):
+            try:
+                await self._undo_one(child_id, spec, parent)
+            except Exception as exc:  # noqa: BLE001 - collected; the other children still go
+                errors.append(exc)
+        if errors:
+            raise ExceptionGroup(f"undoing the child runs of run {parent.run_id} failed", errors)
+
+    async def _undo_one(self, child_id: str, spec: SagaSpec, parent: RunContext) -> None:
+        runs = self._runs
+        try:
+            record = await runs.load(child_id)
+        except RunNotFound:
+            return  # never started
+        driven = not record.finished
+        if driven:
+            record = await _take(runs, spec, record, self._resources, parent, forward=False)
+        if record.status in ("succeeded", "undoing"):
+            await undo_run(
+                spec,
+                child_id,
+                runs=runs,
+                resources=self._resources,
+                extra_hooks=((), ()),
+                parent=parent,
+            )
+        elif driven and record.status in ("compensation_failed", "undo_failed"):
+            raise _failure(spec, record)  # unwound now, not all of it: a human looks
+
+
+class _Durability:
+    """Durable runs as :class:`asaga._saga.Durability` says: what ``Saga.run`` with a store
+    and ``Saga.undo`` call (wired in ``asaga/__init__.py``)."""
+
+    default_store = staticmethod(default_store)
+    run = staticmethod(run_durable)
+    undo = staticmethod(undo_run)
+
+
+DURABILITY = _Durability()
+"""The durable runs of this package, given to the saga class."""

@@ -1,11 +1,11 @@
 """The journal: a durable run's write-ahead record, kept through a :class:`RunStore`.
 
-The scheduler and the unwinder tell the journal about each transition *before* acting on
-it, and the journal writes the run's whole record (one store write, at most one round
-trip) before it returns::
+The journal is the :class:`~asaga._observer.Observer` of a durable run: the scheduler and
+the unwinder report each transition to it *before* acting on it, and it writes the run's
+whole record (one store write, at most one round trip) before it returns::
 
     open        the run exists, its root steps are starting      (with the idempotency key)
-    started     attempt k > 1 of a step is starting
+    retrying    attempt k > 1 of a step is starting
     succeeded   a step's result, and the dependents it makes ready are starting
     skipped     a step's condition was false, and the dependents it makes ready...
     failing     a step failed for good: the run unwinds
@@ -23,26 +23,32 @@ So after a crash the record says, for every step, whether it never started, is i
 unwinding stands. Events are recorded too: a hook of the run collects them and each write
 carries those emitted since the last one.
 
-:class:`SagaCodec` encodes what is recorded (inputs without resources, step results) and
-decodes it with the saga's own annotations: one msgspec encoder, one decoder per step.
+A composed or mapped step runs each sub-saga as a *child run*, with a record of its own
+under ``<parent run id>/<step>/<attempt>[/<element>]`` that names its parent; the parent's
+record names its children. What is recorded is encoded by :mod:`asaga.runs._codec`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import anyio
 import msgspec
-import msgspec.inspect
 import structlog
 
-from ._annotations import EMPTY, type_name
-from ._events import Event
-from ._exceptions import CorruptRecord, NotRecordable, RecordTooLarge, RunRecordLost
-from ._graph import RUN_ID, Plan
+from .._events import Event, RunContext
+from .._exceptions import (
+    NotRecordable,
+    RecordTooLarge,
+    RunRecordLost,
+    RunStoreError,
+    RunTakenOver,
+)
+from .._observer import Undoable
+from ._codec import SagaCodec
 from ._record import (
     Claim,
     RunRecord,
@@ -54,139 +60,42 @@ from ._record import (
     encode_record,
 )
 
-if TYPE_CHECKING:
-    from ._inputs import InputValidator
-
-__all__ = ["Journal", "SagaCodec"]
+__all__ = ["ChildRuns", "Journal"]
 
 _logger = structlog.get_logger("asaga")
 
-_encoder = msgspec.msgpack.Encoder()
-_sorted_encoder = msgspec.msgpack.Encoder(order="sorted")  # inputs: same values, same bytes
-_any_decoder = msgspec.msgpack.Decoder()
 
+class ChildRuns(Protocol):
+    """How a journal runs and undoes the child runs of composed and mapped steps (given
+    by :mod:`asaga.runs._durable`, which drives runs from records)."""
 
-class SagaCodec:
-    """Encodes and decodes what a durable run of one saga records; built with the saga.
+    async def run(
+        self,
+        journal: Journal,
+        spec: Any,
+        inputs: Mapping[str, Any],
+        child_id: str,
+        parent: RunContext,
+        prefix: str,
+    ) -> tuple[Any, Undoable]: ...
 
-    :attr:`problems` lists what keeps the saga from running durably (a result type msgspec
-    cannot encode, a composed step...); they are raised when a durable run starts, before
-    any step, since a saga that is never run durably need not care.
-    """
-
-    __slots__ = ("_decoders", "_inputs", "problems")
-
-    def __init__(self, plan: Plan) -> None:
-        self._inputs = tuple(name for name, spec in plan.inputs.items() if not spec.resource)
-        self.problems: list[str] = []
-        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
-        for name, node in plan.nodes.items():
-            if node.invoke is not None:
-                self.problems.append(
-                    f"step '{name}' runs sub-sagas (compose or map_each), which durable runs "
-                    "do not record yet; run this saga without a run store"
-                )
-                continue
-            annotation = node.returns
-            if annotation is EMPTY:
-                self._decoders[name] = _any_decoder
-                continue
-            try:
-                self._decoders[name] = msgspec.msgpack.Decoder(annotation)
-                unsupported = _custom_types(msgspec.inspect.type_info(annotation), set())
-            except TypeError:
-                unsupported = [annotation]
-            if unsupported:
-                self.problems.append(
-                    f"step '{name}' returns `{type_name(annotation)}`, which msgspec cannot "
-                    "encode: a durable run records every result, so return a Struct, a "
-                    "dataclass, or plain data (str, int, list, dict...)"
-                )
-
-    def encode_inputs(self, values: Mapping[str, Any], saga: str) -> bytes:
-        """The run's inputs (resources excluded) as recorded."""
-        recorded = {name: values[name] for name in self._inputs if name in values}
-        try:
-            return _sorted_encoder.encode(recorded)
-        except (TypeError, ValueError, OverflowError) as exc:
-            bad = _first_unencodable(recorded)
-            raise NotRecordable(
-                f"saga {saga}: input {bad!r} cannot be recorded ({exc}); a durable run "
-                "records its inputs: pass plain data, or declare injected objects as "
-                "Resource[...]"
-            ) from exc
-
-    def decode_inputs(self, data: bytes, run_id: str) -> dict[str, Any]:
-        """Recorded inputs, as plain data (``InputValidator.validate`` converts them)."""
-        try:
-            decoded = _any_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise CorruptRecord(f"the inputs of run {run_id} do not decode: {exc}", run_id) from exc
-        if not isinstance(decoded, dict):
-            raise CorruptRecord(f"the inputs of run {run_id} are not a mapping", run_id)
-        return decoded
-
-    def encode_result(self, step: str, value: Any, run_id: str) -> bytes:
-        """A step's result as recorded; :class:`NotRecordable` names the step and type."""
-        try:
-            return _encoder.encode(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise NotRecordable(
-                f"step {step!r} returned a {type(value).__qualname__}, which cannot be "
-                f"recorded ({exc}); a durable run records every result: return a Struct, "
-                "a dataclass, or plain data",
-                run_id,
-            ) from exc
-
-    def decode_result(self, step: str, data: bytes, run_id: str) -> Any:
-        """A recorded result, decoded as the step's return annotation says."""
-        try:
-            return self._decoders[step].decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
-            raise CorruptRecord(
-                f"the result of step {step!r} of run {run_id} does not decode: {exc}", run_id
-            ) from exc
-
-    def fingerprint(self, inputs: bytes) -> str:
-        """A digest of the recorded inputs (an idempotency key must come back with them)."""
-        return hashlib.sha256(inputs).hexdigest()[:32]
-
-
-def _custom_types(info: msgspec.inspect.Type, seen: set[int]) -> list[Any]:
-    """The types inside ``info`` that msgspec would only handle with custom hooks."""
-    if isinstance(info, msgspec.inspect.CustomType):
-        return [] if info.cls is object else [info.cls]  # object decodes like Any
-    found = []
-    for attr in info.__struct_fields__:
-        value = getattr(info, attr)
-        for item in value if isinstance(value, tuple) else (value,):
-            inner = item.type if isinstance(item, msgspec.inspect.Field) else item
-            if isinstance(inner, msgspec.inspect.Type) and id(inner) not in seen:
-                seen.add(id(inner))
-                found += _custom_types(inner, seen)
-    return found
-
-
-def _first_unencodable(values: Mapping[str, Any]) -> str:
-    for name, value in values.items():
-        try:
-            _encoder.encode(value)
-        except (TypeError, ValueError, OverflowError):
-            return name
-    return next(iter(values), "?")
+    def undo(self, journal: Journal, step: str, values: Mapping[str, Any]) -> Undoable | None: ...
 
 
 class Journal:
-    """The write-ahead record of one durable run (see the module docstring)."""
+    """The write-ahead record of one durable run (see the module docstring); the
+    :class:`~asaga._observer.Observer` of that run."""
 
     __slots__ = (
+        "_begun",
+        "_children",
         "_events",
         "_final_event",
+        "_kids",
         "_nonce",
         "_record",
         "_seq",
         "_steps",
-        "begun",
         "claim",
         "codec",
         "gone",
@@ -200,8 +109,11 @@ class Journal:
         codec: SagaCodec,
         record: RunRecord,
         claim: Claim | None = None,
+        children: ChildRuns | None = None,
     ) -> None:
         self.store = store
+        self._children = children
+        self._kids: dict[str, list[str]] = {}  # step -> ids of its child runs, in order
         self.codec = codec
         self.claim = claim
         self._record = record
@@ -210,9 +122,9 @@ class Journal:
         self._final_event: Event | None = None
         self._seq = record.seq  # a recovered run's writes go on from the record's
         self._nonce = os.urandom(8).hex()
-        self.begun: set[str] = set()
-        """Steps that began an attempt in this process (a step marked as starting that is
-        not among them never did)."""
+        self._begun: set[str] = set()
+        # Steps that began an attempt in this process (a step marked as starting that is
+        # not among them never did).
         self.lost = False
         """Another process took the run over: nothing more is written or compensated."""
         self.gone = False
@@ -230,6 +142,8 @@ class Journal:
         values: Mapping[str, Any],
         idempotency_key: str | None,
         window: float,
+        children: ChildRuns | None = None,
+        parent: str | None = None,
     ) -> Journal:
         """The journal of a run about to start (nothing written yet)."""
         if codec.problems:
@@ -248,13 +162,14 @@ class Journal:
             fingerprint=codec.fingerprint(encoded),
             idempotency_key=idempotency_key,
             owner=store.owner,
+            parent=parent,
         )
         claim = (
             Claim(saga=saga, key=idempotency_key, window=window)
             if idempotency_key is not None
             else None
         )
-        return cls(store, codec, record, claim)
+        return cls(store, codec, record, claim, children)
 
     @property
     def run_id(self) -> str:
@@ -282,32 +197,48 @@ class Journal:
             self._steps[name] = StepRecord(status="running", started_at=now)
         return await self.store.create(self._write(self._record.status), self.claim)
 
-    async def started(self, name: str, attempt: int) -> None:
+    def begun(self, name: str) -> None:
+        """An attempt of ``name`` is about to run its body, in this process."""
+        self._begun.add(name)
+
+    async def retrying(self, name: str, attempt: int) -> None:
         """Attempt ``attempt`` (> 1) of ``name`` is about to start."""
         self._steps[name] = msgspec.structs.replace(
             self._steps[name], status="running", attempt=attempt, started_at=time.time()
         )
         await self._put()
 
-    def encode(self, name: str, result: Any) -> bytes:
-        return self.codec.encode_result(name, result, self.run_id)
-
     async def succeeded(
-        self, name: str, attempt: int, result: bytes, released: Iterable[str], *, last: bool
+        self, name: str, attempt: int, result: Any, released: Iterable[str], *, last: bool
     ) -> None:
         """``name`` completed with ``result``; ``released`` steps are about to start.
 
         ``last``: nothing else is running or left to run, so the finishing write (right
-        after, with no effect in between) carries this one too.
+        after, with no effect in between) carries this one too. A result that cannot be
+        kept (``NotRecordable``, ``RecordTooLarge``) is noted as such, then raised.
         """
+        try:
+            await self._succeeded(name, attempt, result, released, last=last)
+        except (NotRecordable, RecordTooLarge) as exc:
+            # The step ran, but its result cannot be kept: the record says so (undoing it
+            # after a crash would need that result: a human), and the next writes go
+            # through. A store that could not be reached keeps the result for them.
+            self.unrecorded(name, repr(exc))
+            raise
+
+    async def _succeeded(
+        self, name: str, attempt: int, result: Any, released: Iterable[str], *, last: bool
+    ) -> None:
+        blob = self.codec.encode_result(name, result, self.run_id)
         now = time.time()
         previous = self._steps.get(name)
         self._steps[name] = StepRecord(
             status="succeeded",
             attempt=attempt,
-            result=result,
+            result=blob,
             started_at=previous.started_at if previous is not None else None,
             ended_at=now,
+            children=tuple(self._kids.pop(name, ())),
         )
         starting = False
         for child in released:
@@ -347,7 +278,7 @@ class Journal:
         did not end (interrupted by a KeyboardInterrupt, say) stays in doubt."""
         now = time.time()
         for name, step in self._steps.items():
-            if step.status == "running" and name not in self.begun:
+            if step.status == "running" and name not in self._begun:
                 self._steps[name] = msgspec.structs.replace(
                     step, status="cancelled", error="never started", ended_at=now
                 )
@@ -371,7 +302,7 @@ class Journal:
         )
         await self._put()
 
-    async def compensation(
+    async def _compensation(
         self, name: str, status: str, attempt: int, error: str | None = None
     ) -> None:
         """Undoing ``name``: attempt ``attempt`` is starting (``running``) or ended."""
@@ -401,6 +332,98 @@ class Journal:
             attempt = previous.attempt + 1 if previous is not None else 1
             self._steps[name] = StepRecord(status="running", attempt=attempt, started_at=now)
         await self._put()
+
+    # -- the observer's best-effort end of a run ------------------------------------------
+
+    async def unwinding(self, step: str | None, error: str) -> None:
+        """The run unwinds (see :meth:`failing`); best effort: the unwind goes on."""
+        self.settle()
+        try:
+            await self.failing(step, error)
+        except RunTakenOver:
+            self.lost = True
+        except RunStoreError as exc:
+            _logger.warning("run_not_recorded", run_id=self.run_id, error=repr(exc))
+
+    async def compensation(
+        self, name: str, status: str, attempt: int, error: str | None = None
+    ) -> bool:
+        """Write down where undoing ``name`` stands; ``False`` if the run was taken over
+        by another process.
+
+        Best effort otherwise: a store that cannot be reached does not stop an unwind
+        (compensations are at-least-once: a recovery would run again those whose end was
+        not recorded), the failure is logged and the final write carries the state.
+        """
+        if self.lost:
+            return False
+        try:
+            await self._compensation(name, status, attempt, error)
+        except RunTakenOver:
+            self.lost = True
+            return False
+        except RunStoreError as exc:
+            _logger.warning(
+                "compensation_not_recorded",
+                run_id=self.run_id,
+                step=name,
+                status=status,
+                error=repr(exc),
+            )
+        return True
+
+    async def run_succeeded(self, event: Event) -> None:
+        """The run succeeded: written with ``event`` before anyone is told."""
+        await self.finish("succeeded", event)
+
+    async def run_ended(self, status: str, *, release_key: bool = False) -> None:
+        """Write down how the run ended, shielded; best effort (the outcome stands)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.finish(status)  # type: ignore[arg-type]  # a RunStatus
+            except RunStoreError as exc:
+                _logger.warning("run_not_recorded", run_id=self.run_id, error=repr(exc))
+            if release_key and self.claim is not None:
+                # A cancelled run did nothing that stays: a retry with its key runs again.
+                await self.store.release_key(self.claim, self.run_id)
+
+    async def landed(self) -> bool:
+        """Whether the final write that seemed to fail was applied after all (its reply
+        was lost): the record then says the run succeeded, and so must the caller be
+        told."""
+        try:
+            with anyio.CancelScope(shield=True):
+                record = await self.store.load(self.run_id)
+        except RunStoreError:
+            return False
+        return record.status == "succeeded" and record.owner == self.store.owner
+
+    # -- child runs -----------------------------------------------------------------------
+
+    async def run_child(
+        self,
+        spec: Any,
+        inputs: Mapping[str, Any],
+        *,
+        key: str,
+        parent: RunContext,
+        prefix: str,
+    ) -> tuple[Any, Undoable]:
+        """Run a sub-saga as a child run, recorded under ``<run id>/<key>``."""
+        if self._children is None:
+            raise NotRecordable(
+                f"run {self.run_id} cannot record child runs here", self.run_id
+            )  # pragma: no cover - every journal that runs steps is given its children
+        child_id = f"{self.run_id}/{key}"
+        step = key.split("/", 1)[0]
+        self._kids.setdefault(step, []).append(child_id)
+        return await self._children.run(self, spec, inputs, child_id, parent, prefix)
+
+    def undo_of(self, step: str, values: Mapping[str, Any]) -> Undoable | None:
+        """What undoes the children of ``step`` from their records."""
+        if self._children is None:
+            return None
+        return self._children.undo(self, step, values)
 
     def mark(self, name: str, step: StepRecord) -> None:
         """Replace what the record says of ``name`` (written with the next transition)."""
@@ -455,13 +478,3 @@ class Journal:
             seq=self._seq,
             nonce=self._nonce,
         )
-
-
-def recorded_values(
-    codec: SagaCodec, inputs: InputValidator, record: RunRecord, resources: Mapping[str, Any]
-) -> dict[str, Any]:
-    """A recorded run's values: its inputs validated again with ``resources``, its id."""
-    raw = codec.decode_inputs(record.inputs, record.run_id)
-    values = inputs.validate({**raw, **resources})
-    values[RUN_ID] = record.run_id
-    return values

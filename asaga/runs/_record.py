@@ -7,7 +7,7 @@ newer asaga) fails to decode with :class:`~asaga.CorruptRecord`, it cannot run c
 
 Inputs and step results are encoded separately, as bytes inside the record, so that a
 record decodes without knowing the saga; they are decoded with the saga's own annotations
-(:mod:`asaga._journal`) when a run is resumed, replayed or undone.
+(:mod:`asaga.runs._codec`) when a run is resumed, replayed or undone.
 
 Schema evolution: :data:`SCHEMA_VERSION` is written into every record. New fields get
 defaults, so older records still decode (``tests/records/`` holds golden payloads of every
@@ -23,8 +23,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from ._events import Event
-from ._exceptions import CorruptRecord
+from .._events import Event
+from .._exceptions import CorruptRecord
 
 __all__ = [
     "FINISHED",
@@ -87,6 +87,8 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Wall-clock time (epoch seconds) the last attempt started."""
     ended_at: float | None = None
     """Wall-clock time the step ended (succeeded, failed, skipped or cancelled)."""
+    children: tuple[str, ...] = ()
+    """The child runs of a composed or mapped step (their run ids), once it completed."""
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -108,6 +110,9 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     idempotency_key: str | None = None
     owner: str | None = None
     """The store identity (one per process) that runs the run; its lease says it is alive."""
+    parent: str | None = None
+    """For the child run of a composed or mapped step: the run id of its parent (the
+    child's id is ``<parent>/<step>/<attempt>[/<element>]``)."""
     steps: dict[str, StepRecord] = {}
     """Steps that started, by name; a step missing here never started."""
     failed_step: str | None = None
