@@ -706,7 +706,7 @@ async def test_a_step_that_swallows_the_cut_off_does_not_keep_its_siblings_runni
         @step
         async def sibling() -> int:
             entered.set()
-            await asyncio.sleep(30)
+            await anyio.sleep_forever()
             return 2  # pragma: no cover
 
     with anyio.fail_after(10):

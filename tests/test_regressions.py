@@ -112,7 +112,7 @@ async def test_a_hung_renewal_stops_the_holder_before_expiry() -> None:
     async def hold() -> None:
         nonlocal reached_end
         async with leases.lease(["k"], ttl=0.3, wait=None):
-            await anyio.sleep(5)
+            await anyio.sleep_forever()  # until LeaseLost cancels this
             reached_end = True
 
     with anyio.fail_after(5), pytest.raises(LeaseLost):

@@ -10,9 +10,9 @@ record decodes without knowing the saga; they are decoded with the saga's own an
 (:mod:`asaga.runs._codec`) when a run is resumed, replayed or undone.
 
 Schema evolution: :data:`SCHEMA_VERSION` is written into every record. New fields get
-defaults, so older records still decode (``tests/records/`` holds golden payloads of every
-version); a record whose version is newer than this asaga knows is refused with a clear
-error instead of being half-read.
+defaults, so older records still decode (``tests/runs/records/`` holds golden payloads of
+every version); a record whose version is newer than this asaga knows is refused with a
+clear error instead of being half-read.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A separate OS process that runs durable checkouts until it is killed (used by
-tests/test_durable_redis.py).
+tests/runs/test_durable_redis.py).
 
-    python tests/durable_worker.py URL PREFIX SEED RUNS OWNER_TTL
+    python tests/runs/durable_worker.py URL PREFIX SEED RUNS OWNER_TTL
 
 Prints ``owner <id>`` once its run store is open, then runs RUNS checkouts, 16 at a time,
 each charging after a random delay (some declined), and prints ``done`` at the end.
@@ -15,7 +15,7 @@ import anyio
 import redis.asyncio as aioredis
 import structlog
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import contextlib
 

@@ -18,7 +18,7 @@ import pytest
 from asaga._cli import main as asaga_main
 from examples.inventory.demo import quiet_logs, run_demo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRACE_LINE = re.compile(r"^  \+ *\d+\.\d ms  ([a-z_]+)(?: +(\w+))?")
 
 

@@ -15,7 +15,7 @@ from asaga import Saga, step
 from asaga._cli import main
 from tests.test_render import ORDER_DOT, ORDER_MERMAID, ORDER_MERMAID_INPUTS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = "tests.sagas.graph_fixture"
 
 
@@ -56,7 +56,7 @@ class Holder:
 
 def test_graph_nested_class(capsys: pytest.CaptureFixture[str]) -> None:
     """A class inside a class is reached with a dotted attribute path."""
-    assert run(["graph", "tests.test_cli:Holder.Inner"], capsys) == (
+    assert run(["graph", "tests.e2e.test_cli:Holder.Inner"], capsys) == (
         0,
         'flowchart TD\n    only["only<br/>output"]\n',
         "",
@@ -429,7 +429,7 @@ def test_recover_quarantines_a_foreign_record_and_readmit_puts_it_back(
     anyio.run(abandon)
     monkeypatch.chdir(ROOT)
     store = ["--redis", redis_url, "--prefix", redis_prefix]
-    status, out, err = run(["recover", *store, "--saga", "tests.test_cli:Recorded"], capsys)
+    status, out, err = run(["recover", *store, "--saga", "tests.e2e.test_cli:Recorded"], capsys)
     assert (status, err) == (1, "")
     assert "genuine-1  Recorded  succeeded" in out
     assert re.search(

@@ -21,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asaga import SagaFailed
-
-from .sagas.dynamic import make_saga
+from tests.sagas.dynamic import make_saga
 
 
 class Injected(Exception):

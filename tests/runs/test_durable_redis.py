@@ -2,7 +2,7 @@
 undo, outages (asyncio: redis-py's client is asyncio-only).
 
 Each test uses its own key prefix (deleted afterwards). A crashed process is a real OS
-process (tests/durable_worker.py) killed with SIGKILL.
+process (tests/runs/durable_worker.py) killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.unfinished_runs import unfinished_run
 pytestmark = pytest.mark.anyio
 
 WORKER = Path(__file__).with_name("durable_worker.py")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -384,7 +384,7 @@ async def test_a_redis_restart_mid_run(tmp_path: Path) -> None:
 
 async def test_a_tampered_record_is_refused(redis_prefix: str, client: aioredis.Redis) -> None:
     """A record changed behind asaga's back decodes to a clear CorruptRecord (nothing is
-    unpickled or executed); recovery quarantines it (tests/test_recovery_edges.py)."""
+    unpickled or executed); recovery quarantines it (tests/runs/test_recovery_edges.py)."""
 
     class One(Saga):
         @step

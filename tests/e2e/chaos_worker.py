@@ -1,8 +1,8 @@
 """The inventory chaos run: many reservations through both paths of the inventory example,
 with injected failures and callers cancelled at random points; it reports what succeeded,
-for a test to reconcile the store against (used by tests/test_chaos.py).
+for a test to reconcile the store against (used by tests/e2e/test_chaos.py).
 
-    python tests/chaos_worker.py URL PREFIX WORKER RUNS SEED
+    python tests/e2e/chaos_worker.py URL PREFIX WORKER RUNS SEED
 
 runs it as one OS process against Redis (RedisLockProvider + RedisInventoryStore) and
 prints one JSON report on stdout.

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from .redis_servers import NO_PERSISTENCE, READY, free_port, redis_server_binary
+from tests.redis_servers import NO_PERSISTENCE, READY, free_port, redis_server_binary
 
 __all__ = ["RedisServer", "closed_port", "throwaway_redis"]
 

@@ -2,7 +2,7 @@
 
 Each test uses its own key prefix (deleted afterwards). "Processes" are either separate
 providers in this process (each with its own single-flight queue, as two processes have)
-or real OS processes running tests/lock_worker.py.
+or real OS processes running tests/locks/lock_worker.py.
 """
 
 import sys
@@ -130,7 +130,7 @@ async def test_taken_over_lease_cancels_holder_and_rejects_stale_write(
                     await fast.fenced(fresh, ("SET", stock, seen - 1))
                 with pytest.raises(StaleWrite):
                     await slow.fenced(stale, ("SET", stock, seen - 1))
-                await anyio.sleep(10)  # renewal (every 1 s) finds the lease gone
+                await anyio.sleep_forever()  # until the renewal (every 1 s) finds it gone
 
         with anyio.fail_after(10), pytest.raises(LeaseLost):
             await stale_holder()

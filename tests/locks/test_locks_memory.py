@@ -155,7 +155,7 @@ async def test_lost_lease_cancels_the_body_with_lease_lost() -> None:
         async with locks.lease("k", ttl=0.05) as lease:
             held.append(lease)
             time.sleep(0.1)  # noqa: ASYNC251 - blocks the loop, renewal included: expiry
-            await anyio.sleep(5)  # the renewal runs now, finds it lost, cancels this
+            await anyio.sleep_forever()  # the renewal runs now, finds it lost, cancels this
             reached_end = True
 
     with anyio.fail_after(10), pytest.raises(LeaseLost) as info:
@@ -307,9 +307,9 @@ async def test_per_key_state_is_dropped_when_nobody_holds_or_waits() -> None:
     async def stall_past_the_ttl() -> None:
         async with locks.lease("lost", ttl=0.05):
             time.sleep(0.1)  # noqa: ASYNC251 - the lease expires meanwhile
-            await anyio.sleep(10)
+            await anyio.sleep_forever()  # until LeaseLost cancels this
 
-    with pytest.raises(LeaseLost):
+    with anyio.fail_after(10), pytest.raises(LeaseLost):
         await stall_past_the_ttl()
     kept = {name: value for name, value in vars(backend).items() if isinstance(value, dict)}
     assert kept

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 from asaga import SagaFailed, compose, map_each
 from asaga._step import Step
-
-from .sagas.dynamic import make_function, make_saga
+from tests.sagas.dynamic import make_function, make_saga
 
 
 class Injected(Exception):

@@ -1,6 +1,6 @@
-"""A separate OS process that contends for a Redis lease (used by tests/test_locks_redis.py).
+"""A separate OS process that contends for a Redis lease (used by tests/locks/test_locks_redis.py).
 
-    python tests/lock_worker.py URL PREFIX MODE ...
+    python tests/locks/lock_worker.py URL PREFIX MODE ...
 
 Modes:
   count N            take the lease N times, incrementing a Redis counter read-modify-write

@@ -23,9 +23,9 @@ import anyio
 import pytest
 
 from examples.inventory.store import MemoryInventoryStore, Product
-from tests.chaos_worker import SKUS, chaos
+from tests.e2e.chaos_worker import SKUS, chaos
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STOCK = 20_000
 REORDER_POINT = 19_000  # replenishment requests start after ~1,000 units of a product
 
@@ -117,7 +117,7 @@ def test_inventory_chaos_on_redis_from_four_processes(redis_url: str, redis_pref
         subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "tests" / "chaos_worker.py"),
+                str(Path(__file__).with_name("chaos_worker.py")),
                 *(redis_url, redis_prefix, str(i), "1000", str(100 + i)),
             ],
             stdout=subprocess.PIPE,

@@ -70,7 +70,7 @@ async def test_lost_lease_fails_the_step_and_the_saga_unwinds() -> None:
         @step(lock=Lock("k", ttl=0.05))
         async def locked(prepare: str) -> None:
             time.sleep(0.1)  # noqa: ASYNC251 - blocks renewal: the lease expires
-            await anyio.sleep(5)
+            await anyio.sleep_forever()  # until LeaseLost cancels this
 
         @prepare.compensate
         async def unprepare(prepare: str) -> None:

@@ -7,7 +7,7 @@ import anyio
 import pytest
 import structlog
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_checkout_example(capsys: pytest.CaptureFixture[str]) -> None:
