@@ -126,6 +126,7 @@ class _Compose:
         self.spec = spec
         self.sources = sources
         self.sagas = (spec,) if spec is not None else ()
+        self.returns = _output_type(spec)
 
     async def run(
         self,
@@ -251,11 +252,12 @@ class _Map:
                 "maps an async function with undo=, whose elements a durable run cannot "
                 "undo from its record: map a saga instead (each element is then a child run)"
             )
-        elif mode == "collect":
-            self.durable_problem = (
-                "maps in mode='collect', whose result holds the elements' exceptions, which "
-                "a durable run cannot record: use mode='fail_fast' in a durable saga"
-            )
+        value: Any = (
+            _output_type(element.spec) if isinstance(element, _SagaElement) else element.returns
+        )
+        if value is EMPTY:
+            value = Any
+        self.returns: Any = MapResult[value] if mode == "collect" else list[value]
 
     async def run(
         self,
@@ -278,6 +280,14 @@ class _Map:
             return []
         spec = self.element.spec
         return [(f"{name}/{attempt}/{index}", spec) for index in range(count)]
+
+
+def _output_type(spec: SagaSpec | None) -> Any:
+    """The type of a sub-saga's output (``Any`` if its output step has no annotation)."""
+    if spec is None or spec.plan.output is None:
+        return Any if spec is None else None
+    returns = spec.plan.nodes[spec.plan.output].returns
+    return Any if returns is EMPTY else returns
 
 
 def _collection(collection: Any, over: str) -> list[Any]:
@@ -469,6 +479,7 @@ class _FunctionElement:
         self.undo_sources = undo_sources
         self.undo_params = undo_params
         self.result_name = getattr(fn, "__name__", "result")
+        self.returns = Signature.read(fn, "mapped function").returns
         self.params = params
         """The parent names read, with the functions' annotations and defaults."""
 

@@ -147,6 +147,8 @@ class Invoke(Protocol):
     """Why a durable run cannot record this step (``None``: it can)."""
     sagas: tuple[Any, ...]
     """The ``SagaSpec`` of each sub-saga the step runs (none for mapped functions)."""
+    returns: Any
+    """The type of the step's result, as a durable run decodes it from its record."""
 
     async def run(
         self,

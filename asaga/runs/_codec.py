@@ -15,7 +15,7 @@ import msgspec
 import msgspec.inspect
 
 from .._annotations import EMPTY, type_name
-from .._exceptions import CorruptRecord, NotRecordable
+from .._exceptions import CorruptRecord, NotRecordable, RecordedError
 from .._graph import RUN_ID, Plan
 from ._record import RunRecord
 
@@ -25,7 +25,22 @@ if TYPE_CHECKING:
 
 __all__ = ["SagaCodec", "codec_of", "recorded_values"]
 
-_encoder = msgspec.msgpack.Encoder()
+
+def _enc_hook(value: Any) -> Any:
+    """Exceptions inside a result (the failures of a map in ``collect`` mode) are recorded
+    as their ``repr``; they come back as :class:`~asaga.RecordedError`."""
+    if isinstance(value, BaseException):
+        return repr(value)
+    raise NotImplementedError(f"{type(value).__qualname__} is not plain data")
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if isinstance(kind, type) and issubclass(kind, BaseException) and isinstance(value, str):
+        return RecordedError(value)
+    raise NotImplementedError(f"cannot decode {kind!r}")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _sorted_encoder = msgspec.msgpack.Encoder(order="sorted")  # inputs: same values, same bytes
 _any_decoder = msgspec.msgpack.Decoder()
 
@@ -53,7 +68,12 @@ class SagaCodec:
                         f"step '{name}' runs saga {child.plan.saga}: {problem}"
                         for problem in codec_of(child).problems
                     )
-                self._decoders[name] = _any_decoder
+                try:
+                    self._decoders[name] = msgspec.msgpack.Decoder(
+                        node.invoke.returns, dec_hook=_dec_hook
+                    )
+                except TypeError:  # an element type msgspec cannot decode: plain data
+                    self._decoders[name] = _any_decoder
                 continue
             annotation = node.returns
             if annotation is EMPTY:
