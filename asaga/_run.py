@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -44,7 +44,7 @@ _logger = structlog.get_logger("asaga")
 Hooks = tuple[tuple[Callable[[Event], object], ...], tuple[Callable[[Event], Awaitable[None]], ...]]
 """A run's extra hooks: (sync, async)."""
 
-__all__ = ["Completed", "SagaResult", "SagaSpec", "execute"]
+__all__ = ["Completed", "SagaResult", "SagaSpec", "execute", "unwind_steps", "with_dispatcher"]
 
 T = TypeVar("T")
 
@@ -122,20 +122,15 @@ class Completed:
         hooks); the run's own event dispatcher ended with it, so a fresh one is used.
         """
         spec, context = self._spec, self._context
-        emitter = Emitter(
-            spec.sync_hooks, spec.async_hooks, parent=parent.emitter if parent else None
-        )
-        context = RunContext(
-            spec.plan.saga, context.run_id, emitter, prefix=context.prefix, parent=parent
-        )
-        unwind = Unwind(
-            spec.plan,
+        unwind = await unwind_steps(
+            spec,
             self._values,
-            context,
-            self._undos,
-            default_timeout=spec.compensation_timeout,
+            context.run_id,
+            self._completed,
+            undos=self._undos,
+            parent=parent,
+            prefix=context.prefix,
         )
-        await _with_dispatcher(emitter, unwind.run(self._completed))
         if unwind.errors:
             raise UndoFailed(
                 spec.plan.saga,
@@ -147,6 +142,54 @@ class Completed:
                     [exc for _, exc in unwind.errors],
                 ),
             )
+
+
+async def unwind_steps(
+    spec: SagaSpec,
+    values: dict[str, Any],
+    run_id: str,
+    completed: Sequence[str],
+    *,
+    undos: Mapping[str, Undoable] | None = None,
+    observer: Observer | None = None,
+    extra_hooks: Hooks = ((), ()),
+    parent: RunContext | None = None,
+    prefix: str | None = None,
+    then: Callable[[Unwind], Coroutine[Any, Any, None]] | None = None,
+) -> Unwind:
+    """Compensate ``completed`` steps of a run that ended (undone by its parent, or by
+    ``Saga.undo`` and recovery from its record), with its hooks fed: the one unwinding of
+    a run from outside it. The compensations run shielded, to their end, and ``then``
+    gets the unwinding (to write down how it ended) before a cancellation of the caller
+    is raised."""
+    sync_hooks = (*spec.sync_hooks, *extra_hooks[0])
+    if observer is not None:
+        sync_hooks = (*sync_hooks, observer.hook)
+    emitter = Emitter(
+        sync_hooks,
+        (*spec.async_hooks, *extra_hooks[1]),
+        parent=parent.emitter if parent is not None else None,
+    )
+    context = RunContext(spec.plan.saga, run_id, emitter, prefix=prefix, parent=parent)
+    unwind = Unwind(
+        spec.plan,
+        values,
+        context,
+        undos or {},
+        default_timeout=spec.compensation_timeout,
+        observer=observer,
+    )
+    try:
+        await with_dispatcher(emitter, unwind.run(completed))
+    except anyio.get_cancelled_exc_class():
+        if then is not None:
+            await shielded(then(unwind))
+        raise
+    # (Anything else that escapes, a KeyboardInterrupt in a compensation, skips ``then``:
+    # a durable run stays unfinished in its record, for a recovery to finish.)
+    if then is not None:
+        await then(unwind)
+    return unwind
 
 
 def execute(
@@ -217,13 +260,13 @@ async def run_values(
         # result: the run is undone, so it needs its undo handle (unless the record says
         # it succeeded: a durable run is undone by Saga.undo, by its id).
         work = _drive(spec, values, context, observer, resume, undoable or observer is None)
-        result, completed = await _with_dispatcher(emitter, work, _undo_run)
+        result, completed = await with_dispatcher(emitter, work, _undo_run)
         return result, completed if undoable else None
     finally:
         reset_contextvars(**tokens)
 
 
-async def _with_dispatcher(
+async def with_dispatcher(
     emitter: Emitter,
     work: Awaitable[T],
     undo: Callable[[T], Coroutine[Any, Any, None]] | None = None,

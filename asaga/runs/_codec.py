@@ -31,7 +31,7 @@ def _enc_hook(value: Any) -> Any:
     as their ``repr``; they come back as :class:`~asaga.RecordedError`."""
     if isinstance(value, BaseException):
         return repr(value)
-    raise NotImplementedError(f"{type(value).__qualname__} is not plain data")
+    raise TypeError(f"Encoding objects of type {type(value).__qualname__} is unsupported")
 
 
 def _dec_hook(kind: type, value: Any) -> Any:

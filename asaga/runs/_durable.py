@@ -36,7 +36,7 @@ import msgspec
 import structlog
 
 from .._compensation import Unwind
-from .._events import Emitter, RunContext, split_hooks
+from .._events import RunContext, split_hooks
 from .._exceptions import (
     AsagaError,
     CompensationFailed,
@@ -51,7 +51,7 @@ from .._exceptions import (
 )
 from .._graph import RUN_ID
 from .._observer import Undoable
-from .._run import Hooks, SagaResult, SagaSpec, _ReadOnly, new_run_id, run_values
+from .._run import Hooks, SagaResult, SagaSpec, _ReadOnly, new_run_id, run_values, unwind_steps
 from .._scheduler import Resume
 from ._codec import codec_of, recorded_values
 from ._journal import Journal
@@ -296,40 +296,21 @@ async def _compensate(
     """Compensate ``completed`` steps of a recorded run (events to the saga's hooks), then
     write how it ended, even if the caller is cancelled meanwhile: ``ending`` is
     ``"undo"`` (``undone`` / ``undo_failed``) or a function of the unwind."""
-    sync_hooks = (*spec.sync_hooks, *extra_hooks[0], journal.hook)
-    emitter = Emitter(
-        sync_hooks,
-        (*spec.async_hooks, *extra_hooks[1]),
-        parent=parent.emitter if parent is not None else None,
-    )
-    prefix = _prefix_of(record.run_id) if parent is not None else None
-    context = RunContext(spec.plan.saga, record.run_id, emitter, prefix=prefix, parent=parent)
-    unwind = Unwind(
-        spec.plan,
-        values,
-        context,
-        {},
-        default_timeout=spec.compensation_timeout,
-        observer=journal,
-    )
-    try:
-        if emitter.needs_dispatcher:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(emitter.dispatch, name="asaga event hooks")
-                try:
-                    await unwind.run(completed)
-                finally:
-                    emitter.close()
-        else:
-            await unwind.run(completed)
-    except anyio.get_cancelled_exc_class():
-        # The compensations ran shielded, to their end: write it down, then go on.
+
+    async def finish(unwind: Unwind) -> None:
         await _finish(journal, record, unwind, ending)
-        raise
-    # (Anything else that escapes, a KeyboardInterrupt in a compensation, leaves the run
-    # unfinished in the record, for a recovery to finish.)
-    await _finish(journal, record, unwind, ending)
-    return unwind
+
+    return await unwind_steps(
+        spec,
+        values,
+        record.run_id,
+        completed,
+        observer=journal,
+        extra_hooks=extra_hooks,
+        parent=parent,
+        prefix=_prefix_of(record.run_id) if parent is not None else None,
+        then=finish,
+    )
 
 
 async def _finish(
