@@ -18,8 +18,6 @@ docs/durability.md.
 from typing import TYPE_CHECKING, Any
 
 from .._public import claim as _claim
-from ._durable import Recovered as Recovered
-from ._durable import UndoResult as UndoResult
 from ._durable import recover as recover
 from ._memory import MemoryRunStore as MemoryRunStore
 from ._record import Quarantined as Quarantined
@@ -27,6 +25,8 @@ from ._record import RunRecord as RunRecord
 from ._record import RunStatus as RunStatus
 from ._record import RunStore as RunStore
 from ._record import StepRecord as StepRecord
+from ._recovery import Recovered as Recovered
+from ._undo import UndoResult as UndoResult
 
 if TYPE_CHECKING:
     from ._redis import RedisRunStore as RedisRunStore

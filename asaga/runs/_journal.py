@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -60,14 +60,14 @@ from ._record import (
     encode_record,
 )
 
-__all__ = ["ChildRuns", "Journal"]
+__all__ = ["ChildRuns", "ChildRunsFor", "Journal"]
 
 _logger = structlog.get_logger("asaga")
 
 
 class ChildRuns(Protocol):
     """How a journal runs and undoes the child runs of composed and mapped steps (given
-    by :mod:`asaga.runs._durable`, which drives runs from records)."""
+    by :mod:`asaga.runs._children`, which drives child runs from their records)."""
 
     async def run(
         self,
@@ -80,6 +80,12 @@ class ChildRuns(Protocol):
     ) -> tuple[Any, Undoable]: ...
 
     def undo(self, journal: Journal, step: str, values: Mapping[str, Any]) -> Undoable | None: ...
+
+
+ChildRunsFor = Callable[[Any, Any], ChildRuns]
+"""What makes the :class:`ChildRuns` of a run: called with the run's ``SagaSpec`` and its
+extra hooks. Given to undo and recovery by :mod:`asaga.runs._durable`, so that they need
+not import the child runs, which use them."""
 
 
 class Journal:

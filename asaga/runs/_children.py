@@ -1,0 +1,199 @@
+"""The child runs of composed and mapped steps in a durable run: each a run of its own,
+recorded under ``<parent>/<step>/<attempt>[/<element>]``, driven and undone from its
+record."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+from .._events import RunContext
+from .._exceptions import (
+    RunNotFound,
+    RunStoreError,
+)
+from .._graph import RUN_ID
+from .._observer import Undoable
+from .._run import Hooks, SagaSpec, run_values
+from ._codec import codec_of
+from ._journal import Journal
+from ._record import RunRecord, RunStore
+from ._recovery import recover_one
+from ._replay import failure, recorded_results, recorded_run_values
+from ._undo import undo_run
+
+
+class Children:
+    """The child runs of one durable run's composed and mapped steps (see
+    :class:`~asaga.runs._journal.ChildRuns`): each a run of its own, recorded under
+    ``<parent>/<step>/<attempt>[/<element>]``, so that a resumed parent finds every child
+    where it stands, and an unwinding one undoes each from its record, once."""
+
+    __slots__ = ("_extra", "_spec")
+
+    def __init__(self, spec: SagaSpec, extra_hooks: Hooks) -> None:
+        self._spec = spec  # the parent saga's
+        self._extra = extra_hooks
+
+    async def run(
+        self,
+        journal: Journal,
+        spec: SagaSpec,
+        inputs: Mapping[str, Any],
+        child_id: str,
+        parent: RunContext,
+        prefix: str,
+    ) -> tuple[Any, Undoable]:
+        runs = journal.store
+        values = spec.inputs.validate(inputs)
+        resources = _resources(spec, values)
+        undo = _ChildUndo(((child_id, spec),), runs, resources)
+        try:
+            record: RunRecord | None = await runs.load(child_id)
+        except RunNotFound:
+            record = None
+        if record is not None:  # the parent was resumed: pick the child up where it is
+            return await self._reattach(runs, spec, record, resources, parent, prefix), undo
+        child = Journal.new(
+            runs,
+            codec_of(spec),
+            spec.plan.saga,
+            spec.saga_version,
+            child_id,
+            values,
+            None,
+            runs.idempotency_window,
+            children=Children(spec, ((), ())),
+            parent=journal.run_id,
+        )
+        values[RUN_ID] = child_id
+        try:
+            await child.open(spec.plan.roots)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), contextlib.suppress(RunStoreError):
+                await child.finish("cancelled")  # if it was written at all
+            raise
+        result, _ = await run_values(
+            spec, values, child_id, parent=parent, prefix=prefix, observer=child, undoable=False
+        )
+        return result.output, undo
+
+    async def _reattach(
+        self,
+        runs: RunStore,
+        spec: SagaSpec,
+        record: RunRecord,
+        resources: Mapping[str, Any],
+        parent: RunContext,
+        prefix: str,
+    ) -> Any:
+        """The output of a child recorded before, driven to its end first if it was
+        left unfinished; its recorded failure raised if it failed."""
+        if not record.finished:
+            record = await _take(runs, spec, record, resources, parent, forward=True)
+        if record.status != "succeeded":
+            raise failure(spec, record)
+        results = recorded_results(spec, record)
+        return results.get(spec.plan.output) if spec.plan.output is not None else None
+
+    def undo(self, journal: Journal, step: str, values: Mapping[str, Any]) -> Undoable | None:
+        node = self._spec.plan.nodes.get(step)
+        if node is None or node.invoke is None:
+            return None
+        recorded = journal.record.steps.get(step)
+        attempts = max(recorded.attempt if recorded is not None else 1, 1)
+        found: dict[str, SagaSpec] = {}
+        for attempt in range(1, attempts + 1):
+            for key, spec in node.invoke.children(step, attempt, values):
+                found[f"{journal.run_id}/{key}"] = spec
+        if recorded is not None and recorded.children:
+            spec = next(iter(found.values()), None)
+            for child_id in recorded.children:
+                if spec is not None:
+                    found.setdefault(child_id, spec)
+        if not found:
+            return None
+        any_spec = next(iter(found.values()))
+        return _ChildUndo(tuple(found.items()), journal.store, _resources(any_spec, values))
+
+
+async def _take(
+    runs: RunStore,
+    spec: SagaSpec,
+    record: RunRecord,
+    resources: Mapping[str, Any],
+    parent: RunContext,
+    *,
+    forward: bool,
+) -> RunRecord:
+    """Drive the unfinished child run ``record`` to its end (taking it over from its dead
+    owner first, or waiting for the live one that holds it); its record then."""
+    run_id = record.run_id
+    if record.owner != runs.owner:
+        taken = await runs.claim(run_id, record.owner or "")
+        if taken is None:  # a live owner, or another recoverer, has it
+            return await runs.wait_finished(run_id)
+        record = taken
+    values = recorded_run_values(spec, record, resources)
+    await recover_one(spec, runs, record, values, ((), ()), Children, parent, forward=forward)
+    return await runs.load(run_id)
+
+
+def _resources(spec: SagaSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The resources of a child saga, from the values that feed it (never recorded)."""
+    return {
+        name: values[name] for name, i in spec.plan.inputs.items() if i.resource and name in values
+    }
+
+
+class _ChildUndo:
+    """Undo child runs from their records, the last first: a succeeded child is undone
+    (once, whoever asks: ``Saga.undo`` semantics), an unfinished one is driven to its end
+    by unwinding, one that failed was unwound already."""
+
+    __slots__ = ("_children", "_resources", "_runs")
+
+    def __init__(
+        self,
+        children: tuple[tuple[str, SagaSpec], ...],
+        runs: RunStore,
+        resources: Mapping[str, Any],
+    ) -> None:
+        self._children = children
+        self._runs = runs
+        self._resources = resources
+
+    async def undo(self, parent: RunContext) -> None:
+        errors: list[Exception] = []
+        for child_id, spec in reversed(self._children):
+            try:
+                await self._undo_one(child_id, spec, parent)
+            except Exception as exc:  # noqa: BLE001 - collected; the other children still go
+                errors.append(exc)
+        if errors:
+            raise ExceptionGroup(f"undoing the child runs of run {parent.run_id} failed", errors)
+
+    async def _undo_one(self, child_id: str, spec: SagaSpec, parent: RunContext) -> None:
+        runs = self._runs
+        try:
+            record = await runs.load(child_id)
+        except RunNotFound:
+            return  # never started
+        driven = not record.finished
+        if driven:
+            record = await _take(runs, spec, record, self._resources, parent, forward=False)
+        if record.status in ("succeeded", "undoing"):
+            await undo_run(
+                spec,
+                child_id,
+                runs=runs,
+                resources=self._resources,
+                extra_hooks=((), ()),
+                kin=Children,
+                parent=parent,
+            )
+        elif driven and record.status in ("compensation_failed", "undo_failed"):
+            raise failure(spec, record)  # unwound now, not all of it: a human looks
