@@ -370,19 +370,7 @@ async def _drive(
 
     succeeded: Event | None = None
     if execution.failure is None and observer is not None:
-        succeeded = context.make(RunSucceeded, duration=time.monotonic() - started)
-        try:
-            # Done: what remains is to write it down, whatever cancels the caller.
-            await shielded(observer.run_succeeded(succeeded))
-        except RunTakenOver as exc:
-            emit(RunFailed, duration=time.monotonic() - started, error=repr(exc))
-            raise
-        except RunStoreError as exc:
-            if not await observer.landed():
-                # The run cannot be recorded as done: it is undone instead, so that the
-                # record and the world agree (a recovery would undo it too).
-                last = execution.completed[-1] if execution.completed else plan.order[-1]
-                execution.failure = (last, exc)
+        succeeded = await _report_success(plan, context, execution, observer, started)
 
     if execution.failure is None:
         if succeeded is not None:
@@ -406,6 +394,25 @@ async def _drive(
     # A caller cancelled while we were unwinding: the cancellation is what propagates.
     await anyio.lowlevel.checkpoint_if_cancelled()
     raise error from cause
+
+
+async def _report_success(
+    plan: Plan, context: RunContext, execution: Execution, observer: Observer, started: float
+) -> Event:
+    """Tell the observer the run succeeded, whatever cancels the caller; the event that
+    says so. A run that cannot be recorded as done fails instead (it is undone, so that
+    the record and the world agree: a recovery would undo it too)."""
+    succeeded = context.make(RunSucceeded, duration=time.monotonic() - started)
+    try:
+        await shielded(observer.run_succeeded(succeeded))
+    except RunTakenOver as exc:
+        context.emit(RunFailed, duration=time.monotonic() - started, error=repr(exc))
+        raise
+    except RunStoreError as exc:
+        if not await observer.landed():
+            last = execution.completed[-1] if execution.completed else plan.order[-1]
+            execution.failure = (last, exc)
+    return succeeded
 
 
 async def _settle(

@@ -373,25 +373,10 @@ class Execution:
         name = node.name
         values = self.values
         if node.when is not None or (self.skipped and node.required):
-            if self.failure is not None:
-                return None
-            try:
-                skip = await self._skips(node)
-            except Exception as exc:  # noqa: BLE001 - a failing condition fails its step
-                self._fail(name, 1, 0.0, exc)
-                return None
-            if skip:
-                self._context.emit(StepSkipped, name)
-                if self.skipped is _NONE_SKIPPED:
-                    self.skipped = set()
-                self.skipped.add(name)
-                if self._stopped():
-                    return None
-                if self._observer is None:
-                    return self._release(node)
-                return await self._recorded(node, 0, None)
+            skipped, following = await self._skip(node)
+            if skipped:
+                return following
         kwargs = {p: values[p] for p in node.params if p in values}
-        retry = node.retry
         emit = self._context.emit
         undo: Undoable | None = None
         # The slot is held for one attempt at a time, never across a backoff wait.
@@ -470,34 +455,7 @@ class Execution:
                     del self._flights[name]
             if error is None:
                 break
-            # Work a failed attempt left undone needs a human: never retried over it.
-            retryable = retry.should_retry(attempt, error) and not needs_repair(error)
-            if not (retryable and self.failure is None):
-                self._fail(name, attempt, duration, error)
-                return None
-            delay = retry.delay(attempt)
-            emit(
-                StepRetrying,
-                name,
-                attempt=attempt,
-                duration=duration,
-                error=repr(error),
-                delay=delay,
-            )
-            waited = time.monotonic()
-            if self._wake is None:
-                self._wake = anyio.Event()
-            try:
-                with anyio.move_on_after(delay):
-                    await self._wake.wait()  # woken early: the run failed, or its caller
-            except anyio.get_cancelled_exc_class():  # was cancelled
-                self._cancelled(name, attempt, waited, in_doubt=False)
-                raise
-            if self._caller_gone():
-                self._cancelled(name, attempt, waited, in_doubt=False)
-                return None
-            if self._stopped():
-                self._fail(name, attempt, duration, error)
+            if not await self._retries(node, attempt, duration, error):
                 return None
 
         emit(StepSucceeded, name, attempt=attempt, duration=time.monotonic() - started)
@@ -510,6 +468,65 @@ class Execution:
         if self._observer is not None:
             return await self._recorded(node, attempt, result)
         return self._release(node) if self.failure is None else None
+
+    async def _skip(self, node: Node) -> tuple[bool, Node | None]:
+        """Whether ``node`` is skipped (its condition is false, or a step it requires was
+        skipped), and then the next step for this task; a failing condition fails it."""
+        name = node.name
+        if self.failure is not None:
+            return True, None
+        try:
+            skip = await self._skips(node)
+        except Exception as exc:  # noqa: BLE001 - a failing condition fails its step
+            self._fail(name, 1, 0.0, exc)
+            return True, None
+        if not skip:
+            return False, None
+        self._context.emit(StepSkipped, name)
+        if self.skipped is _NONE_SKIPPED:
+            self.skipped = set()
+        self.skipped.add(name)
+        if self._stopped():
+            return True, None
+        if self._observer is None:
+            return True, self._release(node)
+        return True, await self._recorded(node, 0, None)
+
+    async def _retries(self, node: Node, attempt: int, duration: float, error: Exception) -> bool:
+        """After attempt ``attempt`` of ``node`` failed with ``error``: wait out the backoff
+        and return ``True`` if another attempt goes; else the step failed (or its caller
+        was cancelled) and ``False``."""
+        name, retry = node.name, node.retry
+        # Work a failed attempt left undone needs a human: never retried over it.
+        retryable = retry.should_retry(attempt, error) and not needs_repair(error)
+        if not (retryable and self.failure is None):
+            self._fail(name, attempt, duration, error)
+            return False
+        delay = retry.delay(attempt)
+        self._context.emit(
+            StepRetrying,
+            name,
+            attempt=attempt,
+            duration=duration,
+            error=repr(error),
+            delay=delay,
+        )
+        waited = time.monotonic()
+        if self._wake is None:
+            self._wake = anyio.Event()
+        try:
+            with anyio.move_on_after(delay):
+                await self._wake.wait()  # woken early: the run failed, or its caller
+        except anyio.get_cancelled_exc_class():  # was cancelled
+            self._cancelled(name, attempt, waited, in_doubt=False)
+            raise
+        if self._caller_gone():
+            self._cancelled(name, attempt, waited, in_doubt=False)
+            return False
+        if self._stopped():
+            self._fail(name, attempt, duration, error)
+            return False
+        return True
 
     async def _recorded(self, node: Node, attempt: int, result: Any) -> Node | None:
         """Report that ``node`` ended (``attempt`` 0: skipped) and which steps it makes

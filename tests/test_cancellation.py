@@ -29,9 +29,9 @@ from asaga import (
     map_each,
     step,
 )
-from asaga.runs._record import Write
 from asaga.locks import MemoryLockProvider
 from asaga.runs import MemoryRunStore
+from asaga.runs._record import Write
 from asaga.testing import EventRecorder
 
 pytestmark = pytest.mark.anyio

@@ -173,6 +173,8 @@ class _ChildUndo:
                 await self._undo_one(child_id, spec, parent)
             except Exception as exc:  # noqa: BLE001 - collected; the other children still go
                 errors.append(exc)
+        if len(errors) == 1 and len(self._children) == 1:
+            raise errors[0]  # one child (compose): its UndoFailed, as in memory
         if errors:
             raise ExceptionGroup(f"undoing the child runs of run {parent.run_id} failed", errors)
 

@@ -270,34 +270,66 @@ async def recover_one(
     # A composed or mapped step in doubt runs again: its children have records of their
     # own, so running it again picks each child up where it stands, never twice.
     if not unwinding and all(_rerunnable(plan.nodes[n]) for n in in_doubt):
-        succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
-        skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
-        resume = Resume(succeeded=succeeded, skipped=skipped)
-        resumed = tuple(n for n in plan.order if n not in succeeded and n not in skipped)
-        try:
-            await journal.resume(_roots(plan, succeeded, skipped))
-            await run_values(
-                spec,
-                values,
-                record.run_id,
-                extra_hooks=extra_hooks,
-                parent=parent,
-                prefix=prefix_of(run_id) if parent is not None else None,
-                observer=journal,
-                resume=resume,
-                undoable=False,
-            )
-        except SagaFailed as exc:
-            outcome = "compensation_failed" if isinstance(exc, CompensationFailed) else "failed"
-            return Recovered(
-                run_id=run_id,
-                saga=saga,
-                outcome=outcome,
-                resumed=resumed,
-                compensated=exc.compensated,
-            )
-        return Recovered(run_id=run_id, saga=saga, outcome="succeeded", resumed=resumed)
+        return await _resume(spec, journal, record, values, extra_hooks, parent)
+    return await _unwind(spec, journal, record, values, extra_hooks, in_doubt, failed, parent)
 
+
+async def _resume(
+    spec: SagaSpec,
+    journal: Journal,
+    record: RunRecord,
+    values: dict[str, Any],
+    extra_hooks: Hooks,
+    parent: RunContext | None,
+) -> Recovered:
+    """Run forward the steps of ``record`` that did not end (none is in doubt but
+    idempotent, composed or mapped ones), from its recorded results."""
+    plan, steps = spec.plan, record.steps
+    run_id, saga = record.run_id, record.saga
+    succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
+    skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
+    resume = Resume(succeeded=succeeded, skipped=skipped)
+    resumed = tuple(n for n in plan.order if n not in succeeded and n not in skipped)
+    try:
+        await journal.resume(_roots(plan, succeeded, skipped))
+        await run_values(
+            spec,
+            values,
+            record.run_id,
+            extra_hooks=extra_hooks,
+            parent=parent,
+            prefix=prefix_of(run_id) if parent is not None else None,
+            observer=journal,
+            resume=resume,
+            undoable=False,
+        )
+    except SagaFailed as exc:
+        outcome = "compensation_failed" if isinstance(exc, CompensationFailed) else "failed"
+        return Recovered(
+            run_id=run_id,
+            saga=saga,
+            outcome=outcome,
+            resumed=resumed,
+            compensated=exc.compensated,
+        )
+    return Recovered(run_id=run_id, saga=saga, outcome="succeeded", resumed=resumed)
+
+
+async def _unwind(
+    spec: SagaSpec,
+    journal: Journal,
+    record: RunRecord,
+    values: dict[str, Any],
+    extra_hooks: Hooks,
+    in_doubt: list[str],
+    failed: list[str],
+    parent: RunContext | None,
+) -> Recovered:
+    """Compensate the completed steps of ``record`` (and the children of composed or
+    mapped steps in doubt); a step in doubt without a recorded result stays as it may
+    be, and needs a human if it has a compensation."""
+    plan, steps = spec.plan, record.steps
+    run_id, saga = record.run_id, record.saga
     # Unwind: from a failure that was recorded, or because a step that is not idempotent
     # is in doubt. No step runs forward now, so every step in doubt stays as it may be:
     # it is undone only if it recorded a result, which a step in doubt did not (a
