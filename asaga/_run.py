@@ -44,7 +44,15 @@ _logger = structlog.get_logger("asaga")
 Hooks = tuple[tuple[Callable[[Event], object], ...], tuple[Callable[[Event], Awaitable[None]], ...]]
 """A run's extra hooks: (sync, async)."""
 
-__all__ = ["Completed", "SagaResult", "SagaSpec", "execute", "unwind_steps", "with_dispatcher"]
+__all__ = [
+    "Completed",
+    "ReadOnly",
+    "SagaResult",
+    "SagaSpec",
+    "execute",
+    "unwind_steps",
+    "with_dispatcher",
+]
 
 T = TypeVar("T")
 
@@ -381,7 +389,7 @@ async def _drive(
         result = SagaResult._create(
             run_id=context.run_id,
             output=results.get(plan.output) if plan.output is not None else None,
-            results=_ReadOnly(results),
+            results=ReadOnly(results),
         )
         if not undoable:
             return result, None
@@ -584,7 +592,7 @@ def _left_undone(step: str, cause: BaseException) -> list[tuple[str, Exception]]
     return []
 
 
-class _ReadOnly(Mapping[str, Any]):
+class ReadOnly(Mapping[str, Any]):
     """A read-only view of a run's results (cheaper to make than a MappingProxyType copy)."""
 
     __slots__ = ("_data",)

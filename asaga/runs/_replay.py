@@ -11,7 +11,7 @@ from .._exceptions import (
     RecordedError,
     SagaFailed,
 )
-from .._run import SagaResult, SagaSpec, _ReadOnly
+from .._run import ReadOnly, SagaResult, SagaSpec
 from ._codec import codec_of, recorded_values
 from ._record import RunRecord
 
@@ -24,7 +24,7 @@ def replayed(spec: SagaSpec, record: RunRecord) -> SagaResult[Any]:
         return SagaResult._create(
             run_id=record.run_id,
             output=results.get(plan.output) if plan.output is not None else None,
-            results=_ReadOnly(results),
+            results=ReadOnly(results),
             replayed=True,
         )
     raise failure(spec, record)

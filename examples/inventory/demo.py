@@ -9,8 +9,13 @@ Run it from the root of the asaga repository::
 It stocks a few products, then runs: a reservation that succeeds; one with invalid inputs
 (rejected before any step); one whose notification fails for good, so the run unwinds; a
 burst of 200 concurrent reservations of a product with 150 units; a transfer between two
-locations; and two replenishment orders from a supplier, the second undone. Runs (1) and
-(3) print their events as a trace, from a hook (:class:`EventTrace`).
+locations; two replenishment orders from a supplier, the second undone; and a bulk request
+of four lines (``BulkInventorySaga``, one line refused). Runs (1) and (3) print their
+events as a trace, from a hook (:class:`EventTrace`).
+
+On Redis the bulk request is a durable run, recorded in a ``RedisRunStore``: each line is a
+child run with a record of its own, listed; then ``BulkInventorySaga.undo`` undoes it from
+its records, every line once, and the stock is as before.
 
 Logging: asaga logs every event through structlog, and never configures it.
 :func:`main` owns the process, so it silences everything below ERROR while the demo runs
@@ -37,10 +42,18 @@ import structlog
 
 from asaga import Event, InputValidationError, SagaFailed
 from asaga.locks import LockProvider
+from asaga.runs import RunStore
 from asaga.testing import EventRecorder
 
 from .replenishment import ReplenishmentSaga, Supplier
-from .sagas import Change, InventorySaga, InventoryTransferSaga, Notifier
+from .sagas import (
+    BulkInventorySaga,
+    Change,
+    InventorySaga,
+    InventoryTransferSaga,
+    Notifier,
+    OperationRequest,
+)
 from .store import InventoryStore, MemoryInventoryStore, Product, RedisInventoryStore
 
 __all__ = ["EventTrace", "main", "quiet_logs", "run_demo"]
@@ -53,6 +66,13 @@ PRODUCTS = (
 )
 BURST = 200
 """Concurrent reservations of one unit of ``gizmo`` (which has 150) in part 4."""
+BULK = (
+    OperationRequest(product_id="widget", quantity=3, operation="reserve"),
+    OperationRequest(product_id="gadget", quantity=2, operation="reserve"),
+    OperationRequest(product_id="gizmo", quantity=1, operation="reserve"),  # sold out in part 4
+    OperationRequest(product_id="widget", quantity=2, operation="consume"),
+)
+"""The lines of the bulk request of part 7."""
 
 
 class EventTrace:
@@ -98,8 +118,8 @@ async def run_demo(redis_url: str | None = None, out: TextIO = sys.stdout) -> No
     """Run the demo, writing its report to ``out``: in memory, or on the Redis server at
     ``redis_url`` (under a fresh key prefix, whose keys are deleted at the end; asyncio
     only, as redis-py is)."""
-    async with _backend(redis_url) as (store, description):
-        await _Demo(store, out).run(description)
+    async with _backend(redis_url) as (store, runs, description):
+        await _Demo(store, out, runs).run(description)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,16 +173,21 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @asynccontextmanager
-async def _backend(redis_url: str | None) -> AsyncIterator[tuple[InventoryStore, str]]:
+async def _backend(
+    redis_url: str | None,
+) -> AsyncIterator[tuple[InventoryStore, RunStore | None, str]]:
+    """The inventory store, the run store of the durable part (``None`` in memory), and
+    how the report describes them."""
     if redis_url is None:
         # cast: the protocol's `locks: LockProvider` is a mutable attribute, which mypy
         # holds invariant, so MemoryInventoryStore's MemoryLockProvider does not match it.
         store = cast(InventoryStore, MemoryInventoryStore())
-        yield store, "in memory: MemoryInventoryStore, MemoryLockProvider"
+        yield store, None, "in memory: MemoryInventoryStore, MemoryLockProvider"
         return
     import redis.asyncio as aioredis
 
     from asaga.locks import RedisLockProvider
+    from asaga.runs import RedisRunStore
 
     prefix = f"asaga-demo:{secrets.token_hex(6)}:"
     # 200 concurrent runs want more connections than redis-py's default pool allows (it
@@ -177,11 +202,17 @@ async def _backend(redis_url: str | None) -> AsyncIterator[tuple[InventoryStore,
         await client.aclose()
         raise
     try:
-        async with RedisLockProvider(client, prefix=prefix) as locks:
+        # The run store's keys live under the demo's prefix too: deleted with the others
+        # (after the store has closed, so that its owner lease is not renewed meanwhile).
+        async with (
+            RedisLockProvider(client, prefix=prefix) as locks,
+            RedisRunStore(client, prefix=f"{prefix}runs:") as runs,
+        ):
             yield (
                 RedisInventoryStore(client, locks, prefix=f"{prefix}inv:"),
+                runs,
                 f"on Redis at {redis_url}: RedisInventoryStore, RedisLockProvider, "
-                f"keys under {prefix}*",
+                f"RedisRunStore, keys under {prefix}*",
             )
     finally:
         with anyio.CancelScope(shield=True):
@@ -194,11 +225,12 @@ async def _backend(redis_url: str | None) -> AsyncIterator[tuple[InventoryStore,
 
 
 class _Demo:
-    def __init__(self, store: InventoryStore, out: TextIO) -> None:
+    def __init__(self, store: InventoryStore, out: TextIO, runs: RunStore | None = None) -> None:
         self.store = store
         self.locks: LockProvider = store.locks
         self.notifier = Notifier()
         self.out = out
+        self.runs = runs
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out)
@@ -222,6 +254,7 @@ class _Demo:
         await self.burst()
         await self.transfer()
         await self.replenish()
+        await self.bulk()
 
     async def table(self, skus: Sequence[str]) -> None:
         self.say("  product        inventory  reserved  available  reorder at")
@@ -388,3 +421,59 @@ class _Demo:
             f"  supplier orders still live: {len(down.live_orders())}; "
             f"purchase orders in the store: {len(orders)} (the first run's)"
         )
+
+    async def bulk(self) -> None:
+        self.say()
+        recorded = self.runs is not None
+        how = (
+            "recorded in the RedisRunStore, then undone"
+            if recorded
+            else "in memory (with --redis it is recorded, then undone)"
+        )
+        self.say(f"7. A bulk request of {len(BULK)} lines (BulkInventorySaga), {how}")
+        for index, line in enumerate(BULK):
+            self.say(f"  line {index}: {line.operation} {line.quantity} x {line.product_id}")
+        skus = sorted({line.product_id for line in BULK})
+        before = {sku: await self.counts(sku) for sku in skus}
+        result = await BulkInventorySaga.run(
+            operations=list(BULK), runs=self.runs, **self.resources()
+        )
+        summary = result.output
+        done = ", ".join(str(index) for index in summary["succeeded"])
+        self.say(f"  summary: lines {done} succeeded")
+        for index, error in summary["failed"]:
+            self.say(f"  line {index} failed (the others stand): {error}")
+        for sku in skus:
+            self.say(f"  {sku}: {await self.counts(sku)}")
+        if self.runs is None:
+            return
+        await self.records(result.run_id, detail=True)
+        undone = await BulkInventorySaga.undo(result.run_id, runs=self.runs, **self.resources())
+        self.say(
+            f"  BulkInventorySaga.undo: {undone.status}, compensated "
+            f"{', '.join(undone.compensated)} (each line from its own record)"
+        )
+        await self.records(result.run_id)
+        for sku in skus:
+            same = "as before the request" if await self.counts(sku) == before[sku] else "CHANGED"
+            self.say(f"  {sku}: {await self.counts(sku)} ({same})")
+        again = await BulkInventorySaga.undo(result.run_id, runs=self.runs, **self.resources())
+        self.say(f"  undo again: {again.status}, already {again.already} (nothing undone twice)")
+
+    async def records(self, run_id: str, *, detail: bool = False) -> None:
+        """The bulk run's record and its children's, as the run store has them: each
+        child on a line of its own (``detail``), or their statuses on one line."""
+        assert self.runs is not None
+        parent = await self.runs.load(run_id)
+        children = [await self.runs.load(c) for c in parent.steps["items"].children]
+        if not detail:
+            statuses = ", ".join(child.status for child in children)
+            self.say(f"  recorded: run {run_id} {parent.status}; child runs {statuses}")
+            return
+        self.say(
+            f"  recorded: run {run_id} {parent.saga} {parent.status}; "
+            f"step items: {len(children)} child runs"
+        )
+        for child in children:
+            failed = f" at {child.failed_step}" if child.failed_step else ""
+            self.say(f"    {child.run_id}  {child.saga}  {child.status}{failed}")

@@ -93,6 +93,49 @@ def check_report(text: str) -> None:
         assert "compensated, in order: purchase_order, supplier_order" in six
         assert "supplier orders still live: 0; purchase orders in the store: 1" in six
 
+    # 7. A bulk request: the sold-out line fails, the others stand.
+    seven = section(text, 7)
+    assert "7. A bulk request of 4 lines (BulkInventorySaga), " in seven
+    assert "  summary: lines 0, 1, 3 succeeded\n" in seven
+    assert (
+        "  line 2 failed (the others stand): InsufficientStock('gizmo: inventory 150, "
+        "reserved 150; cannot apply (+0, +1)')\n"
+    ) in seven
+    assert "  gadget: inventory 20, reserved 2, available 18\n" in seven
+    assert "  widget: inventory 98, reserved 6, available 92\n" in seven
+
+
+RECORDED_CHILD = re.compile(r"^    ([0-9a-f]{32})/items/1/(\d)  InventorySaga  (\w+.*)$", re.M)
+
+
+def check_durable_bulk(text: str) -> None:
+    """Part 7 on Redis: the bulk run and each of its lines recorded, with their statuses;
+    the undo from the records puts the stock back, once."""
+    seven = section(text, 7)
+    assert "), recorded in the RedisRunStore, then undone\n" in seven
+    parent = re.search(
+        r"  recorded: run ([0-9a-f]{32}) BulkInventorySaga succeeded; step items: 4 child runs\n",
+        seven,
+    )
+    assert parent is not None, seven
+    run_id = parent.group(1)
+    children = RECORDED_CHILD.findall(seven)
+    assert children == [
+        (run_id, "0", "succeeded"),
+        (run_id, "1", "succeeded"),
+        (run_id, "2", "failed at availability"),
+        (run_id, "3", "succeeded"),
+    ]
+    assert (
+        "  BulkInventorySaga.undo: undone, compensated items (each line from its own record)\n"
+        in seven
+    )
+    assert f"  recorded: run {run_id} undone; child runs undone, undone, failed, undone\n" in seven
+    assert "  gadget: inventory 20, reserved 0, available 20 (as before the request)\n" in seven
+    assert "  gizmo: inventory 150, reserved 150, available 0 (as before the request)\n" in seven
+    assert "  widget: inventory 100, reserved 5, available 95 (as before the request)\n" in seven
+    assert "  undo again: undone, already True (nothing undone twice)\n" in seven
+
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("quiet")
@@ -103,6 +146,9 @@ async def test_demo_in_memory() -> None:
     text = out.getvalue()
     assert text.startswith("asaga inventory demo (in memory: ")
     check_report(text)
+    seven = section(text, 7)
+    assert "), in memory (with --redis it is recorded, then undone)\n" in seven
+    assert "recorded:" not in seven
 
 
 class TestRedis:
@@ -115,14 +161,19 @@ class TestRedis:
     @pytest.mark.anyio
     @pytest.mark.usefixtures("quiet")
     async def test_demo_on_redis(self, redis_url: str) -> None:
-        """Same report; the demo's keys are gone afterwards."""
+        """Same report, and the bulk request recorded (each line a child run) and undone
+        from its records; the demo's keys, the run store's too, are gone afterwards."""
         import redis.asyncio as aioredis
 
+        from tests.sagas.bulk import resolve_map_result_annotations
+
+        resolve_map_result_annotations()  # an asaga bug: see tests/sagas/bulk.py
         out = io.StringIO()
         await run_demo(redis_url, out=out)
         text = out.getvalue()
         assert text.startswith(f"asaga inventory demo (on Redis at {redis_url}: ")
         check_report(text)
+        check_durable_bulk(text)
         match = re.search(r"keys under (asaga-demo:[0-9a-f]+:)\*", text)
         assert match is not None
         client = aioredis.Redis.from_url(redis_url)
