@@ -50,7 +50,7 @@ class Children:
         runs = journal.store
         values = spec.inputs.validate(inputs)
         resources = _resources(spec, values)
-        undo = _ChildUndo(((child_id, spec),), runs, resources)
+        undo = _ChildUndo(((child_id, spec),), runs, resources, frozenset((child_id,)))
         try:
             record: RunRecord | None = await runs.load(child_id)
         except RunNotFound:
@@ -117,7 +117,8 @@ class Children:
         if not found:
             return None
         any_spec = next(iter(found.values()))
-        return _ChildUndo(tuple(found.items()), journal.store, _resources(any_spec, values))
+        known = frozenset(recorded.children if recorded is not None else ())
+        return _ChildUndo(tuple(found.items()), journal.store, _resources(any_spec, values), known)
 
 
 async def _take(
@@ -154,17 +155,19 @@ class _ChildUndo:
     (once, whoever asks: ``Saga.undo`` semantics), an unfinished one is driven to its end
     by unwinding, one that failed was unwound already."""
 
-    __slots__ = ("_children", "_resources", "_runs")
+    __slots__ = ("_children", "_known", "_resources", "_runs")
 
     def __init__(
         self,
         children: tuple[tuple[str, SagaSpec], ...],
         runs: RunStore,
         resources: Mapping[str, Any],
+        known: frozenset[str],
     ) -> None:
         self._children = children
         self._runs = runs
         self._resources = resources
+        self._known = known  # ids known to have a record: one that is gone is an error
 
     async def undo(self, parent: RunContext) -> None:
         errors: list[Exception] = []
@@ -182,7 +185,14 @@ class _ChildUndo:
         runs = self._runs
         try:
             record = await runs.load(child_id)
-        except RunNotFound:
+        except RunNotFound as exc:
+            if child_id in self._known:  # it ran: its record expired, or was deleted
+                raise RunStoreError(
+                    f"the record of child run {child_id} is gone (past the store's "
+                    "retention?): it cannot be undone from its record; undo its effects by "
+                    "hand",
+                    child_id,
+                ) from exc
             return  # never started
         driven = not record.finished
         if driven:

@@ -204,3 +204,22 @@ async def test_a_recovered_parent_that_unwinds_undoes_children_from_their_record
     assert report.outcome in ("failed", "compensation_failed")
     assert statuses["p/one/1"] in ("failed", "compensation_failed")
     assert dead.held.get("a", 0) == 0
+
+
+async def test_a_child_whose_record_is_gone_is_reported_not_skipped(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A child run that ran but whose record is gone (past retention, deleted) cannot be
+    undone from it: the parent's undo says so instead of passing it over silently."""
+    from asaga import UndoFailed
+
+    ledger = Ledger()
+    async with RedisRunStore(client, prefix=f"{redis_prefix}gone/") as runs:
+        await Bulk.run(lines=LINES, ledger=ledger, runs=runs, run_id="p")
+        await client.delete(f"{redis_prefix}gone/run:p/holds/1/1")
+        with pytest.raises(UndoFailed) as caught:
+            await Bulk.undo("p", runs=runs, ledger=ledger)
+    assert caught.value.failed_compensations == ("holds",)
+    assert "p/holds/1/1" in repr(caught.value.errors.exceptions)
+    assert "is gone" in repr(caught.value.errors.exceptions)
+    assert ledger.held == {"a": 0, "b": 2, "c": 0}  # the others were undone
