@@ -34,7 +34,7 @@ from ._public import claim as _claim
 from ._retry import Retry as Retry
 from ._run import SagaResult as SagaResult
 from ._saga import Saga as Saga
-from ._saga import use_durability as _use_durability
+from ._saga import wire as _wire
 from ._step import Compensation as Compensation
 from ._step import Step as Step
 from ._step import step as step
@@ -54,12 +54,14 @@ from .events import StepSkipped as StepSkipped
 from .events import StepStarted as StepStarted
 from .events import StepSucceeded as StepSucceeded
 from .locks import Lock as Lock
+from .locks._memory import default_provider as _default_provider
 from .runs._durable import DURABILITY as _DURABILITY
 
-# The composition root: the saga runs durably through asaga.runs, which the core never
-# imports (see docs/architecture.md).
-_use_durability(_DURABILITY)
-del _use_durability, _DURABILITY
+# The composition root: the saga runs durably through asaga.runs, and locks without a
+# `locks` input on the event loop's in-memory provider; the core imports neither (see
+# docs/architecture.md).
+_wire(durability=_DURABILITY, default_locks=_default_provider)
+del _wire, _DURABILITY, _default_provider
 
 __version__ = "0.1.0.dev0"
 

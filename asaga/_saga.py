@@ -6,7 +6,7 @@ Wiring only: the plan comes from :mod:`asaga._graph`, inputs are checked by
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, get_origin
 
 from ._annotations import resolve_hints
@@ -18,12 +18,12 @@ from ._retry import Retry
 from ._run import Hooks, SagaResult, SagaSpec, execute
 from ._scheduler import OnFailure, needs_watch
 from ._step import Compensation, Step
-from .locks._memory import default_provider
+from .locks._lease import LockProvider
 
 if TYPE_CHECKING:  # the types of run()'s and undo()'s signatures; nothing of runs/ runs here
     from .runs import RunStore, UndoResult
 
-__all__ = ["Durability", "Saga", "SagaResult", "use_durability"]
+__all__ = ["Durability", "Saga", "SagaResult", "wire"]
 
 
 class Durability(Protocol):
@@ -58,18 +58,29 @@ class Durability(Protocol):
 
 
 _durability: Durability | None = None
+_lock_provider: Callable[[], LockProvider] | None = None
 
 
-def use_durability(durability: Durability) -> None:
-    """Give sagas their durable runs (called once, by ``asaga/__init__.py``)."""
-    global _durability
+def wire(*, durability: Durability, default_locks: Callable[[], LockProvider]) -> None:
+    """Give sagas their durable runs and the lock provider of sagas without a ``locks``
+    input (called once, by ``asaga/__init__.py``: the core reaches for no backend)."""
+    global _durability, _lock_provider
     _durability = durability
+    _lock_provider = default_locks
 
 
 def _durable() -> Durability:
     if _durability is None:  # pragma: no cover - asaga/__init__.py wires it on import
         raise RuntimeError("asaga's durable runs are not wired: import asaga, not its parts")
     return _durability
+
+
+def _default_locks() -> LockProvider:
+    """The lock provider of a locked step whose saga has no ``locks`` input (the event
+    loop's in-memory one, as wired)."""
+    if _lock_provider is None:  # pragma: no cover - asaga/__init__.py wires it on import
+        raise RuntimeError("asaga's default lock provider is not wired: import asaga")
+    return _lock_provider()
 
 
 _SETTINGS = (
@@ -360,7 +371,7 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         cancel_grace=cls.cancel_grace,
         watch=needs_watch(plan, cls.cancel_grace),
         saga_version=str(cls.saga_version),
-        default_locks=default_provider,
+        default_locks=_default_locks,
     )
     cls.__asaga_steps__ = tuple(steps)
     cls.__asaga_compensations__ = tuple(comps)
