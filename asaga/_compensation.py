@@ -152,6 +152,8 @@ class Unwind:
         """Undo a composed or mapped step: its sub-runs compensate themselves, each
         compensation bounded by its own timeout."""
         bind_contextvars(step=name)
+        if not await self._record(name, "running", 1):
+            return  # another process took the run over: it compensates
         emit = self._context.emit
         emit(CompensationStarted, name, attempt=1)
         started = time.monotonic()
@@ -167,9 +169,11 @@ class Unwind:
                 final=True,
             )
             self.errors.append((name, exc))
+            await self._record(name, "failed", 1, repr(exc))
             return
         emit(CompensationSucceeded, name, attempt=1, duration=time.monotonic() - started)
         self.compensated.append(name)
+        await self._record(name, "succeeded", 1)
 
     async def _attempts(self, name: str, comp: CompNode) -> None:
         bind_contextvars(step=name)

@@ -12,6 +12,7 @@ calling the class raises ``TypeError`` and asaga builds them with ``cls._create(
 """
 
 import inspect
+import typing
 from collections.abc import Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -63,5 +64,20 @@ def claim(module: str, namespace: Mapping[str, Any]) -> None:
             continue
         current: str = obj.__module__
         if current.partition(".")[0] == "asaga" and is_private(current):
+            if isinstance(obj, type):
+                _resolve_annotations(obj)
             with suppress(AttributeError, TypeError):  # a type that refuses keeps its own
                 obj.__module__ = module
+
+
+def _resolve_annotations(cls: type) -> None:
+    """Replace the string annotations of ``cls`` (``from __future__ import annotations``)
+    by what they name, in the module that defines them, before ``__module__`` changes:
+    msgspec and ``typing.get_type_hints`` look names up in ``__module__``, and a public
+    module need not hold a private one's names (``MapResult``'s ``T``)."""
+    own = vars(cls).get("__annotations__")
+    if not own or not any(isinstance(a, str) for a in own.values()):
+        return
+    with suppress(Exception):  # an annotation that does not resolve stays as it was
+        hints = typing.get_type_hints(cls)
+        cls.__annotations__ = {name: hints.get(name, value) for name, value in own.items()}

@@ -684,6 +684,7 @@ class RedisRunStore(StoreSettings):
                     for run_id, (owner, saga, version) in zip(ids, rows, strict=True)
                     if owner is not None
                     and owner != self._owner
+                    and "/" not in run_id  # a child run: its parent's recovery drives it
                     and saga is not None
                     and saga in sagas
                     and sagas[saga] == version  # another version waits for its own workers

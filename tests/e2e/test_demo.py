@@ -165,9 +165,6 @@ class TestRedis:
         from its records; the demo's keys, the run store's too, are gone afterwards."""
         import redis.asyncio as aioredis
 
-        from tests.sagas.bulk import resolve_map_result_annotations
-
-        resolve_map_result_annotations()  # an asaga bug: see tests/sagas/bulk.py
         out = io.StringIO()
         await run_demo(redis_url, out=out)
         text = out.getvalue()

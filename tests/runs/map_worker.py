@@ -43,7 +43,6 @@ from tests.sagas.bulk import (
     Gate,
     Line,
     SlowNotifier,
-    resolve_map_result_annotations,
 )
 
 SKUS = ("mk-a", "mk-b", "mk-c")
@@ -96,7 +95,6 @@ SAGAS = {"BulkInventorySaga": BulkInventorySaga, "ApprovedBulk": ApprovedBulk}
 
 
 async def main(url: str, prefix: str, seed: str, bulks: str, owner_ttl: str, mode: str) -> None:
-    resolve_map_result_annotations()  # an asaga bug: see tests/sagas/bulk.py
     client = aioredis.Redis.from_url(url)
     async with (
         RedisLockProvider(client, prefix=f"{prefix}locks:") as locks,

@@ -208,3 +208,46 @@ async def test_an_idempotency_key_replays_a_parent_without_running_its_children(
     assert again.replayed
     assert again.output == first.output == 6
     assert ledger.calls.count("hold a") == 1
+
+
+class Doubled(Saga):
+    n: int
+
+    @step
+    async def double(n: int) -> int:
+        if n < 0:
+            raise ValueError(f"negative: {n}")
+        return 2 * n
+
+
+class Collect(Saga):
+    items: list[dict[str, int]]
+
+    doubled = map_each(Doubled, over="items", mode="collect")
+
+
+async def test_a_map_in_collect_mode_records_its_result_with_failures_as_their_repr() -> None:
+    from asaga import MapResult, RecordedError, SagaFailed
+
+    store = MemoryRunStore()
+    first = await Collect.run(items=[{"n": 1}, {"n": -1}], runs=store, idempotency_key="k")
+    assert isinstance(first.output, MapResult)
+    assert first.output.values == [2, None]
+    again = await Collect.run(items=[{"n": 1}, {"n": -1}], runs=store, idempotency_key="k")
+    assert again.replayed
+    assert isinstance(again.output, MapResult)
+    assert again.output.values == [2, None]
+    failure = again.output.failures[0]
+    assert failure.index == 1
+    assert isinstance(failure.error, RecordedError)
+    assert "SagaFailed" in failure.error.text
+    assert isinstance(first.output.failures[0].error, SagaFailed)
+
+
+async def test_undoing_a_composed_or_mapped_step_is_written_to_the_parent_record() -> None:
+    store, ledger = MemoryRunStore(), Ledger()
+    await Bulk.run(lines=LINES, ledger=ledger, runs=store, run_id="bulk")
+    await Bulk.undo("bulk", runs=store, ledger=ledger)
+    record = await store.load("bulk")
+    assert record.steps["holds"].compensation == "succeeded"
+    assert record.compensated == ("holds",)

@@ -223,3 +223,21 @@ async def test_a_child_whose_record_is_gone_is_reported_not_skipped(
     assert "p/holds/1/1" in repr(caught.value.errors.exceptions)
     assert "is gone" in repr(caught.value.errors.exceptions)
     assert ledger.held == {"a": 0, "b": 2, "c": 0}  # the others were undone
+
+
+async def test_child_runs_never_hide_top_level_runs_from_a_sweep(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Abandoned child runs are left to their parent inside the store's search, so they
+    never count against a sweep's ``limit``."""
+    from tests.unfinished_runs import unfinished_run
+
+    async with RedisRunStore(client, prefix=f"{redis_prefix}hide/") as dead:
+        for index in range(5):
+            await dead.create(unfinished_run("Hold", f"gone/holds/1/{index}"), None)
+        await dead.create(unfinished_run("Hold", "top"), None)
+        owner = dead.owner
+    await client.delete(f"{redis_prefix}hide/owner:{owner}")  # its process died
+    async with RedisRunStore(client, prefix=f"{redis_prefix}hide/") as runs:
+        report = await recover(runs, sagas=[Hold], resources={"ledger": Ledger()}, limit=3)
+    assert [r.run_id for r in report] == ["top"]

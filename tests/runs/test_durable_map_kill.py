@@ -55,7 +55,7 @@ from examples.inventory import (
 )
 from examples.inventory.store import deltas
 from tests.runs.map_worker import GATE_LINES, GATED, SKUS, bulk_plan
-from tests.sagas.bulk import ApprovedBulk, BulkHold, Gate, resolve_map_result_annotations
+from tests.sagas.bulk import ApprovedBulk, BulkHold, Gate
 
 pytestmark = pytest.mark.anyio
 
@@ -74,11 +74,6 @@ STOCK = Product(sku="", inventory_count=100_000, reserved_count=1_000)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # redis-py's client is asyncio-only
-
-
-@pytest.fixture(autouse=True)
-def _map_result_annotations() -> None:
-    resolve_map_result_annotations()  # an asaga bug: see tests/sagas/bulk.py
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@
 
 from __future__ import annotations
 
-import inspect
 import random
 import sys
-import typing
 from typing import Literal
 
 import anyio
@@ -34,25 +32,7 @@ __all__ = [
     "Line",
     "Refused",
     "SlowNotifier",
-    "resolve_map_result_annotations",
 ]
-
-
-def resolve_map_result_annotations() -> None:
-    """Work around an asaga bug (see the report of this test's author): ``asaga`` makes
-    itself the ``__module__`` of ``MapResult`` and ``ElementSuccess``, whose annotations
-    are strings (``list[T | None]``); msgspec resolves them in ``asaga``'s namespace, which
-    has no ``T``, so building the record decoder of any durable map in ``collect`` mode
-    raises ``NameError: name 'T' is not defined``. Resolved here, in the module that
-    defines them; called by the tests that run such maps (not at import, so that other
-    tests still see asaga as it is). Harmless once asaga is fixed; remove it then."""
-    import asaga._nested as nested
-
-    for cls in (nested.ElementSuccess, nested.MapResult):
-        own = inspect.get_annotations(cls)
-        if any(isinstance(v, str) for v in own.values()):
-            hints = typing.get_type_hints(cls, globalns=vars(nested))
-            cls.__annotations__ = {name: hints[name] for name in own}
 
 
 class SlowNotifier(Notifier):
