@@ -44,9 +44,9 @@ import asyncio
 import contextvars
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -96,6 +96,10 @@ class Resume:
 
     succeeded: tuple[str, ...]
     skipped: tuple[str, ...] = ()
+    first_attempts: Mapping[str, int] = field(default_factory=dict)
+    """The attempt a step resumes at (default 1): a step in doubt does not get its retries
+    back (an idempotent one goes on at the attempt after the one in doubt; a composed or
+    mapped one at the same attempt, whose child runs it picks up)."""
 
 
 class Execution:
@@ -105,6 +109,7 @@ class Execution:
         "_context",
         "_default_locks",
         "_fatal",
+        "_first_attempts",
         "_flights",
         "_grace",
         "_idle",
@@ -149,6 +154,7 @@ class Execution:
         # carries the in-memory one), so that the scheduler never imports a backend.
         self._default_locks = default_locks
         self._grace = cancel_grace
+        self._first_attempts: Mapping[str, int] | None = None  # set when resumed
         self._watch = watch  # a task watches for the caller's cancellation (see execute)
         self._flights: dict[str, _Flight] = {}  # attempts in flight, by step
         self._live = 0  # chains running in tasks of the task group
@@ -185,6 +191,7 @@ class Execution:
     def _resume(self, resume: Resume) -> None:
         """Start from a recorded state: steps that ended are not run again."""
         done = set(resume.succeeded) | set(resume.skipped)
+        self._first_attempts = resume.first_attempts or None
         self.completed.extend(resume.succeeded)
         self.skipped = set(resume.skipped)
         nodes = self._plan.nodes
@@ -381,7 +388,8 @@ class Execution:
         undo: Undoable | None = None
         # The slot is held for one attempt at a time, never across a backoff wait.
         slot = self._limiter if self._limiter is not None else _NO_SLOT
-        attempt = 0
+        first = self._first_attempts
+        attempt = 0 if first is None else first.get(name, 1) - 1
         error: Exception | None = None
         while True:
             attempt += 1

@@ -329,13 +329,12 @@ class Journal:
             self._events.append(encode_event(event))
         await self._put(final=True)
 
-    async def resume(self, roots: Iterable[str]) -> None:
-        """A recovered run goes on: ``roots`` (never started, or idempotent and in doubt)
-        are about to start."""
+    async def resume(self, roots: Iterable[str], attempts: Mapping[str, int]) -> None:
+        """A recovered run goes on: ``roots`` (never started, or in doubt and safe to run
+        again) are about to start, at ``attempts`` (default 1)."""
         now = time.time()
         for name in roots:
-            previous = self._steps.get(name)
-            attempt = previous.attempt + 1 if previous is not None else 1
+            attempt = attempts.get(name, 1)
             self._steps[name] = StepRecord(status="running", attempt=attempt, started_at=now)
         await self._put()
 

@@ -288,10 +288,18 @@ async def _resume(
     run_id, saga = record.run_id, record.saga
     succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
     skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
-    resume = Resume(succeeded=succeeded, skipped=skipped)
+    # A step in doubt goes on where it was: an idempotent one at its next attempt (its
+    # retries are not given back), a composed or mapped one at the same attempt (whose
+    # child runs it picks up, by their ids).
+    first = {
+        n: s.attempt + (plan.nodes[n].invoke is None)
+        for n, s in steps.items()
+        if s.status == "running"
+    }
+    resume = Resume(succeeded=succeeded, skipped=skipped, first_attempts=first)
     resumed = tuple(n for n in plan.order if n not in succeeded and n not in skipped)
     try:
-        await journal.resume(_roots(plan, succeeded, skipped))
+        await journal.resume(_roots(plan, succeeded, skipped), first)
         await run_values(
             spec,
             values,

@@ -170,6 +170,11 @@ async def test_a_recovered_parent_finishes_its_map_and_can_be_undone_once(
     assert dead.calls.count("hold a") == 1  # element 0 was replayed from its record
     assert set(statuses.values()) == {"succeeded"}
     async with RedisRunStore(client, prefix=f"{prefix}dead/") as runs:
+        # The element in doubt went on at its next attempt (its retries not given back);
+        # the mapped step at the same attempt, whose children it picked up.
+        assert (await runs.load("p/holds/1/1")).steps["hold"].attempt == 2
+        assert (await runs.load("p")).steps["holds"].attempt == 1
+    async with RedisRunStore(client, prefix=f"{prefix}dead/") as runs:
         undone = await IdempotentBulk.undo("p", runs=runs, ledger=dead)
         assert not undone.already
         assert dead.held == {"a": 0, "b": 0, "c": 0}
