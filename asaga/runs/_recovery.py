@@ -112,22 +112,7 @@ async def recover(
     run is recoverable once its owner's lease has expired.
     """
     resources = dict(resources or {})
-    specs: dict[str, SagaSpec] = {}
-    for cls in sagas:
-        spec = getattr(cls, "__asaga__", None)
-        if spec is None:
-            raise TypeError(f"recover(sagas=...) takes saga classes, got {cls!r}")
-        missing = [
-            name
-            for name, i in spec.plan.inputs.items()
-            if i.resource and i.required and name not in resources
-        ]
-        if missing:
-            raise ValueError(
-                f"recover() needs the resources of saga {spec.plan.saga}, which are never "
-                f"recorded: pass resources={{...}} with {missing}"
-            )
-        specs[spec.plan.saga] = spec
+    specs = _specs_of(sagas, resources)
     if not 1 <= concurrency <= 1000 or not limit >= 1:
         raise ValueError("limit >= 1 and 1 <= concurrency <= 1000")
     extra = split_hooks(hooks) if hooks else ((), ())
@@ -137,36 +122,9 @@ async def recover(
 
     async def one(run_id: str, owner: str) -> None:
         async with limiter:
-            # Taken only now, when it is driven: if this sweep is cancelled, the runs it
-            # has not reached stay for the next sweep (here or in another process).
-            try:
-                record = await runs.claim(run_id, owner)
-            except CorruptRecord as exc:  # taken, but its record cannot be read
-                report.append(await _set_aside(runs, run_id, "", str(exc)))
-                return
-            except AsagaError as exc:  # Redis went away: this one waits for the next sweep
-                report.append(Recovered(run_id=run_id, saga="", outcome="error", error=repr(exc)))
-                return
-            if record is None:
-                return  # another recoverer took it, or it finished meanwhile
-            try:
-                spec, values = _admit(specs, record, resources)
-            except (CorruptRecord, InputValidationError) as exc:
-                report.append(await _set_aside(runs, run_id, record.saga, str(exc)))
-                return
-            except AsagaError as exc:
-                report.append(
-                    Recovered(run_id=run_id, saga=record.saga, outcome="error", error=repr(exc))
-                )
-                return
-            try:
-                done = await recover_one(spec, runs, record, values, extra, kin)
-            except AsagaError as exc:  # a store error...
-                done = Recovered(
-                    run_id=record.run_id, saga=record.saga, outcome="error", error=repr(exc)
-                )
+            done = await _recover_taken(runs, run_id, owner, specs, resources, extra, kin)
+        if done is not None:
             report.append(done)
-            _logger.info("run_recovered", saga=done.saga, run_id=done.run_id, outcome=done.outcome)
 
     # Quarantined runs leave the running set and do not count: look again until ``limit``
     # runs that can be driven were taken, or there are no more.
@@ -190,6 +148,62 @@ async def recover(
         if not aside or taken >= limit:
             break
     return report
+
+
+def _specs_of(sagas: Sequence[SagaClass], resources: Mapping[str, Any]) -> dict[str, SagaSpec]:
+    """The sagas of a sweep by name; refused at once if one lacks its resources."""
+    specs: dict[str, SagaSpec] = {}
+    for cls in sagas:
+        spec = getattr(cls, "__asaga__", None)
+        if spec is None:
+            raise TypeError(f"recover(sagas=...) takes saga classes, got {cls!r}")
+        missing = [
+            name
+            for name, i in spec.plan.inputs.items()
+            if i.resource and i.required and name not in resources
+        ]
+        if missing:
+            raise ValueError(
+                f"recover() needs the resources of saga {spec.plan.saga}, which are never "
+                f"recorded: pass resources={{...}} with {missing}"
+            )
+        specs[spec.plan.saga] = spec
+    return specs
+
+
+async def _recover_taken(
+    runs: RunStore,
+    run_id: str,
+    owner: str,
+    specs: Mapping[str, SagaSpec],
+    resources: Mapping[str, Any],
+    extra: Hooks,
+    kin: ChildRunsFor,
+) -> Recovered | None:
+    """Take ``run_id`` over from its dead ``owner`` and drive it to its end; what became
+    of it (``None``: another recoverer took it, or it finished meanwhile). Taken only
+    now, when it is driven: if the sweep is cancelled, the runs it has not reached stay
+    for the next sweep (here or in another process)."""
+    try:
+        record = await runs.claim(run_id, owner)
+    except CorruptRecord as exc:  # taken, but its record cannot be read
+        return await _set_aside(runs, run_id, "", str(exc))
+    except AsagaError as exc:  # Redis went away: this one waits for the next sweep
+        return Recovered(run_id=run_id, saga="", outcome="error", error=repr(exc))
+    if record is None:
+        return None
+    try:
+        spec, values = _admit(specs, record, resources)
+    except (CorruptRecord, InputValidationError) as exc:
+        return await _set_aside(runs, run_id, record.saga, str(exc))
+    except AsagaError as exc:
+        return Recovered(run_id=run_id, saga=record.saga, outcome="error", error=repr(exc))
+    try:
+        done = await recover_one(spec, runs, record, values, extra, kin)
+    except AsagaError as exc:  # a store error...
+        done = Recovered(run_id=record.run_id, saga=record.saga, outcome="error", error=repr(exc))
+    _logger.info("run_recovered", saga=done.saga, run_id=done.run_id, outcome=done.outcome)
+    return done
 
 
 def _admit(
