@@ -18,8 +18,9 @@ asaga's port of the seed's fourth reactor. The graph::
 - the supplier order is placed with the purchase order's id as idempotency key, so a
   retried call whose first response was lost does not order twice; its compensation
   cancels it (idempotent, retried);
-- the purchase order is recorded in the store (compensation: deleted), then delivery
-  tracking is scheduled and its id written into the purchase order.
+- the purchase order is recorded in the store (compensation: deleted, which a second run
+  of it finds done), then delivery tracking is scheduled and its id written into the
+  purchase order.
 
 Supplier calls are bounded by a timeout and retried on transient errors
 (``ConnectionError``, ``TimeoutError``) only; a refusal fails the step at once.
@@ -259,6 +260,8 @@ class ReplenishmentSaga(Saga):
 
     @supplier_order.compensate(retry=SUPPLIER_RETRY, timeout=SUPPLIER_TIMEOUT)
     async def cancel_supplier_order(supplier_order: str, supplier: Supplier) -> None:
+        """Cancel the order; cancelling it again is a no-op (the supplier's own rule), so
+        a retry, or a run of it again by recovery, changes nothing."""
         await supplier.cancel_order(supplier_order)
 
     @step
@@ -281,6 +284,8 @@ class ReplenishmentSaga(Saga):
 
     @purchase_order.compensate
     async def undo_purchase_order(purchase_order: PurchaseOrder, store: InventoryStore) -> None:
+        """Delete the purchase order; a second call finds nothing to delete (its id is a
+        fresh uuid, never reused)."""
         await store.delete_purchase_order(purchase_order.id)
 
     @step(retry=SUPPLIER_RETRY, timeout=SUPPLIER_TIMEOUT)

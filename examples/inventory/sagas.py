@@ -8,7 +8,12 @@ Where the seed was wrong, these do it right (see docs/inventory.md):
 - stock is checked again inside the lease, by the store, atomically with the write, which
   carries the lease's fencing token, so a stale holder cannot oversell;
 - every compensation reads what its own step returned, never a key that does not exist;
-- a transfer's compensation restores both locations instead of giving up.
+- a transfer's compensation restores both locations instead of giving up;
+- every compensation can run twice and undoes once (a durable run's recovery runs again a
+  compensation that was cut off): the stock is restored with ``store.adjust(...,
+  key=<the step's reference>)``, applied at most once per key; removing a log entry, a
+  queued request or a purchase order, releasing a reservation and cancelling a supplier
+  order do nothing the second time.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     """What a stock operation did: enough to log it and to undo it."""
 
     reference: str
+    """A uuid made by the step that made the change: the ``run_id`` of its log entry, and
+    the key of its compensation's ``adjust`` (so that the undo lands once)."""
     sku: str
     operation: str
     quantity: int
@@ -138,7 +145,11 @@ class InventorySaga(Saga):
 
     @perform.compensate
     async def undo_perform(perform: Change, store: InventoryStore) -> None:
-        await store.adjust(perform.sku, -perform.d_inventory, -perform.d_reserved)
+        """The opposite deltas, keyed by the change's reference: run twice (recovery runs
+        again a compensation cut off), they land once."""
+        await store.adjust(
+            perform.sku, -perform.d_inventory, -perform.d_reserved, key=perform.reference
+        )
 
     @step
     async def transaction(perform: Change, store: InventoryStore) -> str:
@@ -147,6 +158,8 @@ class InventorySaga(Saga):
 
     @transaction.compensate
     async def undo_transaction(transaction: str, store: InventoryStore) -> None:
+        """Remove the entry; a second call finds nothing to remove (entry ids are never
+        reused)."""
         await store.unlog(transaction)
 
     @step
@@ -163,6 +176,8 @@ class InventorySaga(Saga):
 
     @replenishment.compensate
     async def undo_replenishment(replenishment: str | None, store: InventoryStore) -> None:
+        """Withdraw the request; a second call finds nothing to withdraw (request ids are
+        never reused)."""
         if replenishment is not None:
             await store.cancel_replenishment(replenishment)
 
@@ -206,7 +221,8 @@ class AtomicReservationSaga(Saga):
     @reserve.compensate
     async def unreserve(reservation_id: str, store: InventoryStore) -> None:
         """Give the units back and log the release, in one script: the log keeps
-        reconciling with the stock."""
+        reconciling with the stock. A second call finds the reservation released and
+        changes nothing."""
         await store.release(reservation_id)
 
     @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01), timeout=NETWORK_TIMEOUT)
@@ -279,15 +295,29 @@ class InventoryTransferSaga(Saga):
         quantity: int,
         store: InventoryStore,
         lease: Lease,
-    ) -> str:
+    ) -> Change:
         """Reserve at the source under its lease (the store checks again as it writes)."""
         sku = f"{product_id}@{source}"
-        await store.apply(lease, sku, 0, quantity)
-        return sku
+        after = await store.apply(lease, sku, 0, quantity)
+        return Change(
+            reference=uuid.uuid4().hex,
+            sku=sku,
+            operation="reserve",
+            quantity=quantity,
+            d_inventory=0,
+            d_reserved=quantity,
+            after=after,
+        )
 
     @reserve_source.compensate
-    async def unreserve_source(reserve_source: str, quantity: int, store: InventoryStore) -> None:
-        await store.adjust(reserve_source, 0, -quantity)
+    async def unreserve_source(reserve_source: Change, store: InventoryStore) -> None:
+        """Release the reservation, keyed by its reference: run twice, it lands once."""
+        await store.adjust(
+            reserve_source.sku,
+            -reserve_source.d_inventory,
+            -reserve_source.d_reserved,
+            key=reserve_source.reference,
+        )
 
     @step
     async def prepare_destination(
@@ -315,7 +345,7 @@ class InventoryTransferSaga(Saga):
         )
     )
     async def transfer(
-        reserve_source: str,
+        reserve_source: Change,
         prepare_destination: tuple[str, bool],
         product_id: str,
         source: str,
@@ -325,9 +355,9 @@ class InventoryTransferSaga(Saga):
         lease: Lease,
     ) -> Change:
         """Both locations under one multi-key lease (sorted keys: no deadlock)."""
-        target = prepare_destination[0]
+        origin, target = reserve_source.sku, prepare_destination[0]
         await store.apply(
-            lease, reserve_source, -quantity, -quantity, key=f"inventory:{product_id}@{source}"
+            lease, origin, -quantity, -quantity, key=f"inventory:{product_id}@{source}"
         )
         try:
             await store.apply(
@@ -335,9 +365,11 @@ class InventoryTransferSaga(Saga):
             )
         except BaseException:
             # The step will not complete, so its compensation will not run: put the source
-            # back as it was (reserved) before failing, shielded from cancellation.
+            # back as it was (reserved) before failing, shielded from cancellation. Not
+            # keyed: it runs once per attempt of the step (an attempt cut off by the
+            # process's death leaves the step in doubt, and its undo to a human).
             with anyio.CancelScope(shield=True):
-                await store.adjust(reserve_source, quantity, quantity)
+                await store.adjust(origin, quantity, quantity)
             raise
         return Change(
             reference=uuid.uuid4().hex,
@@ -351,15 +383,18 @@ class InventoryTransferSaga(Saga):
     @transfer.compensate
     async def untransfer(
         transfer: Change,
-        reserve_source: str,
+        reserve_source: Change,
         prepare_destination: tuple[str, bool],
         quantity: int,
         store: InventoryStore,
     ) -> None:
         """Restore both sides: take the units back from the destination (refused if they
-        were sold meanwhile: that needs a human), return them to the source reserved."""
-        await store.adjust(prepare_destination[0], -quantity, 0)
-        await store.adjust(reserve_source, quantity, quantity)
+        were sold meanwhile: that needs a human), return them to the source reserved.
+        Each side is keyed by the transfer's reference: run again after it was cut off
+        between the two, the side already restored is not restored twice."""
+        key = transfer.reference
+        await store.adjust(prepare_destination[0], -quantity, 0, key=f"{key}:destination")
+        await store.adjust(reserve_source.sku, quantity, quantity, key=f"{key}:source")
 
     @step
     async def log(transfer: Change, store: InventoryStore) -> str:
@@ -367,4 +402,5 @@ class InventoryTransferSaga(Saga):
 
     @log.compensate
     async def unlog(log: str, store: InventoryStore) -> None:
+        """Remove the entry; a second call finds nothing to remove."""
         await store.unlog(log)

@@ -20,7 +20,10 @@ Two ways to change stock:
   release). No lease needed: the fast path.
 
 Compensations use :meth:`InventoryStore.adjust`, an atomic delta that refuses to make any
-count negative.
+count negative. Keyed (``adjust(..., key=...)``), it is applied at most once per product
+and key: a compensation runs at least once (a durable run's recovery runs again one that
+was cut off), and a second call with the same key changes nothing. The store remembers a
+key for ``retention`` seconds, as it remembers a committed reservation.
 
 Arguments are checked before anything is written: the stores' methods raise ValueError
 for a quantity, delta, hold time or id out of bounds (:data:`MAX_QUANTITY`,
@@ -32,7 +35,8 @@ for another product or quantity raises :class:`ReservationConflict`.
 Everything the Redis store writes is bounded: the log stream is trimmed to about
 ``log_max_entries``; a pending reservation holds at least one unit (so there are at most as
 many as units in stock) and is returned by the reaper once expired; a committed one is
-forgotten ``retention`` seconds after its commit.
+forgotten ``retention`` seconds after its commit; the mark of a keyed ``adjust`` expires
+(a Redis TTL) ``retention`` seconds after it was applied.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
     "MAX_HOLD_SECONDS",
     "MAX_ID_LENGTH",
     "MAX_QUANTITY",
+    "AdjustmentConflict",
     "InsufficientStock",
     "InventoryStore",
     "MemoryInventoryStore",
@@ -150,6 +155,29 @@ class ReservationConflict(ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self.reservation_id, self.held_sku, self.held_quantity, self.sku, self.quantity)
+        return (type(self), args)
+
+
+class AdjustmentConflict(ValueError):
+    """An adjustment key already applied other deltas to the product: refused, nothing
+    written. The same key, product and deltas again is a retry (it changes nothing), not
+    a conflict."""
+
+    def __init__(
+        self, key: str, sku: str, held: tuple[int, int], d_inventory: int, d_reserved: int
+    ) -> None:
+        self.key = key
+        self.sku = sku
+        self.held = held
+        self.d_inventory = d_inventory
+        self.d_reserved = d_reserved
+        super().__init__(
+            f"adjustment key {key!r} already applied ({held[0]:+d}, {held[1]:+d}) to {sku}; "
+            f"refused ({d_inventory:+d}, {d_reserved:+d}) under the same key"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.key, self.sku, self.held, self.d_inventory, self.d_reserved)
         return (type(self), args)
 
 
@@ -259,8 +287,19 @@ class InventoryStore(Protocol):
         check and the write are one atomic step); UnknownProduct."""
         ...
 
-    async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
-        """Atomically add deltas; InsufficientStock if a count would go invalid."""
+    async def adjust(
+        self, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
+    ) -> bool:
+        """Atomically add deltas; InsufficientStock (nothing written) if a count would go
+        invalid, UnknownProduct. Without ``key``, every call adds them (True).
+
+        With ``key`` (1 to MAX_ID_LENGTH bytes), at most once per product and key: the
+        deltas and the mark of the key are one atomic step, and a call whose key is
+        marked on the product changes nothing and returns False (True when it applied
+        them). What compensations use: run twice, they undo once. The mark is kept for
+        the store's ``retention`` (as a committed reservation is), then forgotten.
+        AdjustmentConflict (nothing written) if the key applied other deltas to the
+        product."""
         ...
 
     async def log(self, entry: Transaction) -> str:
@@ -329,7 +368,9 @@ class InventoryStore(Protocol):
 class MemoryInventoryStore:
     """An :class:`InventoryStore` in this process's memory. Bounded as the Redis store is:
     the log keeps its newest ``log_max_entries`` entries, a committed reservation is
-    forgotten ``retention`` seconds after its commit. ``clock`` as the Redis store's."""
+    forgotten ``retention`` seconds after its commit, and the key of a keyed ``adjust``
+    ``retention`` seconds after it was applied (by ``clock``: later keyed adjusts and the
+    reaper forget it). ``clock`` as the Redis store's."""
 
     def __init__(
         self,
@@ -348,6 +389,8 @@ class MemoryInventoryStore:
         self._reservations: dict[str, Reservation] = {}
         self._committed: dict[str, Reservation] = {}
         self._forget_at: dict[str, float] = {}  # committed id -> when forgotten, in commit order
+        # (sku, adjustment key) -> (deltas applied, when forgotten), in the order applied
+        self._adjusted: dict[tuple[str, str], tuple[tuple[int, int], float]] = {}
         self._requests: dict[str, tuple[str, int]] = {}
         self._orders: dict[str, dict[str, Any]] = {}
         self._ids = 0
@@ -372,9 +415,32 @@ class MemoryInventoryStore:
             raise stale_write(key, lease.tokens[key])
         return self._add(sku, d_inventory, d_reserved)
 
-    async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
+    async def adjust(
+        self, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
+    ) -> bool:
         check_deltas(d_inventory, d_reserved)
+        if key is None:
+            self._add(sku, d_inventory, d_reserved)
+            return True
+        check_identifier("key", key)
+        now = self.clock()
+        self._forget_adjustments(now)  # as a Redis TTL: the marks stay bounded
+        held = self._adjusted.get((sku, key))
+        if held is not None:
+            if held[0] != (d_inventory, d_reserved):
+                raise AdjustmentConflict(key, sku, held[0], d_inventory, d_reserved)
+            return False
         self._add(sku, d_inventory, d_reserved)
+        self._adjusted[sku, key] = ((d_inventory, d_reserved), now + self.retention)
+        return True
+
+    def _forget_adjustments(self, now: float) -> None:
+        """Forget the adjustment keys whose retention ended by ``now``, oldest first."""
+        while self._adjusted:
+            mark, (_, until) = next(iter(self._adjusted.items()))
+            if until > now:
+                return
+            del self._adjusted[mark]
 
     def _add(self, sku: str, d_inventory: int, d_reserved: int) -> Product:
         product = self._products.get(sku)
@@ -486,6 +552,7 @@ class MemoryInventoryStore:
         for reservation_id in expired:
             await self.release(reservation_id)
         self._forget(now)
+        self._forget_adjustments(now)
         return len(expired)
 
     def _forget(self, now: float, limit: int | None = None) -> None:
@@ -597,6 +664,36 @@ int_arg(1, 'd_inventory', -MAX_QUANTITY, MAX_QUANTITY)
 int_arg(2, 'd_reserved', -MAX_QUANTITY, MAX_QUANTITY)
 local refused = change(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 if refused then return refused end
+return 1
+"""
+)
+
+# KEYS: product hash, adjustment mark ; ARGV: d_inventory, d_reserved, key, retention (seconds)
+# 1 if applied, 0 if the mark was there (nothing written). The mark is the product's key
+# with ":adjusted:<key>" for ":product", holds "<d_inventory> <d_reserved>" and expires
+# after the retention; it is written with the counts, so the deltas land once per key.
+_ADJUST_ONCE = (
+    _ARGUMENTS
+    + _CHANGE
+    + """
+local d_inv = int_arg(1, 'd_inventory', -MAX_QUANTITY, MAX_QUANTITY)
+local d_res = int_arg(2, 'd_reserved', -MAX_QUANTITY, MAX_QUANTITY)
+local key = id_arg(3, 'key')
+local retention = number_arg(4, 'retention', MAX_RETENTION)
+local suffix = ':product'
+if string.sub(KEYS[1], -#suffix) ~= suffix
+    or KEYS[2] ~= string.sub(KEYS[1], 1, -#suffix - 1) .. ':adjusted:' .. key then
+  refuse('key', key, 'not the key of the mark ' .. tostring(KEYS[2]))
+end
+local applied = string.format('%d %d', d_inv, d_res)
+local held = redis.call('get', KEYS[2])
+if held then
+  if held ~= applied then return redis.error_reply('ADJUSTMENT_CONFLICT ' .. held) end
+  return 0
+end
+local refused = change(KEYS[1], d_inv, d_res)
+if refused then return refused end
+redis.call('set', KEYS[2], applied, 'PX', string.format('%d', math.ceil(retention * 1000)))
 return 1
 """
 )
@@ -728,8 +825,10 @@ class RedisInventoryStore:
     The log stream keeps about its newest ``log_max_entries`` entries (``XADD MAXLEN ~``:
     up to a stream node, 100 entries by default, more); a committed reservation is
     forgotten ``retention`` seconds after its commit (a ``reserve`` retried later would
-    reserve again). ``clock`` dates reservations, releases and commits, and is the reaper's
-    default ``now`` (``time.time`` by default; every client of one store must agree)."""
+    reserve again), and the key of a keyed ``adjust`` ``retention`` seconds after it was
+    applied (the TTL of its mark: by the server's clock). ``clock`` dates reservations,
+    releases and commits, and is the reaper's default ``now`` (``time.time`` by default;
+    every client of one store must agree)."""
 
     def __init__(
         self,
@@ -748,6 +847,7 @@ class RedisInventoryStore:
         self.retention = check_seconds("retention", retention, MAX_RETENTION)
         self.clock = clock
         self._adjust = client.register_script(_ADJUST)
+        self._adjust_once = client.register_script(_ADJUST_ONCE)
         self._apply = client.register_script(_APPLY)
         self._reserve = client.register_script(_RESERVE)
         self._release = client.register_script(_RELEASE)
@@ -765,6 +865,10 @@ class RedisInventoryStore:
 
     def _committed_key(self, sku: str) -> str:
         return f"{self.prefix}{{{sku}}}:committed"
+
+    def _adjusted_key(self, sku: str, key: str) -> str:
+        """The mark of a keyed ``adjust`` of the product."""
+        return f"{self.prefix}{{{sku}}}:adjusted:{key}"
 
     @property
     def _log_key(self) -> str:
@@ -837,9 +941,19 @@ class RedisInventoryStore:
         raw = await self.client.hgetall(f"{self.prefix}purchase-orders")
         return {_text(k): msgspec.json.decode(v) for k, v in raw.items()}
 
-    async def adjust(self, sku: str, d_inventory: int, d_reserved: int) -> None:
+    async def adjust(
+        self, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
+    ) -> bool:
         check_deltas(d_inventory, d_reserved)
-        await self._scripted(self._adjust, [self.product_key(sku)], [d_inventory, d_reserved], sku)
+        if key is None:
+            delta_args = [d_inventory, d_reserved]
+            await self._scripted(self._adjust, [self.product_key(sku)], delta_args, sku)
+            return True
+        check_identifier("key", key)
+        keys = [self.product_key(sku), self._adjusted_key(sku, key)]
+        args: list[Any] = [d_inventory, d_reserved, key, self.retention]
+        adjustment = (key, d_inventory, d_reserved)
+        return bool(await self._scripted(self._adjust_once, keys, args, sku, adjustment=adjustment))
 
     async def log(self, entry: Transaction) -> str:
         entry_id = await self.client.xadd(
@@ -925,10 +1039,12 @@ class RedisInventoryStore:
         *,
         request: tuple[str, int] | None = None,
         fence: tuple[str, int] | None = None,
+        adjustment: tuple[str, int, int] | None = None,
     ) -> Any:
         """Run a script; its error replies raised as the store's exceptions. ``request``
         is a reservation's (id, quantity), for ReservationConflict; ``fence`` a fenced
-        write's (lease key, token), for StaleWrite."""
+        write's (lease key, token), for StaleWrite; ``adjustment`` a keyed adjustment's
+        (key, d_inventory, d_reserved), for AdjustmentConflict."""
         from redis.exceptions import ResponseError
 
         try:
@@ -943,6 +1059,11 @@ class RedisInventoryStore:
                 reservation_id, quantity = request
                 raise ReservationConflict(
                     reservation_id, held["sku"], held.get("quantity"), sku, quantity
+                ) from None
+            if message.startswith("ADJUSTMENT_CONFLICT ") and adjustment is not None:
+                held_inventory, held_reserved = map(int, message.split()[1:3])
+                raise AdjustmentConflict(
+                    adjustment[0], sku, (held_inventory, held_reserved), *adjustment[1:]
                 ) from None
             if "UNKNOWN_PRODUCT" in message:
                 raise UnknownProduct(sku) from None

@@ -3,19 +3,23 @@
 Every failure of an ``InventorySaga`` leaves stock, reservations, the log and the
 replenishment queue exactly as they were; an ``AtomicReservationSaga`` that fails gives its
 units back and logs the release, so the log still reconciles with the stock; concurrent
-runs conserve stock exactly.
+runs conserve stock exactly. Every compensation of the example's sagas, called twice in a
+row (a durable run's recovery runs again one that was cut off), changes nothing the
+second time.
 """
 
+import inspect
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from asaga import CompensationFailed, InputValidationError, SagaFailed
+from asaga import Compensation, CompensationFailed, InputValidationError, Saga, SagaFailed
 from asaga.locks import Lease, RedisLockProvider
 from examples.inventory import (
     AtomicReservationSaga,
@@ -28,6 +32,8 @@ from examples.inventory import (
     Notifier,
     Product,
     RedisInventoryStore,
+    ReplenishmentSaga,
+    Supplier,
     Transaction,
     UnknownProduct,
 )
@@ -383,6 +389,144 @@ async def test_transfer_to_the_same_location_is_refused() -> None:
     assert "must differ" in str(info.value.__cause__)
 
 
+# -- every compensation, run twice ---------------------------------------------------------
+
+
+async def undo_each_twice(
+    saga: type[Saga],
+    results: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    state: Callable[[], Awaitable[Any]],
+) -> list[str]:
+    """Call every compensation of ``saga`` with the run's ``results`` and ``inputs``, the
+    last step's first, each twice in a row: the first undoes its step (``state`` changes,
+    unless the step did nothing to undo), the second changes nothing. Returns the
+    compensations' names, in the order called."""
+    values = {**inputs, **results}
+    undos = [v for v in vars(saga).values() if isinstance(v, Compensation)]
+    called = []
+    for undo in reversed(undos):
+        arguments = {name: values[name] for name in inspect.signature(undo.fn).parameters}
+        before = await state()
+        await undo(**arguments)
+        once = await state()
+        if results[undo.target.name] is not None:  # a step that did something
+            assert once != before, f"{undo.name} undid nothing"
+        await undo(**arguments)
+        assert await state() == once, f"{undo.name} run again changed the store"
+        called.append(undo.name)
+    return called
+
+
+async def inventory_undone_twice(store: InventoryStore) -> None:
+    """InventorySaga's compensations (the stock, the log entry, the replenishment
+    request), each run twice after a reservation that queued a request and after a
+    consumption: the store is as before the run, the second calls changing nothing."""
+    skus = ["p1", "p2"]
+    for product_id, quantity, operation in (("p1", 6, "reserve"), ("p2", 4, "consume")):
+        before = await snapshot(store, skus)
+        inputs = {"product_id": product_id, "quantity": quantity, "operation": operation}
+        result = await run_inventory(store, **inputs)
+        assert await snapshot(store, skus) != before
+        called = await undo_each_twice(
+            InventorySaga,
+            result.results,
+            {**inputs, "store": store},
+            lambda: snapshot(store, skus),
+        )
+        assert called == ["undo_replenishment", "undo_transaction", "undo_perform"]
+        assert await snapshot(store, skus) == before
+    assert (await store.replenishments()) == {}
+
+
+async def transfer_undone_twice(store: InventoryStore) -> None:
+    """InventoryTransferSaga's compensations (unlog, untransfer: both locations,
+    unreserve_source), each run twice: both locations as before the transfer."""
+    args = {"product_id": "p", "quantity": 4, "source": "east", "destination": "west"}
+    await InventoryTransferSaga.run(store=store, locks=store.locks, **args)  # creates west
+    skus = ["p@east", "p@west"]
+    before = await snapshot(store, skus)
+    result = await InventoryTransferSaga.run(store=store, locks=store.locks, **args)
+    assert (await store.get("p@west")).inventory_count == 8
+    called = await undo_each_twice(
+        InventoryTransferSaga,
+        result.results,
+        {**args, "store": store},
+        lambda: snapshot(store, skus),
+    )
+    assert called == ["unlog", "untransfer", "unreserve_source"]
+    assert await snapshot(store, skus) == before
+
+
+async def atomic_undone_twice(store: InventoryStore) -> None:
+    """AtomicReservationSaga's ``unreserve`` twice: released once, the release logged
+    once."""
+    before = await store.get("p1")
+    inputs = {"product_id": "p1", "quantity": 4, "reservation_id": "r-twice"}
+    result = await AtomicReservationSaga.run(store=store, notifier=Notifier(), **inputs)
+    called = await undo_each_twice(
+        AtomicReservationSaga,
+        result.results,
+        {**inputs, "store": store},
+        lambda: snapshot(store, ["p1"]),
+    )
+    assert called == ["unreserve"]
+    assert await store.get("p1") == before
+    log = [(t.operation, t.run_id) for t in await store.transactions()]
+    assert log == [("reserve", "r-twice"), ("release", "r-twice")]
+
+
+async def replenishment_undone_twice(store: InventoryStore) -> None:
+    """ReplenishmentSaga's compensations (the purchase order, the supplier order), each
+    run twice: the store and the supplier as before the run."""
+    await store.put(Product(sku="w", inventory_count=20, max_stock_level=100))
+    supplier = Supplier({"w": 500})
+
+    async def state() -> dict[str, Any]:
+        return {
+            "product": await store.get("w"),
+            "purchase_orders": await store.purchase_orders(),
+            "supplier_stock": dict(supplier.stock),
+            "orders": msgspec.to_builtins(supplier.orders),
+        }
+
+    before = await state()
+    result = await ReplenishmentSaga.run(product_id="w", store=store, supplier=supplier)
+    called = await undo_each_twice(
+        ReplenishmentSaga,
+        result.results,
+        {"product_id": "w", "store": store, "supplier": supplier},
+        state,
+    )
+    assert called == ["undo_purchase_order", "cancel_supplier_order"]
+    after = await state()
+    assert after["purchase_orders"] == before["purchase_orders"] == {}
+    assert after["supplier_stock"] == before["supplier_stock"]
+    assert supplier.live_orders() == {}
+
+
+async def test_inventory_compensations_run_twice_undo_once() -> None:
+    """InventorySaga: each compensation twice, the store as before the run."""
+    await inventory_undone_twice(await seeded_memory())
+
+
+async def test_transfer_compensations_run_twice_undo_once() -> None:
+    """InventoryTransferSaga: each compensation twice, both locations as before."""
+    store = MemoryInventoryStore()
+    await store.put(Product(sku="p@east", inventory_count=10))
+    await transfer_undone_twice(store)
+
+
+async def test_atomic_compensation_run_twice_releases_once() -> None:
+    """AtomicReservationSaga: ``unreserve`` twice releases and logs once."""
+    await atomic_undone_twice(await seeded_memory())
+
+
+async def test_replenishment_compensations_run_twice_undo_once() -> None:
+    """ReplenishmentSaga: each compensation twice, store and supplier as before."""
+    await replenishment_undone_twice(MemoryInventoryStore())
+
+
 # -- Redis ---------------------------------------------------------------------------------
 
 
@@ -634,3 +778,32 @@ class TestRedisBulkAndTransfer:
                     store=FaultyStore(store, method, nth), locks=store.locks, **args
                 )
             assert await snapshot(store, ["p@east", "p@west"]) == before
+
+
+class TestRedisCompensationsTwice:
+    """Every compensation run twice, against the real server."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def store(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisInventoryStore]:
+        async for store in redis_store(redis_url, redis_prefix):
+            yield store
+
+    async def test_inventory(self, store: RedisInventoryStore) -> None:
+        """InventorySaga: each compensation twice, the store as before the run."""
+        await inventory_undone_twice(store)
+
+    async def test_transfer(self, store: RedisInventoryStore) -> None:
+        """InventoryTransferSaga: each compensation twice, both locations as before."""
+        await transfer_undone_twice(store)
+
+    async def test_atomic(self, store: RedisInventoryStore) -> None:
+        """AtomicReservationSaga: ``unreserve`` twice releases and logs once."""
+        await atomic_undone_twice(store)
+
+    async def test_replenishment(self, store: RedisInventoryStore) -> None:
+        """ReplenishmentSaga: each compensation twice, store and supplier as before."""
+        await replenishment_undone_twice(store)

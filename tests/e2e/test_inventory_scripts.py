@@ -1,5 +1,6 @@
 """The inventory store at its edges: arguments out of bounds, one reservation id for two
-reservations, and keys that could grow without bound.
+reservations, keyed adjustments (what compensations use: at most once per key), and keys
+that could grow without bound.
 
 Each behaviour is pinned on the memory store and on the real Redis server; the Lua
 scripts are also called directly, past the Python checks, with one bad argument at a
@@ -13,6 +14,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -22,11 +24,14 @@ from asaga.locks import RedisLockProvider, StaleWrite
 from examples.inventory import AtomicReservationSaga, Notifier
 from examples.inventory.store import (
     MAX_QUANTITY,
+    AdjustmentConflict,
+    InsufficientStock,
     InventoryStore,
     MemoryInventoryStore,
     Product,
     RedisInventoryStore,
     ReservationConflict,
+    UnknownProduct,
 )
 
 pytestmark = pytest.mark.anyio
@@ -219,6 +224,128 @@ async def test_the_conflict_fails_the_saga_at_reserve(make_store: Callable[..., 
     assert await state(store) == before
 
 
+# -- keyed adjustments: at most once per product and key -------------------------------------
+
+
+async def test_a_keyed_adjust_lands_once(make_store: Callable[..., Any]) -> None:
+    """The same key, product and deltas again changes nothing and returns False; the key
+    is the product's (another product's same key applies); a keyless adjust adds every
+    time."""
+    store = await make_store()
+    assert await store.adjust("p1", 0, 3, key="undo-1") is True
+    after = await state(store)
+    assert await store.adjust("p1", 0, 3, key="undo-1") is False
+    assert await state(store) == after
+    assert (await store.get("p1")).reserved_count == 3
+    assert await store.adjust("p2", 0, 3, key="undo-1") is True
+    assert (await store.get("p2")).reserved_count == 3
+    assert await store.adjust("p1", 0, -1) is True
+    assert await store.adjust("p1", 0, -1) is True
+    assert (await store.get("p1")).reserved_count == 1
+
+
+async def test_a_refused_keyed_adjust_marks_nothing(make_store: Callable[..., Any]) -> None:
+    """A keyed adjust refused (InsufficientStock, UnknownProduct) writes neither the
+    counts nor the key: the same call applies once the stock allows it."""
+    store = await make_store()
+    before = await state(store)
+    with pytest.raises(InsufficientStock, match=r"^p1: inventory 10, reserved 0; "):
+        await store.adjust("p1", -11, 0, key="k")
+    with pytest.raises(UnknownProduct):
+        await store.adjust("nope", 1, 0, key="k")
+    assert await state(store) == before
+    await store.adjust("p1", 1, 0)  # a delivery
+    assert await store.adjust("p1", -11, 0, key="k") is True
+    assert await store.adjust("p1", -11, 0, key="k") is False
+    assert (await store.get("p1")).inventory_count == 0
+
+
+async def test_one_key_for_other_deltas_is_refused(make_store: Callable[..., Any]) -> None:
+    """A key that applied other deltas to the product raises AdjustmentConflict naming
+    both, alike on both stores; nothing written."""
+    store = await make_store()
+    assert await store.adjust("p1", 0, 3, key="k")
+    before = await state(store)
+    with pytest.raises(AdjustmentConflict) as info:
+        await store.adjust("p1", 0, 4, key="k")
+    assert str(info.value) == (
+        "adjustment key 'k' already applied (+0, +3) to p1; refused (+0, +4) under the same key"
+    )
+    assert (info.value.held, info.value.d_reserved) == ((0, 3), 4)
+    assert await state(store) == before
+    assert await store.adjust("p1", 0, 3, key="k") is False  # the same deltas: a retry
+
+
+@pytest.mark.parametrize(
+    ("key", "d_inventory", "field"),
+    [("", 1, "key"), ("k" * 1025, 1, "key"), (7, 1, "key"), ("k", 1.5, "d_inventory")],
+)
+async def test_adjust_keys_out_of_bounds_are_refused(
+    make_store: Callable[..., Any], key: Any, d_inventory: Any, field: str
+) -> None:
+    """Keys of 1 to MAX_ID_LENGTH bytes only, and the deltas as without a key:
+    ValueError naming the argument, nothing written (the key is not marked either)."""
+    store = await make_store()
+    before = await state(store)
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        await store.adjust("p1", d_inventory, 0, key=key)
+    assert await state(store) == before
+    if isinstance(key, str) and key:
+        assert await store.adjust("p1", 1, 0, key=key[:1024]) is True
+
+
+@pytest.mark.parametrize("make_store", ["memory"], indirect=True)
+async def test_memory_adjustment_keys_are_forgotten_after_the_retention(
+    make_store: Callable[..., Any],
+) -> None:
+    """The memory store remembers a key for ``retention`` seconds (of its clock), then
+    forgets it: the marks stay bounded by the keyed adjusts of one retention."""
+    clock = Clock()
+    store = await make_store(retention=3600.0, clock=clock)
+    assert isinstance(store, MemoryInventoryStore)
+    assert await store.adjust("p1", 1, 0, key="k-0")
+    clock.now += 3599
+    assert await store.adjust("p1", 1, 0, key="k-0") is False  # still remembered
+    for n in range(1, 4):
+        assert await store.adjust("p1", 1, 0, key=f"k-{n}")
+    clock.now += 2
+    assert await store.adjust("p1", 1, 0, key="k-0") is True  # forgotten: applied again
+    assert len(store._adjusted) == 4  # k-1..k-3, and k-0 again
+    clock.now += 3601
+    assert await store.reap() == 0
+    assert store._adjusted == {}
+
+
+@pytest.mark.parametrize("make_store", ["redis"], indirect=True)
+async def test_redis_adjustment_marks_expire_after_the_retention(
+    make_store: Callable[..., Any],
+) -> None:
+    """On Redis, a key's mark is ``{sku}:adjusted:<key>`` (the product's slot), holding
+    the deltas, with the store's ``retention`` as its TTL: the marks are bounded by the
+    keyed adjusts of one retention. Once it has expired, the key applies again."""
+    store = await make_store(retention=3600.0)
+    assert isinstance(store, RedisInventoryStore)
+    await store.adjust("p1", 2, 0, key="k-0")
+    await store.adjust("p2", 0, 1, key="k-0")
+    mark = store._adjusted_key("p1", "k-0")
+    assert mark == f"{store.prefix}{{p1}}:adjusted:k-0"
+    assert await store.client.get(mark) == b"2 0"
+    assert 3_590_000 < await store.client.pttl(mark) <= 3_600_000
+    assert await redis_keys(store) == {
+        "skus",
+        "{p1}:product",
+        "{p2}:product",
+        "{p1}:adjusted:k-0",
+        "{p2}:adjusted:k-0",
+    }
+    short = await make_store(retention=0.05)
+    assert await short.adjust("p1", 1, 0, key="k-1") is True
+    assert await short.adjust("p1", 1, 0, key="k-1") is False
+    await anyio.sleep(0.2)
+    assert not await store.client.exists(store._adjusted_key("p1", "k-1"))
+    assert await short.adjust("p1", 1, 0, key="k-1") is True  # forgotten: applied again
+
+
 # -- bounds on what the stores keep ----------------------------------------------------------
 
 
@@ -369,6 +496,17 @@ def script_cases() -> list[tuple[str, str, list[Any], int, list[Any]]]:
         },
     )
     add(
+        "adjust_once",
+        ["0", "1", "k-1", "3600"],
+        ["d_inventory", "d_reserved", "key", "retention"],
+        {
+            "d_inventory": [*integers, str(MAX_QUANTITY + 1), None],
+            "d_reserved": [*integers, str(-MAX_QUANTITY - 1), None],
+            "key": ["", "k" * 1025, "k-2", "k", "k-1 ", None],
+            "retention": [*numbers, "1e9", None],
+        },
+    )
+    add(
         "apply",
         ["0", "1", "7"],
         ["d_inventory", "d_reserved", "token"],
@@ -422,6 +560,7 @@ def script_keys(store: RedisInventoryStore, script: str) -> list[str]:
     fence = [store.locks.fence_key("inventory:p1"), store.locks.stale_key("inventory:p1")]
     return {
         "adjust": [store.product_key("p1")],
+        "adjust_once": [store.product_key("p1"), store._adjusted_key("p1", "k-1")],
         "apply": [store.product_key("p1"), *fence],
         "reserve": store._atomic_keys("p1"),
         "release": store._atomic_keys("p1"),
@@ -479,13 +618,41 @@ async def test_a_script_refuses_a_bad_argument_before_writing(
     assert await dump(store) == before
 
 
-@pytest.mark.parametrize("script", ["adjust", "apply", "reserve", "release", "commit", "forget"])
+@pytest.mark.parametrize(
+    "script", ["adjust", "adjust_once", "apply", "reserve", "release", "commit", "forget"]
+)
 async def test_the_good_arguments_of_the_script_cases_are_accepted(
     redis_store: RedisInventoryStore, script: str
 ) -> None:
     """The cases above break one argument of a call that the script accepts."""
     good = next(case[2] for case in script_cases() if case[0] == script)
     await getattr(store := redis_store, f"_{script}")(keys=script_keys(store, script), args=good)
+
+
+async def test_the_adjust_once_script_writes_the_counts_and_the_mark_together(
+    redis_store: RedisInventoryStore,
+) -> None:
+    """Called directly: refused for stock (INSUFFICIENT_STOCK) or for another product's
+    mark key (BAD_ARGUMENT), nothing written; applied, the counts and the mark change in
+    the one call (1); called again, nothing changes (0); other deltas under the key,
+    ADJUSTMENT_CONFLICT, nothing written."""
+    store = redis_store
+    keys = script_keys(store, "adjust_once")
+    before = await dump(store)
+    with pytest.raises(ResponseError, match="INSUFFICIENT_STOCK"):
+        await store._adjust_once(keys=keys, args=["-11", "0", "k-1", "3600"])
+    other = [store.product_key("p1"), store._adjusted_key("p2", "k-1")]
+    with pytest.raises(ResponseError, match=r"^BAD_ARGUMENT key "):
+        await store._adjust_once(keys=other, args=["0", "-1", "k-1", "3600"])
+    assert await dump(store) == before
+    assert await store._adjust_once(keys=keys, args=["0", "-1", "k-1", "3600"]) == 1
+    assert (await store.get("p1")).reserved_count == 2
+    assert await store.client.get(keys[1]) == b"0 -1"
+    applied = await dump(store)
+    assert await store._adjust_once(keys=keys, args=["0", "-1", "k-1", "3600"]) == 0
+    with pytest.raises(ResponseError, match=r"^ADJUSTMENT_CONFLICT 0 -1$"):
+        await store._adjust_once(keys=keys, args=["0", "-2", "k-1", "3600"])
+    assert await dump(store) == applied
 
 
 async def test_a_script_refusal_is_a_value_error(redis_store: RedisInventoryStore) -> None:

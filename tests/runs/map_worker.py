@@ -16,6 +16,10 @@ leases under ``PREFIX locks:`` (the test stocks the products first). Prints
 - MODE ``gate``: runs one ``BulkHold`` of the lines in ``GATE_LINES`` (run id ``held``),
   whose children are held at the gate; prints ``blocked`` once every child that can reach
   it waits there, and then waits to be killed.
+- MODE ``undo``: runs one ``ApprovedBulk`` of ``UNDO_LINES`` that is refused (run id
+  ``refused``): every child succeeds, then the parent undoes them, on a ``HeldUndo``
+  store; prints ``blocked`` once a child's ``undo_perform`` has made its write (and
+  blocks), and then waits to be killed.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from asaga import SagaFailed
 from asaga.locks import RedisLockProvider
 from asaga.runs import RedisRunStore
-from examples.inventory import BulkInventorySaga, OperationRequest, RedisInventoryStore
+from examples.inventory import BulkInventorySaga, Notifier, OperationRequest, RedisInventoryStore
 from tests.sagas.bulk import (
     ApprovedBulk,
     BulkHold,
     Gate,
+    HeldUndo,
     Line,
     SlowNotifier,
 )
@@ -55,6 +60,12 @@ GATE_LINES = (
 )
 GATED = sum(line.product_id != "ghost" for line in GATE_LINES)
 """Children that reach the gate (the ``ghost`` line fails before it)."""
+UNDO_LINES = (
+    OperationRequest(product_id="mk-a", quantity=2, operation="reserve"),
+    OperationRequest(product_id="mk-b", quantity=3, operation="consume"),
+    OperationRequest(product_id="mk-c", quantity=1, operation="release"),
+    OperationRequest(product_id="mk-a", quantity=4, operation="consume"),
+)
 
 # stdout carries what the test reads; asaga's warnings and errors go to stderr (the steps'
 # own lines would be too many for a pipe).
@@ -106,6 +117,17 @@ async def main(url: str, prefix: str, seed: str, bulks: str, owner_ttl: str, mod
             gate = Gate(closed=True, expected=GATED)
             await BulkHold.run(
                 lines=list(GATE_LINES), store=store, gate=gate, runs=runs, run_id="held"
+            )
+            return
+        if mode == "undo":
+            await ApprovedBulk.run(
+                operations=list(UNDO_LINES),
+                approve=False,
+                store=HeldUndo(store),
+                locks=locks,
+                notifier=Notifier(),
+                runs=runs,
+                run_id="refused",
             )
             return
         limiter = anyio.CapacityLimiter(3)

@@ -15,16 +15,22 @@ sweeps with ``recover()`` until nothing is left. Then:
   succeeded, the others failed); a parent that failed has no child left succeeded: each
   one was undone or unwound;
 - the stock reconciles with the records and the store's transaction log: every write of
-  a child that stands was made exactly once and logged exactly once; the only slack is
-  that of the effects in doubt when the process died (a ``perform`` cut off mid-call may
-  or may not have written, a compensation cut off may run twice: ``undo_perform`` is a
-  delta), bounded by exactly those effects;
+  a child that stands was made exactly once and logged exactly once, and every undone
+  one was undone exactly once; the only slack is that of the forward writes in doubt
+  when the process died (a ``perform`` cut off mid-call may or may not have written),
+  bounded by exactly those writes. A compensation cut off is run again by the recovery,
+  and lands once: ``undo_perform``'s ``adjust`` is keyed by the change's reference;
 - undoing every succeeded parent afterwards leaves only that slack.
 
 ``test_undo_of_a_recovered_bulk_undoes_each_child_once`` kills the worker at a known
 point instead (every child held in an idempotent step, some after their reservation), so
 that the recovered parent succeeds: ``BulkHold.undo`` then puts the stock back exactly,
 releasing each child's reservation once, and a second undo says ``already``.
+
+``test_an_undo_cut_off_after_its_write_lands_once`` kills the worker inside a child's
+``undo_perform``, after its write landed and before its end was recorded: recovery runs
+it again, and the stock is back exactly (the keyed ``adjust`` does nothing the second
+time).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from examples.inventory import (
     RedisInventoryStore,
 )
 from examples.inventory.store import deltas
-from tests.runs.map_worker import GATE_LINES, GATED, SKUS, bulk_plan
+from tests.runs.map_worker import GATE_LINES, GATED, SKUS, UNDO_LINES, bulk_plan
 from tests.sagas.bulk import ApprovedBulk, BulkHold, Gate
 
 pytestmark = pytest.mark.anyio
@@ -99,9 +105,10 @@ async def read_line(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> s
 async def run_and_kill(
     redis_url: str, prefix: str, seed: int, mode: str, log: Path
 ) -> tuple[str, bool]:
-    """Start the worker; kill -9 it at a seeded random moment (mode ``random``) or once
-    its children are held at the gate (mode ``gate``). Returns its owner id, and whether
-    the kill interrupted it (it may have finished first)."""
+    """Start the worker; kill -9 it at a seeded random moment (mode ``random``), once its
+    children are held at the gate (mode ``gate``) or once a compensation is held after its
+    write (mode ``undo``). Returns its owner id, and whether the kill interrupted it (it
+    may have finished first)."""
     command = [
         sys.executable,
         str(WORKER),
@@ -118,7 +125,7 @@ async def run_and_kill(
             buffer = bytearray()
             try:
                 owner = (await read_line(process.stdout, buffer)).split()[1]
-                if mode == "gate":
+                if mode in ("gate", "undo"):
                     assert await read_line(process.stdout, buffer) == "blocked"
             except anyio.EndOfStream:
                 raise AssertionError(f"the worker ended early: see {log}") from None
@@ -188,9 +195,10 @@ class Doubt(msgspec.Struct, frozen=True):
 
 def doubts(before: Mapping[str, RunRecord]) -> tuple[list[Doubt], set[str]]:
     """The stock writes the dead process left in doubt, from its records as it left them:
-    a ``perform`` cut off (its write may have landed), an ``undo_perform`` cut off (it runs
-    again: its reversal may land twice). Also the references of the changes whose
-    ``transaction`` (the log append) was cut off: logged once or not at all."""
+    a ``perform`` cut off (its write may have landed). An ``undo_perform`` cut off is no
+    slack: recovery runs it again, and its keyed ``adjust`` lands once. Also the
+    references of the changes whose ``transaction`` (the log append) was cut off: logged
+    once or not at all."""
     slack: list[Doubt] = []
     maybe_logged: set[str] = set()
     for record in before.values():
@@ -200,8 +208,6 @@ def doubts(before: Mapping[str, RunRecord]) -> tuple[list[Doubt], set[str]]:
         perform = record.steps.get("perform")
         if perform is not None and perform.status == "running":
             slack.append(Doubt(sku, (d_inventory, d_reserved)))
-        if perform is not None and perform.compensation == "running":
-            slack.append(Doubt(sku, (-d_inventory, -d_reserved)))
         transaction = record.steps.get("transaction")
         change = change_of(record)
         if transaction is not None and transaction.status == "running" and change is not None:
@@ -486,3 +492,43 @@ async def test_undo_of_a_recovered_bulk_undoes_each_child_once(
             kid = await runs.load(child)
             assert kid.status == ("undone" if child in held else "failed"), kid
         assert (await runs.load("held")).status == "undone"
+
+
+async def test_an_undo_cut_off_after_its_write_lands_once(
+    redis_url: str, redis_prefix: str, client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The worker's refused ``ApprovedBulk`` undoes its children, and is killed inside an
+    ``undo_perform`` whose write has landed (its end not recorded: the record says the
+    compensation is running). Recovery unwinds the parent and runs that compensation
+    again: every child ends undone, the stock is exactly the starting stock (the
+    reversal landed once, not twice) and the log is empty."""
+    await stock(client, redis_prefix)
+    owner, killed = await run_and_kill(redis_url, redis_prefix, 0, "undo", tmp_path / "worker.log")
+    assert killed
+    async with (
+        RedisLockProvider(client, prefix=f"{redis_prefix}locks:") as locks,
+        RedisRunStore(client, prefix=f"{redis_prefix}runs:") as runs,
+    ):
+        inventory = RedisInventoryStore(client, locks, prefix=f"{redis_prefix}inv:")
+        before = {r.run_id: r for r in await runs.list(limit=100)}
+        children = [f"refused/items/1/{i}" for i in range(len(UNDO_LINES))]
+        cut_off = [c for c in children if before[c].steps["perform"].compensation == "running"]
+        assert cut_off, {c: before[c].steps["perform"] for c in children}
+        assert not any(before[c].finished for c in cut_off)
+        resources = {"store": inventory, "locks": locks, "notifier": Notifier()}
+        report = await recover_all(runs, client, owner, [ApprovedBulk], resources)
+        assert [r.run_id for r in report] == ["refused"]
+        parent = await runs.load("refused")
+        assert parent.status == "failed", parent
+        assert (parent.error or "").startswith("Refused("), parent.error
+        for child in children:
+            kid = await runs.load(child)
+            assert kid.status == "undone", kid
+            assert kid.steps["perform"].compensation == "succeeded", kid
+        for sku in SKUS:
+            product = await inventory.get(sku)
+            assert (product.inventory_count, product.reserved_count) == (
+                STOCK.inventory_count,
+                STOCK.reserved_count,
+            ), sku
+        assert await inventory.transactions() == []

@@ -9,13 +9,16 @@
 - :class:`BulkHold` maps :class:`HeldLine`, whose steps are idempotent (the reservation is
   keyed by the child's run id) and can be held at a :class:`Gate`: a process killed there
   leaves every child in doubt at a known step, and the recovered parent succeeds.
+- :class:`HeldUndo` wraps the inventory store so that a compensation's keyed ``adjust``
+  lands and then blocks: a process killed there leaves ``undo_perform`` cut off after its
+  write, and recovery runs it again.
 """
 
 from __future__ import annotations
 
 import random
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -29,6 +32,7 @@ __all__ = [
     "BulkHold",
     "Gate",
     "HeldLine",
+    "HeldUndo",
     "Line",
     "Refused",
     "SlowNotifier",
@@ -94,6 +98,31 @@ class Gate:
             print("blocked", flush=True)
             sys.stdout.flush()
         await anyio.sleep_forever()
+
+
+class HeldUndo:
+    """Delegates to an inventory store; a keyed ``adjust`` (``undo_perform``'s) is made,
+    then blocks forever, and the first to block prints ``blocked`` (for the test that
+    kills the process then): the compensation's write landed, its end is not recorded."""
+
+    def __init__(self, inner: InventoryStore) -> None:
+        self.inner = inner
+        self.blocked = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def adjust(
+        self, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
+    ) -> bool:
+        applied = await self.inner.adjust(sku, d_inventory, d_reserved, key=key)
+        if key is None:
+            return applied
+        self.blocked += 1
+        if self.blocked == 1:
+            print("blocked", flush=True)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
 
 
 class Line(msgspec.Struct, frozen=True, kw_only=True):
