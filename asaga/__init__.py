@@ -55,7 +55,7 @@ from .events import StepStarted as StepStarted
 from .events import StepSucceeded as StepSucceeded
 from .locks import Lock as Lock
 from .locks._memory import default_provider as _default_provider
-from .runs._durable import DURABILITY as _DURABILITY
+from .workers._durable import DURABILITY as _DURABILITY
 
 # The composition root: the saga runs durably through asaga.runs, and locks without a
 # `locks` input on the event loop's in-memory provider; the core imports neither (see

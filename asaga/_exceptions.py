@@ -26,6 +26,10 @@
     │   ├── RunTakenOver         another process recovered the run; this one must stop
     │   ├── RunRecordLost        the run's record vanished (Redis lost writes); unwound here
     │   └── StoreUnavailable     the store cannot be reached
+    ├── RunCancelled             asaga.workers: a run on workers was cancelled through its
+    │                            handle; what it had done was undone
+    ├── JobFailed                asaga.workers: a worker could not run the job at all (the
+    │                            saga is not served there, the job was lost...)
     ├── MalformedBody            asaga.integrations.inputs: a request body that is not a
     │                            JSON object (a ValueError too)
     └── ClientDisconnected       asaga.integrations.fastapi: the client went away before
@@ -57,6 +61,7 @@ __all__ = [
     "FieldError",
     "IdempotencyKeyReused",
     "InputValidationError",
+    "JobFailed",
     "LeaseError",
     "LeaseLost",
     "LeaseTimeout",
@@ -67,6 +72,7 @@ __all__ = [
     "NotRecordable",
     "RecordTooLarge",
     "RecordedError",
+    "RunCancelled",
     "RunNotFound",
     "RunRecordLost",
     "RunStoreError",
@@ -461,6 +467,39 @@ class RunRecordLost(RunStoreError):
 
 class StoreUnavailable(RunStoreError):
     """The run store cannot be reached (Redis down or too slow)."""
+
+
+class RunCancelled(AsagaError):
+    """A run started on workers was cancelled through its handle (``handle.cancel()``)
+    before it finished; what it had done was compensated (``compensated``), or it never
+    started."""
+
+    saga: str
+    run_id: str
+    compensated: tuple[str, ...]
+
+    def __init__(self, saga: str, run_id: str, compensated: Sequence[str] = ()) -> None:
+        self.saga = saga
+        self.run_id = run_id
+        self.compensated = tuple(compensated)
+        undone = f"; compensated: {list(self.compensated)}" if self.compensated else ""
+        super().__init__(f"run {run_id} of saga {saga} was cancelled{undone}")
+
+
+class JobFailed(AsagaError):
+    """A worker could not run a job at all: the saga is not served by the workers of that
+    queue, or the job failed outside the saga (``error`` is the worker's report). A saga
+    that ran and failed raises :class:`SagaFailed` instead."""
+
+    saga: str
+    run_id: str
+    error: str
+
+    def __init__(self, saga: str, run_id: str, error: str) -> None:
+        self.saga = saga
+        self.run_id = run_id
+        self.error = error
+        super().__init__(f"the job of run {run_id} (saga {saga}) failed on its worker: {error}")
 
 
 class MalformedBody(AsagaError, ValueError):

@@ -20,8 +20,9 @@ from ._scheduler import OnFailure, needs_watch
 from ._step import Compensation, Step
 from .locks._lease import LockProvider
 
-if TYPE_CHECKING:  # the types of run()'s and undo()'s signatures; nothing of runs/ runs here
+if TYPE_CHECKING:  # the types of run()'s, undo()'s and start()'s signatures only
     from .runs import RunStore, UndoResult
+    from .workers import JobQueue, RunHandle
 
 __all__ = ["Durability", "Saga", "SagaResult", "wire"]
 
@@ -55,6 +56,18 @@ class Durability(Protocol):
         extra_hooks: Hooks,
     ) -> "UndoResult":
         """Undo a recorded run that succeeded."""
+
+    async def start(
+        self,
+        queue: "JobQueue",
+        spec: SagaSpec,
+        inputs: Mapping[str, Any],
+        *,
+        runs: "RunStore",
+        idempotency_key: str | None,
+        run_id: str | None,
+    ) -> "RunHandle":
+        """Enqueue a recorded run on workers."""
 
 
 _durability: Durability | None = None
@@ -221,6 +234,34 @@ class Saga(metaclass=SagaMeta):
             idempotency_key=idempotency_key,
             run_id=run_id,
             extra_hooks=extra,
+        )
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        queue: "JobQueue",
+        runs: "RunStore",
+        idempotency_key: str | None = None,
+        run_id: str | None = None,
+        **inputs: Any,
+    ) -> "RunHandle":
+        """Enqueue a durable run of the saga on ``queue`` (an
+        :class:`asaga.workers.SaqQueue`) and return its :class:`~asaga.workers.RunHandle`
+        at once; a worker process runs it (see docs/distributed.md).
+
+        ``inputs`` are validated here (:class:`~asaga.InputValidationError` before
+        anything is enqueued); the saga's ``Resource`` inputs are the workers' (given to
+        :class:`~asaga.workers.Served`), never passed here. ``runs`` is the store the run
+        is recorded in, shared with the workers (``RedisRunStore``). The same
+        ``idempotency_key`` starts the same run, once: a second start returns a handle
+        to it.
+        """
+        spec = cls.__asaga__
+        if spec is None:
+            raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
+        return await _durable().start(
+            queue, spec, inputs, runs=runs, idempotency_key=idempotency_key, run_id=run_id
         )
 
     @classmethod

@@ -16,8 +16,9 @@ from ._codec import codec_of, recorded_values
 from ._record import RunRecord
 
 
-def replayed(spec: SagaSpec, record: RunRecord) -> SagaResult[Any]:
-    """The recorded outcome of a finished run: its result, or its failure raised."""
+def replayed(spec: SagaSpec, record: RunRecord, *, again: bool = True) -> SagaResult[Any]:
+    """The recorded outcome of a finished run: its result, or its failure raised.
+    ``again``: the caller did not start that run (``SagaResult.replayed``)."""
     if record.status in ("succeeded", "undoing", "undone", "undo_failed"):
         results = recorded_results(spec, record)
         plan = spec.plan
@@ -25,7 +26,7 @@ def replayed(spec: SagaSpec, record: RunRecord) -> SagaResult[Any]:
             run_id=record.run_id,
             output=results.get(plan.output) if plan.output is not None else None,
             results=ReadOnly(results),
-            replayed=True,
+            replayed=again,
         )
     raise failure(spec, record)
 

@@ -1,0 +1,354 @@
+"""Runs on workers: start a durable run as a job, wait for it, cancel it; and what a worker
+does with each job.
+
+A run on workers is a durable run like any other; the job only carries it to a worker::
+
+    caller                               worker (asaga worker ..., or serve())
+    ------                               ------
+    validate inputs (no resources)
+    enqueue job key=run_id  --------->   job: the record of run_id?
+      (a duplicate key: refused,           none        -> run it, recorded write-ahead
+       the same run)                       unfinished  -> its worker died: wait, the
+                                                          recovery sweep finishes it
+    handle.result()                        finished    -> nothing to do
+      waits for the job's end (pushed),  return the record's status
+      then reads the outcome from the
+      record: result, SagaFailed...     every worker sweeps recover() now and then: a run
+    handle.cancel(): abort the job;     whose worker died is resumed or unwound from its
+      a running run unwinds             record by another, never run twice
+
+The outcome always comes from the run's record, never from the job: the job engine
+forgets a job after a while, the record is what a run is.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import anyio
+import structlog
+
+from .._exceptions import (
+    AsagaError,
+    IdempotencyKeyReused,
+    JobFailed,
+    RunCancelled,
+    RunNotFound,
+    SagaFailed,
+)
+from .._public import NoPublicConstructor
+from .._run import SagaResult, SagaSpec, new_run_id
+from ..runs._codec import codec_of
+from ..runs._durable import recover, run_durable
+from ..runs._record import RunRecord, RunStatus, RunStore
+from ..runs._replay import replayed
+from ._engine import JobQueue
+
+__all__ = ["RunHandle", "Served", "handle_job", "serve", "start_run"]
+
+_logger = structlog.get_logger("asaga")
+
+
+# -- the caller's side --------------------------------------------------------------------------
+
+
+async def start_run(
+    queue: JobQueue,
+    spec: SagaSpec,
+    inputs: Mapping[str, Any],
+    *,
+    runs: RunStore,
+    idempotency_key: str | None,
+    run_id: str | None,
+) -> RunHandle:
+    """``Saga.start``: validate ``inputs`` here, enqueue the run, return its handle."""
+    saga = spec.plan.saga
+    _shared(runs)
+    resources = [name for name, i in spec.plan.inputs.items() if i.resource]
+    given = sorted(set(resources) & set(inputs))
+    if given:
+        raise ValueError(
+            f"saga {saga}: {given} are resources, which the workers give (Served(resources="
+            "...)); a run on workers takes only inputs that can be recorded"
+        )
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255
+    ):
+        raise ValueError("an idempotency key is a str of 1 to 255 characters")
+    # Resources are the workers': stand-ins, never recorded, so that the rest is checked.
+    values = spec.inputs.validate({**inputs, **dict.fromkeys(resources)})
+    codec = codec_of(spec)
+    encoded = codec.encode_inputs(values, saga)
+    if run_id is None:
+        run_id = _keyed_run_id(saga, idempotency_key) if idempotency_key else new_run_id()
+    if not isinstance(run_id, str) or not 1 <= len(run_id) <= 255 or "/" in run_id:
+        raise ValueError("a run_id is a str of 1 to 255 characters without '/'")
+    fingerprint = codec.fingerprint(encoded)
+    arguments = {
+        "saga": saga,
+        "saga_version": spec.saga_version,
+        "run_id": run_id,
+        "inputs": base64.b64encode(encoded).decode(),
+        "idempotency_key": idempotency_key,
+    }
+    fresh = await queue.enqueue(run_id, arguments)
+    handle = RunHandle._create(queue, spec, runs, run_id, fingerprint)
+    if not fresh:  # the same run, started before: the same inputs, or refused
+        await handle._check()
+    return handle
+
+
+def _keyed_run_id(saga: str, key: str) -> str:
+    """The run id of ``key``'s run: the same key starts the same run, whose job key it is."""
+    return "k" + hashlib.sha256(f"{saga}\x00{key}".encode()).hexdigest()[:31]
+
+
+def _shared(runs: RunStore) -> None:
+    if type(runs).__name__ == "MemoryRunStore":
+        raise ValueError(
+            "a run on workers is recorded where the workers can read it: pass a store they "
+            "share (RedisRunStore), not the in-process MemoryRunStore"
+        )
+
+
+class RunHandle(metaclass=NoPublicConstructor):
+    """A run started on workers (``await Saga.start(...)``): wait for its outcome, or
+    cancel it."""
+
+    _created_by: ClassVar[str] = "`await MySaga.start(queue=..., runs=..., ...)` returns one"
+
+    __slots__ = ("_fingerprint", "_queue", "_runs", "_spec", "run_id")
+
+    def __init__(
+        self, queue: JobQueue, spec: SagaSpec, runs: RunStore, run_id: str, fingerprint: str
+    ) -> None:
+        self._queue = queue
+        self._spec = spec
+        self._runs = runs
+        self._fingerprint = fingerprint
+        self.run_id = run_id
+        """The run's id (the job's key)."""
+
+    @property
+    def saga(self) -> str:
+        """The saga's name."""
+        return self._spec.plan.saga
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.saga} {self.run_id} on queue {self._queue.name!r}>"
+
+    async def result(self) -> SagaResult[Any]:
+        """Wait for the run to end (its end is pushed by the job engine) and return its
+        result, as ``run()`` would: ``SagaFailed`` / ``CompensationFailed`` if it failed
+        (and was compensated), :class:`~asaga.workers.RunCancelled` if it was cancelled,
+        :class:`~asaga.workers.JobFailed` if no worker could run it. Bound the wait with
+        ``anyio.fail_after(...)``: the run goes on regardless."""
+        end = await self._queue.wait(self.run_id)
+        record = await self._record()
+        if record is not None and not record.finished:
+            # Its worker died and the job gave up; the recovery sweep finishes it.
+            record = await self._runs.wait_finished(self.run_id)
+        if record is None:
+            if end.state == "aborted":
+                raise RunCancelled(self.saga, self.run_id)
+            raise JobFailed(self.saga, self.run_id, end.error or f"the job is {end.state}")
+        self._same(record)
+        if record.status == "cancelled":
+            raise RunCancelled(self.saga, self.run_id, record.compensated)
+        return replayed(self._spec, record, again=False)
+
+    async def cancel(self) -> None:
+        """Cancel the run: dropped if it waits for a worker; unwound if it runs (its steps
+        in flight finish within ``cancel_grace``, what completed is compensated). A run
+        that finished is left as it is. :meth:`result` then raises ``RunCancelled``."""
+        await self._queue.abort(self.run_id, "cancelled through its handle")
+
+    async def status(self) -> RunStatus | str:
+        """The run's recorded status (``running``, ``succeeded``...), or, before a worker
+        took it, the job's (``queued``)."""
+        record = await self._record()
+        if record is not None:
+            return record.status
+        return await self._queue.state(self.run_id)
+
+    async def _record(self) -> RunRecord | None:
+        try:
+            return await self._runs.load(self.run_id)
+        except RunNotFound:
+            return None
+
+    async def _check(self) -> None:
+        record = await self._record()
+        if record is not None:
+            self._same(record)
+
+    def _same(self, record: RunRecord) -> None:
+        if record.saga != self.saga:
+            raise AsagaError(f"run {self.run_id} is a run of saga {record.saga}, not {self.saga}")
+        if record.fingerprint != self._fingerprint:
+            raise IdempotencyKeyReused(
+                record.idempotency_key or self.run_id, f"other inputs of saga {self.saga}"
+            )
+
+
+# -- the workers' side --------------------------------------------------------------------------
+
+
+class Served:
+    """What a worker serves: the sagas it runs, the store their runs are recorded in
+    (shared with the callers: ``RedisRunStore``), and the resources their steps take::
+
+        Served(sagas=[InventorySaga], runs=runs, resources={"store": store, "locks": locks})
+    """
+
+    __slots__ = ("resources", "runs", "sagas", "specs")
+
+    def __init__(
+        self,
+        *,
+        sagas: Sequence[Any],
+        runs: RunStore,
+        resources: Mapping[str, Any] | None = None,
+    ) -> None:
+        _shared(runs)
+        self.sagas = tuple(sagas)
+        self.runs = runs
+        self.resources = dict(resources or {})
+        specs: dict[str, SagaSpec] = {}
+        for cls in self.sagas:
+            spec = getattr(cls, "__asaga__", None)
+            if not isinstance(spec, SagaSpec):
+                raise TypeError(f"Served(sagas=...) takes saga classes, got {cls!r}")
+            missing = [
+                name
+                for name, i in spec.plan.inputs.items()
+                if i.resource and i.required and name not in self.resources
+            ]
+            if missing:
+                raise ValueError(f"saga {spec.plan.saga} needs the resources {missing}")
+            specs[spec.plan.saga] = spec
+        self.specs = specs
+
+
+async def handle_job(
+    served: Served,
+    arguments: Mapping[str, Any],
+    beat: Callable[[], Awaitable[None]],
+    *,
+    every: float,
+) -> dict[str, str]:
+    """Run (or find) the run a job carries; its recorded status. Raises ``JobFailed`` for
+    a job this worker cannot run (the engine records it as failed)."""
+    saga, run_id = str(arguments.get("saga")), str(arguments.get("run_id"))
+    spec = served.specs.get(saga)
+    if spec is None or spec.saga_version != arguments.get("saga_version"):
+        raise JobFailed(
+            saga,
+            run_id,
+            f"this worker serves {sorted(served.specs)} "
+            f"({', '.join(f'{s.plan.saga} v{s.saga_version}' for s in served.specs.values())})",
+        )
+    runs = served.runs
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_beating, beat, every, name=f"heartbeat of run {run_id}")
+        try:
+            record = await runs.load(run_id)
+        except RunNotFound:
+            raw = codec_of(spec).decode_inputs(base64.b64decode(arguments["inputs"]), run_id)
+            key = arguments.get("idempotency_key")
+            with contextlib.suppress(SagaFailed):  # recorded: the caller reads it there
+                await run_durable(
+                    spec,
+                    {**raw, **served.resources},
+                    runs=runs,
+                    idempotency_key=key if isinstance(key, str) else None,
+                    run_id=run_id,
+                    extra_hooks=((), ()),
+                )
+        else:
+            if not record.finished:  # its worker died: the recovery sweep finishes it
+                await runs.wait_finished(run_id)
+        tg.cancel_scope.cancel()
+    status = (await runs.load(run_id)).status
+    _logger.info("run_job_done", saga=saga, run_id=run_id, status=status)
+    return {"status": status}
+
+
+async def _beating(beat: Callable[[], Awaitable[None]], every: float) -> None:
+    while True:
+        await anyio.sleep(every)
+        try:
+            await beat()
+        except Exception as exc:  # noqa: BLE001 - a missed beat is logged; the next may land
+            _logger.warning("job_heartbeat_failed", error=repr(exc))
+
+
+async def serve(
+    queue: Any,
+    served: Served,
+    *,
+    concurrency: int = 8,
+    shutdown_grace: float = 30.0,
+    recover_every: float | None = None,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Work the jobs of ``queue`` (a :class:`~asaga.workers.SaqQueue`) with the sagas of
+    ``served``, ``concurrency`` runs at a time, until ``stop`` is set or the process gets
+    SIGTERM/SIGINT: then no new run starts, the running ones get ``shutdown_grace``
+    seconds to finish, and the rest are cancelled (unwound, recorded as cancelled).
+
+    Every ``recover_every`` seconds (default: the store's ``owner_ttl``) the worker
+    sweeps :func:`~asaga.runs.recover` for the served sagas, so that a run whose worker
+    died is resumed or unwound here.
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError("concurrency must be an int >= 1")
+    every = recover_every if recover_every is not None else getattr(served.runs, "owner_ttl", 10.0)
+    beat_every = max(0.2, float(getattr(queue, "heartbeat", 30.0)) / 3)
+
+    async def handler(arguments: Mapping[str, Any], beat: Callable[[], Awaitable[None]]) -> Any:
+        return await handle_job(served, arguments, beat, every=beat_every)
+
+    async def stopping() -> None:
+        if stop is None:
+            await anyio.sleep_forever()
+        else:
+            await stop.wait()
+
+    _logger.info(
+        "worker_started",
+        queue=queue.name,
+        concurrency=concurrency,
+        sagas=sorted(served.specs),
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_recovering, served, every, name="asaga recovery sweep")
+        try:
+            await queue.serve(
+                handler,
+                concurrency=concurrency,
+                shutdown_grace=shutdown_grace,
+                stopping=stopping,
+            )
+        finally:
+            tg.cancel_scope.cancel()
+            _logger.info("worker_stopped", queue=queue.name)
+
+
+async def _recovering(served: Served, every: float) -> None:
+    """Sweep recovery now and then (see :func:`serve`)."""
+    while True:
+        try:
+            report = await recover(
+                served.runs, sagas=served.sagas, resources=served.resources, limit=100
+            )
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            _logger.warning("recovery_sweep_failed", error=repr(exc))
+        else:
+            if report:
+                _logger.info("recovery_sweep", runs=len(report))
+        await anyio.sleep(every)

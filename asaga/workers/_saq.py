@@ -1,0 +1,187 @@
+"""SAQ as asaga's job engine: a :class:`~asaga.workers._engine.JobQueue` on a SAQ queue.
+
+SAQ (asyncio, Redis) gives what a run on workers needs: a job key refuses a duplicate,
+a running job can be aborted (its task is cancelled), a job's end is published on
+Redis pub/sub, and a job whose worker stops beating is swept and given to another
+worker. asaga runs one job function, ``asaga.run``, whose arguments name the saga and
+the run (see :mod:`asaga.workers._runs`).
+
+On Redis Cluster, name the queue with a hash tag (``"{inventory}"``): SAQ's keys of one
+queue then share a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from .._redis import require_asyncio
+from ._engine import JobEnd, JobHandler, JobState
+
+try:
+    from saq import Queue, Worker
+    from saq.job import TERMINAL_STATUSES, Job, Status
+    from saq.types import Context, PartialTimersDict
+except ImportError as exc:  # pragma: no cover - the extra is not installed
+    raise ImportError(
+        "asaga.workers needs SAQ: install the extra with `pip install 'asaga[saq]'`"
+    ) from exc
+
+__all__ = ["SaqQueue"]
+
+JOB_FUNCTION = "asaga.run"
+"""The one function asaga's workers run."""
+
+_RECHECK = 2.0
+"""Seconds between looks at a job while waiting for its end (a pushed end that was
+missed, between a look and the subscription, is noticed by the next look)."""
+
+
+class SaqQueue:
+    """A SAQ queue that runs asaga sagas::
+
+        async with SaqQueue.from_url("redis://127.0.0.1:6379/0", name="inventory") as queue:
+            handle = await InventorySaga.start(queue=queue, runs=runs, product_id="sku-1")
+
+    ``heartbeat``: seconds a running job may go without a sign of life before SAQ's sweep
+    (run by every worker of the queue, every ``heartbeat`` seconds) gives it to another
+    worker; ``retries``: how many times a job is given out in all; ``keep``: seconds a
+    finished job (and so its key, refusing a duplicate) is kept.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        heartbeat: float = 30.0,
+        retries: int = 5,
+        keep: float = 3600.0,
+        _owns_queue: bool = False,
+    ) -> None:
+        if not heartbeat >= 1 or retries < 1 or not keep >= 1:
+            raise ValueError("heartbeat >= 1 s, retries >= 1 and keep >= 1 s")
+        self.saq = queue
+        """The SAQ queue underneath."""
+        self.name: str = queue.name
+        self.heartbeat = heartbeat
+        self.retries = retries
+        self.keep = keep
+        self._owns_queue = _owns_queue
+
+    @classmethod
+    def from_url(cls, url: str, *, name: str = "default", **options: Any) -> SaqQueue:
+        """A queue named ``name`` on the Redis server at ``url``; closed on exit."""
+        return cls(Queue.from_url(url, name=name), _owns_queue=True, **options)
+
+    async def __aenter__(self) -> Self:
+        require_asyncio("SaqQueue", "asyncio (SAQ is asyncio-only)")
+        await self.saq.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owns_queue:
+            await self.saq.disconnect()
+
+    # -- the caller's side ----------------------------------------------------------------
+
+    async def enqueue(self, key: str, arguments: Mapping[str, Any]) -> bool:
+        job = await self.saq.enqueue(
+            JOB_FUNCTION,
+            key=key,
+            timeout=0,  # a saga is bounded by its steps' timeouts, not by the engine
+            heartbeat=max(1, round(self.heartbeat)),
+            retries=self.retries,
+            ttl=max(1, round(self.keep)),
+            **dict(arguments),
+        )
+        return job is not None
+
+    async def wait(self, key: str) -> JobEnd:
+        while True:
+            job = await self.saq.job(key)
+            if job is None:
+                return JobEnd(state="missing")
+            if job.status in TERMINAL_STATUSES:
+                return _end(job)
+            try:
+                await job.refresh(until_complete=_RECHECK)
+            except TimeoutError:
+                continue
+            if job.status in TERMINAL_STATUSES:
+                return _end(job)
+
+    async def abort(self, key: str, reason: str) -> None:
+        job = await self.saq.job(key)
+        if job is not None and job.status not in TERMINAL_STATUSES:
+            await self.saq.abort(job, reason)
+
+    async def state(self, key: str) -> JobState:
+        job = await self.saq.job(key)
+        if job is None:
+            return "missing"
+        status = job.status.value
+        return status if status != "new" else "queued"  # type: ignore[return-value]
+
+    # -- the workers' side ----------------------------------------------------------------
+
+    async def serve(
+        self,
+        handler: JobHandler,
+        *,
+        concurrency: int,
+        shutdown_grace: float,
+        stopping: Callable[[], Awaitable[None]],
+    ) -> None:
+        async def run(ctx: Context, **arguments: Any) -> Any:
+            job = ctx["job"]
+
+            async def beat() -> None:
+                await job.update()  # touched: SAQ's sweep sees the job alive
+
+            return await handler(arguments, beat)
+
+        worker = Worker(
+            self.saq,
+            functions=[(JOB_FUNCTION, run)],
+            concurrency=concurrency,
+            timers=_timers(self.heartbeat),
+            shutdown_grace_period_s=max(0, round(shutdown_grace)),
+        )
+        started = asyncio.ensure_future(worker.start())
+        try:
+            stop = asyncio.ensure_future(stopping())
+            done, _ = await asyncio.wait({started, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stop not in done:
+                stop.cancel()
+            await worker.stop()
+        finally:
+            if not started.done():
+                started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+
+
+def _timers(heartbeat: float) -> PartialTimersDict:
+    """SAQ's sweep of stuck jobs runs every ``heartbeat`` seconds; aborts are seen within
+    one second."""
+    timers: PartialTimersDict = {
+        "schedule": 1,
+        "worker_info": 10,
+        "sweep": max(1, round(heartbeat)),
+        "abort": 1,
+    }
+    return timers
+
+
+def _end(job: Job) -> JobEnd:
+    if job.status == Status.COMPLETE:
+        return JobEnd(state="complete")
+    if job.status == Status.FAILED:
+        return JobEnd(state="failed", error=job.error)
+    return JobEnd(state="aborted", error=job.error)

@@ -1,0 +1,164 @@
+"""Runs on workers, with the worker in this process (tests/workers/test_worker_processes.py
+has real worker processes): start, result pushed back, failure, cancellation through the
+handle, duplicate starts, bad input refused before anything is enqueued."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from asaga import InputValidationError, Resource, Saga, SagaFailed, step
+from asaga.runs import MemoryRunStore, RedisRunStore
+from asaga.workers import JobFailed, RunCancelled, SaqQueue, Served, serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # SAQ and redis-py are asyncio-only
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.entered = anyio.Event()
+        self.cut = anyio.Event()
+
+
+class Order(Saga):
+    order_id: str
+    amount: int
+    ledger: Resource[Ledger]
+    output = "charge"
+    cancel_grace = 0.2  # a step in flight when the run is cancelled is cut off after this
+
+    @step
+    async def reserve(order_id: str, ledger: Ledger) -> str:
+        ledger.calls.append(f"reserve {order_id}")
+        return f"r-{order_id}"
+
+    @reserve.compensate
+    async def unreserve(order_id: str, ledger: Ledger) -> None:
+        ledger.calls.append(f"unreserve {order_id}")
+
+    @step
+    async def charge(reserve: str, amount: int, ledger: Ledger) -> int:
+        if amount == 13:
+            ledger.entered.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                ledger.cut.set()
+        if amount < 0:
+            raise ValueError("refund is not a charge")
+        ledger.calls.append(f"charge {amount}")
+        return amount
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def world(
+    redis_url: str, redis_prefix: str, client: aioredis.Redis
+) -> AsyncIterator[tuple[SaqQueue, RedisRunStore, Ledger]]:
+    """A queue, a run store and a worker serving Order, all in this process."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    ledger = Ledger()
+    stop = anyio.Event()
+    async with (
+        RedisRunStore(client, prefix=redis_prefix) as runs,
+        SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue,
+        SaqQueue.from_url(redis_url, name=name, heartbeat=5) as workers,
+        anyio.create_task_group() as tg,
+    ):
+        served = Served(sagas=[Order], runs=runs, resources={"ledger": ledger})
+        tg.start_soon(lambda: serve(workers, served, concurrency=4, shutdown_grace=1, stop=stop))
+        yield queue, runs, ledger
+        stop.set()
+    keys = [k async for k in client.scan_iter(match=f"saq:*{name}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+
+
+async def test_a_run_started_on_workers_returns_its_result(world: Any) -> None:
+    queue, runs, ledger = world
+    handle = await Order.start(queue=queue, runs=runs, order_id="o-1", amount=30)
+    with anyio.fail_after(10):
+        result = await handle.result()
+    assert result.output == 30
+    assert result.run_id == handle.run_id
+    assert not result.replayed
+    assert ledger.calls == ["reserve o-1", "charge 30"]
+    assert (await runs.load(handle.run_id)).status == "succeeded"
+    assert await handle.status() == "succeeded"
+
+
+async def test_a_failed_run_raises_its_saga_failed_after_compensating(world: Any) -> None:
+    queue, runs, ledger = world
+    handle = await Order.start(queue=queue, runs=runs, order_id="o-2", amount=-1)
+    with anyio.fail_after(10), pytest.raises(SagaFailed) as caught:
+        await handle.result()
+    assert caught.value.step == "charge"
+    assert caught.value.compensated == ("reserve",)
+    assert ledger.calls == ["reserve o-2", "unreserve o-2"]
+
+
+async def test_one_idempotency_key_makes_one_run(world: Any) -> None:
+    queue, runs, ledger = world
+    first = await Order.start(queue=queue, runs=runs, order_id="o-3", amount=5, idempotency_key="k")
+    again = await Order.start(queue=queue, runs=runs, order_id="o-3", amount=5, idempotency_key="k")
+    assert first.run_id == again.run_id
+    with anyio.fail_after(10):
+        assert (await first.result()).output == 5
+        assert (await again.result()).output == 5
+    assert ledger.calls.count("charge 5") == 1
+
+
+async def test_cancel_through_the_handle_unwinds_a_running_run(world: Any) -> None:
+    queue, runs, ledger = world
+    handle = await Order.start(queue=queue, runs=runs, order_id="o-4", amount=13)
+    with anyio.fail_after(10):
+        await ledger.entered.wait()
+        await handle.cancel()
+        await ledger.cut.wait()  # the worker cancelled the run: its step was cut off
+        with pytest.raises(RunCancelled) as caught:
+            await handle.result()
+    assert caught.value.run_id == handle.run_id
+    assert caught.value.compensated == ("reserve",)
+    assert "unreserve o-4" in ledger.calls
+    assert (await runs.load(handle.run_id)).status == "cancelled"
+
+
+async def test_bad_inputs_are_refused_before_anything_is_enqueued(world: Any) -> None:
+    queue, runs, _ = world
+    with pytest.raises(InputValidationError):
+        await Order.start(queue=queue, runs=runs, order_id="o-5", amount="lots")
+    with pytest.raises(ValueError, match="resources"):
+        await Order.start(queue=queue, runs=runs, order_id="o-5", amount=1, ledger=Ledger())
+    with pytest.raises(ValueError, match="RedisRunStore"):
+        await Order.start(queue=queue, runs=MemoryRunStore(), order_id="o-5", amount=1)
+    assert await queue.saq.count("queued") == 0
+
+
+async def test_a_saga_no_worker_serves_fails_its_job_clearly(world: Any) -> None:
+    queue, runs, _ = world
+
+    class Unserved(Saga):
+        @step
+        async def work() -> int:
+            return 1
+
+    handle = await Unserved.start(queue=queue, runs=runs)
+    with anyio.fail_after(10), pytest.raises(JobFailed, match="serves"):
+        await handle.result()
