@@ -1,5 +1,5 @@
 """The ``asaga`` command line: ``asaga graph module:Saga``, ``asaga demo``, ``asaga runs
-list|show|readmit``, ``asaga recover`` (also ``python -m asaga``).
+list|show|readmit``, ``asaga recover``, ``asaga worker`` (also ``python -m asaga``).
 
 Wiring only: each subcommand is one ``_add_<name>`` function that declares its arguments
 and one ``_<name>`` function that runs it; :data:`_COMMANDS` lists the former. A command
@@ -341,11 +341,89 @@ def _load_callable(target: str) -> Callable[..., Any]:
     return value
 
 
+def _add_worker(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run sagas started on a queue (Saga.start), as a worker process",
+        description=(
+            "Serve the runs of a SAQ queue: TARGET (module.path:function) returns an "
+            "asaga.workers.Served (the sagas, the run store they are recorded in, their "
+            "resources), or an async context manager yielding one; it gets url= and "
+            "prefix= (--redis, --prefix) if it takes such parameters. SIGTERM or SIGINT "
+            "stops it: no new run starts, the running ones get --shutdown-grace seconds, "
+            "the rest are unwound. Needs the saq extra."
+        ),
+    )
+    parser.add_argument("target", metavar="TARGET", help="module.path:function (see above)")
+    _add_redis_options(parser)
+    parser.add_argument("--queue", required=True, help="the queue's name")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="runs at a time in this process (8)"
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long running runs may finish once stopped (30)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a job that beats no more for this long goes to another worker (30)",
+    )
+    parser.set_defaults(command=_worker, command_name="worker")
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if not args.redis:
+        raise TargetError("give the queue's Redis with --redis URL (or set REDIS_URL)")
+    if args.concurrency < 1 or not args.shutdown_grace >= 0 or not args.heartbeat >= 1:
+        raise TargetError("--concurrency >= 1, --shutdown-grace >= 0, --heartbeat >= 1")
+    try:
+        from .workers import SaqQueue, Served, serve
+    except ImportError as exc:
+        raise TargetError(str(exc)) from exc
+    factory = _load_callable(args.target)
+
+    async def main() -> None:
+        async with (
+            _resources(factory, args.redis, args.prefix) as served,
+            SaqQueue.from_url(args.redis, name=args.queue, heartbeat=args.heartbeat) as queue,
+        ):
+            if not isinstance(served, Served):
+                raise TargetError(
+                    f"{args.target} gave {type(served).__name__}, not an asaga.workers.Served"
+                )
+            print(
+                f"asaga worker {os.getpid()}: serving queue {args.queue!r} "
+                f"(sagas: {', '.join(sorted(served.specs))}; concurrency {args.concurrency})",
+                flush=True,
+            )
+            await serve(
+                queue,
+                served,
+                concurrency=args.concurrency,
+                shutdown_grace=args.shutdown_grace,
+            )
+        print(f"asaga worker {os.getpid()}: stopped", flush=True)
+
+    try:
+        anyio.run(main)
+    except AsagaError as exc:
+        print(f"asaga worker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_graph,
     _add_demo,
     _add_runs,
     _add_recover,
+    _add_worker,
 )
 
 
