@@ -49,11 +49,13 @@ __all__ = [
 
 RUN_OPTIONS: frozenset[str] = frozenset(
     name
-    for name, parameter in inspect.signature(Saga.run).parameters.items()
+    for method in (Saga.run, Saga.start)
+    for name, parameter in inspect.signature(method).parameters.items()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY
 )
-"""The keyword options of ``Saga.run()`` (read from its signature, so a new option is
-covered as soon as it exists): never taken from a request."""
+"""The keyword options of ``Saga.run()`` and ``Saga.start()`` (read from their
+signatures, so a new option is covered as soon as it exists): never taken from a
+request."""
 
 _NAME_LIMIT = 100  # characters of a refused key kept in its FieldError
 
