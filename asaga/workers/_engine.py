@@ -28,6 +28,8 @@ class JobEnd(msgspec.Struct, frozen=True, kw_only=True):
     (aborted before or while it ran), ``missing`` (the engine forgot the job)."""
     error: str | None = None
     """The engine's report of a failed or aborted job."""
+    result: Any = None
+    """What the handler returned (JSON data), for a complete job."""
 
 
 JobHandler = Callable[[Mapping[str, Any], Callable[[], Awaitable[None]]], Awaitable[Any]]

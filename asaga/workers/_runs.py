@@ -155,7 +155,10 @@ class RunHandle(metaclass=NoPublicConstructor):
         if record is None:
             if end.state == "aborted":
                 raise RunCancelled(self.saga, self.run_id)
-            raise JobFailed(self.saga, self.run_id, end.error or f"the job is {end.state}")
+            refused = end.result.get("refused") if isinstance(end.result, dict) else None
+            raise JobFailed(
+                self.saga, self.run_id, refused or end.error or f"the job is {end.state}"
+            )
         self._same(record)
         if record.status == "cancelled":
             raise RunCancelled(self.saga, self.run_id, record.compensated)
@@ -241,17 +244,16 @@ async def handle_job(
     *,
     every: float,
 ) -> dict[str, str]:
-    """Run (or find) the run a job carries; its recorded status. Raises ``JobFailed`` for
-    a job this worker cannot run (the engine records it as failed)."""
+    """Run (or find) the run a job carries; its recorded status, or why this worker
+    refused it (``{"refused": ...}``: a saga it does not serve; the job is not retried,
+    another worker of the queue would serve the same)."""
     saga, run_id = str(arguments.get("saga")), str(arguments.get("run_id"))
     spec = served.specs.get(saga)
     if spec is None or spec.saga_version != arguments.get("saga_version"):
-        raise JobFailed(
-            saga,
-            run_id,
-            f"this worker serves {sorted(served.specs)} "
-            f"({', '.join(f'{s.plan.saga} v{s.saga_version}' for s in served.specs.values())})",
-        )
+        versions = ", ".join(f"{s.plan.saga} v{s.saga_version}" for s in served.specs.values())
+        wanted = f"{saga} v{arguments.get('saga_version')}"
+        _logger.warning("run_job_refused", saga=saga, run_id=run_id, serves=versions)
+        return {"refused": f"asked for {wanted}; this worker serves {versions}"}
     runs = served.runs
     async with anyio.create_task_group() as tg:
         tg.start_soon(_beating, beat, every, name=f"heartbeat of run {run_id}")

@@ -181,7 +181,7 @@ def _timers(heartbeat: float) -> PartialTimersDict:
 
 def _end(job: Job) -> JobEnd:
     if job.status == Status.COMPLETE:
-        return JobEnd(state="complete")
+        return JobEnd(state="complete", result=job.result)
     if job.status == Status.FAILED:
         return JobEnd(state="failed", error=job.error)
     return JobEnd(state="aborted", error=job.error)
