@@ -36,6 +36,7 @@ from .._exceptions import (
     AsagaError,
     IdempotencyKeyReused,
     JobFailed,
+    NotRecordable,
     RunCancelled,
     RunNotFound,
     SagaFailed,
@@ -44,6 +45,7 @@ from .._public import NoPublicConstructor
 from .._run import SagaResult, SagaSpec, new_run_id
 from ..runs._codec import codec_of
 from ..runs._durable import recover, run_durable
+from ..runs._memory import MemoryRunStore
 from ..runs._record import RunRecord, RunStatus, RunStore
 from ..runs._replay import replayed
 from ._engine import JobQueue
@@ -82,6 +84,11 @@ async def start_run(
     # Resources are the workers': stand-ins, never recorded, so that the rest is checked.
     values = spec.inputs.validate({**inputs, **dict.fromkeys(resources)})
     codec = codec_of(spec)
+    if codec.problems:  # refused here, as run() with a store refuses it, before any step
+        raise NotRecordable(
+            f"saga {saga} cannot run durably, so not on workers either:\n"
+            + "\n".join(f"  - {problem}" for problem in codec.problems)
+        )
     encoded = codec.encode_inputs(values, saga)
     if run_id is None:
         run_id = _keyed_run_id(saga, idempotency_key) if idempotency_key else new_run_id()
@@ -108,7 +115,7 @@ def _keyed_run_id(saga: str, key: str) -> str:
 
 
 def _shared(runs: RunStore) -> None:
-    if type(runs).__name__ == "MemoryRunStore":
+    if isinstance(runs, MemoryRunStore):
         raise ValueError(
             "a run on workers is recorded where the workers can read it: pass a store they "
             "share (RedisRunStore), not the in-process MemoryRunStore"

@@ -24,6 +24,10 @@ def anyio_backend() -> str:
     return "asyncio"  # SAQ and redis-py are asyncio-only
 
 
+class Opaque:
+    """A result msgspec cannot encode."""
+
+
 class Ledger:
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -162,3 +166,19 @@ async def test_a_saga_no_worker_serves_fails_its_job_clearly(world: Any) -> None
     handle = await Unserved.start(queue=queue, runs=runs)
     with anyio.fail_after(10), pytest.raises(JobFailed, match="this worker serves Order v1"):
         await handle.result()
+
+
+async def test_a_saga_that_cannot_run_durably_is_refused_before_it_is_enqueued(
+    world: Any,
+) -> None:
+    from asaga import NotRecordable
+
+    class Unrecordable(Saga):
+        @step
+        async def make() -> Opaque:
+            return Opaque()
+
+    queue, runs, _ = world
+    with pytest.raises(NotRecordable, match="cannot run durably"):
+        await Unrecordable.start(queue=queue, runs=runs)
+    assert await queue.saq.count("queued") == 0
