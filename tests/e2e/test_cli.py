@@ -459,3 +459,41 @@ def test_recover_quarantines_a_foreign_record_and_readmit_puts_it_back(
     status, out, err = run(["runs", "readmit", "foreign-1", *store], capsys)
     assert (status, out) == (1, "")
     assert "asaga runs readmit: run 'foreign-1' is not quarantined in this store" in err
+
+
+def not_served() -> dict[str, int]:
+    """A worker target that gives something else than a Served."""
+    return {"not": 1}
+
+
+def test_worker_usage_errors(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`asaga worker` says what is wrong, with status 2, before it serves anything."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    code, _, err = run(["worker", f"{__name__}:not_served", "--queue", "q"], capsys)
+    assert code == 2
+    assert "--redis URL" in err
+    code, _, err = run(
+        ["worker", "nowhere.at_all:served", "--redis", redis_url, "--queue", "q"], capsys
+    )
+    assert (code, "no module named 'nowhere'" in err) == (2, True)
+    code, _, err = run(
+        ["worker", f"{__name__}:not_served", "--redis", redis_url, "--queue", "q"], capsys
+    )
+    assert code == 2
+    assert "not an asaga.workers.Served" in err
+    code, _, err = run(
+        [
+            "worker",
+            f"{__name__}:not_served",
+            "--redis",
+            redis_url,
+            "--queue",
+            "q",
+            "--concurrency",
+            "0",
+        ],
+        capsys,
+    )
+    assert (code, "--concurrency >= 1" in err) == (2, True)
