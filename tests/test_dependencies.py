@@ -16,7 +16,7 @@ PACKAGE = ROOT / "asaga"
 DISTRIBUTIONS = {"redis": "redis", "starlette": "fastapi"}
 
 # Integration modules import their framework: it must be in that extra.
-EXTRAS = {"fastapi.py": "fastapi", "aiohttp.py": "aiohttp"}
+EXTRAS = {"fastapi.py": "fastapi", "aiohttp.py": "aiohttp", "_saq.py": "saq"}
 
 
 def _names(requirements: list[str]) -> set[str]:
