@@ -24,7 +24,6 @@ forgets a job after a while, the record is what a run is.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -269,8 +268,9 @@ async def handle_job(
         except RunNotFound:
             raw = codec_of(spec).decode_inputs(base64.b64decode(arguments["inputs"]), run_id)
             key = arguments.get("idempotency_key")
-            with contextlib.suppress(SagaFailed):  # recorded: the caller reads it there
-                await run_durable(
+            status: str | None = "succeeded"
+            try:
+                result = await run_durable(
                     spec,
                     {**raw, **served.resources},
                     runs=runs,
@@ -278,11 +278,18 @@ async def handle_job(
                     run_id=run_id,
                     extra_hooks=((), ()),
                 )
+            except SagaFailed:
+                status = None  # recorded: the caller reads it there
+            else:
+                if result.replayed or result.run_id != run_id:  # the key's run, elsewhere
+                    status = None
         else:
+            status = None
             if not record.finished:  # its worker died: the recovery sweep finishes it
                 await runs.wait_finished(run_id)
         tg.cancel_scope.cancel()
-    status = (await runs.load(run_id)).status
+    if status is None:
+        status = (await runs.load(run_id)).status
     _logger.info("run_job_done", saga=saga, run_id=run_id, status=status)
     return {"status": status}
 

@@ -17,12 +17,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+import redis.asyncio as aioredis
+
 from .._redis import require_asyncio
 from ._engine import JobEnd, JobHandler, JobState
 
 try:
     from saq import Queue, Worker
     from saq.job import TERMINAL_STATUSES, Job, Status
+    from saq.queue.redis import RedisQueue
     from saq.types import Context, PartialTimersDict
 except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError(
@@ -34,7 +37,7 @@ __all__ = ["SaqQueue"]
 JOB_FUNCTION = "asaga.run"
 """The one function asaga's workers run."""
 
-_RECHECK = 2.0
+_RECHECK = 0.5
 """Seconds between looks at a job while waiting for its end (a pushed end that was
 missed, between a look and the subscription, is noticed by the next look)."""
 
@@ -71,9 +74,20 @@ class SaqQueue:
         self._owns_queue = _owns_queue
 
     @classmethod
-    def from_url(cls, url: str, *, name: str = "default", **options: Any) -> SaqQueue:
-        """A queue named ``name`` on the Redis server at ``url``; closed on exit."""
-        return cls(Queue.from_url(url, name=name), _owns_queue=True, **options)
+    def from_url(
+        cls, url: str, *, name: str = "default", max_connections: int = 500, **options: Any
+    ) -> SaqQueue:
+        """A queue named ``name`` on the Redis server at ``url``; closed on exit.
+
+        Its client waits for a free connection rather than failing (each job slot of a
+        worker holds one while it waits for a job), and has no socket timeout (a job slot's
+        wait for a job is a blocking read, which a timeout would end every few seconds).
+        """
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=30, socket_timeout=None
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        return cls(RedisQueue(client, name=name), _owns_queue=True, **options)
 
     async def __aenter__(self) -> Self:
         require_asyncio("SaqQueue", "asyncio (SAQ is asyncio-only)")
