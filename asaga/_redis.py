@@ -1,6 +1,12 @@
 """Redis plumbing shared by the lease provider and the run store:
-the asyncio check, the persistence check, and a pattern subscription that survives
-dropped connections."""
+the asyncio check, the persistence check, a pattern subscription that survives dropped
+connections, and what differs on Redis Cluster (the client's kind, hash slots, clients
+made from a URL, closing them).
+
+On Redis Cluster, every Lua script must touch keys of one hash slot: each store tags its
+keys (``{...}``) so that the keys of one script share a slot; see docs/locks.md,
+docs/durability.md and docs/inventory.md ("Redis Cluster").
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,94 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
 
-__all__ = ["follow_pattern", "require_asyncio", "warn_without_persistence"]
+__all__ = [
+    "REDIS_ERRORS",
+    "UNAVAILABLE",
+    "check_cluster",
+    "client_from_url",
+    "close_client",
+    "follow_pattern",
+    "is_cluster",
+    "require_asyncio",
+    "slot",
+    "warn_without_persistence",
+]
+
+Client = aioredis.Redis | RedisCluster
+"""What the stores take: a client of one Redis server (or Sentinel), or of a cluster."""
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+"""What a client raises when Redis cannot serve it: a cluster client also raises
+``RedisClusterException`` (no reachable node, a slot no node serves), not a RedisError."""
+
+UNAVAILABLE: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError, TimeoutError)
+""":data:`REDIS_ERRORS`, and what a bounded exchange with Redis raises besides."""
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (``redis.asyncio.RedisCluster``)."""
+    return isinstance(client, RedisCluster)
+
+
+def slot(key: str | bytes) -> int:
+    """The cluster hash slot of ``key`` (its ``{hash tag}`` if it has one)."""
+    return int(key_slot(key if isinstance(key, bytes) else key.encode()))
+
+
+def check_cluster(client: object, prefix: str, what: str) -> None:
+    """What a store needs of a cluster: a redis-py whose asyncio cluster client has
+    pub/sub (8.0 or newer), and a prefix without a brace (the stores put their own hash
+    tags after it: a brace in the prefix would move, or split, the slot of a script's
+    keys)."""
+    if not hasattr(client, "pubsub"):
+        raise RuntimeError(
+            f"{what} on Redis Cluster needs redis-py 8.0 or newer (pub/sub of the asyncio "
+            "cluster client)"
+        )
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(
+            f"{what}: on Redis Cluster the prefix may not contain '{{' or '}}' (the store "
+            f"tags its keys itself), got {prefix!r}"
+        )
+
+
+def client_from_url(
+    url: str, *, cluster: bool, max_connections: int, socket_timeout: float | None = None
+) -> Client:
+    """A client for ``url`` (``redis://``, ``rediss://``, with ACL user and password): of a
+    cluster when ``cluster`` (the URL names any of its nodes; the others are discovered),
+    else of one server through a blocking pool (past ``max_connections``, callers wait for
+    a free connection instead of failing). A cluster client keeps up to ten times
+    ``max_connections`` per node (redis-py's cluster pool raises past its maximum)."""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            max_connections=10 * max_connections,
+            socket_connect_timeout=2.0,
+            socket_timeout=socket_timeout,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=30,
+        socket_connect_timeout=2.0,
+        socket_timeout=socket_timeout,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def close_client(client: Client) -> None:
+    """Close a client the store made (its connections included)."""
+    await client.aclose()
+    if isinstance(client, aioredis.Redis):
+        await client.connection_pool.disconnect()
+
 
 _logger = structlog.get_logger("asaga")
 
@@ -38,7 +128,7 @@ async def warn_without_persistence(client: Any, what: str) -> None:
     try:
         with anyio.fail_after(1.0):
             reply = await client.config_get("appendonly")
-    except (RedisError, OSError, TimeoutError):
+    except UNAVAILABLE:
         return
     value = reply.get("appendonly", reply.get(b"appendonly")) if isinstance(reply, dict) else None
     if isinstance(value, bytes):
@@ -68,11 +158,15 @@ async def follow_pattern(
     ``subscribed(True)`` once the subscription holds, ``subscribed(False)`` when it is lost
     (the event ``lost`` is logged); it subscribes again after a jittered delay that grows to
     5 s while Redis cannot be reached.
+
+    On a cluster, ``PUBLISH`` (from a script too) reaches the subscribers of every node
+    over the cluster bus: the subscription is held on one primary, drawn at random on
+    each attempt, so that a node that went away is not asked again and again.
     """
     skip = len(prefix)
     delay = 0.1
     while True:
-        pubsub = client.pubsub()
+        pubsub = _pubsub(client)
         try:
             await pubsub.psubscribe(f"{prefix}*")
             subscribed(True)
@@ -84,7 +178,7 @@ async def follow_pattern(
                 if isinstance(channel, bytes):
                     channel = channel.decode()
                 deliver(channel[skip:])
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             _logger.warning(lost, error=repr(exc), retry_in=delay)
         finally:
             subscribed(False)
@@ -92,3 +186,12 @@ async def follow_pattern(
                 await pubsub.aclose()
         await anyio.sleep(delay * random.uniform(1.0, 1.5))
         delay = min(delay * 2, 5.0)
+
+
+def _pubsub(client: Any) -> Any:
+    """A pub/sub object of ``client``: on a cluster, on one of its primaries (random)."""
+    if isinstance(client, RedisCluster):
+        primaries = client.get_primaries()  # empty until the client's first command
+        if primaries:
+            return client.pubsub(node=random.choice(primaries))
+    return client.pubsub()

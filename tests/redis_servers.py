@@ -5,6 +5,9 @@ same port and directory to lose its data (no persistence) or keep it (an AOF).
 
 Readiness is the server's own ``Ready to accept connections`` line (bounded), not a polled
 port. A missing ``redis-server`` fails the test: these tests are never skipped.
+
+:class:`RedisClusterServers` starts a Redis Cluster of such servers (three primaries, no
+replicas) for the tests of tests/cluster/: synchronous, for a session-scoped fixture.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +29,7 @@ __all__ = [
     "AOF_ALWAYS",
     "NO_PERSISTENCE",
     "READY",
+    "RedisClusterServers",
     "RedisServer",
     "free_port",
     "redis_server",
@@ -117,3 +123,122 @@ async def redis_server(
         yield server
     finally:
         await server.kill()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``nodes`` primaries (no replicas) on free loopback ports, each a
+    ``redis-server --cluster-enabled yes`` without persistence, its files in ``directory``.
+
+    :meth:`start` starts the servers (each ready once it logs :data:`READY`), joins them
+    with ``redis-cli --cluster create`` and returns once every node's ``CLUSTER INFO``
+    says ``cluster_state:ok``; anything else fails the test (never skips it), with what
+    the servers and redis-cli said. :meth:`stop` kills the servers by their PIDs. Every
+    wait is bounded.
+    """
+
+    def __init__(self, directory: Path, nodes: int = 3) -> None:
+        self.directory = directory
+        self.ports = [free_port() for _ in range(nodes)]
+        # Each node's cluster bus port (by default its port + 10000, which may be taken or
+        # past 65535).
+        self.bus_ports = [free_port() for _ in range(nodes)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.readers: list[threading.Thread] = []
+        self.output: dict[int, list[str]] = {port: [] for port in self.ports}
+
+    @property
+    def url(self) -> str:
+        """A URL of one node (a cluster client discovers the others)."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        binary = redis_server_binary()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.fail("redis-cli is not on PATH: the cluster tests create a cluster with it")
+        ready = [threading.Event() for _ in self.ports]
+        for port, bus, event in zip(self.ports, self.bus_ports, ready, strict=True):
+            command = [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
+                *("--cluster-port", str(bus)),
+                *("--dir", str(self.directory), *NO_PERSISTENCE),
+            ]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self.processes.append(process)
+            reader = threading.Thread(
+                target=self._read, args=(process, port, event), daemon=True, name=f"redis {port}"
+            )
+            reader.start()
+            self.readers.append(reader)
+        deadline = time.monotonic() + 10
+        for port, event in zip(self.ports, ready, strict=True):
+            event.wait(max(deadline - time.monotonic(), 0))
+            if not any(READY in line for line in self.output[port]):
+                self.fail(f"redis-server on port {port} did not start")
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        try:
+            created = subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                timeout=20,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            self.fail("redis-cli --cluster create did not finish within 20 s")
+        if created.returncode != 0:
+            said = (created.stdout + created.stderr).decode(errors="replace")
+            self.fail(f"redis-cli --cluster create failed ({created.returncode}): {said}")
+        self._wait_until_ok(cli, deadline=time.monotonic() + 15)
+
+    def _read(self, process: subprocess.Popen[bytes], port: int, ready: threading.Event) -> None:
+        """Keep what a server says (so that its pipe never fills); set ``ready`` at READY,
+        or when the server has exited."""
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.output[port].append(line)
+            if READY in line:
+                ready.set()
+        ready.set()
+
+    def _wait_until_ok(self, cli: str, *, deadline: float) -> None:
+        """Until every node says ``cluster_state:ok`` (a bounded re-read: the nodes agree
+        on the slots over the cluster bus, which nothing notifies)."""
+        pending = list(self.ports)
+        while pending:
+            info = subprocess.run(
+                [cli, "-p", str(pending[0]), "cluster", "info"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+            if b"cluster_state:ok" in info.stdout:
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                self.fail(f"node {pending[0]} never said cluster_state:ok: {info.stdout!r}")
+            time.sleep(0.05)
+
+    def fail(self, why: str) -> None:
+        """Stop the servers and fail the test, with what each server said."""
+        self.stop()
+        said = "\n".join(
+            f"--- redis-server {port}:\n" + "\n".join(lines[-20:])
+            for port, lines in self.output.items()
+        )
+        pytest.fail(f"cannot start a Redis Cluster: {why}\n{said}")
+
+    def stop(self) -> None:
+        """SIGKILL every server (by its PID) and reap it."""
+        processes, self.processes = self.processes, []
+        readers, self.readers = self.readers, []
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait(timeout=10)
+        for reader in readers:
+            reader.join(timeout=5)  # it reads to the end of the dead server's output
+        for process in processes:
+            if process.stdout is not None:
+                process.stdout.close()

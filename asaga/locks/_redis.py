@@ -26,6 +26,13 @@ when a key another process wants is released to it. Every state change is one Lu
 never poll on a fixed interval: one head per key and process waits for a release
 notification (one pattern subscription per provider), with a fallback retry when the
 holder's TTL runs out, bounded and jittered.
+
+Redis Cluster (the client is a ``redis.asyncio.RedisCluster``): the keys are the same.
+Each script but the renewal touches the keys of one lease key, which share the slot of
+its ``{key}`` tag; a renewal of a lease on several keys runs one script per slot (a key
+found lost loses the whole lease, whatever the other scripts renewed). ``PUBLISH`` reaches
+every node over the cluster bus, so the pattern subscription is held on one primary.
+The data keys of a fenced write must carry the lease key's tag.
 """
 
 from __future__ import annotations
@@ -38,11 +45,21 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from .._redis import follow_pattern, require_asyncio, warn_without_persistence
+from .._redis import (
+    REDIS_ERRORS,
+    Client,
+    check_cluster,
+    client_from_url,
+    close_client,
+    follow_pattern,
+    is_cluster,
+    require_asyncio,
+    slot,
+    warn_without_persistence,
+)
 from ._lease import Lease, Leases, LeaseUnavailable, StaleWrite
 
 __all__ = ["RedisLockProvider"]
@@ -164,8 +181,9 @@ _WANT_MS = 2000  # how long a failed attempt marks the key as wanted by another 
 
 
 class _RedisBackend:
-    def __init__(self, client: aioredis.Redis, prefix: str, fairness: int) -> None:
+    def __init__(self, client: Client, prefix: str, fairness: int) -> None:
         self.client = client
+        self.cluster = is_cluster(client)
         self.identity = uuid.uuid4().hex  # marks the keys this provider wants
         self.prefix = prefix
         self.fairness = fairness
@@ -197,26 +215,37 @@ class _RedisBackend:
         return f"{self.prefix}released:{key}"
 
     async def try_acquire(self, key: str, ttl: float) -> tuple[int, float]:
+        if self.cluster and key.startswith("}"):
+            # Its keys' tag `{}` would be empty: each key would hash whole, to its own slot.
+            raise ValueError(f"on Redis Cluster a lease key may not start with '}}': {key!r}")
         try:
             token, held_ms = await self._acquire(
                 keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
                 args=[_ms(ttl), _WANT_MS, self.identity, self.block, _FENCE_KEEP_MS],
             )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LeaseUnavailable(
                 f"cannot acquire {key!r}: Redis is unreachable ({exc})", (key,)
             ) from exc
         return int(token), int(held_ms) / 1000
 
     async def renew(self, grants: Mapping[str, int], ttl: float) -> bool:
-        keys = [self.lock_key(k) for k in grants]
-        try:
-            ok = await self._renew(keys=keys, args=[_ms(ttl), *map(str, grants.values())])
-        except RedisError as exc:
-            raise LeaseUnavailable(
-                f"cannot renew {list(grants)}: Redis is unreachable ({exc})", tuple(grants)
-            ) from exc
-        return bool(ok)
+        # One script for every key; on a cluster, one per slot (the lease is lost if any
+        # key is: keys renewed by the other scripts are released with the lease).
+        groups: dict[int, dict[str, int]] = {}
+        for key, grant in grants.items():
+            groups.setdefault(slot(self.lock_key(key)) if self.cluster else 0, {})[key] = grant
+        for group in groups.values():
+            keys = [self.lock_key(k) for k in group]
+            try:
+                ok = await self._renew(keys=keys, args=[_ms(ttl), *map(str, group.values())])
+            except REDIS_ERRORS as exc:
+                raise LeaseUnavailable(
+                    f"cannot renew {list(grants)}: Redis is unreachable ({exc})", tuple(grants)
+                ) from exc
+            if not ok:
+                return False
+        return True
 
     async def release(self, key: str, grant: int) -> None:
         await self._release(
@@ -272,11 +301,15 @@ class RedisLockProvider:
     ``prefix`` namespaces every key and channel. ``fairness`` (1 to :data:`MAX_FAIRNESS`)
     is how many times in a row a process may hand a key to its own next waiter while
     another process wants it.
+
+    ``client`` is a ``redis.asyncio.Redis`` (one server, or Sentinel) or a
+    ``redis.asyncio.RedisCluster`` (see docs/locks.md, "Redis Cluster"; the prefix may
+    then hold no brace).
     """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         prefix: str = "asaga:",
         fairness: int = 8,
@@ -288,6 +321,8 @@ class RedisLockProvider:
             or not 1 <= fairness <= MAX_FAIRNESS
         ):
             raise ValueError(f"fairness must be an int from 1 to {MAX_FAIRNESS}, got {fairness!r}")
+        if is_cluster(client):
+            check_cluster(client, prefix, "RedisLockProvider")
         self._backend = _RedisBackend(client, prefix, fairness)
         self._leases = Leases(self._backend, fairness=fairness)
         self._owns_client = _owns_client
@@ -297,19 +332,18 @@ class RedisLockProvider:
         """Fenced writes this provider had rejected as stale."""
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisLockProvider:
+    def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisLockProvider:
         """A provider with its own client for ``url`` (``redis://``, ``rediss://``, with
-        ACL user and password); the client is closed when the provider exits."""
-        # A blocking pool: past max_connections, callers wait for a free connection
-        # instead of failing (redis-py's default pool raises MaxConnectionsError).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=100, timeout=30, socket_connect_timeout=2.0
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        ACL user and password); the client is closed when the provider exits. With
+        ``cluster=True`` the URL names a node of a Redis Cluster (the others are
+        discovered) and the client is a ``redis.asyncio.RedisCluster``."""
+        # One server: a blocking pool of 100 (past it, callers wait for a free connection
+        # instead of failing, as redis-py's default pool would).
+        client = client_from_url(url, cluster=cluster, max_connections=100)
         return cls(client, _owns_client=True, **options)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         """The Redis client the provider uses."""
         return self._backend.client
 
@@ -353,8 +387,7 @@ class RedisLockProvider:
             self._backend.listening = False
             if self._owns_client:
                 with anyio.CancelScope(shield=True):
-                    await self._backend.client.aclose()
-                    await self._backend.client.connection_pool.disconnect()
+                    await close_client(self._backend.client)
 
     def lease(
         self, *keys: str, ttl: float, wait: float | None = None
@@ -385,7 +418,8 @@ class RedisLockProvider:
         A command Redis refuses (unknown, ``WRONGTYPE``, a bad argument) raises its
         ``ResponseError``; the commands before it in the call stay applied, as Redis
         does not roll a script back. ``ValueError`` for a key the lease does not hold or a
-        command that is not ``(name, redis_key, *args)``.
+        command that is not ``(name, redis_key, *args)``, and on Redis Cluster for a data
+        key outside the lease key's slot (give it the hash tag ``{key}``).
         """
         key = lease.key if key is None else key
         if key not in lease.tokens:
@@ -402,6 +436,14 @@ class RedisLockProvider:
             if redis_key not in data_keys:
                 data_keys.append(redis_key)
             args += [name, data_keys.index(redis_key) + 3, len(rest), *rest]
+        if backend.cluster:
+            lock_slot = slot(backend.lock_key(key))
+            for redis_key in data_keys:
+                if slot(redis_key) != lock_slot:
+                    raise ValueError(
+                        f"fenced(): on Redis Cluster, {redis_key!r} is not in the slot of "
+                        f"the lease key {key!r}: give it the hash tag {{{key}}}"
+                    )
         # Shielded: once the script is sent, its reply is awaited even if the holder is
         # being cancelled (say, its lease was just found lost), so that the caller always
         # knows whether the write was applied; bounded, as Redis may not answer.
@@ -423,7 +465,7 @@ class RedisLockProvider:
                     "were applied (Redis does not roll a script back)"
                 )
                 raise
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise LeaseUnavailable(
                     f"fenced write on {key!r} failed: Redis is unreachable ({exc})", (key,)
                 ) from exc

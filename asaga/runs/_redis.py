@@ -1,31 +1,49 @@
 """Durable-run records in Redis, shared by every process of a service.
 
-Keys (``<p>`` is the store's prefix)::
+Keys (``<p>`` is the store's prefix; ``<s>`` is ``<p>`` on one Redis server, and the
+prefix followed by the hash tag of the run's shard on Redis Cluster, see below)::
 
-    <p>run:<run_id>          hash: record (the encoded RunRecord), status, owner, saga
-    <p>events:<run_id>       list: the run's encoded events, in order
-    <p>runs:running          sorted set: unfinished runs (score: creation time)
-    <p>runs:index            sorted set: every recorded run (score: creation time)
-    <p>runs:quarantine       sorted set: unfinished runs set aside by recovery (score: when)
+    <s>run:<run_id>          hash: record (the encoded RunRecord), status, owner, saga
+    <s>events:<run_id>       list: the run's encoded events, in order
+    <s>runs:running          sorted set: unfinished runs (score: creation time)
+    <s>runs:index            sorted set: every recorded run (score: creation time)
+    <s>runs:quarantine       sorted set: unfinished runs set aside by recovery (score: when)
+    <s>owner:<owner>         the owner lease of one store object (one per process)
+    <s>waiting:<run_id>      set (briefly) while a process waits for the run to finish
     <p>key:<saga>:<key>      the run an idempotency key names (expires with the window)
-    <p>owner:<owner>         the owner lease of one store object (one per process)
-    <p>waiting:<run_id>      set (briefly) while a process waits for the run to finish
     channel <p>finished:<run_id>     published when a waited-for run finishes
 
 Each write is one Lua script that checks the run is still owned by this store (a process
 that lost its lease cannot overwrite the record of the process that recovered its runs)
 and applies the record, status and events at once; a finished run is dropped from the
 running set and expires after ``retention``. Scripts take keys and values as arguments,
-never interpolated text. Concurrent writes (of one run or of many) are sent together: one
-writer task per store drains what is queued into one pipeline, so a transition costs at
-most one round trip, often a share of one.
+never interpolated text, and check their arguments before their first write. Concurrent
+writes (of one run or of many) are sent together: one writer task per store drains what
+is queued into one pipeline, so a transition costs at most one round trip, often a share
+of one.
+
+An idempotency key is claimed by a script of its own (exactly one caller gets a fresh
+key), and the run it names is recorded by the next one: a caller that finds the key
+naming a run without a record waits (bounded) for the record, or, once the claim is
+older than two ``write_timeout`` (its creation cannot still be on its way), voids that
+run id (a tombstone its late creation would find) and takes the key over, as it takes
+over the key of a cancelled run.
+
+**Redis Cluster** (the client is a ``redis.asyncio.RedisCluster``): each run belongs to
+one of ``_CLUSTER_SHARDS`` shards (by a hash of its id), and ``<s>`` is
+``<p>{<p><shard>}``: a run's keys, the running set, index and quarantine set of its shard
+and a copy of every owner lease live in the shard's slot, so that each script touches one
+slot, as atomic as on one server. The heartbeat renews the owner lease in every shard;
+listing and recovery read the shards' sorted sets merged in score order. The idempotency
+key's script touches that key alone.
 
 A run whose record recovery cannot drive (it does not decode, is foreign, or does not fit
 the saga) is quarantined: out of the running set, into ``runs:quarantine`` with the
 reason in its hash, its keys expiring after ``retention``; the quarantine set is trimmed
-to that retention and to ``_MAX_QUARANTINED`` entries. ``readmit`` puts it back.
+to that retention and to ``_MAX_QUARANTINED`` entries (over all shards). ``readmit`` puts
+it back.
 
-One lease per store object says its owner is alive: ``<p>owner:<owner>``, set with a TTL
+One lease per store object says its owner is alive: ``<s>owner:<owner>``, set with a TTL
 and renewed every ``owner_ttl / 3`` by a task of the store. Recovery takes over the
 unfinished runs of owners whose lease has expired, one script per run, so exactly one
 recoverer wins each.
@@ -39,6 +57,7 @@ import os
 import random
 import socket
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -49,9 +68,8 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import msgspec
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .._exceptions import (
     CorruptRecord,
@@ -61,7 +79,18 @@ from .._exceptions import (
     RunTakenOver,
     StoreUnavailable,
 )
-from .._redis import follow_pattern, require_asyncio, warn_without_persistence
+from .._redis import (
+    REDIS_ERRORS,
+    UNAVAILABLE,
+    Client,
+    check_cluster,
+    client_from_url,
+    close_client,
+    follow_pattern,
+    is_cluster,
+    require_asyncio,
+    warn_without_persistence,
+)
 from ._record import (
     FINISHED,
     Claim,
@@ -78,30 +107,59 @@ __all__ = ["RedisRunStore"]
 
 _logger = structlog.get_logger("asaga")
 
-# KEYS: run, events, running, index[, key] ; ARGV: run_id, record, status, owner, saga,
-#   now, window_ms, version, nonce, run key prefix, seq, events...
-# Returns nil when created (or when this very creation is sent again), else the id of the
-# run that holds the idempotency key. A key whose run was cancelled, or whose record is
-# gone, is taken over: a cancelled run did nothing that stays.
+# KEYS: run, events, running, index ; ARGV: run_id, record, status, owner, saga, now,
+#   version, nonce, seq, events...
+# Returns nil when created (or when this very creation is sent again), 'void' if the run id
+# was voided (a caller found the idempotency key naming it and no record, and took the key
+# over): then nothing is written.
 _CREATE = """
-if #KEYS == 5 then
-  local holder = redis.call('get', KEYS[5])
-  if holder and holder ~= ARGV[1] then
-    local held = redis.call('hget', ARGV[10] .. holder, 'status')
-    if held and held ~= 'cancelled' then return holder end
-  end
+local now, seq = tonumber(ARGV[6]), tonumber(ARGV[9])
+if not now or not seq or ARGV[1] == '' or ARGV[4] == '' then
+  return redis.error_reply('ERR asaga create: run_id, owner, now, seq')
 end
 if redis.call('exists', KEYS[1]) == 1 then
-  if redis.call('hget', KEYS[1], 'nonce') == ARGV[9] then return false end
+  if redis.call('hget', KEYS[1], 'nonce') == ARGV[8] then return false end
+  if redis.call('hget', KEYS[1], 'status') == 'void' then return 'void' end
   return redis.error_reply('ERR asaga: run ' .. ARGV[1] .. ' is already recorded')
 end
-if #KEYS == 5 then redis.call('set', KEYS[5], ARGV[1], 'px', ARGV[7]) end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'owner', ARGV[4],
-           'saga', ARGV[5], 'version', ARGV[8], 'nonce', ARGV[9], 'seq', ARGV[11])
-redis.call('zadd', KEYS[3], ARGV[6], ARGV[1])
-redis.call('zadd', KEYS[4], ARGV[6], ARGV[1])
-if #ARGV >= 12 then redis.call('rpush', KEYS[2], unpack(ARGV, 12)) end
+           'saga', ARGV[5], 'version', ARGV[7], 'nonce', ARGV[8], 'seq', ARGV[9])
+redis.call('zadd', KEYS[3], now, ARGV[1])
+redis.call('zadd', KEYS[4], now, ARGV[1])
+if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 return false
+"""
+
+# KEYS: idempotency key ; ARGV: run_id, window_ms, run to take the key from ('' for none)
+# Returns nil when the key names run_id now (claimed now, or by this very run before),
+# else {the run it names, the key's remaining milliseconds}. The caller takes the key
+# from a run it found cancelled or voided by naming that run: only if the key still names
+# it (so exactly one caller takes it).
+_CLAIM_KEY = """
+local window = tonumber(ARGV[2])
+if ARGV[1] == '' or not window or window < 1 then
+  return redis.error_reply('ERR asaga claim key: run_id, window_ms')
+end
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then return false end
+if holder and holder ~= ARGV[3] then return {holder, redis.call('pttl', KEYS[1])} end
+redis.call('set', KEYS[1], ARGV[1], 'px', window)
+return false
+"""
+
+# KEYS: run ; ARGV: '1' to void a run without a record, tombstone_ms
+# Returns the run's status; 'void' for a run id voided (now or before); nil if the run has
+# no record and is not voided. A voided run id holds only status 'void' until the
+# tombstone expires: its creation, if it comes late, finds it and writes nothing.
+_PROBE = """
+local ttl = tonumber(ARGV[2])
+if not ttl or ttl < 1 then return redis.error_reply('ERR asaga probe: tombstone_ms') end
+local status = redis.call('hget', KEYS[1], 'status')
+if status then return status end
+if ARGV[1] ~= '1' then return false end
+redis.call('hset', KEYS[1], 'status', 'void')
+redis.call('pexpire', KEYS[1], ttl)
+return 'void'
 """
 
 # KEYS: run, events, running, index, waiting ; ARGV: run_id, record, status, owner, final,
@@ -109,9 +167,14 @@ return false
 # Returns 0 if another owner has the run, 3 if its record is gone (Redis lost writes), 2 if
 # a newer write of this run landed already (this one, sent late, is dropped), 1 when applied.
 _WRITE = """
-if redis.call('exists', KEYS[1]) == 0 then return 3 end
-if redis.call('hget', KEYS[1], 'owner') ~= ARGV[4] then return 0 end
-if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= tonumber(ARGV[9]) then return 2 end
+local retention, cutoff, seq = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[9])
+if not retention or not cutoff or not seq or retention < 1 then
+  return redis.error_reply('ERR asaga write: retention_ms, cutoff, seq')
+end
+local owner = redis.call('hget', KEYS[1], 'owner')
+if not owner then return 3 end  -- no record (or a void run id: its record was lost too)
+if owner ~= ARGV[4] then return 0 end
+if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= seq then return 2 end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'seq', ARGV[9])
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 if ARGV[5] == '1' then
@@ -124,7 +187,7 @@ else
   -- unfinished: findable by recovery (a late final write may have taken it out)
   redis.call('persist', KEYS[1])
   redis.call('persist', KEYS[2])
-  redis.call('zadd', KEYS[3], 'NX', tonumber(ARGV[7]) + tonumber(ARGV[6]) / 1000, ARGV[1])
+  redis.call('zadd', KEYS[3], 'NX', cutoff + retention / 1000, ARGV[1])
 end
 return 1
 """
@@ -184,6 +247,7 @@ return 1
 # KEYS: run, events, running, lease of the current owner ; ARGV: status seen, owner seen,
 #   new owner, now, run_id
 _CLAIM_UNDO = """
+if not tonumber(ARGV[4]) then return redis.error_reply('ERR asaga claim undo: now') end
 local status = redis.call('hget', KEYS[1], 'status')
 if status ~= ARGV[1] or redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
 if status == 'undoing' and redis.call('exists', KEYS[4]) == 1 then return 0 end
@@ -201,11 +265,13 @@ if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
 return 1
 """
 
-_SCRIPTS = {"create": _CREATE, "write": _WRITE}
+_SCRIPTS = {"create": _CREATE, "claim_key": _CLAIM_KEY, "write": _WRITE}
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 
 _MAX_BATCH = 256  # writes sent in one pipeline at most
 _MAX_QUARANTINED = 10_000  # runs kept in the quarantine set at most (the oldest go first)
+_CLUSTER_SHARDS = 16  # shards of the runs on Redis Cluster (each its slot, spread over nodes)
+_MAX_KEY_ROUNDS = 20  # claims of one idempotency key by one call at most
 
 
 @dataclass(slots=True, eq=False)
@@ -240,11 +306,17 @@ class RedisRunStore(StoreSettings):
       before the run fails with ``StoreUnavailable``;
     - ``recheck``: seconds between checks of a run that is waited for, when its finish
       was not notified (a missed message, a crashed owner).
+
+    ``client`` is a ``redis.asyncio.Redis`` (one server, or Sentinel) or a
+    ``redis.asyncio.RedisCluster``: on a cluster the keys carry hash tags (each run in one
+    of 16 shards, see docs/durability.md, "Redis Cluster"), and the prefix may hold no
+    brace. The layout follows the client: a store on a cluster does not read the records
+    written through a client of one server, and the other way round.
     """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         prefix: str = "asaga:",
         owner_ttl: float = 10.0,
@@ -263,6 +335,11 @@ class RedisRunStore(StoreSettings):
         )
         if not owner_ttl > 0 or not write_timeout > 0 or not recheck > 0:
             raise ValueError("owner_ttl, write_timeout and recheck must be > 0 seconds")
+        self.cluster = is_cluster(client)
+        """Whether the client is a Redis Cluster's (the keys then carry hash tags)."""
+        if self.cluster:
+            check_cluster(client, prefix, "RedisRunStore")
+        self._shards = _CLUSTER_SHARDS if self.cluster else 1
         self.client = client
         """The Redis client the store uses."""
         self.prefix = prefix
@@ -285,46 +362,68 @@ class RedisRunStore(StoreSettings):
         self._claim_undo = client.register_script(_CLAIM_UNDO)
         self._quarantine = client.register_script(_QUARANTINE)
         self._readmit = client.register_script(_READMIT)
+        self._probe = client.register_script(_PROBE)
         self._persistence_checked = False
         self._release_key = client.register_script(_RELEASE_KEY)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisRunStore:
+    def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisRunStore:
         """A store with its own client for ``url`` (``redis://``, ``rediss://`` for TLS,
         with an ACL user and password: ``redis://user:secret@host:6379/0``); the client
-        is closed when the store exits."""
+        is closed when the store exits. With ``cluster=True`` the URL names a node of a
+        Redis Cluster (the others are discovered) and the client is a
+        ``redis.asyncio.RedisCluster``."""
         # No socket timeout: redis-py would wrap every command in a task of its own to
         # enforce it; the store bounds its writes itself (write_timeout).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=50, timeout=30, socket_connect_timeout=2.0, socket_timeout=None
-        )
-        return cls(aioredis.Redis(connection_pool=pool), _owns_client=True, **options)
+        client = client_from_url(url, cluster=cluster, max_connections=50, socket_timeout=None)
+        return cls(client, _owns_client=True, **options)
 
     # -- keys ----------------------------------------------------------------------------
 
+    def _shard(self, run_id: str) -> int:
+        """The shard of a run: 0 on one server; on a cluster, a hash of its id."""
+        return zlib.crc32(run_id.encode()) % self._shards if self.cluster else 0
+
+    def _base(self, shard: int) -> str:
+        """What the keys of a shard start with: on a cluster, the prefix and the shard's
+        hash tag (so that a run's keys and its shard's sets share a slot)."""
+        return f"{self.prefix}{{{self.prefix}{shard}}}" if self.cluster else self.prefix
+
     def _run_key(self, run_id: str) -> str:
-        return f"{self.prefix}run:{run_id}"
+        return f"{self._base(self._shard(run_id))}run:{run_id}"
 
     def _events_key(self, run_id: str) -> str:
-        return f"{self.prefix}events:{run_id}"
+        return f"{self._base(self._shard(run_id))}events:{run_id}"
 
-    def _owner_key(self, owner: str) -> str:
-        return f"{self.prefix}owner:{owner}"
+    def _waiting_key(self, run_id: str) -> str:
+        return f"{self._base(self._shard(run_id))}waiting:{run_id}"
+
+    def _owner_key(self, owner: str, shard: int = 0) -> str:
+        """The owner lease of ``owner``, as the scripts of ``shard`` read it."""
+        return f"{self._base(shard)}owner:{owner}"
 
     def _idempotency_key(self, claim: Claim) -> str:
         return f"{self.prefix}key:{claim.saga}:{claim.key}"
 
-    @property
-    def _running(self) -> str:
-        return f"{self.prefix}runs:running"
+    def _running(self, shard: int = 0) -> str:
+        return f"{self._base(shard)}runs:running"
 
-    @property
-    def _index(self) -> str:
-        return f"{self.prefix}runs:index"
+    def _index(self, shard: int = 0) -> str:
+        return f"{self._base(shard)}runs:index"
 
-    @property
-    def _quarantined(self) -> str:
-        return f"{self.prefix}runs:quarantine"
+    def _quarantined(self, shard: int = 0) -> str:
+        return f"{self._base(shard)}runs:quarantine"
+
+    def _run_keys(self, run_id: str, *sets: str) -> list[str]:
+        """The run's hash and events, then the named sets of its shard (``running``,
+        ``index``, ``quarantine``)."""
+        shard = self._shard(run_id)
+        named = {"running": self._running, "index": self._index, "quarantine": self._quarantined}
+        return [
+            self._run_key(run_id),
+            self._events_key(run_id),
+            *(named[name](shard) for name in sets),
+        ]
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -332,7 +431,7 @@ class RedisRunStore(StoreSettings):
         require_asyncio("RedisRunStore", "MemoryRunStore")
         try:
             await self._beat()  # the lease exists before any run is recorded
-        except (RedisError, OSError, TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"the run store cannot reach Redis: {exc!r}") from exc
         if not self._persistence_checked:
             self._persistence_checked = True
@@ -366,17 +465,29 @@ class RedisRunStore(StoreSettings):
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 # Runs still unfinished now were abandoned: recoverable at once (if Redis
                 # cannot be reached, the lease expires by itself).
-                with contextlib.suppress(RedisError):
-                    await self.client.delete(self._owner_key(self._owner))
+                with contextlib.suppress(*REDIS_ERRORS):
+                    if self._shards == 1:
+                        await self.client.delete(self._owner_key(self._owner))
+                    else:
+                        async with self.client.pipeline(transaction=False) as pipe:
+                            for shard in range(self._shards):
+                                pipe.delete(self._owner_key(self._owner, shard))
+                            await pipe.execute()
                 if self._owns_client:
-                    await self.client.aclose()
-                    await self.client.connection_pool.disconnect()
+                    await close_client(self.client)
 
     async def _beat(self) -> None:
+        """Set the owner lease (on a cluster, its copy in every shard: each shard's
+        scripts read the copy in their slot)."""
+        ttl = max(1, round(self.owner_ttl * 1000))
         with anyio.fail_after(max(self.owner_ttl / 3, 0.1)):
-            await self.client.set(
-                self._owner_key(self._owner), "1", px=max(1, round(self.owner_ttl * 1000))
-            )
+            if self._shards == 1:
+                await self.client.set(self._owner_key(self._owner), "1", px=ttl)
+                return
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in range(self._shards):
+                    pipe.set(self._owner_key(self._owner, shard), "1", px=ttl)
+                await pipe.execute()
 
     async def _heartbeat(self) -> None:
         """Renew the owner lease; send again the writes Redis could not take."""
@@ -385,7 +496,7 @@ class RedisRunStore(StoreSettings):
             await anyio.sleep(interval)
             try:
                 await self._beat()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 _logger.warning("run_store_lease_not_renewed", error=repr(exc))
                 continue
             for write in list(self._unsent.values()):
@@ -401,17 +512,46 @@ class RedisRunStore(StoreSettings):
     # -- writing -------------------------------------------------------------------------
 
     async def create(self, write: Write, claim: Claim | None) -> str | None:
-        """Record a new run; the id of the run holding ``claim``'s key instead, if any."""
-        keys = [
-            self._run_key(write.run_id),
-            self._events_key(write.run_id),
-            self._running,
-            self._index,
-        ]
-        window = 0
-        if claim is not None:
-            keys.append(self._idempotency_key(claim))
-            window = max(1, round(claim.window * 1000))
+        """Record a new run; the id of the run holding ``claim``'s key instead, if any
+        (its record exists: it is recorded, or being recorded, by its caller)."""
+        if claim is None:
+            if await self._record_new(write) == "void":
+                raise RunStoreError(f"run {write.run_id} is already recorded", write.run_id)
+            return None
+        key = self._idempotency_key(claim)
+        window = max(1, round(claim.window * 1000))
+        taking = ""  # the run whose key this call takes over (cancelled, or voided)
+        for _ in range(_MAX_KEY_ROUNDS):  # bounded: only takeovers make it go round
+            held = await self._submit(
+                "claim_key", [key], [write.run_id, window, taking], write.run_id
+            )
+            if held is None:
+                try:
+                    created = await self._record_new(write)
+                except RunStoreError as exc:
+                    if isinstance(exc, StoreUnavailable):
+                        raise  # the key stays: voided by the next caller if it names no run
+                    await self.release_key(claim, write.run_id)  # already recorded, refused
+                    raise
+                if created != "void":
+                    return None
+                taking = ""  # another caller voided this run id and took the key: see whom
+                continue
+            holder, left_ms = _text(held[0]) or "", int(held[1])
+            status = await self._holder_status(holder, claim.window * 1000 - left_ms, window)
+            if status in ("cancelled", "void"):
+                taking = holder  # a cancelled run did nothing that stays; a void one, nothing
+                continue
+            return holder
+        raise RunStoreError(
+            f"idempotency key {claim.key!r} of saga {claim.saga} keeps changing hands",
+            write.run_id,
+        )
+
+    async def _record_new(self, write: Write) -> str | None:
+        """Run the creation script: ``None`` when recorded (now, or by this very creation
+        sent before), ``"void"`` if the run id was voided; ``RunStoreError`` if another
+        run has the id."""
         record = decode_record(write.record, write.run_id)
         args: list[Any] = [
             write.run_id,
@@ -420,26 +560,42 @@ class RedisRunStore(StoreSettings):
             self._owner,
             record.saga,
             time.time(),
-            window,
             record.saga_version,
             write.nonce,
-            f"{self.prefix}run:",
             write.seq,
             *write.events,
         ]
-        reply = await self._submit("create", keys, args, write.run_id)
-        if reply is None:
-            return None
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        keys = self._run_keys(write.run_id, "running", "index")
+        return _text(await self._submit("create", keys, args, write.run_id))
+
+    async def _holder_status(self, holder: str, age_ms: float, tombstone_ms: int) -> str:
+        """The status of the run an idempotency key names, once it has a record.
+
+        The key is claimed before the run is recorded, by the same caller a round trip
+        later: a run without a record is waited for (readiness by a bounded, jittered
+        re-read: it is a claim held by another process) until the claim is two
+        ``write_timeout`` old. Then its creation cannot still be on its way (its caller
+        gave up), or it went to a server that lost it: the run id is voided (``"void"``),
+        and its creation, if it comes late, finds the tombstone and writes nothing."""
+        settle = max(0.0, 2 * self.write_timeout - age_ms / 1000)
+        deadline = time.monotonic() + settle
+        delay = 0.002
+        while True:
+            void = "1" if time.monotonic() >= deadline else "0"
+            with self._bounded(f"cannot read run {holder}", holder):
+                status = await self._probe(keys=[self._run_key(holder)], args=[void, tombstone_ms])
+            if status is not None:
+                return _text(status) or ""
+            await anyio.sleep(
+                min(delay * random.uniform(1.0, 1.5), max(deadline - time.monotonic(), 0))
+            )
+            delay = min(delay * 2, 0.1)
 
     async def write(self, write: Write) -> None:
         """Record a transition of a run this store owns (``RunTakenOver`` otherwise)."""
         keys = [
-            self._run_key(write.run_id),
-            self._events_key(write.run_id),
-            self._running,
-            self._index,
-            f"{self.prefix}waiting:{write.run_id}",
+            *self._run_keys(write.run_id, "running", "index"),
+            self._waiting_key(write.run_id),
         ]
         args: list[Any] = [
             write.run_id,
@@ -552,7 +708,7 @@ class RedisRunStore(StoreSettings):
             try:
                 with anyio.fail_after(max(deadline - time.monotonic(), 0.05)):
                     replies = await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 if time.monotonic() + delay > deadline:
                     for op in todo:
                         op.error = exc
@@ -578,7 +734,7 @@ class RedisRunStore(StoreSettings):
                     with anyio.fail_after(max(deadline - time.monotonic(), 0.05)):
                         for text in _SCRIPTS.values():
                             await self.client.script_load(text)
-                except (RedisError, OSError, TimeoutError) as exc:
+                except UNAVAILABLE as exc:
                     for op in retry:
                         op.error = exc
                         op.done.set()
@@ -616,21 +772,30 @@ class RedisRunStore(StoreSettings):
             events=tuple(decode_event(e, run_id) for e in events),
         )
 
+    def _merged(self, sets: str, *, newest_first: bool, page: int) -> _Merged:
+        """The sorted sets ``sets`` (``running``, ``index``, ``quarantine``) of every
+        shard, read as one."""
+        named = {"running": self._running, "index": self._index, "quarantine": self._quarantined}
+        keys = [named[sets](shard) for shard in range(self._shards)]
+        return _Merged(self.client, keys, newest_first=newest_first, page=page)
+
     async def list(
         self, *, status: str | None = None, saga: str | None = None, limit: int = 50
     ) -> Sequence[RunRecord]:
         """Recorded runs, newest first, filtered by status and saga name."""
         found: list[RunRecord] = []
-        start, page = 0, max(limit, 50)
-        while len(found) < limit and start < 100 * page:  # bounded scan of the index
+        page = max(limit, 50)
+        index = self._merged("index", newest_first=True, page=page)
+        scanned = 0
+        while len(found) < limit and scanned < 100 * page:  # bounded scan of the index
             with self._bounded("cannot list runs"):
-                ids = await self.client.zrevrange(self._index, start, start + page - 1)
+                ids = [run_id for run_id, _ in await index.take(page)]
                 if not ids:
                     break
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for raw in ids:
+                    for run_id in ids:
                         pipe.hmget(
-                            self._run_key(_text(raw) or ""),
+                            self._run_key(run_id),
                             "record",
                             "status",
                             "owner",
@@ -638,8 +803,8 @@ class RedisRunStore(StoreSettings):
                             "quarantined",
                         )
                     rows = await pipe.execute()
-            start += page
-            for raw, (data, st, owner, name, aside) in zip(ids, rows, strict=True):
+            scanned += len(ids)
+            for run_id, (data, st, owner, name, aside) in zip(ids, rows, strict=True):
                 if data is None or aside is not None:
                     continue  # expired, or quarantined (see quarantined())
                 if status is not None and _text(st) != status:
@@ -647,9 +812,9 @@ class RedisRunStore(StoreSettings):
                 if saga is not None and _text(name) != saga:
                     continue
                 try:
-                    found.append(self._assemble(_text(raw) or "", data, st, owner, ()))
+                    found.append(self._assemble(run_id, data, st, owner, ()))
                 except CorruptRecord as exc:  # shown by `runs show`; recovery sets it aside
-                    _logger.warning("run_not_listed", run_id=_text(raw), error=str(exc))
+                    _logger.warning("run_not_listed", run_id=run_id, error=str(exc))
                     continue
                 if len(found) >= limit:
                     break
@@ -663,25 +828,32 @@ class RedisRunStore(StoreSettings):
         """Unfinished runs of ``sagas`` (name -> saga_version) whose owner's lease has
         expired, oldest first, as (run id, owner); nothing is taken yet."""
         found: list[tuple[str, str]] = []
-        start, page = 0, max(limit, 100)
-        while len(found) < limit and start < 100 * page:  # bounded scan of the running set
+        page = max(limit, 100)
+        running = self._merged("running", newest_first=False, page=page)
+        scanned = 0
+        while len(found) < limit and scanned < 100 * page:  # bounded scan of the running set
             with self._bounded("cannot look for abandoned runs"):
-                ids = [
-                    _text(r) or ""
-                    for r in await self.client.zrange(self._running, start, start + page - 1)
-                ]
-                if not ids:
+                taken = await running.take(page)
+                if not taken:
                     break
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for run_id in ids:
+                    for run_id, _ in taken:
                         pipe.hmget(self._run_key(run_id), "owner", "saga", "version")
                     rows = [[_text(v) for v in row] for row in await pipe.execute()]
-                gone = [run_id for run_id, row in zip(ids, rows, strict=True) if row[0] is None]
+                gone: dict[int, list[str]] = {}
+                for (run_id, shard), row in zip(taken, rows, strict=True):
+                    if row[0] is None:
+                        gone.setdefault(shard, []).append(run_id)
                 if gone:
-                    await self.client.zrem(self._running, *gone)
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for shard, ids in gone.items():
+                            pipe.zrem(self._running(shard), *ids)
+                        await pipe.execute()
+                    for shard, ids in gone.items():
+                        running.removed(shard, len(ids))
                 candidates = [
-                    (run_id, owner)
-                    for run_id, (owner, saga, version) in zip(ids, rows, strict=True)
+                    (run_id, owner, shard)
+                    for (run_id, shard), (owner, saga, version) in zip(taken, rows, strict=True)
                     if owner is not None
                     and owner != self._owner
                     and "/" not in run_id  # a child run: its parent's recovery drives it
@@ -691,20 +863,25 @@ class RedisRunStore(StoreSettings):
                 ]
                 if candidates:
                     async with self.client.pipeline(transaction=False) as pipe:
-                        for _, owner in candidates:
-                            pipe.exists(self._owner_key(owner))
+                        for _, owner, shard in candidates:
+                            pipe.exists(self._owner_key(owner, shard))
                         alive = await pipe.execute()
-                    found += [c for c, live in zip(candidates, alive, strict=True) if not live]
-            start += page - len(gone)
+                    found += [
+                        (run_id, owner)
+                        for (run_id, owner, _), live in zip(candidates, alive, strict=True)
+                        if not live
+                    ]
+            scanned += len(taken)
         return found[:limit]
 
     async def claim(self, run_id: str, owner: str) -> RunRecord | None:
         """Take over ``run_id`` from ``owner`` if that owner's lease has expired and the run
         is unfinished; the record, now owned by this store, or ``None`` (taken by
         another recoverer, finished, or its owner came back)."""
+        lease = self._owner_key(owner, self._shard(run_id))
         with self._bounded(f"cannot take over run {run_id}", run_id):
             reply = await self._claim(
-                keys=[self._run_key(run_id), self._owner_key(owner)], args=[owner, self._owner]
+                keys=[self._run_key(run_id), lease], args=[owner, self._owner]
             )
         if not reply:
             return None
@@ -719,14 +896,10 @@ class RedisRunStore(StoreSettings):
         """Set aside ``run_id`` (taken by this store): out of the running set, kept with
         ``reason`` for ``retention``; ``None`` if this store no longer owns it."""
         now = time.time()
+        most = -(-_MAX_QUARANTINED // self._shards)  # per shard: the cap over all of them
         with self._bounded(f"cannot quarantine run {run_id}", run_id):
             done = await self._quarantine(
-                keys=[
-                    self._run_key(run_id),
-                    self._events_key(run_id),
-                    self._running,
-                    self._quarantined,
-                ],
+                keys=self._run_keys(run_id, "running", "quarantine"),
                 args=[
                     run_id,
                     self._owner,
@@ -734,7 +907,7 @@ class RedisRunStore(StoreSettings):
                     now,
                     max(1, round(self.retention * 1000)),
                     now - self.retention,
-                    _MAX_QUARANTINED,
+                    most,
                 ],
             )
         if not done:
@@ -747,10 +920,9 @@ class RedisRunStore(StoreSettings):
 
     async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
         """The runs set aside by recovery, newest first."""
+        aside = self._merged("quarantine", newest_first=True, page=max(limit, 1))
         with self._bounded("cannot list quarantined runs"):
-            ids = [
-                _text(r) or "" for r in await self.client.zrevrange(self._quarantined, 0, limit - 1)
-            ]
+            ids = [run_id for run_id, _ in await aside.take(limit)]
             async with self.client.pipeline(transaction=False) as pipe:
                 for run_id in ids:
                     pipe.hmget(
@@ -774,13 +946,7 @@ class RedisRunStore(StoreSettings):
         takes it. ``RunNotFound`` if it is not quarantined."""
         with self._bounded(f"cannot readmit run {run_id}", run_id):
             done = await self._readmit(
-                keys=[
-                    self._run_key(run_id),
-                    self._events_key(run_id),
-                    self._running,
-                    self._quarantined,
-                ],
-                args=[run_id],
+                keys=self._run_keys(run_id, "running", "quarantine"), args=[run_id]
             )
         if not done:
             raise RunNotFound(f"run {run_id!r} is not quarantined in this store", run_id)
@@ -796,10 +962,8 @@ class RedisRunStore(StoreSettings):
             with self._bounded(f"cannot undo run {run_id}", run_id):
                 taken = await self._claim_undo(
                     keys=[
-                        self._run_key(run_id),
-                        self._events_key(run_id),
-                        self._running,
-                        self._owner_key(owner),
+                        *self._run_keys(run_id, "running"),
+                        self._owner_key(owner, self._shard(run_id)),
                     ],
                     args=[record.status, owner, self._owner, time.time(), run_id],
                 )
@@ -822,7 +986,7 @@ class RedisRunStore(StoreSettings):
     async def wait_finished(self, run_id: str) -> RunRecord:
         """Wait for the run's finish notification; check again every ``recheck`` seconds
         (jittered) in case it was missed or its owner died and someone else recovers it."""
-        waiting = f"{self.prefix}waiting:{run_id}"
+        waiting = self._waiting_key(run_id)
         while True:
             with self._bounded(f"cannot wait for run {run_id}", run_id):
                 await self.client.set(waiting, "1", px=max(1, round(self.recheck * 3000)))
@@ -850,6 +1014,55 @@ class RedisRunStore(StoreSettings):
             event.set()
 
 
+class _Merged:
+    """Sorted sets (one per shard) read as one, in score order (ties by member), a page
+    of each at a time: :meth:`take` the next entries, as (member, index of its set)."""
+
+    def __init__(self, client: Client, keys: Sequence[str], *, newest_first: bool, page: int):
+        self.client = client
+        self.keys = list(keys)
+        self.newest_first = newest_first
+        self.page = page
+        self.offsets = [0] * len(self.keys)  # entries read from each set
+        self.heads: list[deque[tuple[float, str]]] = [deque() for _ in self.keys]
+        self.done = [False] * len(self.keys)  # no more entries in the set
+
+    async def take(self, count: int) -> list[tuple[str, int]]:
+        """Up to ``count`` next entries (fewer at the end of every set)."""
+        taken: list[tuple[str, int]] = []
+        while len(taken) < count:
+            await self._fill()
+            live = [i for i, head in enumerate(self.heads) if head]
+            if not live:
+                break
+            pick = (max if self.newest_first else min)(live, key=lambda i: self.heads[i][0])
+            taken.append((self.heads[pick].popleft()[1], pick))
+        return taken
+
+    def removed(self, index: int, count: int) -> None:
+        """``count`` entries already taken from set ``index`` were removed from it."""
+        self.offsets[index] -= count
+
+    async def _fill(self) -> None:
+        """Read the next page of each set whose entries read so far are all taken (one
+        round trip, or one per node on a cluster)."""
+        empty = [i for i, head in enumerate(self.heads) if not head and not self.done[i]]
+        if not empty:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i in empty:
+                start, end = self.offsets[i], self.offsets[i] + self.page - 1
+                if self.newest_first:
+                    pipe.zrevrange(self.keys[i], start, end, withscores=True)
+                else:
+                    pipe.zrange(self.keys[i], start, end, withscores=True)
+            pages = await pipe.execute()
+        for i, rows in zip(empty, pages, strict=True):
+            self.offsets[i] += len(rows)
+            self.done[i] = len(rows) < self.page
+            self.heads[i].extend((float(score), _text(member) or "") for member, score in rows)
+
+
 @contextlib.contextmanager
 def _bounded(seconds: float, what: str, run_id: str | None) -> Iterator[None]:
     try:
@@ -860,7 +1073,7 @@ def _bounded(seconds: float, what: str, run_id: str | None) -> Iterator[None]:
             f"{what}: Redis did not answer within {seconds:g} s (the store's write_timeout)",
             run_id,
         ) from exc
-    except (RedisError, OSError) as exc:
+    except UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: {exc}", run_id) from exc
 
 

@@ -52,6 +52,7 @@ import msgspec
 from asaga.locks import Lease, LockProvider, MemoryLockProvider, StaleWrite
 
 __all__ = [
+    "LEASE_PREFIX",
     "MAX_HOLD_SECONDS",
     "MAX_ID_LENGTH",
     "MAX_QUANTITY",
@@ -85,6 +86,11 @@ MAX_RETENTION = 366 * 86_400.0
 
 MAX_LOG_ENTRIES = 1_000_000_000
 """The largest ``log_max_entries``."""
+
+LEASE_PREFIX = "inventory:"
+"""A product's lease key is this prefix and its SKU (the sagas' ``Lock("inventory:...")``).
+On Redis Cluster it is the hash tag of the product's keys, so that the script of
+:meth:`RedisInventoryStore.apply` (the product and the lease's fence key) touches one slot."""
 
 
 class Product(msgspec.Struct, frozen=True, kw_only=True):
@@ -577,6 +583,7 @@ local MAX_RETENTION = {MAX_RETENTION:g}
 local MAX_LOG_ENTRIES = {MAX_LOG_ENTRIES}
 local MAX_TIME = 1e11
 local MAX_TOKEN = 9007199254740991
+local LEASE_PREFIX = '{LEASE_PREFIX}'
 """
     + """
 local function refuse(name, value, why)
@@ -612,7 +619,9 @@ end
 local function sku_arg(i, product_key)
   local sku = id_arg(i, 'sku')
   local suffix = '{' .. sku .. '}:product'
-  if string.sub(product_key, -#suffix) ~= suffix then
+  local tagged = '{' .. LEASE_PREFIX .. sku .. '}:product'  -- the layout on Redis Cluster
+  if string.sub(product_key, -#suffix) ~= suffix
+      and string.sub(product_key, -#tagged) ~= tagged then
     refuse('sku', sku, 'not the SKU of ' .. product_key)
   end
   return sku
@@ -828,7 +837,14 @@ class RedisInventoryStore:
     reserve again), and the key of a keyed ``adjust`` ``retention`` seconds after it was
     applied (the TTL of its mark: by the server's clock). ``clock`` dates reservations,
     releases and commits, and is the reaper's default ``now`` (``time.time`` by default;
-    every client of one store must agree)."""
+    every client of one store must agree).
+
+    On Redis Cluster (``client`` is a ``redis.asyncio.RedisCluster``), every key of a
+    product carries the hash tag of its lease key, ``{inventory:<sku>}``, and each script
+    touches one product's keys: the product has a log stream and a reservation index of
+    its own (``log_max_entries`` bounds each log), and a reservation id's product is
+    claimed under ``reservation:<id>`` before the reserve script runs (see
+    docs/inventory.md, "Redis Cluster"). The prefix may hold no brace there."""
 
     def __init__(
         self,
@@ -840,9 +856,15 @@ class RedisInventoryStore:
         retention: float = 7 * 86_400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        from redis.asyncio.cluster import RedisCluster
+
         self.client = client
         self.locks = locks
         self.prefix = prefix
+        self.cluster = isinstance(client, RedisCluster)
+        """Whether ``client`` is a Redis Cluster's: the keys then follow its layout."""
+        if self.cluster and ("{" in prefix or "}" in prefix):
+            raise ValueError(f"on Redis Cluster the prefix may hold no brace, got {prefix!r}")
         self.log_max_entries = check_integer("log_max_entries", log_max_entries, 1, MAX_LOG_ENTRIES)
         self.retention = check_seconds("retention", retention, MAX_RETENTION)
         self.clock = clock
@@ -854,21 +876,25 @@ class RedisInventoryStore:
         self._commit = client.register_script(_COMMIT)
         self._forget = client.register_script(_FORGET_DUE)
 
+    def _tag(self, sku: str) -> str:
+        """The hash tag of a product's keys: its SKU; on a cluster, its lease key."""
+        return f"{{{LEASE_PREFIX}{sku}}}" if self.cluster else f"{{{sku}}}"
+
     def product_key(self, sku: str) -> str:
-        return f"{self.prefix}{{{sku}}}:product"
+        return f"{self.prefix}{self._tag(sku)}:product"
 
     def _reservations_key(self, sku: str) -> str:
-        return f"{self.prefix}{{{sku}}}:reservations"
+        return f"{self.prefix}{self._tag(sku)}:reservations"
 
     def _expiry_key(self, sku: str) -> str:
-        return f"{self.prefix}{{{sku}}}:expiry"
+        return f"{self.prefix}{self._tag(sku)}:expiry"
 
     def _committed_key(self, sku: str) -> str:
-        return f"{self.prefix}{{{sku}}}:committed"
+        return f"{self.prefix}{self._tag(sku)}:committed"
 
     def _adjusted_key(self, sku: str, key: str) -> str:
         """The mark of a keyed ``adjust`` of the product."""
-        return f"{self.prefix}{{{sku}}}:adjusted:{key}"
+        return f"{self.prefix}{self._tag(sku)}:adjusted:{key}"
 
     @property
     def _log_key(self) -> str:
@@ -877,6 +903,20 @@ class RedisInventoryStore:
     @property
     def _index_key(self) -> str:
         return f"{self.prefix}reservation-index"
+
+    def _log_of(self, sku: str) -> str:
+        """The log stream the product's entries go to: the store's, or on a cluster the
+        product's own."""
+        return f"{self.prefix}{self._tag(sku)}:log" if self.cluster else self._log_key
+
+    def _index_of(self, sku: str) -> str:
+        """The reservation index the product's scripts check and update: the store's, or
+        on a cluster the product's own (the claims of ids say which product holds one)."""
+        return f"{self.prefix}{self._tag(sku)}:index" if self.cluster else self._index_key
+
+    def _claim_key(self, reservation_id: str) -> str:
+        """On a cluster: the product a reservation id reserves (a string with a TTL)."""
+        return f"{self.prefix}reservation:{reservation_id}"
 
     async def put(self, product: Product) -> None:
         await self.client.hset(
@@ -904,6 +944,14 @@ class RedisInventoryStore:
         key = lease.key if key is None else key
         check_deltas(d_inventory, d_reserved)
         keys = [self.product_key(sku), self.locks.fence_key(key), self.locks.stale_key(key)]
+        if self.cluster:
+            from redis.crc import key_slot
+
+            if len({key_slot(k.encode()) for k in keys}) > 1:
+                raise ValueError(
+                    f"on Redis Cluster, apply() on {sku!r} needs the lease key "
+                    f"{LEASE_PREFIX}{sku!s} (the hash tag of the product's keys), not {key!r}"
+                )
         # Shielded (and bounded): a holder cancelled mid-write still learns whether the
         # write was applied, so its saga step neither loses nor double-counts it.
         token = lease.tokens[key]
@@ -956,27 +1004,86 @@ class RedisInventoryStore:
         return bool(await self._scripted(self._adjust_once, keys, args, sku, adjustment=adjustment))
 
     async def log(self, entry: Transaction) -> str:
+        if self.cluster:
+            await self.client.sadd(f"{self.prefix}skus", entry.sku)  # transactions() reads it
         entry_id = await self.client.xadd(
-            self._log_key,
+            self._log_of(entry.sku),
             {"entry": msgspec.json.encode(entry)},
             maxlen=self.log_max_entries,
             approximate=True,
         )
-        return _text(entry_id)
+        return self._entry_id(entry.sku, entry_id)
+
+    def _entry_id(self, sku: str, stream_id: Any) -> str:
+        """A log entry's id: its stream id; on a cluster, ``<sku>/<stream id>`` (which log)."""
+        return f"{sku}/{_text(stream_id)}" if self.cluster else _text(stream_id)
 
     async def unlog(self, entry_id: str) -> None:
-        await self.client.xdel(self._log_key, entry_id)
+        if not self.cluster:
+            await self.client.xdel(self._log_key, entry_id)
+            return
+        sku, _, stream_id = entry_id.rpartition("/")
+        if sku:
+            await self.client.xdel(self._log_of(sku), stream_id)
 
     async def transactions(self) -> list[Transaction]:
-        rows = await self.client.xrange(self._log_key)
-        return [msgspec.json.decode(fields[b"entry"], type=Transaction) for _, fields in rows]
+        if not self.cluster:
+            rows = await self.client.xrange(self._log_key)
+            return [msgspec.json.decode(fields[b"entry"], type=Transaction) for _, fields in rows]
+        # Each product's log, merged by stream id: exact within a product, as exact as the
+        # nodes' clocks across products.
+        skus = sorted(_text(sku) for sku in await self.client.smembers(f"{self.prefix}skus"))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sku in skus:
+                pipe.xrange(self._log_of(sku))
+            logs = await pipe.execute()
+        merged = sorted(
+            (tuple(map(int, _text(stream_id).split("-"))), n, fields[b"entry"])
+            for n, rows in enumerate(logs)
+            for stream_id, fields in rows
+        )
+        return [msgspec.json.decode(raw, type=Transaction) for _, _, raw in merged]
 
     async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
         check_reservation(reservation_id, sku, quantity, ttl)
         args = [reservation_id, sku, quantity, float(ttl), self.clock(), self.log_max_entries]
         keys = self._atomic_keys(sku)
         request = (reservation_id, quantity)
-        return _text(await self._scripted(self._reserve, keys, args, sku, request=request))
+        claimed = (
+            await self._claim_id(reservation_id, sku, quantity, ttl) if self.cluster else False
+        )
+        try:
+            entry = await self._scripted(self._reserve, keys, args, sku, request=request)
+        except ReservationConflict:
+            raise  # the product holds the id (another quantity): the claim stands
+        except (ValueError, LookupError):
+            if claimed:  # refused, nothing reserved: the id is free again
+                await self.client.delete(self._claim_key(reservation_id))
+            raise
+        if self.cluster and not claimed:
+            # A claim deleted by a concurrent call with this id that was refused: again.
+            await self.client.set(
+                self._claim_key(reservation_id), sku, nx=True, px=self._claim_ms(ttl)
+            )
+        return self._entry_id(sku, entry)
+
+    def _claim_ms(self, hold: float) -> int:
+        """How long a claim is kept: the hold, the retention of a commit, and a day (the
+        reaper may come late); a commit renews it for its retention."""
+        return math.ceil((hold + self.retention + 86_400.0) * 1000)
+
+    async def _claim_id(self, reservation_id: str, sku: str, quantity: int, hold: float) -> bool:
+        """On a cluster, claim ``reservation_id`` for ``sku`` (``SET NX``): True if this
+        call claimed it, False if it was claimed for ``sku`` already (a retry);
+        ReservationConflict, nothing written, if it is another product's."""
+        held = await self.client.set(
+            self._claim_key(reservation_id), sku, nx=True, get=True, px=self._claim_ms(hold)
+        )
+        if held is None:
+            return True
+        if _text(held) != sku:
+            raise ReservationConflict(reservation_id, _text(held), None, sku, quantity)
+        return False
 
     async def release(self, reservation_id: str) -> bool:
         check_identifier("reservation_id", reservation_id)
@@ -987,7 +1094,10 @@ class RedisInventoryStore:
 
     async def _release_in(self, sku: str, reservation_id: str) -> bool:
         args = [reservation_id, sku, self.clock(), self.log_max_entries]
-        return bool(await self._scripted(self._release, self._atomic_keys(sku), args, sku))
+        released = bool(await self._scripted(self._release, self._atomic_keys(sku), args, sku))
+        if released and self.cluster:
+            await self.client.delete(self._claim_key(reservation_id))  # the id is free again
+        return released
 
     def _atomic_keys(self, sku: str) -> list[str]:
         """The keys of the reserve and release scripts."""
@@ -995,8 +1105,8 @@ class RedisInventoryStore:
             self.product_key(sku),
             self._reservations_key(sku),
             self._expiry_key(sku),
-            self._index_key,
-            self._log_key,
+            self._index_of(sku),
+            self._log_of(sku),
         ]
 
     async def commit(self, reservation_id: str) -> bool:
@@ -1008,10 +1118,13 @@ class RedisInventoryStore:
             self._reservations_key(sku),
             self._expiry_key(sku),
             self._committed_key(sku),
-            self._index_key,
+            self._index_of(sku),
         ]
         args = [reservation_id, self.clock(), self.retention]
-        return bool(await self._scripted(self._commit, keys, args, sku))
+        committed = bool(await self._scripted(self._commit, keys, args, sku))
+        if committed and self.cluster:  # remembered for the retention, as the reservation
+            await self.client.pexpire(self._claim_key(reservation_id), self._claim_ms(0.0))
+        return committed
 
     async def reap(self, *, now: float | None = None) -> int:
         returned = 0
@@ -1021,13 +1134,16 @@ class RedisInventoryStore:
             expired = await self.client.zrangebyscore(self._expiry_key(sku), "-inf", now)
             for reservation_id in expired:
                 returned += await self._release_in(sku, _text(reservation_id))
-            keys = [self._reservations_key(sku), self._committed_key(sku), self._index_key]
+            keys = [self._reservations_key(sku), self._committed_key(sku), self._index_of(sku)]
             while await self._scripted(self._forget, keys, [now, 1000], sku) == 1000:
                 pass
         return returned
 
     async def _sku_of(self, reservation_id: str) -> str | None:
-        sku = await self.client.hget(self._index_key, reservation_id)
+        if self.cluster:
+            sku = await self.client.get(self._claim_key(reservation_id))
+        else:
+            sku = await self.client.hget(self._index_key, reservation_id)
         return None if sku is None else _text(sku)
 
     async def _scripted(
