@@ -53,6 +53,7 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = "examples.inventory.workers:served"
 HEARTBEAT = 2
+CONCURRENCY = 8
 SHUTDOWN_GRACE = 5
 READY = "serving queue"
 STARTUP = 30.0
@@ -113,6 +114,10 @@ class Worker:
                     f"(exit {self.process.returncode}); stderr in {self.log}"
                 )
             await self._changed.wait()
+
+    def count(self, text: str) -> int:
+        """How many lines of stdout so far hold ``text``."""
+        return sum(text in line for line in self.lines)
 
     def owns(self, record: RunRecord) -> bool:
         """Whether ``record`` is owned by this worker's run store (its owner id is
@@ -184,7 +189,7 @@ class Cluster:
             "--queue",
             self.name,
             "--concurrency",
-            "8",
+            str(CONCURRENCY),
             "--heartbeat",
             str(HEARTBEAT),
             "--shutdown-grace",
@@ -399,19 +404,20 @@ async def test_a_worker_killed_mid_run_leaves_every_run_finished_or_undone(
     cluster: Cluster, seed: int
 ) -> None:
     """kill -9 of one of two or three workers at a seeded random moment while it runs
-    some of 60 runs (after its n-th step, n seeded): within a minute every run is
-    recorded finished, and every handle then gives its outcome; a run succeeded, or it
-    failed because the dead worker left one of its steps in doubt (``SagaFailed``, and
-    ``CompensationFailed`` exactly when that step has a compensation: ``perform``,
-    ``transaction`` or ``replenishment``), never cancelled nor refused; no step ran
-    twice, a failed run left no write standing, and the stock and the log reconcile with
-    the records up to exactly the writes that were in doubt."""
+    some of 60 runs (after its n-th step, n seeded, once each of its job slots holds a
+    run): within a minute every run is recorded finished, and every handle then gives
+    its outcome; exactly the runs the victim had in flight failed, around the step it
+    left in doubt (``SagaFailed``, and ``CompensationFailed`` exactly when that step has
+    a compensation: ``perform``, ``transaction`` or ``replenishment``), never cancelled
+    nor refused; no step ran twice, a failed run left no write standing, and the stock
+    and the log reconcile with the records up to exactly the writes that were in
+    doubt."""
     rng = random.Random(seed)
     await cluster.stock(Product(sku=sku, inventory_count=KILL_STOCK) for sku in KILL_SKUS)
     workers = await cluster.start_workers(2 + seed % 2)
     victim = workers[rng.randrange(len(workers))]
     plan = [(rng.choice(KILL_SKUS), rng.randint(1, 3)) for _ in range(KILL_RUNS)]
-    kill_after = rng.randint(3, 40)  # steps the victim has finished (of about 150)
+    kill_after = rng.randint(1, 25)  # steps the victim finishes once the runs go on
     kill_delay = rng.uniform(0.0, 0.01)
     handles: list[RunHandle] = []
     outcomes: dict[str, Any] = {}
@@ -430,10 +436,20 @@ async def test_a_worker_killed_mid_run_leaves_every_run_finished_or_undone(
             all_ended.set()
 
     async with anyio.create_task_group() as tg:
-        for sku, quantity in plan:
-            tg.start_soon(one, sku, quantity)
+        # The products' leases are held until every job slot of the victim holds a run
+        # (each waits in ``perform``): it has runs in flight when it is killed, however
+        # the queue would have shared them out.
+        async with (
+            RedisLockProvider(cluster.client, prefix=f"{cluster.prefix}locks:") as locks,
+            locks.lease(*(f"inventory:{sku}" for sku in KILL_SKUS), ttl=30.0, wait=5.0),
+        ):
+            for sku, quantity in plan:
+                tg.start_soon(one, sku, quantity)
+            with anyio.fail_after(8):  # within perform's wait for its lease (10 s)
+                await victim.wait_for("run_started", count=CONCURRENCY)
+            done = victim.count("step_succeeded")
         with anyio.fail_after(30):
-            await victim.wait_for("step_succeeded", count=kill_after)
+            await victim.wait_for("step_succeeded", count=done + kill_after)
         await anyio.sleep(kill_delay)
         victim.process.kill()
         killed_at = time.perf_counter()
