@@ -226,7 +226,14 @@ def _admit(
             f"{unknown} (change saga_version when steps are renamed)",
             run_id,
         )
-    return spec, recorded_run_values(spec, record, resources)
+    # Only the resources this saga declares: a sweep serves sagas that take different
+    # ones, and a saga refuses an input it does not declare.
+    own = {
+        name: resources[name]
+        for name, i in spec.plan.inputs.items()
+        if i.resource and name in resources
+    }
+    return spec, recorded_run_values(spec, record, own)
 
 
 async def _set_aside(runs: RunStore, run_id: str, saga: str, reason: str) -> Recovered:

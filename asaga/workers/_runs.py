@@ -268,11 +268,16 @@ async def handle_job(
         except RunNotFound:
             raw = codec_of(spec).decode_inputs(base64.b64decode(arguments["inputs"]), run_id)
             key = arguments.get("idempotency_key")
+            own = {  # the resources this saga declares: Served may serve others' too
+                name: served.resources[name]
+                for name, i in spec.plan.inputs.items()
+                if i.resource and name in served.resources
+            }
             status: str | None = "succeeded"
             try:
                 result = await run_durable(
                     spec,
-                    {**raw, **served.resources},
+                    {**raw, **own},
                     runs=runs,
                     idempotency_key=key if isinstance(key, str) else None,
                     run_id=run_id,
