@@ -101,9 +101,13 @@ async def start_run(
         "inputs": base64.b64encode(encoded).decode(),
         "idempotency_key": idempotency_key,
     }
-    fresh = await queue.enqueue(run_id, arguments)
     handle = RunHandle._create(queue, spec, runs, run_id, fingerprint)
-    if not fresh:  # the same run, started before: the same inputs, or refused
+    if await handle._check():
+        # Started before (the same inputs, or refused above): nothing to enqueue. SAQ
+        # refuses a job key only while its job is unfinished, so the record decides.
+        return handle
+    fresh = await queue.enqueue(run_id, arguments)
+    if not fresh:  # the same run, started meanwhile: the same inputs, or refused
         await handle._check()
     return handle
 
@@ -190,10 +194,12 @@ class RunHandle(metaclass=NoPublicConstructor):
         except RunNotFound:
             return None
 
-    async def _check(self) -> None:
+    async def _check(self) -> bool:
+        """Whether the run is recorded; ``IdempotencyKeyReused`` if with other inputs."""
         record = await self._record()
         if record is not None:
             self._same(record)
+        return record is not None
 
     def _same(self, record: RunRecord) -> None:
         if record.saga != self.saga:
