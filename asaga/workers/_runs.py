@@ -47,11 +47,15 @@ from ..runs._durable import recover, run_durable
 from ..runs._memory import MemoryRunStore
 from ..runs._record import RunRecord, RunStatus, RunStore
 from ..runs._replay import replayed
-from ._engine import JobQueue
+from ._engine import JobEnd, JobQueue
 
 __all__ = ["RunHandle", "Served", "handle_job", "serve", "start_run"]
 
 _logger = structlog.get_logger("asaga")
+
+_RECORD_RECHECK = 1.0
+"""Seconds between looks for the record of a run no worker has taken yet (while its
+job's end is waited for as well)."""
 
 
 # -- the caller's side --------------------------------------------------------------------------
@@ -157,12 +161,14 @@ class RunHandle(metaclass=NoPublicConstructor):
         (and was compensated), :class:`~asaga.workers.RunCancelled` if it was cancelled,
         :class:`~asaga.workers.JobFailed` if no worker could run it. Bound the wait with
         ``anyio.fail_after(...)``: the run goes on regardless."""
-        end = await self._queue.wait(self.run_id)
-        record = await self._record()
-        if record is not None and not record.finished:
-            # Its worker died and the job gave up; the recovery sweep finishes it.
-            record = await self._runs.wait_finished(self.run_id)
+        end, record = await self._ended()
         if record is None:
+            record = await self._record()
+            if record is not None and not record.finished:
+                # Its worker died and the job gave up; the recovery sweep finishes it.
+                record = await self._runs.wait_finished(self.run_id)
+        if record is None:
+            assert end is not None
             if end.state == "aborted":
                 raise RunCancelled(self.saga, self.run_id)
             refused = end.result.get("refused") if isinstance(end.result, dict) else None
@@ -173,6 +179,33 @@ class RunHandle(metaclass=NoPublicConstructor):
         if record.status == "cancelled":
             raise RunCancelled(self.saga, self.run_id, record.compensated)
         return replayed(self._spec, record, again=False)
+
+    async def _ended(self) -> tuple[JobEnd | None, RunRecord | None]:
+        """The job's end or the run's finished record, whichever comes first. A run whose
+        worker died is finished by another worker's recovery sweep (within ``owner_ttl``)
+        long before the job engine gives its job to another worker (SAQ's sweep waits
+        seconds for each stuck job, one after the other): the record is what a run is."""
+        found: list[JobEnd | RunRecord] = []
+
+        async def job(scope: anyio.CancelScope) -> None:
+            found.append(await self._queue.wait(self.run_id))
+            scope.cancel()
+
+        async def record(scope: anyio.CancelScope) -> None:
+            while True:
+                try:
+                    found.append(await self._runs.wait_finished(self.run_id))
+                except RunNotFound:  # no worker has taken the job yet
+                    await anyio.sleep(_RECORD_RECHECK)
+                else:
+                    scope.cancel()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job, tg.cancel_scope)
+            tg.start_soon(record, tg.cancel_scope)
+        first = found[0]
+        return (None, first) if isinstance(first, RunRecord) else (first, None)
 
     async def cancel(self) -> None:
         """Cancel the run: dropped if it waits for a worker; unwound if it runs (its steps
