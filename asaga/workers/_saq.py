@@ -153,8 +153,16 @@ class SaqQueue:
         shutdown_grace: float,
         stopping: Callable[[], Awaitable[None]],
     ) -> None:
+        heartbeat = max(1, round(self.heartbeat))
+
         async def run(ctx: Context, **arguments: Any) -> Any:
             job = ctx["job"]
+            if job.heartbeat != heartbeat:
+                # SAQ's sweep judges a job by the heartbeat it carries, set by the caller's
+                # queue; this worker beats by its own: a shorter one would have its runs
+                # swept (aborted: cancelled) while alive, a longer one its dead jobs wait.
+                job.heartbeat = heartbeat
+                await job.update()
 
             async def beat() -> None:
                 await job.update()  # touched: SAQ's sweep sees the job alive
