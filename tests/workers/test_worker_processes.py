@@ -498,14 +498,8 @@ async def test_a_worker_killed_mid_run_leaves_every_run_finished_or_undone(
     failed = {run_id for run_id, record in records.items() if record.status != "succeeded"}
     assert failed == set(before), (failed, set(before))
     await reconcile(cluster, records, before)
-    if waited_for:
-        # Every record is finished and reconciled; only the handles are late.
-        pytest.xfail(
-            f"asaga: RunHandle.result() waits for SAQ's job to end even when the run's "
-            f"record is finished (SAQ's sweep takes 5 s per job of a dead worker, one "
-            f"after the other); seed {seed}: {len(waited_for)} handles still waiting "
-            f"{WAIT_HANDLES:.0f} s after every record finished: {late}"
-        )
+    # Every handle answered within WAIT_HANDLES seconds of every record finishing.
+    assert not waited_for, (seed, late)
 
 
 def check_record(record: RunRecord, outcome: Any, before: Mapping[str, RunRecord]) -> None:
@@ -737,12 +731,6 @@ async def test_two_callers_with_one_idempotency_key_make_one_run(
     assert [(t.run_id, t.quantity) for t in log] == [(change.reference, 3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="asaga bug: SAQ refuses a job key only while that job is unfinished, and "
-    "start_run checks the record only when SAQ refused; docs/distributed.md promises "
-    "IdempotencyKeyReused at start once the first run's record exists",
-)
 @pytest.mark.timeout(60)
 async def test_a_key_reused_with_other_inputs_after_its_run_is_refused_at_start(
     cluster: Cluster,
