@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -72,6 +73,11 @@ async def start_run(
 ) -> RunHandle:
     """``Saga.start``: validate ``inputs`` here, enqueue the run, return its handle."""
     saga = spec.plan.saga
+    if not all(callable(getattr(queue, m, None)) for m in ("enqueue", "wait", "abort")):
+        raise TypeError(
+            f"Saga.start(queue=...) takes an open job queue (`async with SaqQueue.from_url("
+            f"url, name=...) as queue`), got {type(queue).__name__}"
+        )
     _shared(runs)
     resources = [name for name, i in spec.plan.inputs.items() if i.resource]
     given = sorted(set(resources) & set(inputs))
@@ -368,6 +374,8 @@ async def serve(
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError("concurrency must be an int >= 1")
     every = recover_every if recover_every is not None else getattr(served.runs, "owner_ttl", 10.0)
+    if not isinstance(every, int | float) or not 0.1 <= every < math.inf:
+        raise ValueError("recover_every must be seconds >= 0.1 (a sweep is a Redis scan)")
     beat_every = max(0.2, float(getattr(queue, "heartbeat", 30.0)) / 3)
 
     async def handler(arguments: Mapping[str, Any], beat: Callable[[], Awaitable[None]]) -> Any:

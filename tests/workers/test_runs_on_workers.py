@@ -182,3 +182,13 @@ async def test_a_saga_that_cannot_run_durably_is_refused_before_it_is_enqueued(
     with pytest.raises(NotRecordable, match="cannot run durably"):
         await Unrecordable.start(queue=queue, runs=runs)
     assert await queue.saq.count("queued") == 0
+
+
+async def test_start_and_serve_refuse_what_cannot_work(world: Any) -> None:
+    """A queue given by name, or a recovery sweep with no pause, is refused clearly."""
+    _, runs, ledger = world
+    with pytest.raises(TypeError, match="open job queue"):
+        await Order.start(queue="inventory", runs=runs, order_id="o-6", amount=1)  # type: ignore[arg-type]
+    served = Served(sagas=[Order], runs=runs, resources={"ledger": ledger})
+    with pytest.raises(ValueError, match="recover_every"):
+        await serve(object(), served, recover_every=0)
