@@ -23,6 +23,7 @@
     │   ├── RecordTooLarge       a run's record outgrew the store's size limit
     │   ├── CorruptRecord        a stored record does not decode (tampered, foreign, newer)
     │   ├── RunNotFound          no record of that run in the store
+    │   ├── RunExists            a run's creation found its id recorded already
     │   ├── RunTakenOver         another process recovered the run; this one must stop
     │   ├── RunRecordLost        the run's record vanished (Redis lost writes); unwound here
     │   └── StoreUnavailable     the store cannot be reached
@@ -73,6 +74,7 @@ __all__ = [
     "RecordTooLarge",
     "RecordedError",
     "RunCancelled",
+    "RunExists",
     "RunNotFound",
     "RunRecordLost",
     "RunStoreError",
@@ -450,6 +452,12 @@ class CorruptRecord(RunStoreError):
 
 class RunNotFound(RunStoreError, LookupError):
     """The store has no record of the run (never recorded, or expired)."""
+
+
+class RunExists(RunStoreError):
+    """A run's creation found its run id recorded already, by another creation (nothing
+    was written). A worker given a run's job again takes it as "the run exists", and
+    reads the record then rather than before every creation."""
 
 
 class RunTakenOver(RunStoreError):

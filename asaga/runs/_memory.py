@@ -20,11 +20,12 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from .._exceptions import RunNotFound, RunRecordLost, RunStoreError, RunTakenOver
+from .._exceptions import RunNotFound, RunRecordLost, RunTakenOver
 from ._record import (
     FINISHED,
     Claim,
     Quarantined,
+    RunExists,
     RunRecord,
     RunStatus,
     Write,
@@ -106,7 +107,7 @@ class MemoryRunStore(StoreSettings):
         if existing is not None:
             if existing.nonce == write.nonce:
                 return None  # this creation, sent again
-            raise RunStoreError(f"run {write.run_id} is already recorded", write.run_id)
+            raise RunExists(f"run {write.run_id} is already recorded", write.run_id)
         if claim is not None:
             self._keys[(claim.saga, claim.key)] = (write.run_id, now + claim.window)
         record = decode_record(write.record, write.run_id)

@@ -24,13 +24,14 @@ from typing import Literal, Protocol
 import msgspec
 
 from .._events import Event
-from .._exceptions import CorruptRecord
+from .._exceptions import CorruptRecord, RunExists
 
 __all__ = [
     "FINISHED",
     "SCHEMA_VERSION",
     "Claim",
     "Quarantined",
+    "RunExists",
     "RunRecord",
     "RunStatus",
     "RunStore",
@@ -283,7 +284,7 @@ class RunStore(Protocol):
         """Record a new run owned by :attr:`owner`, claiming ``claim``'s key with it.
 
         Returns ``None`` when created, or the id of the run that already holds the key
-        (nothing is written then).
+        (nothing is written then); :class:`RunExists` if the run id is recorded already.
         """
         ...
 

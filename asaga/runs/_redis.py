@@ -95,6 +95,7 @@ from ._record import (
     FINISHED,
     Claim,
     Quarantined,
+    RunExists,
     RunRecord,
     Write,
     check_identity,
@@ -111,7 +112,7 @@ _logger = structlog.get_logger("asaga")
 #   version, nonce, seq, events...
 # Returns nil when created (or when this very creation is sent again), 'void' if the run id
 # was voided (a caller found the idempotency key naming it and no record, and took the key
-# over): then nothing is written.
+# over), 'exists' if another creation recorded the run id: then nothing is written.
 _CREATE = """
 local now, seq = tonumber(ARGV[6]), tonumber(ARGV[9])
 if not now or not seq or ARGV[1] == '' or ARGV[4] == '' then
@@ -120,7 +121,7 @@ end
 if redis.call('exists', KEYS[1]) == 1 then
   if redis.call('hget', KEYS[1], 'nonce') == ARGV[8] then return false end
   if redis.call('hget', KEYS[1], 'status') == 'void' then return 'void' end
-  return redis.error_reply('ERR asaga: run ' .. ARGV[1] .. ' is already recorded')
+  return 'exists'
 end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'owner', ARGV[4],
            'saga', ARGV[5], 'version', ARGV[7], 'nonce', ARGV[8], 'seq', ARGV[9])
@@ -131,7 +132,7 @@ return false
 """
 
 # KEYS: idempotency key ; ARGV: run_id, window_ms, run to take the key from ('' for none)
-# Returns nil when the key names run_id now (claimed now, or by this very run before),
+# Returns nil when the key names run_id now (claimed now), 1 if it named run_id already,
 # else {the run it names, the key's remaining milliseconds}. The caller takes the key
 # from a run it found cancelled or voided by naming that run: only if the key still names
 # it (so exactly one caller takes it).
@@ -141,7 +142,7 @@ if ARGV[1] == '' or not window or window < 1 then
   return redis.error_reply('ERR asaga claim key: run_id, window_ms')
 end
 local holder = redis.call('get', KEYS[1])
-if holder == ARGV[1] then return false end
+if holder == ARGV[1] then return 1 end
 if holder and holder ~= ARGV[3] then return {holder, redis.call('pttl', KEYS[1])} end
 redis.call('set', KEYS[1], ARGV[1], 'px', window)
 return false
@@ -525,13 +526,14 @@ class RedisRunStore(StoreSettings):
             held = await self._submit(
                 "claim_key", [key], [write.run_id, window, taking], write.run_id
             )
-            if held is None:
+            if held is None or held == 1:
                 try:
                     created = await self._record_new(write)
                 except RunStoreError as exc:
                     if isinstance(exc, StoreUnavailable):
                         raise  # the key stays: voided by the next caller if it names no run
-                    await self.release_key(claim, write.run_id)  # already recorded, refused
+                    if not await self._keyed_by(write.run_id, claim, exc, named=held == 1):
+                        await self.release_key(claim, write.run_id)  # refused: not its key
                     raise
                 if created != "void":
                     return None
@@ -548,10 +550,26 @@ class RedisRunStore(StoreSettings):
             write.run_id,
         )
 
+    async def _keyed_by(
+        self, run_id: str, claim: Claim, exc: RunStoreError, *, named: bool
+    ) -> bool:
+        """Whether the key of ``claim`` is the recorded run ``run_id``'s own (its creation
+        was refused with ``exc``): it named the run before this call, or the record says
+        the run was started with it (another creation of the same run, sent at the same
+        time: a job given to two workers). Its key is then kept."""
+        if not isinstance(exc, RunExists):
+            return False
+        if named:
+            return True
+        try:
+            return (await self.load(run_id)).idempotency_key == claim.key
+        except RunStoreError:
+            return False
+
     async def _record_new(self, write: Write) -> str | None:
         """Run the creation script: ``None`` when recorded (now, or by this very creation
-        sent before), ``"void"`` if the run id was voided; ``RunStoreError`` if another
-        run has the id."""
+        sent before), ``"void"`` if the run id was voided; :class:`RunExists` if another
+        creation recorded the id."""
         record = decode_record(write.record, write.run_id)
         args: list[Any] = [
             write.run_id,
@@ -566,7 +584,10 @@ class RedisRunStore(StoreSettings):
             *write.events,
         ]
         keys = self._run_keys(write.run_id, "running", "index")
-        return _text(await self._submit("create", keys, args, write.run_id))
+        created = _text(await self._submit("create", keys, args, write.run_id))
+        if created == "exists":
+            raise RunExists(f"run {write.run_id} is already recorded", write.run_id)
+        return created
 
     async def _holder_status(self, holder: str, age_ms: float, tombstone_ms: int) -> str:
         """The status of the run an idempotency key names, once it has a record.

@@ -228,6 +228,36 @@ async def test_fifty_concurrent_calls_with_one_key_make_one_run(
     assert later.output == results[0].output
 
 
+async def test_a_keyed_run_created_again_keeps_its_key(
+    redis_prefix: str, client: aioredis.Redis
+) -> None:
+    """A second creation of a recorded keyed run (its job given to a second worker: the
+    same run id and key) is refused with ``RunExists`` and leaves the key naming the run,
+    so that a later call with the key replays it rather than running again."""
+    from asaga.runs._record import RunExists
+
+    executions = 0
+
+    class Charge(Saga):
+        amount: int
+
+        @step
+        async def charge(amount: int) -> int:
+            nonlocal executions
+            executions += 1
+            return amount
+
+    async with RedisRunStore(client, prefix=f"{redis_prefix}runs:") as runs:
+        first = await Charge.run(amount=5, runs=runs, idempotency_key="k-1", run_id="r-1")
+        for _ in range(2):
+            with pytest.raises(RunExists, match="run r-1 is already recorded"):
+                await Charge.run(amount=5, runs=runs, idempotency_key="k-1", run_id="r-1")
+        later = await Charge.run(amount=5, runs=runs, idempotency_key="k-1")
+    assert executions == 1
+    assert later.replayed
+    assert (later.run_id, later.output) == (first.run_id, 5)
+
+
 async def test_undo_after_success_restores_stock_once(
     redis_prefix: str, client: aioredis.Redis
 ) -> None:
