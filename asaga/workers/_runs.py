@@ -6,11 +6,11 @@ A run on workers is a durable run like any other; the job only carries it to a w
     caller                               worker (asaga worker ..., or serve())
     ------                               ------
     validate inputs (no resources)
-    enqueue job key=run_id  --------->   job: the record of run_id?
-      (a duplicate key: refused,           none        -> run it, recorded write-ahead
-       the same run)                       unfinished  -> its worker died: wait, the
-                                                          recovery sweep finishes it
-    handle.result()                        finished    -> nothing to do
+    enqueue job key=run_id  --------->   job: create the record of run_id (atomic)
+      (a duplicate key: refused,           created     -> run it, recorded write-ahead
+       the same run)                       recorded before, unfinished -> its worker
+                                             died: wait, the recovery sweep finishes it
+    handle.result()                        recorded before, finished -> nothing to do
       waits for the job's end (pushed),  return the record's status
       then reads the outcome from the
       record: result, SagaFailed...     every worker sweeps recover() now and then: a run
@@ -46,7 +46,7 @@ from .._run import SagaResult, SagaSpec, new_run_id
 from ..runs._codec import codec_of
 from ..runs._durable import recover, run_durable
 from ..runs._memory import MemoryRunStore
-from ..runs._record import RunRecord, RunStatus, RunStore
+from ..runs._record import RunExists, RunRecord, RunStatus, RunStore
 from ..runs._replay import replayed
 from ._engine import JobEnd, JobQueue
 
@@ -55,8 +55,8 @@ __all__ = ["RunHandle", "Served", "handle_job", "serve", "start_run"]
 _logger = structlog.get_logger("asaga")
 
 _RECORD_RECHECK = 1.0
-"""Seconds between looks for the record of a run no worker has taken yet (while its
-job's end is waited for as well)."""
+"""Seconds a caller waits for the job's end before it watches the run's record as well,
+and then between looks for the record of a run no worker has taken yet."""
 
 
 # -- the caller's side --------------------------------------------------------------------------
@@ -99,6 +99,7 @@ async def start_run(
             + "\n".join(f"  - {problem}" for problem in codec.problems)
         )
     encoded = codec.encode_inputs(values, saga)
+    named = run_id is not None or idempotency_key is not None  # else a fresh random id
     if run_id is None:
         run_id = _keyed_run_id(saga, idempotency_key) if idempotency_key else new_run_id()
     if not isinstance(run_id, str) or not 1 <= len(run_id) <= 255 or "/" in run_id:
@@ -112,9 +113,10 @@ async def start_run(
         "idempotency_key": idempotency_key,
     }
     handle = RunHandle._create(queue, spec, runs, run_id, fingerprint)
-    if await handle._check():
+    if named and await handle._check():
         # Started before (the same inputs, or refused above): nothing to enqueue. SAQ
-        # refuses a job key only while its job is unfinished, so the record decides.
+        # refuses a job key only while its job is unfinished, so the record decides. A
+        # fresh random run id has no record: nothing to look for.
         return handle
     fresh = await queue.enqueue(run_id, arguments)
     if not fresh:  # the same run, started meanwhile: the same inputs, or refused
@@ -190,7 +192,13 @@ class RunHandle(metaclass=NoPublicConstructor):
         """The job's end or the run's finished record, whichever comes first. A run whose
         worker died is finished by another worker's recovery sweep (within ``owner_ttl``)
         long before the job engine gives its job to another worker (SAQ's sweep waits
-        seconds for each stuck job, one after the other): the record is what a run is."""
+        seconds for each stuck job, one after the other): the record is what a run is.
+
+        The record is watched only once the job has not ended within
+        ``_RECORD_RECHECK``: a run ends far sooner as a rule, and a dead worker's run is
+        recovered only after the store's ``owner_ttl``."""
+        with anyio.move_on_after(_RECORD_RECHECK):
+            return await self._queue.wait(self.run_id), None
         found: list[JobEnd | RunRecord] = []
 
         async def job(scope: anyio.CancelScope) -> None:
@@ -308,35 +316,34 @@ async def handle_job(
     runs = served.runs
     async with anyio.create_task_group() as tg:
         tg.start_soon(_beating, beat, every, name=f"heartbeat of run {run_id}")
+        raw = codec_of(spec).decode_inputs(base64.b64decode(arguments["inputs"]), run_id)
+        key = arguments.get("idempotency_key")
+        own = {  # the resources this saga declares: Served may serve others' too
+            name: served.resources[name]
+            for name, i in spec.plan.inputs.items()
+            if i.resource and name in served.resources
+        }
+        status: str | None = "succeeded"
         try:
+            # Its creation (atomic) tells a new run from one recorded before: no read first.
+            result = await run_durable(
+                spec,
+                {**raw, **own},
+                runs=runs,
+                idempotency_key=key if isinstance(key, str) else None,
+                run_id=run_id,
+                extra_hooks=((), ()),
+            )
+        except RunExists:  # the job was given out before: the run is recorded, not run again
             record = await runs.load(run_id)
-        except RunNotFound:
-            raw = codec_of(spec).decode_inputs(base64.b64decode(arguments["inputs"]), run_id)
-            key = arguments.get("idempotency_key")
-            own = {  # the resources this saga declares: Served may serve others' too
-                name: served.resources[name]
-                for name, i in spec.plan.inputs.items()
-                if i.resource and name in served.resources
-            }
-            status: str | None = "succeeded"
-            try:
-                result = await run_durable(
-                    spec,
-                    {**raw, **own},
-                    runs=runs,
-                    idempotency_key=key if isinstance(key, str) else None,
-                    run_id=run_id,
-                    extra_hooks=((), ()),
-                )
-            except SagaFailed:
-                status = None  # recorded: the caller reads it there
-            else:
-                if result.replayed or result.run_id != run_id:  # the key's run, elsewhere
-                    status = None
-        else:
-            status = None
             if not record.finished:  # its worker died: the recovery sweep finishes it
-                await runs.wait_finished(run_id)
+                record = await runs.wait_finished(run_id)
+            status = record.status
+        except SagaFailed:
+            status = None  # recorded: the caller reads it there
+        else:
+            if result.replayed or result.run_id != run_id:  # the key's run, elsewhere
+                status = None
         tg.cancel_scope.cancel()
     if status is None:
         status = (await runs.load(run_id)).status

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import redis.asyncio as aioredis
 
 from .._redis import require_asyncio
@@ -25,6 +26,7 @@ from ._engine import JobEnd, JobHandler, JobState
 try:
     from saq import Queue, Worker
     from saq.job import TERMINAL_STATUSES, Job, Status
+    from saq.multiplexer import Multiplexer
     from saq.queue.redis import RedisQueue
     from saq.types import Context, PartialTimersDict
 except ImportError as exc:  # pragma: no cover - the extra is not installed
@@ -40,6 +42,10 @@ JOB_FUNCTION = "asaga.run"
 _RECHECK = 0.5
 """Seconds between looks at a job while waiting for its end (a pushed end that was
 missed, between a look and the subscription, is noticed by the next look)."""
+
+_NO_CHANNEL = "asaga: keep subscribed"
+"""A channel no job publishes on (job channels start with ``saq:job:``): a subscription
+to it keeps SAQ's multiplexer subscribed in Redis (see ``SaqQueue._keep_subscribed``)."""
 
 
 class SaqQueue:
@@ -72,6 +78,7 @@ class SaqQueue:
         self.retries = retries
         self.keep = keep
         self._owns_queue = _owns_queue
+        self._held: asyncio.Queue[Any] | None = None  # see _keep_subscribed
 
     @classmethod
     def from_url(
@@ -87,7 +94,7 @@ class SaqQueue:
             url, max_connections=max_connections, timeout=30, socket_timeout=None
         )
         client = aioredis.Redis(connection_pool=pool)
-        return cls(RedisQueue(client, name=name), _owns_queue=True, **options)
+        return cls(_RedisQueue(client, name=name), _owns_queue=True, **options)
 
     async def __aenter__(self) -> Self:
         require_asyncio("SaqQueue", "asyncio (SAQ is asyncio-only)")
@@ -118,6 +125,37 @@ class SaqQueue:
         return job is not None
 
     async def wait(self, key: str) -> JobEnd:
+        mux = getattr(self.saq, "_pubsub", None)
+        if not isinstance(mux, Multiplexer):  # pragma: no cover - from_url makes a RedisQueue
+            return await self._wait_refreshing(key)
+        # Subscribed (in this process) before the job is read, so that an end published
+        # after the read is not missed; the multiplexer's one Redis subscription is kept
+        # (see _keep_subscribed), not made again for each wait.
+        await self._keep_subscribed(mux)
+        inbox = await mux.subscribe(self.saq.job_id(key))
+        try:
+            while True:
+                job = await self.saq.job(key)
+                if job is None:
+                    return JobEnd(state="missing")
+                if job.status in TERMINAL_STATUSES:
+                    return _end(job)
+                with anyio.move_on_after(_RECHECK):
+                    while _status(await inbox.get()) not in TERMINAL_STATUSES:
+                        pass
+        finally:
+            await mux.unsubscribe(inbox)
+
+    async def _keep_subscribed(self, mux: Multiplexer) -> None:
+        """Keep SAQ's pub/sub multiplexer subscribed while the queue is connected: it
+        unsubscribes from Redis when its last waiter leaves and subscribes again, in a
+        task, for the next one (two more commands per wait, and an end published before
+        that subscription lands is seen only by the next look, ``_RECHECK`` later)."""
+        if self._held is not None and self._held in mux._queues:
+            return
+        self._held = await mux.subscribe(_NO_CHANNEL)  # dropped by disconnect() with the rest
+
+    async def _wait_refreshing(self, key: str) -> JobEnd:
         while True:
             job = await self.saq.job(key)
             if job is None:
@@ -217,6 +255,45 @@ def _timers(heartbeat: float) -> PartialTimersDict:
         "abort": 1,
     }
     return timers
+
+
+class _RedisQueue(RedisQueue):
+    """SAQ's Redis queue, with a job's new state and its notice sent in one round trip
+    (SAQ 0.26 sends the notice after the state, a round trip later: two more round trips
+    per job, on the worker's path from taking a job to its caller's hearing of its end).
+    The same commands in the same order; the overridden methods are SAQ 0.26's."""
+
+    async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
+        if not status:  # a heartbeat: SAQ keeps the stored status (read first)
+            await super()._update(job, status, **kwargs)
+            return
+        job.status = status
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(job.id, self.serialize(job))
+            pipe.publish(job.id, job.status)
+            await pipe.execute()
+
+    async def _finish(
+        self, job: Job, status: Status, *, result: Any = None, error: str | None = None
+    ) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._active, 1, job.id)
+            pipe.zrem(self._incomplete, job.id)
+            if job.ttl > 0:
+                pipe.setex(job.id, job.ttl, self.serialize(job))
+            elif job.ttl == 0:
+                pipe.set(job.id, self.serialize(job))
+            else:
+                pipe.delete(job.id)
+            pipe.publish(job.id, job.status)  # after the job's end is stored, as SAQ's notify
+            await pipe.execute()
+
+
+def _status(message: Mapping[str, Any]) -> Status | None:
+    """The status a job's pub/sub message announces (SAQ publishes ``job.status``)."""
+    data = message.get("data")
+    text = data.decode() if isinstance(data, bytes) else str(data)
+    return Status.__members__.get(text.upper())
 
 
 def _end(job: Job) -> JobEnd:
