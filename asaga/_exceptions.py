@@ -31,6 +31,9 @@
     │                            handle; what it had done was undone
     ├── JobFailed                asaga.workers: a worker could not run the job at all (the
     │                            saga is not served there, the job was lost...)
+    ├── RemoteStepFailed         asaga.workers: a step on workers (@step(queue=...)) failed
+    │                            there; names what it raised
+    ├── QueueNotOpen             a step's queue is not open in the process running the saga
     ├── MalformedBody            asaga.integrations.inputs: a request body that is not a
     │                            JSON object (a ValueError too)
     └── ClientDisconnected       asaga.integrations.fastapi: the client went away before
@@ -71,8 +74,10 @@ __all__ = [
     "MapAbandoned",
     "MapFailed",
     "NotRecordable",
+    "QueueNotOpen",
     "RecordTooLarge",
     "RecordedError",
+    "RemoteStepFailed",
     "RunCancelled",
     "RunExists",
     "RunNotFound",
@@ -508,6 +513,42 @@ class JobFailed(AsagaError):
         self.run_id = run_id
         self.error = error
         super().__init__(f"the job of run {run_id} (saga {saga}) failed on its worker: {error}")
+
+
+class RemoteStepFailed(AsagaError):
+    """A step (or compensation) on workers (``@step(queue=...)``) failed on its worker.
+
+    ``error`` is the ``repr`` of what the step raised there, or why no worker ran it (no
+    worker serves the saga, the worker was lost). ``remote_types`` are the qualified names
+    of the raised exception's classes, most derived first: a ``Retry(retry_on=...)`` of
+    one of them retries the step as it would a local failure.
+    """
+
+    step: str
+    error: str
+    remote_types: tuple[str, ...]
+
+    def __init__(self, step: str, error: str, remote_types: tuple[str, ...] = ()) -> None:
+        self.step = step
+        self.error = error
+        self.remote_types = remote_types
+        super().__init__(f"step {step!r} failed on its worker: {error}")
+
+
+class QueueNotOpen(AsagaError, LookupError):
+    """A saga with steps on workers runs where one of their queues is not open."""
+
+    queue: str
+    step: str
+
+    def __init__(self, queue: str, step: str) -> None:
+        self.queue = queue
+        self.step = step
+        super().__init__(
+            f"step {step!r} runs on the workers of queue {queue!r}, which is not open in "
+            f"this process: run the saga inside `async with SaqQueue.from_url(url, "
+            f"name={queue!r})` (asaga.workers), or in a worker that serves it"
+        )
 
 
 class MalformedBody(AsagaError, ValueError):

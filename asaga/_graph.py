@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import graphlib
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -75,6 +76,7 @@ class CompNode:
     retry: Retry
     timeout: float | None  # None: the saga's compensation_timeout
     in_doubt: bool = False  # also runs for a step cut off mid-flight (result: None)
+    types: Mapping[str, Any] | None = None  # parameter annotations (a step on workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ class Node:
     defaults: Mapping[str, Any]  # parameter defaults (for lock key templates)
     returns: Any = EMPTY  # the return annotation (how a durable run decodes the result)
     idempotent: bool = False  # safe to run again after a crash left it in doubt
+    queue: str | None = None  # the job queue whose workers run it (None: run here)
+    types: Mapping[str, Any] | None = None  # parameter annotations (a step on workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,8 @@ class Plan:
     """Whether the steps can only ever run one at a time: each step in ``order`` depends,
     directly or not, on the one before it. Such a run needs no task group."""
 
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:{}\-]{1,100}")
 
 RUN_ID = "run_id"
 """A parameter of this name (in a step, a condition or a compensation) receives the run's
@@ -246,6 +252,18 @@ def _step_problems(
     flag: object = s.idempotent
     if not isinstance(flag, bool):
         problems.append(f"step '{s.name}': idempotent= takes True or False, got {s.idempotent!r}")
+    queue: object = s.queue
+    if queue is not None:
+        if not isinstance(queue, str) or not _QUEUE_NAME.fullmatch(queue):
+            problems.append(
+                f"step '{s.name}': queue= takes a queue's name (letters, digits and "
+                f"'_.:-{{}}', 1 to 100 characters), got {queue!r}"
+            )
+        if s.lock is not None:
+            problems.append(
+                f"step '{s.name}': a step on workers takes no lock= (a lease cannot travel "
+                "to a worker); lock inside the step, or run it here"
+            )
     if s.name == RUN_ID:
         problems.append(
             f"step '{s.name}': `{RUN_ID}` is the parameter that receives the run's id; "
@@ -547,6 +565,7 @@ def _compensation(
         retry=c.retry or retry_defaults or NO_RETRY,
         timeout=c.timeout,
         in_doubt=c.in_doubt is True,
+        types=_types_of(csig) if c.target.queue is not None else None,
     )
     return comp, problems
 
@@ -683,7 +702,14 @@ def _node(
         ),
         returns=sig.returns,
         idempotent=s.idempotent is True,
+        queue=s.queue if isinstance(s.queue, str) else None,
+        types=_types_of(sig) if s.queue is not None else None,
     )
+
+
+def _types_of(sig: Signature) -> Mapping[str, Any]:
+    """What a worker decodes each parameter as (a step on workers)."""
+    return MappingProxyType({p.name: p.annotation for p in sig.params})
 
 
 def _param_names(sig: Signature) -> set[str]:

@@ -83,7 +83,17 @@ class Retry:
 
     def should_retry(self, attempt: int, exc: BaseException) -> bool:
         """Whether failed attempt ``attempt`` raising ``exc`` earns another attempt."""
-        return attempt < self.max_attempts and isinstance(exc, self.retry_on)
+        if attempt >= self.max_attempts:
+            return False
+        if isinstance(exc, self.retry_on):
+            return True
+        # A failure on a worker (RemoteStepFailed) names the classes of what it raised.
+        raised: tuple[str, ...] = getattr(exc, "remote_types", ())
+        return bool(raised) and any(_qualified(t) in raised for t in self.retry_on)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 NO_RETRY = Retry(max_attempts=1)

@@ -98,6 +98,8 @@ class SagaSpec:
     default_locks: Callable[[], LockProvider]
     """The lock provider of locked steps when the saga has no ``locks`` input (the
     in-memory one of the event loop, injected by :mod:`asaga._saga`)."""
+    queues: Mapping[str, str] = field(default_factory=dict)
+    """The steps that run on workers, and the name of each one's job queue."""
     extensions: dict[str, Any] = field(default_factory=dict, compare=False)
     """What other layers keep per saga, made on first use (the codec of durable runs)."""
 

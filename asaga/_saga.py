@@ -7,13 +7,15 @@ Wiring only: the plan comes from :mod:`asaga._graph`, inputs are checked by
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, get_origin
 
 from ._annotations import resolve_hints
 from ._events import Hook, split_hooks
 from ._exceptions import SagaDefinitionError
-from ._graph import Declared, build_plan
+from ._graph import Declared, Plan, build_plan
 from ._inputs import InputValidator
+from ._queues import require_queues
 from ._retry import Retry
 from ._run import Hooks, SagaResult, SagaSpec, execute
 from ._scheduler import OnFailure, needs_watch
@@ -68,6 +70,9 @@ class Durability(Protocol):
         run_id: str | None,
     ) -> "RunHandle":
         """Enqueue a recorded run on workers."""
+
+    def on_workers(self, plan: Plan, saga_version: str) -> Plan:
+        """``plan`` with its steps on workers (``@step(queue=...)``) calling their workers."""
 
 
 _durability: Durability | None = None
@@ -221,6 +226,8 @@ class Saga(metaclass=SagaMeta):
         if spec is None:
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
         extra = split_hooks(hooks) if hooks else ((), ())
+        if spec.queues:  # before any step: each step on workers needs its queue open
+            require_queues(spec.queues)
         if runs is None and idempotency_key is None:
             result, _ = await execute(
                 spec, inputs, run_id=run_id, extra_hooks=extra, undoable=False
@@ -401,6 +408,9 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
     if problems or plan is None:
         raise SagaDefinitionError(saga, problems)
     sync_hooks, async_hooks = split_hooks(tuple(cls.hooks))
+    queues = {n: node.queue for n, node in plan.nodes.items() if node.queue is not None}
+    if queues:
+        plan = _durable().on_workers(plan, str(cls.saga_version))
     cls.__asaga__ = SagaSpec(
         plan=plan,
         inputs=validator,
@@ -413,6 +423,7 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         watch=needs_watch(plan, cls.cancel_grace),
         saga_version=str(cls.saga_version),
         default_locks=_default_locks,
+        queues=MappingProxyType(queues),
     )
     cls.__asaga_steps__ = tuple(steps)
     cls.__asaga_compensations__ = tuple(comps)

@@ -183,6 +183,7 @@ class Step(Generic[P, R], metaclass=NoPublicConstructor):
         "invoke",
         "lock",
         "name",
+        "queue",
         "retry",
         "signature",
         "timeout",
@@ -198,6 +199,7 @@ class Step(Generic[P, R], metaclass=NoPublicConstructor):
     when: Condition | None
     invoke: Invoke | None
     idempotent: bool
+    queue: str | None
 
     def __init__(
         self,
@@ -210,9 +212,11 @@ class Step(Generic[P, R], metaclass=NoPublicConstructor):
         signature: Signature | None = None,
         lock: Any = None,
         idempotent: bool = False,
+        queue: str | None = None,
     ) -> None:
         self.fn = fn
         self.idempotent = idempotent  # checked by the planner
+        self.queue = queue  # the job queue whose workers run it; checked by the planner
         self.lock = lock  # a Lock, a key template, or None; checked by the planner
         self.name = getattr(fn, "__name__", repr(fn))
         self.retry = retry
@@ -334,6 +338,7 @@ def step(
     when: Callable[..., Any] | None = None,
     lock: str | Lock | None = None,
     idempotent: bool = False,
+    queue: str | None = None,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
 
 
@@ -346,6 +351,7 @@ def step(
     when: Callable[..., Any] | None = None,
     lock: str | Lock | None = None,
     idempotent: bool = False,
+    queue: str | None = None,
 ) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
     """Declare an ``async def`` in a :class:`~asaga.Saga` body as a step.
 
@@ -370,6 +376,12 @@ def step(
       the ``run_id`` parameter, which receives the run's id). After a crash, a durable
       run resumes such a step if it was in doubt (started, not known to have ended);
       any other step in doubt makes the run fail and compensate. See docs/durability.md.
+    - ``queue``: the name of a job queue (``"payments"``) whose worker processes run the
+      step (and its compensation) while the run goes on here: its arguments and result
+      travel as MessagePack, resources are the workers' own, and its ``timeout`` and
+      ``retry`` apply as to a local step. The queue must be open in the process that runs
+      the saga (``async with SaqQueue.from_url(url, name="payments")``). See
+      docs/distributed.md.
 
     ``step`` itself never raises: a malformed step is reported when the saga class is
     created, together with every other problem.
@@ -377,7 +389,13 @@ def step(
 
     def make(f: Callable[P, Coroutine[Any, Any, R]]) -> Step[P, R]:
         made = Step._create(
-            f, retry=retry, timeout=timeout, when=when, lock=lock, idempotent=idempotent
+            f,
+            retry=retry,
+            timeout=timeout,
+            when=when,
+            lock=lock,
+            idempotent=idempotent,
+            queue=queue,
         )
         return cast("Step[P, R]", made)  # _create cannot carry the class's type parameters
 

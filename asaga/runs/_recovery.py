@@ -42,6 +42,7 @@ from .._exceptions import (
     SagaFailed,
     UndoFailed,
 )
+from .._queues import require_queues
 from .._run import Hooks, SagaSpec, run_values
 from .._scheduler import Resume
 from ._codec import codec_of
@@ -108,6 +109,9 @@ async def recover(
     again here); at most ``concurrency`` runs are recovered at once. Returns what
     happened to each run.
 
+    A saga with steps on workers (``@step(queue=...)``) needs their queues open here
+    (:class:`~asaga.workers.QueueNotOpen` at once, before any run is taken).
+
     Call it when a service starts, and then periodically (every ``owner_ttl`` or so): a
     run is recoverable once its owner's lease has expired.
     """
@@ -167,6 +171,8 @@ def _specs_of(sagas: Sequence[SagaClass], resources: Mapping[str, Any]) -> dict[
                 f"recover() needs the resources of saga {spec.plan.saga}, which are never "
                 f"recorded: pass resources={{...}} with {missing}"
             )
+        if spec.queues:  # its steps on workers: their queues, open here (QueueNotOpen)
+            require_queues(spec.queues)
         specs[spec.plan.saga] = spec
     return specs
 

@@ -10,13 +10,18 @@ processes, recorded in a shared run store.
     # a worker process:  asaga worker myapp.workers:served --redis URL --queue inventory
     served = Served(sagas=[InventorySaga], runs=runs, resources={"store": store, ...})
 
-See docs/distributed.md. ``SaqQueue`` needs the ``saq`` extra (``pip install
+Steps on workers: ``@step(queue="payments")`` runs one step (and its compensation) on
+the workers of queue ``payments`` while the run goes on where it runs; the queue must be
+open there (``async with SaqQueue.from_url(url, name="payments")``). See
+docs/distributed.md. ``SaqQueue`` needs the ``saq`` extra (``pip install
 'asaga[saq]'``).
 """
 
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import JobFailed as JobFailed
+from .._exceptions import QueueNotOpen as QueueNotOpen
+from .._exceptions import RemoteStepFailed as RemoteStepFailed
 from .._exceptions import RunCancelled as RunCancelled
 from .._public import claim as _claim
 from ._engine import JobEnd as JobEnd
@@ -32,6 +37,8 @@ __all__ = [
     "JobEnd",
     "JobFailed",
     "JobQueue",
+    "QueueNotOpen",
+    "RemoteStepFailed",
     "RunCancelled",
     "RunHandle",
     "SaqQueue",

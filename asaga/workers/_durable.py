@@ -1,5 +1,5 @@
-"""The durable runs the saga class is given: those of :mod:`asaga.runs`, and the start of
-a run on workers (this package)."""
+"""The durable runs the saga class is given: those of :mod:`asaga.runs`, the start of a
+run on workers, and its steps on workers (this package)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from .._run import SagaSpec
 from ..runs._durable import DURABILITY as RUNS
 from ..runs._record import RunStore
 from ._engine import JobQueue
+from ._remote import on_workers
 from ._runs import RunHandle, start_run
 
 __all__ = ["DURABILITY"]
@@ -21,6 +22,7 @@ class _Durability:
     default_store = staticmethod(RUNS.default_store)
     run = staticmethod(RUNS.run)
     undo = staticmethod(RUNS.undo)
+    on_workers = staticmethod(on_workers)
 
     @staticmethod
     async def start(

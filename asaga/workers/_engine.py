@@ -44,9 +44,13 @@ class JobQueue(Protocol):
     name: str
     """The queue's name (workers serve queues by name)."""
 
-    async def enqueue(self, key: str, arguments: Mapping[str, Any]) -> bool:
+    async def enqueue(
+        self, key: str, arguments: Mapping[str, Any], *, retries: int | None = None
+    ) -> bool:
         """Put a job under ``key``; ``False`` (nothing enqueued) if a job with that key
-        exists already. ``arguments`` are JSON data."""
+        exists already. ``arguments`` are JSON data; ``retries``: how many workers the
+        job may be given to in all, if one dies running it (``None``: the queue's
+        setting)."""
 
     async def wait(self, key: str) -> JobEnd:
         """Wait for the job under ``key`` to end (bound the wait with ``anyio.fail_after``);
@@ -70,3 +74,7 @@ class JobQueue(Protocol):
         """Run ``handler`` for the jobs of this queue, ``concurrency`` at a time, until
         ``stopping()`` returns; then take no new job, give the running ones
         ``shutdown_grace`` seconds, cancel the rest, and return."""
+
+    def sibling(self, name: str) -> JobQueue:
+        """The queue named ``name`` of the same engine and connection (open it with
+        ``async with``): a worker sends steps on workers of the sagas it runs there."""

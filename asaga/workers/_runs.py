@@ -24,6 +24,7 @@ forgets a job after a while, the record is what a run is.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ from .._exceptions import (
     SagaFailed,
 )
 from .._public import NoPublicConstructor
+from .._queues import is_open
 from .._run import SagaResult, SagaSpec, new_run_id
 from ..runs._codec import codec_of
 from ..runs._durable import recover, run_durable
@@ -49,6 +51,7 @@ from ..runs._memory import MemoryRunStore
 from ..runs._record import RunExists, RunRecord, RunStatus, RunStore
 from ..runs._replay import replayed
 from ._engine import JobEnd, JobQueue
+from ._remote import handle_remote
 
 __all__ = ["RunHandle", "Served", "handle_job", "serve", "start_run"]
 
@@ -265,6 +268,9 @@ class Served:
     (shared with the callers: ``RedisRunStore``), and the resources their steps take::
 
         Served(sagas=[InventorySaga], runs=runs, resources={"store": store, "locks": locks})
+
+    A worker that only runs steps on workers (``@step(queue=...)``) of these sagas, never
+    whole runs, needs no ``runs``: ``Served(sagas=[Checkout], resources={...})``.
     """
 
     __slots__ = ("resources", "runs", "sagas", "specs")
@@ -273,10 +279,11 @@ class Served:
         self,
         *,
         sagas: Sequence[Any],
-        runs: RunStore,
+        runs: RunStore | None = None,
         resources: Mapping[str, Any] | None = None,
     ) -> None:
-        _shared(runs)
+        if runs is not None:
+            _shared(runs)
         self.sagas = tuple(sagas)
         self.runs = runs
         self.resources = dict(resources or {})
@@ -302,10 +309,17 @@ async def handle_job(
     beat: Callable[[], Awaitable[None]],
     *,
     every: float,
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Run (or find) the run a job carries; its recorded status, or why this worker
     refused it (``{"refused": ...}``: a saga it does not serve; the job is not retried,
-    another worker of the queue would serve the same)."""
+    another worker of the queue would serve the same). A job of a step on workers (or of
+    its compensation) runs that step: see :mod:`asaga.workers._remote`."""
+    if arguments.get("kind") in ("step", "compensate"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_beating, beat, every, name="heartbeat of a step on workers")
+            outcome = await handle_remote(served.specs, served.resources, arguments)
+            tg.cancel_scope.cancel()
+        return outcome
     saga, run_id = str(arguments.get("saga")), str(arguments.get("run_id"))
     spec = served.specs.get(saga)
     if spec is None or spec.saga_version != arguments.get("saga_version"):
@@ -314,6 +328,9 @@ async def handle_job(
         _logger.warning("run_job_refused", saga=saga, run_id=run_id, serves=versions)
         return {"refused": f"asked for {wanted}; this worker serves {versions}"}
     runs = served.runs
+    if runs is None:
+        _logger.warning("run_job_refused", saga=saga, run_id=run_id, serves="steps only")
+        return {"refused": "this worker runs steps on workers only (Served has no runs=)"}
     async with anyio.create_task_group() as tg:
         tg.start_soon(_beating, beat, every, name=f"heartbeat of run {run_id}")
         raw = codec_of(spec).decode_inputs(base64.b64decode(arguments["inputs"]), run_id)
@@ -400,8 +417,17 @@ async def serve(
         concurrency=concurrency,
         sagas=sorted(served.specs),
     )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_recovering, served, every, name="asaga recovery sweep")
+    # The queues of the served sagas' steps on workers, open for the runs served here.
+    others = sorted(
+        q
+        for q in {q for spec in served.specs.values() for q in spec.queues.values()}
+        if q != queue.name and not is_open(q)
+    )
+    async with contextlib.AsyncExitStack() as queues, anyio.create_task_group() as tg:
+        for name in others:
+            await queues.enter_async_context(queue.sibling(name))
+        if served.runs is not None:
+            tg.start_soon(_recovering, served, every, name="asaga recovery sweep")
         try:
             await queue.serve(
                 handler,
@@ -416,6 +442,7 @@ async def serve(
 
 async def _recovering(served: Served, every: float) -> None:
     """Sweep recovery now and then (see :func:`serve`)."""
+    assert served.runs is not None
     while True:
         try:
             report = await recover(

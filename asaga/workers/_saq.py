@@ -13,13 +13,16 @@ queue then share a slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import redis.asyncio as aioredis
+import structlog
 
+from .._queues import opened
 from .._redis import require_asyncio
 from ._engine import JobEnd, JobHandler, JobState
 
@@ -35,6 +38,8 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     ) from exc
 
 __all__ = ["SaqQueue"]
+
+_logger = structlog.get_logger("asaga")
 
 JOB_FUNCTION = "asaga.run"
 """The one function asaga's workers run."""
@@ -99,6 +104,7 @@ class SaqQueue:
     async def __aenter__(self) -> Self:
         require_asyncio("SaqQueue", "asyncio (SAQ is asyncio-only)")
         await self.saq.connect()
+        opened(self, True)  # steps on workers (@step(queue=...)) of this name use it
         return self
 
     async def __aexit__(
@@ -107,18 +113,32 @@ class SaqQueue:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        opened(self, False)
         if self._owns_queue:
             await self.saq.disconnect()
 
     # -- the caller's side ----------------------------------------------------------------
 
-    async def enqueue(self, key: str, arguments: Mapping[str, Any]) -> bool:
+    def sibling(self, name: str) -> SaqQueue:
+        """The queue ``name`` on the same Redis client, with the same settings."""
+        if not isinstance(self.saq, RedisQueue):  # pragma: no cover - from_url makes one
+            raise TypeError("SaqQueue.sibling needs a SAQ RedisQueue")
+        return SaqQueue(
+            _RedisQueue(self.saq.redis, name=name),
+            heartbeat=self.heartbeat,
+            retries=self.retries,
+            keep=self.keep,
+        )
+
+    async def enqueue(
+        self, key: str, arguments: Mapping[str, Any], *, retries: int | None = None
+    ) -> bool:
         job = await self.saq.enqueue(
             JOB_FUNCTION,
             key=key,
             timeout=0,  # a saga is bounded by its steps' timeouts, not by the engine
             heartbeat=max(1, round(self.heartbeat)),
-            retries=self.retries,
+            retries=self.retries if retries is None else retries,
             ttl=max(1, round(self.keep)),
             **dict(arguments),
         )
@@ -154,6 +174,14 @@ class SaqQueue:
         if self._held is not None and self._held in mux._queues:
             return
         self._held = await mux.subscribe(_NO_CHANNEL)  # dropped by disconnect() with the rest
+        # The multiplexer subscribes in a task, on a connection of its own: wait for the
+        # subscription to be sent, or a job that ends at once (its worker is quick) is seen
+        # only by the next look, _RECHECK later.
+        pubsub = getattr(mux, "pubsub", None)
+        for _ in range(round(_RECHECK / 0.001)):  # a poll: redis-py has no event for it
+            if pubsub is None or pubsub.patterns:
+                break
+            await anyio.sleep(0.001)
 
     async def _wait_refreshing(self, key: str) -> JobEnd:
         while True:
@@ -214,7 +242,7 @@ class SaqQueue:
             timers=_timers(self.heartbeat),
             shutdown_grace_period_s=max(0, round(shutdown_grace)),
         )
-        _quick_sweeps(self.saq)
+        _careful_sweeps(self.saq)
         started = asyncio.ensure_future(worker.start())
         try:
             stop = asyncio.ensure_future(stopping())
@@ -234,15 +262,73 @@ the job to another worker. SAQ's default, 5 s, is spent on each stuck job in tur
 last of a dead worker's 8 jobs would wait 40 s, and its caller with it."""
 
 
-def _quick_sweeps(queue: Queue) -> None:
-    """Make ``queue``'s sweep wait :data:`_SWEEP_ABORT` for each stuck job (a stuck job's
-    worker is dead or wedged; its run is the recovery sweep's, from its record)."""
-    sweep = queue.sweep
+def _careful_sweeps(queue: Queue) -> None:
+    """Give ``queue`` asaga's sweep (see :func:`_sweep`) if it is a SAQ Redis queue not made
+    by :meth:`SaqQueue.from_url`, which has it already."""
+    if isinstance(queue, _RedisQueue) or not isinstance(queue, RedisQueue):
+        return
+    seen: set[bytes] = set()
 
-    async def quick(lock: int = 60, abort: float = _SWEEP_ABORT) -> list[str]:
-        return await sweep(lock=lock, abort=min(abort, _SWEEP_ABORT))
+    async def careful(lock: int = 60, abort: float = _SWEEP_ABORT) -> list[str]:
+        return await _sweep(queue, seen, lock=lock, abort=abort)
 
-    queue.sweep = quick  # type: ignore[method-assign]  # SAQ's Worker has no option for it
+    queue.sweep = careful  # type: ignore[method-assign]  # SAQ's Worker has no option for it
+
+
+_SWEEP_SCRIPT = """
+local found = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('SETEX', KEYS[1], ARGV[1], 1)
+    for i, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+        found[i] = {id, redis.call('GET', id)}
+    end
+end
+return found
+"""
+"""Under the queue's sweep lock (one sweeper at a time), the active list's jobs: SAQ's own
+script, unchanged."""
+
+
+async def _sweep(queue: RedisQueue, seen: set[bytes], *, lock: int, abort: float) -> list[str]:
+    """SAQ 0.26's sweep of the jobs of ``queue``'s active list, but careful with a job that
+    is still queued: a worker moves a job to the active list, then marks it active, a round
+    trip later, and SAQ's sweep (run by every worker as it starts) aborts a job it finds
+    between the two. Here a queued job in the active list is swept only if the previous
+    sweep (``seen``) found it queued there too (its worker died between the two). And a
+    stuck job's worker gets :data:`_SWEEP_ABORT` to see its abort, not SAQ's 5 s for each
+    in turn."""
+    abort = min(abort, _SWEEP_ABORT)
+    found = await queue.redis.eval(_SWEEP_SCRIPT, 2, queue._sweep, queue._active, lock)
+    queued: set[bytes] = set()
+    swept: list[str] = []
+    for job_id, data in found:
+        job = queue.deserialize(data)
+        if job is None:  # its data expired or was deleted: drop it from the lists
+            swept.append(job_id.decode())
+            async with queue.redis.pipeline(transaction=True) as pipe:
+                pipe.lrem(queue._active, 0, job_id)
+                pipe.zrem(queue._incomplete, job_id)
+                await pipe.execute()
+            continue
+        if job.status in (Status.NEW, Status.QUEUED) and job_id not in seen:
+            queued.add(job_id)  # being taken by a worker, most likely: next time
+            continue
+        if job.status == Status.ACTIVE and not job.stuck:
+            continue
+        if job.status == Status.ABORTING and not job.stuck:
+            continue  # its worker is seeing its abort
+        swept.append(job_id.decode())
+        _logger.info("job_swept", job=job.key, status=job.status.value)
+        await queue.abort(job, error=queue.swept_error_message)
+        with contextlib.suppress(TimeoutError):  # its worker is dead or wedged
+            await job.refresh(abort)
+        if job.retryable:
+            await queue.retry(job, error=queue.swept_error_message)
+        else:
+            await queue.finish(job, Status.ABORTED, error=queue.swept_error_message)
+    seen.clear()
+    seen.update(queued)
+    return swept
 
 
 def _timers(heartbeat: float) -> PartialTimersDict:
@@ -261,7 +347,15 @@ class _RedisQueue(RedisQueue):
     """SAQ's Redis queue, with a job's new state and its notice sent in one round trip
     (SAQ 0.26 sends the notice after the state, a round trip later: two more round trips
     per job, on the worker's path from taking a job to its caller's hearing of its end).
-    The same commands in the same order; the overridden methods are SAQ 0.26's."""
+    The same commands in the same order; the overridden methods are SAQ 0.26's. Its sweep
+    is :func:`_sweep`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queued_at_last_sweep: set[bytes] = set()
+
+    async def sweep(self, lock: int = 60, abort: float = _SWEEP_ABORT) -> list[str]:
+        return await _sweep(self, self._queued_at_last_sweep, lock=lock, abort=abort)
 
     async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
         if not status:  # a heartbeat: SAQ keeps the stored status (read first)
