@@ -20,7 +20,7 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 import msgspec
@@ -176,6 +176,8 @@ def map_each(
     retry: Retry | None = None,
     timeout: float | None = None,
     when: Callable[..., Any] | None = None,
+    queue: str | None = None,
+    batch_size: int | None = None,
     **inputs: str,
 ) -> Step[..., Any]:
     """A step that runs ``target`` once per element of the collection ``over`` names.
@@ -196,6 +198,11 @@ def map_each(
     the step. In ``mode="fail_fast"`` (default) the first failure stops starting new
     elements, lets those in flight finish, undoes the completed ones in reverse index
     order and fails the step with :class:`MapFailed`.
+
+    ``queue`` sends each element of an ``async def`` to the worker processes of that job
+    queue (see docs/distributed.md), at most ``batch_size`` (default ``max_concurrency``)
+    in flight; its ``undo`` runs there too, and the modes and rollback are the same. The
+    elements of a sub-saga run here; put ``@step(queue=...)`` on its steps instead.
     """
     problems: list[str] = []
     if not isinstance(over, str) or not over.isidentifier():
@@ -208,8 +215,21 @@ def map_each(
         problems.append(f"max_concurrency={max_concurrency!r} must be an int >= 1")
     if mode not in ("fail_fast", "collect"):
         problems.append(f"mode={mode!r} must be 'fail_fast' or 'collect'")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            problems.append(f"batch_size={batch_size!r} must be an int >= 1")
+        elif queue is None:
+            problems.append(
+                "batch_size= bounds the jobs in flight of a map on workers (queue=); "
+                "an in-process map takes max_concurrency="
+            )
+    if queue is not None and isinstance(target, type):
+        problems.append(
+            f"queue= sends the elements of an async def to workers; the elements of saga "
+            f"{target.__name__} run here: put @step(queue=...) on its steps instead"
+        )
 
-    element: _SagaElement | _FunctionElement
+    element: _SagaElement | FunctionElement
     if isinstance(target, type):
         spec = _spec_of(target, "map_each", problems)
         sources = _sources(spec, inputs, problems, mapped_only=True)
@@ -223,31 +243,52 @@ def map_each(
     else:
         spec = None
         label = getattr(target, "__name__", repr(target))
-        function = _FunctionElement.read(target, item, undo, inputs, problems)
+        function = FunctionElement.read(target, item, undo, inputs, problems)
         params = list(function.params)
         element = function
     if isinstance(over, str) and over not in {p.name for p in params}:
         params.append(Param(over, EMPTY, False, None))
     limit = max_concurrency if isinstance(max_concurrency, int) else 1
+    if queue is not None and isinstance(batch_size, int) and batch_size >= 1:
+        limit = batch_size
 
-    invoke = _Map(element, over, limit, mode)
-    return _nested_step(f"map_each({label})", params, problems, invoke, retry, timeout, when)
+    invoke = Map(element, over, limit, mode)
+    return _nested_step(
+        f"map_each({label})", params, problems, invoke, retry, timeout, when, queue=queue
+    )
 
 
-class _Map:
+class Element(Protocol):
+    """How one element of a map runs (a map on workers replaces the in-process one: see
+    :mod:`asaga.workers._remote`)."""
+
+    async def run(
+        self,
+        context: RunContext,
+        label: str,
+        item: Any,
+        kwargs: dict[str, Any],
+        key: str,
+        observer: Observer | None,
+    ) -> tuple[Any, Undoable | None]:
+        """Element ``item`` (``label`` in events, ``key`` its child run's key): its value
+        and what undoes it."""
+
+
+class Map:
     """How a mapped step runs: its elements, each a child run of the sub-saga (or a call
     of the function) per attempt."""
 
     def __init__(
-        self, element: _SagaElement | _FunctionElement, over: str, limit: int, mode: MapMode
+        self, element: _SagaElement | FunctionElement, over: str, limit: int, mode: MapMode
     ) -> None:
-        self.element = element
+        self.element: _SagaElement | FunctionElement | Element = element
         self.over = over
         self.limit = limit
         self.mode = mode
         self.sagas = (element.spec,) if isinstance(element, _SagaElement) and element.spec else ()
         self.durable_problem: str | None = None
-        if isinstance(element, _FunctionElement) and element.undo_fn is not None:
+        if isinstance(element, FunctionElement) and element.undo_fn is not None:
             self.durable_problem = (
                 "maps an async function with undo=, whose elements a durable run cannot "
                 "undo from its record: map a saga instead (each element is then a child run)"
@@ -311,7 +352,7 @@ class _Mapping:
         self,
         context: RunContext,
         name: str,
-        element: _SagaElement | _FunctionElement,
+        element: _SagaElement | FunctionElement | Element,
         items: list[Any],
         kwargs: dict[str, Any],
         limit: int,
@@ -459,7 +500,7 @@ class _SagaElement:
         return await _run_child(self.spec, child_inputs, context, label, key, observer)
 
 
-class _FunctionElement:
+class FunctionElement:
     """Elements that are calls of an ``async def``."""
 
     def __init__(
@@ -491,7 +532,7 @@ class _FunctionElement:
         undo: Callable[..., Awaitable[Any]] | None,
         inputs: Mapping[str, str],
         problems: list[str],
-    ) -> _FunctionElement:
+    ) -> FunctionElement:
         label = getattr(fn, "__name__", repr(fn))
         sig = Signature.read(fn, f"mapped function '{label}'")
         problems.extend(sig.problems)
@@ -542,10 +583,10 @@ class _FunctionElement:
             undo_args[self.item] = item
         if self.result_name in self.undo_params:
             undo_args[self.result_name] = value
-        return value, _CallUndo(self.undo_fn, undo_args, label)
+        return value, CallUndo(self.undo_fn, undo_args, label)
 
 
-class _CallUndo:
+class CallUndo:
     """The undo of one function element, reported like a compensation."""
 
     def __init__(
@@ -643,12 +684,15 @@ def _nested_step(
     label: str,
     params: list[Param],
     problems: list[str],
-    invoke: _Compose | _Map,
+    invoke: _Compose | Map,
     retry: Retry | None,
     timeout: float | None,
     when: Callable[..., Any] | None,
+    *,
+    queue: str | None = None,
 ) -> Step[..., Any]:
-    """A Step whose parameters are the parent names the nested run reads."""
+    """A Step whose parameters are the parent names the nested run reads (a map on
+    workers: ``queue``, see :mod:`asaga.workers._remote`)."""
 
     async def nested(**kwargs: Any) -> Any:
         raise TypeError(f"{label} runs inside a saga run; it cannot be called directly")
@@ -661,5 +705,11 @@ def _nested_step(
         tuple(params), EMPTY, tuple(f"step '{label}': {p}" for p in problems), False
     )
     return Step._create(
-        nested, retry=retry, timeout=timeout, when=when, invoke=invoke, signature=signature
+        nested,
+        retry=retry,
+        timeout=timeout,
+        when=when,
+        invoke=invoke,
+        signature=signature,
+        queue=queue,
     )

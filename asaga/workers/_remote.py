@@ -22,6 +22,7 @@ every saga while its ``async with`` block runs (see :mod:`asaga._queues`).
 from __future__ import annotations
 
 import base64
+import copy
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -33,13 +34,17 @@ import msgspec
 import structlog
 
 from .._annotations import EMPTY
+from .._events import RunContext
 from .._exceptions import NotRecordable, RemoteStepFailed
-from .._graph import RUN_ID, Node, Plan
+from .._graph import RUN_ID, CompNode, Node, Plan
+from .._nested import CallUndo, FunctionElement, Map
+from .._observer import Observer, Undoable
 from .._queues import open_queue
 from .._run import SagaSpec
+from .._step import Signature
 from ._engine import JobEnd, JobQueue
 
-__all__ = ["OnWorkers", "handle_remote", "on_workers"]
+__all__ = ["REMOTE_KINDS", "OnWorkers", "RemoteElement", "handle_remote", "on_workers"]
 
 _logger = structlog.get_logger("asaga")
 
@@ -74,9 +79,11 @@ def _unpack(data: Any) -> Any:
 
 
 class OnWorkers:
-    """The body of a step (or compensation) on workers, as its run calls it: sends the
-    call to a worker of its queue, waits for the outcome. ``local`` is the function the
-    worker runs."""
+    """The body of a step (or compensation, or map element, or its undo) on workers, as
+    its run calls it: sends the call to a worker of its queue, waits for the outcome.
+    ``local`` is the function the worker runs, ``types`` its parameters' annotations (what
+    the worker decodes each argument as), ``resources`` its parameters the worker gives
+    from its own resources (parameter name -> the saga's resource input)."""
 
     __slots__ = (
         "_decoder",
@@ -85,9 +92,11 @@ class OnWorkers:
         "kind",
         "local",
         "queue",
+        "resources",
         "saga",
         "saga_version",
         "step",
+        "types",
     )
 
     def __init__(
@@ -100,6 +109,8 @@ class OnWorkers:
         step: str,
         queue: str,
         sends: tuple[str, ...],
+        types: Mapping[str, Any],
+        resources: Mapping[str, str],
         returns: Any,
         idempotent: bool,
     ) -> None:
@@ -109,10 +120,12 @@ class OnWorkers:
         self.saga_version = saga_version
         self.step = step
         self.queue = queue
+        self.types = types
+        self.resources = resources
         self._sends = sends
         self._idempotent = idempotent
         decoder: msgspec.msgpack.Decoder[Any] = _any_decoder
-        if kind == "step" and returns is not EMPTY:
+        if kind in _RETURNING and returns is not EMPTY:
             try:
                 decoder = msgspec.msgpack.Decoder(returns)
             except TypeError:  # a type msgspec cannot decode: plain data
@@ -123,17 +136,20 @@ class OnWorkers:
         return f"<{self.kind} {self.step!r} of saga {self.saga} on queue {self.queue!r}>"
 
     async def __call__(self, **kwargs: Any) -> Any:
-        queue = _queue(self.queue, self.step)
         sent = {name: kwargs[name] for name in self._sends if name in kwargs}
+        return await self.send(str(kwargs.get(RUN_ID, "-")), sent)
+
+    async def send(self, run_id: str, sent: Mapping[str, Any]) -> Any:
+        """Run the call with the arguments ``sent`` on a worker, for run ``run_id``."""
+        queue = _queue(self.queue, self.step)
         try:
-            packed = _pack(sent)
+            packed = _pack(dict(sent))
         except (TypeError, ValueError, OverflowError) as exc:
             raise NotRecordable(
                 f"{self.kind} of step {self.step!r} runs on workers, and its arguments "
                 f"cannot be sent there ({exc}): pass plain data, Structs or dataclasses, "
                 "and declare injected objects as Resource[...] (the workers give theirs)"
             ) from exc
-        run_id = kwargs.get(RUN_ID, "-")
         key = f"{run_id}:{self.step}:{self.kind}:{uuid.uuid4().hex[:16]}"
         arguments = {
             "kind": self.kind,
@@ -157,7 +173,7 @@ class OnWorkers:
         found = end.result if end.state == "complete" else None
         if isinstance(found, dict):
             if "result" in found:
-                if self.kind != "step":
+                if self.kind not in _RETURNING:
                     return None
                 try:
                     return self._decoder.decode(base64.b64decode(found["result"]))
@@ -179,24 +195,78 @@ class OnWorkers:
         raise RemoteStepFailed(self.step, why)
 
 
+REMOTE_KINDS = ("step", "compensate", "element", "undo_element")
+"""The kinds of job :func:`handle_remote` runs (a job without a kind is a whole run)."""
+
+_RETURNING = ("step", "element")
+"""The kinds of call whose result is sent back (a compensation's, an undo's is not)."""
+
+
+class RemoteElement:
+    """The elements of a map on workers (``map_each(fn, ..., queue=...)``): each call of
+    ``fn``, and of its ``undo``, is a job; everything else is the in-process map's."""
+
+    def __init__(self, local: FunctionElement, call: OnWorkers, undo: OnWorkers | None) -> None:
+        self.local = local
+        self.call = call
+        self.undo = undo
+
+    async def run(
+        self,
+        context: RunContext,
+        label: str,
+        item: Any,
+        kwargs: dict[str, Any],
+        key: str,
+        observer: Observer | None,
+    ) -> tuple[Any, Undoable | None]:
+        local = self.local
+        skip = self.call.resources
+        args = {c: kwargs[p] for c, p in local.fn_sources if p in kwargs and c not in skip}
+        args[local.item] = item
+        value = await self.call.send(context.run_id, args)
+        undo = self.undo
+        if undo is None:
+            return value, None
+        undo_args = {
+            c: kwargs[p] for c, p in local.undo_sources if p in kwargs and c not in undo.resources
+        }
+        if local.item in local.undo_params:
+            undo_args[local.item] = item
+        if local.result_name in local.undo_params:
+            undo_args[local.result_name] = value
+        run_id = context.run_id
+
+        async def send_undo() -> None:
+            await undo.send(run_id, undo_args)
+
+        return value, CallUndo(send_undo, {}, label)
+
+
 def on_workers(plan: Plan, saga_version: str) -> Plan:
     """``plan`` with the body of each step on workers (and its compensation's) replaced by
-    an :class:`OnWorkers` call; the run's id is passed to it (the job's key)."""
+    an :class:`OnWorkers` call, the run's id passed to it (the job's key); a map on
+    workers gets a :class:`RemoteElement`."""
     resources = {name for name, i in plan.inputs.items() if i.resource}
     nodes = dict(plan.nodes)
     for name, node in plan.nodes.items():
         if node.queue is None:
             continue
+        if isinstance(node.invoke, Map) and isinstance(node.invoke.element, FunctionElement):
+            invoke = copy.copy(node.invoke)
+            invoke.element = _remote_element(plan, saga_version, node, node.invoke.element)
+            nodes[name] = replace(node, invoke=invoke)
+            continue
         comp = node.compensation
         if comp is not None:
             comp = replace(
                 comp,
-                fn=_call(plan, saga_version, node, comp.fn, "compensate", comp.params, resources),
+                fn=_call(plan, saga_version, node, comp, "compensate", resources),
                 params=_with_run_id(comp.params),
             )
         nodes[name] = replace(
             node,
-            fn=_call(plan, saga_version, node, node.fn, "step", node.params, resources),
+            fn=_call(plan, saga_version, node, node, "step", resources),
             params=_with_run_id(node.params),
             compensation=comp,
         )
@@ -207,22 +277,56 @@ def _call(
     plan: Plan,
     saga_version: str,
     node: Node,
-    local: Callable[..., Awaitable[Any]],
+    body: Node | CompNode,
     kind: str,
-    params: tuple[str, ...],
     resources: set[str],
 ) -> OnWorkers:
     assert node.queue is not None
     return OnWorkers(
-        local,
+        body.fn,
         kind=kind,
         saga=plan.saga,
         saga_version=saga_version,
         step=node.name,
         queue=node.queue,
-        sends=tuple(p for p in params if p not in resources),
+        sends=tuple(p for p in body.params if p not in resources),
+        types=body.types or {},
+        resources={p: p for p in body.params if p in resources},
         returns=node.returns if kind == "step" else EMPTY,
         idempotent=node.idempotent,
+    )
+
+
+def _remote_element(
+    plan: Plan, saga_version: str, node: Node, local: FunctionElement
+) -> RemoteElement:
+    assert node.queue is not None
+    resources = {name for name, i in plan.inputs.items() if i.resource}
+
+    def call(
+        fn: Callable[..., Awaitable[Any]], sources: list[tuple[str, str]], kind: str
+    ) -> OnWorkers:
+        sig = Signature.read(fn, "mapped function")
+        assert node.queue is not None
+        return OnWorkers(
+            fn,
+            kind=kind,
+            saga=plan.saga,
+            saga_version=saga_version,
+            step=node.name,
+            queue=node.queue,
+            sends=(),
+            types=MappingProxyType({p.name: p.annotation for p in sig.params}),
+            resources={c: p for c, p in sources if p in resources},
+            returns=sig.returns if kind == "element" else EMPTY,
+            idempotent=False,
+        )
+
+    undo = local.undo_fn
+    return RemoteElement(
+        local,
+        call(local.fn, local.fn_sources, "element"),
+        call(undo, local.undo_sources, "undo_element") if undo is not None else None,
     )
 
 
@@ -249,9 +353,10 @@ async def handle_remote(
         _logger.warning("step_job_refused", saga=saga, step=step, serves=versions)
         return {"refused": f"asked for {wanted}; this worker serves {versions}"}
     node = spec.plan.nodes.get(step) if isinstance(step, str) else None
-    call, types = _target(node, kind)
-    if call is None or types is None:
+    call = _target(node, kind)
+    if call is None:
         return {"refused": f"saga {saga} has no {kind} of step {step!r} on workers"}
+    types = call.types
     try:
         raw = _unpack(arguments.get("arguments"))
         if not isinstance(raw, dict):
@@ -263,10 +368,9 @@ async def handle_remote(
         }
     except (TypeError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         return {"error": f"its arguments do not decode here: {exc}", "types": []}
-    for name in types:
-        declared = spec.plan.inputs.get(name)
-        if declared is not None and declared.resource and name in resources:
-            kwargs[name] = resources[name]
+    for name, resource in call.resources.items():
+        if resource in resources:
+            kwargs[name] = resources[resource]
     run_id = arguments.get("run_id")
     try:
         result = await call.local(**kwargs)
@@ -274,7 +378,7 @@ async def handle_remote(
         _logger.info("step_job_failed", saga=saga, step=step, kind=kind, run_id=run_id)
         return {"error": repr(exc), "types": _classes(type(exc))}
     _logger.info("step_job_done", saga=saga, step=step, kind=kind, run_id=run_id)
-    if kind != "step":
+    if kind not in _RETURNING:
         return {"result": None}
     try:
         return {"result": _pack(result)}
@@ -286,15 +390,20 @@ async def handle_remote(
         }
 
 
-def _target(node: Node | None, kind: object) -> tuple[OnWorkers | None, Mapping[str, Any] | None]:
+def _target(node: Node | None, kind: object) -> OnWorkers | None:
     if node is None:
-        return None, None
+        return None
     if kind == "step" and isinstance(node.fn, OnWorkers):
-        return node.fn, node.types
+        return node.fn
     comp = node.compensation
     if kind == "compensate" and comp is not None and isinstance(comp.fn, OnWorkers):
-        return comp.fn, comp.types
-    return None, None
+        return comp.fn
+    element = node.invoke.element if isinstance(node.invoke, Map) else None
+    if isinstance(element, RemoteElement):
+        return (
+            element.call if kind == "element" else element.undo if kind == "undo_element" else None
+        )
+    return None
 
 
 def _classes(cls: type) -> list[str]:

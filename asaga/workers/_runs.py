@@ -51,7 +51,7 @@ from ..runs._memory import MemoryRunStore
 from ..runs._record import RunExists, RunRecord, RunStatus, RunStore
 from ..runs._replay import replayed
 from ._engine import JobEnd, JobQueue
-from ._remote import handle_remote
+from ._remote import REMOTE_KINDS, handle_remote
 
 __all__ = ["RunHandle", "Served", "handle_job", "serve", "start_run"]
 
@@ -314,7 +314,7 @@ async def handle_job(
     refused it (``{"refused": ...}``: a saga it does not serve; the job is not retried,
     another worker of the queue would serve the same). A job of a step on workers (or of
     its compensation) runs that step: see :mod:`asaga.workers._remote`."""
-    if arguments.get("kind") in ("step", "compensate"):
+    if arguments.get("kind") in REMOTE_KINDS:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_beating, beat, every, name="heartbeat of a step on workers")
             outcome = await handle_remote(served.specs, served.resources, arguments)

@@ -15,12 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from asaga import (
+    MapFailed,
     NotRecordable,
     Resource,
     Retry,
     Saga,
     SagaDefinitionError,
     SagaFailed,
+    map_each,
     step,
 )
 from asaga.runs import RedisRunStore, recover
@@ -52,6 +54,8 @@ class Bank:
         self.failures_left = 0
         self.entered = anyio.Event()
         self.cut = anyio.Event()
+        self.inflight = 0
+        self.most = 0
 
 
 def make_checkout(queue: str, version: str = "1") -> Any:
@@ -113,17 +117,24 @@ async def world(redis_url: str, client: aioredis.Redis) -> AsyncIterator[dict[st
     """A saga with a step on queue ``pay-<random>``, a worker serving it in this process,
     and the queue open for the caller."""
     name = f"pay-{uuid.uuid4().hex[:10]}"
-    checkout, timed = make_checkout(name), make_timed(name)
+    checkout, timed, mapped = make_checkout(name), make_timed(name), make_mapped(name)
     caller, worker = Bank("caller"), Bank("worker")
     stop = anyio.Event()
     async with (
         SaqQueue.from_url(redis_url, name=name, heartbeat=5) as workers,
         anyio.create_task_group() as tg,
     ):
-        served = Served(sagas=[checkout, timed], resources={"bank": worker})
+        served = Served(sagas=[checkout, timed, mapped], resources={"bank": worker})
         tg.start_soon(lambda: serve(workers, served, concurrency=4, shutdown_grace=1, stop=stop))
         async with SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue:
-            yield {"saga": checkout, "timed": timed, "caller": caller, "worker": worker, "queue": queue}
+            yield {
+                "saga": checkout,
+                "timed": timed,
+                "mapped": mapped,
+                "caller": caller,
+                "worker": worker,
+                "queue": queue,
+            }
         stop.set()
     keys = [k async for k in client.scan_iter(match=f"saq:*{name}*", count=1000)]
     if keys:
@@ -317,10 +328,11 @@ async def test_a_worker_of_another_saga_version_refuses_the_step(
             await client.delete(*keys)
     error = caught.value.__cause__
     assert isinstance(error, RemoteStepFailed)
-    assert "refused" in error.error and "Checkout v2" in error.error
+    assert "refused" in error.error
+    assert "Checkout v2" in error.error
 
 
-# -- inside durable runs and runs on workers --------------------------------------------------------
+# -- inside durable runs and runs on workers ---------------------------------------------
 
 
 async def test_a_durable_run_records_its_step_on_workers(
@@ -375,3 +387,107 @@ async def test_a_run_on_workers_sends_its_step_to_the_step_queue(
     assert result.output == f"shipped c-{handle.run_id}"
     assert runner.calls == ["runner: reserve o-9", "runner: ship 9"]
     assert payer.calls == ["payer: charge 9 for r-o-9"]
+
+
+# -- map elements on workers -------------------------------------------------------------
+
+
+class Line(msgspec.Struct, frozen=True):
+    sku: str
+    qty: int
+
+
+async def charge_line(line: Line, bank: Bank) -> int:
+    bank.calls.append(f"{bank.who}: charge {line.sku}")
+    bank.inflight += 1
+    bank.most = max(bank.most, bank.inflight)
+    try:
+        await anyio.sleep(0.01)
+    finally:
+        bank.inflight -= 1
+    if line.qty < 0:
+        raise ValueError(f"bad line {line.sku}")
+    return line.qty * 10
+
+
+async def refund_line(line: Line, charge_line: int, bank: Bank) -> None:
+    bank.calls.append(f"{bank.who}: refund {line.sku} ({charge_line})")
+
+
+def make_mapped(queue: str) -> Any:
+    class Basket(Saga):
+        lines: list[Line]
+        bank: Resource[Bank]
+        output = "charged"
+
+        charged = map_each(charge_line, over="lines", undo=refund_line, queue=queue, batch_size=2)
+
+        @step
+        async def total(charged: list[int], bank: Bank) -> int:
+            bank.calls.append(f"{bank.who}: total")
+            if sum(charged) > 1000:
+                raise RuntimeError("over the limit")
+            return sum(charged)
+
+    return Basket
+
+
+async def test_map_elements_run_on_the_worker_in_order_at_most_batch_size_at_once(
+    world: dict[str, Any],
+) -> None:
+    basket, caller, worker = world["mapped"], world["caller"], world["worker"]
+    lines = [Line(sku=f"s{i}", qty=i) for i in range(1, 8)]
+    with anyio.fail_after(20):
+        result = await basket.run(lines=lines, bank=caller)
+    assert result.output == [10, 20, 30, 40, 50, 60, 70]
+    assert sorted(worker.calls) == sorted(f"worker: charge s{i}" for i in range(1, 8))
+    assert 1 <= worker.most <= 2  # batch_size=2 jobs in flight, though the worker takes 4
+    assert caller.calls == ["caller: total"]
+
+
+async def test_a_failed_element_undoes_the_completed_ones_on_the_worker(
+    world: dict[str, Any],
+) -> None:
+    basket, caller, worker = world["mapped"], world["caller"], world["worker"]
+    lines = [Line(sku="a", qty=1), Line(sku="b", qty=2), Line(sku="bad", qty=-1)]
+    with anyio.fail_after(20), pytest.raises(SagaFailed) as caught:
+        await basket.run(lines=lines, bank=caller)
+    failed = caught.value.__cause__
+    assert isinstance(failed, MapFailed)
+    assert failed.index == 2
+    assert isinstance(failed.__cause__, RemoteStepFailed)
+    assert "bad line bad" in failed.__cause__.error
+    refunds = [c for c in worker.calls if "refund" in c]
+    assert refunds == ["worker: refund b (20)", "worker: refund a (10)"]  # reverse index order
+    assert caller.calls == []
+
+
+async def test_a_later_failure_undoes_every_element_on_the_worker(world: dict[str, Any]) -> None:
+    basket, caller, worker = world["mapped"], world["caller"], world["worker"]
+    lines = [Line(sku="x", qty=60), Line(sku="y", qty=50)]  # a total over the limit
+    with anyio.fail_after(20), pytest.raises(SagaFailed) as caught:
+        await basket.run(lines=lines, bank=caller)
+    assert caught.value.step == "total"
+    refunds = [c for c in worker.calls if "refund" in c]
+    assert refunds == ["worker: refund y (500)", "worker: refund x (600)"]
+
+
+def test_batch_size_needs_a_queue_and_a_queue_needs_a_function() -> None:
+    class Child(Saga):
+        sku: str
+
+        @step
+        async def one(sku: str) -> str:
+            return sku
+
+    with pytest.raises(SagaDefinitionError) as caught:
+
+        class Broken(Saga):
+            lines: list[Line]
+
+            here = map_each(charge_line, over="lines", batch_size=4)
+            there = map_each(Child, over="lines", queue="payments")
+
+    text = str(caught.value)
+    assert "batch_size= bounds the jobs in flight of a map on workers (queue=)" in text
+    assert "put @step(queue=...) on its steps instead" in text
