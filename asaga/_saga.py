@@ -409,6 +409,9 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         raise SagaDefinitionError(saga, problems)
     sync_hooks, async_hooks = split_hooks(tuple(cls.hooks))
     queues = {n: node.queue for n, node in plan.nodes.items() if node.queue is not None}
+    for node in plan.nodes.values():  # and those of the sagas it composes or maps
+        for sub in node.invoke.sagas if node.invoke is not None else ():
+            queues.update({f"{sub.plan.saga}.{n}": q for n, q in sub.queues.items()})
     if queues:
         plan = _durable().on_workers(plan, str(cls.saga_version))
     cls.__asaga__ = SagaSpec(

@@ -22,6 +22,7 @@ from asaga import (
     Saga,
     SagaDefinitionError,
     SagaFailed,
+    compose,
     map_each,
     step,
 )
@@ -491,3 +492,22 @@ def test_batch_size_needs_a_queue_and_a_queue_needs_a_function() -> None:
     text = str(caught.value)
     assert "batch_size= bounds the jobs in flight of a map on workers (queue=)" in text
     assert "put @step(queue=...) on its steps instead" in text
+
+
+async def test_a_composed_saga_sends_its_step_to_the_workers(world: dict[str, Any]) -> None:
+    checkout, caller, worker = world["saga"], world["caller"], world["worker"]
+
+    class Order(Saga):
+        order_id: str
+        amount: int
+        bank: Resource[Bank]
+        output = "paid"
+
+        paid = compose(checkout)
+
+    assert "Checkout.charge" in Order.__asaga__.queues  # checked before any step runs
+    with anyio.fail_after(10):
+        result = await Order.run(order_id="o-10", amount=10, bank=caller, run_id="run-10")
+    assert result.output.startswith("shipped c-")  # the child run's id
+    assert worker.calls == ["worker: charge 10 for r-o-10"]
+    assert caller.calls == ["caller: reserve o-10", "caller: ship 10"]
