@@ -24,10 +24,19 @@ What is measured (every worker a separate OS process this script starts and stop
 3. **A mapped saga.** ``BulkInventorySaga`` (``map_each(InventorySaga, max_concurrency=8)``
    over its operations, 100 per run, each its own product, the same 1 ms per call): run
    whole on a worker with ``Saga.start`` vs. run in this process with ``Saga.run`` (with
-   the same ``RedisRunStore``, so both are durable alike; and without a store). asaga does
-   not yet send the elements of a mapped step to workers: the elements run in the process
-   that runs the saga, so a second worker does not speed one bulk run up (a row shows it);
-   only separate runs spread over workers.
+   the same ``RedisRunStore``, so both are durable alike; and without a store). The
+   elements of a mapped *saga* run in the process that runs the saga, so a second worker
+   does not speed one bulk run up (a row shows it); only separate runs spread over workers.
+4. **Map elements on workers.** ``MapTicks``: one step, ``map_each(tick, over="items",
+   queue=..., batch_size=MAP_BATCH)``, where ``tick`` sleeps 1 ms (simulated I/O) and then
+   increments its element's field of a Redis hash (``HINCRBY``). Each element is a job on
+   the queue's ``asaga worker benchmarks.distributed:served_map_1`` / ``served_map_2``
+   processes (1 or 2 of them, started after section 3, once section 2's and 3's workers
+   are stopped); against the same map in this process (``max_concurrency=MAP_BATCH``, no
+   queue). One run at a time, rounds alternate. Elements/s and the ratios workers /
+   in-process and 2 workers / 1 worker. After each cell every run's hash is checked: each
+   element's field exactly 1 (its effect happened exactly once), or the benchmark stops
+   with an error.
 
 Usage::
 
@@ -45,7 +54,8 @@ and ``benchmarks/results/distributed.md``. Every Redis key it makes is under a r
 deleted at the end; the number of keys left is reported (0).
 
 This module is also what the worker processes import (``benchmarks.distributed:
-served_echo`` / ``served_inventory``): keep its top level free of side effects.
+served_echo`` / ``served_inventory`` / ``served_map_1`` / ``served_map_2``): keep its top
+level free of side effects.
 """
 
 from __future__ import annotations
@@ -80,7 +90,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the examples live in examples/, beside benchmarks/
 
 import asaga  # noqa: E402
-from asaga import Saga, step  # noqa: E402
+from asaga import Resource, Saga, map_each, step  # noqa: E402
 from examples.inventory.sagas import (  # noqa: E402
     BulkInventorySaga,
     InventorySaga,
@@ -101,6 +111,9 @@ SAQ_TIMERS = {"schedule": 1, "worker_info": 10, "sweep": round(HEARTBEAT), "abor
 """SaqQueue's worker timers (asaga/workers/_saq.py:_timers); the raw worker gets the same."""
 RECHECK = 2.0
 """Seconds of one ``refresh(until_complete=...)`` wait, as SaqQueue.wait."""
+MAP_BATCH = 32
+"""Section 4: ``batch_size`` of the map on workers (jobs in flight), and ``max_concurrency``
+of the same map in-process."""
 
 
 # -- what the workers serve (imported by `python -m asaga worker benchmarks.distributed:...`) --
@@ -204,6 +217,92 @@ async def served_inventory(url: str, prefix: str) -> AsyncIterator[Any]:
         )
 
 
+class Tally:
+    """Where each element of section 4's map leaves its effect: ``HINCRBY key field 1`` in
+    Redis, so that the caller can check afterwards that every element ran exactly once."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def add(self, key: str, field: str) -> int:
+        return int(await self.client.hincrby(key, field, 1))
+
+
+async def tick(item: int, tally_key: str, tally: Tally) -> int:
+    """One element of section 4's map: 1 ms of simulated I/O, then its effect (field
+    ``item`` of hash ``tally_key`` incremented); the new count, 1 for an element's first
+    run."""
+    await anyio.sleep(DELAY)
+    return await tally.add(tally_key, str(item))
+
+
+def map_saga(queue: str | None) -> type[Saga]:
+    """Section 4's saga: one step, ``map_each(tick, over="items")``: on the workers of
+    ``queue`` (``batch_size=MAP_BATCH`` jobs in flight) or, with ``queue=None``, in the
+    process that runs it (``max_concurrency=MAP_BATCH``). A worker builds the same class
+    for its queue (the queue name is part of the class, so each queue has its own)."""
+
+    class MapTicks(Saga):
+        items: list[int]
+        tally_key: str
+        tally: Resource[Tally]
+        output = "ticks"
+
+        ticks = (
+            map_each(tick, over="items", max_concurrency=MAP_BATCH)
+            if queue is None
+            else map_each(tick, over="items", queue=queue, batch_size=MAP_BATCH)
+        )
+
+    return MapTicks
+
+
+def map_queue(prefix: str, workers: int) -> str:
+    """The SAQ queue of section 4 served by ``workers`` processes, from the run's prefix
+    (``bench-dist:<hex>:``): the worker processes get only ``url`` and ``prefix``."""
+    return f"bench-dist-{prefix.split(':')[1]}-map{workers}"
+
+
+@asynccontextmanager
+async def tally_client(url: str) -> AsyncIterator[Tally]:
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=200, timeout=30, socket_connect_timeout=2.0, socket_timeout=None
+    )
+    client = aioredis.Redis.from_pool(pool)
+    try:
+        yield Tally(client)
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def _served_map(url: str, prefix: str, workers: int) -> AsyncIterator[Any]:
+    from asaga.workers import Served
+
+    configure_logging()
+    async with tally_client(url) as tally:
+        # elements only: no run store
+        yield Served(sagas=[map_saga(map_queue(prefix, workers))], resources={"tally": tally})
+
+
+@asynccontextmanager
+async def served_map_1(url: str, prefix: str) -> AsyncIterator[Any]:
+    """``asaga worker benchmarks.distributed:served_map_1``: the elements of section 4's
+    map on the queue served by 1 worker process."""
+    async with _served_map(url, prefix, 1) as served:
+        yield served
+
+
+@asynccontextmanager
+async def served_map_2(url: str, prefix: str) -> AsyncIterator[Any]:
+    """``asaga worker benchmarks.distributed:served_map_2``: the same, on the queue served
+    by 2 worker processes."""
+    async with _served_map(url, prefix, 2) as served:
+        yield served
+
+
 async def echo_job(ctx: Any, *, x: int) -> int:
     """The raw SAQ job: the same work as Echo's step."""
     return x + 1
@@ -249,6 +348,10 @@ class Budget:
     cell_timeout: float  # seconds, any one cell
     timeout: float  # seconds, the whole benchmark
     quiet_wait: float  # seconds a cell may wait for the machine's other processes to calm down
+    # 4. (defaults: a saved run from before section 4 still renders)
+    map_elements: int = 0  # elements per MapTicks run
+    map_rounds: int = 0  # rounds over in-process / 1 worker / 2 workers, alternating
+    map_runs: int = 0  # MapTicks runs per cell, one after the other
 
 
 FULL = Budget(
@@ -264,6 +367,9 @@ FULL = Budget(
     cell_timeout=120.0,
     timeout=1800.0,
     quiet_wait=60.0,
+    map_elements=500,
+    map_rounds=3,
+    map_runs=3,
 )
 QUICK = Budget(
     latency_warmup=5,
@@ -278,6 +384,9 @@ QUICK = Budget(
     cell_timeout=30.0,
     timeout=90.0,
     quiet_wait=0.0,
+    map_elements=40,
+    map_rounds=1,
+    map_runs=1,
 )
 
 
@@ -348,6 +457,29 @@ class BulkRow:
     max_run_ms: float = float("nan")  # the slowest bulk run
     errors: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, Any] = field(default_factory=dict)  # on workers: as ThroughputRow.jobs
+
+
+@dataclass(slots=True)
+class MapRow:
+    workers: int  # 0: the map in the caller (no queue)
+    round: int
+    runs: int  # MapTicks runs that succeeded
+    elements: int  # their elements
+    seconds: float
+    elements_per_s: float
+    p50_run_ms: float
+    max_run_ms: float
+    failed_runs: int
+    caller_cpu_ms: float | None  # per element
+    workers_cpu_ms: float | None
+    redis_cpu_ms: float | None
+    redis_commands: float | None  # per element, every client of the server
+    cpu_busy: float | None  # (caller + workers + Redis) CPU seconds / wall seconds
+    others_busy: float | None  # cores busy with every other process of the machine
+    # conservation, from the Redis hashes (every field of every run must be 1):
+    effects: dict[str, int] = field(default_factory=dict)
+    effects_ok: bool = False
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -582,6 +714,8 @@ class World:
     echo_queue: Any = None  # SaqQueue
     raw_queue: Any = None  # saq.Queue
     inventory_queues: dict[int, Any] = field(default_factory=dict)  # workers -> SaqQueue
+    map_sagas: dict[int, type[Saga]] = field(default_factory=dict)  # workers (0: none) -> class
+    tally: Tally | None = None  # the caller's, for the in-process map
     workers: dict[str, list[WorkerProcess]] = field(default_factory=dict)
 
     def running(self) -> list[WorkerProcess]:
@@ -965,6 +1099,110 @@ async def bulk(world: World, budget: Budget) -> list[BulkRow]:
     return rows
 
 
+# -- 4. map elements on workers --------------------------------------------------------------
+
+
+async def check_effects(client: Any, key: str, size: int, succeeded: bool) -> dict[str, int]:
+    """Conservation of one MapTicks run, from its hash: each element's field must be 1
+    (its effect happened exactly once). ``missing``: fields absent (allowed only if the run
+    failed), ``duplicated``: fields above 1, ``extra``: fields of no element."""
+    counts = {k.decode(): int(v) for k, v in (await client.hgetall(key)).items()}
+    expected = {str(i) for i in range(size)}
+    found = {
+        "elements": size,
+        "done_once": sum(1 for k, v in counts.items() if k in expected and v == 1),
+        "missing": len(expected - counts.keys()),
+        "duplicated": sum(1 for k, v in counts.items() if k in expected and v != 1),
+        "extra": len(counts.keys() - expected),
+    }
+    if found["duplicated"] or found["extra"] or (succeeded and found["missing"]):
+        raise RuntimeError(
+            f"map elements not conserved in {key}: {found} (expected every one of the "
+            f"{size} fields at 1); counts other than 1: "
+            f"{ {k: v for k, v in counts.items() if v != 1} }"
+        )
+    return found
+
+
+async def map_round(world: World, workers: int, round_: int, budget: Budget) -> MapRow:
+    saga = world.map_sagas[workers]
+    size = budget.map_elements
+    durations: list[float] = []
+    errors: dict[str, int] = {}
+    keys: list[tuple[str, bool]] = []  # tally hash, whether its run succeeded
+    clock = time.perf_counter
+
+    await wait_for_quiet(world.client, world.running(), budget)
+    meter = Meter(world.client, world.workers[f"map-{workers}"] if workers else [])
+    await meter.start()
+    with anyio.fail_after(budget.cell_timeout):
+        for n in range(budget.map_runs):  # one run at a time: its map is what is measured
+            key = f"{world.prefix}map:{workers}:{round_}:{n}"
+            t0 = clock()
+            try:
+                result = await saga.run(items=list(range(size)), tally_key=key, tally=world.tally)
+            except Exception as error:  # noqa: BLE001 - counted and reported, never hidden
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                keys.append((key, False))
+                continue
+            durations.append((clock() - t0) * 1e3)
+            keys.append((key, True))
+            if result.output != [1] * size:
+                raise RuntimeError(
+                    f"MapTicks on {workers} worker(s): an element saw a count other than 1 "
+                    f"(its effect happened twice?): {sorted(set(result.output))}"
+                )
+    spent = await meter.stop()
+    effects: dict[str, int] = {}
+    for key, succeeded in keys:  # untimed
+        for k, v in (await check_effects(world.client, key, size, succeeded)).items():
+            effects[k] = effects.get(k, 0) + v
+    done = len(durations) * size
+    wall = spent["wall"] or float("nan")
+    parts = [spent["caller"], spent["workers"], spent["redis"]]
+    return MapRow(
+        workers=workers,
+        round=round_,
+        runs=len(durations),
+        elements=done,
+        seconds=round(wall, 3),
+        elements_per_s=done / wall,
+        p50_run_ms=percentile(durations, 0.5),
+        max_run_ms=max(durations) if durations else float("nan"),
+        failed_runs=sum(errors.values()),
+        caller_cpu_ms=per(spent["caller"], done),
+        workers_cpu_ms=per(spent["workers"], done) if workers else None,
+        redis_cpu_ms=per(spent["redis"], done),
+        redis_commands=per(spent["commands"], done, scale=1.0),
+        cpu_busy=None if any(p is None for p in parts) else sum(p for p in parts if p) / wall,
+        others_busy=spent["others"],
+        effects=effects,
+        effects_ok=effects.get("done_once") == done and not errors,
+        errors=errors,
+    )
+
+
+async def map_elements(world: World, budget: Budget) -> list[MapRow]:
+    with anyio.fail_after(budget.cell_timeout):  # untimed: each path once, checked
+        for workers in (0, 1, 2):
+            key = f"{world.prefix}map:warm:{workers}"
+            items = list(range(2 * MAP_BATCH))
+            await world.map_sagas[workers].run(items=items, tally_key=key, tally=world.tally)
+            await check_effects(world.client, key, len(items), True)
+    rows = []
+    for round_ in range(budget.map_rounds):
+        for workers in (0, 1, 2) if round_ % 2 == 0 else (2, 1, 0):
+            row = await map_round(world, workers, round_, budget)
+            rows.append(row)
+            print(
+                f"  MapTicks x{budget.map_elements}, {workers or 'in-process, no'} worker(s), "
+                f"round {round_}: {row.elements_per_s:7.0f} elements/s  "
+                f"failed runs {row.failed_runs}",
+                file=sys.stderr,
+            )
+    return rows
+
+
 # -- the whole run ---------------------------------------------------------------------------
 
 
@@ -995,6 +1233,8 @@ async def measure(
         "saq": f"bench-dist-{token}-saq",
         "inventory-1": f"bench-dist-{token}-inv1",
         "inventory-2": f"bench-dist-{token}-inv2",
+        "map-1": map_queue(prefix, 1),
+        "map-2": map_queue(prefix, 2),
     }
     client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
     started: list[WorkerProcess] = []
@@ -1063,6 +1303,36 @@ async def measure(
             report["throughput"] = await throughput(world, budget)
             print("3. BulkInventorySaga: on a worker vs in-process", file=sys.stderr)
             report["bulk"] = await bulk(world, budget)
+            # idle from here; section 4's workers start now, alone with the caller and Redis
+            stop_all(workers["inventory-1"] + workers["inventory-2"])
+            workers["map-1"] = [
+                asaga_worker(
+                    "asaga-map1", "served_map_1", url, prefix, names["map-1"], concurrency, log_dir
+                )
+            ]
+            workers["map-2"] = [
+                asaga_worker(
+                    f"asaga-map2-{n}",
+                    "served_map_2",
+                    url,
+                    prefix,
+                    names["map-2"],
+                    concurrency,
+                    log_dir,
+                )
+                for n in range(2)
+            ]
+            started.extend(workers["map-1"] + workers["map-2"])
+            for worker in workers["map-1"] + workers["map-2"]:
+                await worker.wait_ready(60)
+            report["worker_pids"] = {k: [w.pid for w in v] for k, v in workers.items()}
+            world.tally = await stack.enter_async_context(tally_client(url))
+            world.map_sagas[0] = map_saga(None)
+            for n in (1, 2):
+                await stack.enter_async_context(SaqQueue.from_url(url, name=names[f"map-{n}"]))
+                world.map_sagas[n] = map_saga(names[f"map-{n}"])
+            print("4. map elements on workers vs in-process", file=sys.stderr)
+            report["map"] = await map_elements(world, budget)
     finally:
         report["worker_exit_codes"] = stop_all(started)
         with anyio.CancelScope(shield=True), anyio.move_on_after(60):
@@ -1091,6 +1361,7 @@ def summarize(report: dict[str, Any], budget: Budget, cores: int) -> tuple[str, 
     lat: list[LatencyRow] = report["latency"]
     thr: list[ThroughputRow] = report["throughput"]
     blk: list[BulkRow] = report["bulk"]
+    mapped: list[MapRow] = report.get("map", [])
     lines = [
         "### 1. Round trip of a 1-step saga vs. a raw SAQ job (one worker process each, "
         "one request in flight)",
@@ -1225,10 +1496,14 @@ def summarize(report: dict[str, Any], budget: Budget, cores: int) -> tuple[str, 
         "",
         f"One bulk run on a worker / in-process with the same store: "
         f"**{ratios['bulk_worker_over_in_process']:.2f}x**. On 2 workers / on 1, one run in "
-        f"flight: **{ratios['bulk_2_workers_over_1']:.2f}x**: a mapped step's elements run in "
-        "the process that runs the saga (element-level fan-out is not built yet); two runs "
-        f"in flight on 2 workers: {ratios['bulk_2_runs_on_2_workers_over_1']:.2f}x.",
+        f"flight: **{ratios['bulk_2_workers_over_1']:.2f}x**: the elements of a mapped saga run "
+        "in the process that runs the saga (only an async def's elements go to workers: "
+        f"section 4); two runs in flight on 2 workers: "
+        f"{ratios['bulk_2_runs_on_2_workers_over_1']:.2f}x.",
     ]
+    if mapped:
+        text, ratios["map"] = summarize_map(mapped, budget, cores)
+        lines += ["", text]
     slow = [
         (label, row.jobs)
         for label, rows in (("1.", lat), ("2.", thr), ("3.", blk))
@@ -1243,6 +1518,72 @@ def summarize(report: dict[str, Any], budget: Budget, cores: int) -> tuple[str, 
             f"given out twice; the slowest {jobs['slowest']}"
             for n, (label, jobs) in enumerate(slow)
         ]
+    return "\n".join(lines), ratios
+
+
+def summarize_map(rows: list[MapRow], budget: Budget, cores: int) -> tuple[str, dict[str, Any]]:
+    """Section 4's table, ratios and CPU bounds."""
+    lines = [
+        f"### 4. Map elements on workers: MapTicks (map_each over {budget.map_elements} "
+        f"elements, 1 ms of I/O + one HINCRBY each), batch_size / max_concurrency {MAP_BATCH}, "
+        f"one run at a time, {budget.map_runs} runs per cell",
+        "",
+        "| workers | round | runs | elements | elements/s | p50 / max ms per run | failed runs "
+        "| caller CPU ms/element | workers CPU ms/element | Redis CPU ms/element "
+        "| Redis commands/element | busy (cores) | other processes (cores) | exactly once |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in rows:
+        where = str(m.workers) if m.workers else "none (the map in the caller)"
+        once = f"{m.effects.get('done_once', 0)} / {m.effects.get('elements', 0)}"
+        lines.append(
+            f"| {where} | {m.round} | {m.runs} | {m.elements} | {m.elements_per_s:,.0f} "
+            f"| {m.p50_run_ms:.1f} / {m.max_run_ms:.1f} | {m.failed_runs} "
+            f"| {fmt(m.caller_cpu_ms)} | {fmt(m.workers_cpu_ms)} | {fmt(m.redis_cpu_ms)} "
+            f"| {fmt(m.redis_commands, 1)} | {fmt(m.cpu_busy)} | {fmt(m.others_busy)} "
+            f"| {once}{'' if m.effects_ok else ' NO'} |"
+        )
+    rate = {n: median_of(rows, "elements_per_s", workers=n) for n in (0, 1, 2)}
+    cpu = {
+        n: {
+            part: median_of(rows, f"{part}_cpu_ms", workers=n)
+            for part in ("caller", "workers", "redis")
+        }
+        for n in (0, 1, 2)
+    }
+    ratios: dict[str, Any] = {
+        "elements_per_s": rate,
+        "1_worker_over_in_process": rate[1] / rate[0],
+        "2_workers_over_in_process": rate[2] / rate[0],
+        "2_workers_over_1": rate[2] / rate[1],
+        "cpu_ms_per_element": cpu,
+        "exactly_once": all(m.effects_ok for m in rows),
+    }
+    lines += [
+        "",
+        f"Elements/s, medians of rounds: in-process {rate[0]:,.0f}; 1 worker {rate[1]:,.0f}; "
+        f"2 workers {rate[2]:,.0f}. Workers / in-process: 1 worker "
+        f"**{ratios['1_worker_over_in_process']:.2f}x**, 2 workers "
+        f"**{ratios['2_workers_over_in_process']:.2f}x**; 2 workers / 1 worker "
+        f"**{ratios['2_workers_over_1']:.2f}x**. Every element's effect exactly once: "
+        f"{'yes' if ratios['exactly_once'] else 'NO'} (checked in Redis after each cell).",
+        "",
+    ]
+    bounds: dict[str, float] = {}
+    for n in (0, 1, 2):
+        c = {k: (v if v == v else 0.0) for k, v in cpu[n].items()}  # NaN: none
+        total = sum(c.values())
+        # the busiest single process has one core at most; all of them share the machine's
+        busiest = c["caller"] if n == 0 else max(c["caller"], c["workers"] / n)
+        bound = min(1e3 / busiest, cores * 1e3 / total) if busiest and total else float("nan")
+        bounds[str(n)] = bound
+        label = f"{n} worker(s)" if n else "in-process"
+        lines.append(
+            f"- CPU per element, {label}: caller {c['caller']:.3f} ms + workers "
+            f"{c['workers']:.3f} ms + Redis {c['redis']:.3f} ms = {total:.3f} ms: at most "
+            f"{bound:,.0f} elements/s on {cores} cores (measured {rate[n]:,.0f})."
+        )
+    ratios["cpu_bound_elements_per_s"] = bounds
     return "\n".join(lines), ratios
 
 
@@ -1350,6 +1691,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     bad = [r for r in report["throughput"] if r.failed or not r.reserved_ok]
     bad += [r for r in report["bulk"] if r.failed_elements or not r.reserved_ok]
+    bad += [r for r in report["map"] if r.failed_runs or not r.effects_ok]
     for r in bad:
         print(f"warning: failures or a reserved count off: {r}")
     for line in warnings:
@@ -1371,6 +1713,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": [asdict(r) for r in report["latency"]],
         "throughput": [asdict(r) for r in report["throughput"]],
         "bulk": [asdict(r) for r in report["bulk"]],
+        "map": [asdict(r) for r in report["map"]],
+        "map_batch_size": MAP_BATCH,
         "worker_pids": report.get("worker_pids"),
         "worker_exit_codes": report["worker_exit_codes"],
         "quiet": {"max_other_cores": QUIET, "waited_s": QUIET_WAITS},
@@ -1412,6 +1756,7 @@ def render(json_path: Path, markdown: Path | None) -> int:
         "latency": [LatencyRow(**floats(r)) for r in out["latency"]],
         "throughput": [ThroughputRow(**floats(r)) for r in out["throughput"]],
         "bulk": [BulkRow(**floats(r)) for r in out["bulk"]],
+        "map": [MapRow(**floats(r)) for r in out.get("map", [])],
     }
     cores = out["machine"]["cpu_count"] or 1
     text, out["ratios"] = summarize(report, Budget(**out["budget"]), cores)

@@ -48,12 +48,14 @@ def test_overhead_quick_runs(redis_url: str, tmp_path: Path) -> None:
 
 def test_distributed_quick_runs(redis_url: str, tmp_path: Path) -> None:
     """benchmarks/distributed.py --quick completes: its worker processes (asaga worker and a
-    plain SAQ worker) start and stop, no run fails, every reserved count is exact, and no
-    Redis key of the run is left."""
+    plain SAQ worker) start and stop, no run fails, every reserved count is exact, every map
+    element's effect on workers happened exactly once, and no Redis key of the run is left."""
     report = run_quick("distributed.py", redis_url, tmp_path / "distributed.json")
     assert [row["requests"] > 0 for row in report["latency"]] == [True, True]
     assert {row["workers"] for row in report["throughput"]} == {0, 1, 2}
     assert all(row["failed"] == 0 and row["reserved_ok"] for row in report["throughput"])
     assert all(row["failed_elements"] == 0 and row["reserved_ok"] for row in report["bulk"])
+    assert {row["workers"] for row in report["map"]} == {0, 1, 2}
+    assert all(row["failed_runs"] == 0 and row["effects_ok"] for row in report["map"])
     assert report["keys_left"] == 0
     assert all(code == 0 for code in report["worker_exit_codes"].values())
