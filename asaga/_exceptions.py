@@ -522,17 +522,32 @@ class RemoteStepFailed(AsagaError):
     worker serves the saga, the worker was lost). ``remote_types`` are the qualified names
     of the raised exception's classes, most derived first: a ``Retry(retry_on=...)`` of
     one of them retries the step as it would a local failure.
+
+    ``in_doubt`` is true when the step may have taken effect (its worker was lost
+    mid-step; it ended but its result could not come back): such an attempt is never
+    retried, and the step is in doubt, as a local step cut off mid-flight (its
+    compensation runs if it is declared ``in_doubt=True``).
     """
 
     step: str
     error: str
     remote_types: tuple[str, ...]
+    in_doubt: bool
 
-    def __init__(self, step: str, error: str, remote_types: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        step: str,
+        error: str,
+        remote_types: tuple[str, ...] = (),
+        *,
+        in_doubt: bool = False,
+    ) -> None:
         self.step = step
         self.error = error
         self.remote_types = remote_types
-        super().__init__(f"step {step!r} failed on its worker: {error}")
+        self.in_doubt = in_doubt
+        doubt = " (in doubt: it may have taken effect)" if in_doubt else ""
+        super().__init__(f"step {step!r} failed on its worker: {error}{doubt}")
 
 
 class QueueNotOpen(AsagaError, LookupError):

@@ -293,6 +293,8 @@ class Saga(metaclass=SagaMeta):
         spec = cls.__asaga__
         if spec is None:
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
+        if spec.queues:  # before any compensation: those on workers need their queues
+            require_queues(spec.queues)
         durability = _durable()
         return await durability.undo(
             spec,

@@ -456,6 +456,12 @@ class Execution:
                         # The cut-off surfaced as an error of the step's own: still in doubt.
                         self._cut_off(name, attempt, started, flight)
                         return None
+                    if getattr(exc, "in_doubt", False) is True:
+                        # It may have taken effect (a step on workers whose worker was
+                        # lost): never retried, in doubt like a step cut off.
+                        self.in_doubt.append(name)
+                        self._fail(name, attempt, duration, exc)
+                        return None
                     error = exc
                 else:
                     error = None

@@ -56,9 +56,11 @@ class JobQueue(Protocol):
         """Wait for the job under ``key`` to end (bound the wait with ``anyio.fail_after``);
         its end."""
 
-    async def abort(self, key: str, reason: str) -> None:
+    async def abort(self, key: str, reason: str, *, settle: float = 0.0) -> None:
         """Abort the job under ``key``: dropped if it waits, its handler cancelled if it
-        runs."""
+        runs. With ``settle`` > 0, wait up to that many seconds for its handler to end;
+        a job whose handler has not ended by then (its worker is dead) is ended as
+        aborted."""
 
     async def state(self, key: str) -> JobState:
         """Where the job under ``key`` stands now."""

@@ -35,7 +35,7 @@ import structlog
 
 from .._annotations import EMPTY
 from .._events import RunContext
-from .._exceptions import NotRecordable, RemoteStepFailed
+from .._exceptions import NotRecordable, RemoteStepFailed, SagaDefinitionError
 from .._graph import RUN_ID, CompNode, Node, Plan
 from .._nested import CallUndo, FunctionElement, Map
 from .._observer import Observer, Undoable
@@ -159,13 +159,17 @@ class OnWorkers:
             "run_id": run_id,
             "arguments": packed,
         }
-        # A job whose worker dies is given to another only if running it again is safe.
-        await queue.enqueue(key, arguments, retries=None if self._idempotent else 1)
         try:
+            # A job whose worker dies is given to another only if running it again is safe.
+            await queue.enqueue(key, arguments, retries=None if self._idempotent else 1)
             end = await queue.wait(key)
         except BaseException:  # cancelled: the attempt's timeout, or its run's end
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_ABORT_WAIT):
-                await queue.abort(key, f"the {self.kind} of step {self.step!r} was cancelled")
+            # Shielded: the job is aborted, and its step on the worker known to have
+            # stopped, before the run goes on (to another attempt, to compensations).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * _ABORT_WAIT):
+                await queue.abort(
+                    key, f"the {self.kind} of step {self.step!r} was cancelled", settle=_ABORT_WAIT
+                )
             raise
         return self._outcome(end)
 
@@ -179,20 +183,24 @@ class OnWorkers:
                     return self._decoder.decode(base64.b64decode(found["result"]))
                 except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                     raise RemoteStepFailed(
-                        self.step, f"its result does not decode as its return type: {exc}"
+                        self.step,
+                        f"it ended, but its result does not decode as its return type: {exc}",
+                        in_doubt=True,
                     ) from exc
             if "error" in found:
                 types = found.get("types")
                 names = (
                     tuple(t for t in types if isinstance(t, str)) if isinstance(types, list) else ()
                 )
-                raise RemoteStepFailed(self.step, str(found["error"]), names)
+                doubt = found.get("in_doubt") is True
+                raise RemoteStepFailed(self.step, str(found["error"]), names, in_doubt=doubt)
             if "refused" in found:
                 raise RemoteStepFailed(self.step, f"refused: {found['refused']}")
         why = f"its job is {end.state}" + (f" ({end.error})" if end.error else "")
-        if end.state in ("failed", "aborted") and not self._idempotent:
+        lost = end.state in ("failed", "aborted") and not self._idempotent
+        if lost:
             why += "; its worker may have been lost mid-step, so whether it took effect is unknown"
-        raise RemoteStepFailed(self.step, why)
+        raise RemoteStepFailed(self.step, why, in_doubt=lost)
 
 
 REMOTE_KINDS = ("step", "compensate", "element", "undo_element")
@@ -249,9 +257,11 @@ def on_workers(plan: Plan, saga_version: str) -> Plan:
     workers gets a :class:`RemoteElement`."""
     resources = {name for name, i in plan.inputs.items() if i.resource}
     nodes = dict(plan.nodes)
+    problems: list[str] = []
     for name, node in plan.nodes.items():
         if node.queue is None:
             continue
+        problems.extend(_travel_problems(node, resources))
         if isinstance(node.invoke, Map) and isinstance(node.invoke.element, FunctionElement):
             invoke = copy.copy(node.invoke)
             invoke.element = _remote_element(plan, saga_version, node, node.invoke.element)
@@ -270,7 +280,40 @@ def on_workers(plan: Plan, saga_version: str) -> Plan:
             params=_with_run_id(node.params),
             compensation=comp,
         )
+    if problems:
+        raise SagaDefinitionError(plan.saga, problems)
     return replace(plan, nodes=MappingProxyType(nodes))
+
+
+def _travel_problems(node: Node, resources: set[str]) -> list[str]:
+    """What of a step on workers cannot travel: a parameter's or the result's type that
+    MessagePack cannot carry (a resource stays: the worker has its own)."""
+    if node.invoke is not None:
+        return []  # a map's function is read when it runs
+    problems = []
+    typed = [(f"parameter {p!r}", t) for p, t in (node.types or {}).items() if p not in resources]
+    comp = node.compensation
+    if comp is not None:
+        typed += [
+            (f"parameter {p!r} of its compensation", t)
+            for p, t in (comp.types or {}).items()
+            if p not in resources and p != node.name
+        ]
+    if node.returns is not EMPTY:
+        typed.append(("its result", node.returns))
+    for what, annotation in typed:
+        if annotation is EMPTY:
+            continue
+        try:  # msgspec builds a decoder for any class; its schema only for data types
+            msgspec.json.schema(annotation)
+        except TypeError:
+            problems.append(
+                f"step '{node.name}' runs on workers, but {what} is a "
+                f"{getattr(annotation, '__qualname__', annotation)!s}, which cannot travel "
+                "there: use plain data, a msgspec Struct or a dataclass (an object the worker "
+                "has is a Resource[...] input of the saga)"
+            )
+    return problems
 
 
 def _call(
@@ -361,8 +404,13 @@ async def handle_remote(
         raw = _unpack(arguments.get("arguments"))
         if not isinstance(raw, dict):
             raise ValueError("not a mapping")
+        # A compensation in doubt gets None for the step's result, whatever its annotation
+        # (as it does in the run's own process).
+        passes_none = kind == "compensate"
         kwargs = {
-            name: value if types.get(name, EMPTY) is EMPTY else msgspec.convert(value, types[name])
+            name: value
+            if types.get(name, EMPTY) is EMPTY or (value is None and passes_none)
+            else msgspec.convert(value, types[name])
             for name, value in raw.items()
             if name in types
         }
@@ -387,6 +435,7 @@ async def handle_remote(
             "error": f"step {step!r} returned a {type(result).__qualname__}, which cannot be "
             f"sent back from its worker ({exc}): return a Struct, a dataclass or plain data",
             "types": [],
+            "in_doubt": True,  # it ended: whatever it did, it did
         }
 
 

@@ -273,7 +273,7 @@ class Served:
     whole runs, needs no ``runs``: ``Served(sagas=[Checkout], resources={...})``.
     """
 
-    __slots__ = ("resources", "runs", "sagas", "specs")
+    __slots__ = ("resources", "runs", "sagas", "specs", "step_specs")
 
     def __init__(
         self,
@@ -301,6 +301,16 @@ class Served:
                 raise ValueError(f"saga {spec.plan.saga} needs the resources {missing}")
             specs[spec.plan.saga] = spec
         self.specs = specs
+        # Steps on workers are also those of the sagas these compose or map.
+        step_specs = dict(specs)
+        todo = list(specs.values())
+        while todo:
+            for node in todo.pop().plan.nodes.values():
+                for sub in node.invoke.sagas if node.invoke is not None else ():
+                    if sub.plan.saga not in step_specs:
+                        step_specs[sub.plan.saga] = sub
+                        todo.append(sub)
+        self.step_specs = step_specs
 
 
 async def handle_job(
@@ -317,7 +327,7 @@ async def handle_job(
     if arguments.get("kind") in REMOTE_KINDS:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_beating, beat, every, name="heartbeat of a step on workers")
-            outcome = await handle_remote(served.specs, served.resources, arguments)
+            outcome = await handle_remote(served.step_specs, served.resources, arguments)
             tg.cancel_scope.cancel()
         return outcome
     saga, run_id = str(arguments.get("saga")), str(arguments.get("run_id"))
@@ -417,6 +427,20 @@ async def serve(
         concurrency=concurrency,
         sagas=sorted(served.specs),
     )
+    if served.runs is not None:
+        same = sorted(
+            f"{spec.plan.saga}.{step}"
+            for spec in served.specs.values()
+            for step, q in spec.queues.items()
+            if q == queue.name
+        )
+        if same:
+            # Each run would hold a job slot while it waits for its step's job, which
+            # needs a free one: with as many runs as slots, every run waits forever.
+            raise ValueError(
+                f"steps {same} run on the workers of queue {queue.name!r}, where this "
+                "worker runs whole runs of their sagas: give the steps a queue of their own"
+            )
     # The queues of the served sagas' steps on workers, open for the runs served here.
     others = sorted(
         q

@@ -183,6 +183,22 @@ class SaqQueue:
                 break
             await anyio.sleep(0.001)
 
+    async def _abort_when_told(self, job: Job, worker: Worker[Any]) -> None:
+        """Abort ``job`` (its handler is cancelled) as soon as its abort is published.
+        SAQ's own check runs every second and skips the jobs that started less than a
+        second ago: a short step whose attempt timed out would go on to its end."""
+        mux = getattr(self.saq, "_pubsub", None)
+        if not isinstance(mux, Multiplexer):  # pragma: no cover - from_url makes a RedisQueue
+            return
+        await self._keep_subscribed(mux)
+        inbox = await mux.subscribe(job.id)
+        try:
+            while _status(await inbox.get()) not in (Status.ABORTING, Status.ABORTED):
+                pass
+        finally:
+            await mux.unsubscribe(inbox)
+        await worker.abort(0)  # SAQ's abort of every job marked aborting, now
+
     async def _wait_refreshing(self, key: str) -> JobEnd:
         while True:
             job = await self.saq.job(key)
@@ -197,10 +213,22 @@ class SaqQueue:
             if job.status in TERMINAL_STATUSES:
                 return _end(job)
 
-    async def abort(self, key: str, reason: str) -> None:
+    async def abort(self, key: str, reason: str, *, settle: float = 0.0) -> None:
+        job = await self.saq.job(key)
+        if job is None or job.status in TERMINAL_STATUSES:
+            return
+        await self.saq.abort(job, reason)
+        if settle <= 0:
+            return
+        with anyio.move_on_after(settle):
+            await self.wait(key)
+            return
+        # SAQ's abort takes a running job off the active list: only its worker would end
+        # it, and no sweep sees it again. Its worker is dead or wedged: end it here (its
+        # data then expires like any finished job's).
         job = await self.saq.job(key)
         if job is not None and job.status not in TERMINAL_STATUSES:
-            await self.saq.abort(job, reason)
+            await self.saq.finish(job, Status.ABORTED, error=reason)
 
     async def state(self, key: str) -> JobState:
         job = await self.saq.job(key)
@@ -233,7 +261,12 @@ class SaqQueue:
             async def beat() -> None:
                 await job.update()  # touched: SAQ's sweep sees the job alive
 
-            return await handler(arguments, beat)
+            watch = asyncio.ensure_future(self._abort_when_told(job, worker))
+            try:
+                return await handler(arguments, beat)
+            finally:
+                if not watch.done():
+                    watch.cancel()
 
         worker = Worker(
             self.saq,
@@ -273,6 +306,27 @@ def _careful_sweeps(queue: Queue) -> None:
         return await _sweep(queue, seen, lock=lock, abort=abort)
 
     queue.sweep = careful  # type: ignore[method-assign]  # SAQ's Worker has no option for it
+    retry = queue.retry
+
+    async def retry_if_retryable(job: Job, error: str | None) -> None:
+        await _retry_if_retryable(queue, job, error, retry)
+
+    queue.retry = retry_if_retryable  # type: ignore[method-assign]
+
+
+async def _retry_if_retryable(
+    queue: Queue,
+    job: Job,
+    error: str | None,
+    retry: Callable[[Job, str | None], Awaitable[None]],
+) -> None:
+    """SAQ's retry, except for a job given out as many times as it may be: ended as
+    aborted. SAQ's worker gives a job it cancels as it shuts down out again without
+    asking, and the job of a step on workers that is not idempotent may run once only."""
+    if job.retryable:
+        await retry(job, error)
+    else:
+        await queue.finish(job, Status.ABORTED, error=error or "cancelled")
 
 
 _SWEEP_SCRIPT = """
@@ -356,6 +410,9 @@ class _RedisQueue(RedisQueue):
 
     async def sweep(self, lock: int = 60, abort: float = _SWEEP_ABORT) -> list[str]:
         return await _sweep(self, self._queued_at_last_sweep, lock=lock, abort=abort)
+
+    async def retry(self, job: Job, error: str | None) -> None:
+        await _retry_if_retryable(self, job, error, super().retry)
 
     async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
         if not status:  # a heartbeat: SAQ keeps the stored status (read first)

@@ -283,10 +283,10 @@ class Opaque:
 
 def make_opaque(queue: str) -> Any:
     class Sends(Saga):
-        thing: Opaque
+        thing: Any  # whatever it is: found out when it is sent
 
         @step(queue=queue)
-        async def use(thing: Opaque) -> str:
+        async def use(thing: Any) -> str:
             return "never"
 
     return Sends
@@ -511,3 +511,190 @@ async def test_a_composed_saga_sends_its_step_to_the_workers(world: dict[str, An
     assert result.output.startswith("shipped c-")  # the child run's id
     assert worker.calls == ["worker: charge 10 for r-o-10"]
     assert caller.calls == ["caller: reserve o-10", "caller: ship 10"]
+
+
+# -- cut off, lost, refused -----------------------------------------------------------------------
+
+
+def make_slow(queue: str) -> Any:
+    """A step on workers that takes longer than its timeout, retried on TimeoutError; and
+    one whose compensation runs in doubt."""
+
+    class Slow(Saga):
+        order_id: str
+        bank: Resource[Bank]
+
+        @step(
+            queue=queue,
+            timeout=0.2,
+            retry=Retry(max_attempts=2, base_delay=0.01, retry_on=TimeoutError),
+        )
+        async def pay(order_id: str, bank: Bank) -> Charge:
+            bank.calls.append(f"{bank.who}: pay start")
+            bank.entered.set()
+            await anyio.sleep(1.5)  # a timeout the worker's attempt must not outlive
+            bank.calls.append(f"{bank.who}: pay done")
+            return Charge(charge_id=order_id, amount=1)
+
+        @pay.compensate(in_doubt=True)
+        async def unpay(pay: Charge, order_id: str, bank: Bank) -> None:
+            bank.calls.append(f"{bank.who}: unpay {pay!r}")
+
+    return Slow
+
+
+async def test_an_attempt_that_times_out_is_stopped_on_its_worker_before_the_next(
+    redis_url: str, client: aioredis.Redis
+) -> None:
+    name = f"pay-{uuid.uuid4().hex[:10]}"
+    slow, worker = make_slow(name), Bank("worker")
+    stop = anyio.Event()
+    try:
+        async with (
+            SaqQueue.from_url(redis_url, name=name, heartbeat=5) as workers,
+            anyio.create_task_group() as tg,
+        ):
+            served = Served(sagas=[slow], resources={"bank": worker})
+            tg.start_soon(
+                lambda: serve(workers, served, concurrency=4, shutdown_grace=1, stop=stop)
+            )
+            async with SaqQueue.from_url(redis_url, name=name, heartbeat=5):
+                with anyio.fail_after(20), pytest.raises(SagaFailed) as caught:
+                    await slow.run(order_id="o-11", bank=Bank("caller"))
+            calls = list(worker.calls)  # as the run ends: each attempt was stopped first
+            stop.set()
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"saq:*{name}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    # Two attempts, each cut on the worker (never "pay done"); a timed-out attempt failed,
+    # as a local one does (not in doubt: no compensation).
+    assert calls == ["worker: pay start", "worker: pay start"]
+
+
+async def test_a_worker_stopped_mid_step_leaves_it_in_doubt_never_run_twice(
+    redis_url: str, client: aioredis.Redis
+) -> None:
+    """SAQ gives a job its worker cancels at shutdown out again: not a step's that is
+    not idempotent. Its attempt is in doubt: not retried (though its Retry would), its
+    in-doubt compensation runs, on the other worker."""
+    name = f"pay-{uuid.uuid4().hex[:10]}"
+
+    class Lost(Saga):
+        order_id: str
+        bank: Resource[Bank]
+
+        @step(queue=name, retry=Retry(max_attempts=3, base_delay=0.01))
+        async def pay(order_id: str, bank: Bank) -> Charge:
+            bank.calls.append(f"{bank.who}: pay start")
+            bank.entered.set()
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        @pay.compensate(in_doubt=True)
+        async def unpay(pay: Charge, bank: Bank) -> None:
+            bank.calls.append(f"{bank.who}: unpay {pay!r}")
+
+    first, second = Bank("first"), Bank("second")
+    stop_first, stop_second = anyio.Event(), anyio.Event()
+    try:
+        async with (
+            SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue_1,
+            SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue_2,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(
+                lambda: serve(
+                    queue_1,
+                    Served(sagas=[Lost], resources={"bank": first}),
+                    concurrency=1,
+                    shutdown_grace=0,
+                    stop=stop_first,
+                )
+            )
+            async with (
+                SaqQueue.from_url(redis_url, name=name, heartbeat=5),
+                anyio.create_task_group() as run_tg,
+            ):
+
+                async def run() -> None:
+                    with pytest.raises(SagaFailed) as caught:
+                        await Lost.run(order_id="o-12", bank=Bank("caller"))
+                    box.append(caught.value)
+
+                box: list[SagaFailed] = []
+                with anyio.fail_after(20):
+                    run_tg.start_soon(run)
+                    await first.entered.wait()
+                    tg.start_soon(
+                        lambda: serve(
+                            queue_2,
+                            Served(sagas=[Lost], resources={"bank": second}),
+                            concurrency=1,
+                            shutdown_grace=1,
+                            stop=stop_second,
+                        )
+                    )
+                    stop_first.set()  # shutdown_grace=0: its running job is cancelled
+            stop_second.set()
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"saq:*{name}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    (failed,) = box
+    error = failed.__cause__
+    assert isinstance(error, RemoteStepFailed)
+    assert error.in_doubt
+    assert first.calls == ["first: pay start"]
+    assert second.calls == ["second: unpay None"]  # never "pay start" again
+    assert failed.compensated == ("pay",)
+
+
+async def test_a_worker_refuses_runs_whose_steps_go_to_its_own_queue(
+    redis_url: str, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    name = f"pay-{uuid.uuid4().hex[:10]}"
+    checkout = make_checkout(name)
+    async with (
+        RedisRunStore(client, prefix=redis_prefix) as runs,
+        SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue,
+    ):
+        served = Served(sagas=[checkout], runs=runs, resources={"bank": Bank("w")})
+        with pytest.raises(ValueError, match="give the steps a queue of their own"):
+            await serve(queue, served, concurrency=2, stop=anyio.Event())
+
+
+async def test_undo_of_a_saga_whose_queue_is_not_open_is_refused_before_any_compensation(
+    world: dict[str, Any], redis_prefix: str, client: aioredis.Redis
+) -> None:
+    checkout, caller = world["saga"], world["caller"]
+    async with RedisRunStore(client, prefix=redis_prefix) as runs:
+        with anyio.fail_after(10):
+            await checkout.run(order_id="o-13", amount=5, bank=caller, runs=runs, run_id="run-13")
+        # The same saga, its step on a queue not open in this process.
+        elsewhere = make_checkout(f"closed-{uuid.uuid4().hex[:8]}")
+        with pytest.raises(QueueNotOpen):
+            await elsewhere.undo("run-13", runs=runs, bank=caller)
+        assert (await runs.load("run-13")).status == "succeeded"
+    assert "caller: unreserve o-13" not in caller.calls
+
+
+class Receipt:
+    """Not data either."""
+
+
+def test_a_step_on_workers_whose_result_or_argument_cannot_travel_is_a_definition_error() -> None:
+    with pytest.raises(SagaDefinitionError) as caught:
+
+        class Broken(Saga):
+            order_id: str
+            thing: Opaque
+
+            @step(queue="payments")
+            async def charge(order_id: str, thing: Opaque) -> Receipt:
+                return Receipt()
+
+    text = str(caught.value)
+    assert "step 'charge' runs on workers, but parameter 'thing' is a Opaque" in text
+    assert "step 'charge' runs on workers, but its result is a " in text
