@@ -19,7 +19,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
@@ -573,17 +581,29 @@ class FunctionElement:
         key: str,
         observer: Observer | None,
     ) -> tuple[Any, Undoable | None]:
-        args = {child: kwargs[parent] for child, parent in self.fn_sources if parent in kwargs}
-        args[self.item] = item
-        value = await self.fn(**args)
+        value = await self.fn(**self.arguments(item, kwargs))
         if self.undo_fn is None:
             return value, None
-        undo_args = {c: kwargs[p] for c, p in self.undo_sources if p in kwargs}
+        return value, CallUndo(self.undo_fn, self.undo_arguments(item, kwargs, value), label)
+
+    def arguments(
+        self, item: Any, kwargs: Mapping[str, Any], skip: Container[str] = ()
+    ) -> dict[str, Any]:
+        """The function's arguments for element ``item`` (but those named in ``skip``)."""
+        args = {c: kwargs[p] for c, p in self.fn_sources if p in kwargs and c not in skip}
+        args[self.item] = item
+        return args
+
+    def undo_arguments(
+        self, item: Any, kwargs: Mapping[str, Any], value: Any, skip: Container[str] = ()
+    ) -> dict[str, Any]:
+        """The undo's arguments for element ``item`` whose result is ``value``."""
+        args = {c: kwargs[p] for c, p in self.undo_sources if p in kwargs and c not in skip}
         if self.item in self.undo_params:
-            undo_args[self.item] = item
+            args[self.item] = item
         if self.result_name in self.undo_params:
-            undo_args[self.result_name] = value
-        return value, CallUndo(self.undo_fn, undo_args, label)
+            args[self.result_name] = value
+        return args
 
 
 class CallUndo:

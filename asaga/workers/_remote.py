@@ -229,20 +229,13 @@ class RemoteElement:
         observer: Observer | None,
     ) -> tuple[Any, Undoable | None]:
         local = self.local
-        skip = self.call.resources
-        args = {c: kwargs[p] for c, p in local.fn_sources if p in kwargs and c not in skip}
-        args[local.item] = item
-        value = await self.call.send(context.run_id, args)
+        value = await self.call.send(
+            context.run_id, local.arguments(item, kwargs, self.call.resources)
+        )
         undo = self.undo
         if undo is None:
             return value, None
-        undo_args = {
-            c: kwargs[p] for c, p in local.undo_sources if p in kwargs and c not in undo.resources
-        }
-        if local.item in local.undo_params:
-            undo_args[local.item] = item
-        if local.result_name in local.undo_params:
-            undo_args[local.result_name] = value
+        undo_args = local.undo_arguments(item, kwargs, value, undo.resources)
         run_id = context.run_id
 
         async def send_undo() -> None:
