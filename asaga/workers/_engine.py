@@ -72,10 +72,13 @@ class JobQueue(Protocol):
         concurrency: int,
         shutdown_grace: float,
         stopping: Callable[[], Awaitable[None]],
+        quick_aborts: bool = False,
     ) -> None:
         """Run ``handler`` for the jobs of this queue, ``concurrency`` at a time, until
         ``stopping()`` returns; then take no new job, give the running ones
-        ``shutdown_grace`` seconds, cancel the rest, and return."""
+        ``shutdown_grace`` seconds, cancel the rest, and return. ``quick_aborts``: cancel
+        a job's handler as soon as its abort is told (steps on workers, whose timeouts
+        are short), rather than within a second or two."""
 
     def sibling(self, name: str) -> JobQueue:
         """The queue named ``name`` of the same engine and connection (open it with

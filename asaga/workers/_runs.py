@@ -458,6 +458,11 @@ async def serve(
                 concurrency=concurrency,
                 shutdown_grace=shutdown_grace,
                 stopping=stopping,
+                quick_aborts=any(  # this queue runs steps on workers
+                    q == queue.name
+                    for spec in served.step_specs.values()
+                    for q in spec.queues.values()
+                ),
             )
         finally:
             tg.cancel_scope.cancel()
