@@ -167,9 +167,16 @@ class OnWorkers:
             # Shielded: the job is aborted, and its step on the worker known to have
             # stopped, before the run goes on (to another attempt, to compensations).
             with anyio.CancelScope(shield=True), anyio.move_on_after(2 * _ABORT_WAIT):
-                await queue.abort(
-                    key, f"the {self.kind} of step {self.step!r} was cancelled", settle=_ABORT_WAIT
-                )
+                try:
+                    await queue.abort(
+                        key,
+                        f"the {self.kind} of step {self.step!r} was cancelled",
+                        settle=_ABORT_WAIT,
+                    )
+                except Exception as exc:  # noqa: BLE001 - Redis away: what failed goes on up
+                    _logger.warning(
+                        "step_job_abort_failed", step=self.step, job=key, error=repr(exc)
+                    )
             raise
         return self._outcome(end)
 
@@ -281,9 +288,9 @@ def on_workers(plan: Plan, saga_version: str) -> Plan:
 def _travel_problems(node: Node, resources: set[str]) -> list[str]:
     """What of a step on workers cannot travel: a parameter's or the result's type that
     MessagePack cannot carry (a resource stays: the worker has its own)."""
-    if node.invoke is not None:
-        return []  # a map's function is read when it runs
-    problems = []
+    element = node.invoke.element if isinstance(node.invoke, Map) else None
+    if isinstance(element, FunctionElement):
+        return _travel_problems_of_map(node.name, element, resources)
     typed = [(f"parameter {p!r}", t) for p, t in (node.types or {}).items() if p not in resources]
     comp = node.compensation
     if comp is not None:
@@ -294,6 +301,30 @@ def _travel_problems(node: Node, resources: set[str]) -> list[str]:
         ]
     if node.returns is not EMPTY:
         typed.append(("its result", node.returns))
+    return _untravelled(node.name, typed)
+
+
+def _travel_problems_of_map(name: str, element: FunctionElement, resources: set[str]) -> list[str]:
+    """:func:`_travel_problems` of a map on workers: its function's and its undo's."""
+    typed: list[tuple[str, Any]] = []
+    for fn, sources in ((element.fn, element.fn_sources), (element.undo_fn, element.undo_sources)):
+        if fn is None:
+            continue
+        stays = {child for child, parent in sources if parent in resources}
+        label = getattr(fn, "__name__", "function")
+        sig = Signature.read(fn, "mapped function")
+        typed += [
+            (f"parameter {p.name!r} of {label}", p.annotation)
+            for p in sig.params
+            if p.name not in stays
+        ]
+        if fn is element.fn and sig.returns is not EMPTY:
+            typed.append((f"the result of {label}", sig.returns))
+    return _untravelled(name, typed)
+
+
+def _untravelled(name: str, typed: list[tuple[str, Any]]) -> list[str]:
+    problems = []
     for what, annotation in typed:
         if annotation is EMPTY:
             continue
@@ -301,7 +332,7 @@ def _travel_problems(node: Node, resources: set[str]) -> list[str]:
             msgspec.json.schema(annotation)
         except TypeError:
             problems.append(
-                f"step '{node.name}' runs on workers, but {what} is a "
+                f"step '{name}' runs on workers, but {what} is a "
                 f"{getattr(annotation, '__qualname__', annotation)!s}, which cannot travel "
                 "there: use plain data, a msgspec Struct or a dataclass (an object the worker "
                 "has is a Resource[...] input of the saga)"

@@ -698,3 +698,18 @@ def test_a_step_on_workers_whose_result_or_argument_cannot_travel_is_a_definitio
     text = str(caught.value)
     assert "step 'charge' runs on workers, but parameter 'thing' is a Opaque" in text
     assert "step 'charge' runs on workers, but its result is a " in text
+
+
+async def opaque_line(line: Line) -> Receipt:
+    return Receipt()
+
+
+def test_a_map_on_workers_whose_result_cannot_travel_is_a_definition_error() -> None:
+    with pytest.raises(SagaDefinitionError) as caught:
+
+        class Broken(Saga):
+            lines: list[Line]
+
+            there = map_each(opaque_line, over="lines", queue="payments")
+
+    assert "runs on workers, but the result of opaque_line is a " in str(caught.value)
