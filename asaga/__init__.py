@@ -10,13 +10,19 @@ from ._annotations import Resource as Resource
 from ._exceptions import AsagaError as AsagaError
 from ._exceptions import CompensationFailed as CompensationFailed
 from ._exceptions import CorruptRecord as CorruptRecord
+from ._exceptions import DuplicateEvent as DuplicateEvent
+from ._exceptions import EventRefused as EventRefused
 from ._exceptions import FieldError as FieldError
+from ._exceptions import Halt as Halt
 from ._exceptions import IdempotencyKeyReused as IdempotencyKeyReused
 from ._exceptions import InputValidationError as InputValidationError
+from ._exceptions import InvalidEvent as InvalidEvent
+from ._exceptions import NotParked as NotParked
 from ._exceptions import NotRecordable as NotRecordable
 from ._exceptions import RecordedError as RecordedError
 from ._exceptions import RecordTooLarge as RecordTooLarge
 from ._exceptions import RunNotFound as RunNotFound
+from ._exceptions import RunParked as RunParked
 from ._exceptions import RunRecordLost as RunRecordLost
 from ._exceptions import RunStoreError as RunStoreError
 from ._exceptions import RunTakenOver as RunTakenOver
@@ -24,6 +30,7 @@ from ._exceptions import SagaDefinitionError as SagaDefinitionError
 from ._exceptions import SagaFailed as SagaFailed
 from ._exceptions import StoreUnavailable as StoreUnavailable
 from ._exceptions import UndoFailed as UndoFailed
+from ._exceptions import WaitInfo as WaitInfo
 from ._nested import ElementFailure as ElementFailure
 from ._nested import ElementSuccess as ElementSuccess
 from ._nested import MapFailed as MapFailed
@@ -38,6 +45,9 @@ from ._saga import wire as _wire
 from ._step import Compensation as Compensation
 from ._step import Step as Step
 from ._step import step as step
+from ._waits import sleep_for as sleep_for
+from ._waits import sleep_until as sleep_until
+from ._waits import wait_for as wait_for
 from .events import CompensationFailedEvent as CompensationFailedEvent
 from .events import CompensationStarted as CompensationStarted
 from .events import CompensationSucceeded as CompensationSucceeded
@@ -73,17 +83,22 @@ __all__ = [
     "CompensationStarted",
     "CompensationSucceeded",
     "CorruptRecord",
+    "DuplicateEvent",
     "ElementFailure",
     "ElementSuccess",
     "Event",
     "EventKind",
+    "EventRefused",
     "FieldError",
+    "Halt",
     "Hook",
     "IdempotencyKeyReused",
     "InputValidationError",
+    "InvalidEvent",
     "Lock",
     "MapFailed",
     "MapResult",
+    "NotParked",
     "NotRecordable",
     "RecordTooLarge",
     "RecordedError",
@@ -91,6 +106,7 @@ __all__ = [
     "Retry",
     "RunFailed",
     "RunNotFound",
+    "RunParked",
     "RunRecordLost",
     "RunStarted",
     "RunStoreError",
@@ -109,9 +125,13 @@ __all__ = [
     "StepSucceeded",
     "StoreUnavailable",
     "UndoFailed",
+    "WaitInfo",
     "compose",
     "map_each",
+    "sleep_for",
+    "sleep_until",
     "step",
+    "wait_for",
 ]
 
 # Tracebacks and reprs say `asaga.Saga`, not `asaga._saga.Saga`.

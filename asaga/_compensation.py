@@ -142,7 +142,8 @@ class Unwind:
         assert observer is not None
         found: dict[str, Undoable] = {}
         for name in completed:
-            if nodes[name].invoke is not None and name not in undos:
+            invoke = nodes[name].invoke
+            if invoke is not None and invoke.nested and name not in undos:
                 handle = observer.undo_of(name, self._values)
                 if handle is not None:
                     found[name] = handle

@@ -34,6 +34,12 @@
     ├── RemoteStepFailed         asaga.workers: a step on workers (@step(queue=...)) failed
     │                            there; names what it raised
     ├── QueueNotOpen             a step's queue is not open in the process running the saga
+    ├── RunParked                a durable run stopped to wait (an event, a timer, a halt):
+    │                            its record says what for; it goes on when that comes
+    ├── NotParked                resume() or cancel() of a run that is not parked so
+    ├── EventRefused             a delivered event was refused; the run (if any) still waits
+    │   ├── DuplicateEvent       an event for that key was delivered already
+    │   └── InvalidEvent         its payload does not fit the waiting step's type
     ├── MalformedBody            asaga.integrations.inputs: a request body that is not a
     │                            JSON object (a ValueError too)
     └── ClientDisconnected       asaga.integrations.fastapi: the client went away before
@@ -41,6 +47,10 @@
 
     RecordedError                not an AsagaError: a failure a durable run's record
                                  remembers (only its repr), the cause of a replayed failure
+    Halt                         not an AsagaError: raised by a step to halt its run
+                                 without unwinding (a durable run parks; resume() re-runs
+                                 that step)
+    Parking                      (internal) a waiting step parks its durable run
 
 Every exception carries structured fields (``saga``, ``run_id``, ``step``, ``keys``...) so
 that handlers can map them to responses without parsing messages. Two records travel with
@@ -61,10 +71,14 @@ __all__ = [
     "ClientDisconnected",
     "CompensationFailed",
     "CorruptRecord",
+    "DuplicateEvent",
     "ElementFailure",
+    "EventRefused",
     "FieldError",
+    "Halt",
     "IdempotencyKeyReused",
     "InputValidationError",
+    "InvalidEvent",
     "JobFailed",
     "LeaseError",
     "LeaseLost",
@@ -73,7 +87,9 @@ __all__ = [
     "MalformedBody",
     "MapAbandoned",
     "MapFailed",
+    "NotParked",
     "NotRecordable",
+    "Parking",
     "QueueNotOpen",
     "RecordTooLarge",
     "RecordedError",
@@ -81,6 +97,7 @@ __all__ = [
     "RunCancelled",
     "RunExists",
     "RunNotFound",
+    "RunParked",
     "RunRecordLost",
     "RunStoreError",
     "RunTakenOver",
@@ -89,6 +106,7 @@ __all__ = [
     "StaleWrite",
     "StoreUnavailable",
     "UndoFailed",
+    "WaitInfo",
     "needs_repair",
 ]
 
@@ -587,6 +605,113 @@ class ClientDisconnected(AsagaError):
 
     def __init__(self) -> None:
         super().__init__("the client disconnected before the response; the work was cancelled")
+
+
+class WaitInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What one step of a parked run waits for."""
+
+    step: str
+    """The waiting step (for a step of a composed child run: ``"<step>/<child step>"``)."""
+    kind: str
+    """``"event"`` (:func:`~asaga.wait_for`), ``"timer"`` (:func:`~asaga.sleep_for`,
+    :func:`~asaga.sleep_until`) or ``"halt"`` (the step raised :class:`Halt`)."""
+    key: str | None = None
+    """The event's correlation key (events only)."""
+    until: float | None = None
+    """Wall-clock time (epoch seconds) the wait ends: an event's deadline (then the step
+    fails with a ``TimeoutError``), a timer's wake-up; ``None``: no deadline."""
+    reason: str | None = None
+    """Why a halted step halted (the :class:`Halt`'s message)."""
+
+
+class Parking(Exception):
+    """Raised by a waiting step of a durable run (internal): the run stops starting steps
+    that depend on it, lets the others finish, and parks."""
+
+    def __init__(self, info: WaitInfo) -> None:
+        self.info = info
+        super().__init__(f"step {info.step!r} waits ({info.kind})")
+
+
+class Halt(Exception):
+    """Raise it in a step to halt the run without unwinding: a durable run parks (its
+    record says ``waiting``, the step ``halted``), and :meth:`Saga.resume` runs it on from
+    that step, which runs again. Steps in other branches finish first. A run that is not
+    durable cannot be resumed: there the step fails with this exception."""
+
+    reason: str
+
+    def __init__(self, reason: str = "halted") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RunParked(AsagaError):
+    """A durable run stopped to wait: for an event (:func:`~asaga.wait_for`), a timer, or
+    because a step halted it. Nothing was undone; its record says ``waiting`` and what for
+    (``waits``). It goes on in whatever process delivers the event
+    (:meth:`Saga.deliver`), resumes it (:meth:`Saga.resume`), or finds its timer due or
+    its deadline passed (:func:`asaga.runs.recover`)."""
+
+    saga: str
+    run_id: str
+    waits: tuple[WaitInfo, ...]
+
+    def __init__(self, saga: str, run_id: str, waits: Sequence[WaitInfo]) -> None:
+        self.saga = saga
+        self.run_id = run_id
+        self.waits = tuple(waits)
+        what = ", ".join(f"{w.step} ({w.kind}{': ' + w.key if w.key else ''})" for w in self.waits)
+        super().__init__(f"run {run_id} of saga {saga} is parked, waiting: {what}")
+
+
+class NotParked(AsagaError):
+    """:meth:`Saga.resume` or :meth:`Saga.cancel` of a run that is not parked (it runs,
+    finished, or waits for something else than asked)."""
+
+    run_id: str
+    status: str
+
+    def __init__(self, run_id: str, status: str, message: str | None = None) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(message or f"run {run_id} is not parked (its status is {status})")
+
+
+class EventRefused(AsagaError):
+    """An event delivered with :meth:`Saga.deliver` was refused: nothing was kept, and a
+    run that waits for it still waits. ``reason`` says why."""
+
+    key: str
+    reason: str
+    run_id: str | None
+
+    def __init__(self, key: str, reason: str, run_id: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.run_id = run_id
+        super().__init__(f"event {key!r} refused: {reason}")
+
+
+class DuplicateEvent(EventRefused):
+    """An event for that key was delivered already (kept for a run, or consumed by one)."""
+
+
+class InvalidEvent(EventRefused):
+    """The payload does not fit the type the waiting step declares. The run keeps
+    waiting, until more bad payloads came than the step tolerates: then the step fails
+    and the run unwinds (``run_failed``)."""
+
+    errors: str
+    run_failed: bool
+
+    def __init__(
+        self, key: str, errors: str, run_id: str | None = None, *, run_failed: bool = False
+    ) -> None:
+        self.errors = errors
+        self.run_failed = run_failed
+        after = "; the run failed: too many bad payloads" if run_failed else ""
+        super().__init__(key, f"invalid payload: {errors}{after}", run_id)
 
 
 def needs_repair(exc: BaseException) -> bool:

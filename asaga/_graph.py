@@ -546,7 +546,8 @@ def _compensation(
     in_doubt: object = c.in_doubt
     if not isinstance(in_doubt, bool):
         problems.append(f"{what}: in_doubt={in_doubt!r}: set it to True or False")
-    if nodes.by_name[target].invoke is not None:
+    target_invoke = nodes.by_name[target].invoke
+    if target_invoke is not None and target_invoke.nested:
         problems.append(
             f"{what}: '{target}' is a composed or mapped step, undone by its sub-runs' "
             "own compensations (or map_each's undo=); it takes no compensation"

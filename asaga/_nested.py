@@ -129,6 +129,7 @@ class _Compose:
     """How a composed step runs: one child run of the sub-saga per attempt."""
 
     durable_problem = None
+    nested = True
 
     def __init__(self, spec: SagaSpec | None, sources: list[tuple[str, str]]) -> None:
         self.spec = spec
@@ -286,6 +287,8 @@ class Element(Protocol):
 class Map:
     """How a mapped step runs: its elements, each a child run of the sub-saga (or a call
     of the function) per attempt."""
+
+    nested = True
 
     def __init__(
         self, element: _SagaElement | FunctionElement, over: str, limit: int, mode: MapMode

@@ -17,6 +17,7 @@ A run's transitions, in the order an observer hears them::
     ended(step, "failed" | "cancelled")  (noted; written with the next transition)
     unwinding(step, error)               the run failed: compensation starts
     compensation(step, status, attempt)  undoing one step: running, succeeded, failed
+    parked(waits)                        steps wait, nothing else runs: the run parks
     run_succeeded(event) / run_ended(status)
 
 Composed and mapped steps run their sub-sagas through :meth:`Observer.run_child`, so
@@ -30,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ._events import Event, RunContext
+from ._exceptions import WaitInfo
 
 __all__ = ["Observer", "Undoable"]
 
@@ -81,6 +83,10 @@ class Observer(Protocol):
 
     def ended(self, step: str, status: str, error: str | None, attempt: int) -> None:
         """``step`` failed or was cancelled (noted, carried by the next write)."""
+
+    async def parked(self, waits: Sequence[WaitInfo]) -> None:
+        """Nothing runs any more and steps wait (``waits``): the run parks, recorded as
+        waiting for them. Raises :class:`~asaga.RunStoreError` if that cannot be written."""
 
     # -- unwinding and the end ------------------------------------------------------------
 

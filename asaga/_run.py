@@ -24,6 +24,7 @@ from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucce
 from ._exceptions import (
     CompensationFailed,
     MapFailed,
+    RunParked,
     RunStoreError,
     RunTakenOver,
     SagaFailed,
@@ -377,6 +378,16 @@ async def _drive(
     if execution.taken_over is not None:
         emit(RunFailed, duration=time.monotonic() - started, error=repr(execution.taken_over))
         raise execution.taken_over
+
+    if execution.parked:
+        if execution.failure is None and observer is not None:
+            # Steps wait (an event, a timer, a halt) and nothing else can run: the run
+            # parks, recorded; it goes on where the event is delivered, or its time comes.
+            await observer.parked(execution.parked)
+            raise RunParked(plan.saga, context.run_id, execution.parked)
+        if observer is not None:  # the run failed meanwhile: they wait no more
+            for info in execution.parked:
+                observer.ended(info.step, "cancelled", "waited; the run failed meanwhile", 1)
 
     succeeded: Event | None = None
     if execution.failure is None and observer is not None:

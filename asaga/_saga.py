@@ -23,7 +23,7 @@ from ._step import Compensation, Step
 from .locks._lease import LockProvider
 
 if TYPE_CHECKING:  # the types of run()'s, undo()'s and start()'s signatures only
-    from .runs import RunStore, UndoResult
+    from .runs import Delivery, RunStore, UndoResult
     from .workers import JobQueue, RunHandle
 
 __all__ = ["Durability", "Saga", "SagaResult", "wire"]
@@ -70,6 +70,41 @@ class Durability(Protocol):
         run_id: str | None,
     ) -> "RunHandle":
         """Enqueue a recorded run on workers."""
+
+    async def deliver(
+        self,
+        spec: SagaSpec,
+        key: str,
+        payload: Any,
+        *,
+        runs: "RunStore | None",
+        resources: Mapping[str, Any],
+        extra_hooks: Hooks,
+    ) -> "Delivery":
+        """Deliver an event to the run that waits for it (or keep it for that run)."""
+
+    async def resume(
+        self,
+        spec: SagaSpec,
+        run_id: str,
+        *,
+        runs: "RunStore",
+        resources: Mapping[str, Any],
+        extra_hooks: Hooks,
+    ) -> "Delivery":
+        """Resume a halted run."""
+
+    async def cancel(
+        self,
+        spec: SagaSpec,
+        run_id: str,
+        *,
+        compensate: bool,
+        runs: "RunStore",
+        resources: Mapping[str, Any],
+        extra_hooks: Hooks,
+    ) -> "Delivery":
+        """Cancel a parked run."""
 
     def on_workers(self, plan: Plan, saga_version: str) -> Plan:
         """``plan`` with its steps on workers (``@step(queue=...)``) calling their workers."""
@@ -303,6 +338,103 @@ class Saga(metaclass=SagaMeta):
             resources=resources,
             extra_hooks=split_hooks(hooks) if hooks else ((), ()),
         )
+
+    @classmethod
+    async def deliver(
+        cls,
+        key: str,
+        payload: Any,
+        *,
+        runs: "RunStore | None" = None,
+        hooks: Sequence[Hook] = (),
+        **resources: Any,
+    ) -> "Delivery":
+        """Deliver the event ``key`` (a key a :func:`~asaga.wait_for` step of this saga
+        makes) with ``payload`` (an object, a ``dict``, or JSON ``bytes``/``str``) to the
+        run that waits for it; returns a :class:`~asaga.runs.Delivery` saying what
+        happened.
+
+        The payload is validated with the step's type first: :class:`~asaga.InvalidEvent`
+        if it does not fit (the run keeps waiting, until more bad payloads came than the
+        step tolerates). A payload that comes before its run waits is kept, and taken when
+        the run waits (``status="kept"``). A second payload for a key is refused with
+        :class:`~asaga.DuplicateEvent`; a key no step of the saga makes, with
+        :class:`~asaga.EventRefused`.
+
+        Without ``runs``, the run waits in this process (``status="delivered"``: it goes
+        on in its own task). With ``runs``, the parked durable run is taken and driven on
+        here, in this call, with ``resources`` (the saga's ``Resource`` inputs): the
+        delivery says where it stands then (``succeeded``, ``waiting`` again,
+        ``failed``...). See docs/interrupts.md.
+        """
+        spec = _spec(cls)
+        return await _durable().deliver(
+            spec,
+            key,
+            payload,
+            runs=runs,
+            resources=resources,
+            extra_hooks=split_hooks(hooks) if hooks else ((), ()),
+        )
+
+    @classmethod
+    async def resume(
+        cls,
+        run_id: str,
+        *,
+        runs: "RunStore | None" = None,
+        hooks: Sequence[Hook] = (),
+        **resources: Any,
+    ) -> "Delivery":
+        """Resume a durable run that a step halted (it raised :class:`~asaga.Halt`): the
+        halted step runs again, and the run goes on here, with ``resources``. Returns a
+        :class:`~asaga.runs.Delivery` saying where the run stands; raises
+        :class:`~asaga.NotParked` if the run has no halted step (it runs, finished, or was
+        resumed by another process first)."""
+        spec = _spec(cls)
+        durability = _durable()
+        return await durability.resume(
+            spec,
+            run_id,
+            runs=runs if runs is not None else durability.default_store(),
+            resources=resources,
+            extra_hooks=split_hooks(hooks) if hooks else ((), ()),
+        )
+
+    @classmethod
+    async def cancel(
+        cls,
+        run_id: str,
+        *,
+        compensate: bool = True,
+        runs: "RunStore | None" = None,
+        hooks: Sequence[Hook] = (),
+        **resources: Any,
+    ) -> "Delivery":
+        """Cancel a parked durable run (waiting for an event or a timer, or halted):
+        its completed steps are compensated, in reverse graph order (status
+        ``cancelled``), or with ``compensate=False`` it ends as it is, nothing undone
+        (status ``terminated``). A later event for it is refused. Raises
+        :class:`~asaga.NotParked` if the run is not parked."""
+        spec = _spec(cls)
+        if spec.queues and compensate:
+            require_queues(spec.queues)
+        durability = _durable()
+        return await durability.cancel(
+            spec,
+            run_id,
+            compensate=compensate,
+            runs=runs if runs is not None else durability.default_store(),
+            resources=resources,
+            extra_hooks=split_hooks(hooks) if hooks else ((), ()),
+        )
+
+
+def _spec(cls: type) -> SagaSpec:
+    spec: SagaSpec | None = getattr(cls, "__asaga__", None)
+    if spec is None:
+        raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
+    return spec
 
 
 def _refuse_change(cls: SagaMeta, name: str, value: Any, done: str) -> None:

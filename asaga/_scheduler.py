@@ -64,8 +64,11 @@ from ._events import (
     StepSucceeded,
 )
 from ._exceptions import (
+    Halt,
+    Parking,
     RunStoreError,
     RunTakenOver,
+    WaitInfo,
     needs_repair,
 )
 from ._graph import Node, Plan
@@ -100,6 +103,9 @@ class Resume:
     """The attempt a step resumes at (default 1): a step in doubt does not get its retries
     back (an idempotent one goes on at the attempt after the one in doubt; a composed or
     mapped one at the same attempt, whose child runs it picks up)."""
+    waiting: tuple[WaitInfo, ...] = ()
+    """Steps of a parked run that still wait: they do not run, and the run parks again
+    (with the same waits) once nothing else runs."""
 
 
 class Execution:
@@ -129,6 +135,7 @@ class Execution:
         "completed",
         "failure",
         "in_doubt",
+        "parked",
         "skipped",
         "taken_over",
         "undos",
@@ -185,12 +192,17 @@ class Execution:
         """Set when another process took the (durable) run over: stop, undo nothing."""
         self.in_doubt: list[str] = []
         """Steps cut off while running (their effect may or may not have landed)."""
+        self.parked: list[WaitInfo] = []
+        """Steps of a durable run that wait (an event, a timer, a halt): the run parks
+        once nothing else runs."""
         if resume is not None:
             self._resume(resume)
 
     def _resume(self, resume: Resume) -> None:
         """Start from a recorded state: steps that ended are not run again."""
         done = set(resume.succeeded) | set(resume.skipped)
+        waiting = {info.step for info in resume.waiting}
+        self.parked = list(resume.waiting)
         self._first_attempts = resume.first_attempts or None
         self.completed.extend(resume.succeeded)
         self.skipped = set(resume.skipped)
@@ -201,7 +213,9 @@ class Execution:
             if name not in done
         }
         self._roots = tuple(
-            name for name in self._plan.order if name in self._pending and not self._pending[name]
+            name
+            for name in self._plan.order
+            if name in self._pending and not self._pending[name] and name not in waiting
         )
         self._remaining = len(self._pending)
 
@@ -450,6 +464,15 @@ class Execution:
                     # the grace ran out; on_failure="cancel").
                     self._cut_off(name, attempt, started, flight)
                     raise
+                except Parking as parking:  # a waiting step of a durable run
+                    self.parked.append(parking.info)
+                    return None
+                except Halt as halt:
+                    if self._observer is None:  # nothing could resume it: it fails
+                        self._fail(name, attempt, time.monotonic() - started, halt)
+                        return None
+                    self.parked.append(WaitInfo(step=name, kind="halt", reason=halt.reason))
+                    return None
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
                     duration = time.monotonic() - started
                     if flight.cut and flight.entered:

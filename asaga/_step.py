@@ -141,7 +141,11 @@ class Condition:
 
 
 class Invoke(Protocol):
-    """How a composed or mapped step runs its sub-sagas (see :mod:`asaga._nested`)."""
+    """How a composed or mapped step runs its sub-sagas (see :mod:`asaga._nested`), or a
+    waiting step waits (:mod:`asaga._waits`)."""
+
+    nested: bool
+    """Whether the step runs sub-sagas (composed, mapped); ``False`` for a waiting step."""
 
     durable_problem: str | None
     """Why a durable run cannot record this step (``None``: it can)."""

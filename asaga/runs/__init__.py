@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._public import claim as _claim
 from ._durable import recover as recover
 from ._memory import MemoryRunStore as MemoryRunStore
+from ._parking import Delivery as Delivery
 from ._record import Quarantined as Quarantined
 from ._record import RunRecord as RunRecord
 from ._record import RunStatus as RunStatus
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ._redis import RedisRunStore as RedisRunStore
 
 __all__ = [
+    "Delivery",
     "MemoryRunStore",
     "Quarantined",
     "Recovered",

@@ -10,8 +10,10 @@ from typing import Any
 
 import anyio
 
+from .._events import split_hooks
 from .._exceptions import (
     IdempotencyKeyReused,
+    RunParked,
     RunStoreError,
 )
 from .._graph import RUN_ID
@@ -20,6 +22,8 @@ from ._children import Children
 from ._codec import codec_of
 from ._journal import Journal
 from ._memory import default_store
+from ._parking import Delivery, after_parking, cancel_parked, resume_halted, wake_due
+from ._parking import deliver as deliver_event
 from ._record import RunStore
 from ._recovery import Recovered, SagaClass
 from ._recovery import recover as sweep
@@ -81,6 +85,8 @@ async def run_durable(
         record = await runs.load(holder)
         if record.fingerprint != journal.record.fingerprint:
             raise IdempotencyKeyReused(idempotency_key or "", f"other inputs of saga {saga}")
+        if record.status == "waiting":  # parked: its caller was told, and so is this one
+            raise RunParked(saga, holder, record.waits)
         if not record.finished:
             record = await runs.wait_finished(holder)
         if record.status == "cancelled":
@@ -88,7 +94,16 @@ async def run_durable(
         return replayed(spec, record)
     else:  # pragma: no cover - a key whose runs keep being cancelled
         raise RunStoreError(f"idempotency key {idempotency_key!r} keeps being released")
-    result, _ = await run_values(spec, values, run_id, extra_hooks=extra_hooks, observer=journal)
+    try:
+        result, _ = await run_values(
+            spec, values, run_id, extra_hooks=extra_hooks, observer=journal
+        )
+    except RunParked as parked:
+        # A payload delivered before the run waited goes on at once, here.
+        resources = {
+            n: inputs[n] for n, i in spec.plan.inputs.items() if i.resource and n in inputs
+        }
+        return await after_parking(spec, runs, parked, resources, extra_hooks, Children)
     return result
 
 
@@ -117,7 +132,7 @@ async def recover(
     Call it when a service starts, and then periodically (every ``owner_ttl`` or so): a
     run is recoverable once its owner's lease has expired.
     """
-    return await sweep(
+    report = await sweep(
         runs,
         sagas=sagas,
         resources=resources,
@@ -126,6 +141,11 @@ async def recover(
         hooks=hooks,
         kin=Children,
     )
+    # Parked runs whose time came: due timers, events past their deadline.
+    specs = {s.__asaga__.plan.saga: s.__asaga__ for s in sagas if s.__asaga__ is not None}
+    extra = split_hooks(hooks) if hooks else ((), ())
+    report += await wake_due(runs, specs, dict(resources or {}), extra, Children, limit=limit)
+    return report
 
 
 async def undo_run(
@@ -142,6 +162,56 @@ async def undo_run(
     )
 
 
+async def deliver(
+    spec: SagaSpec,
+    key: str,
+    payload: Any,
+    *,
+    runs: RunStore | None,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+) -> Delivery:
+    """``Saga.deliver``: see :mod:`asaga.runs._parking`."""
+    return await deliver_event(
+        spec, key, payload, runs=runs, resources=resources, extra_hooks=extra_hooks, kin=Children
+    )
+
+
+async def resume(
+    spec: SagaSpec,
+    run_id: str,
+    *,
+    runs: RunStore,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+) -> Delivery:
+    """``Saga.resume``: see :mod:`asaga.runs._parking`."""
+    return await resume_halted(
+        spec, run_id, runs=runs, resources=resources, extra_hooks=extra_hooks, kin=Children
+    )
+
+
+async def cancel(
+    spec: SagaSpec,
+    run_id: str,
+    *,
+    compensate: bool,
+    runs: RunStore,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+) -> Delivery:
+    """``Saga.cancel``: see :mod:`asaga.runs._parking`."""
+    return await cancel_parked(
+        spec,
+        run_id,
+        compensate=compensate,
+        runs=runs,
+        resources=resources,
+        extra_hooks=extra_hooks,
+        kin=Children,
+    )
+
+
 class _Durability:
     """Durable runs as :class:`asaga._saga.Durability` says: what ``Saga.run`` with a store
     and ``Saga.undo`` call (wired in ``asaga/__init__.py``)."""
@@ -149,6 +219,9 @@ class _Durability:
     default_store = staticmethod(default_store)
     run = staticmethod(run_durable)
     undo = staticmethod(undo_run)
+    deliver = staticmethod(deliver)
+    resume = staticmethod(resume)
+    cancel = staticmethod(cancel)
 
 
 DURABILITY = _Durability()

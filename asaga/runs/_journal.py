@@ -46,6 +46,7 @@ from .._exceptions import (
     RunRecordLost,
     RunStoreError,
     RunTakenOver,
+    WaitInfo,
 )
 from .._observer import Undoable
 from ._codec import SagaCodec
@@ -328,6 +329,26 @@ class Journal:
             self._final_event = event
             self._events.append(encode_event(event))
         await self._put(final=True)
+
+    async def parked(self, waits: Iterable[WaitInfo]) -> None:
+        """The run parks: ``waits`` are what its steps wait for (written; the store takes
+        it out of the running runs)."""
+        waits = tuple(waits)
+        for info in waits:
+            previous = self._steps.get(info.step) or StepRecord(status="running")
+            self._steps[info.step] = msgspec.structs.replace(previous, status="waiting", wait=info)
+        self._record = msgspec.structs.replace(self._record, status="waiting")
+        if self.gone:
+            return
+        until = min((w.until for w in waits if w.until is not None), default=None)
+        await self.store.park(self._write("waiting"), until)
+
+    async def take(self, status: RunStatus = "running") -> bool:
+        """Take this parked run (as it was read) to drive it here, with what was marked
+        since (:meth:`mark`); ``False`` if another process took it first."""
+        seen = self._record.seq
+        self._record = msgspec.structs.replace(self._record, status=status, owner=self.store.owner)
+        return await self.store.take_parked(self._write(status), seen)
 
     async def resume(self, roots: Iterable[str], attempts: Mapping[str, int]) -> None:
         """A recovered run goes on: ``roots`` (never started, or in doubt and safe to run

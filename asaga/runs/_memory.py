@@ -50,6 +50,16 @@ class _Run:
     expires: float | None = None  # set when the run finishes (retention)
     finished: anyio.Event | None = None  # made when someone waits
     quarantined: Quarantined | None = None  # set aside (see MemoryRunStore.quarantine)
+    until: float | None = None  # parked: when its first wait ends (wall clock)
+
+
+@dataclass(slots=True)
+class _Mail:
+    expires: float
+    payload: bytes | None = None
+    run: str | None = None
+    consumed: bool = False
+    bad: int = 0
 
 
 class MemoryRunStore(StoreSettings):
@@ -77,6 +87,7 @@ class MemoryRunStore(StoreSettings):
         self._clock = clock
         self._runs: dict[str, _Run] = {}
         self._keys: dict[tuple[str, str], tuple[str, float]] = {}
+        self._mail: dict[tuple[str, str], _Mail] = {}
         self._writes = 0
 
     async def __aenter__(self) -> Self:
@@ -238,6 +249,112 @@ class MemoryRunStore(StoreSettings):
         held = self._keys.get((claim.saga, claim.key))
         if held is not None and held[0] == run_id:
             del self._keys[(claim.saga, claim.key)]
+
+    # -- parked runs and their events ----------------------------------------------------
+
+    async def park(self, write: Write, until: float | None) -> None:
+        """Record that a run this store owns parks (status ``waiting``) until ``until``."""
+        await self.write(write)
+        run = self._runs[write.run_id]
+        run.status = "waiting"
+        run.owner = "parked"
+        run.until = until if until is not None else time.time() + self.retention
+        run.expires = self._clock() + max(run.until - time.time(), 0.0) + self.retention
+
+    async def take_parked(self, write: Write, seen: int) -> bool:
+        """Take a parked run as read at ``seen``; ``False`` if another took it."""
+        await anyio.lowlevel.checkpoint()
+        run = self._runs.get(write.run_id)
+        if run is None or run.status != "waiting" or run.seq != seen:
+            return False
+        run.owner = self._owner
+        run.seq = write.seq
+        run.record = write.record
+        run.status = write.status
+        run.events.extend(write.events)
+        run.until = None
+        run.expires = None
+        return True
+
+    async def due(self, sagas: Mapping[str, str], *, limit: int = 100) -> Sequence[str]:
+        """Parked runs of ``sagas`` whose first wait has ended, oldest first."""
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        found = sorted(
+            (run.until, run_id)
+            for run_id, run in self._runs.items()
+            if run.status == "waiting"
+            and run.until is not None
+            and run.until <= now
+            and run.saga in sagas
+            and (run.expires is None or run.expires > self._clock())
+        )
+        return [run_id for _, run_id in found[:limit]]
+
+    def _mailbox(self, saga: str, key: str) -> _Mail | None:
+        mail = self._mail.get((saga, key))
+        if mail is not None and mail.expires <= self._clock():
+            del self._mail[(saga, key)]
+            return None
+        return mail
+
+    async def post(self, saga: str, key: str, payload: bytes) -> tuple[str, str | None]:
+        """Keep an event's payload (see :meth:`RedisRunStore.post`)."""
+        await anyio.lowlevel.checkpoint()
+        if len(self._mail) > 100_000:
+            now = self._clock()
+            self._mail = {k: m for k, m in self._mail.items() if m.expires > now}
+        mail = self._mailbox(saga, key)
+        if mail is not None and mail.consumed:
+            return "consumed", mail.run
+        if mail is not None and mail.payload is not None:
+            return "duplicate", mail.run
+        if mail is None:
+            mail = self._mail[(saga, key)] = _Mail(self._clock() + self.idempotency_window)
+        mail.payload = payload
+        return "kept", mail.run
+
+    async def bind(
+        self, saga: str, key: str, run_id: str, until: float | None
+    ) -> tuple[str, bytes | None]:
+        """``run_id`` waits for ``key`` (see :meth:`RedisRunStore.bind`)."""
+        await anyio.lowlevel.checkpoint()
+        keep = self.idempotency_window + max(0.0, (until or 0.0) - time.time())
+        mail = self._mailbox(saga, key)
+        if mail is not None and (mail.consumed or (mail.run not in (None, run_id))):
+            return "taken", None
+        if mail is None:
+            mail = self._mail[(saga, key)] = _Mail(0.0)
+        mail.run = run_id
+        mail.expires = self._clock() + keep
+        if mail.payload is not None:
+            return "payload", mail.payload
+        return "bound", None
+
+    async def consume(self, saga: str, key: str, run_id: str) -> None:
+        """``run_id`` took the event of ``key``."""
+        await anyio.lowlevel.checkpoint()
+        mail = self._mail.setdefault((saga, key), _Mail(0.0))
+        mail.payload, mail.consumed, mail.run = None, True, run_id
+        mail.expires = self._clock() + self.idempotency_window
+
+    async def unpost(self, saga: str, key: str, payload: bytes) -> None:
+        """Take back ``payload`` (no run will take it)."""
+        await anyio.lowlevel.checkpoint()
+        mail = self._mailbox(saga, key)
+        if mail is not None and mail.payload == payload:
+            mail.payload = None
+            if mail.run is None and not mail.consumed:
+                del self._mail[(saga, key)]
+
+    async def bad_payload(self, saga: str, key: str) -> tuple[str | None, int]:
+        """Count a bad payload for the run waiting for ``key``."""
+        await anyio.lowlevel.checkpoint()
+        mail = self._mailbox(saga, key)
+        if mail is None or mail.run is None or mail.consumed:
+            return None, 0
+        mail.bad += 1
+        return mail.run, mail.bad
 
     async def wait_finished(self, run_id: str) -> RunRecord:
         run = self._live(run_id)

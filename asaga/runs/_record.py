@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 import msgspec
 
 from .._events import Event
-from .._exceptions import CorruptRecord, RunExists
+from .._exceptions import CorruptRecord, RunExists, WaitInfo
 
 __all__ = [
     "FINISHED",
@@ -57,14 +57,24 @@ RunStatus = Literal[
     "undoing",  # a succeeded run being undone by Saga.undo()
     "undone",
     "undo_failed",  # undoing left some compensation failed: needs a human
+    "waiting",  # parked: steps wait for an event, a timer or a resume (see ``waits``)
+    "terminated",  # a parked run cancelled without compensation (Saga.cancel(compensate=False))
 ]
 
 FINISHED: frozenset[str] = frozenset(
-    {"succeeded", "failed", "compensation_failed", "cancelled", "undone", "undo_failed"}
+    {
+        "succeeded",
+        "failed",
+        "compensation_failed",
+        "cancelled",
+        "undone",
+        "undo_failed",
+        "terminated",
+    }
 )
 """Statuses after which nothing runs any more."""
 
-StepStatus = Literal["running", "succeeded", "failed", "skipped", "cancelled"]
+StepStatus = Literal["running", "succeeded", "failed", "skipped", "cancelled", "waiting"]
 CompensationStatus = Literal["running", "succeeded", "failed"]
 
 
@@ -90,6 +100,11 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Wall-clock time the step ended (succeeded, failed, skipped or cancelled)."""
     children: tuple[str, ...] = ()
     """The child runs of a composed or mapped step (their run ids), once it completed."""
+    wait: WaitInfo | None = None
+    """What a ``waiting`` step waits for (an event's key and deadline, a timer's time, a
+    halt's reason)."""
+    bad_payloads: int = 0
+    """Invalid payloads refused while it waited."""
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -131,6 +146,11 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def finished(self) -> bool:
         """Whether nothing runs any more (succeeded, failed, undone...)."""
         return self.status in FINISHED
+
+    @property
+    def waits(self) -> tuple[WaitInfo, ...]:
+        """What a parked run waits for, one entry per waiting step."""
+        return tuple(s.wait for s in self.steps.values() if s.status == "waiting" and s.wait)
 
     @property
     def compensated(self) -> tuple[str, ...]:
@@ -350,4 +370,52 @@ class RunStore(Protocol):
 
     async def wait_finished(self, run_id: str) -> RunRecord:
         """Wait until the run has finished; return its record."""
+        ...
+
+    # -- parked runs and their events (see asaga.runs._parking) ---------------------------
+
+    async def park(self, write: Write, until: float | None) -> None:
+        """Record that a run this store owns parks: status ``waiting``, out of the running
+        runs (recovery leaves it alone), among the parked ones until ``until`` (wall
+        clock; ``None``: no deadline). Its record is kept ``retention`` past ``until``.
+        Fenced like :meth:`write`."""
+        ...
+
+    async def take_parked(self, write: Write, seen: int) -> bool:
+        """Take a parked run as it was read (``seen``: its record's ``seq``), applying
+        ``write`` (status ``running`` or ``compensating``, owned by this store now).
+        Exactly one of concurrent takers wins; ``False`` for the others."""
+        ...
+
+    async def due(self, sagas: Mapping[str, str], *, limit: int = 100) -> Sequence[str]:
+        """Parked runs of ``sagas`` (name -> ``saga_version``) whose first wait has
+        ended (a deadline passed, a timer is due), oldest first. Nothing is taken."""
+        ...
+
+    async def post(self, saga: str, key: str, payload: bytes) -> tuple[str, str | None]:
+        """Keep the encoded ``payload`` of the event ``key`` (of ``saga``): ``(state,
+        run)``, ``state`` being ``kept`` (``run``: the run that waits for it, if one
+        does), ``duplicate`` (a payload is kept already) or ``consumed`` (a run took the
+        key's event, within the idempotency window)."""
+        ...
+
+    async def bind(
+        self, saga: str, key: str, run_id: str, until: float | None
+    ) -> tuple[str, bytes | None]:
+        """Parked ``run_id`` waits for ``key`` until ``until``: ``("bound", None)``, or
+        ``("payload", the payload kept for it)``, or ``("taken", None)`` when another run
+        waits for the key or took its event."""
+        ...
+
+    async def consume(self, saga: str, key: str, run_id: str) -> None:
+        """``run_id`` took the event of ``key``: later ones are refused."""
+        ...
+
+    async def unpost(self, saga: str, key: str, payload: bytes) -> None:
+        """Take back a kept ``payload`` that no run will take."""
+        ...
+
+    async def bad_payload(self, saga: str, key: str) -> tuple[str | None, int]:
+        """Count one bad payload for the run bound to ``key``: (that run, the count so
+        far), or ``(None, 0)``."""
         ...

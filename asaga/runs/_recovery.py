@@ -319,7 +319,7 @@ async def _resume(
     # retries are not given back), a composed or mapped one at the same attempt (whose
     # child runs it picks up, by their ids).
     first = {
-        n: s.attempt + (plan.nodes[n].invoke is None)
+        n: s.attempt + (not _nested(plan.nodes[n]))
         for n, s in steps.items()
         if s.status == "running"
     }
@@ -371,7 +371,7 @@ async def _unwind(
     # composed or mapped step in doubt is undone through its children's records).
     now = time.time()
     why = "its process died while it ran: it may or may not have had its effect"
-    nested = tuple(n for n in in_doubt if plan.nodes[n].invoke is not None)
+    nested = tuple(n for n in in_doubt if _nested(plan.nodes[n]))
     risky = tuple(n for n in in_doubt if n not in nested)
     for name in nested:
         journal.mark(
@@ -428,6 +428,11 @@ async def _unwind(
         compensated=tuple(unwind.compensated),
         in_doubt=risky,
     )
+
+
+def _nested(node: Any) -> bool:
+    """Whether ``node`` is a composed or mapped step (its children have records)."""
+    return node.invoke is not None and bool(node.invoke.nested)
 
 
 def _rerunnable(node: Any) -> bool:

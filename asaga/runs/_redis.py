@@ -8,9 +8,13 @@ prefix followed by the hash tag of the run's shard on Redis Cluster, see below):
     <s>runs:running          sorted set: unfinished runs (score: creation time)
     <s>runs:index            sorted set: every recorded run (score: creation time)
     <s>runs:quarantine       sorted set: unfinished runs set aside by recovery (score: when)
+    <s>runs:parked           sorted set: parked runs (score: when their first wait ends)
     <s>owner:<owner>         the owner lease of one store object (one per process)
     <s>waiting:<run_id>      set (briefly) while a process waits for the run to finish
     <p>key:<saga>:<key>      the run an idempotency key names (expires with the window)
+    <p>mail:<saga>:<key>     hash: the event of a correlation key: the run that waits for
+                             it, its payload until consumed, a consumed mark, bad payloads
+                             (expires: the idempotency window, or after the wait's deadline)
     channel <p>finished:<run_id>     published when a waited-for run finishes
 
 Each write is one Lua script that checks the run is still owned by this store (a process
@@ -266,6 +270,109 @@ if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
 return 1
 """
 
+# KEYS: run, events, running, parked, waiting ; ARGV: run_id, record, owner, seq, score,
+#   channel, retention_ms, events...
+# A run parks (owner-fenced like a write): status waiting, out of the running set, into the
+# parked set; its keys expire ``retention`` after its first deadline. Returns as _WRITE.
+_PARK = """
+local seq, score, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
+if not seq or not score or not ttl or ttl < 1 or ARGV[1] == '' or ARGV[3] == '' then
+  return redis.error_reply('ERR asaga park: run_id, owner, seq, score, retention_ms')
+end
+local owner = redis.call('hget', KEYS[1], 'owner')
+if not owner then return 3 end
+if owner ~= ARGV[3] then return 0 end
+if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= seq then return 2 end
+redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', 'waiting', 'seq', ARGV[4],
+           'owner', 'parked')
+if #ARGV >= 8 then redis.call('rpush', KEYS[2], unpack(ARGV, 8)) end
+redis.call('zrem', KEYS[3], ARGV[1])
+redis.call('zadd', KEYS[4], score, ARGV[1])
+redis.call('pexpire', KEYS[1], ttl)
+redis.call('pexpire', KEYS[2], ttl)
+if redis.call('exists', KEYS[5]) == 1 then redis.call('publish', ARGV[6], 'waiting') end
+return 1
+"""
+
+# KEYS: run, events, running, parked ; ARGV: run_id, seq seen, owner, record, status, seq,
+#   now, events...
+# Take a parked run as it was seen (exactly one taker wins): owned by ``owner`` now,
+# running again. Returns 1 if taken, 0 if it is not parked as seen any more.
+_TAKE = """
+local seen, seq, now = tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if not seen or not seq or not now or ARGV[1] == '' or ARGV[3] == '' or ARGV[5] == '' then
+  return redis.error_reply('ERR asaga take: run_id, seen, owner, status, seq, now')
+end
+if redis.call('hget', KEYS[1], 'status') ~= 'waiting' then return 0 end
+if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') ~= seen then return 0 end
+redis.call('hset', KEYS[1], 'record', ARGV[4], 'status', ARGV[5], 'owner', ARGV[3],
+           'seq', ARGV[6])
+if #ARGV >= 8 then redis.call('rpush', KEYS[2], unpack(ARGV, 8)) end
+redis.call('zrem', KEYS[4], ARGV[1])
+redis.call('zadd', KEYS[3], now, ARGV[1])
+redis.call('persist', KEYS[1])
+redis.call('persist', KEYS[2])
+return 1
+"""
+
+# KEYS: mail ; ARGV: payload, keep_ms
+# Keep an event's payload: {'kept', run waiting or ''}; {'duplicate', run} if a payload is
+# kept already; {'consumed', run} if a run took the key's event already.
+_POST = """
+local keep = tonumber(ARGV[2])
+if not keep or keep < 1 then return redis.error_reply('ERR asaga post: keep_ms') end
+local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run')
+if f[2] then return {'consumed', f[3] or ''} end
+if f[1] then return {'duplicate', f[3] or ''} end
+redis.call('hset', KEYS[1], 'payload', ARGV[1])
+if not f[3] then redis.call('pexpire', KEYS[1], keep) end
+return {'kept', f[3] or ''}
+"""
+
+# KEYS: mail ; ARGV: run_id, keep_ms
+# A parked run waits for the key: {'bound', ''}, {'payload', the payload kept for it}, or
+# {'taken', run} if another run waits for it or took its event.
+_BIND = """
+local keep = tonumber(ARGV[2])
+if ARGV[1] == '' or not keep or keep < 1 then
+  return redis.error_reply('ERR asaga bind: run_id, keep_ms')
+end
+local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run')
+if f[2] or (f[3] and f[3] ~= ARGV[1]) then return {'taken', f[3] or ''} end
+redis.call('hset', KEYS[1], 'run', ARGV[1])
+redis.call('pexpire', KEYS[1], keep)
+if f[1] then return {'payload', f[1]} end
+return {'bound', ''}
+"""
+
+# KEYS: mail ; ARGV: run_id, keep_ms — the run took the key's event
+_CONSUME = """
+local keep = tonumber(ARGV[2])
+if ARGV[1] == '' or not keep or keep < 1 then
+  return redis.error_reply('ERR asaga consume: run_id, keep_ms')
+end
+redis.call('hdel', KEYS[1], 'payload')
+redis.call('hset', KEYS[1], 'consumed', '1', 'run', ARGV[1])
+redis.call('pexpire', KEYS[1], keep)
+return 1
+"""
+
+# KEYS: mail ; ARGV: payload — take back a payload no run will take
+_UNPOST = """
+if redis.call('hget', KEYS[1], 'payload') == ARGV[1] then
+  redis.call('hdel', KEYS[1], 'payload')
+  if redis.call('hlen', KEYS[1]) == 0 then redis.call('del', KEYS[1]) end
+end
+return 1
+"""
+
+# KEYS: mail — count a bad payload for the run waiting for the key: {run or '', count}
+_BAD = """
+local run = redis.call('hget', KEYS[1], 'run')
+if not run or redis.call('hexists', KEYS[1], 'consumed') == 1 then return {'', 0} end
+return {run, redis.call('hincrby', KEYS[1], 'bad', 1)}
+"""
+
 _SCRIPTS = {"create": _CREATE, "claim_key": _CLAIM_KEY, "write": _WRITE}
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 
@@ -366,6 +473,13 @@ class RedisRunStore(StoreSettings):
         self._probe = client.register_script(_PROBE)
         self._persistence_checked = False
         self._release_key = client.register_script(_RELEASE_KEY)
+        self._park = client.register_script(_PARK)
+        self._take = client.register_script(_TAKE)
+        self._post = client.register_script(_POST)
+        self._bind = client.register_script(_BIND)
+        self._consume = client.register_script(_CONSUME)
+        self._unpost = client.register_script(_UNPOST)
+        self._bad = client.register_script(_BAD)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisRunStore:
@@ -415,11 +529,22 @@ class RedisRunStore(StoreSettings):
     def _quarantined(self, shard: int = 0) -> str:
         return f"{self._base(shard)}runs:quarantine"
 
+    def _parked(self, shard: int = 0) -> str:
+        return f"{self._base(shard)}runs:parked"
+
+    def _mail_key(self, saga: str, key: str) -> str:
+        return f"{self.prefix}mail:{saga}:{key}"
+
     def _run_keys(self, run_id: str, *sets: str) -> list[str]:
         """The run's hash and events, then the named sets of its shard (``running``,
         ``index``, ``quarantine``)."""
         shard = self._shard(run_id)
-        named = {"running": self._running, "index": self._index, "quarantine": self._quarantined}
+        named = {
+            "running": self._running,
+            "index": self._index,
+            "quarantine": self._quarantined,
+            "parked": self._parked,
+        }
         return [
             self._run_key(run_id),
             self._events_key(run_id),
@@ -1003,6 +1128,130 @@ class RedisRunStore(StoreSettings):
                 await self._release_key(keys=[self._idempotency_key(claim)], args=[run_id])
         except StoreUnavailable as exc:
             _logger.warning("idempotency_key_not_released", key=claim.key, error=str(exc))
+
+    # -- parked runs and their events ----------------------------------------------------
+
+    async def park(self, write: Write, until: float | None) -> None:
+        """Record that a run this store owns parks (status ``waiting``): out of the
+        running runs, among the parked ones until ``until`` (wall clock; ``None``: no
+        deadline, kept for ``retention``)."""
+        now = time.time()
+        score = until if until is not None else now + self.retention
+        ttl = max(1, round((max(score - now, 0.0) + self.retention) * 1000))
+        with self._bounded(f"cannot park run {write.run_id}", write.run_id):
+            applied = await self._park(
+                keys=[
+                    *self._run_keys(write.run_id, "running", "parked"),
+                    self._waiting_key(write.run_id),
+                ],
+                args=[
+                    write.run_id,
+                    write.record,
+                    self._owner,
+                    write.seq,
+                    score,
+                    f"{self.prefix}finished:{write.run_id}",
+                    ttl,
+                    *write.events,
+                ],
+            )
+        if applied == 3:
+            raise RunRecordLost(f"the record of run {write.run_id} is gone", write.run_id)
+        if not applied:
+            raise RunTakenOver(f"run {write.run_id} was taken over", write.run_id)
+
+    async def take_parked(self, write: Write, seen: int) -> bool:
+        """Take a parked run, as read at ``seen`` (its record's ``seq``), applying
+        ``write``; ``False`` if it is not parked so any more (another took it)."""
+        with self._bounded(f"cannot take run {write.run_id}", write.run_id):
+            taken = await self._take(
+                keys=self._run_keys(write.run_id, "running", "parked"),
+                args=[
+                    write.run_id,
+                    seen,
+                    self._owner,
+                    write.record,
+                    write.status,
+                    write.seq,
+                    time.time(),
+                    *write.events,
+                ],
+            )
+        return bool(taken)
+
+    async def due(self, sagas: Mapping[str, str], *, limit: int = 100) -> Sequence[str]:
+        """Parked runs of ``sagas`` (name -> saga_version) whose first wait has ended (a
+        deadline passed, a timer is due), oldest first; nothing is taken."""
+        now = time.time()
+        found: list[str] = []
+        with self._bounded("cannot look for parked runs"):
+            for shard in range(self._shards):
+                ids = [
+                    _text(m) or ""
+                    for m in await self.client.zrangebyscore(
+                        self._parked(shard), "-inf", now, start=0, num=limit
+                    )
+                ]
+                if not ids:
+                    continue
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for run_id in ids:
+                        pipe.hmget(self._run_key(run_id), "saga", "version", "status")
+                    rows = [[_text(v) for v in row] for row in await pipe.execute()]
+                gone = [r for r, (_, _, status) in zip(ids, rows, strict=True) if status is None]
+                if gone:  # expired records
+                    await self.client.zrem(self._parked(shard), *gone)
+                found += [
+                    run_id
+                    for run_id, (saga, version, status) in zip(ids, rows, strict=True)
+                    if status == "waiting" and saga is not None and sagas.get(saga) == version
+                ]
+        return found[:limit]
+
+    async def post(self, saga: str, key: str, payload: bytes) -> tuple[str, str | None]:
+        """Keep an event's ``payload`` for ``key``: ``(state, run)``, state ``kept``
+        (``run``: the run that waits for it, if one does), ``duplicate`` (a payload is
+        kept already) or ``consumed`` (a run took the key's event)."""
+        with self._bounded(f"cannot deliver event {key!r}"):
+            state, run = await self._post(
+                keys=[self._mail_key(saga, key)],
+                args=[payload, max(1, round(self.idempotency_window * 1000))],
+            )
+        return _text(state) or "", _text(run) or None
+
+    async def bind(
+        self, saga: str, key: str, run_id: str, until: float | None
+    ) -> tuple[str, bytes | None]:
+        """``run_id`` waits for ``key``: ``("bound", None)``, ``("payload", kept
+        payload)``, or ``("taken", None)`` when another run waits for it or took it."""
+        keep = self.idempotency_window + max(0.0, (until or 0.0) - time.time())
+        with self._bounded(f"cannot wait for event {key!r}", run_id):
+            state, data = await self._bind(
+                keys=[self._mail_key(saga, key)], args=[run_id, max(1, round(keep * 1000))]
+            )
+        state = _text(state) or ""
+        return state, (bytes(data) if state == "payload" else None)
+
+    async def consume(self, saga: str, key: str, run_id: str) -> None:
+        """``run_id`` took the event of ``key``: a later one is refused (for the
+        idempotency window)."""
+        with self._bounded(f"cannot mark event {key!r} consumed", run_id):
+            await self._consume(
+                keys=[self._mail_key(saga, key)],
+                args=[run_id, max(1, round(self.idempotency_window * 1000))],
+            )
+
+    async def unpost(self, saga: str, key: str, payload: bytes) -> None:
+        """Take back ``payload`` (no run will take it)."""
+        with self._bounded(f"cannot take back event {key!r}"):
+            await self._unpost(keys=[self._mail_key(saga, key)], args=[payload])
+
+    async def bad_payload(self, saga: str, key: str) -> tuple[str | None, int]:
+        """Count a bad payload for the run waiting for ``key``: (that run, its count), or
+        ``(None, 0)`` if no run waits for it."""
+        with self._bounded(f"cannot count a bad payload of event {key!r}"):
+            run, count = await self._bad(keys=[self._mail_key(saga, key)], args=[])
+        return _text(run) or None, int(count)
 
     async def wait_finished(self, run_id: str) -> RunRecord:
         """Wait for the run's finish notification; check again every ``recheck`` seconds

@@ -22,6 +22,9 @@ class _Durability:
     default_store = staticmethod(RUNS.default_store)
     run = staticmethod(RUNS.run)
     undo = staticmethod(RUNS.undo)
+    deliver = staticmethod(RUNS.deliver)
+    resume = staticmethod(RUNS.resume)
+    cancel = staticmethod(RUNS.cancel)
     on_workers = staticmethod(on_workers)
 
     @staticmethod
