@@ -1,5 +1,6 @@
 """The ``asaga`` command line: ``asaga graph module:Saga``, ``asaga demo``, ``asaga runs
-list|show|readmit``, ``asaga recover``, ``asaga worker`` (also ``python -m asaga``).
+list|show|readmit``, ``asaga recover``, ``asaga deliver|resume|cancel`` (parked runs),
+``asaga worker`` (also ``python -m asaga``).
 
 Wiring only: each subcommand is one ``_add_<name>`` function that declares its arguments
 and one ``_<name>`` function that runs it; :data:`_COMMANDS` lists the former. A command
@@ -18,13 +19,17 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
+import msgspec
 
-from ._exceptions import AsagaError
+from ._exceptions import AsagaError, EventRefused
 from ._render import to_dot, to_mermaid
 from ._saga import Saga
+
+if TYPE_CHECKING:  # the type of what deliver, resume and cancel return only
+    from .runs import Delivery
 
 __all__ = ["TargetError", "load_saga", "main"]
 
@@ -177,7 +182,9 @@ def _add_runs(subparsers: _Subparsers) -> None:
     )
     _add_redis_options(listing)
     listing.add_argument(
-        "--status", help="only runs with this status (e.g. running, or quarantined)"
+        "--status",
+        help="only runs with this status (e.g. running, waiting: parked runs, with what "
+        "they wait for; or quarantined)",
     )
     listing.add_argument("--saga", help="only runs of this saga (class name)")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
@@ -200,6 +207,8 @@ def _runs_list(args: argparse.Namespace) -> int:
 
     if not 1 <= args.limit <= 10_000:
         raise TargetError("--limit must be between 1 and 10000")
+    if args.status is not None:
+        _check_status(args.status)
 
     async def quarantined(runs: Any) -> list[Any]:
         aside = await runs.quarantined(limit=args.limit)
@@ -215,6 +224,17 @@ def _runs_list(args: argparse.Namespace) -> int:
         return text
 
     return _with_store(args, read)
+
+
+def _check_status(status: str) -> None:
+    """A typo in ``--status`` would list nothing: say so instead."""
+    from .runs import RunStatus  # only this command needs it
+
+    known = [*get_args(RunStatus), "quarantined"]
+    if status not in known:
+        close = difflib.get_close_matches(status, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TargetError(f"unknown --status {status!r} ({hint}statuses: {', '.join(known)})")
 
 
 def _runs_show(args: argparse.Namespace) -> int:
@@ -291,6 +311,177 @@ def _recover(args: argparse.Namespace) -> int:
     return 1 if status == 0 and bad else status
 
 
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    """The saga that deliver, resume and cancel act on."""
+    parser.add_argument("target", metavar="TARGET", help="the saga class, as module.path:Class")
+
+
+def _add_store_and_resources(parser: argparse.ArgumentParser) -> None:
+    _add_redis_options(parser)
+    parser.add_argument(
+        "--resources",
+        metavar="TARGET",
+        help="module.path:function returning the saga's resources as a mapping, or an async "
+        "context manager yielding one; it gets url= and prefix= (--redis, --prefix) if it "
+        "takes such parameters",
+    )
+
+
+_DRIVES = (
+    "The run goes on in this process, with the saga's resources (--resources): the "
+    "command prints where it stands then (succeeded and its output, waiting again and "
+    "for what, failed and what was compensated)."
+)
+
+
+def _add_deliver(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "deliver",
+        help="deliver an event to the parked run that waits for it (wait_for)",
+        description=(
+            "Deliver the event KEY with its payload to the durable run of TARGET that waits "
+            "for it, as Saga.deliver() does: the payload is validated with the waiting "
+            "step's type; with no run waiting for KEY yet, it is kept for the first that "
+            f"will. {_DRIVES} Exits 1 if the event is refused (an invalid payload, one "
+            "delivered already, a key no step of the saga waits for)."
+        ),
+    )
+    _add_target(parser)
+    parser.add_argument("key", metavar="KEY", help="the event's key, e.g. payment:order-17")
+    parser.add_argument(
+        "--payload",
+        required=True,
+        metavar="JSON",
+        help="the event's payload as JSON, or @file.json to read it from a file (@- reads "
+        "standard input)",
+    )
+    _add_store_and_resources(parser)
+    parser.set_defaults(command=_deliver, command_name="deliver")
+
+
+def _add_resume(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "resume",
+        help="resume a parked run that a step halted (asaga.Halt)",
+        description=(
+            "Resume the durable run RUN_ID of TARGET, parked because a step halted it, as "
+            f"Saga.resume() does: the halted step runs again, and the run on. {_DRIVES} "
+            "Exits 1 if the run has no halted step (it runs, finished, or waits for "
+            "something else)."
+        ),
+    )
+    _add_target(parser)
+    parser.add_argument("run_id", metavar="RUN_ID")
+    _add_store_and_resources(parser)
+    parser.set_defaults(command=_resume, command_name="resume")
+
+
+def _add_cancel(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cancel",
+        help="cancel a parked run: compensate it, or end it as it is (--no-compensate)",
+        description=(
+            "Cancel the parked durable run RUN_ID of TARGET (waiting for an event or a "
+            "timer, or halted), as Saga.cancel() does: its completed steps are compensated "
+            "here, with the saga's resources (--resources), and its status is cancelled; "
+            "with --no-compensate it ends as it is, nothing undone (status terminated). A "
+            "later event for it is refused. Exits 1 if the run is not parked."
+        ),
+    )
+    _add_target(parser)
+    parser.add_argument("run_id", metavar="RUN_ID")
+    parser.add_argument(
+        "--no-compensate",
+        dest="compensate",
+        action="store_false",
+        help="undo nothing: the run ends as it is (status terminated)",
+    )
+    _add_store_and_resources(parser)
+    parser.set_defaults(command=_cancel, command_name="cancel")
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    payload = _payload(args.payload)
+
+    async def deliver(saga: type[Saga], runs: Any, resources: dict[str, Any]) -> Delivery:
+        return await saga.deliver(args.key, payload, runs=runs, **resources)
+
+    return _drive(args, deliver, "delivered")
+
+
+def _resume(args: argparse.Namespace) -> int:
+    async def resume(saga: type[Saga], runs: Any, resources: dict[str, Any]) -> Delivery:
+        return await saga.resume(args.run_id, runs=runs, **resources)
+
+    return _drive(args, resume, "resumed")
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    async def cancel(saga: type[Saga], runs: Any, resources: dict[str, Any]) -> Delivery:
+        return await saga.cancel(args.run_id, runs=runs, compensate=args.compensate, **resources)
+
+    return _drive(args, cancel, "cancelled")
+
+
+def _drive(
+    args: argparse.Namespace,
+    act: Callable[[type[Saga], Any, dict[str, Any]], Awaitable[Delivery]],
+    action: str,
+) -> int:
+    """Load the saga and its resources, open the store, ``act``, print what became of
+    the run. The saga's resources are checked before anything is done: a parked run taken
+    without them could not go on."""
+    from .runs._show import format_delivery  # only these commands need it
+
+    saga = load_saga(args.target)
+    factory = _load_callable(args.resources) if args.resources else None
+    declared = _declared_resources(saga)
+    if factory is None and any(declared.values()):
+        raise TargetError(_missing(saga, [n for n, needed in declared.items() if needed]))
+
+    async def work(runs: Any) -> str:
+        async with _resources(factory, args.redis, args.prefix) as resources:
+            missing = [n for n, needed in declared.items() if needed and n not in resources]
+            if missing:
+                raise TargetError(_missing(saga, missing, args.resources))
+            own = {n: resources[n] for n in declared if n in resources}
+            return format_delivery(await act(saga, runs, own), action)
+
+    return _with_store(args, work)
+
+
+def _declared_resources(saga: type[Saga]) -> dict[str, bool]:
+    """The ``Resource`` inputs of ``saga``: name -> whether it is required."""
+    inputs = saga.__asaga__.plan.inputs if saga.__asaga__ is not None else {}
+    return {name: i.required for name, i in inputs.items() if i.resource}
+
+
+def _missing(saga: type[Saga], missing: Sequence[str], factory: str | None = None) -> str:
+    names = ", ".join(missing)
+    give = f"{factory} gave none" if factory else "give --resources module.path:function"
+    return f"saga {saga.__name__} needs its resources ({names}) to go on: {give}"
+
+
+def _payload(text: str) -> str:
+    """``--payload``: JSON text, or ``@file`` (``@-``: standard input), checked to be JSON
+    (a typo is not delivered: it would count as a bad payload of the run)."""
+    if text.startswith("@"):
+        name = text[1:]
+        try:
+            if name == "-":
+                text = sys.stdin.read()
+            else:
+                with open(name, encoding="utf-8") as file:
+                    text = file.read()
+        except OSError as exc:
+            raise TargetError(f"--payload {text}: cannot read {name} ({exc.strerror})") from None
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise TargetError(f"--payload is not JSON ({exc})") from None
+    return text
+
+
 @asynccontextmanager
 async def _resources(
     factory: Callable[..., Any] | None, url: str, prefix: str
@@ -322,7 +513,10 @@ def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]])
     try:
         sys.stdout.write(anyio.run(main))
     except AsagaError as exc:
-        print(f"asaga {args.command_name}: {exc}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, EventRefused) and exc.run_id and exc.run_id not in message:
+            message += f" (run {exc.run_id})"
+        print(f"asaga {args.command_name}: {message}", file=sys.stderr)
         return 1
     return 0
 
@@ -423,6 +617,9 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_demo,
     _add_runs,
     _add_recover,
+    _add_deliver,
+    _add_resume,
+    _add_cancel,
     _add_worker,
 )
 

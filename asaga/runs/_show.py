@@ -1,28 +1,37 @@
-"""Plain-text views of recorded runs, for ``asaga runs list`` and ``asaga runs show``."""
+"""Plain-text views of recorded runs, for ``asaga runs list`` and ``asaga runs show``; and
+of what ``asaga deliver``, ``resume`` and ``cancel`` did (:func:`format_delivery`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._exceptions import CompensationFailed, RecordedError, SagaFailed, WaitInfo
 from ._record import Quarantined, RunRecord
 
-__all__ = ["format_quarantined", "format_run", "format_runs"]
+if TYPE_CHECKING:  # the type of format_delivery's argument only
+    from ._parking import Delivery
+
+__all__ = ["format_delivery", "format_quarantined", "format_run", "format_runs"]
 
 _WIDTH = 60  # characters of a result or an error shown in a table cell
 
 
 def format_runs(records: Sequence[RunRecord]) -> str:
-    """One line per run, newest first: id, saga, status, when, where it failed."""
+    """One line per run, newest first: id, saga, status, when, where it failed; and, when
+    a run is parked, a column of what it waits for."""
     if not records:
         return "no runs recorded\n"
-    rows = [("RUN", "SAGA", "STATUS", "CREATED (UTC)", "FAILED STEP")]
+    rows: list[tuple[str, ...]] = [("RUN", "SAGA", "STATUS", "CREATED (UTC)", "FAILED STEP")]
     rows += [
         (r.run_id, r.saga, r.status, _when(r.created_at), r.failed_step or "") for r in records
     ]
+    if any(r.status == "waiting" for r in records):
+        waits = [_waits_cell(r) if r.status == "waiting" else "" for r in records]
+        rows = [(*row, cell) for row, cell in zip(rows, ["WAITING FOR", *waits], strict=True)]
     return _table(rows)
 
 
@@ -48,6 +57,13 @@ def format_run(record: RunRecord) -> str:
     lines.append(f"  inputs    {_short(_plain(record.inputs))}")
     if record.failed_step is not None or record.error is not None:
         lines.append(f"  failed    at {record.failed_step or '-'}: {record.error or ''}")
+    waiting = [
+        (name, s.wait, s.bad_payloads)
+        for name, s in record.steps.items()
+        if s.status == "waiting" and s.wait is not None
+    ]
+    for i, (name, wait, bad) in enumerate(waiting):
+        lines.append(f"  {'waiting' if i == 0 else '':<9} {name}: {_wait_detail(wait, bad)}")
     lines.append("")
     rows = [("STEP", "STATUS", "ATTEMPT", "COMPENSATION", "RESULT OR ERROR")]
     for name, step in record.steps.items():
@@ -55,6 +71,8 @@ def format_run(record: RunRecord) -> str:
         if step.compensation_attempt > 1:
             compensation += f" ({step.compensation_attempt} attempts)"
         shown = step.error or (_short(_plain(step.result)) if step.result is not None else "")
+        if step.status == "waiting" and step.wait is not None:
+            shown = _describe(step.wait)
         if step.compensation_error:
             shown += f"  undo: {step.compensation_error}"
         rows.append((name, step.status, str(step.attempt), compensation, _short(shown)))
@@ -74,6 +92,93 @@ def format_run(record: RunRecord) -> str:
                 f"{where}{attempt}{error}".rstrip()
             )
     return "\n".join(lines) + "\n"
+
+
+def format_delivery(delivery: Delivery, action: str) -> str:
+    """What ``asaga deliver`` (``action`` ``"delivered"``), ``resume`` (``"resumed"``) or
+    ``cancel`` (``"cancelled"``) did: one line saying where the run stands, then its
+    output, what it waits for now, or how it failed."""
+    key, run = delivery.key, delivery.run_id or "-"
+    if delivery.status == "kept":
+        return f"kept {key}: no run waits for it yet; the first run that waits for it takes it\n"
+    if delivery.status == "delivered":
+        return f"delivered {key} to run {run}: it goes on in the process that drives it\n"
+    what = f"{action} {key} to run {run}" if key is not None else f"{action} run {run}"
+    lines = [f"{what}: {delivery.status}"]
+    if delivery.result is not None:
+        lines.append(f"  output       {_json(delivery.result.output)}")
+    for i, wait in enumerate(delivery.waits):
+        lines.append(f"  {'waiting' if i == 0 else '':<12} {wait.step}: {_wait_detail(wait)}")
+    if delivery.error is not None:
+        lines += _failure_lines(delivery.error)
+    return "\n".join(lines) + "\n"
+
+
+def _failure_lines(error: SagaFailed) -> list[str]:
+    lines = []
+    if error.step:
+        cause = error.__cause__
+        why = str(cause) if isinstance(cause, RecordedError) else repr(cause) if cause else ""
+        lines.append(f"  failed       at {error.step}: {why}".rstrip())
+    lines.append(f"  compensated  {', '.join(error.compensated) or '-'}")
+    if isinstance(error, CompensationFailed):
+        lines.append(
+            f"  undo failed  {', '.join(error.failed_compensations)} (needs manual repair)"
+        )
+    if error.in_doubt:
+        lines.append(f"  in doubt     {', '.join(error.in_doubt)}")
+    return lines
+
+
+def _waits_cell(record: RunRecord) -> str:
+    """What a parked run waits for, for one cell of ``asaga runs list``."""
+    return "; ".join(f"{w.step}: {_short(_describe(w))}" for w in record.waits) or "-"
+
+
+def _describe(wait: WaitInfo) -> str:
+    """``event KEY until TIME UTC``, ``timer until TIME UTC``, ``halted: REASON``."""
+    until = f" until {_when(wait.until)} UTC" if wait.until is not None else ""
+    if wait.kind == "event":
+        return f"event {wait.key}{until}"
+    if wait.kind == "halt":
+        return "halted" + (f": {wait.reason}" if wait.reason else "")
+    return f"{wait.kind}{until}"
+
+
+def _wait_detail(wait: WaitInfo, bad_payloads: int | None = None) -> str:
+    """What a step waits for, in full: its key, deadline (and how far it is), the bad
+    payloads refused so far; a halt's reason and how to go on."""
+    if wait.kind == "halt":
+        return f"{_describe(wait)} (asaga resume runs it again)"
+    text = f"{wait.kind} {wait.key}" if wait.kind == "event" else wait.kind
+    if wait.until is None:
+        text += ", no deadline"
+    else:
+        text += f", until {_when(wait.until)} UTC ({_from_now(wait.until)})"
+    if wait.kind == "event" and bad_payloads is not None:
+        text += f", {bad_payloads} bad payload{'' if bad_payloads == 1 else 's'} refused"
+    return text
+
+
+def _from_now(until: float) -> str:
+    """``in 1h 5m``, or ``passed 3m 2s ago``: how far a deadline is."""
+    left = round(until - time.time())
+    span = abs(left)
+    hours, minutes, seconds = span // 3600, span // 60 % 60, span % 60
+    if hours:
+        text = f"{hours}h {minutes}m"
+    elif minutes:
+        text = f"{minutes}m {seconds}s"
+    else:
+        text = f"{seconds}s"
+    return f"in {text}" if left > 0 else f"passed {text} ago"
+
+
+def _json(value: Any) -> str:
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, msgspec.EncodeError):
+        return repr(value)
 
 
 def _plain(data: bytes | None) -> str:
