@@ -755,15 +755,19 @@ class _Flight:
 
     def __init__(self, node: Node, shield: bool) -> None:
         timeout = node.timeout
+        # A step that waits (wait_for, a timer) has no effect to leave in doubt: the run
+        # cuts it off at once when its caller is cancelled.
+        waits = node.invoke is not None and not node.invoke.nested
         if timeout is not None:
             deadline = anyio.current_time() + timeout
             self.scope = anyio.CancelScope(shield=shield, deadline=deadline)
-        elif shield or node.lock is not None:
+        elif shield or node.lock is not None or waits:
             self.scope = anyio.CancelScope(shield=shield)
         else:
             self.scope = _OPEN
-        self.entered = node.lock is None
-        """Whether the step's body began (a locked step's, once it holds its lease)."""
+        self.entered = node.lock is None and not waits
+        """Whether the step's body began (a locked step's, once it holds its lease; never
+        a waiting step's)."""
         self.cut = False
         """Whether the run cut the attempt off (or brought its deadline forward to do so):
         a cancellation of the scope is then not the step's timeout."""

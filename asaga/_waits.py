@@ -245,7 +245,7 @@ def wait_for(
     *,
     key: str,
     timeout: float | timedelta | None = None,
-    bad_payloads: int = 0,
+    bad_payloads: int = 3,
     after: Sequence[str] = (),
 ) -> Step[..., T]:
     """A step that waits for an event, and whose result is the event's payload.
@@ -257,7 +257,8 @@ def wait_for(
     by msgspec when it is delivered (a ``msgspec.Struct``, a dataclass, a ``TypedDict``...).
     ``timeout`` (seconds or a ``timedelta``): the step fails with a ``TimeoutError``
     when no payload came in time, and the run unwinds. ``bad_payloads``: how many invalid
-    payloads are refused before the step fails instead. ``after``: steps this one also
+    payloads are refused (the run keeps waiting) before one fails the step instead
+    (default 3). ``after``: steps this one also
     waits for (no key field reads them).
 
     Assign it in the saga's body; the attribute names the step::

@@ -374,13 +374,15 @@ async def _go_on(
         journal.set_failure(first, repr(failures[first]))
     elif cancel:
         journal.set_failure(None, "cancelled")
+    # What the run needs to go on (its resources, its inputs valid), checked before it is
+    # taken: a run that cannot go on here stays parked, untouched.
+    values = {} if terminate else recorded_run_values(spec, journal.record, _own(spec, resources))
     if not await journal.take("compensating" if unwinding else "running"):
         again = await runs.load(run_id)
         raise NotParked(run_id, again.status, f"run {run_id} was taken by another process")
     for mail_saga, mail_key in consumed:
         await runs.consume(mail_saga, mail_key, run_id)
     record = journal.record
-    values = recorded_run_values(spec, record, _own(spec, resources))
     if terminate:
         await journal.finish("terminated")
         return Delivery(key, "terminated", run_id)

@@ -102,9 +102,8 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The child runs of a composed or mapped step (their run ids), once it completed."""
     wait: WaitInfo | None = None
     """What a ``waiting`` step waits for (an event's key and deadline, a timer's time, a
-    halt's reason)."""
-    bad_payloads: int = 0
-    """Invalid payloads refused while it waited."""
+    halt's reason). (Invalid payloads refused meanwhile are counted in the key's mailbox,
+    not here: the record of a parked run is written only by whoever takes it.)"""
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -47,6 +47,15 @@ def failure(spec: SagaSpec, record: RunRecord) -> SagaFailed:
             failed,
             ExceptionGroup(f"compensations of saga {saga} failed", errors),
         )
+    elif record.failed_step is None and record.status == "cancelled":
+        error = SagaFailed(
+            saga,
+            record.run_id,
+            step,
+            record.compensated,
+            f"saga {saga} (run {record.run_id}) was cancelled; compensated: "
+            f"{list(record.compensated)}",
+        )
     else:
         error = SagaFailed(saga, record.run_id, step, record.compensated)
     error.__cause__ = cause

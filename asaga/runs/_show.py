@@ -58,12 +58,12 @@ def format_run(record: RunRecord) -> str:
     if record.failed_step is not None or record.error is not None:
         lines.append(f"  failed    at {record.failed_step or '-'}: {record.error or ''}")
     waiting = [
-        (name, s.wait, s.bad_payloads)
+        (name, s.wait)
         for name, s in record.steps.items()
         if s.status == "waiting" and s.wait is not None
     ]
-    for i, (name, wait, bad) in enumerate(waiting):
-        lines.append(f"  {'waiting' if i == 0 else '':<9} {name}: {_wait_detail(wait, bad)}")
+    for i, (name, wait) in enumerate(waiting):
+        lines.append(f"  {'waiting' if i == 0 else '':<9} {name}: {_wait_detail(wait)}")
     lines.append("")
     rows = [("STEP", "STATUS", "ATTEMPT", "COMPENSATION", "RESULT OR ERROR")]
     for name, step in record.steps.items():
@@ -145,9 +145,9 @@ def _describe(wait: WaitInfo) -> str:
     return f"{wait.kind}{until}"
 
 
-def _wait_detail(wait: WaitInfo, bad_payloads: int | None = None) -> str:
-    """What a step waits for, in full: its key, deadline (and how far it is), the bad
-    payloads refused so far; a halt's reason and how to go on."""
+def _wait_detail(wait: WaitInfo) -> str:
+    """What a step waits for, in full: its key, deadline (and how far it is); a halt's
+    reason and how to go on."""
     if wait.kind == "halt":
         return f"{_describe(wait)} (asaga resume runs it again)"
     text = f"{wait.kind} {wait.key}" if wait.kind == "event" else wait.kind
@@ -155,8 +155,6 @@ def _wait_detail(wait: WaitInfo, bad_payloads: int | None = None) -> str:
         text += ", no deadline"
     else:
         text += f", until {_when(wait.until)} UTC ({_from_now(wait.until)})"
-    if wait.kind == "event" and bad_payloads is not None:
-        text += f", {bad_payloads} bad payload{'' if bad_payloads == 1 else 's'} refused"
     return text
 
 

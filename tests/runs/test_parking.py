@@ -1,0 +1,381 @@
+"""Durable runs that wait: parked in their record, going on where the event is delivered,
+the run resumed or cancelled, or recovery finds their time come. On the in-memory store
+and on a real Redis (a second RedisRunStore stands for another process)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from asaga import (
+    DuplicateEvent,
+    EventRefused,
+    Halt,
+    InvalidEvent,
+    NotParked,
+    RunNotFound,
+    RunParked,
+    Saga,
+    SagaFailed,
+    sleep_for,
+    step,
+    wait_for,
+)
+from asaga.runs import MemoryRunStore, RedisRunStore, RunStore, recover
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's client is asyncio-only
+
+
+class Payment(msgspec.Struct):
+    amount: int
+
+
+LOG: list[str] = []
+HALT_ONCE: set[str] = set()
+
+
+class Order(Saga):
+    order_id: str
+
+    @step
+    async def charge(order_id: str) -> str:
+        LOG.append(f"charge {order_id}")
+        return f"ch-{order_id}"
+
+    @charge.compensate
+    async def refund(charge: str) -> None:
+        LOG.append(f"refund {charge}")
+
+    paid = wait_for(Payment, key="pay:{order_id}", timeout=3600, bad_payloads=1, after=["charge"])
+
+    @step
+    async def ship(paid: Payment, order_id: str) -> str:
+        LOG.append(f"ship {order_id} {paid.amount}")
+        return f"shipped {paid.amount}"
+
+
+class Hurried(Saga):
+    order_id: str
+
+    @step
+    async def charge(order_id: str) -> str:
+        LOG.append(f"charge {order_id}")
+        return f"ch-{order_id}"
+
+    @charge.compensate
+    async def refund(charge: str) -> None:
+        LOG.append(f"refund {charge}")
+
+    paid = wait_for(Payment, key="hurry:{order_id}", timeout=0.05, after=["charge"])
+
+
+class Two(Saga):
+    """Two events awaited in parallel branches."""
+
+    order_id: str
+    a = wait_for(Payment, key="a:{order_id}")
+    b = wait_for(Payment, key="b:{order_id}")
+
+    @step
+    async def total(a: Payment, b: Payment) -> int:
+        return a.amount + b.amount
+
+
+class Halting(Saga):
+    order_id: str
+
+    @step
+    async def check(order_id: str) -> str:
+        if order_id not in HALT_ONCE:
+            HALT_ONCE.add(order_id)
+            raise Halt("needs a manager's approval")
+        return "approved"
+
+    @step
+    async def book(check: str) -> str:
+        return f"booked ({check})"
+
+
+class Timed(Saga):
+    order_id: str
+    pause = sleep_for(0.05)
+
+    @step
+    async def after(pause: float) -> float:
+        return pause
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{time.monotonic_ns()}"
+
+
+Stores = Callable[[], AbstractAsyncContextManager[RunStore]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def stores(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) -> Stores:
+    """Makes stores over one backend: each Redis store is another process's view; the
+    memory store is one (a process's own)."""
+    if request.param == "memory":
+        memory = MemoryRunStore()
+
+        @asynccontextmanager
+        async def same() -> AsyncIterator[RunStore]:
+            yield memory
+
+        return same
+
+    @asynccontextmanager
+    async def another() -> AsyncIterator[RunStore]:
+        async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as store:
+            yield store
+
+    return another
+
+
+async def park(saga: type[Saga], runs: RunStore, **inputs: object) -> RunParked:
+    with pytest.raises(RunParked) as caught:
+        await saga.run(runs=runs, **inputs)
+    return caught.value
+
+
+async def test_a_run_parks_and_goes_on_where_its_event_is_delivered(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as first:
+        parked = await park(Order, first, order_id=order)
+        assert [(w.step, w.kind, w.key) for w in parked.waits] == [
+            ("paid", "event", f"pay:{order}")
+        ]
+        record = await first.load(parked.run_id)
+        assert record.status == "waiting"
+        assert record.steps["paid"].status == "waiting"
+        assert record.steps["charge"].status == "succeeded"
+        assert record.waits[0].until is not None
+        assert record.waits[0].until > time.time()
+        listed = await first.list(status="waiting")
+        assert parked.run_id in [r.run_id for r in listed]
+    async with stores() as second:  # another process: the first one is gone
+        delivery = await Order.deliver(f"pay:{order}", {"amount": 7}, runs=second)
+        assert delivery.status == "succeeded"
+        assert delivery.run_id == parked.run_id
+        assert delivery.result is not None
+        assert delivery.result.output == "shipped 7"
+        record = await second.load(parked.run_id, events=True)
+        assert record.status == "succeeded"
+        assert [e.kind for e in record.events].count("run_succeeded") == 1
+    assert LOG.count(f"ship {order} 7") == 1
+    assert LOG.count(f"charge {order}") == 1
+
+
+async def test_an_event_before_its_run_waits_is_taken_when_it_parks(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as runs:
+        delivery = await Order.deliver(f"pay:{order}", b'{"amount": 2}', runs=runs)
+        assert delivery.status == "kept"
+        assert delivery.run_id is None
+        result = await Order.run(order_id=order, runs=runs)
+        assert result.output == "shipped 2"
+        with pytest.raises(DuplicateEvent):
+            await Order.deliver(f"pay:{order}", {"amount": 2}, runs=runs)
+
+
+async def test_a_second_event_for_a_consumed_key_is_refused(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as runs:
+        parked = await park(Order, runs, order_id=order)
+        await Order.deliver(f"pay:{order}", {"amount": 1}, runs=runs)
+        with pytest.raises(DuplicateEvent) as caught:
+            await Order.deliver(f"pay:{order}", {"amount": 1}, runs=runs)
+        assert caught.value.run_id == parked.run_id
+    assert LOG.count(f"ship {order} 1") == 1
+
+
+async def test_invalid_payloads_are_refused_then_fail_the_run(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as runs:
+        parked = await park(Order, runs, order_id=order)
+        with pytest.raises(InvalidEvent) as first:
+            await Order.deliver(f"pay:{order}", {"amount": "x"}, runs=runs)
+        assert not first.value.run_failed
+        assert first.value.run_id == parked.run_id
+        assert (await runs.load(parked.run_id)).status == "waiting"
+        with pytest.raises(InvalidEvent) as second:  # bad_payloads=1: the second fails it
+            await Order.deliver(f"pay:{order}", {"amount": "y"}, runs=runs)
+        assert second.value.run_failed
+        record = await runs.load(parked.run_id)
+        assert record.status == "failed"
+        assert record.failed_step == "paid"
+        assert record.compensated == ("charge",)
+    assert f"refund ch-{order}" in LOG
+
+
+async def test_a_valid_payload_after_an_invalid_one_goes_on(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as runs:
+        await park(Order, runs, order_id=order)
+        with pytest.raises(InvalidEvent):
+            await Order.deliver(f"pay:{order}", b"not json", runs=runs)
+        delivery = await Order.deliver(f"pay:{order}", {"amount": 3}, runs=runs)
+        assert delivery.status == "succeeded"
+
+
+async def test_fifty_concurrent_deliveries_exactly_one_goes_on(stores: Stores) -> None:
+    order = unique("o")
+    outcomes: list[str] = []
+    async with stores() as runs:
+        await park(Order, runs, order_id=order)
+
+        async def deliver(i: int) -> None:
+            try:
+                outcomes.append(
+                    (await Order.deliver(f"pay:{order}", {"amount": i}, runs=runs)).status
+                )
+            except DuplicateEvent:
+                outcomes.append("duplicate")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(deliver, i)
+    assert sorted(outcomes) == ["duplicate"] * 49 + ["succeeded"]
+    assert len([line for line in LOG if line.startswith(f"ship {order} ")]) == 1
+
+
+async def test_a_wait_past_its_deadline_is_failed_by_recovery(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as runs:
+        parked = await park(Hurried, runs, order_id=order)
+    await anyio.sleep(0.1)  # the deadline passes while no process runs the saga
+    async with stores() as sweeper:
+        report = await recover(sweeper, sagas=[Hurried])
+        assert [(r.run_id, r.outcome) for r in report] == [(parked.run_id, "failed")]
+        record = await sweeper.load(parked.run_id)
+        assert record.status == "failed"
+        assert record.failed_step == "paid"
+        assert "TimeoutError" in (record.steps["paid"].error or "")
+        with pytest.raises(EventRefused, match="no longer waits"):  # too late
+            await Hurried.deliver(f"hurry:{order}", {"amount": 1}, runs=sweeper)
+        assert await recover(sweeper, sagas=[Hurried]) == []
+    assert LOG.count(f"refund ch-{order}") == 1
+
+
+async def test_a_durable_timer_wakes_through_recovery(stores: Stores) -> None:
+    async with stores() as runs:
+        parked = await park(Timed, runs, order_id=unique("t"))
+        assert parked.waits[0].kind == "timer"
+        assert await recover(runs, sagas=[Timed]) == []  # not due yet
+    await anyio.sleep(0.1)
+    async with stores() as sweeper:
+        report = await recover(sweeper, sagas=[Timed])
+        assert [(r.run_id, r.outcome) for r in report] == [(parked.run_id, "succeeded")]
+        record = await sweeper.load(parked.run_id)
+        assert record.status == "succeeded"
+
+
+async def test_two_waits_park_until_both_came(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as runs:
+        parked = await park(Two, runs, order_id=order)
+        assert sorted(w.step for w in parked.waits) == ["a", "b"]
+        first = await Two.deliver(f"a:{order}", {"amount": 1}, runs=runs)
+        assert first.status == "waiting"
+        assert [w.step for w in first.waits] == ["b"]
+        second = await Two.deliver(f"b:{order}", {"amount": 2}, runs=runs)
+        assert second.status == "succeeded"
+        assert second.result is not None
+        assert second.result.output == 3
+
+
+async def test_halt_parks_and_resume_runs_the_step_again(stores: Stores) -> None:
+    order = unique("h")
+    async with stores() as runs:
+        parked = await park(Halting, runs, order_id=order)
+        assert [(w.step, w.kind, w.reason) for w in parked.waits] == [
+            ("check", "halt", "needs a manager's approval")
+        ]
+    async with stores() as other:
+        delivery = await Halting.resume(parked.run_id, runs=other)
+        assert delivery.status == "succeeded"
+        assert delivery.result is not None
+        assert delivery.result.output == "booked (approved)"
+        with pytest.raises(NotParked):
+            await Halting.resume(parked.run_id, runs=other)
+
+
+async def test_cancel_a_parked_run_with_and_without_compensation(stores: Stores) -> None:
+    kept, undone = unique("k"), unique("u")
+    async with stores() as runs:
+        first = await park(Order, runs, order_id=undone)
+        second = await park(Order, runs, order_id=kept)
+    async with stores() as other:
+        cancelled = await Order.cancel(first.run_id, runs=other)
+        assert cancelled.status == "cancelled"
+        record = await other.load(first.run_id)
+        assert record.status == "cancelled"
+        assert record.compensated == ("charge",)
+        terminated = await Order.cancel(second.run_id, runs=other, compensate=False)
+        assert terminated.status == "terminated"
+        record = await other.load(second.run_id)
+        assert record.status == "terminated"
+        assert record.compensated == ()
+        with pytest.raises(NotParked):
+            await Order.cancel(second.run_id, runs=other)
+        with pytest.raises(EventRefused):
+            await Order.deliver(f"pay:{kept}", {"amount": 1}, runs=other)
+    assert f"refund ch-{undone}" in LOG
+    assert f"refund ch-{kept}" not in LOG
+
+
+async def test_an_idempotency_key_of_a_parked_run_says_it_is_parked(stores: Stores) -> None:
+    order = unique("o")
+    async with stores() as runs:
+        parked = await park(Order, runs, order_id=order, idempotency_key=order)
+        again = await park(Order, runs, order_id=order, idempotency_key=order)
+        assert again.run_id == parked.run_id
+    assert LOG.count(f"charge {order}") == 1
+
+
+async def test_a_parked_run_survives_kill_9_of_its_process(
+    redis_url: str, redis_prefix: str
+) -> None:
+    order = unique("k")
+    worker = [sys.executable, str(ROOT / "tests/runs/parking_worker.py"), redis_url, redis_prefix]
+    async with await anyio.open_process([*worker, order], cwd=ROOT) as process:
+        assert process.stdout is not None
+        buffer = b""
+        with anyio.fail_after(20):
+            while b"\n" not in buffer:
+                buffer += await process.stdout.receive()
+        line = buffer.decode().splitlines()[0]
+        assert line.startswith("parked ")
+        process.kill()
+        await process.wait()
+    run_id = line.split()[-1]
+    async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as runs:
+        assert (await runs.load(run_id)).status == "waiting"
+        assert await recover(runs, sagas=[Order]) == []  # parked, not abandoned
+        delivery = await Order.deliver(f"pay:{order}", {"amount": 9}, runs=runs)
+        assert delivery.status == "succeeded"
+        assert delivery.run_id == run_id
+        assert (await runs.load(run_id)).status == "succeeded"
+
+
+async def test_resuming_an_unknown_run_is_refused(stores: Stores) -> None:
+    async with stores() as runs:
+        with pytest.raises(RunNotFound):
+            await Order.resume("no-such-run", runs=runs)
+    with pytest.raises(SagaFailed):  # sanity: a plain failure still fails
+        await Hurried.run(order_id=unique("x"))
