@@ -55,6 +55,7 @@ from .events import Event as Event
 from .events import EventKind as EventKind
 from .events import Hook as Hook
 from .events import RunFailed as RunFailed
+from .events import RunParkedEvent as RunParkedEvent
 from .events import RunStarted as RunStarted
 from .events import RunSucceeded as RunSucceeded
 from .events import StepCancelled as StepCancelled
@@ -63,6 +64,7 @@ from .events import StepRetrying as StepRetrying
 from .events import StepSkipped as StepSkipped
 from .events import StepStarted as StepStarted
 from .events import StepSucceeded as StepSucceeded
+from .events import StepWaiting as StepWaiting
 from .locks import Lock as Lock
 from .locks._memory import default_provider as _default_provider
 from .workers._durable import DURABILITY as _DURABILITY
@@ -107,6 +109,7 @@ __all__ = [
     "RunFailed",
     "RunNotFound",
     "RunParked",
+    "RunParkedEvent",
     "RunRecordLost",
     "RunStarted",
     "RunStoreError",
@@ -123,6 +126,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "StepWaiting",
     "StoreUnavailable",
     "UndoFailed",
     "WaitInfo",

@@ -34,6 +34,7 @@ __all__ = [
     "EventKind",
     "Hook",
     "RunFailed",
+    "RunParkedEvent",
     "RunStarted",
     "RunSucceeded",
     "StepCancelled",
@@ -42,6 +43,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "StepWaiting",
 ]
 
 EventKind = Literal[
@@ -54,6 +56,8 @@ EventKind = Literal[
     "step_retrying",
     "step_cancelled",
     "step_skipped",
+    "step_waiting",
+    "run_parked",
     "compensation_started",
     "compensation_succeeded",
     "compensation_failed",
@@ -169,6 +173,33 @@ class StepSkipped(EventBase, frozen=True, kw_only=True, tag="step_skipped"):
     """A step did not run because its condition was false."""
 
 
+class StepWaiting(EventBase, frozen=True, kw_only=True, tag="step_waiting"):
+    """A step waits: for an event (:func:`~asaga.wait_for`), a timer, or a resume (it
+    raised :class:`~asaga.Halt`). Its end is the step's ``step_succeeded`` (or failure)."""
+
+    level: ClassVar[int] = _INFO
+    log_fields: ClassVar[tuple[str, ...]] = ("wait", "key", "until", "reason")
+    wait: str = "event"
+    """``"event"``, ``"timer"`` or ``"halt"``."""
+    key: str | None = None
+    """The event's correlation key."""
+    until: float | None = None
+    """Wall-clock time (epoch seconds) the wait ends (an event's deadline, a timer)."""
+    reason: str | None = None
+    """A halt's reason."""
+
+
+class RunParkedEvent(EventBase, frozen=True, kw_only=True, tag="run_parked"):
+    """A durable run parked: its steps that could run have ended, and the rest wait
+    (``waiting``: the waiting steps). It goes on where an event is delivered, a resume
+    comes, or recovery finds its time come."""
+
+    level: ClassVar[int] = _INFO
+    log_fields: ClassVar[tuple[str, ...]] = ("waiting",)
+    waiting: tuple[str, ...] = ()
+    """The steps that wait."""
+
+
 class CompensationStarted(EventBase, frozen=True, kw_only=True, tag="compensation_started"):
     """An attempt of a step's compensation began."""
 
@@ -203,6 +234,8 @@ Event: TypeAlias = (
     | StepRetrying
     | StepCancelled
     | StepSkipped
+    | StepWaiting
+    | RunParkedEvent
     | CompensationStarted
     | CompensationSucceeded
     | CompensationFailedEvent

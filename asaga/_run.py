@@ -20,7 +20,15 @@ import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from ._compensation import Undoable, Unwind, undoable
-from ._events import Emitter, Event, RunContext, RunFailed, RunStarted, RunSucceeded
+from ._events import (
+    Emitter,
+    Event,
+    RunContext,
+    RunFailed,
+    RunParkedEvent,
+    RunStarted,
+    RunSucceeded,
+)
 from ._exceptions import (
     CompensationFailed,
     MapFailed,
@@ -383,6 +391,7 @@ async def _drive(
         if execution.failure is None and observer is not None:
             # Steps wait (an event, a timer, a halt) and nothing else can run: the run
             # parks, recorded; it goes on where the event is delivered, or its time comes.
+            emit(RunParkedEvent, waiting=tuple(info.step for info in execution.parked))
             await observer.parked(execution.parked)
             raise RunParked(plan.saga, context.run_id, execution.parked)
         if observer is not None:  # the run failed meanwhile: they wait no more

@@ -62,6 +62,7 @@ from ._events import (
     StepSkipped,
     StepStarted,
     StepSucceeded,
+    StepWaiting,
 )
 from ._exceptions import (
     Halt,
@@ -465,12 +466,22 @@ class Execution:
                     self._cut_off(name, attempt, started, flight)
                     raise
                 except Parking as parking:  # a waiting step of a durable run
-                    self.parked.append(parking.info)
+                    info = parking.info
+                    emit(
+                        StepWaiting,
+                        name,
+                        attempt=attempt,
+                        wait=info.kind,
+                        key=info.key,
+                        until=info.until,
+                    )
+                    self.parked.append(info)
                     return None
                 except Halt as halt:
                     if self._observer is None:  # nothing could resume it: it fails
                         self._fail(name, attempt, time.monotonic() - started, halt)
                         return None
+                    emit(StepWaiting, name, attempt=attempt, wait="halt", reason=halt.reason)
                     self.parked.append(WaitInfo(step=name, kind="halt", reason=halt.reason))
                     return None
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point

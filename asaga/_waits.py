@@ -32,7 +32,7 @@ import anyio
 import msgspec
 
 from ._annotations import EMPTY
-from ._events import RunContext
+from ._events import RunContext, StepWaiting
 from ._exceptions import DuplicateEvent, InvalidEvent, Parking, WaitInfo
 from ._observer import Observer, Undoable
 from ._retry import Retry
@@ -112,12 +112,14 @@ class Wait:
             if until <= time.time():
                 return time.time(), None
             if observer is None:
+                context.emit(StepWaiting, name, attempt=attempt, wait="timer", until=until)
                 await anyio.sleep(until - time.time())
                 return time.time(), None
             raise Parking(WaitInfo(step=name, kind="timer", until=until))
         key = self.key_of(kwargs)
         deadline = time.time() + self.timeout if self.timeout is not None else None
         if observer is None:
+            context.emit(StepWaiting, name, attempt=attempt, key=key, until=deadline)
             payload = await MAILBOX.wait(context.saga, key, self, deadline, context.run_id)
             return payload, None
         raise Parking(WaitInfo(step=name, kind="event", key=key, until=deadline))

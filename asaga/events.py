@@ -24,6 +24,7 @@ from ._events import Event as Event
 from ._events import EventKind as EventKind
 from ._events import Hook as Hook
 from ._events import RunFailed as RunFailed
+from ._events import RunParkedEvent as RunParkedEvent
 from ._events import RunStarted as RunStarted
 from ._events import RunSucceeded as RunSucceeded
 from ._events import StepCancelled as StepCancelled
@@ -32,6 +33,7 @@ from ._events import StepRetrying as StepRetrying
 from ._events import StepSkipped as StepSkipped
 from ._events import StepStarted as StepStarted
 from ._events import StepSucceeded as StepSucceeded
+from ._events import StepWaiting as StepWaiting
 from ._public import claim as _claim
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "EventKind",
     "Hook",
     "RunFailed",
+    "RunParkedEvent",
     "RunStarted",
     "RunSucceeded",
     "StepCancelled",
@@ -50,6 +53,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "StepWaiting",
 ]
 
 # Tracebacks and reprs say `asaga.events.StepFailed`, not `asaga._events.StepFailed`.

@@ -59,6 +59,7 @@ def test_all_is_pinned() -> None:
         "RunFailed",
         "RunNotFound",
         "RunParked",
+        "RunParkedEvent",
         "RunRecordLost",
         "RunStarted",
         "RunStoreError",
@@ -75,6 +76,7 @@ def test_all_is_pinned() -> None:
         "StepSkipped",
         "StepStarted",
         "StepSucceeded",
+        "StepWaiting",
         "StoreUnavailable",
         "UndoFailed",
         "WaitInfo",
@@ -143,6 +145,7 @@ def test_events_exports() -> None:
         "EventKind",
         "Hook",
         "RunFailed",
+        "RunParkedEvent",
         "RunStarted",
         "RunSucceeded",
         "StepCancelled",
@@ -151,6 +154,7 @@ def test_events_exports() -> None:
         "StepSkipped",
         "StepStarted",
         "StepSucceeded",
+        "StepWaiting",
     ]
     for name in asaga.events.__all__:
         assert getattr(asaga, name) is getattr(asaga.events, name), name

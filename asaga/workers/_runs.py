@@ -40,6 +40,7 @@ from .._exceptions import (
     NotRecordable,
     RunCancelled,
     RunNotFound,
+    RunParked,
     SagaFailed,
 )
 from .._public import NoPublicConstructor
@@ -169,12 +170,16 @@ class RunHandle(metaclass=NoPublicConstructor):
     async def result(self) -> SagaResult[Any]:
         """Wait for the run to end (its end is pushed by the job engine) and return its
         result, as ``run()`` would: ``SagaFailed`` / ``CompensationFailed`` if it failed
-        (and was compensated), :class:`~asaga.workers.RunCancelled` if it was cancelled,
+        (and was compensated), :class:`~asaga.RunParked` if it parked (it waits for an
+        event, a timer or a resume), :class:`~asaga.workers.RunCancelled` if it was cancelled,
         :class:`~asaga.workers.JobFailed` if no worker could run it. Bound the wait with
         ``anyio.fail_after(...)``: the run goes on regardless."""
         end, record = await self._ended()
         if record is None:
             record = await self._record()
+            if record is not None and record.status == "waiting":
+                # Parked (an event, a timer, a halt): it goes on where that comes.
+                raise RunParked(self.saga, self.run_id, record.waits)
             if record is not None and not record.finished:
                 # Its worker died and the job gave up; the recovery sweep finishes it.
                 record = await self._runs.wait_finished(self.run_id)
@@ -363,9 +368,11 @@ async def handle_job(
             )
         except RunExists:  # the job was given out before: the run is recorded, not run again
             record = await runs.load(run_id)
-            if not record.finished:  # its worker died: the recovery sweep finishes it
-                record = await runs.wait_finished(run_id)
+            if not record.finished and record.status != "waiting":
+                record = await runs.wait_finished(run_id)  # its worker died: recovery ends it
             status = record.status
+        except RunParked:
+            status = "waiting"  # recorded: it goes on where its event (or time) comes
         except SagaFailed:
             status = None  # recorded: the caller reads it there
         else:

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from asaga import InputValidationError, Resource, Saga, SagaFailed, step
+from asaga import InputValidationError, Resource, RunParked, Saga, SagaFailed, step, wait_for
 from asaga.runs import MemoryRunStore, RedisRunStore
 from asaga.workers import JobFailed, RunCancelled, SaqQueue, Served, serve
 
@@ -65,6 +66,29 @@ class Order(Saga):
         return amount
 
 
+class Confirmation(msgspec.Struct):
+    amount: int
+
+
+class PaidOrder(Saga):
+    """Waits for the payment's confirmation after reserving."""
+
+    order_id: str
+    ledger: Resource[Ledger]
+
+    @step
+    async def reserve(order_id: str, ledger: Ledger) -> str:
+        ledger.calls.append(f"reserve {order_id}")
+        return f"r-{order_id}"
+
+    confirmed = wait_for(Confirmation, key="confirm:{order_id}", after=["reserve"])
+
+    @step
+    async def book(confirmed: Confirmation, ledger: Ledger) -> int:
+        ledger.calls.append(f"book {confirmed.amount}")
+        return confirmed.amount
+
+
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
@@ -86,7 +110,7 @@ async def world(
         SaqQueue.from_url(redis_url, name=name, heartbeat=5) as workers,
         anyio.create_task_group() as tg,
     ):
-        served = Served(sagas=[Order], runs=runs, resources={"ledger": ledger})
+        served = Served(sagas=[Order, PaidOrder], runs=runs, resources={"ledger": ledger})
         tg.start_soon(lambda: serve(workers, served, concurrency=4, shutdown_grace=1, stop=stop))
         yield queue, runs, ledger
         stop.set()
@@ -192,3 +216,19 @@ async def test_start_and_serve_refuse_what_cannot_work(world: Any) -> None:
     served = Served(sagas=[Order], runs=runs, resources={"ledger": ledger})
     with pytest.raises(ValueError, match="recover_every"):
         await serve(object(), served, recover_every=0)
+
+
+async def test_a_run_on_workers_parks_and_goes_on_where_its_event_is_delivered(
+    world: Any,
+) -> None:
+    queue, runs, ledger = world
+    handle = await PaidOrder.start(queue=queue, runs=runs, order_id="o-9")
+    with anyio.fail_after(10), pytest.raises(RunParked) as parked:
+        await handle.result()
+    assert [w.key for w in parked.value.waits] == ["confirm:o-9"]
+    assert await handle.status() == "waiting"
+    delivery = await PaidOrder.deliver("confirm:o-9", {"amount": 12}, runs=runs, ledger=ledger)
+    assert delivery.status == "succeeded"
+    assert delivery.result is not None
+    assert delivery.result.output == 12
+    assert ledger.calls == ["reserve o-9", "book 12"]
