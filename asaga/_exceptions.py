@@ -611,7 +611,8 @@ class WaitInfo(msgspec.Struct, frozen=True, kw_only=True):
     """What one step of a parked run waits for."""
 
     step: str
-    """The waiting step (for a step of a composed child run: ``"<step>/<child step>"``)."""
+    """The waiting step (for a wait inside a composed sub-saga, the composed step: see
+    ``runs`` and ``run_step``)."""
     kind: str
     """``"event"`` (:func:`~asaga.wait_for`), ``"timer"`` (:func:`~asaga.sleep_for`,
     :func:`~asaga.sleep_until`) or ``"halt"`` (the step raised :class:`Halt`)."""
@@ -622,6 +623,11 @@ class WaitInfo(msgspec.Struct, frozen=True, kw_only=True):
     fails with a ``TimeoutError``), a timer's wake-up; ``None``: no deadline."""
     reason: str | None = None
     """Why a halted step halted (the :class:`Halt`'s message)."""
+    runs: tuple[str, ...] = ()
+    """For a wait inside a composed sub-saga (``step`` is then the composed step): the
+    child runs down to the one whose step waits, outermost first."""
+    run_step: str | None = None
+    """For a wait inside a composed sub-saga: the waiting step of the innermost run."""
 
 
 class Parking(Exception):

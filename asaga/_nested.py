@@ -153,6 +153,19 @@ class _Compose:
         return [(f"{name}/{attempt}", self.spec)]
 
 
+def _waits(spec: SagaSpec, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether ``spec`` (or a saga it composes or maps) has a waiting step."""
+    if spec.plan.saga in seen:
+        return False
+    for node in spec.plan.nodes.values():
+        if node.invoke is not None and not node.invoke.nested:
+            return True
+        for sub in node.invoke.sagas if node.invoke is not None else ():
+            if _waits(sub, seen | {spec.plan.saga}):
+                return True
+    return False
+
+
 async def _run_child(
     spec: SagaSpec,
     inputs: dict[str, Any],
@@ -303,6 +316,11 @@ class Map:
             self.durable_problem = (
                 "maps an async function with undo=, whose elements a durable run cannot "
                 "undo from its record: map a saga instead (each element is then a child run)"
+            )
+        elif isinstance(element, _SagaElement) and element.spec and _waits(element.spec):
+            self.durable_problem = (
+                "maps a saga that waits (wait_for, sleep_for, sleep_until), which a durable "
+                "run cannot park per element: compose it, or map it in a run without a store"
             )
         value: Any = (
             _output_type(element.spec) if isinstance(element, _SagaElement) else element.returns

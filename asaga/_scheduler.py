@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import msgspec
 from structlog.contextvars import bind_contextvars
 
 from ._events import (
@@ -67,6 +68,7 @@ from ._events import (
 from ._exceptions import (
     Halt,
     Parking,
+    RunParked,
     RunStoreError,
     RunTakenOver,
     WaitInfo,
@@ -486,6 +488,10 @@ class Execution:
                     return None
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
                     duration = time.monotonic() - started
+                    if isinstance(exc, RunParked) and self._nested_parks(node):
+                        # The sub-saga's durable child run parked: so does this step.
+                        self._park_nested(name, attempt, exc)
+                        return None
                     if flight.cut and flight.entered:
                         # The cut-off surfaced as an error of the step's own: still in doubt.
                         self._cut_off(name, attempt, started, flight)
@@ -669,6 +675,31 @@ class Execution:
             context.emit(StepCancelled, name, attempt=attempt, duration=duration)
         if self._observer is not None:
             self._observer.ended(name, "cancelled", None, attempt)
+
+    def _nested_parks(self, node: Node) -> bool:
+        """Whether a ``RunParked`` out of ``node`` is its child run parking (a composed
+        step of a durable run), not a failure."""
+        return self._observer is not None and node.invoke is not None and node.invoke.nested
+
+    def _park_nested(self, name: str, attempt: int, parked: RunParked) -> None:
+        """The composed step ``name`` waits for what its child run waits for."""
+        for info in parked.waits:
+            wrapped = msgspec.structs.replace(
+                info,
+                step=name,
+                runs=(parked.run_id, *info.runs),
+                run_step=info.run_step or info.step,
+            )
+            self._context.emit(
+                StepWaiting,
+                name,
+                attempt=attempt,
+                wait=info.kind,
+                key=info.key,
+                until=info.until,
+                reason=info.reason,
+            )
+            self.parked.append(wrapped)
 
     def _cut_off(self, name: str, attempt: int, since: float, flight: _Flight) -> None:
         """The run cut off an attempt of ``name`` in flight: in doubt if its body began."""

@@ -5,14 +5,17 @@ record."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import msgspec
 
 from .._events import RunContext
 from .._exceptions import (
     RunNotFound,
+    RunParked,
     RunStoreError,
 )
 from .._graph import RUN_ID
@@ -133,7 +136,13 @@ async def _take(
     """Drive the unfinished child run ``record`` to its end (taking it over from its dead
     owner first, or waiting for the live one that holds it); its record then."""
     run_id = record.run_id
-    if record.owner != runs.owner:
+    if record.status == "waiting":  # parked with its parent
+        if forward:
+            raise RunParked(spec.plan.saga, run_id, record.waiting)  # it still waits
+        record = await _stop_waiting(runs, spec, record)
+        if record.finished:
+            return record
+    elif record.owner != runs.owner:
         taken = await runs.claim(run_id, record.owner or "")
         if taken is None:  # a live owner, or another recoverer, has it
             return await runs.wait_finished(run_id)
@@ -141,6 +150,31 @@ async def _take(
     values = recorded_run_values(spec, record, resources)
     await recover_one(spec, runs, record, values, ((), ()), Children, parent, forward=forward)
     return await runs.load(run_id)
+
+
+async def _stop_waiting(runs: RunStore, spec: SagaSpec, record: RunRecord) -> RunRecord:
+    """A parked child run whose parent unwinds: taken, what it waits for waits no more (a
+    composed step of its own is left in doubt, so that its child runs are unwound from
+    their records), to be unwound."""
+    journal = Journal(runs, codec_of(spec), record, children=Children(spec, ((), ())))
+    now = time.time()
+    for info in record.waiting:
+        step = record.steps.get(info.step)
+        if step is None:
+            continue
+        if info.runs:
+            journal.mark(info.step, msgspec.structs.replace(step, status="running", wait=None))
+        else:
+            journal.mark(
+                info.step,
+                msgspec.structs.replace(
+                    step, status="cancelled", error="its parent unwinds", wait=None, ended_at=now
+                ),
+            )
+    journal.set_failure(None, "its parent run unwinds")
+    if not await journal.take("compensating", ()):
+        return await runs.load(record.run_id)  # another process has it
+    return journal.record
 
 
 def _resources(spec: SagaSpec, values: Mapping[str, Any]) -> dict[str, Any]:

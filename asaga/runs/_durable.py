@@ -22,7 +22,14 @@ from ._children import Children
 from ._codec import codec_of
 from ._journal import Journal
 from ._memory import default_store
-from ._parking import Delivery, after_parking, cancel_parked, resume_halted, wake_due
+from ._parking import (
+    Delivery,
+    after_parking,
+    cancel_parked,
+    resume_halted,
+    settle_recovered,
+    wake_due,
+)
 from ._parking import deliver as deliver_event
 from ._record import RunStore
 from ._recovery import Recovered, SagaClass
@@ -141,10 +148,13 @@ async def recover(
         hooks=hooks,
         kin=Children,
     )
-    # Parked runs whose time came: due timers, events past their deadline.
     specs = {s.__asaga__.plan.saga: s.__asaga__ for s in sagas if s.__asaga__ is not None}
     extra = split_hooks(hooks) if hooks else ((), ())
-    report += await wake_due(runs, specs, dict(resources or {}), extra, Children, limit=limit)
+    given = dict(resources or {})
+    # Runs that went on until they parked: their events are bound to them.
+    report = await settle_recovered(runs, specs, report, given, extra, Children)
+    # Parked runs whose time came: due timers, events past their deadline.
+    report += await wake_due(runs, specs, given, extra, Children, limit=limit)
     return report
 
 

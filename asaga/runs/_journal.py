@@ -185,7 +185,7 @@ class Journal:
     @property
     def record(self) -> RunRecord:
         """The record as this process knows it (what the last write wrote, and since)."""
-        return msgspec.structs.replace(self._record, steps=dict(self._steps))
+        return msgspec.structs.replace(self._record, steps=dict(self._steps), seq=self._seq)
 
     # -- hook ----------------------------------------------------------------------------
 
@@ -336,18 +336,24 @@ class Journal:
         waits = tuple(waits)
         for info in waits:
             previous = self._steps.get(info.step) or StepRecord(status="running")
-            self._steps[info.step] = msgspec.structs.replace(previous, status="waiting", wait=info)
-        self._record = msgspec.structs.replace(self._record, status="waiting")
+            if previous.status != "waiting":  # the first wait of a step stands for it
+                self._steps[info.step] = msgspec.structs.replace(
+                    previous, status="waiting", wait=info
+                )
+        self._record = msgspec.structs.replace(self._record, status="waiting", waiting=waits)
         if self.gone:
             return
         until = min((w.until for w in waits if w.until is not None), default=None)
         await self.store.park(self._write("waiting"), until)
 
-    async def take(self, status: RunStatus = "running") -> bool:
+    async def take(self, status: RunStatus = "running", waiting: tuple[WaitInfo, ...] = ()) -> bool:
         """Take this parked run (as it was read) to drive it here, with what was marked
-        since (:meth:`mark`); ``False`` if another process took it first."""
+        since (:meth:`mark`) and the waits still ``waiting``; ``False`` if another process
+        took it first."""
         seen = self._record.seq
-        self._record = msgspec.structs.replace(self._record, status=status, owner=self.store.owner)
+        self._record = msgspec.structs.replace(
+            self._record, status=status, owner=self.store.owner, waiting=waiting
+        )
         return await self.store.take_parked(self._write(status), seen)
 
     async def resume(self, roots: Iterable[str], attempts: Mapping[str, int]) -> None:

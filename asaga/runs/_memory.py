@@ -284,6 +284,7 @@ class MemoryRunStore(StoreSettings):
             (run.until, run_id)
             for run_id, run in self._runs.items()
             if run.status == "waiting"
+            and "/" not in run_id
             and run.until is not None
             and run.until <= now
             and run.saga in sagas

@@ -46,6 +46,7 @@ from .._exceptions import (
     InvalidEvent,
     NotParked,
     RunParked,
+    RunStoreError,
     SagaFailed,
     WaitInfo,
 )
@@ -55,10 +56,19 @@ from .._waits import MAILBOX, Wait
 from ._codec import codec_of
 from ._journal import ChildRunsFor, Journal
 from ._record import RunRecord, RunStore, StepRecord
-from ._recovery import Recovered, _unwind
+from ._recovery import Recovered, _nested, _unwind
 from ._replay import failure, recorded_run_values
 
-__all__ = ["Delivery", "after_parking", "cancel_parked", "deliver", "resume_halted", "wake_due"]
+__all__ = [
+    "Delivery",
+    "after_parking",
+    "cancel_parked",
+    "deliver",
+    "resume_halted",
+    "settle",
+    "settle_recovered",
+    "wake_due",
+]
 
 _logger = structlog.get_logger("asaga")
 
@@ -97,16 +107,31 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    saga: str
+    spec: SagaSpec
     step: str
     wait: Wait
+
+    @property
+    def saga(self) -> str:
+        return self.spec.plan.saga
 
 
 def _targets(spec: SagaSpec) -> Iterator[_Target]:
     """The event waits of a saga (the steps that :func:`~asaga.wait_for`)."""
     for name, node in spec.plan.nodes.items():
         if isinstance(node.invoke, Wait) and node.invoke.kind == "event":
-            yield _Target(spec.plan.saga, name, node.invoke)
+            yield _Target(spec, name, node.invoke)
+
+
+def _sagas(spec: SagaSpec, seen: dict[str, SagaSpec] | None = None) -> dict[str, SagaSpec]:
+    """A saga and the sagas it composes or maps, by name."""
+    seen = seen if seen is not None else {}
+    if spec.plan.saga not in seen:
+        seen[spec.plan.saga] = spec
+        for node in spec.plan.nodes.values():
+            for sub in node.invoke.sagas if node.invoke is not None else ():
+                _sagas(sub, seen)
+    return seen
 
 
 def _nested_targets(spec: SagaSpec, seen: set[str] | None = None) -> Iterator[_Target]:
@@ -122,10 +147,10 @@ def _nested_targets(spec: SagaSpec, seen: set[str] | None = None) -> Iterator[_T
             yield from _nested_targets(sub, seen)
 
 
-def _match(spec: SagaSpec, key: str, nested: bool) -> list[_Target]:
+def _match(spec: SagaSpec, key: str) -> list[_Target]:
     if not isinstance(key, str) or not key or len(key) > 1000:
         raise EventRefused(str(key)[:100], "an event key is a str of 1 to 1000 characters")
-    targets = list(_nested_targets(spec) if nested else _targets(spec))
+    targets = list(_nested_targets(spec))
     found = [t for t in targets if t.wait.matches(key)]
     if not found:
         keys = sorted({t.wait.template or "" for t in targets})
@@ -163,7 +188,7 @@ async def deliver(
     kin: ChildRunsFor,
 ) -> Delivery:
     """``Saga.deliver``: see the module docstring."""
-    found = _match(spec, key, nested=True)
+    found = _match(spec, key)
     # A run waiting in this process (no store) takes it from the in-process mailbox.
     for target in found:
         waiting = MAILBOX.waiting(target.saga, key)
@@ -179,30 +204,21 @@ async def deliver(
         status, run_id = MAILBOX.post(target.saga, key, value)
         return Delivery(key, "delivered" if status == "delivered" else "kept", run_id)
 
-    found = [t for t in found if t.saga == spec.plan.saga]  # durable: the saga's own
-    if not found:
-        raise EventRefused(
-            key,
-            f"the key is waited for by a saga that {spec.plan.saga} composes; in a durable "
-            "run a waiting step must be the saga's own (see docs/interrupts.md)",
-        )
+    saga = spec.plan.saga  # a durable run's events are the top-level run's, by its saga
     try:
         target, value = _convert(found, key, payload)
     except InvalidEvent as exc:
-        run_id, count = await runs.bad_payload(spec.plan.saga, key)
-        wait = found[0].wait
-        if run_id is None or count <= wait.bad_payloads:
+        run_id, count = await runs.bad_payload(saga, key)
+        if run_id is None or count <= found[0].wait.bad_payloads:
             raise InvalidEvent(key, exc.errors, run_id) from None
-        failure = InvalidEvent(key, exc.errors, run_id, run_failed=True)
+        failure_ = InvalidEvent(key, exc.errors, run_id, run_failed=True)
         try:
-            await _go_on(
-                spec, runs, run_id, resources, extra_hooks, kin, failures={found[0].step: failure}
-            )
+            await _go_on(spec, runs, run_id, resources, extra_hooks, kin, failures={key: failure_})
         except NotParked as why:
             raise InvalidEvent(key, exc.errors, run_id) from why
-        raise failure from None
-    blob = codec_of(spec).encode_result(target.step, value, "")
-    state, run_id = await runs.post(target.saga, key, blob)
+        raise failure_ from None
+    blob = codec_of(target.spec).encode_result(target.step, value, "")
+    state, run_id = await runs.post(saga, key, blob)
     if state in ("consumed", "duplicate"):
         raise DuplicateEvent(
             key,
@@ -214,22 +230,14 @@ async def deliver(
         return Delivery(key, "kept")
     try:
         return await _go_on(
-            spec,
-            runs,
-            run_id,
-            resources,
-            extra_hooks,
-            kin,
-            results={target.step: value},
-            consumed=[(target.saga, key)],
-            key=key,
+            spec, runs, run_id, resources, extra_hooks, kin, events={key: blob}, key=key
         )
     except NotParked as exc:
         if exc.status in ("running", "compensating"):
             # Driven by another process now (it took the run for another reason): when it
             # parks again it finds the payload kept for the key.
             return Delivery(key, "delivered", run_id)
-        await runs.unpost(target.saga, key, blob)
+        await runs.unpost(saga, key, blob)
         raise EventRefused(key, f"run {run_id} no longer waits for it: {exc}", run_id) from None
 
 
@@ -241,31 +249,44 @@ async def after_parking(
     extra_hooks: Hooks,
     kin: ChildRunsFor,
 ) -> SagaResult[Any]:
+    """A run just parked here: see :func:`settle`. Returns the run's result, or raises
+    (``RunParked`` again, ``SagaFailed``)."""
+    done = await settle(spec, runs, parked, resources, extra_hooks, kin)
+    if done.status == "waiting":
+        raise RunParked(spec.plan.saga, parked.run_id, done.waits)
+    if done.result is not None:
+        return done.result
+    assert done.error is not None
+    raise done.error
+
+
+async def settle(
+    spec: SagaSpec,
+    runs: RunStore,
+    parked: RunParked,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+    kin: ChildRunsFor,
+    key: str | None = None,
+) -> Delivery:
     """A run just parked: each event it waits for is bound to it in its key's mailbox; a
-    payload kept there (delivered before it waited) makes it go on at once, here. Returns
-    the run's result, or raises (``RunParked`` again, ``SagaFailed``)."""
-    for _ in range(100):  # bounded: each round consumes one kept payload
-        results: dict[str, Any] = {}
-        failures: dict[str, BaseException] = {}
-        consumed: list[tuple[str, str]] = []
-        codec = codec_of(spec)
+    payload kept there (delivered before it waited) makes it go on at once, here."""
+    saga = spec.plan.saga
+    for _ in range(100):  # bounded: each round consumes at least one kept payload
+        events: dict[str, bytes] = {}
+        failures: dict[str | WaitInfo, BaseException] = {}
         for info in parked.waits:
             if info.kind != "event" or info.key is None:
                 continue
-            state, blob = await runs.bind(spec.plan.saga, info.key, parked.run_id, info.until)
+            state, blob = await runs.bind(saga, info.key, parked.run_id, info.until)
             if state == "taken":
-                failures[info.step] = EventRefused(
+                failures[info.key] = EventRefused(
                     info.key, "another run waits for this key, or took its event"
                 )
             elif state == "payload" and blob is not None:
-                try:
-                    results[info.step] = codec.decode_result(info.step, blob, parked.run_id)
-                except Exception:  # noqa: BLE001 - a kept payload that no longer fits
-                    await runs.unpost(spec.plan.saga, info.key, blob)
-                    continue
-                consumed.append((spec.plan.saga, info.key))
-        if not results and not failures:
-            raise parked
+                events[info.key] = blob
+        if not events and not failures:
+            return Delivery(key, "waiting", parked.run_id, waits=parked.waits)
         try:
             done = await _go_on(
                 spec,
@@ -274,20 +295,17 @@ async def after_parking(
                 resources,
                 extra_hooks,
                 kin,
-                results=results,
+                events=events,
                 failures=failures,
-                consumed=consumed,
+                key=key,
+                settling=False,
             )
-        except NotParked:
-            raise parked from None  # another process took it meanwhile (a delivery)
-        if done.status == "waiting":
-            parked = RunParked(spec.plan.saga, parked.run_id, done.waits)
-            continue
-        if done.result is not None:
-            return done.result
-        assert done.error is not None
-        raise done.error
-    raise parked  # pragma: no cover - a hundred payloads kept for one run
+        except NotParked:  # another process took it meanwhile (a delivery)
+            return Delivery(key, "delivered", parked.run_id)
+        if done.status != "waiting":
+            return done
+        parked = RunParked(saga, parked.run_id, done.waits)
+    return Delivery(key, "waiting", parked.run_id, waits=parked.waits)  # pragma: no cover
 
 
 # -- going on -----------------------------------------------------------------------------
@@ -301,19 +319,21 @@ async def _go_on(
     extra_hooks: Hooks,
     kin: ChildRunsFor,
     *,
-    results: Mapping[str, Any] | None = None,
-    failures: Mapping[str, BaseException] | None = None,
-    rerun: Sequence[str] = (),
-    consumed: Sequence[tuple[str, str]] = (),
+    events: Mapping[str, bytes] | None = None,
+    timers: Sequence[WaitInfo] = (),
+    failures: Mapping[str | WaitInfo, BaseException] | None = None,
+    rerun: Sequence[WaitInfo] = (),
     cancel: bool = False,
     terminate: bool = False,
     key: str | None = None,
+    settling: bool = True,
 ) -> Delivery:
-    """Take the parked run ``run_id`` and drive it on here: ``results`` complete waiting
-    steps, ``failures`` fail them (the run unwinds), ``rerun`` (halted steps) run again;
-    ``cancel`` unwinds it, ``terminate`` ends it as it is. :class:`NotParked` if it is not
-    parked so (or another taker won)."""
-    results = results or {}
+    """Take the parked run ``run_id`` and drive it on here. ``events`` (by key: the
+    encoded payload) and due ``timers`` complete the waits they end, ``failures`` (by key
+    or wait) fail them and the run unwinds, ``rerun`` (halts) run again; ``cancel``
+    unwinds the run, ``terminate`` ends it as it is. Waits inside a composed sub-saga are
+    ended in its child run's record, and the composed step runs again (picking its child
+    run up). :class:`NotParked` if the run is not parked so (or another taker won)."""
     failures = failures or {}
     record = await runs.load(run_id)
     saga = spec.plan.saga
@@ -326,70 +346,167 @@ async def _go_on(
         )
     if record.status != "waiting":
         raise NotParked(run_id, record.status)
-    for name in (*results, *failures, *rerun):
-        step = record.steps.get(name)
-        if step is None or step.status != "waiting":
-            raise NotParked(run_id, record.status, f"step {name!r} of run {run_id} does not wait")
+
+    def waiting_for(what: str | WaitInfo) -> WaitInfo:
+        found = [i for i in record.waiting if i == what or (i.key is not None and i.key == what)]
+        if not found:
+            raise NotParked(run_id, record.status, f"run {run_id} does not wait for {what}")
+        return found[0]
+
+    ending: dict[WaitInfo, bytes | None] = {}  # waits that end well (result; None: rerun)
+    failing: dict[WaitInfo, BaseException] = {}
+    for event_key, payload in (events or {}).items():
+        ending[waiting_for(event_key)] = payload
+    for info in timers:
+        ending[waiting_for(info)] = _NOW
+    for info in rerun:
+        ending[waiting_for(info)] = None
+    for what, error in failures.items():
+        failing[waiting_for(what)] = error
+    if cancel or terminate:
+        failing.update({i: RuntimeError("cancelled while waiting") for i in record.waiting})
+
     codec = codec_of(spec)
     journal = Journal(runs, codec, record, children=kin(spec, extra_hooks))
     now = time.time()
-    for name, value in results.items():
-        step = record.steps[name]
-        journal.mark(
-            name,
-            StepRecord(
-                status="succeeded",
-                attempt=step.attempt,
-                result=codec.encode_result(name, value, run_id),
-                started_at=step.started_at,
-                ended_at=now,
-            ),
-        )
-    for name, error in failures.items():
-        step = record.steps[name]
-        journal.mark(
-            name,
-            msgspec.structs.replace(
-                step, status="failed", error=repr(error), wait=None, ended_at=now
-            ),
-        )
-    for name in rerun:
-        step = record.steps[name]
-        journal.mark(
-            name,
-            msgspec.structs.replace(step, status="running", wait=None, started_at=now),
-        )
-    unwinding = bool(failures) or cancel
-    if cancel or terminate:
-        for name, step in record.steps.items():
-            if step.status == "waiting":
-                journal.mark(
-                    name,
-                    msgspec.structs.replace(
-                        step, status="cancelled", error="cancelled while waiting", ended_at=now
-                    ),
-                )
-    if failures:
-        first = next(iter(failures))
-        journal.set_failure(first, repr(failures[first]))
+    touched = {i.step for i in (*ending, *failing)}
+    nested_failing: list[str] = []
+    for info, blob in ending.items():
+        step = record.steps[info.step]
+        if info.runs or blob is None:  # runs again: a halted step, or a composed one
+            # (whose child run goes on from its record)
+            journal.mark(info.step, _rerun(step, now))
+        else:
+            if blob is not _NOW:
+                _check_result(codec, info, blob, run_id)
+            journal.mark(info.step, _ended_step(codec, info.step, step, blob, now))
+    for info, error in failing.items():
+        step = record.steps[info.step]
+        if info.runs:  # unwound through its child run's record (as a step in doubt)
+            if info.step not in nested_failing:
+                nested_failing.append(info.step)
+                journal.mark(info.step, msgspec.structs.replace(step, status="running", wait=None))
+        else:
+            status = "cancelled" if (cancel or terminate) else "failed"
+            journal.mark(
+                info.step,
+                msgspec.structs.replace(
+                    step, status=status, error=repr(error), wait=None, ended_at=now
+                ),
+            )
+    if failures and not (cancel or terminate):
+        first = waiting_for(next(iter(failures)))
+        journal.set_failure(first.step, repr(failures[next(iter(failures))]))
     elif cancel:
         journal.set_failure(None, "cancelled")
+    unwinding = bool(failing) and not terminate
+    remaining = tuple(i for i in record.waiting if i.step not in touched)
     # What the run needs to go on (its resources, its inputs valid), checked before it is
     # taken: a run that cannot go on here stays parked, untouched.
     values = {} if terminate else recorded_run_values(spec, journal.record, _own(spec, resources))
-    if not await journal.take("compensating" if unwinding else "running"):
+    if not await journal.take("compensating" if unwinding else "running", remaining):
         again = await runs.load(run_id)
         raise NotParked(run_id, again.status, f"run {run_id} was taken by another process")
-    for mail_saga, mail_key in consumed:
-        await runs.consume(mail_saga, mail_key, run_id)
+    for event_key in events or {}:
+        await runs.consume(saga, event_key, run_id)
+    # Waits inside child runs: each child run on the way is taken too (the top-level run,
+    # taken above, is what made this taker the only one).
+    for info, blob in ending.items():
+        if info.runs:
+            await _end_nested(spec, runs, info, blob, now)
+    for info in failing:
+        if info.runs and terminate:
+            await _terminate_nested(spec, runs, info)
     record = journal.record
     if terminate:
         await journal.finish("terminated")
         return Delivery(key, "terminated", run_id)
     if unwinding:
-        done = await _unwind(spec, journal, record, values, extra_hooks, [], list(failures), None)
+        done = await _unwind(spec, journal, record, values, extra_hooks, nested_failing, [], None)
         return Delivery(key, _status(done), run_id, error=failure(spec, journal.record))
-    return await _forward(spec, journal, record, values, extra_hooks, key)
+    return await _forward(
+        spec, runs, journal, record, values, resources, extra_hooks, kin, key, settling
+    )
+
+
+def _rerun(step: StepRecord, now: float) -> StepRecord:
+    """A waiting step (a halted one, a composed one) that runs again."""
+    return msgspec.structs.replace(step, status="running", wait=None, started_at=now)
+
+
+def _check_result(codec: Any, info: WaitInfo, blob: bytes, run_id: str) -> None:
+    """An event's payload must decode as the step's type (InvalidEvent)."""
+    try:
+        codec.decode_result(info.step, blob, run_id)
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder says: it does not fit
+        raise InvalidEvent(info.key or info.step, str(exc), run_id) from None
+
+
+_NOW = b"\x00now"  # an ending that is a due timer's: the time it woke, encoded where it is
+
+
+def _ended_step(codec: Any, name: str, step: StepRecord, blob: bytes, now: float) -> StepRecord:
+    """A waiting step that completed with ``blob`` (or, a timer, with the time)."""
+    if blob is _NOW:
+        blob = codec.encode_result(name, now, "")
+    return StepRecord(
+        status="succeeded",
+        attempt=step.attempt,
+        result=blob,
+        started_at=step.started_at,
+        ended_at=now,
+    )
+
+
+async def _end_nested(
+    spec: SagaSpec, runs: RunStore, info: WaitInfo, blob: bytes | None, now: float
+) -> None:
+    """End a wait inside composed child runs: every child run down to the one that waits
+    is taken, its composed step to run again; the innermost has its step completed
+    (``blob``) or run again (``None``: a halt)."""
+    specs = _sagas(spec)
+    for depth, child_id in enumerate(info.runs):
+        record = await runs.load(child_id)
+        child_spec = specs.get(record.saga)
+        if child_spec is None or record.status != "waiting":
+            return
+        journal = Journal(runs, codec_of(child_spec), record)
+        last = depth == len(info.runs) - 1
+        if last:
+            name = info.run_step or info.step
+            step = record.steps.get(name)
+            if step is None:
+                return
+            if blob is None:
+                journal.mark(name, _rerun(step, now))
+            else:
+                journal.mark(name, _ended_step(journal.codec, name, step, blob, now))
+            touched = {name}
+        else:
+            inner = info.runs[depth + 1]
+            touched = {i.step for i in record.waiting if i.runs and i.runs[0] == inner}
+            for name in touched:
+                journal.mark(name, _rerun(record.steps[name], now))
+        remaining = tuple(i for i in record.waiting if i.step not in touched)
+        if not await journal.take("running", remaining):
+            _logger.warning("child_run_not_taken", run_id=child_id)
+            return
+
+
+async def _terminate_nested(spec: SagaSpec, runs: RunStore, info: WaitInfo) -> None:
+    """A terminated run's child runs that wait end as they are too."""
+    specs = _sagas(spec)
+    for child_id in info.runs:
+        try:
+            record = await runs.load(child_id)
+        except RunStoreError:
+            continue
+        child_spec = specs.get(record.saga)
+        if child_spec is None or record.status != "waiting":
+            continue
+        journal = Journal(runs, codec_of(child_spec), record)
+        if await journal.take("running", ()):
+            await journal.finish("terminated")
 
 
 def _own(spec: SagaSpec, resources: Mapping[str, Any]) -> dict[str, Any]:
@@ -413,20 +530,31 @@ def _status(done: Recovered) -> DeliveryStatus:
 
 async def _forward(
     spec: SagaSpec,
+    runs: RunStore,
     journal: Journal,
     record: RunRecord,
     values: dict[str, Any],
+    resources: Mapping[str, Any],
     extra_hooks: Hooks,
+    kin: ChildRunsFor,
     key: str | None,
+    settling: bool,
 ) -> Delivery:
     """Run the taken run forward from its record: the steps that ended stay ended, those
     still waiting keep waiting (the run parks again once nothing else runs)."""
-    steps = record.steps
+    plan, steps = spec.plan, record.steps
     succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
     skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
-    waiting = tuple(s.wait for s in steps.values() if s.status == "waiting" and s.wait)
-    first = {n: s.attempt + 1 for n, s in steps.items() if s.status == "running"}
-    resume = Resume(succeeded=succeeded, skipped=skipped, first_attempts=first, waiting=waiting)
+    # A step in doubt or halted runs again at its next attempt; a composed one at the
+    # same attempt (whose child run it picks up, by its id).
+    first = {
+        n: s.attempt + (not _nested(plan.nodes[n]))
+        for n, s in steps.items()
+        if s.status == "running"
+    }
+    resume = Resume(
+        succeeded=succeeded, skipped=skipped, first_attempts=first, waiting=record.waiting
+    )
     try:
         result, _ = await run_values(
             spec,
@@ -438,7 +566,9 @@ async def _forward(
             undoable=False,
         )
     except RunParked as parked:
-        return Delivery(key, "waiting", record.run_id, waits=parked.waits)
+        if not settling:
+            return Delivery(key, "waiting", record.run_id, waits=parked.waits)
+        return await settle(spec, runs, parked, resources, extra_hooks, kin, key)
     except SagaFailed as exc:
         status: DeliveryStatus = (
             "compensation_failed" if isinstance(exc, CompensationFailed) else "failed"
@@ -461,11 +591,7 @@ async def resume_halted(
 ) -> Delivery:
     """``Saga.resume``: the halted steps of a parked run run again, and the run on."""
     record = await runs.load(run_id)
-    halted = [
-        n
-        for n, s in record.steps.items()
-        if s.status == "waiting" and s.wait and s.wait.kind == "halt"
-    ]
+    halted = [i for i in record.waiting if i.kind == "halt"]
     if record.status != "waiting" or not halted:
         raise NotParked(
             run_id,
@@ -522,21 +648,19 @@ async def wake_due(
         if spec is None or record.status != "waiting":
             continue
         now = time.time()
-        results: dict[str, Any] = {}
-        failures: dict[str, BaseException] = {}
-        for name, step in record.steps.items():
-            info = step.wait
-            if step.status != "waiting" or info is None or info.until is None or info.until > now:
-                continue
-            if info.kind == "timer":
-                results[name] = now
-            elif info.kind == "event":
-                failures[name] = TimeoutError(f"no event {info.key!r} came before its deadline")
-        if not results and not failures:
+        due = [i for i in record.waiting if i.until is not None and i.until <= now]
+        timers = [i for i in due if i.kind == "timer"]
+        failures: dict[str | WaitInfo, BaseException] = {
+            i: TimeoutError(f"no event {i.key!r} came before its deadline")
+            for i in due
+            if i.kind == "event"
+        }
+        if not timers and not failures:
             continue
         try:
+            own = _own(spec, resources)
             done = await _go_on(
-                spec, runs, run_id, resources, extra_hooks, kin, results=results, failures=failures
+                spec, runs, run_id, own, extra_hooks, kin, timers=timers, failures=failures
             )
         except NotParked:
             continue  # taken by a delivery meanwhile
@@ -552,8 +676,35 @@ async def wake_due(
                 run_id=run_id,
                 saga=record.saga,
                 outcome=outcome,
-                resumed=tuple(results),
+                resumed=tuple(i.step for i in timers),
                 error=repr(done.error) if done.error is not None else None,
             )
         )
     return report
+
+
+async def settle_recovered(
+    runs: RunStore,
+    specs: Mapping[str, SagaSpec],
+    report: Sequence[Recovered],
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+    kin: ChildRunsFor,
+) -> list[Recovered]:
+    """Runs a recovery sweep drove until they parked: each binds its events (and goes on
+    at once with a payload kept for it)."""
+    settled: list[Recovered] = []
+    for done in report:
+        spec = specs.get(done.saga)
+        if done.outcome != "waiting" or spec is None:
+            settled.append(done)
+            continue
+        try:
+            record = await runs.load(done.run_id)
+            parked = RunParked(done.saga, done.run_id, record.waiting)
+            after = await settle(spec, runs, parked, _own(spec, resources), extra_hooks, kin)
+        except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
+            settled.append(msgspec.structs.replace(done, outcome="error", error=repr(exc)))
+            continue
+        settled.append(msgspec.structs.replace(done, outcome=after.status))
+    return settled

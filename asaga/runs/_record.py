@@ -140,6 +140,9 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How many writes made this record (a store refuses a write older than the last)."""
     events: tuple[Event, ...] = ()
     """The run's events, in order (filled in when a store reads a record back)."""
+    waiting: tuple[WaitInfo, ...] = ()
+    """What a parked run (status ``waiting``) waits for: one entry per wait, those of the
+    sub-sagas it composes included."""
 
     @property
     def finished(self) -> bool:
@@ -148,8 +151,8 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     @property
     def waits(self) -> tuple[WaitInfo, ...]:
-        """What a parked run waits for, one entry per waiting step."""
-        return tuple(s.wait for s in self.steps.values() if s.status == "waiting" and s.wait)
+        """What a parked run waits for (see ``waiting``)."""
+        return self.waiting
 
     @property
     def compensated(self) -> tuple[str, ...]:

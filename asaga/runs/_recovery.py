@@ -39,6 +39,7 @@ from .._exceptions import (
     CompensationFailed,
     CorruptRecord,
     InputValidationError,
+    RunParked,
     SagaFailed,
     UndoFailed,
 )
@@ -63,7 +64,8 @@ class Recovered(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     saga: str
     outcome: str
-    """``succeeded`` (resumed and finished), ``failed`` (compensated), ``cancelled``,
+    """``succeeded`` (resumed and finished), ``waiting`` (resumed, then parked: it waits
+    for an event, a timer or a resume), ``failed`` (compensated), ``cancelled``,
     ``compensation_failed`` / ``undo_failed`` (some compensation failed: needs a human),
     ``undone`` (an interrupted undo finished), ``quarantined`` (its record cannot be
     driven: set aside, ``error`` says why), or ``error`` (see ``error``)."""
@@ -347,6 +349,11 @@ async def _resume(
             resumed=resumed,
             compensated=exc.compensated,
         )
+    except RunParked:
+        if parent is not None:
+            raise  # a child run: its parent's composed step parks with it
+        # Parked, recorded: the sweep binds its events (asaga.runs._parking).
+        return Recovered(run_id=run_id, saga=saga, outcome="waiting", resumed=resumed)
     return Recovered(run_id=run_id, saga=saga, outcome="succeeded", resumed=resumed)
 
 

@@ -1204,7 +1204,10 @@ class RedisRunStore(StoreSettings):
                 found += [
                     run_id
                     for run_id, (saga, version, status) in zip(ids, rows, strict=True)
-                    if status == "waiting" and saga is not None and sagas.get(saga) == version
+                    if status == "waiting"
+                    and "/" not in run_id  # a child run: its parent's wake drives it
+                    and saga is not None
+                    and sagas.get(saga) == version
                 ]
         return found[:limit]
 

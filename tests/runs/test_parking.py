@@ -24,6 +24,7 @@ from asaga import (
     RunParked,
     Saga,
     SagaFailed,
+    compose,
     sleep_for,
     step,
     wait_for,
@@ -117,6 +118,70 @@ class Timed(Saga):
     @step
     async def after(pause: float) -> float:
         return pause
+
+
+class Inner(Saga):
+    """Holds stock, then waits for the payment."""
+
+    order_id: str
+
+    @step
+    async def hold(order_id: str) -> str:
+        LOG.append(f"hold {order_id}")
+        return f"h-{order_id}"
+
+    @hold.compensate
+    async def release(hold: str) -> None:
+        LOG.append(f"release {hold}")
+
+    paid = wait_for(Payment, key="inner:{order_id}", timeout=3600, after=["hold"])
+
+    @step
+    async def settle(paid: Payment) -> int:
+        return paid.amount
+
+
+class QuickInner(Saga):
+    """As Inner, with a deadline that passes at once."""
+
+    order_id: str
+
+    @step
+    async def hold(order_id: str) -> str:
+        LOG.append(f"hold {order_id}")
+        return f"h-{order_id}"
+
+    @hold.compensate
+    async def release(hold: str) -> None:
+        LOG.append(f"release {hold}")
+
+    paid = wait_for(Payment, key="quick:{order_id}", timeout=0.05, after=["hold"])
+
+
+class Outer(Saga):
+    """A composed sub-saga that waits: the parent parks with it."""
+
+    order_id: str
+
+    @step
+    async def open_order(order_id: str) -> str:
+        LOG.append(f"open {order_id}")
+        return order_id
+
+    @open_order.compensate
+    async def close_order(open_order: str) -> None:
+        LOG.append(f"close {open_order}")
+
+    inner = compose(Inner, order_id="open_order")
+
+    @step
+    async def done(inner: int) -> str:
+        return f"done {inner}"
+
+
+class QuickOuter(Saga):
+    order_id: str
+    inner = compose(QuickInner)
 
 
 def unique(prefix: str) -> str:
@@ -379,3 +444,46 @@ async def test_resuming_an_unknown_run_is_refused(stores: Stores) -> None:
             await Order.resume("no-such-run", runs=runs)
     with pytest.raises(SagaFailed):  # sanity: a plain failure still fails
         await Hurried.run(order_id=unique("x"))
+
+
+async def test_a_composed_sub_saga_that_waits_parks_its_parent(stores: Stores) -> None:
+    order = unique("c")
+    async with stores() as runs:
+        parked = await park(Outer, runs, order_id=order)
+        (wait,) = parked.waits
+        assert (wait.step, wait.run_step, wait.key) == ("inner", "paid", f"inner:{order}")
+        assert wait.runs == (f"{parked.run_id}/inner/1",)
+        child = await runs.load(wait.runs[0])
+        assert child.status == "waiting"
+    async with stores() as other:
+        delivery = await Outer.deliver(f"inner:{order}", {"amount": 4}, runs=other)
+        assert delivery.status == "succeeded"
+        assert delivery.result is not None
+        assert delivery.result.output == "done 4"
+        assert (await other.load(wait.runs[0])).status == "succeeded"
+    assert LOG.count(f"hold {order}") == 1
+
+
+async def test_cancelling_a_parent_unwinds_its_waiting_child(stores: Stores) -> None:
+    order = unique("c")
+    async with stores() as runs:
+        parked = await park(Outer, runs, order_id=order)
+        done = await Outer.cancel(parked.run_id, runs=runs)
+        assert done.status == "cancelled"
+        child = await runs.load(parked.waits[0].runs[0])
+        assert child.status == "failed"
+        assert child.compensated == ("hold",)
+    assert f"release h-{order}" in LOG
+    assert f"close {order}" in LOG
+
+
+async def test_a_child_wait_past_its_deadline_unwinds_parent_and_child(stores: Stores) -> None:
+    order = unique("q")
+    async with stores() as runs:
+        parked = await park(QuickOuter, runs, order_id=order)
+    await anyio.sleep(0.1)
+    async with stores() as sweeper:
+        report = await recover(sweeper, sagas=[QuickOuter])
+        assert [(r.run_id, r.outcome) for r in report] == [(parked.run_id, "failed")]
+        assert (await sweeper.load(parked.run_id)).status == "failed"
+    assert f"release h-{order}" in LOG
