@@ -96,6 +96,23 @@ class Two(Saga):
         return a.amount + b.amount
 
 
+class Sequential(Saga):
+    """One event, a step, then another event."""
+
+    order_id: str
+    first = wait_for(Payment, key="s1:{order_id}")
+
+    @step
+    async def middle(first: Payment) -> int:
+        return first.amount * 10
+
+    second = wait_for(Payment, key="s2:{order_id}", after=["middle"])
+
+    @step
+    async def total(middle: int, second: Payment) -> int:
+        return middle + second.amount
+
+
 class Halting(Saga):
     order_id: str
 
@@ -487,3 +504,24 @@ async def test_a_child_wait_past_its_deadline_unwinds_parent_and_child(stores: S
         assert [(r.run_id, r.outcome) for r in report] == [(parked.run_id, "failed")]
         assert (await sweeper.load(parked.run_id)).status == "failed"
     assert f"release h-{order}" in LOG
+
+
+async def test_a_run_that_parks_again_waits_for_its_next_event(stores: Stores) -> None:
+    order, early = unique("s"), unique("e")
+    async with stores() as runs:
+        await park(Sequential, runs, order_id=order)
+        first = await Sequential.deliver(f"s1:{order}", {"amount": 1}, runs=runs)
+        assert first.status == "waiting"
+        assert [w.key for w in first.waits] == [f"s2:{order}"]
+        second = await Sequential.deliver(f"s2:{order}", {"amount": 2}, runs=runs)
+        assert second.status == "succeeded"
+        assert second.result is not None
+        assert second.result.output == 12
+        # The second event comes first: kept, and taken when the run parks for it.
+        await park(Sequential, runs, order_id=early)
+        kept = await Sequential.deliver(f"s2:{early}", {"amount": 3}, runs=runs)
+        assert kept.status == "kept"
+        done = await Sequential.deliver(f"s1:{early}", {"amount": 4}, runs=runs)
+        assert done.status == "succeeded"
+        assert done.result is not None
+        assert done.result.output == 43
