@@ -52,6 +52,7 @@ from .._exceptions import (
 )
 from .._run import Hooks, SagaResult, SagaSpec, run_values
 from .._scheduler import Resume
+from .._shielded import shielded
 from .._waits import MAILBOX, Wait
 from ._codec import codec_of
 from ._journal import ChildRunsFor, Journal
@@ -218,7 +219,17 @@ async def deliver(
             raise InvalidEvent(key, exc.errors, run_id) from why
         raise failure_ from None
     blob = codec_of(target.spec).encode_result(target.step, value, "")
+    if len(blob) > runs.max_record_bytes // 2:
+        raise InvalidEvent(
+            key, f"the payload is {len(blob)} bytes encoded, over half the store's record limit"
+        )
     state, run_id = await runs.post(saga, key, blob)
+    if state == "duplicate" and run_id is not None:
+        # The payload kept for the key never reached its run (its taker failed: Redis
+        # went away): whoever delivers again drives the run on with the kept payload.
+        retried = await _kept_for(spec, runs, run_id, key, resources, extra_hooks, kin)
+        if retried is not None:
+            return retried
     if state in ("consumed", "duplicate"):
         raise DuplicateEvent(
             key,
@@ -239,6 +250,35 @@ async def deliver(
             return Delivery(key, "delivered", run_id)
         await runs.unpost(saga, key, blob)
         raise EventRefused(key, f"run {run_id} no longer waits for it: {exc}", run_id) from None
+
+
+async def _kept_for(
+    spec: SagaSpec,
+    runs: RunStore,
+    run_id: str,
+    key: str,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+    kin: ChildRunsFor,
+) -> Delivery | None:
+    """If ``run_id`` is parked waiting for ``key`` while a payload is kept for it, go on
+    with that payload; ``None`` otherwise."""
+    try:
+        record = await runs.load(run_id)
+    except RunStoreError:
+        return None
+    info = next((i for i in record.waiting if i.key == key), None)
+    if record.status != "waiting" or info is None:
+        return None
+    state, kept = await runs.bind(spec.plan.saga, key, run_id, info.until)
+    if state != "payload" or kept is None:
+        return None
+    try:
+        return await _go_on(
+            spec, runs, run_id, resources, extra_hooks, kin, events={key: kept}, key=key
+        )
+    except NotParked:
+        return None
 
 
 async def after_parking(
@@ -404,29 +444,38 @@ async def _go_on(
     # What the run needs to go on (its resources, its inputs valid), checked before it is
     # taken: a run that cannot go on here stays parked, untouched.
     values = {} if terminate else recorded_run_values(spec, journal.record, _own(spec, resources))
-    if not await journal.take("compensating" if unwinding else "running", remaining):
-        again = await runs.load(run_id)
-        raise NotParked(run_id, again.status, f"run {run_id} was taken by another process")
-    for event_key in events or {}:
-        await runs.consume(saga, event_key, run_id)
-    # Waits inside child runs: each child run on the way is taken too (the top-level run,
-    # taken above, is what made this taker the only one).
-    for info, blob in ending.items():
-        if info.runs:
-            await _end_nested(spec, runs, info, blob, now)
-    for info in failing:
-        if info.runs and terminate:
-            await _terminate_nested(spec, runs, info)
-    record = journal.record
-    if terminate:
-        await journal.finish("terminated")
-        return Delivery(key, "terminated", run_id)
-    if unwinding:
-        done = await _unwind(spec, journal, record, values, extra_hooks, nested_failing, [], None)
-        return Delivery(key, _status(done), run_id, error=failure(spec, journal.record))
-    return await _forward(
-        spec, runs, journal, record, values, resources, extra_hooks, kin, key, settling
-    )
+
+    async def drive() -> Delivery:
+        if not await journal.take("compensating" if unwinding else "running", remaining):
+            again = await runs.load(run_id)
+            raise NotParked(run_id, again.status, f"run {run_id} was taken by another process")
+        for event_key in events or {}:
+            await runs.consume(saga, event_key, run_id)
+        # Waits inside child runs: each child run on the way is taken too (the top-level
+        # run, taken above, is what made this taker the only one).
+        for info, blob in ending.items():
+            if info.runs:
+                await _end_nested(spec, runs, info, blob, now)
+        for info in failing:
+            if info.runs and terminate:
+                await _terminate_nested(spec, runs, info)
+        taken = journal.record
+        if terminate:
+            await journal.finish("terminated")
+            return Delivery(key, "terminated", run_id)
+        if unwinding:
+            done = await _unwind(
+                spec, journal, taken, values, extra_hooks, nested_failing, [], None
+            )
+            return Delivery(key, _status(done), run_id, error=failure(spec, journal.record))
+        return await _forward(
+            spec, runs, journal, taken, values, resources, extra_hooks, kin, key, settling
+        )
+
+    # Once taken, the run is this caller's to drive to its end (or its next park): a
+    # caller that is cancelled meanwhile (a webhook's client went away) does not leave it
+    # taken and stopped, nor undo what the event made happen.
+    return await shielded(drive())
 
 
 def _rerun(step: StepRecord, now: float) -> StepRecord:
@@ -658,9 +707,26 @@ async def wake_due(
         if not timers and not failures:
             continue
         try:
+            # An event kept for a wait but never taken (its deliverer's take failed) still
+            # counts: it came in time.
+            events: dict[str, bytes] = {}
+            for info in [i for i in failures if isinstance(i, WaitInfo) and i.key]:
+                assert info.key is not None
+                state, kept = await runs.bind(record.saga, info.key, run_id, info.until)
+                if state == "payload" and kept is not None:
+                    events[info.key] = kept
+                    del failures[info]
             own = _own(spec, resources)
             done = await _go_on(
-                spec, runs, run_id, own, extra_hooks, kin, timers=timers, failures=failures
+                spec,
+                runs,
+                run_id,
+                own,
+                extra_hooks,
+                kin,
+                events=events,
+                timers=timers,
+                failures=failures,
             )
         except NotParked:
             continue  # taken by a delivery meanwhile

@@ -20,16 +20,20 @@ from asaga import (
     Halt,
     InvalidEvent,
     NotParked,
+    NotRecordable,
     RunNotFound,
     RunParked,
     Saga,
     SagaFailed,
+    StoreUnavailable,
     compose,
+    map_each,
     sleep_for,
     step,
     wait_for,
 )
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore, recover
+from asaga.runs._record import Write
 
 pytestmark = pytest.mark.anyio
 
@@ -525,3 +529,66 @@ async def test_a_run_that_parks_again_waits_for_its_next_event(stores: Stores) -
         assert done.status == "succeeded"
         assert done.result is not None
         assert done.result.output == 43
+
+
+class FlakyTake(MemoryRunStore):
+    """A store whose first take of a parked run fails as if Redis went away."""
+
+    failed = False
+
+    async def take_parked(self, write: Write, seen: int) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("Redis went away", write.run_id)
+        return await super().take_parked(write, seen)
+
+
+async def test_an_event_whose_take_failed_goes_on_when_delivered_again() -> None:
+    runs = FlakyTake()
+    order = unique("f")
+    parked = await park(Order, runs, order_id=order)
+    with pytest.raises(StoreUnavailable):
+        await Order.deliver(f"pay:{order}", {"amount": 5}, runs=runs)
+    assert (await runs.load(parked.run_id)).status == "waiting"
+    # The webhook is retried: the payload kept the first time drives the run on.
+    again = await Order.deliver(f"pay:{order}", {"amount": 5}, runs=runs)
+    assert again.status == "succeeded"
+    with pytest.raises(DuplicateEvent):
+        await Order.deliver(f"pay:{order}", {"amount": 5}, runs=runs)
+    assert LOG.count(f"ship {order} 5") == 1
+
+
+GATE: dict[str, anyio.Event] = {}
+
+
+class Gated(Saga):
+    order_id: str
+    paid = wait_for(Payment, key="gated:{order_id}")
+
+    @step
+    async def ship(paid: Payment, order_id: str) -> str:
+        GATE[order_id + ":in"].set()
+        await GATE[order_id].wait()
+        return "shipped"
+
+
+async def test_a_cancelled_deliverer_still_drives_the_run_to_its_end() -> None:
+    runs = MemoryRunStore()
+    order = unique("g")
+    GATE[order], GATE[order + ":in"] = anyio.Event(), anyio.Event()
+    parked = await park(Gated, runs, order_id=order)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: Gated.deliver(f"gated:{order}", {"amount": 1}, runs=runs))
+        await GATE[order + ":in"].wait()
+        tg.cancel_scope.cancel()  # the webhook's client went away mid-run
+        GATE[order].set()
+    assert (await runs.load(parked.run_id)).status == "succeeded"
+
+
+async def test_a_durable_map_of_a_saga_that_waits_is_refused() -> None:
+    class Mapped(Saga):
+        orders: list[dict[str, str]]
+        each = map_each(Inner, over="orders")
+
+    with pytest.raises(NotRecordable, match="waits"):
+        await Mapped.run(orders=[{"order_id": "x"}], runs=MemoryRunStore())
