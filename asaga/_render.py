@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ._graph import Node, Plan
 from ._run import SagaSpec
 from ._saga import Saga
+from ._waits import Wait
 
 __all__ = ["to_dot", "to_mermaid"]
 
@@ -131,6 +132,11 @@ def _step_lines(node: Node, output: str | None) -> tuple[str, ...]:
     if node.invoke is not None:
         # The plan keeps only the label compose()/map_each() gave the step's function.
         lines.append(getattr(node.fn, "__name__", "composed step"))
+        if isinstance(node.invoke, Wait) and node.invoke.template is not None:
+            timeout = node.invoke.timeout
+            lines.append(f"key: {node.invoke.template}")
+            if timeout is not None:
+                lines.append(f"timeout: {timeout:g} s")
     if node.when is not None:
         lines.append(f"when: {getattr(node.when.fn, '__name__', 'condition')}")
     if node.lock is not None:
