@@ -216,7 +216,26 @@ def _nodes(
             locks[s.name] = lock
         problems += found
         problems += _step_problems(s, declared, reserved)
+    problems += _key_problems(by_name)
     return _Nodes(by_name, sigs, conds, locks), problems
+
+
+def _key_problems(by_name: Mapping[str, Step[Any, Any]]) -> list[str]:
+    """Two waiting steps of one saga must not wait for the same event key."""
+    seen: dict[str, str] = {}
+    problems = []
+    for name, s in by_name.items():
+        template = getattr(s.invoke, "template", None)
+        if not isinstance(template, str):
+            continue
+        if template in seen:
+            problems.append(
+                f"steps '{seen[template]}' and '{name}' both wait for the event key "
+                f"{template!r}: one event would complete only one of them; give each its own key"
+            )
+        else:
+            seen[template] = name
+    return problems
 
 
 def _read_step(

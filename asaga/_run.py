@@ -392,11 +392,20 @@ async def _drive(
             # Steps wait (an event, a timer, a halt) and nothing else can run: the run
             # parks, recorded; it goes on where the event is delivered, or its time comes.
             emit(RunParkedEvent, waiting=tuple(info.step for info in execution.parked))
-            await observer.parked(execution.parked)
-            raise RunParked(plan.saga, context.run_id, execution.parked)
+            try:
+                await shielded(observer.parked(execution.parked))
+            except RunTakenOver:
+                raise
+            except RunStoreError as exc:
+                # It cannot park (the store is away): it fails, and is unwound, rather
+                # than stay taken by this process with nobody to go on with it.
+                execution.failure = (execution.parked[0].step, exc)
+            else:
+                raise RunParked(plan.saga, context.run_id, execution.parked)
         if observer is not None:  # the run failed meanwhile: they wait no more
             for info in execution.parked:
-                observer.ended(info.step, "cancelled", "waited; the run failed meanwhile", 1)
+                if not info.runs:  # (a composed step's child run is unwound: see below)
+                    observer.ended(info.step, "cancelled", "waited; the run failed meanwhile", 1)
 
     succeeded: Event | None = None
     if execution.failure is None and observer is not None:
@@ -476,7 +485,12 @@ async def _compensate(
     if observer is not None:
         await observer.unwinding(step, reason)  # unwinding: say so first
     unwind = _unwind(spec, context, execution, observer)
-    await unwind.run(execution.completed, execution.in_doubt)
+    completed: list[str] = execution.completed
+    if execution.parked and observer is not None:
+        # A composed step whose child run parked: that run is unwound from its record.
+        nested = [i.step for i in execution.parked if i.runs]
+        completed = [*completed, *dict.fromkeys(n for n in nested if n not in completed)]
+    await unwind.run(completed, execution.in_doubt)
     context.emit(
         RunFailed,
         duration=time.monotonic() - started,

@@ -92,6 +92,13 @@ class Wait:
         try:
             if isinstance(payload, bytes | bytearray | memoryview | str):
                 return msgspec.json.decode(payload, type=self.payload)
+            if not isinstance(payload, dict | list | tuple | int | float | bool | type(None)):
+                # An object (a dataclass, a Struct, attrs...): as the data it holds, so
+                # that it fits a TypedDict or another Struct with the same fields too.
+                try:
+                    return msgspec.convert(payload, self.payload, from_attributes=True)
+                except msgspec.ValidationError:
+                    payload = msgspec.to_builtins(payload)
             return msgspec.convert(payload, self.payload, from_attributes=True)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise InvalidEvent(key, str(exc), run_id) from None
@@ -117,6 +124,11 @@ class Wait:
                 return time.time(), None
             raise Parking(WaitInfo(step=name, kind="timer", until=until))
         key = self.key_of(kwargs)
+        if not 1 <= len(key) <= 1000:
+            raise ValueError(
+                f"step {name!r} made the event key {key[:80]!r}... ({len(key)} characters): "
+                "an event key is 1 to 1000 characters"
+            )
         deadline = time.time() + self.timeout if self.timeout is not None else None
         if observer is None:
             context.emit(StepWaiting, name, attempt=attempt, key=key, until=deadline)

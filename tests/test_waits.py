@@ -4,7 +4,9 @@ run waits inside its process; events are delivered with Saga.deliver."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 import anyio
 import anyio.lowlevel
@@ -311,3 +313,42 @@ def test_bad_waits_fail_at_class_creation_all_listed() -> None:
     message = str(caught.value)
     for part in ("positional", "timeout=-1", "bad_payloads=-2", "seconds=0", "nowhere"):
         assert part in message, part
+
+
+def test_two_waits_for_one_key_are_a_definition_error() -> None:
+    with pytest.raises(SagaDefinitionError, match="both wait for the event key"):
+
+        class Twice(Saga):
+            order_id: str
+            a = wait_for(Payment, key="k:{order_id}")
+            b = wait_for(Payment, key="k:{order_id}")
+
+
+async def test_a_key_longer_than_keys_may_be_fails_its_step_at_once() -> None:
+    class Long(Saga):
+        order_id: str
+        paid = wait_for(Payment, key="p:{order_id}")
+
+    with pytest.raises(SagaFailed) as caught:
+        await Long.run(order_id="x" * 1200)
+    assert "1 to 1000 characters" in str(caught.value.__cause__)
+
+
+@dataclass
+class PaymentObject:
+    amount: int
+
+
+class PaymentDict(TypedDict):
+    amount: int
+
+
+async def test_an_object_payload_fits_a_typeddict_by_its_fields() -> None:
+    class Typed(Saga):
+        order_id: str
+        paid = wait_for(PaymentDict, key="typed:{order_id}")
+
+    order = unique("t")
+    await Typed.deliver(f"typed:{order}", PaymentObject(amount=7))
+    result = await Typed.run(order_id=order)
+    assert result.output == {"amount": 7}

@@ -92,10 +92,10 @@ async def run_durable(
         record = await runs.load(holder)
         if record.fingerprint != journal.record.fingerprint:
             raise IdempotencyKeyReused(idempotency_key or "", f"other inputs of saga {saga}")
+        if not record.finished and record.status != "waiting":
+            record = await runs.wait_finished(holder, parked=True)
         if record.status == "waiting":  # parked: its caller was told, and so is this one
             raise RunParked(saga, holder, record.waits)
-        if not record.finished:
-            record = await runs.wait_finished(holder)
         if record.status == "cancelled":
             continue  # its caller went away and it was undone: this call runs it anew
         return replayed(spec, record)

@@ -343,6 +343,13 @@ class Journal:
         self._record = msgspec.structs.replace(self._record, status="waiting", waiting=waits)
         if self.gone:
             return
+        if self._record.parent is None:
+            # The events it waits for name it before it parks: a delivery that comes
+            # meanwhile finds the run (and takes it once parked, or leaves its payload
+            # for the check that follows the park: asaga.runs._parking.settle).
+            for info in waits:
+                if info.kind == "event" and info.key is not None:
+                    await self.store.bind(self._record.saga, info.key, self.run_id, info.until)
         until = min((w.until for w in waits if w.until is not None), default=None)
         await self.store.park(self._write("waiting"), until)
 

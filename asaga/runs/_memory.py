@@ -60,6 +60,7 @@ class _Mail:
     run: str | None = None
     consumed: bool = False
     bad: int = 0
+    closed: bool = False
 
 
 class MemoryRunStore(StoreSettings):
@@ -194,13 +195,17 @@ class MemoryRunStore(StoreSettings):
         await anyio.lowlevel.checkpoint()
         return None
 
-    async def quarantine(self, run_id: str, reason: str) -> Quarantined | None:
-        """Set aside ``run_id`` (owned by this store), kept with ``reason`` for
-        ``retention``; ``None`` if this store does not own it."""
+    async def quarantine(
+        self, run_id: str, reason: str, *, parked: bool = False
+    ) -> Quarantined | None:
+        """Set aside ``run_id`` (owned by this store; ``parked``: a parked run, owned by
+        none), kept with ``reason`` for ``retention``; ``None`` if it is not so."""
         await anyio.lowlevel.checkpoint()
         run = self._runs.get(run_id)
-        if run is None or run.owner != self._owner or run.status in FINISHED:
+        owner = "parked" if parked else self._owner
+        if run is None or run.owner != owner or run.status in FINISHED:
             return None
+        run.until = None
         aside = run.quarantined = Quarantined(
             run_id=run_id, saga=run.saga, reason=reason, quarantined_at=time.time(), by=run.owner
         )
@@ -259,6 +264,9 @@ class MemoryRunStore(StoreSettings):
         run.status = "waiting"
         run.owner = "parked"
         run.until = until if until is not None else time.time() + self.retention
+        if run.finished is not None:  # whoever waits for it to settle (an idempotency key)
+            run.finished.set()
+            run.finished = None
         run.expires = self._clock() + max(run.until - time.time(), 0.0) + self.retention
 
     async def take_parked(self, write: Write, seen: int) -> bool:
@@ -308,6 +316,8 @@ class MemoryRunStore(StoreSettings):
         mail = self._mailbox(saga, key)
         if mail is not None and mail.consumed:
             return "consumed", mail.run
+        if mail is not None and mail.closed:
+            return "closed", mail.run
         if mail is not None and mail.payload is not None:
             return "duplicate", mail.run
         if mail is None:
@@ -320,13 +330,15 @@ class MemoryRunStore(StoreSettings):
     ) -> tuple[str, bytes | None]:
         """``run_id`` waits for ``key`` (see :meth:`RedisRunStore.bind`)."""
         await anyio.lowlevel.checkpoint()
-        keep = self.idempotency_window + max(0.0, (until or 0.0) - time.time())
+        keep = self.mail_keep(until)
         mail = self._mailbox(saga, key)
-        if mail is not None and (mail.consumed or (mail.run not in (None, run_id))):
+        if mail is not None and (
+            mail.consumed or (mail.run not in (None, run_id) and not mail.closed)
+        ):
             return "taken", None
         if mail is None:
             mail = self._mail[(saga, key)] = _Mail(0.0)
-        mail.run = run_id
+        mail.run, mail.closed, mail.bad = run_id, False, 0
         mail.expires = self._clock() + keep
         if mail.payload is not None:
             return "payload", mail.payload
@@ -338,6 +350,20 @@ class MemoryRunStore(StoreSettings):
         mail = self._mail.setdefault((saga, key), _Mail(0.0))
         mail.payload, mail.consumed, mail.run = None, True, run_id
         mail.expires = self._clock() + self.idempotency_window
+
+    async def bound(self, saga: str, key: str) -> str | None:
+        """The run that waits for ``key`` (or took its event), if one does."""
+        await anyio.lowlevel.checkpoint()
+        mail = self._mailbox(saga, key)
+        return mail.run if mail is not None else None
+
+    async def unbind(self, saga: str, key: str, run_id: str) -> None:
+        """``run_id`` no longer waits for ``key`` (it ended otherwise): a late event is
+        refused, and another run may wait for the key."""
+        await anyio.lowlevel.checkpoint()
+        mail = self._mailbox(saga, key)
+        if mail is not None and mail.run == run_id and not mail.consumed:
+            mail.payload, mail.closed = None, True
 
     async def unpost(self, saga: str, key: str, payload: bytes) -> None:
         """Take back ``payload`` (no run will take it)."""
@@ -352,19 +378,19 @@ class MemoryRunStore(StoreSettings):
         """Count a bad payload for the run waiting for ``key``."""
         await anyio.lowlevel.checkpoint()
         mail = self._mailbox(saga, key)
-        if mail is None or mail.run is None or mail.consumed:
+        if mail is None or mail.run is None or mail.consumed or mail.closed:
             return None, 0
         mail.bad += 1
         return mail.run, mail.bad
 
-    async def wait_finished(self, run_id: str) -> RunRecord:
+    async def wait_finished(self, run_id: str, *, parked: bool = False) -> RunRecord:
+        """Wait until the run has finished (or, ``parked``, parked); its record."""
         run = self._live(run_id)
-        if run.status not in FINISHED:
+        while not (run.status in FINISHED or (parked and run.status == "waiting")):
             if run.finished is None:
                 run.finished = anyio.Event()
             await run.finished.wait()
-        else:
-            await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         return self._decode(run_id, run, False)
 
     def _live(self, run_id: str) -> _Run:

@@ -36,11 +36,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 import msgspec
 import structlog
 
 from .._exceptions import (
     CompensationFailed,
+    CorruptRecord,
     DuplicateEvent,
     EventRefused,
     InvalidEvent,
@@ -56,7 +58,8 @@ from .._shielded import shielded
 from .._waits import MAILBOX, Wait
 from ._codec import codec_of
 from ._journal import ChildRunsFor, Journal
-from ._record import RunRecord, RunStore, StepRecord
+from ._memory import default_store
+from ._record import RunRecord, RunStore, StepRecord, check_identity
 from ._recovery import Recovered, _nested, _unwind
 from ._replay import failure, recorded_run_values
 
@@ -201,11 +204,30 @@ async def deliver(
             status, run_id = MAILBOX.post(target.saga, key, value)
             return Delivery(key, "delivered" if status == "delivered" else "kept", run_id)
     if runs is None:
+        # A durable run of the process's default store (run with an idempotency key and
+        # no runs=) that waits for the key: delivered there.
+        default = default_store()
+        if await default.bound(spec.plan.saga, key) is not None:
+            runs = default
+    if runs is None:
         target, value = _convert(found, key, payload)
         status, run_id = MAILBOX.post(target.saga, key, value)
         return Delivery(key, "delivered" if status == "delivered" else "kept", run_id)
+    return await _deliver_durable(spec, found, key, payload, runs, resources, extra_hooks, kin)
 
+
+async def _deliver_durable(
+    spec: SagaSpec,
+    found: Sequence[_Target],
+    key: str,
+    payload: Any,
+    runs: RunStore,
+    resources: Mapping[str, Any],
+    extra_hooks: Hooks,
+    kin: ChildRunsFor,
+) -> Delivery:
     saga = spec.plan.saga  # a durable run's events are the top-level run's, by its saga
+    own = _own(spec, resources)  # before anything is kept: a refused call keeps nothing
     try:
         target, value = _convert(found, key, payload)
     except InvalidEvent as exc:
@@ -214,7 +236,7 @@ async def deliver(
             raise InvalidEvent(key, exc.errors, run_id) from None
         failure_ = InvalidEvent(key, exc.errors, run_id, run_failed=True)
         try:
-            await _go_on(spec, runs, run_id, resources, extra_hooks, kin, failures={key: failure_})
+            await _go_on(spec, runs, run_id, own, extra_hooks, kin, failures={key: failure_})
         except NotParked as why:
             raise InvalidEvent(key, exc.errors, run_id) from why
         raise failure_ from None
@@ -224,12 +246,19 @@ async def deliver(
             key, f"the payload is {len(blob)} bytes encoded, over half the store's record limit"
         )
     state, run_id = await runs.post(saga, key, blob)
+    if state == "closed":
+        raise EventRefused(
+            key,
+            f"run {run_id} no longer waits for it (it timed out, was cancelled or failed)",
+            run_id,
+        )
     if state == "duplicate" and run_id is not None:
-        # The payload kept for the key never reached its run (its taker failed: Redis
-        # went away): whoever delivers again drives the run on with the kept payload.
-        retried = await _kept_for(spec, runs, run_id, key, resources, extra_hooks, kin)
-        if retried is not None:
-            return retried
+        # A payload kept for the key never reached its run (its taker failed: Redis went
+        # away): whoever delivers again drives the run on with the kept payload; the same
+        # payload delivered again is told how that went, another one is refused.
+        retried = await _kept_for(spec, runs, run_id, key, own, extra_hooks, kin)
+        if retried is not None and retried[0] == blob:
+            return retried[1]
     if state in ("consumed", "duplicate"):
         raise DuplicateEvent(
             key,
@@ -240,16 +269,22 @@ async def deliver(
     if run_id is None:
         return Delivery(key, "kept")
     try:
-        return await _go_on(
-            spec, runs, run_id, resources, extra_hooks, kin, events={key: blob}, key=key
-        )
+        return await _go_on(spec, runs, run_id, own, extra_hooks, kin, events={key: blob}, key=key)
     except NotParked as exc:
-        if exc.status in ("running", "compensating"):
-            # Driven by another process now (it took the run for another reason): when it
-            # parks again it finds the payload kept for the key.
+        # Not taken here. If the run took this payload meanwhile (it parked again, or
+        # another delivery drove it), it was delivered; if it runs, it takes it when it
+        # parks again; otherwise it no longer waits for it.
+        again, _ = await runs.post(saga, key, blob)  # writes nothing: the key holds one
+        if again == "consumed" or (again == "duplicate" and exc.status == "running"):
             return Delivery(key, "delivered", run_id)
         await runs.unpost(saga, key, blob)
         raise EventRefused(key, f"run {run_id} no longer waits for it: {exc}", run_id) from None
+    except BaseException:
+        # Refused before it was taken (it does not fit the step that waits, the record
+        # would be too large...): nothing is kept. (Taken, it was consumed already.)
+        with anyio.CancelScope(shield=True):
+            await runs.unpost(saga, key, blob)
+        raise
 
 
 async def _kept_for(
@@ -260,9 +295,9 @@ async def _kept_for(
     resources: Mapping[str, Any],
     extra_hooks: Hooks,
     kin: ChildRunsFor,
-) -> Delivery | None:
+) -> tuple[bytes, Delivery] | None:
     """If ``run_id`` is parked waiting for ``key`` while a payload is kept for it, go on
-    with that payload; ``None`` otherwise."""
+    with that payload: the payload and what became of the run; ``None`` otherwise."""
     try:
         record = await runs.load(run_id)
     except RunStoreError:
@@ -274,11 +309,12 @@ async def _kept_for(
     if state != "payload" or kept is None:
         return None
     try:
-        return await _go_on(
+        done = await _go_on(
             spec, runs, run_id, resources, extra_hooks, kin, events={key: kept}, key=key
         )
     except NotParked:
         return None
+    return kept, done
 
 
 async def after_parking(
@@ -318,7 +354,11 @@ async def settle(
         for info in parked.waits:
             if info.kind != "event" or info.key is None:
                 continue
-            state, blob = await runs.bind(saga, info.key, parked.run_id, info.until)
+            try:
+                state, blob = await runs.bind(saga, info.key, parked.run_id, info.until)
+            except RunStoreError as exc:  # bound before it parked: a delivery finds it
+                _logger.warning("event_not_checked", key=info.key, error=repr(exc))
+                continue
             if state == "taken":
                 failures[info.key] = EventRefused(
                     info.key, "another run waits for this key, or took its event"
@@ -395,8 +435,17 @@ async def _go_on(
 
     ending: dict[WaitInfo, bytes | None] = {}  # waits that end well (result; None: rerun)
     failing: dict[WaitInfo, BaseException] = {}
-    for event_key, payload in (events or {}).items():
-        ending[waiting_for(event_key)] = payload
+    late: list[str] = []
+    now = time.time()
+    events = dict(events or {})
+    for event_key, payload in list(events.items()):
+        info = waiting_for(event_key)
+        if info.until is not None and info.until <= now:  # too late: the wait timed out
+            failing[info] = TimeoutError(f"no event {event_key!r} came before its deadline")
+            late.append(event_key)
+            del events[event_key]
+            continue
+        ending[info] = payload
     for info in timers:
         ending[waiting_for(info)] = _NOW
     for info in rerun:
@@ -408,7 +457,6 @@ async def _go_on(
 
     codec = codec_of(spec)
     journal = Journal(runs, codec, record, children=kin(spec, extra_hooks))
-    now = time.time()
     touched = {i.step for i in (*ending, *failing)}
     nested_failing: list[str] = []
     for info, blob in ending.items():
@@ -434,9 +482,9 @@ async def _go_on(
                     step, status=status, error=repr(error), wait=None, ended_at=now
                 ),
             )
-    if failures and not (cancel or terminate):
-        first = waiting_for(next(iter(failures)))
-        journal.set_failure(first.step, repr(failures[next(iter(failures))]))
+    if failing and not (cancel or terminate):
+        first, error = next(iter(failing.items()))
+        journal.set_failure(first.step, repr(error))
     elif cancel:
         journal.set_failure(None, "cancelled")
     unwinding = bool(failing) and not terminate
@@ -449,8 +497,12 @@ async def _go_on(
         if not await journal.take("compensating" if unwinding else "running", remaining):
             again = await runs.load(run_id)
             raise NotParked(run_id, again.status, f"run {run_id} was taken by another process")
-        for event_key in events or {}:
+        for event_key in events:
             await runs.consume(saga, event_key, run_id)
+        if unwinding or terminate:  # its keys are free for another run
+            for info in record.waiting:
+                if info.kind == "event" and info.key is not None and info.key not in events:
+                    await runs.unbind(saga, info.key, run_id)
         # Waits inside child runs: each child run on the way is taken too (the top-level
         # run, taken above, is what made this taker the only one).
         for info, blob in ending.items():
@@ -475,7 +527,12 @@ async def _go_on(
     # Once taken, the run is this caller's to drive to its end (or its next park): a
     # caller that is cancelled meanwhile (a webhook's client went away) does not leave it
     # taken and stopped, nor undo what the event made happen.
-    return await shielded(drive())
+    delivery = await shielded(drive())
+    if key is not None and key in late:
+        raise EventRefused(
+            key, f"it came after its deadline: run {run_id}'s wait timed out", run_id
+        )
+    return delivery
 
 
 def _rerun(step: StepRecord, now: float) -> StepRecord:
@@ -526,8 +583,13 @@ async def _end_nested(
             step = record.steps.get(name)
             if step is None:
                 return
-            if blob is None:
-                journal.mark(name, _rerun(step, now))
+            if blob is None:  # a halted step: runs again (as one that never started)
+                journal.mark(
+                    name,
+                    msgspec.structs.replace(
+                        step, status="cancelled", error="halted", wait=None, ended_at=now
+                    ),
+                )
             else:
                 journal.mark(name, _ended_step(journal.codec, name, step, blob, now))
             touched = {name}
@@ -690,10 +752,22 @@ async def wake_due(
     for run_id in await runs.due(versions, limit=limit):
         try:
             record = await runs.load(run_id)
+            spec = specs.get(record.saga)
+            if spec is not None:
+                check_identity(record, run_id, spec.plan.saga, spec.saga_version)
+                unknown = [n for n in record.steps if n not in spec.plan.nodes]
+                if unknown:
+                    raise CorruptRecord(
+                        f"the record of run {run_id} names steps saga {record.saga} does "
+                        f"not have: {unknown}",
+                        run_id,
+                    )
+        except CorruptRecord as exc:  # set aside, out of every later sweep
+            report.append(await _quarantine_parked(runs, run_id, str(exc)))
+            continue
         except Exception as exc:  # noqa: BLE001 - one bad record never stops the sweep
             report.append(Recovered(run_id=run_id, saga="", outcome="error", error=repr(exc)))
             continue
-        spec = specs.get(record.saga)
         if spec is None or record.status != "waiting":
             continue
         now = time.time()
@@ -747,6 +821,16 @@ async def wake_due(
             )
         )
     return report
+
+
+async def _quarantine_parked(runs: RunStore, run_id: str, reason: str) -> Recovered:
+    try:
+        aside = await runs.quarantine(run_id, reason, parked=True)
+    except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
+        return Recovered(run_id=run_id, saga="", outcome="error", error=repr(exc))
+    if aside is None:
+        return Recovered(run_id=run_id, saga="", outcome="error", error=reason)
+    return Recovered(run_id=run_id, saga=aside.saga or "", outcome="quarantined", error=reason)
 
 
 async def settle_recovered(

@@ -342,10 +342,13 @@ class RunStore(Protocol):
         """
         ...
 
-    async def quarantine(self, run_id: str, reason: str) -> Quarantined | None:
-        """Set aside a run this store has taken (:meth:`claim`) whose record cannot be
-        driven: out of the unfinished runs (no sweep sees it again), kept with ``reason``
-        for the store's retention. ``None`` if this store no longer owns it."""
+    async def quarantine(
+        self, run_id: str, reason: str, *, parked: bool = False
+    ) -> Quarantined | None:
+        """Set aside a run this store has taken (:meth:`claim`), or a parked run
+        (``parked``), whose record cannot be driven: out of the unfinished (or parked)
+        runs (no sweep sees it again), kept with ``reason`` for the store's retention.
+        ``None`` if it is not so any more."""
         ...
 
     async def quarantined(self, *, limit: int = 50) -> Sequence[Quarantined]:
@@ -370,8 +373,8 @@ class RunStore(Protocol):
         """Let a key go (its run was cancelled: a retry should run again)."""
         ...
 
-    async def wait_finished(self, run_id: str) -> RunRecord:
-        """Wait until the run has finished; return its record."""
+    async def wait_finished(self, run_id: str, *, parked: bool = False) -> RunRecord:
+        """Wait until the run has finished (``parked``: or parked); return its record."""
         ...
 
     # -- parked runs and their events (see asaga.runs._parking) ---------------------------
@@ -398,7 +401,8 @@ class RunStore(Protocol):
         """Keep the encoded ``payload`` of the event ``key`` (of ``saga``): ``(state,
         run)``, ``state`` being ``kept`` (``run``: the run that waits for it, if one
         does), ``duplicate`` (a payload is kept already) or ``consumed`` (a run took the
-        key's event, within the idempotency window)."""
+        key's event, within the idempotency window), or ``closed`` (the run that waited
+        for it ended otherwise: timed out, cancelled, failed)."""
         ...
 
     async def bind(
@@ -415,6 +419,15 @@ class RunStore(Protocol):
 
     async def unpost(self, saga: str, key: str, payload: bytes) -> None:
         """Take back a kept ``payload`` that no run will take."""
+        ...
+
+    async def bound(self, saga: str, key: str) -> str | None:
+        """The run that waits for ``key`` (or took its event), if one does."""
+        ...
+
+    async def unbind(self, saga: str, key: str, run_id: str) -> None:
+        """``run_id`` no longer waits for ``key`` (it ended otherwise): the key is free
+        for another run, and an event kept for it is dropped."""
         ...
 
     async def bad_payload(self, saga: str, key: str) -> tuple[str | None, int]:

@@ -276,8 +276,9 @@ return 1
 # parked set; its keys expire ``retention`` after its first deadline. Returns as _WRITE.
 _PARK = """
 local seq, score, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
-if not seq or not score or not ttl or ttl < 1 or ARGV[1] == '' or ARGV[3] == '' then
-  return redis.error_reply('ERR asaga park: run_id, owner, seq, score, retention_ms')
+if not seq or not score or not ttl or ttl < 1 or ARGV[1] == '' or ARGV[2] == ''
+   or ARGV[3] == '' or ARGV[6] == '' then
+  return redis.error_reply('ERR asaga park: run_id, record, owner, seq, score, channel, ttl')
 end
 local owner = redis.call('hget', KEYS[1], 'owner')
 if not owner then return 3 end
@@ -300,8 +301,9 @@ return 1
 # running again. Returns 1 if taken, 0 if it is not parked as seen any more.
 _TAKE = """
 local seen, seq, now = tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[7])
-if not seen or not seq or not now or ARGV[1] == '' or ARGV[3] == '' or ARGV[5] == '' then
-  return redis.error_reply('ERR asaga take: run_id, seen, owner, status, seq, now')
+if not seen or not seq or not now or ARGV[1] == '' or ARGV[3] == '' or ARGV[4] == ''
+   or ARGV[5] == '' then
+  return redis.error_reply('ERR asaga take: run_id, seen, owner, record, status, seq, now')
 end
 if redis.call('hget', KEYS[1], 'status') ~= 'waiting' then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') ~= seen then return 0 end
@@ -317,12 +319,14 @@ return 1
 
 # KEYS: mail ; ARGV: payload, keep_ms
 # Keep an event's payload: {'kept', run waiting or ''}; {'duplicate', run} if a payload is
-# kept already; {'consumed', run} if a run took the key's event already.
+# kept already; {'consumed', run} if a run took the key's event already; {'closed', run} if
+# the run that waited for it ended otherwise (timed out, cancelled).
 _POST = """
 local keep = tonumber(ARGV[2])
 if not keep or keep < 1 then return redis.error_reply('ERR asaga post: keep_ms') end
-local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run')
+local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run', 'closed')
 if f[2] then return {'consumed', f[3] or ''} end
+if f[4] then return {'closed', f[3] or ''} end
 if f[1] then return {'duplicate', f[3] or ''} end
 redis.call('hset', KEYS[1], 'payload', ARGV[1])
 if not f[3] then redis.call('pexpire', KEYS[1], keep) end
@@ -337,8 +341,9 @@ local keep = tonumber(ARGV[2])
 if ARGV[1] == '' or not keep or keep < 1 then
   return redis.error_reply('ERR asaga bind: run_id, keep_ms')
 end
-local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run')
-if f[2] or (f[3] and f[3] ~= ARGV[1]) then return {'taken', f[3] or ''} end
+local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run', 'closed')
+if f[2] or (f[3] and f[3] ~= ARGV[1] and not f[4]) then return {'taken', f[3] or ''} end
+redis.call('hdel', KEYS[1], 'closed', 'bad')
 redis.call('hset', KEYS[1], 'run', ARGV[1])
 redis.call('pexpire', KEYS[1], keep)
 if f[1] then return {'payload', f[1]} end
@@ -359,6 +364,7 @@ return 1
 
 # KEYS: mail ; ARGV: payload — take back a payload no run will take
 _UNPOST = """
+if ARGV[1] == '' then return redis.error_reply('ERR asaga unpost: payload') end
 if redis.call('hget', KEYS[1], 'payload') == ARGV[1] then
   redis.call('hdel', KEYS[1], 'payload')
   if redis.call('hlen', KEYS[1]) == 0 then redis.call('del', KEYS[1]) end
@@ -366,10 +372,23 @@ end
 return 1
 """
 
+# KEYS: mail ; ARGV: run_id — the run no longer waits for the key (it ended otherwise):
+# a late event is refused, a new run may wait for the key (its binding takes it over).
+_UNBIND = """
+if ARGV[1] == '' then return redis.error_reply('ERR asaga unbind: run_id') end
+if redis.call('hget', KEYS[1], 'run') == ARGV[1]
+   and redis.call('hexists', KEYS[1], 'consumed') == 0 then
+  redis.call('hdel', KEYS[1], 'payload')
+  redis.call('hset', KEYS[1], 'closed', '1')
+end
+return 1
+"""
+
 # KEYS: mail — count a bad payload for the run waiting for the key: {run or '', count}
 _BAD = """
 local run = redis.call('hget', KEYS[1], 'run')
-if not run or redis.call('hexists', KEYS[1], 'consumed') == 1 then return {'', 0} end
+if not run or redis.call('hexists', KEYS[1], 'consumed') == 1
+   or redis.call('hexists', KEYS[1], 'closed') == 1 then return {'', 0} end
 return {run, redis.call('hincrby', KEYS[1], 'bad', 1)}
 """
 
@@ -480,6 +499,7 @@ class RedisRunStore(StoreSettings):
         self._consume = client.register_script(_CONSUME)
         self._unpost = client.register_script(_UNPOST)
         self._bad = client.register_script(_BAD)
+        self._unbind = client.register_script(_UNBIND)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisRunStore:
@@ -1038,17 +1058,20 @@ class RedisRunStore(StoreSettings):
         check_identity(record, run_id, _text(saga), _text(version))
         return record
 
-    async def quarantine(self, run_id: str, reason: str) -> Quarantined | None:
-        """Set aside ``run_id`` (taken by this store): out of the running set, kept with
-        ``reason`` for ``retention``; ``None`` if this store no longer owns it."""
+    async def quarantine(
+        self, run_id: str, reason: str, *, parked: bool = False
+    ) -> Quarantined | None:
+        """Set aside ``run_id`` (taken by this store; ``parked``: a parked run, owned by
+        none): out of the running (or parked) set, kept with ``reason`` for
+        ``retention``; ``None`` if it is not so any more."""
         now = time.time()
         most = -(-_MAX_QUARANTINED // self._shards)  # per shard: the cap over all of them
         with self._bounded(f"cannot quarantine run {run_id}", run_id):
             done = await self._quarantine(
-                keys=self._run_keys(run_id, "running", "quarantine"),
+                keys=self._run_keys(run_id, "parked" if parked else "running", "quarantine"),
                 args=[
                     run_id,
-                    self._owner,
+                    "parked" if parked else self._owner,
                     reason,
                     now,
                     max(1, round(self.retention * 1000)),
@@ -1181,34 +1204,39 @@ class RedisRunStore(StoreSettings):
 
     async def due(self, sagas: Mapping[str, str], *, limit: int = 100) -> Sequence[str]:
         """Parked runs of ``sagas`` (name -> saga_version) whose first wait has ended (a
-        deadline passed, a timer is due), oldest first; nothing is taken."""
+        deadline passed, a timer is due), oldest first; nothing is taken. Runs of other
+        sagas (or versions) and child runs are passed over, never in the way."""
         now = time.time()
         found: list[str] = []
+        page = max(limit, 100)
         with self._bounded("cannot look for parked runs"):
             for shard in range(self._shards):
-                ids = [
-                    _text(m) or ""
-                    for m in await self.client.zrangebyscore(
-                        self._parked(shard), "-inf", now, start=0, num=limit
-                    )
-                ]
-                if not ids:
-                    continue
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for run_id in ids:
-                        pipe.hmget(self._run_key(run_id), "saga", "version", "status")
-                    rows = [[_text(v) for v in row] for row in await pipe.execute()]
-                gone = [r for r, (_, _, status) in zip(ids, rows, strict=True) if status is None]
-                if gone:  # expired records
-                    await self.client.zrem(self._parked(shard), *gone)
-                found += [
-                    run_id
-                    for run_id, (saga, version, status) in zip(ids, rows, strict=True)
-                    if status == "waiting"
-                    and "/" not in run_id  # a child run: its parent's wake drives it
-                    and saga is not None
-                    and sagas.get(saga) == version
-                ]
+                start = 0
+                while len(found) < limit and start < 100 * page:  # a bounded scan
+                    ids = [
+                        _text(m) or ""
+                        for m in await self.client.zrangebyscore(
+                            self._parked(shard), "-inf", now, start=start, num=page
+                        )
+                    ]
+                    if not ids:
+                        break
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for run_id in ids:
+                            pipe.hmget(self._run_key(run_id), "saga", "version", "status")
+                        rows = [[_text(v) for v in row] for row in await pipe.execute()]
+                    gone = [r for r, row in zip(ids, rows, strict=True) if row[2] is None]
+                    if gone:  # expired records
+                        await self.client.zrem(self._parked(shard), *gone)
+                    found += [
+                        run_id
+                        for run_id, (saga, version, status) in zip(ids, rows, strict=True)
+                        if status == "waiting"
+                        and "/" not in run_id  # a child run: its parent's wake drives it
+                        and saga is not None
+                        and sagas.get(saga) == version
+                    ]
+                    start += len(ids) - len(gone)
         return found[:limit]
 
     async def post(self, saga: str, key: str, payload: bytes) -> tuple[str, str | None]:
@@ -1227,7 +1255,7 @@ class RedisRunStore(StoreSettings):
     ) -> tuple[str, bytes | None]:
         """``run_id`` waits for ``key``: ``("bound", None)``, ``("payload", kept
         payload)``, or ``("taken", None)`` when another run waits for it or took it."""
-        keep = self.idempotency_window + max(0.0, (until or 0.0) - time.time())
+        keep = self.mail_keep(until)
         with self._bounded(f"cannot wait for event {key!r}", run_id):
             state, data = await self._bind(
                 keys=[self._mail_key(saga, key)], args=[run_id, max(1, round(keep * 1000))]
@@ -1244,6 +1272,18 @@ class RedisRunStore(StoreSettings):
                 args=[run_id, max(1, round(self.idempotency_window * 1000))],
             )
 
+    async def bound(self, saga: str, key: str) -> str | None:
+        """The run that waits for ``key`` (or took its event), if one does."""
+        with self._bounded(f"cannot read event {key!r}"):
+            run = await self.client.hget(self._mail_key(saga, key), "run")
+        return _text(run)
+
+    async def unbind(self, saga: str, key: str, run_id: str) -> None:
+        """``run_id`` no longer waits for ``key`` (it ended otherwise): a late event is
+        refused (``closed``), and another run may wait for the key."""
+        with self._bounded(f"cannot free event {key!r}", run_id):
+            await self._unbind(keys=[self._mail_key(saga, key)], args=[run_id])
+
     async def unpost(self, saga: str, key: str, payload: bytes) -> None:
         """Take back ``payload`` (no run will take it)."""
         with self._bounded(f"cannot take back event {key!r}"):
@@ -1256,15 +1296,16 @@ class RedisRunStore(StoreSettings):
             run, count = await self._bad(keys=[self._mail_key(saga, key)], args=[])
         return _text(run) or None, int(count)
 
-    async def wait_finished(self, run_id: str) -> RunRecord:
-        """Wait for the run's finish notification; check again every ``recheck`` seconds
-        (jittered) in case it was missed or its owner died and someone else recovers it."""
+    async def wait_finished(self, run_id: str, *, parked: bool = False) -> RunRecord:
+        """Wait for the run's finish notification (``parked``: or that it parked); check
+        again every ``recheck`` seconds (jittered) in case it was missed or its owner
+        died and someone else recovers it."""
         waiting = self._waiting_key(run_id)
         while True:
             with self._bounded(f"cannot wait for run {run_id}", run_id):
                 await self.client.set(waiting, "1", px=max(1, round(self.recheck * 3000)))
             record = await self.load(run_id)
-            if record.status in FINISHED:
+            if record.status in FINISHED or (parked and record.status == "waiting"):
                 return record
             event = self._waiting.get(run_id)
             if event is None:

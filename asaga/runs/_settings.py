@@ -3,6 +3,8 @@ keeps finished runs and idempotency keys, and the largest record it accepts."""
 
 from __future__ import annotations
 
+import time
+
 __all__ = ["StoreSettings"]
 
 
@@ -42,3 +44,10 @@ class StoreSettings:
     def idempotency_window(self) -> float:
         """Seconds an idempotency key keeps naming its run."""
         return self._window
+
+    def mail_keep(self, until: float | None) -> float:
+        """Seconds an event key's binding to a parked run is kept: as long as the run's
+        record (``retention`` past its deadline, twice that without one), and at least
+        the idempotency window."""
+        left = (until - time.time()) if until is not None else self.retention
+        return max(self._window, max(left, 0.0) + self.retention)

@@ -21,6 +21,8 @@ from asaga import (
     InvalidEvent,
     NotParked,
     NotRecordable,
+    RecordTooLarge,
+    Resource,
     RunNotFound,
     RunParked,
     Saga,
@@ -47,6 +49,7 @@ def anyio_backend() -> str:
 
 class Payment(msgspec.Struct):
     amount: int
+    note: str = ""
 
 
 LOG: list[str] = []
@@ -71,6 +74,20 @@ class Order(Saga):
     async def ship(paid: Payment, order_id: str) -> str:
         LOG.append(f"ship {order_id} {paid.amount}")
         return f"shipped {paid.amount}"
+
+
+class Bank:
+    """A resource (never recorded): given to whoever drives the run."""
+
+
+class Paid(Saga):
+    order_id: str
+    bank: Resource[Bank]
+    paid = wait_for(Payment, key="paid:{order_id}")
+
+    @step
+    async def book(paid: Payment, bank: Bank) -> int:
+        return paid.amount
 
 
 class Hurried(Saga):
@@ -592,3 +609,151 @@ async def test_a_durable_map_of_a_saga_that_waits_is_refused() -> None:
 
     with pytest.raises(NotRecordable, match="waits"):
         await Mapped.run(orders=[{"order_id": "x"}], runs=MemoryRunStore())
+
+
+# -- regressions found by review --------------------------------------------------------
+
+
+class HaltingChild(Saga):
+    order_id: str
+
+    @step
+    async def check(order_id: str) -> str:
+        LOG.append(f"check {order_id}")
+        if order_id not in HALT_ONCE:
+            HALT_ONCE.add(order_id)
+            raise Halt("needs a manager")
+        return "approved"
+
+
+class HaltingParent(Saga):
+    order_id: str
+    approval = compose(HaltingChild)
+
+    @step
+    async def book(approval: str) -> str:
+        return f"booked {approval}"
+
+
+async def test_resume_of_a_halt_inside_a_composed_sub_saga_runs_the_step_again(
+    stores: Stores,
+) -> None:
+    order = unique("hc")
+    async with stores() as runs:
+        parked = await park(HaltingParent, runs, order_id=order)
+        assert parked.waits[0].kind == "halt"
+        done = await HaltingParent.resume(parked.run_id, runs=runs)
+        assert done.status == "succeeded"
+        assert done.result is not None
+        assert done.result.output == "booked approved"
+    assert LOG.count(f"check {order}") == 2
+
+
+class Sibling(Saga):
+    """A composed sub-saga parks while a sibling branch fails."""
+
+    order_id: str
+    inner = compose(Inner)
+
+    @step
+    async def boom(order_id: str) -> str:
+        raise RuntimeError("the sibling fails")
+
+
+async def test_a_parked_child_is_unwound_when_a_sibling_fails(stores: Stores) -> None:
+    order = unique("sb")
+    async with stores() as runs:
+        with pytest.raises(SagaFailed):
+            await Sibling.run(order_id=order, runs=runs)
+        assert [r.run_id for r in await runs.list(status="waiting")] == []
+    assert f"release h-{order}" in LOG
+
+
+async def test_a_late_event_is_refused_and_the_run_times_out(stores: Stores) -> None:
+    order = unique("late")
+    async with stores() as runs:
+        parked = await park(Hurried, runs, order_id=order)
+        await anyio.sleep(0.1)  # past its deadline, before any sweep
+        with pytest.raises(EventRefused, match="after its deadline"):
+            await Hurried.deliver(f"hurry:{order}", {"amount": 1}, runs=runs)
+        record = await runs.load(parked.run_id)
+        assert record.status == "failed"
+        with pytest.raises(EventRefused, match="no longer waits"):
+            await Hurried.deliver(f"hurry:{order}", {"amount": 1}, runs=runs)
+    assert f"refund ch-{order}" in LOG
+
+
+async def test_a_key_freed_by_a_cancel_can_be_waited_for_again(stores: Stores) -> None:
+    order = unique("again")
+    async with stores() as runs:
+        first = await park(Order, runs, order_id=order)
+        await Order.cancel(first.run_id, runs=runs)
+        second = await park(Order, runs, order_id=order)
+        done = await Order.deliver(f"pay:{order}", {"amount": 8}, runs=runs)
+        assert done.run_id == second.run_id
+        assert done.status == "succeeded"
+
+
+async def test_a_refused_delivery_keeps_nothing(stores: Stores) -> None:
+    order = unique("ref")
+    async with stores() as runs:
+        await park(Paid, runs, order_id=order, bank=Bank())
+        with pytest.raises(ValueError, match="resources"):
+            await Paid.deliver(f"paid:{order}", {"amount": 1}, runs=runs)  # no bank=
+        done = await Paid.deliver(f"paid:{order}", {"amount": 2}, runs=runs, bank=Bank())
+        assert done.result is not None
+        assert done.result.output == 2
+
+
+class Big(Saga):
+    order_id: str
+
+    @step
+    async def charge(order_id: str) -> str:
+        return "x" * 2500  # fits a 4 KiB record alone
+
+    paid = wait_for(dict[str, str], key="big:{order_id}", after=["charge"])
+
+    @step
+    async def ship(paid: dict[str, str]) -> int:
+        return len(paid)
+
+
+async def test_an_event_too_large_for_the_record_does_not_poison_its_key() -> None:
+    runs = MemoryRunStore(max_record_bytes=4096)
+    order = unique("big")
+    await park(Big, runs, order_id=order)
+    with pytest.raises(RecordTooLarge):
+        await Big.deliver(f"big:{order}", {"note": "y" * 1900}, runs=runs)
+    done = await Big.deliver(f"big:{order}", {"note": "small"}, runs=runs)
+    assert done.status == "succeeded"
+
+
+async def test_deliver_without_runs_reaches_a_run_of_the_default_store() -> None:
+    order = unique("dflt")
+    with pytest.raises(RunParked):
+        await Order.run(order_id=order, idempotency_key=order)
+    done = await Order.deliver(f"pay:{order}", {"amount": 6})
+    assert done.status == "succeeded"
+
+
+async def test_a_corrupt_parked_record_is_quarantined_by_recovery() -> None:
+    runs = MemoryRunStore()
+    parked = await park(Hurried, runs, order_id=unique("bad"))
+    runs._runs[parked.run_id].record = b"not a record"  # tampered with
+    await anyio.sleep(0.1)
+    (report,) = await recover(runs, sagas=[Hurried])
+    assert report.outcome == "quarantined"
+    assert [q.run_id for q in await runs.quarantined()] == [parked.run_id]
+    assert await recover(runs, sagas=[Hurried]) == []
+
+
+async def test_a_binding_kept_as_long_as_the_parked_run() -> None:
+    now = [0.0]
+    runs = MemoryRunStore(idempotency_window=10.0, retention=100.0, clock=lambda: now[0])
+    order = unique("long")
+    parked = await park(Order, runs, order_id=order)
+    now[0] += 50.0  # past the idempotency window: the run (no deadline yet) still waits
+    done = await Order.deliver(f"pay:{order}", {"amount": 2}, runs=runs)
+    assert done.run_id == parked.run_id
+    assert done.status == "succeeded"
