@@ -7,6 +7,7 @@ cancellation.
 """
 
 from ._annotations import Resource as Resource
+from ._events import log_events as log_events
 from ._exceptions import AsagaError as AsagaError
 from ._exceptions import CompensationFailed as CompensationFailed
 from ._exceptions import CorruptRecord as CorruptRecord
@@ -131,6 +132,7 @@ __all__ = [
     "UndoFailed",
     "WaitInfo",
     "compose",
+    "log_events",
     "map_each",
     "sleep_for",
     "sleep_until",

@@ -14,6 +14,7 @@ happened.
 
 import inspect
 import math
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -391,21 +392,72 @@ class Emitter:
 
 _resolved: tuple[tuple[object, ...], Any, Callable[[int], bool] | None] | None = None
 
+_LEVELS = {"debug": _DEBUG, "info": _INFO, "warning": _WARNING, "error": _ERROR, "critical": 50}
+
+_shown: int | None = None  # set by log_events(): the level shown without a configuration
+
+
+def log_events(level: str | int = "debug") -> None:
+    """Show asaga's events from ``level`` up (``"debug"``: every transition, the whole
+    timeline; ``"info"``; ``"warning"``: failures...) while structlog is not configured.
+
+    Quiet by default: until the application configures structlog (then its filter is
+    what counts, asaga never configures structlog), asaga logs only what needs a human
+    (``error``: a compensation that failed for good, a hook that failed). The environment
+    variable ``ASAGA_LOG`` (``debug``, ``info``...) does the same as this call.
+    """
+    global _shown, _resolved
+    _shown = _level(level)
+    _resolved = None
+
+
+def _level(level: str | int) -> int:
+    if isinstance(level, int) and not isinstance(level, bool):
+        return level
+    found = _LEVELS.get(str(level).strip().lower())
+    if found is None:
+        raise ValueError(f"unknown log level {level!r}: one of {', '.join(_LEVELS)}")
+    return found
+
+
+def _unconfigured_level() -> int:
+    """The level shown while structlog is not configured."""
+    if _shown is not None:
+        return _shown
+    try:
+        return _level(os.environ.get("ASAGA_LOG", "error"))
+    except ValueError:
+        return _ERROR
+
 
 def _resolved_logger() -> tuple[Any, Callable[[int], bool] | None]:
     """asaga's logger under structlog's current configuration, and its level check.
 
     Binding resolves the configuration (about 3 us), so the result is kept until the
     configuration changes; ``sys.stdout`` is part of the key because structlog's default
-    ``PrintLogger`` writes to the stream that was ``sys.stdout`` when it was made.
+    ``PrintLogger`` writes to the stream that was ``sys.stdout`` when it was made. While
+    structlog is not configured, only events from :func:`log_events`' level up are logged.
     """
     global _resolved
-    key = (*structlog.get_config().values(), sys.stdout)
+    configured = structlog.is_configured()
+    shown = None if configured else _unconfigured_level()
+    key = (*structlog.get_config().values(), sys.stdout, configured, shown)
     cached = _resolved
-    if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+    if (
+        cached is not None
+        and len(cached[0]) == len(key)
+        and all(a is b or a == b for a, b in zip(cached[0], key, strict=True))
+    ):
         return cached[1], cached[2]
     logger = _logger.bind()
     enabled = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
+    if shown is not None:
+        threshold, inner = shown, enabled
+        enabled = (
+            (lambda level: level >= threshold)
+            if inner is None
+            else (lambda level: level >= threshold and inner(level))
+        )
     _resolved = (key, logger, enabled)
     return logger, enabled
 

@@ -81,6 +81,7 @@ def test_all_is_pinned() -> None:
         "UndoFailed",
         "WaitInfo",
         "compose",
+        "log_events",
         "map_each",
         "sleep_for",
         "sleep_until",

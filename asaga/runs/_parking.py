@@ -475,11 +475,15 @@ async def _go_on(
                 nested_failing.append(info.step)
                 journal.mark(info.step, msgspec.structs.replace(step, status="running", wait=None))
         else:
-            status = "cancelled" if (cancel or terminate) else "failed"
+            ended = cancel or terminate
             journal.mark(
                 info.step,
                 msgspec.structs.replace(
-                    step, status=status, error=repr(error), wait=None, ended_at=now
+                    step,
+                    status="cancelled" if ended else "failed",
+                    error="cancelled while waiting" if ended else repr(error),
+                    wait=None,
+                    ended_at=now,
                 ),
             )
     if failing and not (cancel or terminate):
