@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def load_saga(target: str) -> type[Saga]:
-    """Import the saga class that ``target`` (``module.path:ClassName``) names.
+    """Import the saga class that ``target`` (``module.path:ClassName``, or
+    ``path/to/file.py:ClassName``) names.
 
     The current directory is put on ``sys.path`` first, as ``python -m`` does, so that
     ``examples.checkout:Checkout`` works from a project's root. The class may be nested
@@ -289,10 +291,20 @@ def _recover(args: argparse.Namespace) -> int:
 
     sagas = [load_saga(target) for target in args.saga]
     factory = _load_callable(args.resources) if args.resources else None
+    if factory is None:  # checked before the store is opened: a usage error
+        for saga in sagas:
+            declared = _declared_resources(saga)
+            if any(declared.values()):
+                raise TargetError(_missing(saga, [n for n, needed in declared.items() if needed]))
     report: list[Any] = []
 
     async def sweep(runs: Any) -> str:
         async with _resources(factory, args.redis, args.prefix) as resources:
+            for saga in sagas:
+                declared = _declared_resources(saga)
+                missing = [n for n, needed in declared.items() if needed and n not in resources]
+                if missing:
+                    raise TargetError(_missing(saga, missing, args.resources))
             report.extend(await recover(runs, sagas=sagas, resources=resources, limit=args.limit))
         lines = [
             f"{r.run_id}  {r.saga}  {r.outcome}"
@@ -626,6 +638,9 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asaga", description="Tools for asaga sagas.")
+    parser.add_argument(
+        "--version", action="version", version=f"asaga {_version()}", help="print the version"
+    )
     subparsers = parser.add_subparsers(metavar="COMMAND", required=True)
     for add in _COMMANDS:
         add(subparsers)
@@ -635,8 +650,16 @@ def _parser() -> argparse.ArgumentParser:
 # -- targets ---------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from . import __version__  # the package's, as installed
+
+    return __version__
+
+
 def _import(module_name: str) -> ModuleType:
     cwd = os.getcwd()
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        return _import_file(module_name)
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
@@ -651,6 +674,39 @@ def _import(module_name: str) -> ModuleType:
         ) from None
     except AsagaError as exc:
         raise TargetError(f"importing {module_name} failed: {exc}") from exc
+
+
+def _import_file(path: str) -> ModuleType:
+    """The module of a Python file named by its path (``first.py:Checkout``), imported
+    with its directory on ``sys.path`` (as ``python first.py`` would have it)."""
+    file = os.path.abspath(path if path.endswith(".py") else f"{path}.py")
+    if not os.path.isfile(file):
+        dotted = path.removesuffix(".py").replace(os.sep, ".").replace("/", ".")
+        raise TargetError(
+            f"no file {path!r} (looked for {file}); a target is module.path:Class "
+            f"(like {dotted}:Class) or path/to/file.py:Class"
+        )
+    folder = os.path.dirname(file)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = os.path.splitext(os.path.basename(file))[0]
+    existing = sys.modules.get(name)
+    if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") == file:
+        return existing
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+        raise TargetError(f"cannot import {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except AsagaError as exc:
+        del sys.modules[name]
+        raise TargetError(f"importing {path} failed: {exc}") from exc
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _is_prefix(name: str, module_name: str) -> bool:

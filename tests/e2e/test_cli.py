@@ -124,6 +124,53 @@ def test_target_in_current_directory(
     )
 
 
+def test_target_as_a_file_path(scratch_module: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``first.py:Checkout`` names the file, as a newcomer types it; a missing file says
+    what a target looks like."""
+    (scratch_module / "asaga_cli_scratch_file.py").write_text(
+        "from asaga import Saga, step\n\n\n"
+        "class Here(Saga):\n"
+        "    @step\n"
+        "    async def a() -> int:\n"
+        "        return 1\n"
+    )
+    assert run(["graph", "asaga_cli_scratch_file.py:Here"], capsys)[:2] == (
+        0,
+        'flowchart TD\n    a["a<br/>output"]\n',
+    )
+    status, out, err = run(["graph", "asaga_cli_scratch_none.py:Here"], capsys)
+    assert (status, out) == (2, "")
+    assert "no file 'asaga_cli_scratch_none.py'" in err
+    assert "path/to/file.py:Class" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import asaga
+
+    assert run(["--version"], capsys) == (0, f"asaga {asaga.__version__}\n", "")
+
+
+def test_recover_without_the_resources_a_saga_needs(
+    capsys: pytest.CaptureFixture[str], redis_url: str, redis_prefix: str
+) -> None:
+    """A usage error naming them, not a traceback, and nothing is taken."""
+    status, out, err = run(
+        [
+            "recover",
+            "--saga",
+            "tests.sagas.durable:DurableCheckout",
+            "--redis",
+            redis_url,
+            "--prefix",
+            redis_prefix,
+        ],
+        capsys,
+    )
+    assert (status, out) == (2, "")
+    assert "needs its resources" in err
+    assert "--resources" in err
+
+
 def test_saga_definition_error(scratch_module: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A module whose saga does not define is a usage error that shows the problems."""
     (scratch_module / "asaga_cli_scratch_bad.py").write_text(
