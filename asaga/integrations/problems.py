@@ -50,6 +50,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from .._exceptions import (
     CompensationFailed,
     IdempotencyKeyReused,
@@ -263,9 +265,22 @@ def _unavailable(exc: BaseException, retry_after: int) -> Problem:
 
 
 def fingerprint(method: str, target: str, body: bytes) -> str:
-    """SHA-256 (hex) of a request's method, target (path and query string) and body."""
+    """SHA-256 (hex) of a request's method, target (path and query string) and body.
+
+    A JSON body counts by what it says, not how it is written: whitespace and the order of
+    an object's keys make no difference (it is re-encoded canonically first)."""
     digest = hashlib.sha256()
-    for part in (method.upper().encode(), target.encode(), body):
+    for part in (method.upper().encode(), target.encode(), _canonical(body)):
         digest.update(len(part).to_bytes(8, "big"))  # length-prefixed: no ambiguity
         digest.update(part)
     return digest.hexdigest()
+
+
+def _canonical(body: bytes) -> bytes:
+    """A JSON body re-encoded with sorted keys and no whitespace; any other body as is."""
+    if not body:
+        return body
+    try:
+        return msgspec.json.encode(msgspec.json.decode(body), order="sorted")
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return body

@@ -37,6 +37,7 @@ from asaga.integrations.inputs import (
 from asaga.integrations.problems import (
     MAX_ERRORS,
     PROBLEM_UNAVAILABLE,
+    fingerprint,
     is_unavailable,
     problem_for,
 )
@@ -295,3 +296,15 @@ async def test_outcome_lost_after_the_work_is_still_returned() -> None:
         finally:
             await client.aclose()
     assert (outcome.status, outcome.body, replayed) == (201, b'{"done": true}', False)
+
+
+def test_the_same_json_written_otherwise_is_the_same_request() -> None:
+    """Whitespace and key order do not make another request; other values do."""
+    base = fingerprint("POST", "/orders", b'{"sku": "a", "quantity": 2, "tags": [1, 2]}')
+    assert base == fingerprint("post", "/orders", b'{ "tags":[1,2], "quantity":2,"sku":"a" }\n')
+    assert base != fingerprint("POST", "/orders", b'{"sku": "a", "quantity": 3, "tags": [1, 2]}')
+    assert base != fingerprint(
+        "POST", "/orders?x=1", b'{"sku": "a", "quantity": 2, "tags": [1, 2]}'
+    )
+    assert fingerprint("POST", "/o", b"not json") == fingerprint("POST", "/o", b"not json")
+    assert fingerprint("POST", "/o", b"not json") != fingerprint("POST", "/o", b"not  json")
