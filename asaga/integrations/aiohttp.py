@@ -79,6 +79,7 @@ from .problems import (
     RETRY_AFTER,
     Problem,
     fingerprint,
+    http_problem,
     problem,
     problem_for,
 )
@@ -148,10 +149,17 @@ def error_middleware(*, retry_after: int = RETRY_AFTER) -> Middleware:
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # a redirect, a 204...: as aiohttp answers it
+            # aiohttp's own errors (no route: 404, a method not allowed: 405, a body too
+            # large: 413...) as problem+json too, their headers (Allow...) kept.
+            kept = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+            return _response(http_problem(exc.status, exc.reason, kept))
         except Exception as exc:
             answer = problem_for(exc, retry_after=retry_after)
             if answer is None:
-                raise  # a bug, or aiohttp's own HTTPException responses
+                raise  # a bug: aiohttp answers 500
             return _response(answer)
 
     return errors
@@ -166,8 +174,9 @@ failure was fully undone: the request conflicts with the state of the world),
 ``CompensationFailed`` 500 (something was left in place and needs a human), an
 unavailable infrastructure (Redis unreachable, a run store or a lease that could not be
 had, a ``SagaFailed`` caused by one of those) 503 with ``Retry-After`` (5 s; build
-another with :func:`error_middleware`). Anything else, aiohttp's ``HTTPException``
-responses and cancellation included, passes through untouched.
+another with :func:`error_middleware`). aiohttp's own error responses (``HTTPException``
+from 400 up: no route 404, a method not allowed 405 with ``Allow``, a body too large 413)
+become problem+json too. Anything else, cancellation included, passes through.
 """
 
 

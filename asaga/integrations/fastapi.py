@@ -41,7 +41,9 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .._exceptions import ClientDisconnected as ClientDisconnected
@@ -57,7 +59,9 @@ from .problems import (
     RETRY_AFTER,
     Problem,
     fingerprint,
+    http_problem,
     infrastructure_errors,
+    invalid_body,
     problem_for,
 )
 
@@ -124,6 +128,11 @@ def install_error_handlers(app: FastAPI, *, retry_after: int = RETRY_AFTER) -> N
     ``TimeoutError``, ``OSError``), answered 503 with ``Retry-After: retry_after``. An
     ``OSError`` of the file system (``FileNotFoundError``...) is not one: it is re-raised
     to Starlette, which answers 500.
+
+    FastAPI's own answers become problem+json too: a route not found (404), a method not
+    allowed (405, with its ``Allow`` header) and any ``HTTPException`` (its status and
+    detail); a body that is not JSON for a route with a body model is the same 400 as for
+    a saga's inputs, and one its model refuses a 422 listing each field.
     """
 
     async def handle(request: Request, exc: Exception) -> Response:
@@ -139,6 +148,31 @@ def install_error_handlers(app: FastAPI, *, retry_after: int = RETRY_AFTER) -> N
     )
     for kind in kinds:
         app.add_exception_handler(kind, handle)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code < 400 or exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return _response(http_problem(exc.status_code, str(exc.detail), exc.headers))
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            # The same 400 as a saga's inputs read from a body that is not JSON.
+            malformed = problem_for(MalformedBody("the request body is not valid JSON"))
+            assert malformed is not None
+            return _response(malformed)
+        pairs = [
+            (".".join(str(part) for part in e.get("loc", ())), str(e.get("msg", "")))
+            for e in errors
+        ]
+        return _response(invalid_body(pairs))
+
+    # The framework's own answers too (a route not found, a method not allowed, a body a
+    # route's own model refused): problem+json, as the sagas' errors are.
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
 
 
 async def saga_inputs(

@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -80,7 +81,9 @@ __all__ = [
     "Problem",
     "clip",
     "fingerprint",
+    "http_problem",
     "infrastructure_errors",
+    "invalid_body",
     "is_unavailable",
     "problem",
     "problem_for",
@@ -230,6 +233,32 @@ def problem_for(exc: BaseException, *, retry_after: int = RETRY_AFTER) -> Proble
             key=clip(exc.key),
         )
     return None
+
+
+def http_problem(
+    status: int, detail: str | None = None, headers: Mapping[str, str] | None = None
+) -> Problem:
+    """The problem answer of a framework's own HTTP error (a route not found, a method
+    not allowed, a body too large): ``about:blank`` with the status's phrase as title,
+    its headers (``Allow``...) kept."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    shown = clip(detail) if detail and detail != title else None
+    return Problem(status, problem(status, "about:blank", title, shown), dict(headers or {}))
+
+
+def invalid_body(errors: Sequence[tuple[str, str]]) -> Problem:
+    """422 for a request body a framework's own validation refused (``(field, message)``
+    pairs), like a saga's invalid inputs."""
+    shown = errors[:MAX_ERRORS]
+    members: dict[str, Any] = {"errors": [{"field": clip(f), "message": clip(m)} for f, m in shown]}
+    if len(errors) > len(shown):
+        members["more_errors"] = len(errors) - len(shown)
+    count = len(errors)
+    detail = f"{count} invalid field{'s' if count != 1 else ''} in the request; see errors"
+    return _problem(422, PROBLEM_INVALID_INPUTS, "Invalid input", detail, **members)
 
 
 def _problem(status: int, type: str, title: str, detail: str, **members: Any) -> Problem:
