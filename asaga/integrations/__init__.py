@@ -1,4 +1,4 @@
-"""Integrations with web frameworks and shared pieces they use.
+"""Integrations with web frameworks and tracing, and shared pieces they use.
 
 - :mod:`asaga.integrations.inputs`: a saga's inputs from a request body, never ``run()``'s
   options nor its resources (framework-neutral);
@@ -9,5 +9,7 @@
   ``Idempotency-Key`` (framework-neutral);
 - :mod:`asaga.integrations.fastapi` (extra ``asaga[fastapi]``) and
   :mod:`asaga.integrations.aiohttp` (extra ``asaga[aiohttp]``): inputs, error responses
-  and idempotency for each framework. Framework imports stay inside those modules.
+  and idempotency for each framework. Framework imports stay inside those modules;
+- :mod:`asaga.integrations.opentelemetry` (extra ``asaga[otel]``): spans and metrics of
+  runs, steps, compensations and lease waits, from the event hooks.
 """
