@@ -6,11 +6,23 @@ Wiring only: the plan comes from :mod:`asaga._graph`, inputs are checked by
 """
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, get_origin
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import MappingProxyType, MethodType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Protocol,
+    TypeVar,
+    cast,
+    dataclass_transform,
+    get_args,
+    get_origin,
+    overload,
+)
 
-from ._annotations import resolve_hints
+from ._annotations import compatible, resolve_hints, type_name
 from ._events import Hook, split_hooks
 from ._exceptions import SagaDefinitionError
 from ._graph import Declared, Plan, build_plan
@@ -26,7 +38,19 @@ if TYPE_CHECKING:  # the types of run()'s, undo()'s and start()'s signatures onl
     from .runs import Delivery, RunStore, UndoResult
     from .workers import JobQueue, RunHandle
 
-__all__ = ["Durability", "Saga", "SagaResult", "wire"]
+__all__ = ["Durability", "OutputT", "Saga", "SagaResult", "wire"]
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as _DefaultedTypeVar
+
+    OutputT = _DefaultedTypeVar("OutputT", default=Any)
+else:
+    OutputT = TypeVar("OutputT")
+"""The type of a saga's output (``class Checkout(Saga[Receipt])``; ``Any`` if not given)."""
+
+_Out = TypeVar("_Out")
+
+_INPUTS = "__asaga_inputs__"  # a called saga's inputs, as given
 
 
 class Durability(Protocol):
@@ -162,8 +186,14 @@ class _Namespace(dict[str, Any]):
         super().__setitem__(key, value)
 
 
+@dataclass_transform(kw_only_default=True)
 class SagaMeta(type):
-    """Builds and validates a saga's plan when its class is created."""
+    """Builds and validates a saga's plan when its class is created.
+
+    Declared as a dataclass transform, so that mypy and pyright read a saga's class
+    annotations as its inputs: ``Checkout(order_id="o-1", amount=30)`` is checked like a
+    dataclass's constructor (a misspelled or mistyped input is a type error), and
+    ``.run()`` on it returns ``SagaResult[Output]`` for a ``Saga[Output]``."""
 
     @classmethod
     def __prepare__(mcs, name: str, bases: tuple[type, ...], /, **kwargs: Any) -> "_Namespace":
@@ -178,13 +208,30 @@ class SagaMeta(type):
             _define(cast("type[Saga]", cls), namespace, redefined)
         return cls
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"sagas are not instantiated; call `await {cls.__name__}.run(...)` instead")
+    if not TYPE_CHECKING:  # the checkers read the call as a dataclass's (see the class)
+
+        def __call__(cls, *args: Any, **inputs: Any) -> Any:
+            """``Checkout(order_id="o-1", ...)``: the saga with its inputs, validated now
+            (:class:`~asaga.InputValidationError`), to ``await ... .run()`` (or ``.start()``)."""
+            spec: SagaSpec | None = vars(cls).get("__asaga__")
+            if spec is None:
+                raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
+            if args:
+                raise TypeError(
+                    f"{cls.__name__}() takes its inputs by name: {cls.__name__}(name=value, ...)"
+                )
+            spec.inputs.validate(inputs)  # bad inputs fail here, before anything runs
+            called: Any = object.__new__(cast("type[Any]", cls))
+            object.__setattr__(called, _INPUTS, MappingProxyType(dict(inputs)))
+            for name, value in inputs.items():
+                object.__setattr__(called, name, value)
+            return called
 
     # Settings and steps are read once, when the class is created: a later change would be
     # silently ignored by every run, so it raises instead (like a frozen dataclass).
     def __setattr__(cls, name: str, value: Any) -> None:
-        _refuse_change(cls, name, value, "assigned")
+        if not (name.startswith("__") and name.endswith("__")):  # typing's own: let be
+            _refuse_change(cls, name, value, "assigned")
         super().__setattr__(name, value)
 
     def __delattr__(cls, name: str) -> None:
@@ -192,7 +239,120 @@ class SagaMeta(type):
         super().__delattr__(name)
 
 
-class Saga(metaclass=SagaMeta):
+async def _run(
+    cls: "type[Saga[Any]]",
+    *,
+    hooks: Sequence[Hook] = (),
+    run_id: str | None = None,
+    runs: "RunStore | None" = None,
+    idempotency_key: str | None = None,
+    **inputs: Any,
+) -> SagaResult[Any]:
+    """Run the saga once with ``inputs``; return its :class:`SagaResult`.
+
+    Two spellings: ``await Checkout.run(order_id="o-1", amount=30)``, or, with the inputs
+    checked by mypy and pyright and the output typed by ``Saga[Output]``, ``await
+    Checkout(order_id="o-1", amount=30).run()``.
+
+    Raises :class:`~asaga.InputValidationError` (before any step started) for bad,
+    missing or unknown inputs; :class:`~asaga.SagaFailed` when a step failed for good
+    and the completed steps were compensated; :class:`~asaga.CompensationFailed` when a
+    compensation failed too. If the calling task is cancelled, running steps are
+    cancelled, completed ones compensated (shielded), and the cancellation propagates.
+
+    ``hooks`` adds event hooks for this run only; ``run_id`` sets the run's id
+    (default: a random UUID).
+
+    ``runs`` makes the run durable: every transition is written to that
+    :class:`~asaga.runs.RunStore` before it is acted on, so that the run can be
+    recovered if its process dies, and undone later with :meth:`Saga.undo`.
+    ``idempotency_key`` runs it at most once per key: a call with a key already used
+    returns (or raises) the recorded outcome of that run, waiting for it if it is
+    still running; with no ``runs``, the process's default in-memory store keeps the
+    keys. See docs/durability.md.
+    """
+    spec = cls.__asaga__
+    if spec is None:
+        raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
+    extra = split_hooks(hooks) if hooks else ((), ())
+    if spec.queues:  # before any step: each step on workers needs its queue open
+        require_queues(spec.queues)
+    if runs is None and idempotency_key is None:
+        result, _ = await execute(spec, inputs, run_id=run_id, extra_hooks=extra, undoable=False)
+        return result
+    durability = _durable()
+    return await durability.run(
+        spec,
+        inputs,
+        runs=runs if runs is not None else durability.default_store(),
+        idempotency_key=idempotency_key,
+        run_id=run_id,
+        extra_hooks=extra,
+    )
+
+
+async def _run_bound(
+    saga: "Saga[Any]",
+    *,
+    hooks: Sequence[Hook] = (),
+    run_id: str | None = None,
+    runs: "RunStore | None" = None,
+    idempotency_key: str | None = None,
+) -> SagaResult[Any]:
+    """Run the saga with the inputs it was called with (``Checkout(order_id=...).run()``):
+    see :func:`_run` for the options and what it raises."""
+    return await _run(
+        type(saga),
+        hooks=hooks,
+        run_id=run_id,
+        runs=runs,
+        idempotency_key=idempotency_key,
+        **saga.__dict__[_INPUTS],
+    )
+
+
+class _RunWithInputs(Protocol[_Out]):
+    def __call__(
+        self,
+        *,
+        hooks: Sequence[Hook] = (),
+        run_id: str | None = None,
+        runs: "RunStore | None" = None,
+        idempotency_key: str | None = None,
+        **inputs: Any,
+    ) -> Coroutine[Any, Any, SagaResult[_Out]]: ...
+
+
+class _RunCalled(Protocol[_Out]):
+    def __call__(
+        self,
+        *,
+        hooks: Sequence[Hook] = (),
+        run_id: str | None = None,
+        runs: "RunStore | None" = None,
+        idempotency_key: str | None = None,
+    ) -> Coroutine[Any, Any, SagaResult[_Out]]: ...
+
+
+class _RunMethod:
+    """``Saga.run``: on the class, it takes the inputs (``Checkout.run(order_id=...)``);
+    on a called saga (``Checkout(order_id=...)``), it runs with those."""
+
+    @overload
+    def __get__(self, instance: None, owner: "type[Saga[OutputT]]") -> _RunWithInputs[OutputT]: ...
+
+    @overload
+    def __get__(
+        self, instance: "Saga[OutputT]", owner: type | None = None
+    ) -> _RunCalled[OutputT]: ...
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return MethodType(_run, owner)
+        return MethodType(_run_bound, instance)
+
+
+class Saga(Generic[OutputT], metaclass=SagaMeta):
     """Base class of sagas: subclass it and define steps with :func:`~asaga.step`.
 
     Class annotations declare inputs (validated by msgspec before any step runs);
@@ -228,55 +388,19 @@ class Saga(metaclass=SagaMeta):
     __asaga_steps__: ClassVar[tuple[Step[Any, Any], ...]] = ()
     __asaga_compensations__: ClassVar[tuple[Compensation, ...]] = ()
 
-    @classmethod
-    async def run(
-        cls,
-        *,
-        hooks: Sequence[Hook] = (),
-        run_id: str | None = None,
-        runs: "RunStore | None" = None,
-        idempotency_key: str | None = None,
-        **inputs: Any,
-    ) -> SagaResult[Any]:
-        """Run the saga once with ``inputs``; return its :class:`SagaResult`.
-
-        Raises :class:`~asaga.InputValidationError` (before any step started) for bad,
-        missing or unknown inputs; :class:`~asaga.SagaFailed` when a step failed for good
-        and the completed steps were compensated; :class:`~asaga.CompensationFailed` when a
-        compensation failed too. If the calling task is cancelled, running steps are
-        cancelled, completed ones compensated (shielded), and the cancellation propagates.
-
-        ``hooks`` adds event hooks for this run only; ``run_id`` sets the run's id
-        (default: a random UUID).
-
-        ``runs`` makes the run durable: every transition is written to that
-        :class:`~asaga.runs.RunStore` before it is acted on, so that the run can be
-        recovered if its process dies, and undone later with :meth:`undo`.
-        ``idempotency_key`` runs it at most once per key: a call with a key already used
-        returns (or raises) the recorded outcome of that run, waiting for it if it is
-        still running; with no ``runs``, the process's default in-memory store keeps the
-        keys. See docs/durability.md.
-        """
-        spec = cls.__asaga__
-        if spec is None:
-            raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
-        extra = split_hooks(hooks) if hooks else ((), ())
-        if spec.queues:  # before any step: each step on workers needs its queue open
-            require_queues(spec.queues)
-        if runs is None and idempotency_key is None:
-            result, _ = await execute(
-                spec, inputs, run_id=run_id, extra_hooks=extra, undoable=False
-            )
-            return result
-        durability = _durable()
-        return await durability.run(
-            spec,
-            inputs,
-            runs=runs if runs is not None else durability.default_store(),
-            idempotency_key=idempotency_key,
-            run_id=run_id,
-            extra_hooks=extra,
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"a called saga is frozen: make another, {type(self).__name__}(...), to run "
+            "with other inputs"
         )
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.get(_INPUTS, {}).items())
+        return f"{type(self).__name__}({given})"
+
+    run: ClassVar[_RunMethod] = _RunMethod()
+    """Run the saga: ``await Checkout.run(order_id="o-1", ...)``, or, the inputs and the
+    output typed for mypy and pyright, ``await Checkout(order_id="o-1", ...).run()``."""
 
     @classmethod
     async def start(
@@ -537,6 +661,8 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
         settings=frozenset(_SETTINGS),
     )
     problems.extend(plan_problems)
+    if plan is not None:
+        problems.extend(_output_type_problems(cls, plan))
     validator = InputValidator(saga, inputs)
     problems.extend(validator.problems)
     if problems or plan is None:
@@ -564,6 +690,32 @@ def _define(cls: "type[Saga]", namespace: Mapping[str, Any], redefined: Sequence
     )
     cls.__asaga_steps__ = tuple(steps)
     cls.__asaga_compensations__ = tuple(comps)
+
+
+def _output_type_problems(cls: type, plan: Plan) -> list[str]:
+    """``class Checkout(Saga[Receipt])`` must agree with what the output step returns."""
+    declared = [
+        get_args(base)[0]
+        for base in getattr(cls, "__orig_bases__", ())
+        if get_origin(base) is not None
+        and isinstance(get_origin(base), SagaMeta)
+        and len(get_args(base)) == 1
+    ]
+    if not declared or isinstance(declared[0], TypeVar):
+        return []
+    expected = declared[0]
+    if plan.output is None:
+        return [
+            f"Saga[{type_name(expected)}] declares an output, but the saga has none: set "
+            '`output = "<step>"` (or leave one step that nothing depends on)'
+        ]
+    returns = plan.nodes[plan.output].returns
+    if not compatible(returns, expected):
+        return [
+            f"Saga[{type_name(expected)}] declares the output's type, but the output step "
+            f"'{plan.output}' returns {type_name(returns)}"
+        ]
+    return []
 
 
 def _setting_problems(cls: "type[Saga]") -> list[str]:

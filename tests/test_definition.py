@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 import pytest
 
-from asaga import Resource, Saga, SagaDefinitionError, step
+from asaga import InputValidationError, Resource, Saga, SagaDefinitionError, step
 
 
 def problems_of(build: typing.Callable[[], object]) -> tuple[str, ...]:
@@ -498,16 +498,26 @@ def test_inherited_saga_reuses_steps() -> None:
     assert plan.nodes["b"].fn is Child.b.fn
 
 
-def test_sagas_are_not_instantiated() -> None:
-    """``MySaga()`` is a mistake; the error says to call run()."""
+def test_calling_a_saga_binds_its_inputs_validated_at_once() -> None:
+    """``MySaga(x=1)`` is the saga with its inputs (for ``.run()``), validated now;
+    positional inputs, bad ones and the base class are refused."""
 
     class One(Saga):
         @step
         async def a(x: int) -> int:
             return x
 
-    with pytest.raises(TypeError, match=r"One.run"):
+    called = One(x=1)
+    assert called.x == 1  # type: ignore[attr-defined]
+    assert repr(called) == "One(x=1)"
+    with pytest.raises(AttributeError, match="frozen"):
+        called.x = 2  # type: ignore[attr-defined]
+    with pytest.raises(InputValidationError, match="x: missing required input"):
         One()
+    with pytest.raises(TypeError, match="by name"):
+        One(1)
+    with pytest.raises(TypeError, match="base class"):
+        Saga()
 
 
 def test_run_never_inspects(monkeypatch: pytest.MonkeyPatch) -> None:
