@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import anyio
 import msgspec
 
+from ._events import log_events
 from ._exceptions import AsagaError, EventRefused
 from ._render import to_dot, to_mermaid
 from ._saga import Saga
@@ -593,6 +594,10 @@ def _worker(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise TargetError(str(exc)) from exc
     factory = _load_callable(args.target)
+    if "ASAGA_LOG" not in os.environ:
+        # A worker is a service: its runs' events are its log (info and up; ASAGA_LOG=debug
+        # for every step). A structlog configured by the served module decides instead.
+        log_events("info")
 
     async def main() -> None:
         async with (

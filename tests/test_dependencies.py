@@ -13,10 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "asaga"
 
 # Import name -> the distribution that provides it, where the two differ.
-DISTRIBUTIONS = {"redis": "redis", "starlette": "fastapi"}
+DISTRIBUTIONS = {"redis": "redis", "starlette": "fastapi", "opentelemetry": "opentelemetry-api"}
 
 # Integration modules import their framework: it must be in that extra.
-EXTRAS = {"fastapi.py": "fastapi", "aiohttp.py": "aiohttp", "_saq.py": "saq"}
+EXTRAS = {
+    "fastapi.py": "fastapi",
+    "aiohttp.py": "aiohttp",
+    "_saq.py": "saq",
+    "opentelemetry.py": "otel",
+}
 
 
 def _names(requirements: list[str]) -> set[str]:
@@ -32,7 +37,18 @@ def _names(requirements: list[str]) -> set[str]:
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     found: set[str] = set()
+    # What is imported under `if TYPE_CHECKING:` is for the type checkers only: never at
+    # run time, so no install needs it.
+    checking = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
+        if id(node) in checking:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
