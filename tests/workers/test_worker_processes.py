@@ -25,6 +25,7 @@ this process with ``InventorySaga.start(queue=..., runs=...)``. What they pin:
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import sys
@@ -197,7 +198,9 @@ class Cluster:
         ]
         log = self.tmp / f"worker-{uuid.uuid4().hex[:8]}.stderr"
         with log.open("wb") as stderr:
-            process = await anyio.open_process(command, cwd=ROOT, stderr=stderr)
+            # Every event on stdout: the tests follow the workers' steps there.
+            env = {**os.environ, "ASAGA_LOG": "debug"}
+            process = await anyio.open_process(command, cwd=ROOT, stderr=stderr, env=env)
         worker = Worker(process, log)
         self.workers.append(worker)
         self.tg.start_soon(worker.drain)
