@@ -10,6 +10,9 @@
     curl -s localhost:8080/products/widget
     curl -s -XPOST localhost:8080/transfers \\
          -d '{"product_id": "widget", "quantity": 5, "source": "north", "destination": "south"}'
+    curl -s -XPOST localhost:8080/replenishments -d '{"product_id": "gadget"}'
+    curl -s -XPOST localhost:8080/webhooks/deliveries/po-... \\
+         -d '{"purchase_order_id": "po-...", "quantity_received": 30}'
 
 Routes:
 
@@ -17,23 +20,41 @@ Routes:
   :class:`InventorySaga` (``operation`` is ``reserve``, ``release`` or ``consume``);
 - ``GET /products/{id}``: a product's counts (``widget@north`` is ``widget`` at ``north``);
 - ``POST /transfers``: ``{product_id, quantity, source, destination}`` runs an
-  :class:`InventoryTransferSaga`.
+  :class:`InventoryTransferSaga`;
+- ``POST /replenishments``: ``{product_id}`` starts a :class:`ReplenishmentSaga`, a
+  durable run recorded in the application's run store (``RUNS``): it orders from the
+  supplier, then parks until the delivery is confirmed. 202 with its ``run_id``, what it
+  ``waits`` for, its ``purchase_order_id`` and the ``webhook`` to post the confirmation
+  to (201 with the received order if a confirmation was already there);
+- ``POST /webhooks/deliveries/{purchase_order_id}``: the supplier's webhook. Its body, a
+  :class:`DeliveryConfirmation` as JSON, is delivered to the run that waits for it
+  (``ReplenishmentSaga.deliver``), which goes on in this request: 200 with its
+  ``status`` (``succeeded`` with the ``output``, or ``failed`` with the ``failed_step``
+  and what was ``compensated``), 202 ``kept`` if the run does not wait yet. 404 no such
+  purchase order (never ordered, or undone); 422 a payload that does not fit (the run
+  keeps waiting, up to a few bad payloads); 409 a confirmation delivered already, or a
+  run that no longer waits. A client that disconnects does not cancel a delivery that
+  started (it is shielded).
 
-Both POSTs honour an ``Idempotency-Key`` header. A body gives only the saga's inputs
-(``run_arguments`` adds the resources): a key such as ``store``, ``idempotency_key`` or
-``runs`` is refused. A failure is a problem response
+The POSTs but the webhook honour an ``Idempotency-Key`` header. A body gives only the
+saga's inputs (``run_arguments`` adds the resources): a key such as ``store``,
+``idempotency_key`` or ``runs`` is refused. A failure is a problem response
 (``asaga.integrations.aiohttp.saga_errors``): 400 a body that is not a JSON object, 422
 bad inputs, 409 failed and undone, 500 failed and not fully undone, 503 (with
-``Retry-After``) Redis or a lease was unavailable. The store, the locks, the notifier and
-the idempotency outcomes are created once per application, in a ``cleanup_ctx``, and kept under
-``web.AppKey``\\ s: in memory by default, on Redis with ``redis_url`` (every key under
-``prefix``). ``main()`` serves with ``handler_cancellation=True``, so a client that
-disconnects mid-request cancels its saga, which compensates what it had done.
+``Retry-After``) Redis or a lease was unavailable. The store, the locks, the notifier,
+the idempotency outcomes, the run store and the supplier are created once per application,
+in a ``cleanup_ctx``, and kept under ``web.AppKey``\\ s: in memory by default, on Redis
+with ``redis_url`` (every key under ``prefix``). ``main()`` serves with
+``handler_cancellation=True``, so a client that disconnects mid-request cancels its saga,
+which compensates what it had done. A replenishment whose confirmation never comes fails
+once its deadline (``DELIVERY_TIMEOUT``) has passed and :func:`asaga.runs.recover` looks:
+a service calls it periodically, with the saga's resources.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -44,10 +65,11 @@ from aiohttp import web
 if __name__ == "__main__" and not __package__:  # `python examples/aiohttp_app.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asaga import Hook
-from asaga.integrations.aiohttp import idempotent, problem_response, saga_errors
+from asaga import EventRefused, Hook, RunParked
+from asaga.integrations.aiohttp import PROBLEM_JSON, idempotent, problem_response, saga_errors
 from asaga.integrations.idempotency import Idempotency
 from asaga.locks import LockProvider
+from asaga.runs import RunStore
 from examples.inventory import (
     Change,
     InventorySaga,
@@ -55,15 +77,27 @@ from examples.inventory import (
     InventoryTransferSaga,
     Notifier,
     Product,
+    ReplenishmentSaga,
+    Supplier,
     UnknownProduct,
+    delivery_key,
 )
-from examples.inventory.service import Services, open_services, run_arguments
+from examples.inventory.service import (
+    Services,
+    delivery_answer,
+    event_problem,
+    open_services,
+    parked_answer,
+    resources,
+    run_arguments,
+)
 
 __all__ = [
     "HOOKS",
     "IDEMPOTENCY",
     "LOCKS",
     "NOTIFIER",
+    "RUNS",
     "SEED",
     "SERVICES",
     "STORE",
@@ -79,6 +113,8 @@ NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 """The notification service the reservations tell."""
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 """Outcomes of requests that carried an ``Idempotency-Key``."""
+RUNS: web.AppKey[RunStore] = web.AppKey("runs")
+"""The run store of the durable runs (the replenishments, which park until delivered)."""
 HOOKS: web.AppKey[tuple[Hook, ...]] = web.AppKey("hooks")
 """Event hooks added to every saga run of the application."""
 SERVICES: web.AppKey[Services] = web.AppKey("services")
@@ -98,6 +134,7 @@ def create_app(
     redis_url: str | None = None,
     *,
     notifier: Notifier | None = None,
+    supplier: Supplier | None = None,
     seed: Sequence[Product] = SEED,
     prefix: str = "asaga-example:",
     hooks: Sequence[Hook] = (),
@@ -108,7 +145,8 @@ def create_app(
     In memory by default; with ``redis_url``, products, leases and idempotency outcomes
     live in Redis under ``prefix`` (a ``RedisLockProvider`` runs for the application's
     lifetime). ``seed`` products are created at startup unless they exist. ``notifier``
-    defaults to a fresh :class:`Notifier`; ``hooks`` are added to every saga run.
+    defaults to a fresh :class:`Notifier`, ``supplier`` to a stand-in :class:`Supplier`;
+    ``hooks`` are added to every saga run.
     """
     app = web.Application(middlewares=[saga_errors])
     app[HOOKS] = tuple(hooks)
@@ -119,6 +157,7 @@ def create_app(
             prefix=prefix,
             seed=seed,
             notifier=notifier,
+            supplier=supplier,
             hooks=hooks,
             idempotency_window=idempotency_window,
         ) as services:
@@ -127,12 +166,15 @@ def create_app(
             app[LOCKS] = services.locks
             app[NOTIFIER] = services.notifier
             app[IDEMPOTENCY] = services.idempotency
+            app[RUNS] = services.runs
             yield
 
     app.cleanup_ctx.append(resources)
     app.router.add_post("/reservations", create_reservation)
     app.router.add_get("/products/{id}", get_product)
     app.router.add_post("/transfers", create_transfer)
+    app.router.add_post("/replenishments", create_replenishment)
+    app.router.add_post("/webhooks/deliveries/{purchase_order_id}", delivery_webhook)
     return app
 
 
@@ -179,6 +221,57 @@ async def create_transfer(request: web.Request) -> web.Response:
         )
 
     return await idempotent(request, app[IDEMPOTENCY], work)
+
+
+async def create_replenishment(request: web.Request) -> web.Response:
+    """``POST /replenishments``: start a :class:`ReplenishmentSaga`, durable in the app's
+    run store; 202 with what it waits for once it parks."""
+    app = request.app
+
+    async def work() -> web.Response:
+        arguments = run_arguments(app[SERVICES], ReplenishmentSaga, await request.read())
+        try:
+            result = await ReplenishmentSaga.run(**arguments, runs=app[RUNS])
+        except RunParked as parked:
+            return web.json_response(parked_answer(parked), status=202)
+        # A confirmation was kept for it already: the run went on at once.
+        body = {"run_id": result.run_id, "status": "succeeded"}
+        return web.json_response({**body, "output": msgspec.to_builtins(result.output)}, status=201)
+
+    return await idempotent(request, app[IDEMPOTENCY], work)
+
+
+async def delivery_webhook(request: web.Request) -> web.Response:
+    """``POST /webhooks/deliveries/{purchase_order_id}``: the supplier's delivery
+    confirmation, delivered to the run that waits for it, which goes on in this request
+    (it books the stock received); 200 with where the run stands."""
+    services = request.app[SERVICES]
+    purchase_order_id = request.match_info["purchase_order_id"]
+    if await services.store.purchase_order(purchase_order_id) is None:
+        detail = f"no purchase order {purchase_order_id!r}"
+        return problem_response(
+            404, "Unknown purchase order", detail=detail, purchase_order_id=purchase_order_id
+        )
+    delivering = ReplenishmentSaga.deliver(
+        delivery_key(purchase_order_id),
+        await request.read(),  # JSON, validated as a DeliveryConfirmation
+        runs=services.runs,
+        hooks=services.hooks,
+        **resources(services, ReplenishmentSaga),
+    )
+    try:
+        # Shielded: a client that goes away (handler_cancellation) does not cut the run
+        # off half-way; it goes on, and the supplier's retry gets a 409.
+        delivery = await asyncio.shield(delivering)
+    except EventRefused as exc:  # InvalidEvent 422; DuplicateEvent, the others 409
+        problem = event_problem(exc)
+        return web.Response(
+            status=problem.status,
+            body=msgspec.json.encode(problem.body),
+            headers={"Content-Type": PROBLEM_JSON},
+        )
+    status, body = delivery_answer(delivery)
+    return web.json_response(body, status=status)
 
 
 async def get_product(request: web.Request) -> web.Response:

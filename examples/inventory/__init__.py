@@ -4,11 +4,14 @@ Import from here: ``from examples.inventory import InventorySaga, MemoryInventor
 """
 
 from .replenishment import (
+    DeliveryConfirmation,
+    DeliveryMismatch,
     NothingToOrder,
     PurchaseOrder,
     ReplenishmentSaga,
     Supplier,
     SupplierOrder,
+    delivery_key,
 )
 from .sagas import (
     AtomicReservationSaga,
@@ -33,6 +36,8 @@ __all__ = [
     "AtomicReservationSaga",
     "BulkInventorySaga",
     "Change",
+    "DeliveryConfirmation",
+    "DeliveryMismatch",
     "InsufficientStock",
     "InventorySaga",
     "InventoryStore",
@@ -49,4 +54,5 @@ __all__ = [
     "SupplierOrder",
     "Transaction",
     "UnknownProduct",
+    "delivery_key",
 ]

@@ -9,13 +9,16 @@ Run it from the root of the asaga repository::
 It stocks a few products, then runs: a reservation that succeeds; one with invalid inputs
 (rejected before any step); one whose notification fails for good, so the run unwinds; a
 burst of 200 concurrent reservations of a product with 150 units; a transfer between two
-locations; two replenishment orders from a supplier, the second undone; and a bulk request
-of four lines (``BulkInventorySaga``, one line refused). Runs (1) and (3) print their
-events as a trace, from a hook (:class:`EventTrace`).
+locations; a replenishment order from a supplier, a durable run that parks until the
+supplier's delivery confirmation is delivered to it, then books the stock received, and a
+second order undone; and a bulk request of four lines (``BulkInventorySaga``, one line
+refused). Runs (1) and (3) print their events as a trace, from a hook
+(:class:`EventTrace`).
 
-On Redis the bulk request is a durable run, recorded in a ``RedisRunStore``: each line is a
-child run with a record of its own, listed; then ``BulkInventorySaga.undo`` undoes it from
-its records, every line once, and the stock is as before.
+The replenishment run is recorded in a ``MemoryRunStore`` (in memory) or the
+``RedisRunStore`` (on Redis). On Redis the bulk request is a durable run too: each line is
+a child run with a record of its own, listed; then ``BulkInventorySaga.undo`` undoes it
+from its records, every line once, and the stock is as before.
 
 Logging: asaga logs every event through structlog, and never configures it.
 :func:`main` owns the process, so it silences everything below ERROR while the demo runs
@@ -38,14 +41,21 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TextIO, cast
 
 import anyio
+import msgspec
 import structlog
 
-from asaga import Event, InputValidationError, SagaFailed
+from asaga import DuplicateEvent, Event, InputValidationError, RunParked, SagaFailed
 from asaga.locks import LockProvider
-from asaga.runs import RunStore
+from asaga.runs import MemoryRunStore, RunStore
 from asaga.testing import EventRecorder
 
-from .replenishment import ReplenishmentSaga, Supplier
+from .replenishment import (
+    DELIVERY_TIMEOUT,
+    PurchaseOrder,
+    ReplenishmentSaga,
+    Supplier,
+    delivery_key,
+)
 from .sagas import (
     BulkInventorySaga,
     Change,
@@ -396,18 +406,54 @@ class _Demo:
 
     async def replenish(self) -> None:
         self.say()
+        runs = self.runs if self.runs is not None else MemoryRunStore()
         self.say(
-            "6. Order gadget from a supplier (ReplenishmentSaga), then again with its tracking down"
+            "6. Order gadget from a supplier (ReplenishmentSaga), recorded in a "
+            f"{type(runs).__name__}: the run parks until the goods arrive"
         )
         supplier = Supplier({"gadget": 100}, max_order=25)
-        result = await ReplenishmentSaga.run(
-            product_id="gadget", store=self.store, supplier=supplier
-        )
-        order = result.output
+        resources: dict[str, Any] = {"store": self.store, "supplier": supplier}
+        try:
+            await ReplenishmentSaga.run(product_id="gadget", runs=runs, **resources)
+        except RunParked as exc:
+            parked = exc
+        else:
+            raise AssertionError("the run did not park")
+        # The order is placed, recorded and tracked; the run waits for the goods.
+        (placed,) = supplier.orders.values()
+        assert placed.key is not None  # the purchase order's id: the order's idempotency key
+        order = msgspec.convert(await self.store.purchase_order(placed.key), PurchaseOrder)
         self.say(
             f"  purchase order: {order.quantity} x {order.sku} (room 30, supplier's max_order "
             f"25), supplier order {order.supplier_order_id}, tracking {order.tracking_id}"
         )
+        for wait in parked.waits:
+            self.say(
+                f"  RunParked: run {parked.run_id} waits in step {wait.step!r} for the event "
+                f"{wait.key} (at most {DELIVERY_TIMEOUT.days} days)"
+            )
+        self.say(f"  gadget: {await self.counts('gadget')} (nothing received yet)")
+
+        # The goods arrive; the supplier's webhook posts its confirmation, as JSON.
+        body = msgspec.json.encode(supplier.confirmation(placed.id))
+        self.say(f"  the goods arrive; the supplier's confirmation: {body.decode()}")
+        key = delivery_key(order.id)
+        delivery = await ReplenishmentSaga.deliver(key, body, runs=runs, **resources)
+        assert delivery.result is not None, delivery
+        received: PurchaseOrder = delivery.result.output
+        self.say(
+            f"  ReplenishmentSaga.deliver({key!r}, confirmation): {delivery.status}; the run "
+            f"went on in this call and booked {received.received_quantity} x {received.sku}"
+        )
+        self.say(f"  gadget: {await self.counts('gadget')}")
+        try:
+            await ReplenishmentSaga.deliver(key, body, runs=runs, **resources)
+        except DuplicateEvent:
+            self.say("  the same confirmation again: DuplicateEvent (nothing booked twice)")
+        else:
+            raise AssertionError("a second confirmation was accepted")
+
+        self.say("  another order, with the supplier's tracking down: it fails before it waits")
         down = Supplier({"gadget": 100}, max_order=25, fail_on=("track",))
         try:
             await ReplenishmentSaga.run(product_id="gadget", store=self.store, supplier=down)

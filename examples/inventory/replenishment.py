@@ -1,13 +1,19 @@
-"""The replenishment saga: order stock from a supplier and record the purchase order.
+"""The replenishment saga: order stock from a supplier, wait for the delivery, book it.
 
-asaga's port of the seed's fourth reactor. The graph::
+asaga's port of the seed's fourth reactor, which now also waits for the goods. The graph::
 
     product ──────┐
                   ├─▶ quantity ─▶ confirmed_quantity ─┐
     availability ─┘                                   ├─▶ supplier_order
     purchase_order_id ────────────────────────────────┘         │
                                                                 ▼
-                                   tracked_order (output) ◀─ purchase_order
+                                           tracked_order ◀─ purchase_order
+                                                 │
+                                                 ▼
+                            delivery: waits for the event "delivery:{purchase_order_id}"
+                                                 │
+                                                 ▼
+                                       received_order (output)
 
 - the order quantity is decided before anything is ordered: at least the supplier's
   ``min_order``, at most its ``max_order``, what it has available, and the room left
@@ -20,40 +26,91 @@ asaga's port of the seed's fourth reactor. The graph::
   cancels it (idempotent, retried);
 - the purchase order is recorded in the store (compensation: deleted, which a second run
   of it finds done), then delivery tracking is scheduled and its id written into the
-  purchase order.
+  purchase order;
+- ``delivery`` (:func:`asaga.wait_for`) waits for the supplier's
+  :class:`DeliveryConfirmation`, delivered under the key ``delivery:<purchase order id>``
+  (:func:`delivery_key`) with ``ReplenishmentSaga.deliver(key, payload, ...)``, from a
+  webhook say (see examples/fastapi_app.py). A payload that does not fit the type is
+  refused (``InvalidEvent``) and the run keeps waiting, up to :data:`BAD_CONFIRMATIONS`
+  of them; without a confirmation within :data:`DELIVERY_TIMEOUT` the step fails with a
+  ``TimeoutError`` and the run unwinds: the purchase order is deleted and the supplier
+  order cancelled. A durable run (``runs=``) parks meanwhile (``RunParked``) and goes on
+  in whichever process delivers the confirmation; without a run store it waits in its
+  process;
+- ``received_order`` writes the units received into the purchase order and books them
+  into the store's stock (a keyed ``adjust``: once, however often it runs); its
+  compensation takes them out again (keyed too). A confirmation naming another purchase
+  order fails it with :class:`DeliveryMismatch`, and the run unwinds like any other.
 
 Supplier calls are bounded by a timeout and retried on transient errors
-(``ConnectionError``, ``TimeoutError``) only; a refusal fails the step at once.
+(``ConnectionError``, ``TimeoutError``) only; a refusal fails the step at once. The
+store's writes after the delivery are retried on the same errors.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
+from typing import Annotated
 
 import msgspec
 
-from asaga import Resource, Retry, Saga, step
+from asaga import Resource, Retry, Saga, step, wait_for
 
 from .sagas import Sku
-from .store import InventoryStore, Product
+from .store import MAX_QUANTITY, InventoryStore, Product
 
 __all__ = [
+    "BAD_CONFIRMATIONS",
+    "DELIVERY_TIMEOUT",
+    "DeliveryConfirmation",
+    "DeliveryMismatch",
     "NothingToOrder",
     "PurchaseOrder",
     "ReplenishmentSaga",
     "Supplier",
     "SupplierOrder",
+    "delivery_key",
 ]
 
 SUPPLIER_RETRY = Retry(
     max_attempts=3, backoff="linear", base_delay=0.01, retry_on=(ConnectionError, TimeoutError)
 )
 SUPPLIER_TIMEOUT = 5.0
+STORE_RETRY = SUPPLIER_RETRY  # the store's writes after the delivery: the same errors
+
+DELIVERY_TIMEOUT = timedelta(days=14)
+"""How long a run waits for the supplier's delivery confirmation; then it unwinds."""
+BAD_CONFIRMATIONS = 3
+"""Invalid confirmations refused while the run keeps waiting; one more fails it."""
 
 
 class NothingToOrder(ValueError):
     """No order quantity satisfies the stock room and the supplier's limits."""
+
+
+class DeliveryMismatch(ValueError):
+    """A delivery confirmation that names another purchase order than the run's."""
+
+
+def delivery_key(purchase_order_id: str) -> str:
+    """The key of the event that the run of ``purchase_order_id`` waits for: deliver the
+    confirmation with ``ReplenishmentSaga.deliver(delivery_key(po_id), payload, ...)``."""
+    return f"delivery:{purchase_order_id}"
+
+
+class DeliveryConfirmation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The supplier's word that an order arrived: what its webhook posts, as JSON
+    (``{"purchase_order_id": "po-...", "quantity_received": 25}``), and the result of
+    the saga's ``delivery`` step. ``ReplenishmentSaga.deliver`` validates it against this
+    type: a payload that does not fit is refused with ``InvalidEvent``."""
+
+    purchase_order_id: str
+    quantity_received: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
+    """Units that arrived: fewer than ordered (a partial delivery) or more are booked as
+    they are; what the warehouse holds is what counts."""
+    delivered_at: datetime | None = None
 
 
 class PurchaseOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +121,8 @@ class PurchaseOrder(msgspec.Struct, frozen=True, kw_only=True):
     quantity: int
     supplier_order_id: str
     tracking_id: str | None = None
+    received_quantity: int | None = None
+    """Units received, once the delivery is confirmed and booked."""
 
 
 class SupplierOrder(msgspec.Struct, kw_only=True):
@@ -192,15 +251,27 @@ class Supplier:
         self._responded("track")
         return order.tracking_id
 
+    def confirmation(self, order_id: str, quantity: int | None = None) -> DeliveryConfirmation:
+        """The delivery confirmation the supplier sends once an order arrived (``quantity``
+        units, by default all): the payload of its webhook. A local call, not counted."""
+        order = self.orders[order_id]
+        if order.key is None:
+            raise LookupError(f"supplier: order {order_id!r} names no purchase order")
+        return DeliveryConfirmation(
+            purchase_order_id=order.key,
+            quantity_received=order.quantity if quantity is None else quantity,
+        )
+
 
 class ReplenishmentSaga(Saga):
-    """Order stock of one product from the supplier and record the purchase order."""
+    """Order stock of one product from the supplier, record the purchase order, wait for
+    the delivery, and book what was received."""
 
     product_id: Sku
     store: Resource[InventoryStore]
     supplier: Resource[Supplier]
 
-    output = "tracked_order"
+    output = "received_order"
 
     @step
     async def product(product_id: str, store: InventoryStore) -> Product:
@@ -298,3 +369,41 @@ class ReplenishmentSaga(Saga):
         order = msgspec.structs.replace(purchase_order, tracking_id=tracking_id)
         await store.save_purchase_order(order.id, msgspec.to_builtins(order))
         return order
+
+    # Waits for the event "delivery:<purchase order id>": its key reads the step
+    # purchase_order_id, and after= makes it wait once the order is tracked.
+    delivery = wait_for(
+        DeliveryConfirmation,
+        key="delivery:{purchase_order_id}",
+        timeout=DELIVERY_TIMEOUT,
+        bad_payloads=BAD_CONFIRMATIONS,
+        after=["tracked_order"],
+    )
+
+    @step(retry=STORE_RETRY, idempotent=True)
+    async def received_order(
+        delivery: DeliveryConfirmation, tracked_order: PurchaseOrder, store: InventoryStore
+    ) -> PurchaseOrder:
+        """Write the units received into the purchase order, then book them into stock.
+        The write replaces the order and the booking is keyed by it (applied once,
+        however often the step runs), so the step is retried as a whole; the booking
+        comes last, so that a step that fails for good has booked nothing."""
+        if delivery.purchase_order_id != tracked_order.id:
+            raise DeliveryMismatch(
+                f"confirmation for {delivery.purchase_order_id!r} delivered to the run of "
+                f"{tracked_order.id!r}"
+            )
+        received = delivery.quantity_received
+        order = msgspec.structs.replace(tracked_order, received_quantity=received)
+        await store.save_purchase_order(order.id, msgspec.to_builtins(order))
+        await store.adjust(order.sku, received, 0, key=f"{order.id}:received")
+        return order
+
+    @received_order.compensate(retry=STORE_RETRY)
+    async def unbook_received_stock(received_order: PurchaseOrder, store: InventoryStore) -> None:
+        """Take the booked units out of stock again (keyed too: once); the purchase order
+        itself is deleted by ``undo_purchase_order``. Refused (InsufficientStock) if they
+        were reserved meanwhile: a human then decides."""
+        received = received_order.received_quantity or 0
+        key = f"{received_order.id}:received:undone"
+        await store.adjust(received_order.sku, -received, 0, key=key)

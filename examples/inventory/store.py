@@ -344,6 +344,10 @@ class InventoryStore(Protocol):
         """Recorded purchase orders by id."""
         ...
 
+    async def purchase_order(self, order_id: str) -> dict[str, Any] | None:
+        """The recorded purchase order ``order_id``, or None."""
+        ...
+
     async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
         """Atomic path: reserve if available and log a ``reserve`` entry, in one step;
         returns the entry's id. Idempotent per id: a reservation that exists (pending or
@@ -498,6 +502,10 @@ class MemoryInventoryStore:
 
     async def purchase_orders(self) -> dict[str, dict[str, Any]]:
         return {k: dict(v) for k, v in self._orders.items()}
+
+    async def purchase_order(self, order_id: str) -> dict[str, Any] | None:
+        order = self._orders.get(order_id)
+        return None if order is None else dict(order)
 
     # No await between a check and its writes below: each call is one atomic step, as the
     # Redis store's scripts are.
@@ -988,6 +996,10 @@ class RedisInventoryStore:
     async def purchase_orders(self) -> dict[str, dict[str, Any]]:
         raw = await self.client.hgetall(f"{self.prefix}purchase-orders")
         return {_text(k): msgspec.json.decode(v) for k, v in raw.items()}
+
+    async def purchase_order(self, order_id: str) -> dict[str, Any] | None:
+        raw = await self.client.hget(f"{self.prefix}purchase-orders", order_id)
+        return None if raw is None else msgspec.json.decode(raw)
 
     async def adjust(
         self, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None

@@ -1,5 +1,6 @@
 """The inventory demo (examples/inventory/demo.py) runs, in memory and on Redis, and shows
-what it says: the success, the field errors, the unwinding, the exact burst, the transfer.
+what it says: the success, the field errors, the unwinding, the exact burst, the transfer,
+the replenishment run parked until its delivery is confirmed, the bulk request.
 
 Only deterministic lines are asserted: never a timing.
 """
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,12 +88,37 @@ def check_report(text: str) -> None:
     assert "     150 x reserve gizmo\n" in five
     assert "       1 x transfer north->south widget\n" in five
 
-    # 6. The replenishment saga, when the example has it.
-    if "\n6. " in text:
-        six = section(text, 6)
-        assert "purchase order: 25 x gadget" in six
-        assert "compensated, in order: purchase_order, supplier_order" in six
-        assert "supplier orders still live: 0; purchase orders in the store: 1" in six
+    # 6. The replenishment saga parks until the supplier's confirmation is delivered.
+    six = section(text, 6)
+    assert re.search(
+        r"^6\. Order gadget from a supplier \(ReplenishmentSaga\), recorded in a "
+        r"(MemoryRunStore|RedisRunStore): the run parks until the goods arrive$",
+        six,
+        re.M,
+    ), six
+    assert "  purchase order: 25 x gadget (room 30, supplier's max_order 25), " in six
+    parked = re.search(
+        r"^  RunParked: run [0-9a-f]{32} waits in step 'delivery' for the event "
+        r"delivery:(po-[0-9a-f]{32}) \(at most 14 days\)$",
+        six,
+        re.M,
+    )
+    assert parked is not None, six
+    po = parked.group(1)
+    assert "  gadget: inventory 20, reserved 0, available 20 (nothing received yet)\n" in six
+    assert (
+        "  the goods arrive; the supplier's confirmation: "
+        f'{{"purchase_order_id":"{po}","quantity_received":25}}\n'
+    ) in six
+    assert (
+        f"  ReplenishmentSaga.deliver('delivery:{po}', confirmation): succeeded; the run went "
+        "on in this call and booked 25 x gadget\n"
+    ) in six
+    assert "  gadget: inventory 45, reserved 0, available 45\n" in six
+    assert "  the same confirmation again: DuplicateEvent (nothing booked twice)\n" in six
+    assert "SagaFailed at 'tracked_order': ConnectionError('supplier: track unavailable')" in six
+    assert "compensated, in order: purchase_order, supplier_order" in six
+    assert "supplier orders still live: 0; purchase orders in the store: 1" in six
 
     # 7. A bulk request: the sold-out line fails, the others stand.
     seven = section(text, 7)
@@ -101,7 +128,7 @@ def check_report(text: str) -> None:
         "  line 2 failed (the others stand): InsufficientStock('gizmo: inventory 150, "
         "reserved 150; cannot apply (+0, +1)')\n"
     ) in seven
-    assert "  gadget: inventory 20, reserved 2, available 18\n" in seven
+    assert "  gadget: inventory 45, reserved 2, available 43\n" in seven  # 25 received in 6
     assert "  widget: inventory 98, reserved 6, available 92\n" in seven
 
 
@@ -131,7 +158,7 @@ def check_durable_bulk(text: str) -> None:
         in seven
     )
     assert f"  recorded: run {run_id} undone; child runs undone, undone, failed, undone\n" in seven
-    assert "  gadget: inventory 20, reserved 0, available 20 (as before the request)\n" in seven
+    assert "  gadget: inventory 45, reserved 0, available 45 (as before the request)\n" in seven
     assert "  gizmo: inventory 150, reserved 150, available 0 (as before the request)\n" in seven
     assert "  widget: inventory 100, reserved 5, available 95 (as before the request)\n" in seven
     assert "  undo again: undone, already True (nothing undone twice)\n" in seven
@@ -146,6 +173,7 @@ async def test_demo_in_memory() -> None:
     text = out.getvalue()
     assert text.startswith("asaga inventory demo (in memory: ")
     check_report(text)
+    assert "recorded in a MemoryRunStore: the run parks" in section(text, 6)
     seven = section(text, 7)
     assert "), in memory (with --redis it is recorded, then undone)\n" in seven
     assert "recorded:" not in seven
@@ -170,6 +198,7 @@ class TestRedis:
         text = out.getvalue()
         assert text.startswith(f"asaga inventory demo (on Redis at {redis_url}: ")
         check_report(text)
+        assert "recorded in a RedisRunStore: the run parks" in section(text, 6)
         check_durable_bulk(text)
         match = re.search(r"keys under (asaga-demo:[0-9a-f]+:)\*", text)
         assert match is not None
@@ -234,6 +263,7 @@ def test_asaga_demo_outside_a_checkout(
 
 def test_inventory_page_graphs_match_the_sagas() -> None:
     """The Mermaid drawings in docs/inventory.md are what `asaga graph` prints today."""
+    from asaga import Saga
     from asaga._render import to_mermaid
     from examples.inventory import (
         AtomicReservationSaga,
@@ -245,7 +275,7 @@ def test_inventory_page_graphs_match_the_sagas() -> None:
 
     page = (ROOT / "docs" / "inventory.md").read_text()
     drawn = re.findall(r"^```mermaid\n(.*?)^```", page, re.S | re.M)
-    sagas = [
+    sagas: list[type[Saga[Any]]] = [
         InventorySaga,
         AtomicReservationSaga,
         BulkInventorySaga,

@@ -34,8 +34,9 @@ from asaga.integrations.aiohttp import (
 )
 from asaga.integrations.idempotency import Idempotency, MemoryOutcomeStore
 from asaga.locks import MemoryLockProvider
-from examples.aiohttp_app import STORE, create_app
-from examples.inventory import Notifier, Product
+from examples.aiohttp_app import RUNS, SERVICES, STORE, create_app
+from examples.inventory import Notifier, Product, Supplier
+from examples.inventory.service import PROBLEM_DUPLICATE_EVENT, PROBLEM_INVALID_EVENT
 
 from .unreachable import closed_port, throwaway_redis
 
@@ -651,3 +652,155 @@ async def test_a_5mb_bad_field_gives_a_small_422() -> None:
             assert response.status_code == 422, response.text[:200]
             assert response.headers["content-type"] == "application/problem+json"
             assert len(response.content) < 2000
+
+
+# -- replenishments: a durable run that parks, and the webhook that delivers its event -----
+
+GADGET = Product(sku="gadget", inventory_count=20, max_stock_level=50)  # room for 30
+
+
+class GatedSupplier(Supplier):
+    """A supplier whose ``track`` blocks until the test releases it (the run has recorded
+    its purchase order, and does not wait for its delivery yet)."""
+
+    def __init__(self) -> None:
+        super().__init__({"gadget": 1_000}, max_order=100)
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def track(self, order_id: str) -> str:
+        self.entered.set()
+        await self.release.wait()
+        return await super().track(order_id)
+
+
+async def replenish(http: httpx.AsyncClient) -> dict[str, Any]:
+    """POST /replenishments for gadget: the 202 body of the run that parked."""
+    response = await http.post("/replenishments", json={"product_id": "gadget"})
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+def confirmation(purchase_order_id: str, quantity: int = 30) -> dict[str, Any]:
+    return {"purchase_order_id": purchase_order_id, "quantity_received": quantity}
+
+
+async def test_replenishment_parks_and_the_webhook_delivers_its_confirmation() -> None:
+    """202 with the parked run and its webhook; the confirmation posted there takes the
+    run on in that request (200, the received order, the stock booked); a second one is
+    a 409 problem."""
+    app = create_app(seed=(*SEED, GADGET))
+    async with serve(app) as (base, _), client(base) as http:
+        parked = await replenish(http)
+        po = parked["purchase_order_id"]
+        (wait,) = parked["waits"]
+        assert (wait["step"], wait["kind"], wait["key"]) == ("delivery", "event", f"delivery:{po}")
+        assert parked["webhook"] == f"/webhooks/deliveries/{po}"
+        assert (await app[RUNS].load(parked["run_id"])).status == "waiting"
+        assert await counts(http, "gadget") == (20, 0)
+
+        response = await http.post(parked["webhook"], json=confirmation(po))
+
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["run_id"]) == ("succeeded", parked["run_id"])
+        assert (body["output"]["quantity"], body["output"]["received_quantity"]) == (30, 30)
+        assert await counts(http, "gadget") == (50, 0)
+        assert (await app[RUNS].load(parked["run_id"])).status == "succeeded"
+
+        again = await http.post(parked["webhook"], json=confirmation(po))
+        assert again.status_code == 409, again.text
+        assert again.headers["content-type"] == "application/problem+json"
+        assert again.json()["type"] == PROBLEM_DUPLICATE_EVENT
+        assert await counts(http, "gadget") == (50, 0)
+
+
+async def test_an_invalid_confirmation_is_422_and_the_run_keeps_waiting() -> None:
+    """A body that does not fit DeliveryConfirmation is a 422 problem naming the field;
+    the run keeps waiting, and a valid confirmation then takes it on."""
+    app = create_app(seed=(*SEED, GADGET))
+    async with serve(app) as (base, _), client(base) as http:
+        parked = await replenish(http)
+        po = parked["purchase_order_id"]
+        for bad, field in (
+            (b"{", "$"),
+            (json.dumps(confirmation(po, quantity=-3)).encode(), "$.quantity_received"),
+        ):
+            response = await http.post(parked["webhook"], content=bad)
+            assert response.status_code == 422, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["type"] == PROBLEM_INVALID_EVENT
+            assert problem["run_failed"] is False
+            assert [e["field"] for e in problem["errors"]] == [field]
+        assert (await app[RUNS].load(parked["run_id"])).status == "waiting"
+
+        response = await http.post(parked["webhook"], json=confirmation(po, quantity=25))
+        assert response.status_code == 200, response.text
+        assert await counts(http, "gadget") == (45, 0)
+
+
+async def test_a_confirmation_for_an_unknown_purchase_order_is_404() -> None:
+    async with serve(create_app(seed=(*SEED, GADGET))) as (base, _), client(base) as http:
+        response = await http.post("/webhooks/deliveries/po-nope", json=confirmation("po-nope"))
+        assert response.status_code == 404, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["purchase_order_id"] == "po-nope"
+
+
+async def test_a_confirmation_the_run_refuses_is_200_with_the_failure() -> None:
+    """A confirmation naming another purchase order fails the run in the webhook's
+    request: 200, saying the run failed and what was undone; the order is cancelled."""
+    app = create_app(seed=(*SEED, GADGET))
+    async with serve(app) as (base, _), client(base) as http:
+        parked = await replenish(http)
+
+        response = await http.post(parked["webhook"], json=confirmation("po-other"))
+
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["failed_step"]) == ("failed", "received_order")
+        assert body["compensated"] == ["purchase_order", "supplier_order"]
+        assert app[SERVICES].supplier.live_orders() == {}
+        assert await counts(http, "gadget") == (20, 0)
+
+
+async def test_an_early_confirmation_is_kept_for_the_run() -> None:
+    """A confirmation that comes while the run still tracks the order is kept (202); the
+    run takes it when it would park: POST /replenishments answers 201, received."""
+    supplier = GatedSupplier()
+    app = create_app(seed=(*SEED, GADGET), supplier=supplier)
+    answers: list[httpx.Response] = []
+    async with serve(app) as (base, _), client(base) as http, anyio.create_task_group() as tg:
+
+        async def start() -> None:
+            answers.append(await http.post("/replenishments", json={"product_id": "gadget"}))
+
+        tg.start_soon(start)
+        await supplier.entered.wait()
+        (order,) = supplier.orders.values()
+        assert order.key is not None
+        response = await http.post(
+            f"/webhooks/deliveries/{order.key}", json=confirmation(order.key)
+        )
+        assert response.status_code == 202, response.text
+        assert response.json() == {"status": "kept", "key": f"delivery:{order.key}"}
+        supplier.release.set()
+
+    (started,) = answers
+    assert started.status_code == 201, started.text
+    assert started.json()["output"]["received_quantity"] == 30
+
+
+async def test_replenishment_on_redis(redis_url: str, redis_prefix: str) -> None:
+    """On Redis the run is recorded in a RedisRunStore: parked, then delivered."""
+    app = create_app(redis_url, prefix=redis_prefix, seed=(*SEED, GADGET))
+    async with serve(app) as (base, _), client(base) as http:
+        parked = await replenish(http)
+        assert (await app[RUNS].load(parked["run_id"])).status == "waiting"
+        response = await http.post(
+            parked["webhook"], json=confirmation(parked["purchase_order_id"], 10)
+        )
+        assert response.status_code == 200, response.text
+        assert await counts(http, "gadget") == (30, 0)
+        assert (await app[RUNS].load(parked["run_id"])).status == "succeeded"

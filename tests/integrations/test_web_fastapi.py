@@ -22,8 +22,11 @@ from fastapi.responses import JSONResponse
 
 from asaga import (
     CompensationFailed,
+    DuplicateEvent,
     Event,
+    EventRefused,
     InputValidationError,
+    InvalidEvent,
     Resource,
     RunFailed,
     Saga,
@@ -42,7 +45,13 @@ from asaga.integrations.fastapi import (
 from asaga.integrations.idempotency import Idempotency, IdempotencyKeyReused, MemoryOutcomeStore
 from asaga.locks import MemoryLockProvider
 from examples.fastapi_app import create_app
-from examples.inventory import Notifier, Product
+from examples.inventory import Notifier, Product, Supplier
+from examples.inventory.replenishment import BAD_CONFIRMATIONS, DELIVERY_TIMEOUT
+from examples.inventory.service import (
+    PROBLEM_DUPLICATE_EVENT,
+    PROBLEM_INVALID_EVENT,
+    event_problem,
+)
 
 from .unreachable import closed_port, throwaway_redis
 
@@ -651,3 +660,259 @@ async def test_a_5mb_bad_field_gives_a_small_422() -> None:
             assert len(response.content) < 2000
             field = response.json()["errors"][0]["field"]
             assert field in ("operation", f"{huge[:100]}... ({len(huge)} characters)")
+
+
+# -- replenishments: a durable run that parks, and the webhook that delivers its event -------
+
+
+class GatedSupplier(Supplier):
+    """A supplier whose ``track`` blocks until the test releases it (the run has recorded
+    its purchase order, and does not wait for its delivery yet)."""
+
+    def __init__(self) -> None:
+        super().__init__({"gadget": 1_000}, max_order=100)
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def track(self, order_id: str) -> str:
+        self.entered.set()
+        await self.release.wait()
+        return await super().track(order_id)
+
+
+async def replenish(client: httpx.AsyncClient, sku: str = "gadget") -> dict[str, Any]:
+    """POST /replenishments: the 202 body of the run that parked."""
+    response = await client.post("/replenishments", json={"product_id": sku})
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+def confirmation(purchase_order_id: str, quantity: int = 100) -> dict[str, Any]:
+    return {"purchase_order_id": purchase_order_id, "quantity_received": quantity}
+
+
+async def test_replenishment_parks_and_the_webhook_delivers_its_confirmation() -> None:
+    """POST /replenishments answers 202 with the parked run and what it waits for; the
+    webhook delivers the supplier's confirmation: the run goes on in that request, books
+    the stock received, and answers 200 with the received order. A second confirmation
+    is a 409."""
+    app = create_app()
+    async with in_process(app) as client:
+        parked = await replenish(client)
+        po = parked["purchase_order_id"]
+        assert po.startswith("po-")
+        assert parked["status"] == "waiting"
+        assert parked["webhook"] == f"/webhooks/deliveries/{po}"
+        (wait,) = parked["waits"]
+        assert (wait["step"], wait["kind"], wait["key"]) == ("delivery", "event", f"delivery:{po}")
+        assert wait["until"] > time.time() + DELIVERY_TIMEOUT.total_seconds() - 60
+        runs = app.state.services.runs
+        assert (await runs.load(parked["run_id"])).status == "waiting"
+        assert await stock(client, "gadget") == (20, 0)  # ordered, not received
+
+        response = await client.post(parked["webhook"], json=confirmation(po))
+
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["run_id"], body["key"]) == (
+            "succeeded",
+            parked["run_id"],
+            f"delivery:{po}",
+        )
+        assert body["output"]["id"] == po
+        assert (body["output"]["quantity"], body["output"]["received_quantity"]) == (100, 100)
+        assert await stock(client, "gadget") == (120, 0)
+        assert (await runs.load(parked["run_id"])).status == "succeeded"
+
+        again = await client.post(parked["webhook"], json=confirmation(po))
+        assert again.status_code == 409, again.text
+        assert again.headers["content-type"] == PROBLEM_JSON
+        problem = again.json()
+        assert problem["type"] == PROBLEM_DUPLICATE_EVENT
+        assert (problem["key"], problem["run_id"]) == (f"delivery:{po}", parked["run_id"])
+        assert await stock(client, "gadget") == (120, 0)
+
+
+@pytest.mark.parametrize(
+    ("content", "field", "message"),
+    [
+        (b'{"quantity_received": 5}', "$", "Object missing required field `purchase_order_id`"),
+        (b"not json", "$", "JSON is malformed"),
+        (None, "$.quantity_received", "Expected `int` >= 1"),
+    ],
+)
+async def test_an_invalid_confirmation_is_422_and_the_run_keeps_waiting(
+    content: bytes | None, field: str, message: str
+) -> None:
+    """A body that is not a DeliveryConfirmation is a 422 problem naming the field; the
+    run keeps waiting, and a valid confirmation then takes it on."""
+    app = create_app()
+    async with in_process(app) as client:
+        parked = await replenish(client)
+        po = parked["purchase_order_id"]
+        bad = content or json.dumps(confirmation(po, quantity=0)).encode()
+
+        response = await client.post(parked["webhook"], content=bad)
+
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == PROBLEM_JSON
+        problem = response.json()
+        assert problem["type"] == PROBLEM_INVALID_EVENT
+        assert (problem["status"], problem["run_failed"]) == (422, False)
+        (error,) = problem["errors"]
+        assert error["field"] == field
+        assert error["message"].startswith(message)
+        assert (await app.state.services.runs.load(parked["run_id"])).status == "waiting"
+        assert await stock(client, "gadget") == (20, 0)
+
+        response = await client.post(parked["webhook"], json=confirmation(po))
+        assert response.status_code == 200, response.text
+        assert await stock(client, "gadget") == (120, 0)
+
+
+async def test_one_bad_confirmation_too_many_fails_the_run() -> None:
+    """Past BAD_CONFIRMATIONS, an invalid confirmation fails the run (422, run_failed):
+    it is undone, and its purchase order is gone (404 from then on)."""
+    app = create_app()
+    async with in_process(app) as client:
+        parked = await replenish(client)
+        bad = {"purchase_order_id": parked["purchase_order_id"], "quantity_received": "lots"}
+        for attempt in range(BAD_CONFIRMATIONS + 1):
+            response = await client.post(parked["webhook"], json=bad)
+            assert response.status_code == 422, response.text
+            assert response.json()["run_failed"] is (attempt == BAD_CONFIRMATIONS)
+
+        services = app.state.services
+        assert (await services.runs.load(parked["run_id"])).status == "failed"
+        assert services.supplier.live_orders() == {}
+        assert await services.store.purchase_orders() == {}
+        late = await client.post(parked["webhook"], json=confirmation(parked["purchase_order_id"]))
+        assert late.status_code == 404, late.text
+        assert await stock(client, "gadget") == (20, 0)
+
+
+async def test_a_confirmation_for_an_unknown_purchase_order_is_404() -> None:
+    async with in_process(create_app()) as client:
+        response = await client.post("/webhooks/deliveries/po-nope", json=confirmation("po-nope"))
+        assert response.status_code == 404, response.text
+        assert response.headers["content-type"] == PROBLEM_JSON
+        assert response.json()["purchase_order_id"] == "po-nope"
+
+
+async def test_a_confirmation_the_run_refuses_is_200_with_the_failure() -> None:
+    """A confirmation naming another purchase order fails the run in the webhook's
+    request (DeliveryMismatch): the event was taken, so 200, saying the run failed and
+    what was undone."""
+    app = create_app()
+    async with in_process(app) as client:
+        parked = await replenish(client)
+
+        response = await client.post(parked["webhook"], json=confirmation("po-other"))
+
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["failed_step"]) == ("failed", "received_order")
+        assert body["compensated"] == ["purchase_order", "supplier_order"]
+        assert app.state.services.supplier.live_orders() == {}
+        assert await stock(client, "gadget") == (20, 0)
+
+
+async def test_an_early_confirmation_is_kept_for_the_run() -> None:
+    """A confirmation that comes while the run still tracks the order is kept (202); the
+    run takes it when it would park, so POST /replenishments answers 201 with the
+    received order."""
+    supplier = GatedSupplier()
+    app = create_app(supplier=supplier)
+    answers: list[httpx.Response] = []
+    async with in_process(app) as client, anyio.create_task_group() as tg:
+
+        async def start() -> None:
+            answers.append(await client.post("/replenishments", json={"product_id": "gadget"}))
+
+        tg.start_soon(start)
+        await supplier.entered.wait()
+        (order,) = supplier.orders.values()
+        assert order.key is not None
+        response = await client.post(
+            f"/webhooks/deliveries/{order.key}", json=confirmation(order.key)
+        )
+        assert response.status_code == 202, response.text
+        assert response.json() == {"status": "kept", "key": f"delivery:{order.key}"}
+        supplier.release.set()
+
+    (started,) = answers
+    assert started.status_code == 201, started.text
+    assert started.json()["output"]["received_quantity"] == 100
+
+
+async def test_replenishment_honours_the_idempotency_key_and_refuses_run_options() -> None:
+    """The same Idempotency-Key replays the 202 (one run, one order); a body naming a run
+    option is a 422, an unknown product a 409, before anything is ordered."""
+    app = create_app()
+    async with in_process(app) as client:
+        headers = {"Idempotency-Key": "replenish-1"}
+        first = await client.post("/replenishments", json={"product_id": "gadget"}, headers=headers)
+        again = await client.post("/replenishments", json={"product_id": "gadget"}, headers=headers)
+        assert (first.status_code, again.status_code) == (202, 202)
+        assert again.json() == first.json()
+        assert again.headers[REPLAYED_HEADER] == "true"
+        assert len(app.state.services.supplier.orders) == 1
+
+        options = await client.post("/replenishments", json={"product_id": "gadget", "runs": 1})
+        assert options.status_code == 422
+        assert [e["field"] for e in options.json()["errors"]] == ["runs"]
+        unknown = await client.post("/replenishments", json={"product_id": "nope"})
+        assert unknown.status_code == 409
+        assert (unknown.json()["step"], unknown.json()["cause"]) == ("product", "UnknownProduct")
+        assert len(app.state.services.supplier.orders) == 1
+
+
+async def test_replenishment_on_redis(redis_url: str, redis_prefix: str) -> None:
+    """On Redis the run is recorded in a RedisRunStore: parked, then delivered over a
+    real uvicorn server."""
+    app = create_app(redis_url, prefix=redis_prefix)
+    async with (
+        serving(app) as (host, port),
+        httpx.AsyncClient(base_url=f"http://{host}:{port}") as client,
+    ):
+        parked = await replenish(client)
+        record = await app.state.services.runs.load(parked["run_id"])
+        assert record.status == "waiting"
+        response = await client.post(
+            parked["webhook"], json=confirmation(parked["purchase_order_id"], 60)
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["output"]["received_quantity"] == 60
+        assert await stock(client, "gadget") == (80, 0)
+        record = await app.state.services.runs.load(parked["run_id"])
+        assert record.status == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (
+            InvalidEvent("delivery:po-1", "Expected `int` - at `$.quantity_received`"),
+            422,
+            "invalid-event",
+        ),
+        (DuplicateEvent("delivery:po-1", "delivered already", "run-1"), 409, "duplicate-event"),
+        (
+            EventRefused("delivery:po-1", "run run-1 no longer waits for it", "run-1"),
+            409,
+            "event-refused",
+        ),
+    ],
+)
+def test_event_problem_mapping(error: EventRefused, status: int, kind: str) -> None:
+    """What the webhooks answer for each refusal of ``deliver()``."""
+    answer = event_problem(error)
+    assert answer.status == answer.body["status"] == status
+    assert answer.body["type"] == f"urn:asaga:problem:{kind}"
+    assert answer.body["key"] == "delivery:po-1"
+    if status == 422:
+        assert answer.body["errors"] == [
+            {"field": "$.quantity_received", "message": "Expected `int`"}
+        ]
+    else:
+        assert answer.body["run_id"] == "run-1"
