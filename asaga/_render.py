@@ -136,7 +136,7 @@ def _step_lines(node: Node, output: str | None) -> tuple[str, ...]:
             timeout = node.invoke.timeout
             lines.append(f"key: {node.invoke.template}")
             if timeout is not None:
-                lines.append(f"timeout: {timeout:g} s")
+                lines.append(f"timeout: {_duration(timeout)}")
     if node.when is not None:
         lines.append(f"when: {getattr(node.when.fn, '__name__', 'condition')}")
     if node.lock is not None:
@@ -226,3 +226,11 @@ def _dot_text(text: str) -> str:
 
 def _dot_string(text: str) -> str:
     return f'"{_dot_text(text)}"'
+
+
+def _duration(seconds: float) -> str:
+    """``14 d``, ``2 h``, ``90 s``: a duration as read at a glance."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and (seconds / size) == int(seconds / size):
+            return f"{int(seconds / size)} {unit}"
+    return f"{seconds:g} s"

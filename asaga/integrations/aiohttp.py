@@ -126,7 +126,10 @@ def _response(answer: Problem) -> web.Response:
     return web.Response(
         status=answer.status,
         body=_ENCODER.encode(answer.body),
-        headers={"Content-Type": PROBLEM_JSON, **answer.headers},
+        headers={
+            "Content-Type": PROBLEM_JSON if answer.status >= 400 else "application/json",
+            **answer.headers,
+        },
     )
 
 

@@ -47,7 +47,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .._exceptions import ClientDisconnected as ClientDisconnected
-from .._exceptions import IdempotencyKeyReused, InputValidationError, SagaFailed
+from .._exceptions import (
+    EventRefused,
+    IdempotencyKeyReused,
+    InputValidationError,
+    NotParked,
+    RunParked,
+    SagaFailed,
+)
 from .._public import claim as _claim
 from .._saga import Saga
 from .idempotency import Idempotency, Outcome, answer
@@ -93,7 +100,7 @@ def _response(answer: Problem) -> JSONResponse:
     return JSONResponse(
         answer.body,
         status_code=answer.status,
-        media_type=PROBLEM_JSON,
+        media_type=PROBLEM_JSON if answer.status >= 400 else "application/json",
         headers=dict(answer.headers),
     )
 
@@ -142,6 +149,9 @@ def install_error_handlers(app: FastAPI, *, retry_after: int = RETRY_AFTER) -> N
         InputValidationError,
         MalformedBody,
         SagaFailed,
+        RunParked,
+        EventRefused,
+        NotParked,
         IdempotencyKeyReused,
         ClientDisconnected,
         *infrastructure_errors(),

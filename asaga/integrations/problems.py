@@ -55,9 +55,14 @@ import msgspec
 
 from .._exceptions import (
     CompensationFailed,
+    DuplicateEvent,
+    EventRefused,
     IdempotencyKeyReused,
     InputValidationError,
+    InvalidEvent,
     MalformedBody,
+    NotParked,
+    RunParked,
     SagaFailed,
     StoreUnavailable,
 )
@@ -68,12 +73,16 @@ __all__ = [
     "MAX_ECHO",
     "MAX_ERRORS",
     "PROBLEM_COMPENSATION_FAILED",
+    "PROBLEM_DUPLICATE_EVENT",
+    "PROBLEM_EVENT_REFUSED",
     "PROBLEM_IDEMPOTENCY_KEY_INVALID",
     "PROBLEM_IDEMPOTENCY_KEY_IN_USE",
     "PROBLEM_IDEMPOTENCY_KEY_REUSED",
+    "PROBLEM_INVALID_EVENT",
     "PROBLEM_INVALID_INPUTS",
     "PROBLEM_JSON",
     "PROBLEM_MALFORMED_BODY",
+    "PROBLEM_NOT_PARKED",
     "PROBLEM_SAGA_FAILED",
     "PROBLEM_UNAVAILABLE",
     "REPLAYED_HEADER",
@@ -104,6 +113,10 @@ PROBLEM_UNAVAILABLE = "urn:asaga:problem:unavailable"
 PROBLEM_IDEMPOTENCY_KEY_REUSED = "urn:asaga:problem:idempotency-key-reused"
 PROBLEM_IDEMPOTENCY_KEY_INVALID = "urn:asaga:problem:invalid-idempotency-key"
 PROBLEM_IDEMPOTENCY_KEY_IN_USE = "urn:asaga:problem:idempotency-key-in-use"
+PROBLEM_INVALID_EVENT = "urn:asaga:problem:invalid-event"
+PROBLEM_DUPLICATE_EVENT = "urn:asaga:problem:duplicate-event"
+PROBLEM_EVENT_REFUSED = "urn:asaga:problem:event-refused"
+PROBLEM_NOT_PARKED = "urn:asaga:problem:not-parked"
 
 RETRY_AFTER = 5
 """Seconds a 503 asks the client to wait (``Retry-After``) unless told otherwise."""
@@ -223,6 +236,25 @@ def problem_for(exc: BaseException, *, retry_after: int = RETRY_AFTER) -> Proble
             clip(str(exc), _MAX_DETAIL),
             **members,
         )
+    if isinstance(exc, EventRefused):
+        return _event_problem(exc)
+    if isinstance(exc, NotParked):
+        return _problem(
+            409,
+            PROBLEM_NOT_PARKED,
+            "The run is not parked",
+            clip(str(exc), _MAX_DETAIL),
+            run_id=exc.run_id,
+            run_status=exc.status,
+        )
+    if isinstance(exc, RunParked):
+        # Not a failure: the run waits (an event, a timer, a resume). 202, with what for.
+        waits = [
+            {k: v for k, v in msgspec.structs.asdict(w).items() if v not in (None, ())}
+            for w in exc.waits
+        ]
+        body = {"saga": exc.saga, "run_id": exc.run_id, "status": "waiting", "waits": waits}
+        return Problem(202, body)
     if isinstance(exc, IdempotencyKeyReused):
         return _problem(
             422,
@@ -259,6 +291,47 @@ def invalid_body(errors: Sequence[tuple[str, str]]) -> Problem:
     count = len(errors)
     detail = f"{count} invalid field{'s' if count != 1 else ''} in the request; see errors"
     return _problem(422, PROBLEM_INVALID_INPUTS, "Invalid input", detail, **members)
+
+
+def _event_problem(exc: EventRefused) -> Problem:
+    """422 an invalid payload (``errors`` as for bad inputs; ``run_failed`` if it was one
+    bad payload too many), 409 a duplicate, 409 a key whose run no longer waits (or that
+    no step waits for)."""
+    members: dict[str, Any] = {"key": clip(exc.key)}
+    if exc.run_id is not None:
+        members["run_id"] = exc.run_id
+    if isinstance(exc, InvalidEvent):
+        # msgspec says "Expected `int` >= 1 - at `$.quantity`" (no "at": the whole payload)
+        message, at, where = exc.errors.rpartition(" - at `")
+        error = {
+            "field": clip(where.removesuffix("`") if at else "$"),
+            "message": clip(message if at else exc.errors),
+        }
+        detail = "the payload does not fit the event's type; see errors" + (
+            "; that was one bad payload too many: the run failed and was undone"
+            if exc.run_failed
+            else ""
+        )
+        return _problem(
+            422,
+            PROBLEM_INVALID_EVENT,
+            "Invalid event payload",
+            detail,
+            errors=[error],
+            run_failed=exc.run_failed,
+            **members,
+        )
+    if isinstance(exc, DuplicateEvent):
+        return _problem(
+            409,
+            PROBLEM_DUPLICATE_EVENT,
+            "Event already delivered",
+            "an event for this key was delivered already; it is not taken twice",
+            **members,
+        )
+    return _problem(
+        409, PROBLEM_EVENT_REFUSED, "Event refused", clip(exc.reason, _MAX_DETAIL), **members
+    )
 
 
 def _problem(status: int, type: str, title: str, detail: str, **members: Any) -> Problem:

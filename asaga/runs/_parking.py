@@ -60,7 +60,7 @@ from ._codec import codec_of
 from ._journal import ChildRunsFor, Journal
 from ._memory import default_store
 from ._record import RunRecord, RunStore, StepRecord, check_identity
-from ._recovery import Recovered, _nested, _unwind
+from ._recovery import Recovered, _nested, _roots, _unwind
 from ._replay import failure, recorded_run_values
 
 __all__ = [
@@ -523,7 +523,8 @@ async def _go_on(
             done = await _unwind(
                 spec, journal, taken, values, extra_hooks, nested_failing, [], None
             )
-            return Delivery(key, _status(done), run_id, error=failure(spec, journal.record))
+            error = failure(spec, journal.record, done.compensated)
+            return Delivery(key, _status(done), run_id, error=error)
         return await _forward(
             spec, runs, journal, taken, values, resources, extra_hooks, kin, key, settling
         )
@@ -671,6 +672,10 @@ async def _forward(
         succeeded=succeeded, skipped=skipped, first_attempts=first, waiting=record.waiting
     )
     try:
+        # The steps it starts with are recorded as starting first, as every step is.
+        waits = {info.step for info in record.waiting}
+        roots = [n for n in _roots(plan, succeeded, skipped) if n not in waits]
+        await journal.resume(roots, first)
         result, _ = await run_values(
             spec,
             values,
@@ -821,6 +826,7 @@ async def wake_due(
                 saga=record.saga,
                 outcome=outcome,
                 resumed=tuple(i.step for i in timers),
+                compensated=done.error.compensated if done.error is not None else (),
                 error=repr(done.error) if done.error is not None else None,
             )
         )

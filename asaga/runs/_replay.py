@@ -3,8 +3,10 @@ failure raised again, its values for compensating it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import msgspec
 
 from .._exceptions import (
     CompensationFailed,
@@ -31,9 +33,23 @@ def replayed(spec: SagaSpec, record: RunRecord, *, again: bool = True) -> SagaRe
     raise failure(spec, record)
 
 
-def failure(spec: SagaSpec, record: RunRecord) -> SagaFailed:
+def failure(
+    spec: SagaSpec, record: RunRecord, compensated: Sequence[str] | None = None
+) -> SagaFailed:
+    """The failure a finished run's record says; ``compensated``: the steps undone in
+    the order their compensations completed, when known (else the record's order)."""
     saga = spec.plan.saga
     step = record.failed_step or ""
+    if compensated is not None:
+        done = set(record.compensated)
+        order = [n for n in compensated if n in done]
+        record = msgspec.structs.replace(
+            record,
+            steps={
+                **{n: record.steps[n] for n in order},
+                **{n: s for n, s in record.steps.items() if n not in order},
+            },
+        )
     cause = RecordedError(record.error or record.status)
     failed = record.failed_compensations
     error: SagaFailed

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import msgspec
 
-from asaga import DuplicateEvent, EventRefused, Hook, InvalidEvent, RunParked, Saga
+from asaga import EventRefused, Hook, RunParked, Saga
 from asaga.integrations.idempotency import (
     Idempotency,
     MemoryOutcomeStore,
@@ -32,7 +32,10 @@ from asaga.integrations.idempotency import (
     RedisOutcomeStore,
 )
 from asaga.integrations.inputs import decode_inputs
-from asaga.integrations.problems import Problem, clip, problem
+from asaga.integrations.problems import (
+    Problem,
+    problem_for,
+)
 from asaga.locks import LockProvider
 from asaga.runs import Delivery, MemoryRunStore, RunStore
 
@@ -47,9 +50,6 @@ from .store import (
 )
 
 __all__ = [
-    "PROBLEM_DUPLICATE_EVENT",
-    "PROBLEM_EVENT_REFUSED",
-    "PROBLEM_INVALID_EVENT",
     "Services",
     "delivery_answer",
     "event_problem",
@@ -58,10 +58,6 @@ __all__ = [
     "resources",
     "run_arguments",
 ]
-
-PROBLEM_INVALID_EVENT = "urn:asaga:problem:invalid-event"
-PROBLEM_DUPLICATE_EVENT = "urn:asaga:problem:duplicate-event"
-PROBLEM_EVENT_REFUSED = "urn:asaga:problem:event-refused"
 
 
 @dataclass(frozen=True)
@@ -214,42 +210,11 @@ def delivery_answer(delivery: Delivery) -> tuple[int, dict[str, Any]]:
 
 
 def event_problem(exc: EventRefused) -> Problem:
-    """The problem answer of an event that ``deliver()`` refused: 422 an invalid payload
-    (``errors`` as ``[{field, message}]``, like a 422 for bad inputs; ``run_failed`` if it
-    was one bad payload too many and the run unwound), 409 a duplicate, 409 a key whose
-    run no longer waits (or no step waits for)."""
-    members: dict[str, Any] = {"key": clip(exc.key)}
-    if exc.run_id is not None:
-        members["run_id"] = exc.run_id
-    if isinstance(exc, InvalidEvent):
-        # msgspec says "Expected `int` >= 1 - at `$.quantity_received`" (no "at": $).
-        message, at, where = exc.errors.rpartition(" - at `")
-        field = where.removesuffix("`") if at else "$"
-        error = {"field": clip(field), "message": clip(message if at else exc.errors)}
-        detail = "the payload does not fit the event's type; see errors" + (
-            "; that was one bad payload too many: the run failed and was undone"
-            if exc.run_failed
-            else ""
-        )
-        body = problem(
-            422,
-            PROBLEM_INVALID_EVENT,
-            "Invalid event payload",
-            detail,
-            errors=[error],
-            run_failed=exc.run_failed,
-            **members,
-        )
-    elif isinstance(exc, DuplicateEvent):
-        body = problem(
-            409,
-            PROBLEM_DUPLICATE_EVENT,
-            "Event already delivered",
-            "an event for this key was delivered already; it is not taken twice",
-            **members,
-        )
-    else:
-        body = problem(
-            409, PROBLEM_EVENT_REFUSED, "Event refused", clip(exc.reason, 500), **members
-        )
-    return Problem(body["status"], body)
+    """The problem answer of an event that ``deliver()`` refused, as
+    :func:`asaga.integrations.problems.problem_for` gives it: 422 an invalid payload
+    (``errors`` as ``[{field, message}]``; ``run_failed`` if it was one bad payload too
+    many and the run unwound), 409 a duplicate, 409 a key whose run no longer waits (or
+    that no step waits for)."""
+    answer = problem_for(exc)
+    assert answer is not None  # every EventRefused has its answer
+    return answer

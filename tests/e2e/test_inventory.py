@@ -19,8 +19,16 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from asaga import Compensation, CompensationFailed, InputValidationError, Saga, SagaFailed
+from asaga import (
+    Compensation,
+    CompensationFailed,
+    InputValidationError,
+    RunParked,
+    Saga,
+    SagaFailed,
+)
 from asaga.locks import Lease, RedisLockProvider
+from asaga.runs import MemoryRunStore
 from examples.inventory import (
     AtomicReservationSaga,
     BulkInventorySaga,
@@ -36,6 +44,7 @@ from examples.inventory import (
     Supplier,
     Transaction,
     UnknownProduct,
+    delivery_key,
 )
 
 pytestmark = pytest.mark.anyio
@@ -491,17 +500,29 @@ async def replenishment_undone_twice(store: InventoryStore) -> None:
         }
 
     before = await state()
-    result = await ReplenishmentSaga.run(product_id="w", store=store, supplier=supplier)
+    # The run waits for the supplier's delivery confirmation: durable, it parks, and the
+    # confirmation delivered takes it on (and books the stock received).
+    runs = MemoryRunStore()
+    with pytest.raises(RunParked):
+        await ReplenishmentSaga.run(product_id="w", store=store, supplier=supplier, runs=runs)
+    (order,) = supplier.orders.values()
+    assert order.key is not None
+    delivery = await ReplenishmentSaga.deliver(
+        delivery_key(order.key),
+        supplier.confirmation(order.id),
+        runs=runs,
+        store=store,
+        supplier=supplier,
+    )
+    assert delivery.result is not None
     called = await undo_each_twice(
         ReplenishmentSaga,
-        result.results,
+        delivery.result.results,
         {"product_id": "w", "store": store, "supplier": supplier},
         state,
     )
-    assert called == ["undo_purchase_order", "cancel_supplier_order"]
-    after = await state()
-    assert after["purchase_orders"] == before["purchase_orders"] == {}
-    assert after["supplier_stock"] == before["supplier_stock"]
+    assert called == ["unbook_received_stock", "undo_purchase_order", "cancel_supplier_order"]
+    assert await state() == {**before, "orders": msgspec.to_builtins(supplier.orders)}
     assert supplier.live_orders() == {}
 
 

@@ -649,12 +649,6 @@ class ReplenishmentContract:
         assert delivery.error.compensated == ("purchase_order", "supplier_order")
         assert await snapshot(store, supplier) == before
 
-    @pytest.mark.xfail(
-        raises=KeyError,
-        strict=True,
-        reason="asaga bug: a step that a delivered event makes ready cannot be retried in "
-        "the delivering call (KeyError in Journal.retrying: no StepRecord for it)",
-    )
     async def test_a_transient_write_error_after_the_delivery_is_retried(
         self, store: InventoryStore, runs: RunStore
     ) -> None:

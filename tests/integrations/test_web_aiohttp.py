@@ -33,10 +33,10 @@ from asaga.integrations.aiohttp import (
     saga_inputs,
 )
 from asaga.integrations.idempotency import Idempotency, MemoryOutcomeStore
+from asaga.integrations.problems import PROBLEM_DUPLICATE_EVENT, PROBLEM_INVALID_EVENT
 from asaga.locks import MemoryLockProvider
 from examples.aiohttp_app import RUNS, SERVICES, STORE, create_app
 from examples.inventory import Notifier, Product, Supplier
-from examples.inventory.service import PROBLEM_DUPLICATE_EVENT, PROBLEM_INVALID_EVENT
 
 from .unreachable import closed_port, throwaway_redis
 

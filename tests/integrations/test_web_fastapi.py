@@ -43,13 +43,12 @@ from asaga.integrations.fastapi import (
     saga_inputs,
 )
 from asaga.integrations.idempotency import Idempotency, IdempotencyKeyReused, MemoryOutcomeStore
+from asaga.integrations.problems import PROBLEM_DUPLICATE_EVENT, PROBLEM_INVALID_EVENT
 from asaga.locks import MemoryLockProvider
 from examples.fastapi_app import create_app
 from examples.inventory import Notifier, Product, Supplier
 from examples.inventory.replenishment import BAD_CONFIRMATIONS, DELIVERY_TIMEOUT
 from examples.inventory.service import (
-    PROBLEM_DUPLICATE_EVENT,
-    PROBLEM_INVALID_EVENT,
     event_problem,
 )
 
