@@ -308,3 +308,27 @@ def test_the_same_json_written_otherwise_is_the_same_request() -> None:
     )
     assert fingerprint("POST", "/o", b"not json") == fingerprint("POST", "/o", b"not json")
     assert fingerprint("POST", "/o", b"not json") != fingerprint("POST", "/o", b"not  json")
+
+
+def test_waiting_runs_and_refused_events_have_answers() -> None:
+    """A parked run is 202 (not a problem: it waits); refused events are 422 / 409."""
+    from asaga import DuplicateEvent, EventRefused, InvalidEvent, NotParked, RunParked, WaitInfo
+
+    parked = problem_for(
+        RunParked("Checkout", "r-1", [WaitInfo(step="paid", kind="event", key="pay:o-1")])
+    )
+    assert parked is not None
+    assert parked.status == 202
+    assert parked.body["waits"] == [{"step": "paid", "kind": "event", "key": "pay:o-1"}]
+    invalid = problem_for(InvalidEvent("pay:o-1", "Expected `int`, got `str` - at `$.amount`"))
+    assert invalid is not None
+    assert invalid.status == 422
+    assert invalid.body["errors"] == [{"field": "$.amount", "message": "Expected `int`, got `str`"}]
+    for exc, status in (
+        (DuplicateEvent("pay:o-1", "delivered already"), 409),
+        (EventRefused("pay:o-1", "no longer waits"), 409),
+        (NotParked("r-1", "succeeded"), 409),
+    ):
+        answer = problem_for(exc)
+        assert answer is not None
+        assert answer.status == status
