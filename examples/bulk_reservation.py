@@ -50,12 +50,12 @@ class ReserveItem(Saga):
     stock: Resource[Stock]
 
     @step
-    async def reserve(sku: str, quantity: int, stock: Stock) -> Line:
+    async def reserve(*, sku: str, quantity: int, stock: Stock) -> Line:
         await stock.take(sku, quantity)
         return Line(sku, quantity)
 
     @reserve.compensate
-    async def release(reserve: Line, stock: Stock) -> None:
+    async def release(*, reserve: Line, stock: Stock) -> None:
         await stock.give_back(reserve.sku, reserve.quantity)
 
 
@@ -68,7 +68,7 @@ class BulkReservation(Saga):
     reserved = map_each(ReserveItem, over="lines", mode="collect", max_concurrency=8)
 
     @step
-    async def summary(reserved: MapResult[Line]) -> dict[str, list[str]]:
+    async def summary(*, reserved: MapResult[Line]) -> dict[str, list[str]]:
         if reserved.all_failed:
             raise RuntimeError("no line could be reserved")
         return {

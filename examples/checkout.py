@@ -54,25 +54,25 @@ class Checkout(Saga):
     retry_defaults = Retry(max_attempts=2, backoff="fixed", base_delay=0.01)
 
     @step
-    async def reserve_a(warehouse: Warehouse) -> str:
+    async def reserve_a(*, warehouse: Warehouse) -> str:
         return await warehouse.take("A")
 
     @step
-    async def reserve_b(warehouse: Warehouse) -> str:  # runs concurrently with reserve_a
+    async def reserve_b(*, warehouse: Warehouse) -> str:  # runs concurrently with reserve_a
         return await warehouse.take("B")
 
     @step(retry=Retry(max_attempts=3, backoff="exponential", base_delay=0.02), timeout=2)
     async def charge(
-        reserve_a: str, reserve_b: str, order_id: str, amount: int, payments: PaymentClient
+        *, reserve_a: str, reserve_b: str, order_id: str, amount: int, payments: PaymentClient
     ) -> str:
         return await payments.charge(order_id, amount)
 
     @reserve_a.compensate
-    async def release_a(reserve_a: str, warehouse: Warehouse) -> None:
+    async def release_a(*, reserve_a: str, warehouse: Warehouse) -> None:
         await warehouse.give_back("A")
 
     @reserve_b.compensate
-    async def release_b(reserve_b: str, warehouse: Warehouse) -> None:
+    async def release_b(*, reserve_b: str, warehouse: Warehouse) -> None:
         await warehouse.give_back("B")
 
 

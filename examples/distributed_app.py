@@ -115,7 +115,7 @@ def create_app(redis_url: str, *, prefix: str = "inventory:", queue: str = QUEUE
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python examples/distributed_app.py --redis URL [--port N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--redis", required=True, help="redis://host:6379/0")
     parser.add_argument("--prefix", default="inventory:", help="as the workers' (inventory:)")
     parser.add_argument("--port", type=int, default=8002)

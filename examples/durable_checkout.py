@@ -77,21 +77,21 @@ class DurableCheckout(Saga):
     output = "charge"
 
     @step(idempotent=True)
-    async def reserve(sku: str, quantity: int, run_id: str, store: InventoryStore) -> str:
+    async def reserve(*, sku: str, quantity: int, run_id: str, store: InventoryStore) -> str:
         return await store.reserve(run_id, sku, quantity, 900.0)
 
     @reserve.compensate
-    async def release(run_id: str, store: InventoryStore) -> None:
+    async def release(*, run_id: str, store: InventoryStore) -> None:
         await store.release(run_id)
 
     @step
-    async def charge(reserve: str, quantity: int, run_id: str, payments: Payments) -> str:
+    async def charge(*, reserve: str, quantity: int, run_id: str, payments: Payments) -> str:
         if os.environ.get("DURABLE_DEMO_CRASH") == "1":
             os._exit(1)  # the process dies mid-step: no cleanup, no compensation
         return await payments.charge(run_id, quantity * 10)
 
     @charge.compensate
-    async def refund(charge: str, run_id: str, payments: Payments) -> None:
+    async def refund(*, charge: str, run_id: str, payments: Payments) -> None:
         await payments.refund(run_id)
 
 

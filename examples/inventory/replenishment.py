@@ -274,17 +274,17 @@ class ReplenishmentSaga(Saga):
     output = "received_order"
 
     @step
-    async def product(product_id: str, store: InventoryStore) -> Product:
+    async def product(*, product_id: str, store: InventoryStore) -> Product:
         """The product must exist (UnknownProduct otherwise)."""
         return await store.get(product_id)
 
     @step(retry=SUPPLIER_RETRY, timeout=SUPPLIER_TIMEOUT)
-    async def availability(product_id: str, supplier: Supplier) -> int:
+    async def availability(*, product_id: str, supplier: Supplier) -> int:
         """What the supplier lists as available."""
         return await supplier.availability(product_id)
 
     @step
-    async def quantity(product: Product, availability: int, supplier: Supplier) -> int:
+    async def quantity(*, product: Product, availability: int, supplier: Supplier) -> int:
         """The most that fits the room under max_stock_level, the supplier's availability
         and its max_order; NothingToOrder if that is below its min_order."""
         room = product.max_stock_level - product.inventory_count
@@ -306,7 +306,7 @@ class ReplenishmentSaga(Saga):
         )
 
     @step(retry=SUPPLIER_RETRY, timeout=SUPPLIER_TIMEOUT)
-    async def confirmed_quantity(quantity: int, product_id: str, supplier: Supplier) -> int:
+    async def confirmed_quantity(*, quantity: int, product_id: str, supplier: Supplier) -> int:
         """What the supplier's stock check confirms of the quantity (may be less)."""
         confirmed = min(await supplier.stock_check(product_id, quantity), quantity)
         if confirmed < supplier.min_order:
@@ -324,19 +324,20 @@ class ReplenishmentSaga(Saga):
 
     @step(retry=SUPPLIER_RETRY, timeout=SUPPLIER_TIMEOUT)
     async def supplier_order(
-        confirmed_quantity: int, purchase_order_id: str, product_id: str, supplier: Supplier
+        *, confirmed_quantity: int, purchase_order_id: str, product_id: str, supplier: Supplier
     ) -> str:
         """Place the order; a retry after a lost response finds it by key."""
         return await supplier.place_order(product_id, confirmed_quantity, key=purchase_order_id)
 
     @supplier_order.compensate(retry=SUPPLIER_RETRY, timeout=SUPPLIER_TIMEOUT)
-    async def cancel_supplier_order(supplier_order: str, supplier: Supplier) -> None:
+    async def cancel_supplier_order(*, supplier_order: str, supplier: Supplier) -> None:
         """Cancel the order; cancelling it again is a no-op (the supplier's own rule), so
         a retry, or a run of it again by recovery, changes nothing."""
         await supplier.cancel_order(supplier_order)
 
     @step
     async def purchase_order(
+        *,
         purchase_order_id: str,
         supplier_order: str,
         confirmed_quantity: int,
@@ -354,14 +355,14 @@ class ReplenishmentSaga(Saga):
         return order
 
     @purchase_order.compensate
-    async def undo_purchase_order(purchase_order: PurchaseOrder, store: InventoryStore) -> None:
+    async def undo_purchase_order(*, purchase_order: PurchaseOrder, store: InventoryStore) -> None:
         """Delete the purchase order; a second call finds nothing to delete (its id is a
         fresh uuid, never reused)."""
         await store.delete_purchase_order(purchase_order.id)
 
     @step(retry=SUPPLIER_RETRY, timeout=SUPPLIER_TIMEOUT)
     async def tracked_order(
-        purchase_order: PurchaseOrder, supplier: Supplier, store: InventoryStore
+        *, purchase_order: PurchaseOrder, supplier: Supplier, store: InventoryStore
     ) -> PurchaseOrder:
         """Schedule delivery tracking and write its id into the purchase order (both
         idempotent, so the step is retried as a whole)."""
@@ -382,7 +383,7 @@ class ReplenishmentSaga(Saga):
 
     @step(retry=STORE_RETRY, idempotent=True)
     async def received_order(
-        delivery: DeliveryConfirmation, tracked_order: PurchaseOrder, store: InventoryStore
+        *, delivery: DeliveryConfirmation, tracked_order: PurchaseOrder, store: InventoryStore
     ) -> PurchaseOrder:
         """Write the units received into the purchase order, then book them into stock.
         The write replaces the order and the booking is keyed by it (applied once,
@@ -400,7 +401,9 @@ class ReplenishmentSaga(Saga):
         return order
 
     @received_order.compensate(retry=STORE_RETRY)
-    async def unbook_received_stock(received_order: PurchaseOrder, store: InventoryStore) -> None:
+    async def unbook_received_stock(
+        *, received_order: PurchaseOrder, store: InventoryStore
+    ) -> None:
         """Take the booked units out of stock again (keyed too: once); the purchase order
         itself is deleted by ``undo_purchase_order``. Refused (InsufficientStock) if they
         were reserved meanwhile: a human then decides."""

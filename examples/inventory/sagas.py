@@ -108,12 +108,12 @@ class InventorySaga(Saga):
     output = "perform"
 
     @step
-    async def product(product_id: str, store: InventoryStore) -> Product:
+    async def product(*, product_id: str, store: InventoryStore) -> Product:
         """Validate the request: the product must exist (UnknownProduct otherwise)."""
         return await store.get(product_id)
 
     @step
-    async def availability(product: Product, quantity: int, operation: str) -> Product:
+    async def availability(*, product: Product, quantity: int, operation: str) -> Product:
         """Fail fast, before queueing for the lease, if the operation cannot succeed."""
         d_inventory, d_reserved = deltas(operation, quantity)  # type: ignore[arg-type]
         check(product, d_inventory, d_reserved)
@@ -121,6 +121,7 @@ class InventorySaga(Saga):
 
     @step(lock=Lock("inventory:{product_id}", ttl=5.0, wait=10.0))
     async def perform(
+        *,
         availability: Product,
         product_id: str,
         quantity: int,
@@ -144,7 +145,7 @@ class InventorySaga(Saga):
         )
 
     @perform.compensate
-    async def undo_perform(perform: Change, store: InventoryStore) -> None:
+    async def undo_perform(*, perform: Change, store: InventoryStore) -> None:
         """The opposite deltas, keyed by the change's reference: run twice (recovery runs
         again a compensation cut off), they land once."""
         await store.adjust(
@@ -152,18 +153,18 @@ class InventorySaga(Saga):
         )
 
     @step
-    async def transaction(perform: Change, store: InventoryStore) -> str:
+    async def transaction(*, perform: Change, store: InventoryStore) -> str:
         """Append the change to the transaction log."""
         return await perform.log_to(store)
 
     @transaction.compensate
-    async def undo_transaction(transaction: str, store: InventoryStore) -> None:
+    async def undo_transaction(*, transaction: str, store: InventoryStore) -> None:
         """Remove the entry; a second call finds nothing to remove (entry ids are never
         reused)."""
         await store.unlog(transaction)
 
     @step
-    async def replenishment(perform: Change, store: InventoryStore) -> str | None:
+    async def replenishment(*, perform: Change, store: InventoryStore) -> str | None:
         """Below the reorder point after this change (the counts ``perform``'s write
         returned): queue a replenishment request."""
         product = perform.after
@@ -175,14 +176,14 @@ class InventorySaga(Saga):
         return await store.request_replenishment(perform.sku, wanted)
 
     @replenishment.compensate
-    async def undo_replenishment(replenishment: str | None, store: InventoryStore) -> None:
+    async def undo_replenishment(*, replenishment: str | None, store: InventoryStore) -> None:
         """Withdraw the request; a second call finds nothing to withdraw (request ids are
         never reused)."""
         if replenishment is not None:
             await store.cancel_replenishment(replenishment)
 
     @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01), timeout=NETWORK_TIMEOUT)
-    async def notify(transaction: str, perform: Change, notifier: Notifier) -> str:
+    async def notify(*, transaction: str, perform: Change, notifier: Notifier) -> str:
         """Tell the warehouse; idempotent (keyed by the log entry), retried, each attempt
         bounded (a cancelled caller waits for it at most that long)."""
         await notifier.send(transaction, f"{perform.operation} {perform.quantity} x {perform.sku}")
@@ -206,6 +207,7 @@ class AtomicReservationSaga(Saga):
     # most that long, and a run needs no task watching for the cancellation.
     @step(timeout=NETWORK_TIMEOUT)
     async def reserve(
+        *,
         product_id: str,
         reservation_id: str,
         quantity: int,
@@ -219,14 +221,14 @@ class AtomicReservationSaga(Saga):
         return await store.reserve(reservation_id, product_id, quantity, hold_seconds)
 
     @reserve.compensate
-    async def unreserve(reservation_id: str, store: InventoryStore) -> None:
+    async def unreserve(*, reservation_id: str, store: InventoryStore) -> None:
         """Give the units back and log the release, in one script: the log keeps
         reconciling with the stock. A second call finds the reservation released and
         changes nothing."""
         await store.release(reservation_id)
 
     @step(retry=Retry(max_attempts=3, backoff="linear", base_delay=0.01), timeout=NETWORK_TIMEOUT)
-    async def notify(reserve: str, product_id: str, notifier: Notifier) -> str:
+    async def notify(*, reserve: str, product_id: str, notifier: Notifier) -> str:
         """Tell the warehouse; idempotent (keyed by the log entry), retried."""
         await notifier.send(reserve, f"reserved {product_id}")
         return reserve
@@ -251,7 +253,7 @@ class BulkInventorySaga(Saga):
     items = map_each(InventorySaga, over="operations", mode="collect", max_concurrency=8)
 
     @step
-    async def summary(items: MapResult[Change]) -> dict[str, list[object]]:
+    async def summary(*, items: MapResult[Change]) -> dict[str, list[object]]:
         """Succeeded and failed lines; every line failing fails the saga."""
         if items.all_failed:
             raise RuntimeError(f"all {len(items.failures)} operations failed")
@@ -278,7 +280,7 @@ class InventoryTransferSaga(Saga):
 
     @step
     async def validate(
-        product_id: str, quantity: int, source: str, destination: str, store: InventoryStore
+        *, product_id: str, quantity: int, source: str, destination: str, store: InventoryStore
     ) -> Product:
         """Different locations; enough available at the source."""
         if source == destination:
@@ -289,6 +291,7 @@ class InventoryTransferSaga(Saga):
 
     @step(lock=Lock("inventory:{product_id}@{source}", ttl=5.0, wait=10.0))
     async def reserve_source(
+        *,
         validate: Product,
         product_id: str,
         source: str,
@@ -310,7 +313,7 @@ class InventoryTransferSaga(Saga):
         )
 
     @reserve_source.compensate
-    async def unreserve_source(reserve_source: Change, store: InventoryStore) -> None:
+    async def unreserve_source(*, reserve_source: Change, store: InventoryStore) -> None:
         """Release the reservation, keyed by its reference: run twice, it lands once."""
         await store.adjust(
             reserve_source.sku,
@@ -321,7 +324,7 @@ class InventoryTransferSaga(Saga):
 
     @step
     async def prepare_destination(
-        product_id: str, destination: str, validate: Product, store: InventoryStore
+        *, product_id: str, destination: str, validate: Product, store: InventoryStore
     ) -> tuple[str, bool]:
         """Make sure the destination record exists; remember whether we created it."""
         sku = f"{product_id}@{destination}"
@@ -345,6 +348,7 @@ class InventoryTransferSaga(Saga):
         )
     )
     async def transfer(
+        *,
         reserve_source: Change,
         prepare_destination: tuple[str, bool],
         product_id: str,
@@ -382,6 +386,7 @@ class InventoryTransferSaga(Saga):
 
     @transfer.compensate
     async def untransfer(
+        *,
         transfer: Change,
         reserve_source: Change,
         prepare_destination: tuple[str, bool],
@@ -397,10 +402,10 @@ class InventoryTransferSaga(Saga):
         await store.adjust(reserve_source.sku, quantity, quantity, key=f"{key}:source")
 
     @step
-    async def log(transfer: Change, store: InventoryStore) -> str:
+    async def log(*, transfer: Change, store: InventoryStore) -> str:
         return await transfer.log_to(store)
 
     @log.compensate
-    async def unlog(log: str, store: InventoryStore) -> None:
+    async def unlog(*, log: str, store: InventoryStore) -> None:
         """Remove the entry; a second call finds nothing to remove."""
         await store.unlog(log)

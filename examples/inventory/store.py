@@ -963,7 +963,7 @@ class RedisInventoryStore:
         # Shielded (and bounded): a holder cancelled mid-write still learns whether the
         # write was applied, so its saga step neither loses nor double-counts it.
         token = lease.tokens[key]
-        with anyio.CancelScope(shield=True), anyio.fail_after(10.0):
+        with anyio.fail_after(10.0, shield=True):
             flat = await self._scripted(
                 self._apply, keys, [d_inventory, d_reserved, token], sku, fence=(key, token)
             )
