@@ -110,7 +110,7 @@ def fail_step(
 def replace_step(saga: type[Any], step: str, fake: Callable[..., Awaitable[Any]]) -> Iterator[None]:
     """Run ``fake`` instead of ``step`` of ``saga``, for the time of the ``with`` block::
 
-        async def charge(order_id: str) -> str:
+        async def charge(*, order_id: str) -> str:
             return "ch-test"
 
         with replace_step(Checkout, "charge", charge):
