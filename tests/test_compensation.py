@@ -4,7 +4,7 @@ import anyio
 import pytest
 
 from asaga import CompensationFailed, Retry, Saga, SagaFailed, step
-from asaga.testing import EventRecorder
+from asaga.testing import EventRecorder, VirtualClock, fail_step
 
 pytestmark = pytest.mark.anyio
 
@@ -13,30 +13,25 @@ class Boom(Exception):
     """The failure the tests inject."""
 
 
-def make_diamond(log: list[str], fail: str) -> type[Saga]:
-    """a -> (b, c) -> d; every step compensable; the step named ``fail`` raises."""
-
-    async def body(name: str, value: int) -> int:
-        if name == fail:
-            raise Boom(name)
-        return value
+def make_diamond(log: list[str]) -> type[Saga]:
+    """a -> (b, c) -> d; every step compensable (a test makes one fail with fail_step)."""
 
     class Diamond(Saga):
         @step
         async def a() -> int:
-            return await body("a", 1)
+            return 1
 
         @step
         async def b(a: int) -> int:
-            return await body("b", a + 1)
+            return a + 1
 
         @step
         async def c(a: int) -> int:
-            return await body("c", a + 2)
+            return a + 2
 
         @step
         async def d(b: int, c: int) -> int:
-            return await body("d", b + c)
+            return b + c
 
         @a.compensate
         async def undo_a(a: int) -> None:
@@ -60,7 +55,7 @@ def make_diamond(log: list[str], fail: str) -> type[Saga]:
 async def test_success_compensates_nothing() -> None:
     """A run that succeeds never calls a compensation."""
     log: list[str] = []
-    result = await make_diamond(log, fail="none").run()
+    result = await make_diamond(log).run()
     assert result.output == 5
     assert log == []
 
@@ -69,8 +64,9 @@ async def test_failure_compensates_completed_steps_in_reverse_order() -> None:
     """d fails: c and b are undone (in any order) before a; d itself is not undone."""
     log: list[str] = []
     recorder = EventRecorder()
-    with pytest.raises(SagaFailed) as info:
-        await make_diamond(log, fail="d").run(hooks=[recorder])
+    diamond = make_diamond(log)
+    with fail_step(diamond, "d", error=Boom("d")), pytest.raises(SagaFailed) as info:
+        await diamond.run(hooks=[recorder])
     err = info.value
     assert type(err) is SagaFailed
     assert err.step == "d"
@@ -82,16 +78,21 @@ async def test_failure_compensates_completed_steps_in_reverse_order() -> None:
     assert set(err.compensated[:2]) == {"b", "c"}
     assert err.compensated[2] == "a"
     assert recorder.steps("compensation_succeeded") == list(err.compensated)
+    recorder.assert_compensated([{"b", "c"}, "a"])
+    recorder.assert_not_compensated("d")
     assert recorder.kinds()[-1] == "run_failed"
 
 
 async def test_only_completed_steps_are_compensated() -> None:
     """b fails: a and (if it completed) c are undone; b and d never."""
     log: list[str] = []
-    with pytest.raises(SagaFailed) as info:
-        await make_diamond(log, fail="b").run()
+    recorder = EventRecorder()
+    diamond = make_diamond(log)
+    with fail_step(diamond, "b", error=Boom("b")), pytest.raises(SagaFailed) as info:
+        await diamond.run(hooks=[recorder])
     assert "b" not in info.value.compensated
     assert "d" not in info.value.compensated
+    recorder.assert_not_compensated("b", "d")
     assert info.value.compensated[-1] == "a"
     assert log[-1] == "undo a=1"
 
@@ -163,8 +164,11 @@ async def test_transitive_order_through_a_step_without_compensation() -> None:
     assert log == ["c", "a"]
 
 
-async def test_failing_compensation_does_not_stop_the_others() -> None:
-    """A compensation that fails for good is collected; the rest still run."""
+async def test_failing_compensation_does_not_stop_the_others(
+    virtual_clock: VirtualClock,
+) -> None:
+    """A compensation that fails for good (after its retry's backoff, in virtual time) is
+    collected; the rest still run."""
     log: list[str] = []
     attempts = 0
     recorder = EventRecorder()
@@ -186,7 +190,7 @@ async def test_failing_compensation_does_not_stop_the_others() -> None:
         async def undo_a(a: int) -> None:
             log.append("a")
 
-        @b.compensate(retry=Retry(max_attempts=2, base_delay=0))
+        @b.compensate(retry=Retry(max_attempts=2, base_delay=5))
         async def undo_b(b: int) -> None:
             nonlocal attempts
             attempts += 1
@@ -203,13 +207,16 @@ async def test_failing_compensation_does_not_stop_the_others() -> None:
     assert isinstance(err.errors, ExceptionGroup)
     assert [str(e) for e in err.errors.exceptions] == ["cannot undo b"]
     assert attempts == 2
+    assert virtual_clock.elapsed == 5  # the backoff between b's compensation attempts
     assert log == ["a"]
+    recorder.assert_compensated(["a"])
     finals = [e for e in recorder.of("compensation_failed") if getattr(e, "final", False)]
     assert [e.step for e in finals] == ["b"]
 
 
-async def test_compensation_timeout_counts_as_failure() -> None:
-    """A compensation over its timeout is abandoned and reported, not awaited forever."""
+async def test_compensation_timeout_counts_as_failure(virtual_clock: VirtualClock) -> None:
+    """A compensation over its timeout is abandoned and reported, not awaited forever
+    (its 30 s pass in virtual time)."""
     never = anyio.Event()
 
     class Stuck(Saga):
@@ -221,13 +228,14 @@ async def test_compensation_timeout_counts_as_failure() -> None:
         async def b(a: int) -> None:
             raise Boom
 
-        @a.compensate(timeout=0.01)
+        @a.compensate(timeout=30)
         async def undo_a(a: int) -> None:
             await never.wait()
 
-    with anyio.fail_after(5), pytest.raises(CompensationFailed) as info:
+    with pytest.raises(CompensationFailed) as info:
         await Stuck.run()
     assert isinstance(info.value.errors.exceptions[0], TimeoutError)
+    assert virtual_clock.elapsed == 30
 
 
 async def test_in_flight_steps_settle_then_are_compensated() -> None:
@@ -299,9 +307,10 @@ async def test_on_failure_cancel_cancels_in_flight_steps() -> None:
     assert recorder.steps("step_cancelled") == ["hang"]
 
 
-async def test_external_cancellation_unwinds_then_propagates() -> None:
-    """A cancelled caller (client disconnect): running steps are cancelled, completed steps
-    compensated shielded, and the cancellation is what the caller sees."""
+async def test_external_cancellation_unwinds_then_propagates(virtual_clock: VirtualClock) -> None:
+    """A cancelled caller (client disconnect): running steps are cancelled (once the
+    default ``cancel_grace`` of 10 s ran out: virtual time), completed steps compensated
+    shielded, and the cancellation is what the caller sees."""
     log: list[str] = []
     recorder = EventRecorder()
     second_running = anyio.Event()
@@ -333,14 +342,18 @@ async def test_external_cancellation_unwinds_then_propagates() -> None:
         tg.cancel_scope.cancel()
 
     assert log == ["released r1"]
+    assert virtual_clock.elapsed == 10  # the grace the step in flight had
     assert recorder.steps("step_cancelled") == ["charge"]
     failed = recorder.of("run_failed")
     assert len(failed) == 1
     assert getattr(failed[0], "cancelled", False) is True
 
 
-async def test_cancel_scope_sees_its_cancellation_not_saga_failed() -> None:
-    """``move_on_after`` around run() catches its own cancellation: nothing else escapes."""
+async def test_cancel_scope_sees_its_cancellation_not_saga_failed(
+    virtual_clock: VirtualClock,
+) -> None:
+    """``move_on_after`` around run() catches its own cancellation: nothing else escapes
+    (once the step in flight had its grace, in virtual time)."""
     log: list[str] = []
     running = anyio.Event()
 
@@ -364,6 +377,7 @@ async def test_cancel_scope_sees_its_cancellation_not_saga_failed() -> None:
             await running.wait()
             scope.cancel()
     assert scope.cancelled_caught
+    assert virtual_clock.elapsed == 10
     assert log == ["released"]
 
 

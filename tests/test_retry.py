@@ -1,8 +1,10 @@
-"""Retry policy: the delay function and argument checks (pure, no event loop)."""
+"""Retry policy: the delay function and argument checks (pure, no event loop), then the
+waits of a run between attempts (in virtual time: asaga.testing)."""
 
 import pytest
 
-from asaga import Retry
+from asaga import Retry, Saga, SagaFailed, step
+from asaga.testing import EventRecorder, VirtualClock, fail_step
 
 
 @pytest.mark.parametrize(
@@ -79,3 +81,47 @@ def test_retry_is_frozen() -> None:
     policy = Retry()
     with pytest.raises(AttributeError):
         policy.max_attempts = 5  # type: ignore[misc]
+
+
+# -- what a run waits ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("backoff", "waits"),
+    [("exponential", [1, 2, 4]), ("linear", [1, 2, 3]), ("fixed", [1, 1, 1])],
+)
+async def test_a_run_waits_the_delays(
+    backoff: str, waits: list[int], virtual_clock: VirtualClock
+) -> None:
+    """Attempts 1 to 3 fail: the run waits the policy's delays between them, exactly,
+    and attempt 4 succeeds."""
+
+    class Flaky(Saga):
+        @step(retry=Retry(max_attempts=4, backoff=backoff, base_delay=1))  # type: ignore[arg-type]
+        async def call() -> str:
+            return "ok"
+
+    recorder = EventRecorder()
+    with fail_step(Flaky, "call", at={1, 2, 3}, error=ConnectionError("down")):
+        result = await Flaky.run(hooks=[recorder])
+    assert result.output == "ok"
+    assert [e.delay for e in recorder.of("step_retrying")] == waits  # type: ignore[union-attr]
+    assert virtual_clock.elapsed == sum(waits)
+    assert recorder.attempts("call") == 4
+
+
+@pytest.mark.anyio
+async def test_an_error_not_retried_fails_at_once(virtual_clock: VirtualClock) -> None:
+    """An error outside ``retry_on`` fails the step at its first attempt, with no wait."""
+
+    class Picky(Saga):
+        @step(retry=Retry(max_attempts=5, base_delay=10, retry_on=(ConnectionError,)))
+        async def call() -> str:
+            return "ok"
+
+    recorder = EventRecorder()
+    with fail_step(Picky, "call", error=ValueError("bad request")), pytest.raises(SagaFailed):
+        await Picky.run(hooks=[recorder])
+    assert recorder.attempts("call") == 1
+    assert virtual_clock.elapsed == 0
