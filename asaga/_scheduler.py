@@ -468,23 +468,14 @@ class Execution:
                     self._cut_off(name, attempt, started, flight)
                     raise
                 except Parking as parking:  # a waiting step of a durable run
-                    info = parking.info
-                    emit(
-                        StepWaiting,
-                        name,
-                        attempt=attempt,
-                        wait=info.kind,
-                        key=info.key,
-                        until=info.until,
-                    )
-                    self.parked.append(info)
+                    self._waits(name, attempt, parking.info)
                     return None
                 except Halt as halt:
                     if self._observer is None:  # nothing could resume it: it fails
                         self._fail(name, attempt, time.monotonic() - started, halt)
                         return None
-                    emit(StepWaiting, name, attempt=attempt, wait="halt", reason=halt.reason)
-                    self.parked.append(WaitInfo(step=name, kind="halt", reason=halt.reason))
+                    halted = WaitInfo(step=name, kind="halt", reason=halt.reason)
+                    self._waits(name, attempt, halted)
                     return None
                 except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
                     duration = time.monotonic() - started
@@ -690,16 +681,21 @@ class Execution:
                 runs=(parked.run_id, *info.runs),
                 run_step=info.run_step or info.step,
             )
-            self._context.emit(
-                StepWaiting,
-                name,
-                attempt=attempt,
-                wait=info.kind,
-                key=info.key,
-                until=info.until,
-                reason=info.reason,
-            )
-            self.parked.append(wrapped)
+            self._waits(name, attempt, wrapped)
+
+    def _waits(self, name: str, attempt: int, info: WaitInfo) -> None:
+        """Step ``name`` waits for what ``info`` says: the run parks once nothing else
+        runs."""
+        self._context.emit(
+            StepWaiting,
+            name,
+            attempt=attempt,
+            wait=info.kind,
+            key=info.key,
+            until=info.until,
+            reason=info.reason,
+        )
+        self.parked.append(info)
 
     def _cut_off(self, name: str, attempt: int, since: float, flight: _Flight) -> None:
         """The run cut off an attempt of ``name`` in flight: in doubt if its body began."""

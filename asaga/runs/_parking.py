@@ -53,14 +53,13 @@ from .._exceptions import (
     WaitInfo,
 )
 from .._run import Hooks, SagaResult, SagaSpec, run_values
-from .._scheduler import Resume
 from .._shielded import shielded
 from .._waits import MAILBOX, Wait
 from ._codec import codec_of
 from ._journal import ChildRunsFor, Journal
 from ._memory import default_store
 from ._record import RunRecord, RunStore, StepRecord, check_identity
-from ._recovery import Recovered, _nested, _roots, _unwind
+from ._recovery import Recovered, _roots, _unwind, resume_point
 from ._replay import failure, recorded_run_values
 
 __all__ = [
@@ -658,19 +657,9 @@ async def _forward(
 ) -> Delivery:
     """Run the taken run forward from its record: the steps that ended stay ended, those
     still waiting keep waiting (the run parks again once nothing else runs)."""
-    plan, steps = spec.plan, record.steps
-    succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
-    skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
-    # A step in doubt or halted runs again at its next attempt; a composed one at the
-    # same attempt (whose child run it picks up, by its id).
-    first = {
-        n: s.attempt + (not _nested(plan.nodes[n]))
-        for n, s in steps.items()
-        if s.status == "running"
-    }
-    resume = Resume(
-        succeeded=succeeded, skipped=skipped, first_attempts=first, waiting=record.waiting
-    )
+    plan = spec.plan
+    resume = resume_point(plan, record)
+    succeeded, skipped, first = resume.succeeded, resume.skipped, resume.first_attempts
     try:
         # The steps it starts with are recorded as starting first, as every step is.
         waits = {info.step for info in record.waiting}

@@ -313,19 +313,10 @@ async def _resume(
 ) -> Recovered:
     """Run forward the steps of ``record`` that did not end (none is in doubt but
     idempotent, composed or mapped ones), from its recorded results."""
-    plan, steps = spec.plan, record.steps
+    plan = spec.plan
     run_id, saga = record.run_id, record.saga
-    succeeded = tuple(n for n, s in steps.items() if s.status == "succeeded")
-    skipped = tuple(n for n, s in steps.items() if s.status == "skipped")
-    # A step in doubt goes on where it was: an idempotent one at its next attempt (its
-    # retries are not given back), a composed or mapped one at the same attempt (whose
-    # child runs it picks up, by their ids).
-    first = {
-        n: s.attempt + (not _nested(plan.nodes[n]))
-        for n, s in steps.items()
-        if s.status == "running"
-    }
-    resume = Resume(succeeded=succeeded, skipped=skipped, first_attempts=first)
+    resume = resume_point(plan, record)
+    succeeded, skipped, first = resume.succeeded, resume.skipped, resume.first_attempts
     resumed = tuple(n for n in plan.order if n not in succeeded and n not in skipped)
     try:
         await journal.resume(_roots(plan, succeeded, skipped), first)
@@ -434,6 +425,24 @@ async def _unwind(
         outcome=ending(unwind),
         compensated=tuple(unwind.compensated),
         in_doubt=risky,
+    )
+
+
+def resume_point(plan: Any, record: RunRecord) -> Resume:
+    """Where a recorded run goes on from: the steps that ended stay ended; a step that did
+    not end (in doubt, or halted) runs at its next attempt (its retries are not given
+    back), a composed or mapped one at the same attempt (whose child runs it picks up, by
+    their ids); those that still wait keep waiting (``record.waiting``)."""
+    steps = record.steps
+    return Resume(
+        succeeded=tuple(n for n, s in steps.items() if s.status == "succeeded"),
+        skipped=tuple(n for n, s in steps.items() if s.status == "skipped"),
+        first_attempts={
+            n: s.attempt + (not _nested(plan.nodes[n]))
+            for n, s in steps.items()
+            if s.status == "running"
+        },
+        waiting=record.waiting,
     )
 
 
