@@ -21,6 +21,10 @@ EXTRAS = {
     "aiohttp.py": "aiohttp",
     "_saq.py": "saq",
     "opentelemetry.py": "otel",
+    # The testing kit: trio for virtual time on trio, pytest for its plugin; each imported
+    # only where that library is in use already (a trio test, a pytest session).
+    "_clock.py": "trio",
+    "pytest_plugin.py": "pytest",
 }
 
 

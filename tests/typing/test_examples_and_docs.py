@@ -21,8 +21,7 @@ from tests.e2e.test_docs import examples
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-# docs/testing.md is still being written: its sagas do not check clean yet.
-SKIPPED_PAGES = {"testing.md"}
+SKIPPED_PAGES: set[str] = set()
 
 pytestmark = pytest.mark.timeout(600)
 
