@@ -10,7 +10,7 @@ so that the error lists every bad, missing or unknown field rather than the firs
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -71,6 +71,25 @@ class InputValidator:
         self._struct: type[msgspec.Struct] | None = struct
         self._fast = self._required | {f[0] for f in fields if len(f) == 2}
         """The inputs a run must give for the one-call conversion."""
+
+    def schema(self, fields: Iterable[str] | None = None) -> dict[str, Any]:
+        """The JSON Schema of the inputs a request may give (the declared, non-resource
+        ones; narrowed to ``fields``), self-contained (no ``$ref``): for OpenAPI."""
+        names = [n for n in self._checked if fields is None or n in set(fields)]
+        specs = self._specs
+        parts: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+            (n, self._checked[n], specs[n].default)
+            if specs[n].declared and not specs[n].required
+            else (n, self._checked[n])
+            for n in names
+        ]
+        try:
+            struct = msgspec.defstruct(f"{self._saga}Inputs", parts, kw_only=True)
+        except TypeError:
+            struct = msgspec.defstruct(f"{self._saga}Inputs", [p[:2] for p in parts])
+        found = msgspec.json.schema(struct)
+        inlined: dict[str, Any] = _inline(found, found.get("$defs", {}))
+        return inlined
 
     def validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Return the run's input values (converted), or raise ``InputValidationError``."""
@@ -137,3 +156,16 @@ def _validatable(annotation: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _inline(node: Any, defs: Mapping[str, Any], depth: int = 0) -> Any:
+    """``node`` with its ``$ref``s to ``defs`` replaced by what they name (bounded: a
+    recursive type stays a reference past a depth)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and depth < 20:
+            return _inline(defs.get(ref.removeprefix("#/$defs/"), {}), defs, depth + 1)
+        return {k: _inline(v, defs, depth) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs, depth) for v in node]
+    return node

@@ -68,7 +68,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from asaga import EventRefused, Hook, RunParked
-from asaga.integrations.fastapi import PROBLEM_JSON, idempotent, install_error_handlers
+from asaga.integrations.fastapi import (
+    PROBLEM_JSON,
+    idempotent,
+    install_error_handlers,
+    openapi_body,
+)
 from asaga.integrations.problems import Problem
 
 if not __package__:  # run as a script: make the repository root importable
@@ -164,7 +169,9 @@ def create_app(
             return not_found(f"no product {product_id!r}")
         return JSONResponse({**msgspec.to_builtins(product), "available": product.available})
 
-    @app.post("/reservations", status_code=201)
+    @app.post(
+        "/reservations", status_code=201, openapi_extra=openapi_body(InventorySaga, status=201)
+    )
     async def reservations(request: Request) -> Response:
         """Reserve, release or consume stock of one product (InventorySaga)."""
         svc = services(request)
@@ -179,7 +186,9 @@ def create_app(
 
         return await idempotent(request, svc.idempotency, work)
 
-    @app.post("/transfers", status_code=201)
+    @app.post(
+        "/transfers", status_code=201, openapi_extra=openapi_body(InventoryTransferSaga, status=201)
+    )
     async def transfers(request: Request) -> Response:
         """Move stock of one product between two locations (InventoryTransferSaga)."""
         svc = services(request)
@@ -194,7 +203,11 @@ def create_app(
 
         return await idempotent(request, svc.idempotency, work)
 
-    @app.post("/replenishments", status_code=202)
+    @app.post(
+        "/replenishments",
+        status_code=202,
+        openapi_extra=openapi_body(ReplenishmentSaga, status=202),
+    )
     async def replenishments(request: Request) -> Response:
         """Order stock of one product from the supplier (ReplenishmentSaga), as a durable
         run that parks until the delivery is confirmed: 202 with what it waits for."""

@@ -80,6 +80,7 @@ __all__ = [
     "fingerprint",
     "idempotent",
     "install_error_handlers",
+    "openapi_body",
     "problem_response",
     "run_until_disconnect",
     "saga_inputs",
@@ -183,6 +184,55 @@ def install_error_handlers(app: FastAPI, *, retry_after: int = RETRY_AFTER) -> N
     # route's own model refused): problem+json, as the sagas' errors are.
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
+
+
+def openapi_body(
+    saga: type[Saga], *, fields: Iterable[str] | None = None, status: int = 200
+) -> dict[str, Any]:
+    """What a route that runs ``saga`` from its JSON body gives FastAPI as
+    ``openapi_extra``, so that its OpenAPI documents the body and the answers::
+
+        @app.post("/orders", status_code=201, openapi_extra=openapi_body(Checkout, status=201))
+
+    The request body is the saga's declared, non-resource inputs (narrowed to ``fields``)
+    as msgspec's JSON Schema; the problem answers (400, 409, 422, 500, 503) are
+    ``application/problem+json``. ``status`` is the route's own success status, left to
+    the route to describe."""
+    spec = saga.__asaga__
+    if spec is None:
+        raise TypeError("openapi_body() takes a saga class, not the Saga base class")
+    problem = {
+        PROBLEM_JSON: {
+            "schema": {  # RFC 9457: asaga adds members (errors, saga, run_id...)
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                },
+                "required": ["type", "title", "status"],
+            }
+        }
+    }
+    answers = {
+        "400": "the body is not a JSON object",
+        "409": "the saga failed and every completed step was undone",
+        "422": "invalid inputs (each one listed in errors), or an idempotency key reused",
+        "500": "the saga failed and some compensation failed too: a human must look",
+        "503": "a service it needs is unavailable: retry after Retry-After seconds",
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": spec.inputs.schema(fields)}},
+        },
+        "responses": {
+            code: {"description": text, "content": problem}
+            for code, text in answers.items()
+            if int(code) != status
+        },
+    }
 
 
 async def saga_inputs(

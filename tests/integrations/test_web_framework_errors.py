@@ -89,3 +89,19 @@ async def test_aiohttp_errors_are_problems() -> None:
         assert json.loads(await large.text())["status"] == 413
         fine = await client.post("/orders", data=b"x" * 10)
         assert await fine.json() == {"size": 10}
+
+
+def test_openapi_documents_the_body_from_the_saga_inputs() -> None:
+    """A route given openapi_body(saga) documents its request body (the saga's declared,
+    non-resource inputs, as JSON Schema) and its problem answers."""
+    from examples.fastapi_app import create_app
+
+    doc = create_app().openapi()
+    operation = doc["paths"]["/reservations"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"product_id", "quantity", "operation"}
+    assert "store" not in schema["properties"]  # a resource is never from the request
+    assert set(schema["required"]) >= {"product_id", "quantity"}
+    assert {"400", "409", "422", "503"} <= set(operation["responses"])
+    assert PROBLEM_JSON in operation["responses"]["422"]["content"]
+    assert "$ref" not in str(schema)  # self-contained
