@@ -1,6 +1,7 @@
-"""pyright (standard, as in VS Code) reports no error in examples/ nor in the ```python
-blocks of docs/*.md: their sagas type-check as users will copy them (steps take their
-dependencies as keyword-only parameters, see docs/steps.md, "Typed calls").
+"""pyright (standard, as in VS Code) and mypy --strict report no error in examples/ nor
+in the ```python blocks of docs/*.md: their sagas type-check as users will copy them
+(steps take their dependencies as keyword-only parameters, see docs/steps.md, "Typed
+calls").
 
 The doc blocks are the ones tests/e2e/test_docs.py runs, each on its own (``python -c``):
 here each is written to a module of its own in a temporary directory. A block whose
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mypy import api as mypy_api
 
 from tests.e2e.test_docs import examples
 
@@ -67,3 +69,31 @@ def test_pyright_accepts_the_docs_examples(tmp_path: Path) -> None:
         written += 1
     assert written >= 10
     assert pyright_errors(tmp_path) == []
+
+
+def mypy_errors(*targets: Path) -> list[str]:
+    """mypy --strict's errors on ``targets``, as ``file:line: error: ...`` lines."""
+    out, err, _ = mypy_api.run(
+        [
+            "--strict",
+            "--no-incremental",
+            "--explicit-package-bases",
+            "--ignore-missing-imports",
+            *(str(t) for t in targets),
+        ]
+    )
+    assert "error:" not in err, err
+    return [line for line in out.splitlines() if ": error:" in line]
+
+
+def test_mypy_strict_accepts_the_examples() -> None:
+    assert mypy_errors(EXAMPLES) == []
+
+
+def test_mypy_strict_accepts_the_docs_examples(tmp_path: Path) -> None:
+    for where, code, expected in examples():
+        page, line = where.split(":")
+        if page in SKIPPED_PAGES or (expected is not None and expected.startswith("Traceback")):
+            continue
+        (tmp_path / f"{Path(page).stem}_{line}.py").write_text(code)
+    assert mypy_errors(*sorted(tmp_path.glob("*.py"))) == []
