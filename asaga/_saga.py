@@ -212,7 +212,7 @@ class SagaMeta(type):
 
         def __call__(cls, *args: Any, **inputs: Any) -> Any:
             """``Checkout(order_id="o-1", ...)``: the saga with its inputs, validated now
-            (:class:`~asaga.InputValidationError`), to ``await ... .run()`` (or ``.start()``)."""
+            (:class:`~asaga.InputValidationError`), to ``await ... .run()``."""
             spec: SagaSpec | None = vars(cls).get("__asaga__")
             if spec is None:
                 raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
