@@ -11,6 +11,7 @@ as a target that does not name a saga.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -299,8 +300,24 @@ def _recover(args: argparse.Namespace) -> int:
                 raise TargetError(_missing(saga, [n for n, needed in declared.items() if needed]))
     report: list[Any] = []
 
+    # The queues of the sagas' steps on workers, opened here (on the same Redis): a run
+    # that goes on sends its steps there, and undoing one sends their compensations.
+    queues = sorted(
+        {q for saga in sagas if saga.__asaga__ is not None for q in saga.__asaga__.queues.values()}
+    )
+
     async def sweep(runs: Any) -> str:
-        async with _resources(factory, args.redis, args.prefix) as resources:
+        async with contextlib.AsyncExitStack() as stack:
+            if queues:
+                try:
+                    from .workers import SaqQueue
+                except ImportError as exc:  # the saq extra is not installed
+                    raise TargetError(str(exc)) from exc
+                for name in queues:
+                    await stack.enter_async_context(SaqQueue.from_url(args.redis, name=name))
+            resources = await stack.enter_async_context(
+                _resources(factory, args.redis, args.prefix)
+            )
             for saga in sagas:
                 declared = _declared_resources(saga)
                 missing = [n for n, needed in declared.items() if needed and n not in resources]

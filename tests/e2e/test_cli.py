@@ -544,3 +544,23 @@ def test_worker_usage_errors(
         capsys,
     )
     assert (code, "--concurrency >= 1" in err) == (2, True)
+
+
+def test_recover_opens_the_queues_of_steps_on_workers(
+    capsys: pytest.CaptureFixture[str], redis_url: str, redis_prefix: str
+) -> None:
+    """A saga whose steps run on workers: recover opens their queues (no QueueNotOpen)."""
+    status, out, err = run(
+        [
+            "recover",
+            "--saga",
+            "tests.sagas.waiting:PaidOnWorkers",
+            "--redis",
+            redis_url,
+            "--prefix",
+            redis_prefix,
+        ],
+        capsys,
+    )
+    assert (status, err) == (0, "")
+    assert out.endswith("0 run(s) recovered\n")

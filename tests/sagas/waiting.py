@@ -157,3 +157,14 @@ class Reminder(Saga):
     @step
     async def remind(ticket: str, nap: float) -> str:
         return f"reminded {ticket}"
+
+
+class PaidOnWorkers(Saga):
+    """A saga with a step on workers (queue ``cli-payments``): ``asaga recover`` opens
+    the queue itself (tests/e2e/test_cli.py)."""
+
+    order_id: str
+
+    @step(queue="cli-payments")
+    async def pay(*, order_id: str) -> str:
+        return f"paid {order_id}"
