@@ -295,9 +295,7 @@ def _recover(args: argparse.Namespace) -> int:
     factory = _load_callable(args.resources) if args.resources else None
     if factory is None:  # checked before the store is opened: a usage error
         for saga in sagas:
-            declared = _declared_resources(saga)
-            if any(declared.values()):
-                raise TargetError(_missing(saga, [n for n, needed in declared.items() if needed]))
+            _require_resources(saga, None, None)
     report: list[Any] = []
 
     # The queues of the sagas' steps on workers, opened here (on the same Redis): a run
@@ -319,10 +317,7 @@ def _recover(args: argparse.Namespace) -> int:
                 _resources(factory, args.redis, args.prefix)
             )
             for saga in sagas:
-                declared = _declared_resources(saga)
-                missing = [n for n, needed in declared.items() if needed and n not in resources]
-                if missing:
-                    raise TargetError(_missing(saga, missing, args.resources))
+                _require_resources(saga, resources, args.resources)
             report.extend(await recover(runs, sagas=sagas, resources=resources, limit=args.limit))
         lines = [
             f"{r.run_id}  {r.saga}  {r.outcome}"
@@ -466,14 +461,12 @@ def _drive(
     saga = load_saga(args.target)
     factory = _load_callable(args.resources) if args.resources else None
     declared = _declared_resources(saga)
-    if factory is None and any(declared.values()):
-        raise TargetError(_missing(saga, [n for n, needed in declared.items() if needed]))
+    if factory is None:
+        _require_resources(saga, None, None)
 
     async def work(runs: Any) -> str:
         async with _resources(factory, args.redis, args.prefix) as resources:
-            missing = [n for n, needed in declared.items() if needed and n not in resources]
-            if missing:
-                raise TargetError(_missing(saga, missing, args.resources))
+            _require_resources(saga, resources, args.resources)
             own = {n: resources[n] for n in declared if n in resources}
             return format_delivery(await act(saga, runs, own), action)
 
@@ -484,6 +477,17 @@ def _declared_resources(saga: type[Saga]) -> dict[str, bool]:
     """The ``Resource`` inputs of ``saga``: name -> whether it is required."""
     inputs = saga.__asaga__.plan.inputs if saga.__asaga__ is not None else {}
     return {name: i.required for name, i in inputs.items() if i.resource}
+
+
+def _require_resources(
+    saga: type[Saga], given: Mapping[str, Any] | None, factory: str | None
+) -> None:
+    """A usage error naming the resources ``saga`` needs that ``given`` (what
+    ``--resources factory`` gave; ``None``: no --resources) lacks."""
+    declared = _declared_resources(saga)
+    missing = [n for n, needed in declared.items() if needed and (given is None or n not in given)]
+    if missing:
+        raise TargetError(_missing(saga, missing, factory))
 
 
 def _missing(saga: type[Saga], missing: Sequence[str], factory: str | None = None) -> str:

@@ -91,6 +91,9 @@ _NONE_SKIPPED: set[str] = set()
 _NO_UNDOS: dict[str, Undoable] = {}
 """``Execution.undos`` until a composed or mapped step completes (never written to)."""
 
+_NO_WAITS: list[WaitInfo] = []
+"""``Execution.parked`` until a step waits (never appended to: replaced first)."""
+
 _NO_SLOT: AbstractAsyncContextManager[None] = nullcontext()
 """The slot of an attempt when the saga has no ``max_concurrency``: nothing to take."""
 
@@ -195,7 +198,7 @@ class Execution:
         """Set when another process took the (durable) run over: stop, undo nothing."""
         self.in_doubt: list[str] = []
         """Steps cut off while running (their effect may or may not have landed)."""
-        self.parked: list[WaitInfo] = []
+        self.parked: list[WaitInfo] = _NO_WAITS  # a list of its own once a step waits
         """Steps of a durable run that wait (an event, a timer, a halt): the run parks
         once nothing else runs."""
         if resume is not None:
@@ -205,7 +208,8 @@ class Execution:
         """Start from a recorded state: steps that ended are not run again."""
         done = set(resume.succeeded) | set(resume.skipped)
         waiting = {info.step for info in resume.waiting}
-        self.parked = list(resume.waiting)
+        if resume.waiting:
+            self.parked = list(resume.waiting)
         self._first_attempts = resume.first_attempts or None
         self.completed.extend(resume.succeeded)
         self.skipped = set(resume.skipped)
@@ -695,6 +699,8 @@ class Execution:
             until=info.until,
             reason=info.reason,
         )
+        if self.parked is _NO_WAITS:
+            self.parked = []
         self.parked.append(info)
 
     def _cut_off(self, name: str, attempt: int, since: float, flight: _Flight) -> None:

@@ -51,6 +51,7 @@ class _Run:
     finished: anyio.Event | None = None  # made when someone waits
     quarantined: Quarantined | None = None  # set aside (see MemoryRunStore.quarantine)
     until: float | None = None  # parked: when its first wait ends (wall clock)
+    version: str = ""  # the saga_version the run was recorded with
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class MemoryRunStore(StoreSettings):
             status=write.status,
             owner=self._owner,
             saga=record.saga,
+            version=record.saga_version,
             created=time.time(),
             nonce=write.nonce,
             seq=write.seq,
@@ -296,6 +298,7 @@ class MemoryRunStore(StoreSettings):
             and run.until is not None
             and run.until <= now
             and run.saga in sagas
+            and run.version == sagas[run.saga]  # another version waits for its own
             and (run.expires is None or run.expires > self._clock())
         )
         return [run_id for _, run_id in found[:limit]]

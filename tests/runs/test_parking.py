@@ -757,3 +757,25 @@ async def test_a_binding_kept_as_long_as_the_parked_run() -> None:
     done = await Order.deliver(f"pay:{order}", {"amount": 2}, runs=runs)
     assert done.run_id == parked.run_id
     assert done.status == "succeeded"
+
+
+async def test_a_parked_run_of_another_saga_version_is_left_to_its_own_workers() -> None:
+    """A sweep of saga_version 2 neither wakes nor quarantines a due run of version 1."""
+    runs = MemoryRunStore()
+    parked = await park(Hurried, runs, order_id=unique("v"))
+    await anyio.sleep(0.1)  # its deadline passes
+
+    def newer() -> type[Saga]:
+        class Hurried(Saga):  # the same saga, in a newer version
+            order_id: str
+            saga_version = "2"
+
+            @step
+            async def charge(*, order_id: str) -> str:
+                return order_id
+
+        return Hurried
+
+    assert await recover(runs, sagas=[newer()]) == []
+    assert (await runs.load(parked.run_id)).status == "waiting"
+    assert await runs.quarantined() == []
