@@ -41,8 +41,11 @@ forgotten ``retention`` seconds after its commit; the mark of a keyed ``adjust``
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -53,6 +56,7 @@ from asaga.locks import Lease, LockProvider, MemoryLockProvider, StaleWrite
 
 __all__ = [
     "LEASE_PREFIX",
+    "MAX_GROUP",
     "MAX_HOLD_SECONDS",
     "MAX_ID_LENGTH",
     "MAX_QUANTITY",
@@ -835,6 +839,153 @@ return forget(KEYS[1], KEYS[2], KEYS[3], now, limit)
 )
 
 
+MAX_GROUP = 1000
+"""The most operations one group-commit script call carries (``RedisInventoryStore``'s
+``max_group``)."""
+
+# KEYS: product hash, reservation hash, expiry zset, committed zset, reservation index,
+#       log stream
+# ARGV: sku, time of the call, log max entries, retention (seconds), operations: a JSON
+#       array of ["reserve", id, quantity, hold seconds], ["release", id] and
+#       ["commit", id]
+# Returns one string per operation, in order: a reserve's log entry id; "1" or "0" for a
+# release or a commit (as their own scripts); "!<error reply>" for an operation refused
+# alone (INSUFFICIENT_STOCK, RESERVATION_CONFLICT, UNKNOWN_PRODUCT), which wrote nothing.
+# Each operation sees the ones before it: the same id twice reserves once. The product's
+# counts are read once and written once; the reservations made by a run of reserves are
+# written together, one command per key, before the next release or commit and at the end.
+_GROUP = (
+    _ARGUMENTS
+    + _FORGET
+    + f"""
+local MAX_GROUP = {MAX_GROUP}
+"""
+    + """
+local sku = sku_arg(1, KEYS[1])
+local at = number_arg(2, 'at', MAX_TIME)
+local log_max = int_arg(3, 'log_max_entries', 1, MAX_LOG_ENTRIES)
+local retention = number_arg(4, 'retention', MAX_RETENTION)
+if #ARGV ~= 5 then refuse('operations', #ARGV, 'not 5 arguments') end
+local decoded, ops = pcall(cjson.decode, ARGV[5])
+if not decoded or type(ops) ~= 'table' or #ops < 1 or #ops > MAX_GROUP then
+  refuse('operations', ARGV[5], string.format('not a JSON array of 1 to %d operations', MAX_GROUP))
+end
+for _, op in ipairs(ops) do
+  if type(op) ~= 'table' then refuse('operation', tostring(op), 'not an array') end
+  local kind, id, qty, hold = op[1], op[2], op[3], op[4]
+  if kind ~= 'reserve' and kind ~= 'release' and kind ~= 'commit' then
+    refuse('operation', kind, 'not reserve, release or commit')
+  end
+  if type(id) ~= 'string' or #id == 0 or #id > MAX_ID_LENGTH then
+    refuse('reservation_id', id, string.format('not 1 to %d bytes', MAX_ID_LENGTH))
+  end
+  if kind == 'reserve' then
+    if #op ~= 4 then refuse('operation', kind, 'not [kind, id, quantity, hold]') end
+    if type(qty) ~= 'number' or qty ~= math.floor(qty) or qty < 1 or qty > MAX_QUANTITY then
+      refuse('quantity', qty, string.format('not an integer in [1, %.0f]', MAX_QUANTITY))
+    end
+    if type(hold) ~= 'number' or hold ~= hold or hold <= 0 or hold > MAX_HOLD_SECONDS then
+      refuse('ttl', hold, string.format('not a number in (0, %.17g]', MAX_HOLD_SECONDS))
+    end
+  elseif #op ~= 2 then
+    refuse('operation', kind, 'not [kind, id]')
+  end
+end
+local inv = tonumber(redis.call('hget', KEYS[1], 'inventory_count'))
+local res = inv and tonumber(redis.call('hget', KEYS[1], 'reserved_count') or '0')
+local changed = false
+local sku_json, at_json = cjson.encode(sku), cjson.encode(at)
+local function log(operation, id, qty)
+  return redis.call('xadd', KEYS[6], 'MAXLEN', '~', log_max, '*', 'entry',
+    '{"sku":' .. sku_json .. ',"operation":"' .. operation .. '","quantity":'
+    .. string.format('%d', qty) .. ',"run_id":' .. cjson.encode(id) .. ',"at":' .. at_json .. '}')
+end
+local function change(d_res)
+  local new_res = res + d_res
+  if new_res < 0 or new_res > inv then
+    return string.format('!INSUFFICIENT_STOCK %d %d %d %d', inv, res, 0, d_res)
+  end
+  res = new_res
+  changed = true
+end
+-- Reservations made since the last write: id -> value, and the arguments that write them.
+local made, held_args, expiry_args, index_args, n = {}, {}, {}, {}, 0
+local function write()
+  if n > 0 then
+    redis.call('hset', KEYS[2], unpack(held_args))
+    redis.call('zadd', KEYS[3], unpack(expiry_args))
+    redis.call('hset', KEYS[5], unpack(index_args))
+    made, held_args, expiry_args, index_args, n = {}, {}, {}, {}, 0
+  end
+end
+local function reserve(id, qty, hold)
+  local held = made[id]
+  if not held then
+    local owner = redis.call('hget', KEYS[5], id)
+    if owner and owner ~= sku then
+      return '!RESERVATION_CONFLICT ' .. cjson.encode({sku = owner})
+    end
+    held = owner and redis.call('hget', KEYS[2], id)
+  end
+  if held then
+    local held_qty, held_entry = string.match(held, '^(%S+) (%S+)$')
+    if tonumber(held_qty) ~= qty then
+      return '!RESERVATION_CONFLICT ' .. cjson.encode({sku = sku, quantity = tonumber(held_qty)})
+    end
+    return held_entry
+  end
+  if not inv then return '!UNKNOWN_PRODUCT' end
+  local refused = change(qty)
+  if refused then return refused end
+  local entry = log('reserve', id, qty)
+  local value = string.format('%d', qty) .. ' ' .. entry
+  made[id] = value
+  held_args[2 * n + 1], held_args[2 * n + 2] = id, value
+  expiry_args[2 * n + 1], expiry_args[2 * n + 2] = at + hold, id
+  index_args[2 * n + 1], index_args[2 * n + 2] = id, sku
+  n = n + 1
+  return entry
+end
+local function release(id)
+  write()
+  local held = redis.call('hget', KEYS[2], id)
+  if not held or not redis.call('zscore', KEYS[3], id) then return '0' end
+  if not inv then return '!UNKNOWN_PRODUCT' end
+  local qty = tonumber(string.match(held, '^%S+'))
+  local refused = change(-qty)
+  if refused then return refused end
+  redis.call('hdel', KEYS[2], id)
+  redis.call('zrem', KEYS[3], id)
+  redis.call('hdel', KEYS[5], id)
+  log('release', id, qty)
+  return '1'
+end
+local function commit(id)
+  write()
+  forget(KEYS[2], KEYS[4], KEYS[5], at, 2)
+  if redis.call('hexists', KEYS[2], id) == 0 then return '0' end
+  if redis.call('zrem', KEYS[3], id) == 1 then
+    redis.call('zadd', KEYS[4], at + retention, id)
+  end
+  return '1'
+end
+local replies = {}
+for k, op in ipairs(ops) do
+  if op[1] == 'reserve' then
+    replies[k] = reserve(op[2], op[3], op[4])
+  elseif op[1] == 'release' then
+    replies[k] = release(op[2])
+  else
+    replies[k] = commit(op[2])
+  end
+end
+write()
+if changed then redis.call('hset', KEYS[1], 'reserved_count', res) end
+return replies
+"""
+)
+
+
 class RedisInventoryStore:
     """An :class:`InventoryStore` in Redis. ``locks`` must be the provider whose leases
     guard :meth:`apply` (its fenced writes check their tokens).
@@ -852,7 +1003,18 @@ class RedisInventoryStore:
     touches one product's keys: the product has a log stream and a reservation index of
     its own (``log_max_entries`` bounds each log), and a reservation id's product is
     claimed under ``reservation:<id>`` before the reserve script runs (see
-    docs/inventory.md, "Redis Cluster"). The prefix may hold no brace there."""
+    docs/inventory.md, "Redis Cluster"). The prefix may hold no brace there.
+
+    **Group commit** (``group_commit=True``, the default): the atomic path's calls
+    (:meth:`reserve`, :meth:`release`, :meth:`commit`) on one product in this process go
+    one script call at a time; the calls that arrive while one is in flight wait for it,
+    and the oldest ``max_group`` of them go together in the next script call. Each is
+    still its own operation: checked, idempotent by its reservation id, logged and
+    answered alone (a sold-out reservation fails alone), in arrival order; a lone call
+    goes at once. A call that is cancelled before its script call is sent is withdrawn
+    (nothing written); once sent, the script call is finished for the whole group
+    (shielded, at most :data:`GROUP_TIMEOUT` seconds). ``group_commit=False``: one script
+    call per call, as many in flight as callers."""
 
     def __init__(
         self,
@@ -863,6 +1025,8 @@ class RedisInventoryStore:
         log_max_entries: int = 1_000_000,
         retention: float = 7 * 86_400.0,
         clock: Callable[[], float] = time.time,
+        group_commit: bool = True,
+        max_group: int = 256,
     ) -> None:
         from redis.asyncio.cluster import RedisCluster
 
@@ -876,6 +1040,9 @@ class RedisInventoryStore:
         self.log_max_entries = check_integer("log_max_entries", log_max_entries, 1, MAX_LOG_ENTRIES)
         self.retention = check_seconds("retention", retention, MAX_RETENTION)
         self.clock = clock
+        self.group_commit = bool(group_commit)
+        self.max_group = check_integer("max_group", max_group, 1, MAX_GROUP)
+        self._groups: dict[str, _Group] = {}  # products with a grouped call in flight
         self._adjust = client.register_script(_ADJUST)
         self._adjust_once = client.register_script(_ADJUST_ONCE)
         self._apply = client.register_script(_APPLY)
@@ -883,6 +1050,7 @@ class RedisInventoryStore:
         self._release = client.register_script(_RELEASE)
         self._commit = client.register_script(_COMMIT)
         self._forget = client.register_script(_FORGET_DUE)
+        self._group = client.register_script(_GROUP)
 
     def _tag(self, sku: str) -> str:
         """The hash tag of a product's keys: its SKU; on a cluster, its lease key."""
@@ -1058,14 +1226,19 @@ class RedisInventoryStore:
 
     async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
         check_reservation(reservation_id, sku, quantity, ttl)
-        args = [reservation_id, sku, quantity, float(ttl), self.clock(), self.log_max_entries]
-        keys = self._atomic_keys(sku)
-        request = (reservation_id, quantity)
         claimed = (
             await self._claim_id(reservation_id, sku, quantity, ttl) if self.cluster else False
         )
         try:
-            entry = await self._scripted(self._reserve, keys, args, sku, request=request)
+            if self.group_commit:
+                operation = _Operation("reserve", reservation_id, quantity, float(ttl))
+                entry = await self._grouped(sku, operation)
+            else:
+                args = [reservation_id, sku, quantity, float(ttl), self.clock()]
+                args.append(self.log_max_entries)
+                keys = self._atomic_keys(sku)
+                request = (reservation_id, quantity)
+                entry = await self._scripted(self._reserve, keys, args, sku, request=request)
         except ReservationConflict:
             raise  # the product holds the id (another quantity): the claim stands
         except (ValueError, LookupError):
@@ -1105,8 +1278,11 @@ class RedisInventoryStore:
         return await self._release_in(sku, reservation_id)
 
     async def _release_in(self, sku: str, reservation_id: str) -> bool:
-        args = [reservation_id, sku, self.clock(), self.log_max_entries]
-        released = bool(await self._scripted(self._release, self._atomic_keys(sku), args, sku))
+        if self.group_commit:
+            released = await self._grouped(sku, _Operation("release", reservation_id)) == "1"
+        else:
+            args = [reservation_id, sku, self.clock(), self.log_max_entries]
+            released = bool(await self._scripted(self._release, self._atomic_keys(sku), args, sku))
         if released and self.cluster:
             await self.client.delete(self._claim_key(reservation_id))  # the id is free again
         return released
@@ -1126,14 +1302,17 @@ class RedisInventoryStore:
         sku = await self._sku_of(reservation_id)
         if sku is None:
             return False
-        keys = [
-            self._reservations_key(sku),
-            self._expiry_key(sku),
-            self._committed_key(sku),
-            self._index_of(sku),
-        ]
-        args = [reservation_id, self.clock(), self.retention]
-        committed = bool(await self._scripted(self._commit, keys, args, sku))
+        if self.group_commit:
+            committed = await self._grouped(sku, _Operation("commit", reservation_id)) == "1"
+        else:
+            keys = [
+                self._reservations_key(sku),
+                self._expiry_key(sku),
+                self._committed_key(sku),
+                self._index_of(sku),
+            ]
+            args = [reservation_id, self.clock(), self.retention]
+            committed = bool(await self._scripted(self._commit, keys, args, sku))
         if committed and self.cluster:  # remembered for the retention, as the reservation
             await self.client.pexpire(self._claim_key(reservation_id), self._claim_ms(0.0))
         return committed
@@ -1150,6 +1329,80 @@ class RedisInventoryStore:
             while await self._scripted(self._forget, keys, [now, 1000], sku) == 1000:
                 pass
         return returned
+
+    async def _grouped(self, sku: str, operation: _Operation) -> str:
+        """Group commit: ``operation``'s reply, from the script call that carries it with
+        the product's other waiting calls (see the class's docstring); a refusal raised
+        as the store's exception."""
+        group = self._groups.get(sku)
+        if group is None:
+            group = self._groups[sku] = _Group()
+        if group.busy:
+            group.waiting.append(operation)
+            try:
+                await operation.turn
+            except BaseException:  # cancelled: withdrawn, unless its call was sent
+                if operation.lead:
+                    self._pass_on(sku, group)
+                elif not operation.taken:
+                    group.waiting.remove(operation)
+                raise
+            if not operation.lead:
+                return operation.outcome(sku)
+        else:
+            group.busy = True
+        return await self._lead(sku, group, operation)
+
+    async def _lead(self, sku: str, group: _Group, operation: _Operation) -> str:
+        """Send ``operation`` and the oldest waiting calls of the product in one script
+        call, answer each, and hand the turn to the next waiting call."""
+        batch = [operation]
+        waiting = group.waiting
+        while waiting and len(batch) < self.max_group:
+            batch.append(waiting.popleft())
+        for each in batch:
+            each.taken = True
+        operations = msgspec.json.encode([each.args for each in batch])
+        args = [sku, self.clock(), self.log_max_entries, self.retention, operations]
+        try:
+            # Shielded and bounded: the other calls of the group wait for this reply.
+            with anyio.fail_after(GROUP_TIMEOUT, shield=True):
+                replies = await self._group(keys=self._group_keys(sku), args=args)
+            for each, reply in zip(batch, replies, strict=True):
+                each.reply = _text(reply)
+        except Exception as exc:
+            for each in batch[1:]:
+                each.error = copy.copy(exc)
+            raise
+        finally:
+            # The next group is sent first, then this one answered: Redis runs the next
+            # script while this process goes on with the answered calls.
+            self._pass_on(sku, group)
+            for each in batch[1:]:
+                each.answer()
+        return operation.outcome(sku)
+
+    def _pass_on(self, sku: str, group: _Group) -> None:
+        """The turn goes to the oldest waiting call of the product, if any."""
+        if group.waiting:
+            following = group.waiting.popleft()
+            following.lead = True
+            following.answer()
+        else:
+            group.busy = False
+            if self._groups.get(sku) is group:
+                del self._groups[sku]
+
+    def _group_keys(self, sku: str) -> list[str]:
+        """The keys of the group-commit script."""
+        return [
+            self.product_key(sku),
+            self._reservations_key(sku),
+            self._expiry_key(sku),
+            self._committed_key(sku),
+            self._index_of(sku),
+            self._log_of(sku),
+        ]
 
     async def _sku_of(self, reservation_id: str) -> str | None:
         if self.cluster:
@@ -1178,30 +1431,43 @@ class RedisInventoryStore:
         try:
             return await script(keys=list(keys), args=list(args))
         except ResponseError as exc:
-            message = str(exc)
-            if message.startswith("BAD_ARGUMENT "):
-                detail = message.removeprefix("BAD_ARGUMENT ").split(" script: ", 1)[0]
-                raise ValueError(f"refused by the store's script: {detail}") from None
-            if message.startswith("RESERVATION_CONFLICT ") and request is not None:
-                held = msgspec.json.decode(message.removeprefix("RESERVATION_CONFLICT "))
-                reservation_id, quantity = request
-                raise ReservationConflict(
-                    reservation_id, held["sku"], held.get("quantity"), sku, quantity
-                ) from None
-            if message.startswith("ADJUSTMENT_CONFLICT ") and adjustment is not None:
-                held_inventory, held_reserved = map(int, message.split()[1:3])
-                raise AdjustmentConflict(
-                    adjustment[0], sku, (held_inventory, held_reserved), *adjustment[1:]
-                ) from None
-            if "UNKNOWN_PRODUCT" in message:
-                raise UnknownProduct(sku) from None
-            if "INSUFFICIENT_STOCK" in message:
-                counts = message.split("INSUFFICIENT_STOCK ", 1)[1].split()[:4]
-                inventory, reserved, d_inventory, d_reserved = map(int, counts)
-                raise insufficient(sku, inventory, reserved, d_inventory, d_reserved) from None
-            if "STALE_WRITE" in message and fence is not None:
-                raise stale_write(*fence) from None
+            refusal = _refusal(str(exc), sku, request, fence, adjustment)
+            if refusal is not None:
+                raise refusal from None
             raise
+
+
+def _refusal(
+    message: str,
+    sku: str,
+    request: tuple[str, int] | None = None,
+    fence: tuple[str, int] | None = None,
+    adjustment: tuple[str, int, int] | None = None,
+) -> Exception | None:
+    """The store's exception for a script's error reply ``message``, or None (not a
+    refusal of the store's). ``request``, ``fence`` and ``adjustment`` as for
+    ``RedisInventoryStore._scripted``."""
+    if message.startswith("BAD_ARGUMENT "):
+        detail = message.removeprefix("BAD_ARGUMENT ").split(" script: ", 1)[0]
+        return ValueError(f"refused by the store's script: {detail}")
+    if message.startswith("RESERVATION_CONFLICT ") and request is not None:
+        held = msgspec.json.decode(message.removeprefix("RESERVATION_CONFLICT "))
+        reservation_id, quantity = request
+        return ReservationConflict(reservation_id, held["sku"], held.get("quantity"), sku, quantity)
+    if message.startswith("ADJUSTMENT_CONFLICT ") and adjustment is not None:
+        held_inventory, held_reserved = map(int, message.split()[1:3])
+        return AdjustmentConflict(
+            adjustment[0], sku, (held_inventory, held_reserved), *adjustment[1:]
+        )
+    if "UNKNOWN_PRODUCT" in message:
+        return UnknownProduct(sku)
+    if "INSUFFICIENT_STOCK" in message:
+        counts = message.split("INSUFFICIENT_STOCK ", 1)[1].split()[:4]
+        inventory, reserved, d_inventory, d_reserved = map(int, counts)
+        return insufficient(sku, inventory, reserved, d_inventory, d_reserved)
+    if "STALE_WRITE" in message and fence is not None:
+        return stale_write(*fence)
+    return None
 
 
 def _text(value: Any) -> str:
@@ -1211,3 +1477,53 @@ def _text(value: Any) -> str:
 def _product(sku: str, fields: Iterable[tuple[Any, Any]]) -> Product:
     """A product from its hash's fields and values (as Redis returns them)."""
     return Product(sku=sku, **{_text(k): int(v) for k, v in fields})
+
+
+GROUP_TIMEOUT = 10.0
+"""The longest a group-commit script call is waited for (seconds); past it, every call of
+the group raises TimeoutError (whether the script ran is then unknown, as for any call
+whose reply is lost)."""
+
+
+class _Operation:
+    """One call of the atomic path, as it waits in its product's group. (An asyncio
+    future, not an anyio Event: the Redis client is asyncio's, and a future is the
+    cheapest thing to wait on, once per reservation.)"""
+
+    __slots__ = ("args", "error", "lead", "reply", "taken", "turn")
+
+    def __init__(self, *args: str | int | float) -> None:
+        self.args = args  # ("reserve", id, quantity, hold), ("release", id), ("commit", id)
+        self.reply: str | None = None
+        self.error: Exception | None = None
+        self.lead = False  # its turn to send the group's next script call
+        self.taken = False  # in a script call sent (or being sent)
+        self.turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answer(self) -> None:
+        """Wake the caller: answered, or its turn to send (unless it was cancelled)."""
+        if not self.turn.done():
+            self.turn.set_result(None)
+
+    def outcome(self, sku: str) -> str:
+        """The reply, or the call's exception raised."""
+        if self.error is not None:
+            raise self.error
+        if self.reply is None:
+            raise RuntimeError("the script call of this operation's group did not complete")
+        if self.reply.startswith("!"):
+            kind, reservation_id, *rest = self.args
+            request = (str(reservation_id), int(rest[0])) if kind == "reserve" else None
+            refusal = _refusal(self.reply[1:], sku, request)
+            raise refusal or RuntimeError(f"unexpected reply of the store: {self.reply:.200}")
+        return self.reply
+
+
+class _Group:
+    """The calls of one product waiting for the product's script call in flight."""
+
+    __slots__ = ("busy", "waiting")
+
+    def __init__(self) -> None:
+        self.busy = False  # a script call in flight, or the turn handed to a waiting call
+        self.waiting: deque[_Operation] = deque()

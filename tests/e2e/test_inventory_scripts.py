@@ -55,7 +55,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-per-call"])
 async def make_store(
     request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[Callable[..., Any]]:
@@ -66,7 +66,8 @@ async def make_store(
         store: InventoryStore
         if request.param == "memory":
             store = MemoryInventoryStore(**options)
-        else:
+        else:  # group commit (the default), or one script call per call
+            options.setdefault("group_commit", request.param == "redis")
             store = RedisInventoryStore(client, None, prefix=f"{redis_prefix}inv:", **options)
         await store.put(Product(sku="p1", inventory_count=10))
         await store.put(Product(sku="p2", inventory_count=10))
@@ -546,6 +547,52 @@ def script_cases() -> list[tuple[str, str, list[Any], int, list[Any]]]:
         ["reservation_id", "at", "retention"],
         {"reservation_id": ["", None], "at": numbers, "retention": [*numbers, "1e9"]},
     )
+    reserve = '["reserve","r-2",2,60]'
+    add(
+        "group",
+        ["p1", at, "1000", "3600", f'[{reserve},["commit","r-1"]]'],
+        ["sku", "at", "log_max_entries", "retention", "operations"],
+        {
+            "sku": ["", "p2", "p", None],
+            "at": [*numbers, "1e12"],
+            "log_max_entries": [*integers, "0"],
+            "retention": [*numbers, "1e9"],
+            "operations": [
+                None,
+                "",
+                "[",
+                "{}",
+                "[]",
+                '"reserve"',
+                f"[{reserve}," + ",".join(['["commit","r-1"]'] * 1000) + "]",  # 1001
+                f'[{reserve},["commit","r-1"]]junk',
+            ],
+        },
+    )
+    # One bad field of the second operation: the first (good) is not written either.
+    for name, bad in [
+        ("operation", ['["consume","r-1"]', '["Commit","r-1"]', '[null,"r-1"]', "[1]"]),
+        ("operation", ['["commit","r-1",0]', '["release","r-1",1,2]', '["reserve","r-3",1]']),
+        ("operation", ['["reserve","r-3",1,60,0]', "[]", "null", '"commit"']),
+        ("reservation_id", ['["commit",""]', '["commit",7]', '["commit"]', '["commit",null]']),
+        ("reservation_id", [f'["commit","{"r" * 1025}"]', '["reserve",["r-3"],1,60]']),
+        ("quantity", ['["reserve","r-3",0,60]', '["reserve","r-3",-1,60]']),
+        ("quantity", ['["reserve","r-3",1.5,60]', '["reserve","r-3","1",60]']),
+        ("quantity", ['["reserve","r-3",1000000001,60]', '["reserve","r-3",1e999,60]']),
+        ("quantity", ['["reserve","r-3",null,60]', '["reserve","r-3",nan,60]']),
+        ("ttl", ['["reserve","r-3",1,0]', '["reserve","r-3",1,-1]', '["reserve","r-3",1,"60"]']),
+        ("ttl", ['["reserve","r-3",1,86401]', '["reserve","r-3",1,1e999]']),
+        ("ttl", ['["reserve","r-3",1,null]', '["reserve","r-3",1,nan]']),
+    ]:
+        cases.append(
+            (
+                "group",
+                name,
+                ["p1", at, "1000", "3600", f'[{reserve},["commit","r-1"]]'],
+                4,
+                [f"[{reserve},{second}]" for second in bad],
+            )
+        )
     add(
         "forget",
         [at, "10"],
@@ -571,6 +618,7 @@ def script_keys(store: RedisInventoryStore, script: str) -> list[str]:
             store._index_key,
         ],
         "forget": [store._reservations_key("p1"), store._committed_key("p1"), store._index_key],
+        "group": store._group_keys("p1"),
     }[script]
 
 
@@ -619,14 +667,27 @@ async def test_a_script_refuses_a_bad_argument_before_writing(
 
 
 @pytest.mark.parametrize(
-    "script", ["adjust", "adjust_once", "apply", "reserve", "release", "commit", "forget"]
+    "script", ["adjust", "adjust_once", "apply", "reserve", "release", "commit", "forget", "group"]
 )
 async def test_the_good_arguments_of_the_script_cases_are_accepted(
     redis_store: RedisInventoryStore, script: str
 ) -> None:
     """The cases above break one argument of a call that the script accepts."""
-    good = next(case[2] for case in script_cases() if case[0] == script)
-    await getattr(store := redis_store, f"_{script}")(keys=script_keys(store, script), args=good)
+    store = redis_store
+    goods = dict.fromkeys(tuple(case[2]) for case in script_cases() if case[0] == script)
+    for good in goods:
+        await getattr(store, f"_{script}")(keys=script_keys(store, script), args=list(good))
+
+
+async def test_the_group_script_refuses_an_argument_too_many(
+    redis_store: RedisInventoryStore,
+) -> None:
+    store = redis_store
+    before = await dump(store)
+    args = ["p1", str(NOW), "1000", "3600", '[["commit","r-1"]]', "extra"]
+    with pytest.raises(ResponseError, match=r"^BAD_ARGUMENT operations "):
+        await store._group(keys=store._group_keys("p1"), args=args)
+    assert await dump(store) == before
 
 
 async def test_the_adjust_once_script_writes_the_counts_and_the_mark_together(
