@@ -44,9 +44,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
+import secrets
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -56,6 +58,7 @@ from asaga.locks import Lease, LockProvider, MemoryLockProvider, StaleWrite
 
 __all__ = [
     "LEASE_PREFIX",
+    "MAX_BUCKETS",
     "MAX_GROUP",
     "MAX_HOLD_SECONDS",
     "MAX_ID_LENGTH",
@@ -139,6 +142,9 @@ class UnknownProduct(LookupError):
 
 class InsufficientStock(ValueError):
     """The operation would make a count negative (oversell)."""
+
+    available: int | None = None
+    """The units available when the change was refused, where the store knows them."""
 
 
 class ReservationConflict(ValueError):
@@ -255,10 +261,12 @@ def insufficient(
     sku: str, inventory: int, reserved: int, d_inventory: int, d_reserved: int
 ) -> InsufficientStock:
     """The error of a refused change, worded alike by every store."""
-    return InsufficientStock(
+    error = InsufficientStock(
         f"{sku}: inventory {inventory}, reserved {reserved}; "
         f"cannot apply ({d_inventory:+d}, {d_reserved:+d})"
     )
+    error.available = inventory - reserved
+    return error
 
 
 def stale_write(key: str, token: int) -> StaleWrite:
@@ -628,15 +636,21 @@ local function id_arg(i, name)
   end
   return s
 end
+local function ends_with(s, suffix)
+  return string.sub(s, -#suffix) == suffix
+end
+-- The SKU, and the holder of its keys: the SKU, or "<sku>#<n>" for its stock bucket n.
 local function sku_arg(i, product_key)
   local sku = id_arg(i, 'sku')
-  local suffix = '{' .. sku .. '}:product'
-  local tagged = '{' .. LEASE_PREFIX .. sku .. '}:product'  -- the layout on Redis Cluster
-  if string.sub(product_key, -#suffix) ~= suffix
-      and string.sub(product_key, -#tagged) ~= tagged then
-    refuse('sku', sku, 'not the SKU of ' .. product_key)
+  local tags = {'{' .. sku, '{' .. LEASE_PREFIX .. sku}  -- the second: Redis Cluster's layout
+  for _, tag in ipairs(tags) do
+    if ends_with(product_key, tag .. '}:product') then return sku, sku end
   end
-  return sku
+  local head, n = string.match(product_key, '^(.*)#(%d%d?%d?)}:product$')
+  if head and (ends_with(head, tags[1]) or ends_with(head, tags[2])) then
+    return sku, sku .. '#' .. n
+  end
+  refuse('sku', sku, 'not the SKU of ' .. product_key)
 end
 """
 )
@@ -752,13 +766,13 @@ _RESERVE = (
     + _CHANGE
     + """
 local id = id_arg(1, 'reservation_id')
-local sku = sku_arg(2, KEYS[1])
+local sku, holder = sku_arg(2, KEYS[1])
 local qty = int_arg(3, 'quantity', 1, MAX_QUANTITY)
 local hold = number_arg(4, 'ttl', MAX_HOLD_SECONDS)
 local at = number_arg(5, 'at', MAX_TIME)
 local log_max = int_arg(6, 'log_max_entries', 1, MAX_LOG_ENTRIES)
 local owner = redis.call('hget', KEYS[4], id)
-if owner and owner ~= sku then
+if owner and owner ~= holder then
   return redis.error_reply('RESERVATION_CONFLICT ' .. cjson.encode({sku = owner}))
 end
 local held = redis.call('hget', KEYS[2], id)
@@ -776,7 +790,7 @@ local entry = redis.call('xadd', KEYS[5], 'MAXLEN', '~', log_max, '*', 'entry',
   cjson.encode({sku = sku, operation = 'reserve', quantity = qty, run_id = id, at = at}))
 redis.call('hset', KEYS[2], id, qty .. ' ' .. entry)
 redis.call('zadd', KEYS[3], at + hold, id)
-redis.call('hset', KEYS[4], id, sku)
+redis.call('hset', KEYS[4], id, holder)
 return entry
 """
 )
@@ -839,6 +853,49 @@ return forget(KEYS[1], KEYS[2], KEYS[3], now, limit)
 )
 
 
+MAX_BUCKETS = 64
+"""The most stock buckets one product may be split over (``RedisInventoryStore``'s
+``buckets``)."""
+
+MAX_REBALANCE_ROUNDS = 4
+"""How many times a reservation of a bucketed product gathers units from the other
+buckets into its own and tries again, while the buckets together hold enough (others
+may take the gathered units meanwhile)."""
+
+# KEYS: a stock bucket's product hash, its moves hash
+# ARGV: sku, move id, quantity, destination bucket ("<sku>#<n>"), time of the move
+# Takes quantity available units out of the bucket and records the move (id -> JSON
+# [quantity, destination, time]), in one step; the mover then adds them to the
+# destination (keyed by the move: at most once) and drops the record.
+_TAKE = (
+    _ARGUMENTS
+    + """
+local sku, holder = sku_arg(1, KEYS[1])
+local id = id_arg(2, 'move_id')
+local qty = int_arg(3, 'quantity', 1, MAX_QUANTITY)
+local to = id_arg(4, 'to')
+local at = number_arg(5, 'at', MAX_TIME)
+if holder == sku then refuse('sku', sku, 'not the SKU of a bucket: ' .. KEYS[1]) end
+local suffix = ':product'
+if KEYS[2] ~= string.sub(KEYS[1], 1, -#suffix - 1) .. ':moves' then
+  refuse('moves', KEYS[2], 'not the moves of ' .. KEYS[1])
+end
+if string.sub(to, 1, #sku + 1) ~= sku .. '#' or to == holder
+    or not string.match(string.sub(to, #sku + 2), '^%d%d?%d?$') then
+  refuse('to', to, 'not another bucket of ' .. sku)
+end
+local inv = tonumber(redis.call('hget', KEYS[1], 'inventory_count'))
+if not inv then return redis.error_reply('UNKNOWN_PRODUCT') end
+local res = tonumber(redis.call('hget', KEYS[1], 'reserved_count') or '0')
+if inv - qty < res then
+  return redis.error_reply(string.format('INSUFFICIENT_STOCK %d %d %d %d', inv, res, -qty, 0))
+end
+redis.call('hset', KEYS[1], 'inventory_count', inv - qty)
+redis.call('hset', KEYS[2], id, cjson.encode({qty, to, at}))
+return 1
+"""
+)
+
 MAX_GROUP = 1000
 """The most operations one group-commit script call carries (``RedisInventoryStore``'s
 ``max_group``)."""
@@ -861,7 +918,7 @@ _GROUP = (
 local MAX_GROUP = {MAX_GROUP}
 """
     + """
-local sku = sku_arg(1, KEYS[1])
+local sku, holder = sku_arg(1, KEYS[1])
 local at = number_arg(2, 'at', MAX_TIME)
 local log_max = int_arg(3, 'log_max_entries', 1, MAX_LOG_ENTRIES)
 local retention = number_arg(4, 'retention', MAX_RETENTION)
@@ -922,7 +979,7 @@ local function reserve(id, qty, hold)
   local held = made[id]
   if not held then
     local owner = redis.call('hget', KEYS[5], id)
-    if owner and owner ~= sku then
+    if owner and owner ~= holder then
       return '!RESERVATION_CONFLICT ' .. cjson.encode({sku = owner})
     end
     held = owner and redis.call('hget', KEYS[2], id)
@@ -942,7 +999,7 @@ local function reserve(id, qty, hold)
   made[id] = value
   held_args[2 * n + 1], held_args[2 * n + 2] = id, value
   expiry_args[2 * n + 1], expiry_args[2 * n + 2] = at + hold, id
-  index_args[2 * n + 1], index_args[2 * n + 2] = id, sku
+  index_args[2 * n + 1], index_args[2 * n + 2] = id, holder
   n = n + 1
   return entry
 end
@@ -1027,6 +1084,7 @@ class RedisInventoryStore:
         clock: Callable[[], float] = time.time,
         group_commit: bool = True,
         max_group: int = 256,
+        buckets: Mapping[str, int] | None = None,
     ) -> None:
         from redis.asyncio.cluster import RedisCluster
 
@@ -1043,6 +1101,16 @@ class RedisInventoryStore:
         self.group_commit = bool(group_commit)
         self.max_group = check_integer("max_group", max_group, 1, MAX_GROUP)
         self._groups: dict[str, _Group] = {}  # products with a grouped call in flight
+        self.buckets: dict[str, int] = {
+            check_identifier("bucketed sku", sku): check_integer(
+                f"buckets of {sku!r}", count, 2, MAX_BUCKETS
+            )
+            for sku, count in (buckets or {}).items()
+        }
+        """Products whose stock is split: SKU -> how many buckets."""
+        self._bucket_of: dict[str, str] = {  # a bucket's holder name -> its product's SKU
+            holder: sku for sku in self.buckets for holder in self._holders(sku)
+        }
         self._adjust = client.register_script(_ADJUST)
         self._adjust_once = client.register_script(_ADJUST_ONCE)
         self._apply = client.register_script(_APPLY)
@@ -1051,6 +1119,7 @@ class RedisInventoryStore:
         self._commit = client.register_script(_COMMIT)
         self._forget = client.register_script(_FORGET_DUE)
         self._group = client.register_script(_GROUP)
+        self._take = client.register_script(_TAKE)
 
     def _tag(self, sku: str) -> str:
         """The hash tag of a product's keys: its SKU; on a cluster, its lease key."""
@@ -1090,33 +1159,91 @@ class RedisInventoryStore:
         on a cluster the product's own (the claims of ids say which product holds one)."""
         return f"{self.prefix}{self._tag(sku)}:index" if self.cluster else self._index_key
 
+    def _moves_key(self, holder: str) -> str:
+        """A bucket's units on their way to another bucket (move id -> JSON)."""
+        return f"{self.prefix}{self._tag(holder)}:moves"
+
+    def _holders(self, sku: str) -> list[str]:
+        """Whose keys hold the product's stock: the product's own, or its buckets'
+        (``<sku>#<n>``, each its own hash tag, so its own cluster slot)."""
+        count = self.buckets.get(sku)
+        return [sku] if count is None else [f"{sku}#{n}" for n in range(count)]
+
+    def _sku_held_by(self, holder: str) -> str:
+        """The SKU whose stock ``holder`` (a product or one of its buckets) holds."""
+        return self._bucket_of.get(holder, holder)
+
     def _claim_key(self, reservation_id: str) -> str:
         """On a cluster: the product a reservation id reserves (a string with a TTL)."""
         return f"{self.prefix}reservation:{reservation_id}"
 
     async def put(self, product: Product) -> None:
-        await self.client.hset(
-            self.product_key(product.sku),
-            mapping={
-                "inventory_count": product.inventory_count,
-                "reserved_count": product.reserved_count,
-                "reorder_point": product.reorder_point,
-                "max_stock_level": product.max_stock_level,
-            },
-        )
-        await self.client.sadd(f"{self.prefix}skus", product.sku)
+        """Create or replace a product; a bucketed one's counts are split evenly over its
+        buckets (its units on their way between buckets are forgotten)."""
+        if product.sku in self._bucket_of:
+            raise ValueError(f"{product.sku!r} names a stock bucket of a bucketed product")
+        holders = self._holders(product.sku)
+        count = len(holders)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for n, holder in enumerate(holders):
+                pipe.hset(
+                    self.product_key(holder),
+                    mapping={
+                        "inventory_count": _share(product.inventory_count, count, n),
+                        "reserved_count": _share(product.reserved_count, count, n),
+                        "reorder_point": product.reorder_point,
+                        "max_stock_level": product.max_stock_level,
+                    },
+                )
+                if count > 1:
+                    pipe.delete(self._moves_key(holder))
+            pipe.sadd(f"{self.prefix}skus", product.sku)
+            await pipe.execute()
 
     async def get(self, sku: str) -> Product:
-        raw = await self.client.hgetall(self.product_key(sku))
-        if not raw:
+        """The product; a bucketed one's counts summed over its buckets, its units on
+        their way between buckets counted in ``inventory_count``."""
+        holders = self._holders(sku)
+        if len(holders) == 1:
+            raw = await self.client.hgetall(self.product_key(sku))
+            if not raw:
+                raise UnknownProduct(sku)
+            return _product(sku, raw.items())
+        async with self.client.pipeline(transaction=False) as pipe:
+            for holder in holders:
+                pipe.hgetall(self.product_key(holder))
+                pipe.hvals(self._moves_key(holder))
+            replies = await pipe.execute()
+        parts = [_product(sku, raw.items()) for raw in replies[::2] if raw]
+        if len(parts) < len(holders):
             raise UnknownProduct(sku)
-        return _product(sku, raw.items())
+        moving = sum(msgspec.json.decode(move)[0] for moves in replies[1::2] for move in moves)
+        return msgspec.structs.replace(
+            parts[0],
+            inventory_count=sum(p.inventory_count for p in parts) + moving,
+            reserved_count=sum(p.reserved_count for p in parts),
+        )
+
+    async def buckets_of(self, sku: str) -> list[Product]:
+        """A bucketed product's buckets as they are (each its own counts; ``sku`` names
+        the bucket, ``<sku>#<n>``); ValueError for a product that is not bucketed."""
+        if sku not in self.buckets:
+            raise ValueError(f"{sku!r} is not a bucketed product of this store")
+        async with self.client.pipeline(transaction=False) as pipe:
+            for holder in self._holders(sku):
+                pipe.hgetall(self.product_key(holder))
+            replies = await pipe.execute()
+        if not all(replies):
+            raise UnknownProduct(sku)
+        holders = self._holders(sku)
+        return [_product(h, raw.items()) for h, raw in zip(holders, replies, strict=True)]
 
     async def apply(
         self, lease: Lease, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
     ) -> Product:
         # One script: the fence check, the count check and the write cannot be separated,
         # so neither a stale holder nor a concurrent compensation can oversell.
+        self._unbucketed(sku, "apply")
         key = lease.key if key is None else key
         check_deltas(d_inventory, d_reserved)
         keys = [self.product_key(sku), self.locks.fence_key(key), self.locks.stale_key(key)]
@@ -1136,6 +1263,13 @@ class RedisInventoryStore:
                 self._apply, keys, [d_inventory, d_reserved, token], sku, fence=(key, token)
             )
         return _product(sku, zip(flat[::2], flat[1::2], strict=True))
+
+    def _unbucketed(self, sku: str, verb: str) -> None:
+        if sku in self.buckets:
+            raise ValueError(
+                f"{verb}() on {sku!r}: its stock is split over {self.buckets[sku]} buckets, "
+                "which take the atomic path only (reserve, release, commit; put to restock)"
+            )
 
     async def request_replenishment(self, sku: str, quantity: int) -> str:
         request_id = _text(await self.client.incr(f"{self.prefix}ids"))
@@ -1173,6 +1307,7 @@ class RedisInventoryStore:
         self, sku: str, d_inventory: int, d_reserved: int, *, key: str | None = None
     ) -> bool:
         check_deltas(d_inventory, d_reserved)
+        self._unbucketed(sku, "adjust")
         if key is None:
             delta_args = [d_inventory, d_reserved]
             await self._scripted(self._adjust, [self.product_key(sku)], delta_args, sku)
@@ -1215,7 +1350,8 @@ class RedisInventoryStore:
         skus = sorted(_text(sku) for sku in await self.client.smembers(f"{self.prefix}skus"))
         async with self.client.pipeline(transaction=False) as pipe:
             for sku in skus:
-                pipe.xrange(self._log_of(sku))
+                for holder in self._holders(sku):
+                    pipe.xrange(self._log_of(holder))
             logs = await pipe.execute()
         merged = sorted(
             (tuple(map(int, _text(stream_id).split("-"))), n, fields[b"entry"])
@@ -1226,17 +1362,35 @@ class RedisInventoryStore:
 
     async def reserve(self, reservation_id: str, sku: str, quantity: int, ttl: float) -> str:
         check_reservation(reservation_id, sku, quantity, ttl)
+        if sku in self._bucket_of:
+            raise UnknownProduct(sku)  # a bucket is not a product
+        try:
+            if sku in self.buckets:
+                return await self._reserve_bucketed(reservation_id, sku, quantity, ttl)
+            return await self._reserve_in(sku, reservation_id, sku, quantity, ttl)
+        except ReservationConflict as conflict:
+            if conflict.held_sku in self._bucket_of:  # name the product, not its bucket
+                held = self._bucket_of[conflict.held_sku]
+                raise ReservationConflict(
+                    reservation_id, held, conflict.held_quantity, sku, quantity
+                ) from None
+            raise
+
+    async def _reserve_in(
+        self, holder: str, reservation_id: str, sku: str, quantity: int, ttl: float
+    ) -> str:
+        """Reserve in ``holder``'s keys: the product's, or one of its buckets'."""
         claimed = (
-            await self._claim_id(reservation_id, sku, quantity, ttl) if self.cluster else False
+            await self._claim_id(reservation_id, holder, quantity, ttl) if self.cluster else False
         )
         try:
             if self.group_commit:
                 operation = _Operation("reserve", reservation_id, quantity, float(ttl))
-                entry = await self._grouped(sku, operation)
+                entry = await self._grouped(holder, operation)
             else:
                 args = [reservation_id, sku, quantity, float(ttl), self.clock()]
                 args.append(self.log_max_entries)
-                keys = self._atomic_keys(sku)
+                keys = self._atomic_keys(holder)
                 request = (reservation_id, quantity)
                 entry = await self._scripted(self._reserve, keys, args, sku, request=request)
         except ReservationConflict:
@@ -1248,9 +1402,117 @@ class RedisInventoryStore:
         if self.cluster and not claimed:
             # A claim deleted by a concurrent call with this id that was refused: again.
             await self.client.set(
-                self._claim_key(reservation_id), sku, nx=True, px=self._claim_ms(ttl)
+                self._claim_key(reservation_id), holder, nx=True, px=self._claim_ms(ttl)
             )
-        return self._entry_id(sku, entry)
+        return self._entry_id(holder, entry)
+
+    async def _reserve_bucketed(
+        self, reservation_id: str, sku: str, quantity: int, ttl: float
+    ) -> str:
+        """Reserve in one of the product's buckets: first the bucket the id hashes to
+        (a retry goes where the first call went), then the others in turn. If no bucket
+        alone has ``quantity`` but together they do, units are moved into the first
+        bucket and it is tried again (up to :data:`MAX_REBALANCE_ROUNDS` times, against
+        concurrent reservations taking the units meanwhile)."""
+        holders = self._holders(sku)
+        start = zlib.crc32(reservation_id.encode()) % len(holders)
+        order = holders[start:] + holders[:start]
+        refusal: InsufficientStock | None = None
+        for _ in range(MAX_REBALANCE_ROUNDS):
+            available: dict[str, int] = {}
+            for holder in order:
+                try:
+                    return await self._reserve_in(holder, reservation_id, sku, quantity, ttl)
+                except ReservationConflict as conflict:
+                    if self._bucket_of.get(conflict.held_sku) != sku:
+                        raise
+                    # The id is held in another bucket of this product: a retry of a call
+                    # that went there; answered there.
+                    return await self._reserve_in(
+                        conflict.held_sku, reservation_id, sku, quantity, ttl
+                    )
+                except InsufficientStock as exc:
+                    refusal = exc
+                    available[holder] = max(exc.available or 0, 0)
+            total = sum(available.values())
+            if total < quantity:
+                break  # sold out: fewer units than asked in all the buckets together
+            await self._gather(sku, order[0], quantity - available[order[0]], available)
+        assert refusal is not None
+        total = sum(available.values())
+        error = InsufficientStock(
+            f"{sku}: {total} available over {len(holders)} buckets; cannot reserve {quantity}"
+        )
+        error.available = total
+        raise error from refusal
+
+    async def _gather(self, sku: str, into: str, needed: int, available: Mapping[str, int]) -> None:
+        """Move up to ``needed`` units into the bucket ``into`` from the others, the
+        fullest first (as ``available`` last saw them)."""
+        for holder in sorted(available, key=available.__getitem__, reverse=True):
+            if needed <= 0:
+                return
+            if holder == into or available[holder] <= 0:
+                continue
+            needed -= await self._move(sku, holder, into, min(available[holder], needed))
+
+    async def _move(self, sku: str, source: str, destination: str, quantity: int) -> int:
+        """Move ``quantity`` available units from bucket ``source`` to ``destination``:
+        taken from the source with a record of the move (one script), added to the
+        destination keyed by the move (at most once), then the record dropped. A move cut
+        off half-way is finished by :meth:`reap`. Returns the units moved (0 if the source
+        no longer had them)."""
+        move_id = secrets.token_hex(8)
+        keys = [self.product_key(source), self._moves_key(source)]
+        args = [sku, move_id, quantity, destination, self.clock()]
+        try:
+            await self._scripted(self._take, keys, args, sku)
+        except InsufficientStock:
+            return 0
+        await self._finish_move(sku, source, move_id, quantity, destination)
+        return quantity
+
+    async def _finish_move(
+        self, sku: str, source: str, move_id: str, quantity: int, destination: str
+    ) -> None:
+        keys = [self.product_key(destination), self._adjusted_key(destination, f"move:{move_id}")]
+        args: list[Any] = [quantity, 0, f"move:{move_id}", self.retention]
+        adjustment = (f"move:{move_id}", quantity, 0)
+        await self._scripted(self._adjust_once, keys, args, sku, adjustment=adjustment)
+        await self.client.hdel(self._moves_key(source), move_id)
+
+    async def rebalance(self, sku: str) -> int:
+        """Even out a bucketed product's available units over its buckets (each to
+        within one unit of the mean, as they were read); how many units were moved. Also
+        finishes moves cut off half-way. Concurrent reservations go on meanwhile."""
+        await self._finish_moves(sku)
+        parts = await self.buckets_of(sku)
+        available = {p.sku: p.available for p in parts}
+        total = sum(max(a, 0) for a in available.values())
+        target = {h: _share(total, len(parts), n) for n, h in enumerate(available)}
+        surplus = [(h, available[h] - target[h]) for h in available if available[h] > target[h]]
+        moved = 0
+        for holder in available:
+            deficit = target[holder] - available[holder]
+            while deficit > 0 and surplus:
+                source, spare = surplus[0]
+                step = min(deficit, spare)
+                got = await self._move(sku, source, holder, step)
+                moved += got
+                deficit -= step
+                if spare <= step or got == 0:
+                    surplus.pop(0)
+                else:
+                    surplus[0] = (source, spare - step)
+        return moved
+
+    async def _finish_moves(self, sku: str) -> None:
+        """Finish every recorded move of the product's buckets (adding its units to its
+        destination at most once), whoever started it."""
+        for holder in self._holders(sku) if sku in self.buckets else []:
+            for move_id, raw in (await self.client.hgetall(self._moves_key(holder))).items():
+                quantity, destination = msgspec.json.decode(raw)[:2]
+                await self._finish_move(sku, holder, _text(move_id), quantity, destination)
 
     def _claim_ms(self, hold: float) -> int:
         """How long a claim is kept: the hold, the retention of a commit, and a day (the
@@ -1272,17 +1534,19 @@ class RedisInventoryStore:
 
     async def release(self, reservation_id: str) -> bool:
         check_identifier("reservation_id", reservation_id)
-        sku = await self._sku_of(reservation_id)
-        if sku is None:
+        holder = await self._sku_of(reservation_id)
+        if holder is None:
             return False
-        return await self._release_in(sku, reservation_id)
+        return await self._release_in(holder, reservation_id)
 
-    async def _release_in(self, sku: str, reservation_id: str) -> bool:
+    async def _release_in(self, holder: str, reservation_id: str) -> bool:
         if self.group_commit:
-            released = await self._grouped(sku, _Operation("release", reservation_id)) == "1"
+            released = await self._grouped(holder, _Operation("release", reservation_id)) == "1"
         else:
+            sku = self._sku_held_by(holder)
             args = [reservation_id, sku, self.clock(), self.log_max_entries]
-            released = bool(await self._scripted(self._release, self._atomic_keys(sku), args, sku))
+            keys = self._atomic_keys(holder)
+            released = bool(await self._scripted(self._release, keys, args, sku))
         if released and self.cluster:
             await self.client.delete(self._claim_key(reservation_id))  # the id is free again
         return released
@@ -1299,19 +1563,20 @@ class RedisInventoryStore:
 
     async def commit(self, reservation_id: str) -> bool:
         check_identifier("reservation_id", reservation_id)
-        sku = await self._sku_of(reservation_id)
-        if sku is None:
+        holder = await self._sku_of(reservation_id)
+        if holder is None:
             return False
         if self.group_commit:
-            committed = await self._grouped(sku, _Operation("commit", reservation_id)) == "1"
+            committed = await self._grouped(holder, _Operation("commit", reservation_id)) == "1"
         else:
             keys = [
-                self._reservations_key(sku),
-                self._expiry_key(sku),
-                self._committed_key(sku),
-                self._index_of(sku),
+                self._reservations_key(holder),
+                self._expiry_key(holder),
+                self._committed_key(holder),
+                self._index_of(holder),
             ]
             args = [reservation_id, self.clock(), self.retention]
+            sku = self._sku_held_by(holder)
             committed = bool(await self._scripted(self._commit, keys, args, sku))
         if committed and self.cluster:  # remembered for the retention, as the reservation
             await self.client.pexpire(self._claim_key(reservation_id), self._claim_ms(0.0))
@@ -1320,14 +1585,19 @@ class RedisInventoryStore:
     async def reap(self, *, now: float | None = None) -> int:
         returned = 0
         now = self.clock() if now is None else now
-        for sku in await self.client.smembers(f"{self.prefix}skus"):
-            sku = _text(sku)
-            expired = await self.client.zrangebyscore(self._expiry_key(sku), "-inf", now)
-            for reservation_id in expired:
-                returned += await self._release_in(sku, _text(reservation_id))
-            keys = [self._reservations_key(sku), self._committed_key(sku), self._index_of(sku)]
-            while await self._scripted(self._forget, keys, [now, 1000], sku) == 1000:
-                pass
+        for sku in sorted(_text(sku) for sku in await self.client.smembers(f"{self.prefix}skus")):
+            await self._finish_moves(sku)
+            for holder in self._holders(sku):
+                expired = await self.client.zrangebyscore(self._expiry_key(holder), "-inf", now)
+                for reservation_id in expired:
+                    returned += await self._release_in(holder, _text(reservation_id))
+                keys = [
+                    self._reservations_key(holder),
+                    self._committed_key(holder),
+                    self._index_of(holder),
+                ]
+                while await self._scripted(self._forget, keys, [now, 1000], sku) == 1000:
+                    pass
         return returned
 
     async def _grouped(self, sku: str, operation: _Operation) -> str:
@@ -1336,7 +1606,7 @@ class RedisInventoryStore:
         as the store's exception."""
         group = self._groups.get(sku)
         if group is None:
-            group = self._groups[sku] = _Group()
+            group = self._groups[sku] = _Group(self._sku_held_by(sku))
         if group.busy:
             group.waiting.append(operation)
             try:
@@ -1348,7 +1618,7 @@ class RedisInventoryStore:
                     group.waiting.remove(operation)
                 raise
             if not operation.lead:
-                return operation.outcome(sku)
+                return operation.outcome(group.sku)
         else:
             group.busy = True
         return await self._lead(sku, group, operation)
@@ -1363,7 +1633,7 @@ class RedisInventoryStore:
         for each in batch:
             each.taken = True
         operations = msgspec.json.encode([each.args for each in batch])
-        args = [sku, self.clock(), self.log_max_entries, self.retention, operations]
+        args = [group.sku, self.clock(), self.log_max_entries, self.retention, operations]
         try:
             # Shielded and bounded: the other calls of the group wait for this reply.
             with anyio.fail_after(GROUP_TIMEOUT, shield=True):
@@ -1380,7 +1650,7 @@ class RedisInventoryStore:
             self._pass_on(sku, group)
             for each in batch[1:]:
                 each.answer()
-        return operation.outcome(sku)
+        return operation.outcome(group.sku)
 
     def _pass_on(self, sku: str, group: _Group) -> None:
         """The turn goes to the oldest waiting call of the product, if any."""
@@ -1470,6 +1740,11 @@ def _refusal(
     return None
 
 
+def _share(total: int, parts: int, n: int) -> int:
+    """Part ``n`` of ``total`` split over ``parts`` as evenly as integers allow."""
+    return total // parts + (1 if n < total % parts else 0)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -1520,10 +1795,11 @@ class _Operation:
 
 
 class _Group:
-    """The calls of one product waiting for the product's script call in flight."""
+    """The calls of one product (or stock bucket) waiting for its script call in flight."""
 
-    __slots__ = ("busy", "waiting")
+    __slots__ = ("busy", "sku", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, sku: str) -> None:
+        self.sku = sku  # the product's SKU (a bucket's product's)
         self.busy = False  # a script call in flight, or the turn handed to a waiting call
         self.waiting: deque[_Operation] = deque()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
@@ -200,3 +201,44 @@ async def test_the_sagas_with_durable_runs_on_the_cluster(
     east, west = await store.get("p0@east"), await store.get("p0@west")
     assert (east.inventory_count, west.inventory_count) == (6, 4)
     assert (await store.get("p0")).inventory_count == 7
+
+
+async def test_stock_buckets_spread_a_hot_product_over_the_nodes(
+    cluster: RedisCluster, cluster_prefix: str, redis_cluster: RedisClusterServers
+) -> None:
+    """A product split over 6 buckets: its keys are on every node; concurrent
+    reservations (grouped per bucket) grant exactly its stock; a reservation larger than
+    any bucket gathers units from the others (moves across slots, each finished); a
+    retry finds its bucket; release, commit and the reaper work per bucket; the log
+    reconciles."""
+    store = RedisInventoryStore(cluster, None, prefix=f"{cluster_prefix}inv:", buckets={"hot": 6})
+    await store.put(Product(sku="hot", inventory_count=60))
+    granted: list[str] = []
+
+    async def reserve(n: int) -> None:
+        granted.append(await store.reserve(f"h-{n}", "hot", 1, ttl=600.0))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(50):
+            tg.start_soon(reserve, n)
+    assert len(granted) == 50
+    assert await store.reserve("h-7", "hot", 1, ttl=600.0) in granted  # a retry
+    big = await store.reserve("big", "hot", 8, ttl=600.0)  # at most 2 left in any bucket
+    assert big
+    with pytest.raises(InsufficientStock):
+        await store.reserve("too-big", "hot", 3, ttl=600.0)  # 2 left in all
+    assert await store.release("h-0") is True
+    assert await store.commit("h-1") is True
+    assert await store.reap(now=time.time() + 3600) == 49  # every pending one but h-1
+    product = await store.get("hot")
+    assert (product.inventory_count, product.reserved_count) == (60, 1)
+    log = await store.transactions()
+    assert reconciled(log, "hot", 60) == (60, 1)
+
+    placed = keys_by_node(redis_cluster.ports, store.prefix)
+    buckets = [k for keys in placed.values() for k in keys if k.endswith(":product")]
+    assert len(buckets) == 6
+    assert len(placed) == 3, placed  # every node holds some of the product's stock
+    bounded = (":product", ":log", ":reservations", ":expiry", ":committed", ":index", "skus")
+    for key in (k for keys in placed.values() for k in keys):
+        assert key.endswith(bounded) or await cluster.pttl(key) > 0, key

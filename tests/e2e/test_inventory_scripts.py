@@ -464,6 +464,8 @@ async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisI
         await store.commit("r-c")
         await client.zadd(store._committed_key("p1"), {"r-c": 1.0})  # due to be forgotten
         await client.set(locks.fence_key("inventory:p1"), 5)
+        # Bucket 0 of p1 as a bucketed store would hold it: what the take script moves from.
+        await client.hset(store.product_key("p1#0"), mapping={"inventory_count": 5})
         yield store
     await client.aclose()
 
@@ -594,6 +596,18 @@ def script_cases() -> list[tuple[str, str, list[Any], int, list[Any]]]:
             )
         )
     add(
+        "take",
+        ["p1", "m-1", "2", "p1#1", at],
+        ["sku", "move_id", "quantity", "to", "at"],
+        {
+            "sku": ["", "p2", "p1#0", None],  # p1#0: the bucket's own name, not its SKU
+            "move_id": ["", "m" * 1025, None],
+            "quantity": [*integers, "0", "-2", str(MAX_QUANTITY + 1)],
+            "to": ["", "p1#0", "p2#1", "p1#", "p1#1234", "p1#x", "p1", None],
+            "at": numbers,
+        },
+    )
+    add(
         "forget",
         [at, "10"],
         ["now", "limit"],
@@ -619,6 +633,7 @@ def script_keys(store: RedisInventoryStore, script: str) -> list[str]:
         ],
         "forget": [store._reservations_key("p1"), store._committed_key("p1"), store._index_key],
         "group": store._group_keys("p1"),
+        "take": [store.product_key("p1#0"), store._moves_key("p1#0")],
     }[script]
 
 
@@ -667,7 +682,8 @@ async def test_a_script_refuses_a_bad_argument_before_writing(
 
 
 @pytest.mark.parametrize(
-    "script", ["adjust", "adjust_once", "apply", "reserve", "release", "commit", "forget", "group"]
+    "script",
+    ["adjust", "adjust_once", "apply", "reserve", "release", "commit", "forget", "group", "take"],
 )
 async def test_the_good_arguments_of_the_script_cases_are_accepted(
     redis_store: RedisInventoryStore, script: str
