@@ -5,13 +5,22 @@ shared by every backend:
 
 - **single flight**: per key, at most one contender of this process talks to the backend
   (the *head*); the others wait in a local FIFO queue on an event, holding no connection;
-- **handoff**: when a holder releases and a local waiter is queued, the backend re-grants
-  the key to that waiter with a new token in one step (no release/acquire race, no
-  wake-up latency); a backend may refuse, to let other processes have their turn, and the
-  waiter then becomes the head instead;
-- **renewal**: while held, a task renews the lease every ``ttl / 3``; when a renewal finds
-  the lease gone, the body of the ``async with`` is cancelled and :class:`LeaseLost` is
-  raised in its place;
+- **handoff**: when a holder releases and a local waiter is queued, the waiter gets the
+  next token of the process's grant (no round trip), or the backend re-grants the key to
+  it in one step (no release/acquire race, no wake-up latency); a backend may refuse, to
+  let other processes have their turn, and the waiter then becomes the head instead;
+- **blocks**: a grant reserves ``block`` tokens for local handoffs; before they run out,
+  one call from a background task extends the block and renews the grant, unless another
+  process wants the key (then the block runs out and the backend is asked);
+- **idle grants**: when the last local holder leaves, the grant is released by a
+  background task on the next turn of the event loop; a contender of this process that
+  asks before then takes the next token of the grant as a queued waiter would, so a task
+  that leases a key again and again pays no acquire nor release round trip (only while
+  the provider's background tasks run, see :meth:`Leases.run_renewer`);
+- **renewal**: while held, the lease is renewed when two thirds of its TTL are left (every
+  ``ttl / 3``); when a renewal finds the lease gone, the body of the ``async with`` is
+  cancelled and :class:`LeaseLost` is raised in its place. A grant is handed on within
+  the process only while two thirds of its TTL are left (else the backend re-grants it);
 - **release** is token-checked and runs shielded, so a cancelled holder frees the key at
   once rather than after its TTL;
 - **multi-key** leases take their keys in sorted order (no deadlock between two bulk
@@ -125,7 +134,9 @@ class Lease(metaclass=NoPublicConstructor):
         self._grants = {key: hold.grant for key, hold in holds.items()}
         self.ttl = ttl
         """Seconds the lease lives without renewal."""
-        self._expires = anyio.current_time() + ttl
+        # When the grants expire unless renewed: a grant handed on within this process may
+        # have been made (or last renewed) a while ago.
+        self._expires = min(hold.expires for hold in holds.values())
         self._lost: str | None = None
         self._closed = False  # the body has exited; a late renewal changes nothing
 
@@ -163,6 +174,7 @@ class Lease(metaclass=NoPublicConstructor):
             started = anyio.current_time()
             if await self._leases.backend.renew(self._grants, ttl):
                 self._expires = started + ttl
+                self._leases._renewed(self._grants, ttl, started + ttl)
                 return
             if self._closed:  # released meanwhile: not a loss of the holder's
                 return
@@ -207,6 +219,14 @@ class Backend(Protocol):
         """
         ...
 
+    async def extend(self, key: str, grant: int, end: int, ttl: float) -> int:
+        """Reserve ``block`` more tokens for the grant on ``key`` (its tokens below ``end``
+        are reserved so far) and renew it for ``ttl``, unless another process wants the
+        key. Returns the new end, or ``0`` if not extended: the grant no longer holds the
+        key, another process wants it, or the tokens would leave the range fenced writes
+        accept (the process then asks the backend when the block runs out)."""
+        ...
+
     async def wait_released(self, key: str) -> None:
         """Return when ``key`` may have been released (the caller bounds the wait)."""
         ...
@@ -228,15 +248,21 @@ _COURTESY = 0.003
 _RELEASE_BOUND = 5.0
 """Seconds a shielded release may take; past that the TTL frees the key."""
 
+_HANDED_ON = 2 / 3
+"""A lease is renewed when this share of its TTL is left, and a grant is handed on within
+the process only while it has this much of its TTL left."""
+
 
 class _Hold:
-    """What one holder of a key has: the grant (backend ownership) and its token."""
+    """What one holder of a key has: the grant (backend ownership), its token, and when
+    the grant expires unless renewed (this event loop's clock, an underestimate)."""
 
-    __slots__ = ("grant", "token")
+    __slots__ = ("expires", "grant", "token")
 
-    def __init__(self, grant: int, token: int) -> None:
+    def __init__(self, grant: int, token: int, expires: float) -> None:
         self.grant = grant
         self.token = token
+        self.expires = expires
 
 
 class _Waiter:
@@ -251,14 +277,30 @@ class _Waiter:
 
 
 class _KeyQueue:
-    __slots__ = ("busy", "next_token", "streak", "ttl", "waiters")
+    __slots__ = (
+        "busy",
+        "end",
+        "expires",
+        "extending",
+        "grant",
+        "idle",
+        "next_token",
+        "releasing",
+        "ttl",
+        "waiters",
+    )
 
     def __init__(self) -> None:
-        self.busy = False  # a contender of this process holds the key or is the head
+        self.busy = False  # a contender of this process holds the key, is the head, or frees it
         self.waiters: deque[_Waiter] = deque()
-        self.streak = 0  # local handoffs since the current grant
-        self.next_token = 0  # the next token of the current grant's block
+        self.grant = 0  # the process's grant on the key (0: none)
+        self.next_token = 0  # the next token of the grant's block
+        self.end = 0  # the grant's tokens below this are reserved (next_token..end-1 free)
         self.ttl = 0.0  # the TTL the grant was made or last handed over with
+        self.expires = 0.0  # when the grant expires unless renewed (an underestimate)
+        self.extending = False  # an extension is under way, or was refused, for this grant
+        self.idle = False  # granted, held by nobody: kept until the next turn of the loop
+        self.releasing = False  # an idle grant is being released (by a background task)
 
 
 class Leases:
@@ -269,18 +311,32 @@ class Leases:
         self.fairness = fairness
         self._queues: dict[str, _KeyQueue] = {}
         self._renewer: _Renewer | None = None
+        # While run_renewer runs: its task group (block extensions, releases of idle
+        # grants), and the keys left idle since the releaser last ran, with its wake-up.
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._idle: list[str] = []
+        self._idle_wakeup: anyio.Event | None = None
 
     async def run_renewer(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Renew every lease of this manager from one task (run it in a provider's task
-        group); until it runs, each lease renews itself from a task of its own."""
+        """Renew every lease of this manager from one task, extend blocks and release
+        idle grants (run it in a provider's task group). Until it runs, each lease renews
+        itself from a task of its own, and a holder that leaves releases the key itself."""
         renewer = _Renewer()
-        self._renewer = renewer
         try:
             async with anyio.create_task_group() as tg:
+                self._renewer, self._tg = renewer, tg
+                self._idle_wakeup = anyio.Event()
+                tg.start_soon(self._release_idle, tg, name="asaga idle lease releases")
                 task_status.started()
                 await renewer.run(tg)
         finally:
-            self._renewer = None
+            self._renewer = self._tg = self._idle_wakeup = None
+            # Grants left idle as the tasks stopped: released now, shielded and bounded.
+            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
+                for key, queue in list(self._queues.items()):
+                    if queue.idle:
+                        queue.idle, queue.busy = False, True
+                        await self._release(key, _Hold(queue.grant, 0, 0.0), queue.ttl, lost=False)
 
     @asynccontextmanager
     async def lease(
@@ -338,16 +394,21 @@ class Leases:
                 if lease.lost and isinstance(failure, cancelled):
                     interrupted, failure = True, None
         finally:
-            # A key handed to the next local waiter needs no I/O, so no shielded scope.
+            # A key handed to the next local waiter, or left idle for the next turn of the
+            # event loop, needs no I/O here, so no shielded scope.
+            lost = lease.lost
             rest = [
                 key
                 for key in reversed(ordered)
-                if not self._hand_over(key, holds[key], lost=lease.lost)
+                if not (
+                    self._hand_over(key, holds[key], lost=lost)
+                    or self._leave_idle(key, holds[key], lost=lost)
+                )
             ]
             if rest:
                 with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                     for key in rest:
-                        await self._release(key, holds[key], ttl, lost=lease.lost)
+                        await self._release(key, holds[key], ttl, lost=lost)
         # A body that finished its work before the loss reached it returns normally: its
         # writes, if fenced, were accepted. One that was interrupted gets LeaseLost.
         if interrupted:
@@ -362,8 +423,9 @@ class Leases:
             raise failure
 
     async def _keep_alive(self, lease: Lease, body: anyio.CancelScope) -> None:
-        """Renew every ttl/3 (sooner after a failure); on loss, cancel the body."""
-        delay = lease.ttl / 3
+        """Renew when two thirds of the TTL are left, then every ttl/3 (sooner after a
+        failure); on loss, cancel the body."""
+        delay = max(0.0, lease._expires - lease.ttl * _HANDED_ON - anyio.current_time())
         while True:
             await anyio.sleep(delay)
             next_delay = await _renew_once(lease)
@@ -377,14 +439,20 @@ class Leases:
         if queue is None:
             queue = self._queues[key] = _KeyQueue()
         yielded = False
+        idle_grant = 0  # this process's idle grant on the key, renewed in one step
         if queue.busy:
             waiter = _Waiter(ttl)
             queue.waiters.append(waiter)
+            # Nobody holds the key while this process releases an idle grant: that release
+            # (bounded) is waited for whatever `wait` is, as a holder's release was.
+            wake_by = deadline
+            if queue.releasing:
+                wake_by = max(deadline, anyio.current_time() + _RELEASE_BOUND)
             try:
-                if deadline == math.inf:
+                if wake_by == math.inf:
                     await waiter.event.wait()
                 else:
-                    with anyio.move_on_after(deadline - anyio.current_time()):
+                    with anyio.move_on_after(wake_by - anyio.current_time()):
                         await waiter.event.wait()
             except BaseException:
                 with anyio.move_on_after(_RELEASE_BOUND, shield=True):
@@ -400,27 +468,54 @@ class Leases:
             yielded = waiter.yielded
         else:
             queue.busy = True
+            if queue.idle:
+                # The grant of a holder that just left, not yet released: taken as a
+                # queued waiter would take it, or else renewed by the backend.
+                queue.idle = False
+                hold = self._take(key, queue, ttl)
+                if hold is not None:
+                    return hold
+                idle_grant = queue.grant
         try:
             if yielded:
                 await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
-            grant = await self._head(key, ttl, deadline)
+            grant, expires = await self._head(key, ttl, deadline, idle_grant)
         except BaseException:
             self._pass_turn(key, queue)
             raise
-        self._granted(queue, grant, ttl)
-        return _Hold(grant, grant)
+        self._granted(queue, grant, ttl, expires)
+        return _Hold(grant, grant, expires)
 
-    def _granted(self, queue: _KeyQueue, grant: int, ttl: float) -> None:
+    def _granted(self, queue: _KeyQueue, grant: int, ttl: float, expires: float) -> None:
+        queue.grant = grant
         queue.next_token = grant + 1
+        queue.end = grant + self.backend.block
         queue.ttl = ttl
-        queue.streak = 0
+        queue.expires = expires
+        queue.extending = False
 
-    async def _head(self, key: str, ttl: float, deadline: float) -> int:
+    async def _head(
+        self, key: str, ttl: float, deadline: float, idle_grant: int
+    ) -> tuple[int, float]:
+        """Get the key from the backend: ``(grant, when it expires unless renewed)``."""
         backend = self.backend
+        if idle_grant:
+            # This process still holds the key: re-granted in one step, unless another
+            # process wants it (then released to it). Shielded, so that a grant made is
+            # known, and freed if this task is being cancelled.
+            started = anyio.current_time()
+            granted = 0
+            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
+                granted = await backend.handoff(key, idle_grant, ttl, self.fairness)
+            if granted > 0:
+                return granted, started + ttl
+            if granted < 0:
+                await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
         while True:
+            started = anyio.current_time()
             grant, held_for = await backend.try_acquire(key, ttl)
             if grant:
-                return grant
+                return grant, started + ttl
             left = deadline - anyio.current_time()
             if left <= 0:
                 raise LeaseTimeout(f"could not acquire {key!r} in time", (key,))
@@ -440,8 +535,10 @@ class Leases:
             self._pass_turn(key, queue)
 
     def _pass_turn(self, key: str, queue: _KeyQueue) -> None:
-        """The head leaves without the key: the next waiter becomes the head."""
-        queue.streak = 0
+        """The head leaves without the key, or the key was released: the next waiter
+        becomes the head."""
+        queue.grant = 0
+        queue.idle = False
         if queue.waiters:
             waiter = queue.waiters.popleft()
             waiter.woken = True
@@ -450,26 +547,112 @@ class Leases:
             queue.busy = False
             self._queues.pop(key, None)
 
+    def _take(self, key: str, queue: _KeyQueue, ttl: float) -> _Hold | None:
+        """The next token of the process's grant on ``key`` for a holder asking for
+        ``ttl``, if the grant may be handed on without the backend: a token of its block
+        is left, the TTL is the grant's, and two thirds of it are left (as after a
+        renewal). Starts the extension of the block before it runs out."""
+        token = queue.next_token
+        if (
+            token >= queue.end
+            or ttl != queue.ttl
+            or queue.expires - anyio.current_time() < ttl * _HANDED_ON
+        ):
+            return None
+        queue.next_token = token + 1
+        tg = self._tg
+        if (
+            tg is not None
+            and not queue.extending
+            and queue.end - queue.next_token <= self.backend.block // 2
+        ):
+            queue.extending = True
+            tg.start_soon(self._extend, key, queue)
+        return _Hold(queue.grant, token, queue.expires)
+
+    async def _extend(self, key: str, queue: _KeyQueue) -> None:
+        """Extend the block of the grant on ``key`` (and renew it), from a background task
+        while its holders work. If the backend refuses, the block runs out and the next
+        handoff asks the backend (which releases the key if another process wants it)."""
+        grant, end, ttl = queue.grant, queue.end, queue.ttl
+        started = anyio.current_time()
+        try:
+            extended = await self.backend.extend(key, grant, end, ttl)
+        except Exception:  # noqa: BLE001 - backend down: the next handoff asks it again
+            return
+        if extended > end and (queue.grant, queue.end, queue.ttl) == (grant, end, ttl):
+            queue.end = extended
+            queue.expires = max(queue.expires, started + ttl)
+            queue.extending = False  # the next extension, before this block runs out
+
+    def _renewed(self, grants: Mapping[str, int], ttl: float, expires: float) -> None:
+        """A lease on these grants was renewed for ``ttl``, until ``expires``."""
+        for key, grant in grants.items():
+            queue = self._queues.get(key)
+            if queue is None or queue.grant != grant:
+                continue
+            if ttl < queue.ttl:
+                # Shortened: no local handoff nor extension of this grant any more (the
+                # backend re-grants it to the next holder).
+                queue.ttl = 0.0
+            else:
+                # The renewal set the TTL (it may have shortened one a longer renewal set):
+                # the grant expires no sooner than this, whatever else was under way.
+                queue.expires = expires
+
     def _hand_over(self, key: str, hold: _Hold, *, lost: bool) -> bool:
         """Hand the key to the next local waiter within this process's grant, if the
         rules allow: no round trip to the backend. Whether it was handed over."""
         queue = self._queues.get(key)
-        if queue is None or not queue.waiters or lost:
+        if queue is None or not queue.waiters or lost or queue.grant != hold.grant:
             return False
         waiter = queue.waiters[0]
-        if (
-            queue.streak + 1 >= self.fairness
-            or queue.next_token > hold.grant + self.backend.block - 1
-            or waiter.ttl != queue.ttl
-        ):
+        handed = self._take(key, queue, waiter.ttl)
+        if handed is None:
             return False
         queue.waiters.popleft()
-        queue.streak += 1
-        waiter.hold = _Hold(hold.grant, queue.next_token)
-        queue.next_token += 1
+        waiter.hold = handed
         waiter.woken = True
         waiter.event.set()
         return True
+
+    def _leave_idle(self, key: str, hold: _Hold, *, lost: bool) -> bool:
+        """Keep the grant of a holder that leaves with no local waiter until the next turn
+        of the event loop, when a background task releases it (unless a contender of this
+        process took it meanwhile). Whether it was kept."""
+        queue = self._queues.get(key)
+        wakeup = self._idle_wakeup
+        if wakeup is None or lost or queue is None or queue.waiters or queue.grant != hold.grant:
+            return False
+        queue.busy = False
+        queue.idle = True
+        self._idle.append(key)
+        wakeup.set()
+        return True
+
+    async def _release_idle(self, tg: anyio.abc.TaskGroup) -> None:
+        """Release the grants left idle, once per turn of the event loop (background)."""
+        while True:
+            wakeup = self._idle_wakeup
+            assert wakeup is not None
+            await wakeup.wait()
+            self._idle_wakeup = anyio.Event()
+            keys, self._idle = self._idle, []
+            for key in keys:
+                queue = self._queues.get(key)
+                if queue is not None and queue.idle:
+                    # Busy until released: a contender that comes meanwhile queues, and
+                    # is handed the key or the turn.
+                    queue.idle, queue.busy, queue.releasing = False, True, True
+                    tg.start_soon(self._release_shielded, key, queue)
+
+    async def _release_shielded(self, key: str, queue: _KeyQueue) -> None:
+        try:
+            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
+                hold = _Hold(queue.grant, 0, queue.expires)
+                await self._release(key, hold, queue.ttl, lost=False)
+        finally:
+            queue.releasing = False
 
     async def _release(self, key: str, hold: _Hold, ttl: float, *, lost: bool) -> None:
         if self._hand_over(key, hold, lost=lost):
@@ -477,27 +660,29 @@ class Leases:
         queue = self._queues.get(key)
         if queue is not None and queue.waiters and not lost:
             waiter = queue.waiters[0]
+            wanted = waiter.ttl
+            started = anyio.current_time()
             try:
-                # Every `fairness` holders the backend is asked; it gives the key to
-                # another process that wants it instead of renewing this one's grant.
-                granted = await self.backend.handoff(key, hold.grant, waiter.ttl, self.fairness)
+                # The backend re-grants the key for the next waiter; it gives the key to
+                # another process that wants it instead.
+                granted = await self.backend.handoff(key, hold.grant, wanted, self.fairness)
             except Exception:  # noqa: BLE001 - backend down: the next waiter retries as head
                 granted = 0
             if queue.waiters:
                 waiter = queue.waiters.popleft()
                 waiter.woken = True
                 if granted > 0:
-                    self._granted(queue, granted, waiter.ttl)
-                    waiter.hold = _Hold(granted, granted)
+                    self._granted(queue, granted, wanted, started + wanted)
+                    waiter.hold = _Hold(granted, granted, started + wanted)
                 else:  # lost (0) or released for another process (-1): waiter is the head
-                    queue.streak = 0
+                    queue.grant = 0
                     waiter.yielded = granted < 0
                 waiter.event.set()
                 return
             if granted <= 0:
                 self._pass_turn(key, queue)
                 return
-            hold = _Hold(granted, granted)  # the waiter left meanwhile: free the new grant
+            hold = _Hold(granted, granted, started + wanted)  # the waiter left: free it
         try:
             await self.backend.release(key, hold.grant)
         except Exception as exc:  # noqa: BLE001 - unreachable backend: the TTL frees the key
@@ -528,7 +713,9 @@ class _Renewer:
 
     def watch(self, lease: Lease, body: anyio.CancelScope) -> _Watch:
         watch = _Watch(lease, body)
-        self._schedule(watch, anyio.current_time() + lease.ttl / 3)
+        # Due when two thirds of the TTL are left: ttl/3 after a grant; sooner for a grant
+        # handed on within the process (made or renewed a while ago).
+        self._schedule(watch, lease._expires - lease.ttl * _HANDED_ON)
         return watch
 
     def _schedule(self, watch: _Watch, due: float) -> None:

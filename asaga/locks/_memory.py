@@ -76,6 +76,9 @@ class _MemoryBackend:
             return 0
         return self._grant(key, ttl, after=token)
 
+    async def extend(self, key: str, grant: int, end: int, ttl: float) -> int:
+        return 0  # block 1: no local handoffs, so no blocks to extend
+
     async def wait_released(self, key: str) -> None:
         event = self.released.get(key)
         if event is None:

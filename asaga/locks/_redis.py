@@ -136,6 +136,34 @@ return grant(KEYS[2], KEYS[1], ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8]))
 """
 )
 
+# KEYS: lock, fence, want ; ARGV: grant, end, block, ttl_ms, identity, max fairness, keep_ms
+# The grant's tokens below `end` are reserved: reserve `block` more, up to grant + max
+# fairness - 1 (the last token fenced writes accept), and renew the lock key to at least
+# ttl_ms, unless another process wants the key. The counter moves to the block's last
+# token (it never goes back) and is kept as a grant keeps it. Returns the new end, or 0.
+_EXTEND = """
+local function num(i) return tonumber(ARGV[i] or '') end
+local grant, ends, block, ttl_ms = num(1), num(2), num(3), num(4)
+local cap, keep_ms = num(6), num(7)
+if #ARGV ~= 7 or not (grant and ends and block and ttl_ms and cap and keep_ms)
+    or block < 1 or ttl_ms < 1 or keep_ms < 0 or ends <= grant or ARGV[5] == '' then
+  return redis.error_reply('asaga extend: bad arguments')
+end
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+local wanted_by = redis.call('get', KEYS[3])
+if wanted_by and wanted_by ~= ARGV[5] then return 0 end
+local last = ends + block - 1
+if last >= grant + cap then return 0 end
+local counter = tonumber(redis.call('get', KEYS[2]) or '0')
+if counter > last then last = counter end
+local clock = redis.call('time')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local keep = keep_ms + math.max(0, math.ceil((last - now) / 1000))
+redis.call('set', KEYS[2], string.format('%.0f', last), 'px', keep)
+if redis.call('pttl', KEYS[1]) < ttl_ms then redis.call('pexpire', KEYS[1], ttl_ms) end
+return ends + block
+"""
+
 # KEYS: lock, stale, data keys...
 # ARGV: token, stale_ms, max fairness, n commands, then per command:
 #   name, index of its key in KEYS, number of arguments, arguments...
@@ -195,6 +223,7 @@ class _RedisBackend:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._handoff = client.register_script(_HANDOFF)
+        self._extend = client.register_script(_EXTEND)
         self.fenced = client.register_script(_FENCED)
         self.waiting: dict[str, anyio.Event] = {}
         self.listening = False
@@ -253,20 +282,40 @@ class _RedisBackend:
         )
 
     async def handoff(self, key: str, grant: int, ttl: float, streak: int) -> int:
-        granted = await self._handoff(
+        try:
+            granted = await self._handoff(
+                keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
+                args=[
+                    str(grant),
+                    _ms(ttl),
+                    streak,
+                    self.fairness,
+                    self.channel(key),
+                    self.identity,
+                    self.block,
+                    _FENCE_KEEP_MS,
+                ],
+            )
+        except REDIS_ERRORS as exc:
+            raise LeaseUnavailable(
+                f"cannot acquire {key!r}: Redis is unreachable ({exc})", (key,)
+            ) from exc
+        return int(granted)
+
+    async def extend(self, key: str, grant: int, end: int, ttl: float) -> int:
+        extended = await self._extend(
             keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
             args=[
                 str(grant),
-                _ms(ttl),
-                streak,
-                self.fairness,
-                self.channel(key),
-                self.identity,
+                str(end),
                 self.block,
+                _ms(ttl),
+                self.identity,
+                MAX_FAIRNESS,
                 _FENCE_KEEP_MS,
             ],
         )
-        return int(granted)
+        return int(extended)
 
     async def wait_released(self, key: str) -> None:
         if not self.listening:  # no notifications: the caller's bounded retry only
@@ -426,7 +475,11 @@ class RedisLockProvider:
             raise ValueError(f"fenced(): the lease holds {list(lease.keys)}, not {key!r}")
         backend = self._backend
         data_keys: list[str] = []
-        args: list[Any] = [lease.tokens[key], _STALE_KEEP_MS, MAX_FAIRNESS, len(commands)]
+        # A lease that has ended writes nothing, even while the process's grant still
+        # holds the key for a later holder of this process (token 0 is refused, and
+        # counted, by Redis).
+        token = 0 if lease._closed else lease.tokens[key]
+        args: list[Any] = [token, _STALE_KEEP_MS, MAX_FAIRNESS, len(commands)]
         for command in commands:
             if isinstance(command, str | bytes) or len(command) < 2:
                 raise ValueError(

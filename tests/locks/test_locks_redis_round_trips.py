@@ -1,0 +1,320 @@
+"""Round trips a Redis lease saves, and the guarantees it keeps while saving them.
+
+A process's grant outlives its holder until the next turn of the event loop (an *idle*
+grant), so a task that leases a key again and again takes the next token of the grant
+without an acquire or a release round trip; and a background task extends the grant's
+block of tokens (renewing it) before it runs out. These tests pin that the work is saved
+(counting the backend's calls) and that every guarantee still holds: tokens rise, stale
+and ended leases cannot write, a loss is detected, other processes get their turn, and
+nothing is left held.
+"""
+
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from asaga.locks import Lease, LeaseLost, LeaseTimeout, RedisLockProvider, StaleWrite
+from asaga.locks._redis import _EXTEND, MAX_FAIRNESS
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def count_calls(locks: RedisLockProvider) -> Counter[str]:
+    """Count the calls the provider's backend makes to Redis, by kind."""
+    calls: Counter[str] = Counter()
+    backend = locks._backend
+    for name in ("try_acquire", "renew", "release", "handoff", "extend"):
+        method: Callable[..., Awaitable[Any]] = getattr(backend, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method) -> Awaitable[Any]:
+            calls[_name] += 1
+            return _method(*args)
+
+        setattr(backend, name, counted)
+    return calls
+
+
+async def test_a_task_leasing_a_key_again_and_again_pays_no_acquire_nor_release(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """100 leases in a row by one task: one acquire, no release until the key is left,
+    an extension of the grant's block per `fairness` holders (in the background; at most a
+    re-grant or two if one came late, as the first may, loading its script); each lease
+    has a new, larger token and its fenced write is accepted."""
+    stock = f"{redis_prefix}stock:{{k}}"
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        calls = count_calls(locks)
+        tokens = []
+        for _ in range(100):
+            async with locks.lease("k", ttl=5.0) as lease:
+                tokens.append(lease.token)
+                await locks.fenced(lease, ("INCR", stock))
+        assert tokens == sorted(set(tokens))
+        assert calls["try_acquire"] == 1
+        assert calls["release"] == 0
+        assert calls["handoff"] <= 2
+        assert 100 // 8 - 3 <= calls["extend"] <= 100 // 8 + 1
+        await anyio.sleep(0.2)  # the next turns of the event loop: the idle grant is freed
+        assert calls["release"] == 1
+        assert await client.exists(f"{redis_prefix}lock:{{k}}") == 0
+    assert int(await client.get(stock) or 0) == 100
+
+
+async def test_an_ended_lease_cannot_write_while_its_grant_serves_the_next_holder(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """The next holder of this process has the next token of the same grant; the lease
+    before it has ended, and its fenced write is refused (and counted) all the same."""
+    data = f"{redis_prefix}data:{{k}}"
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        async with locks.lease("k", ttl=5.0) as first:
+            pass
+        async with locks.lease("k", ttl=5.0) as second:
+            assert second.token == first.token + 1  # the same grant, no round trip
+            with pytest.raises(StaleWrite) as info:
+                await locks.fenced(first, ("SET", data, "first"))
+            assert info.value.token == first.token
+            await locks.fenced(second, ("SET", data, "second"))
+        assert locks.stale_writes == 1
+        assert await locks.stale_count("k") == 1
+    assert await client.get(data) == b"second"
+
+
+async def test_an_idle_grant_lost_meanwhile_is_not_handed_on(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """The key of an idle grant expired (here: deleted, and taken by another process)
+    before the next lease of this process: that lease is not given the old grant's next
+    token; it waits its turn and gets a newer grant, while the other holder's is current."""
+    async with (
+        RedisLockProvider(client, prefix=redis_prefix) as locks,
+        RedisLockProvider(client, prefix=redis_prefix) as other,
+    ):
+        async with locks.lease("k", ttl=5.0) as first:
+            pass
+        # Before the next turn of the loop (the idle grant is still this process's), the
+        # key vanishes and the other process takes it.
+        await client.delete(f"{redis_prefix}lock:{{k}}")
+        async with other.lease("k", ttl=5.0) as theirs:
+            assert theirs.token > first.token
+            with pytest.raises(LeaseTimeout):
+                async with locks.lease("k", ttl=5.0, wait=0.1):
+                    pass
+        async with locks.lease("k", ttl=5.0, wait=5.0) as mine:
+            assert mine.token > theirs.token
+
+
+async def test_a_grant_handed_on_late_is_renewed_before_it_expires(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A grant handed to the next holder of the process a while after it was made is
+    renewed by when two thirds of its TTL are left, counted from the grant, not from the
+    new holder's start: held for several TTLs, that holder keeps the key, and its fenced
+    write is accepted."""
+    data = f"{redis_prefix}data:{{k}}"
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        calls = count_calls(locks)
+        async with locks.lease("k", ttl=0.6) as first:
+            await anyio.sleep(0.15)  # a quarter of the TTL: no renewal yet
+        async with locks.lease("k", ttl=0.6) as second:
+            assert second.token == first.token + 1
+            assert second.remaining <= 0.6 - 0.15
+            await anyio.sleep(2.0)  # over three TTLs
+            assert not second.lost
+            assert calls["renew"] >= 3
+            await locks.fenced(second, ("SET", data, 1))
+        assert calls["try_acquire"] == 1
+
+
+async def test_a_grant_with_less_than_two_thirds_of_its_ttl_left_is_renewed_by_redis(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A holder that stalls past a third of the TTL without a renewal (the event loop was
+    blocked) leaves a grant too close to its expiry to be handed on: the next lease gets a
+    new grant from Redis (one round trip), with a full TTL."""
+    import time
+
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        calls = count_calls(locks)
+        async with locks.lease("k", ttl=0.6) as first:
+            time.sleep(0.3)  # noqa: ASYNC251 - blocks the loop: no renewal runs
+        async with locks.lease("k", ttl=0.6) as second:
+            assert second.token > first.token + 1  # a new grant, not the next token
+            assert second.remaining > 0.6 * 2 / 3
+        assert calls["handoff"] == 1
+        assert calls["try_acquire"] == 1
+
+
+async def test_a_lease_on_a_reused_grant_lost_while_held_cancels_its_holder(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A lease on the next token of an idle grant is watched like any other: when the key
+    is lost while it is held (deleted here, and granted to another process), its renewal
+    finds it gone, its body is cancelled with LeaseLost, and its write is refused."""
+    data = f"{redis_prefix}data:{{k}}"
+    async with (
+        RedisLockProvider(client, prefix=redis_prefix) as locks,
+        RedisLockProvider(client, prefix=redis_prefix) as other,
+    ):
+        async with locks.lease("k", ttl=0.6) as first:
+            pass
+        reached_end = False
+        held: list[Lease] = []
+
+        async def second_holder() -> None:
+            nonlocal reached_end
+            async with locks.lease("k", ttl=0.6) as second:
+                held.append(second)
+                assert second.token == first.token + 1
+                await client.delete(f"{redis_prefix}lock:{{k}}")
+                async with other.lease("k", ttl=5.0):
+                    with pytest.raises(StaleWrite):
+                        await locks.fenced(second, ("SET", data, "stale"))
+                await anyio.sleep(5)  # cancelled by the next renewal
+                reached_end = True
+
+        with anyio.fail_after(10), pytest.raises(LeaseLost):
+            await second_holder()
+        assert not reached_end
+        assert held[0].lost
+    assert await client.get(data) is None
+
+
+async def test_another_process_gets_its_turn_from_a_task_leasing_in_a_loop(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A task that leases a hot key back to back never lets its grant go idle long
+    enough for a release; another process that wants the key still gets it within a few
+    blocks of holders: the block's extension is refused when another process wants the
+    key, and the grant is released to it when the block runs out."""
+    counts = {"loop": 0, "other": 0}
+    other_got_it_after: list[int] = []
+    stop = anyio.Event()
+    twenty = anyio.Event()
+
+    async with (
+        RedisLockProvider(client, prefix=redis_prefix) as locks,
+        RedisLockProvider(client, prefix=redis_prefix) as other,
+    ):
+
+        async def loop() -> None:
+            while not stop.is_set():
+                async with locks.lease("hot", ttl=5.0):
+                    counts["loop"] += 1
+                    if counts["loop"] == 20:
+                        twenty.set()
+                    await client.ping()
+
+        async def wants() -> None:
+            await twenty.wait()
+            started = counts["loop"]
+            async with other.lease("hot", ttl=5.0, wait=10.0):
+                other_got_it_after.append(counts["loop"] - started)
+                counts["other"] += 1
+            stop.set()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(loop)
+                tg.start_soon(wants)
+    assert counts["other"] == 1
+    assert other_got_it_after[0] <= 3 * 8
+
+
+async def test_idle_grants_are_released_when_the_provider_exits(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A grant left idle just before the provider exits is released on the way out: no
+    key stays held until its TTL."""
+    async with (
+        RedisLockProvider(client, prefix=redis_prefix) as locks,
+        locks.lease("a", ttl=60.0),
+        locks.lease("b", ttl=60.0),
+    ):
+        pass
+    assert await client.exists(f"{redis_prefix}lock:{{a}}", f"{redis_prefix}lock:{{b}}") == 0
+    async with (
+        RedisLockProvider(client, prefix=redis_prefix) as again,
+        again.lease("a", "b", ttl=1.0, wait=0),
+    ):
+        pass
+
+
+async def test_a_contender_arriving_during_an_idle_release_is_not_refused(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """With `wait=0` ("only if free now"), a lease asked for while this process releases
+    its idle grant (nobody holds the key) is granted, not refused."""
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        for n in range(20):
+            async with locks.lease("k", ttl=5.0):
+                pass
+            await anyio.lowlevel.checkpoint()  # the idle release starts
+            async with locks.lease("k", ttl=1.0 + n, wait=0):
+                pass
+
+
+async def test_extensions_keep_tokens_in_the_fenced_range_and_below_the_counter(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A grant's tokens stay within the range fenced writes accept (grant + MAX_FAIRNESS)
+    however many holders its extensions serve, and the counter always covers them: the
+    next grant, by any process, is above every token handed out."""
+    async with (
+        RedisLockProvider(client, prefix=redis_prefix, fairness=100) as locks,
+        RedisLockProvider(client, prefix=redis_prefix) as other,
+    ):
+        tokens = []
+        for _ in range(1500):
+            async with locks.lease("k", ttl=5.0) as lease:
+                tokens.append(lease.token)
+                grant = int(await client.get(f"{redis_prefix}lock:{{k}}") or 0)
+                assert grant <= lease.token < grant + MAX_FAIRNESS
+                counter = int(await client.get(f"{redis_prefix}fence:{{k}}") or 0)
+                assert lease.token <= counter
+        assert tokens == sorted(set(tokens))
+        await anyio.sleep(0.2)  # released
+        async with other.lease("k", ttl=5.0) as theirs:
+            assert theirs.token > tokens[-1]
+
+
+async def test_the_extension_script_checks_its_arguments_before_writing(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Bad arguments to the extension script raise before anything is written."""
+    extend = client.register_script(_EXTEND)
+    lock, fence = f"{redis_prefix}lock:{{k}}", f"{redis_prefix}fence:{{k}}"
+    keys = [lock, fence, f"{redis_prefix}want:{{k}}"]
+    await client.set(lock, 100, px=5000)
+    good = ["100", "108", 8, 5000, "me", MAX_FAIRNESS, 60000]
+    # grant, end, block, ttl_ms, identity, max fairness, keep_ms: one bad at a time
+    for index, bad in [(0, ""), (1, "x"), (1, "100"), (2, 0), (3, "soon"), (3, 0), (3, -5),
+                       (4, ""), (5, "many"), (6, -1), (6, None)]:  # fmt: skip
+        args = list(good)
+        if bad is None:
+            args = args[:index]
+        else:
+            args[index] = bad
+        with pytest.raises(ResponseError, match="bad arguments"):
+            await extend(keys=keys, args=args)
+    assert await client.exists(fence) == 0
+    assert await client.pttl(lock) <= 5000
+    assert await extend(keys=keys, args=good) == 116
+    assert await client.get(fence) == b"115"
