@@ -6,7 +6,8 @@ One product (one hot key) whose stock lives in Redis, and C coroutines per proce
 reserve one unit, again and again, for a fixed duration (C = 1, 10, 100, 1000). The stock
 starts at 10^9, so it never runs out and never needs topping up: every attempt that gets
 through reserves exactly one unit, and ``oversell`` = reservations reported to callers -
-units that left the stock is exact.
+units that left the stock is exact. Issue 17 ("the hot SKU") sets this scenario's targets
+(below).
 
 The variants
 ------------
@@ -38,20 +39,46 @@ Without a lock:
   retries at once, up to ``MAX_WATCH_ATTEMPTS`` times (then the reservation gives up,
   counted in the JSON's ``errors``).
 - ``atomic Lua (raw)``: one ``EVALSHA`` of "decrement if > 0" (:data:`DECREMENT`).
-- ``atomic store calls (no saga)``: what ``AtomicReservationSaga`` does, hand-written:
-  ``store.reserve(id, sku, 1, ttl)`` (one ``EVALSHA``: the atomic, idempotent script that
-  checks the stock, reserves, indexes the reservation and appends its log entry, returning
-  the entry's id), then notify (a stub) keyed by that id. A diagnostic: the same Redis
-  call as the saga, so the gap between the two is the framework's own cost.
-- ``atomic via AtomicReservationSaga``: ``AtomicReservationSaga.run(...)`` with a unique
-  reservation id per run: two steps, ``reserve`` (that one ``EVALSHA``) and ``notify``.
+- ``read-check-write, no lock (1 coroutine)``: the ceiling of the lock variants: what
+  ``asaga lease (raw)`` does under its lease (``GET stock``; if > 0, the write in one round
+  trip: ``MULTI``/``SET``/``EXEC`` pipelined, where the lease's is its fenced script), with
+  no lock, by **one coroutine per process whatever C** (so it is correct; its ``C`` column
+  is the C of the cell it ran beside). Its C=1 cell is also "the same work with no lock"
+  of the uncontended lease. Not run with two processes (two unlocked writers would
+  oversell).
+
+The inventory store's atomic path (``RedisInventoryStore.reserve``: one script checks the
+stock, reserves, indexes the reservation and appends its ``reserve`` entry to the log,
+idempotent per reservation id), with and without group commit (the store's
+``group_commit``: concurrent calls on one product in one process go together in one
+script call, each answered alone):
+
+- ``atomic store calls, per call (no saga)``: what ``AtomicReservationSaga`` does,
+  hand-written, on a store with ``group_commit=False``: ``store.reserve(id, sku, 1, ttl)``
+  (one ``EVALSHA`` per call, as many in flight as callers), then notify (a stub) keyed by
+  the entry's id. A diagnostic: the same Redis call as the saga, so the gap between the
+  two is the framework's own cost.
+- ``atomic via AtomicReservationSaga, per call``: ``AtomicReservationSaga.run(...)`` with a
+  unique reservation id per run on that store: two steps, ``reserve`` (that one
+  ``EVALSHA``) and ``notify``.
+- ``group commit store calls (no saga)``: the same hand-written calls on a store with group
+  commit (the store's default; ``max_group`` 256): one script call in flight per product
+  per process, carrying the calls that arrived meanwhile.
+- ``atomic via AtomicReservationSaga (group commit)``: the saga on that store.
+
+Every store-based variant builds its store from a :class:`StoreConfig` (with the log bound
+at its maximum, so the log is never trimmed): a new store option to compare (say, stock
+buckets: a product split over several keys) is one more field there and one more pair of
+variants.
 
 Modes
 -----
 - one process (``--processes 1``): the table above, C coroutines in this process;
 - two processes (``--processes 2``): a second OS process (``multiprocessing``, spawn) runs
   the same cell at the same time against the same keys, C coroutines in each (2C in all);
-  reservations/s, latencies and starvation are aggregated over both;
+  reservations/s, latencies and starvation are aggregated over both, and the counts and
+  log checked once for both. Every variant but the one-coroutine ceiling runs here; with
+  group commit, each process groups its own calls (one script call in flight per process);
 - stall injection (``--stall``): two processes, C=100 each, every lease's TTL 100 ms, and
   1% of holders block their event loop 150 ms (``time.sleep``) between their read and their
   write, so their lease expires and the other process takes the key meanwhile. A plain lock
@@ -77,14 +104,33 @@ How to read the results
 - ``p50/p99/max ms``: one reservation, from asking for the lock (or starting the saga) to
   done, queueing included; completed reservations only.
 - ``starved``: coroutines that never completed a reservation in the cell.
-- ``oversell``: must be 0. ``lost leases``: holders whose lease expired or was taken over
+- ``oversell``: must be 0. ``conserved`` (store-based variants): reservations granted
+  (reported to callers, drained ones included) == units taken from the product (its
+  ``reserved_count``) == units the store's log says were reserved (``reserve`` entries
+  minus ``release`` ones, read back in full after the cell); ``-`` for the others. The
+  script exits 1 (after printing and writing its JSON) if any cell oversold or was not
+  conserved, except the oversell of a lock without fencing in stall mode, which is that
+  mode's point. ``lost leases``: holders whose lease expired or was taken over
   while held (asaga: found by renewal or by a refused write; redis-py and pottery: the
   release found the lock no longer theirs). ``stale rejected``: writes refused by fencing
   (only asaga fences; ``-`` where the variant cannot tell).
 
-Targets (ratios from the same run, at C=1000, one process): asaga lease >= 5x redis-py
-defaults, 0 starved, p99 <= 1 s; atomic via saga >= 0.85x raw Lua. Verdict lines say
-whether each is met. Absolute numbers depend on the machine; compare ratios.
+Targets (ratios from the same run, at C=1000, one process unless said), each with a verdict
+line (met, MISSED, or not measured when a cell it needs was not run) and an entry in the
+JSON's ``verdicts``:
+
+- asaga lease >= 5x redis-py defaults, 0 starved, p99 <= 1 s (both lease variants);
+  ``atomic via AtomicReservationSaga, per call`` >= 0.85x raw Lua;
+- issue 17, the hot SKU (``verdicts.hot_sku``), where "the per-call Lua loop" is
+  ``atomic Lua (raw)``: group-commit store calls >= 40,000/s and >= 4x it; the saga with
+  group commit >= 20,000/s and >= 2x it; the saga vs the same store calls by hand >= 0.85x
+  (group commit, and per call); 2 processes vs 1 (same C per process) >= 1.5x for both
+  group-commit variants; their p99 <= 100 ms; ``asaga lease (raw)`` >= 0.9x the
+  read-check-write ceiling at C=1000 and >= 0.8x the same work with no lock at C=1;
+  oversell 0 and conservation in every cell. (The per-step engine cost vs inline code,
+  <= 3x, is benchmarks/overhead.py's: its line here only points there.)
+
+Absolute numbers depend on the machine; compare ratios.
 
 Ceiling: when ``redis-benchmark`` is on PATH, ``redis-benchmark -n 100000 -c 50 -q`` runs
 ``EVALSHA`` of the decrement script (and of the store's reservation script with random
@@ -93,8 +139,8 @@ with ``SCRIPT LOAD``: what the server alone can do, printed beside the atomic pa
 
 Usage::
 
-    python benchmarks/lock_contention.py            # everything, about 6 minutes
-    python benchmarks/lock_contention.py --quick    # 1 process, C <= 100, 0.5 s cells
+    python benchmarks/lock_contention.py            # everything, about 8 minutes
+    python benchmarks/lock_contention.py --quick    # 1 process, C = 1 and 100, 0.5 s cells
     python benchmarks/lock_contention.py --processes 2 --concurrency 1000
     python benchmarks/lock_contention.py --stall --only "asaga lease (raw)" --only defaults
 
@@ -137,6 +183,7 @@ if str(ROOT) not in sys.path:  # `examples` is not installed: import it from the
 
 import anyio  # noqa: E402
 import anyio.to_thread  # noqa: E402
+import msgspec  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 import structlog  # noqa: E402
 from redis.exceptions import LockError, WatchError  # noqa: E402
@@ -157,6 +204,7 @@ from examples.inventory import (  # noqa: E402
     Notifier,
     Product,
     RedisInventoryStore,
+    Transaction,
 )
 from examples.inventory import store as inventory_store  # noqa: E402
 
@@ -197,9 +245,9 @@ BENCHMARK_BOUND = 120.0
 """Seconds one redis-benchmark run may take."""
 
 FULL_CONCURRENCY = (1, 10, 100, 1000)
-QUICK_CONCURRENCY = (1, 10, 100)
+QUICK_CONCURRENCY = (1, 100)
 TWO_PROCESS_CONCURRENCY = (10, 100, 1000)
-"""The 2-process section's default C values (C=1 adds little; it keeps the run < 8 min)."""
+"""The 2-process section's default C values (C=1 adds little; it keeps the run short)."""
 FULL_DURATION = 3.0
 QUICK_DURATION = 0.5
 
@@ -211,12 +259,36 @@ REDIS_LOCAL = "redis-py Lock + asyncio.Lock"
 POTTERY = "pottery AIORedlock"
 WATCH = "WATCH/MULTI"
 LUA = "atomic Lua (raw)"
-STORE_CALLS = "atomic store calls (no saga)"
-ATOMIC_SAGA = "atomic via AtomicReservationSaga"
+STORE_CALLS = "atomic store calls, per call (no saga)"
+ATOMIC_SAGA = "atomic via AtomicReservationSaga, per call"
+GROUP_STORE_CALLS = "group commit store calls (no saga)"
+GROUP_SAGA = "atomic via AtomicReservationSaga (group commit)"
+NO_LOCK = "read-check-write, no lock (1 coroutine)"
 
 TARGET_VS_DEFAULTS = 5.0
 TARGET_P99_MS = 1000.0
 TARGET_SAGA_VS_LUA = 0.85
+"""The per-call saga against the raw Lua loop (before group commit)."""
+# Issue 17 ("the hot SKU"): at C=1000 unless said, ratios within one run.
+TARGET_GROUP_RATE = 40_000.0
+TARGET_GROUP_VS_LUA = 4.0
+TARGET_GROUP_SAGA_RATE = 20_000.0
+TARGET_GROUP_SAGA_VS_LUA = 2.0
+TARGET_SAGA_VS_HAND = 0.85
+TARGET_TWO_VS_ONE = 1.5
+TARGET_GROUP_P99_MS = 100.0
+TARGET_LEASE_VS_NO_LOCK = 0.9
+TARGET_UNCONTENDED_VS_NO_LOCK = 0.8
+TARGET_ENGINE_VS_INLINE = 3.0
+"""Measured by benchmarks/overhead.py, not here (its verdict line only points there)."""
+UNCONTENDED = 1
+"""The C of the uncontended lease target."""
+
+LOG_MAX_ENTRIES: int = inventory_store.MAX_LOG_ENTRIES
+"""The stores' log bound in the benchmark (the largest allowed): never reached, so the log
+is never trimmed and its entries can be counted (the conservation check)."""
+LOG_BATCH = 10_000
+"""Log entries read per XRANGE by the conservation check."""
 
 DECREMENT = """
 local stock = tonumber(redis.call('get', KEYS[1]) or '0')
@@ -316,15 +388,27 @@ class Row:
     mode: str
     processes: int
     concurrency: int
-    """Coroutines per process."""
+    """C: coroutines per process (but see ``coroutines``)."""
+    coroutines: int
+    """Coroutines per process that ran: C, or 1 for the one-coroutine baseline."""
     seconds: float
     reservations: int
+    """Completed within the duration (``res/s``'s numerator)."""
     per_second: float
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
     starved: int
     oversell: int
+    granted: int
+    """Reservations reported to callers, drained ones included."""
+    consumed: int
+    """Units that left the stock (a product's ``reserved_count``)."""
+    logged: int | None
+    """Net units reserved per the store's log (``reserve`` entries minus ``release``
+    ones); None for variants without a store."""
+    conserved: bool | None
+    """granted == consumed == logged; None for variants without a store."""
     lost_leases: int | None
     stale_writes: int | None
     errors: int
@@ -349,11 +433,30 @@ Setup = Callable[[aioredis.Redis, Cell], AbstractAsyncContextManager[Reserve]]
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """How a store-based variant builds its ``RedisInventoryStore``: the one place for a
+    store option a variant compares (group commit today; stock buckets, a product split
+    over several keys, would be one more field here and one more variant)."""
+
+    group_commit: bool = True
+
+    def build(self, client: aioredis.Redis, locks: Any, spec: CellSpec) -> RedisInventoryStore:
+        return RedisInventoryStore(
+            client,
+            locks,
+            prefix=spec.store_prefix,
+            log_max_entries=LOG_MAX_ENTRIES,
+            group_commit=self.group_commit,
+        )
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     setup: Setup
-    stock: Literal["counter", "product"]
-    """Where the stock lives: a plain key (GET/SET, DECR) or a product hash (the store)."""
+    store: StoreConfig | None
+    """Where the stock lives: a plain key (GET/SET, DECR) if None, else a product of a
+    ``RedisInventoryStore`` built so (then its log is checked too: conservation)."""
     leases: bool
     """Whether holders can lose their lease (a lock with a TTL)."""
     fenced: bool
@@ -361,6 +464,10 @@ class Variant:
     stallable: bool
     needs: str | None = None
     """A module the variant needs (skipped with a note when missing)."""
+    single: bool = False
+    """One coroutine per process, whatever C (the read-check-write ceiling)."""
+    shared: bool = True
+    """Correct with several processes on the same keys (run in the 2-process section)."""
 
 
 # --- shared pieces of the variants -----------------------------------------------------------
@@ -451,7 +558,7 @@ async def asaga_lease(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reser
 async def asaga_lease_saga(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reserve]:
     spec = cell.spec
     async with RedisLockProvider(client, prefix=spec.prefix) as locks:
-        store = RedisInventoryStore(client, locks, prefix=spec.store_prefix)
+        store = LEASE_STORE.build(client, locks, spec)
         notifier = NullNotifier()
 
         async def reserve(index: int) -> None:
@@ -590,67 +697,109 @@ async def atomic_lua(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reserv
     yield reserve
 
 
-@asynccontextmanager
-async def atomic_store_calls(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reserve]:
-    store = RedisInventoryStore(client, None, prefix=cell.spec.store_prefix)
-    notifier = NullNotifier()
-    ids = [reservation_ids(cell.spec, i) for i in range(cell.spec.concurrency)]
+def atomic_store_calls(config: StoreConfig) -> Setup:
+    """What ``AtomicReservationSaga`` does, hand-written: ``store.reserve``, then notify."""
 
-    async def reserve(index: int) -> None:
-        reservation_id = next(ids[index])
-        with critical_section(cell):
-            try:
-                entry = await store.reserve(reservation_id, SKU, 1, HOLD_SECONDS)
-            except InsufficientStock:
-                cell.errors += 1
-                return
-            await notifier.send(entry, f"reserved {SKU}")
-            cell.acquired[index] += 1
-            cell.reservations += 1
+    @asynccontextmanager
+    async def setup(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reserve]:
+        store = config.build(client, None, cell.spec)
+        notifier = NullNotifier()
+        ids = [reservation_ids(cell.spec, i) for i in range(cell.spec.concurrency)]
 
-    yield reserve
-
-
-@asynccontextmanager
-async def atomic_saga(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reserve]:
-    store = RedisInventoryStore(client, None, prefix=cell.spec.store_prefix)
-    notifier = NullNotifier()
-    ids = [reservation_ids(cell.spec, i) for i in range(cell.spec.concurrency)]
-
-    async def reserve(index: int) -> None:
-        # Shielded from the cell's stop like the raw and hand-written variants' calls, so
-        # that all three pay for the same cancel scope.
-        with critical_section(cell):
-            try:
-                await AtomicReservationSaga.run(
-                    product_id=SKU,
-                    quantity=1,
-                    reservation_id=next(ids[index]),
-                    store=store,
-                    notifier=notifier,
-                )
-            except SagaFailed as exc:
-                count_saga_failure(cell, exc)
-            else:
+        async def reserve(index: int) -> None:
+            reservation_id = next(ids[index])
+            with critical_section(cell):
+                try:
+                    entry = await store.reserve(reservation_id, SKU, 1, HOLD_SECONDS)
+                except InsufficientStock:
+                    cell.errors += 1
+                    return
+                await notifier.send(entry, f"reserved {SKU}")
                 cell.acquired[index] += 1
+                cell.reservations += 1
+
+        yield reserve
+
+    return setup
+
+
+def atomic_saga(config: StoreConfig) -> Setup:
+    """``AtomicReservationSaga.run(...)``, a unique reservation id per run."""
+
+    @asynccontextmanager
+    async def setup(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reserve]:
+        store = config.build(client, None, cell.spec)
+        notifier = NullNotifier()
+        ids = [reservation_ids(cell.spec, i) for i in range(cell.spec.concurrency)]
+
+        async def reserve(index: int) -> None:
+            # Shielded from the cell's stop like the raw and hand-written variants' calls,
+            # so that all of them pay for the same cancel scope.
+            with critical_section(cell):
+                try:
+                    await AtomicReservationSaga.run(
+                        product_id=SKU,
+                        quantity=1,
+                        reservation_id=next(ids[index]),
+                        store=store,
+                        notifier=notifier,
+                    )
+                except SagaFailed as exc:
+                    count_saga_failure(cell, exc)
+                else:
+                    cell.acquired[index] += 1
+                    cell.reservations += 1
+
+        yield reserve
+
+    return setup
+
+
+@asynccontextmanager
+async def no_lock(client: aioredis.Redis, cell: Cell) -> AsyncIterator[Reserve]:
+    """The read-check-write of ``asaga lease (raw)`` without the lease: ``GET``, then the
+    write in one round trip (``MULTI``/``SET``/``EXEC``, pipelined). Correct only because
+    one coroutine of one process runs it (the variant is ``single`` and not ``shared``)."""
+    spec = cell.spec
+
+    async def reserve(index: int) -> None:
+        with critical_section(cell):
+            cell.acquired[index] += 1
+            stock = await read_stock(client, spec)
+            if stock > 0:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.set(spec.stock_key, stock - 1)
+                    await pipe.execute()
                 cell.reservations += 1
 
     yield reserve
 
 
+PER_CALL = StoreConfig(group_commit=False)
+GROUP_COMMIT = StoreConfig(group_commit=True)
+LEASE_STORE = StoreConfig()
+"""The lock path's store (``apply`` under a lease: group commit does not apply)."""
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant(LEASE, asaga_lease, "counter", leases=True, fenced=True, stallable=True),
-        Variant(LEASE_SAGA, asaga_lease_saga, "product", leases=True, fenced=True, stallable=False),
-        Variant(REDIS_DEFAULTS, redis_py_defaults, "counter", True, False, stallable=True),
-        Variant(REDIS_FAST_POLL, redis_py_fast_poll, "counter", True, False, stallable=True),
-        Variant(REDIS_LOCAL, redis_py_with_local_lock, "counter", True, False, stallable=True),
-        Variant(POTTERY, pottery_redlock, "counter", True, False, stallable=True, needs="pottery"),
-        Variant(WATCH, watch_multi, "counter", leases=False, fenced=False, stallable=False),
-        Variant(LUA, atomic_lua, "counter", leases=False, fenced=False, stallable=False),
-        Variant(STORE_CALLS, atomic_store_calls, "product", False, False, stallable=False),
-        Variant(ATOMIC_SAGA, atomic_saga, "product", False, False, stallable=False),
+        Variant(LEASE, asaga_lease, None, leases=True, fenced=True, stallable=True),
+        Variant(LEASE_SAGA, asaga_lease_saga, LEASE_STORE, True, True, stallable=False),
+        Variant(REDIS_DEFAULTS, redis_py_defaults, None, True, False, stallable=True),
+        Variant(REDIS_FAST_POLL, redis_py_fast_poll, None, True, False, stallable=True),
+        Variant(REDIS_LOCAL, redis_py_with_local_lock, None, True, False, stallable=True),
+        Variant(POTTERY, pottery_redlock, None, True, False, stallable=True, needs="pottery"),
+        Variant(WATCH, watch_multi, None, leases=False, fenced=False, stallable=False),
+        Variant(NO_LOCK, no_lock, None, False, False, stallable=False, single=True, shared=False),
+        Variant(LUA, atomic_lua, None, leases=False, fenced=False, stallable=False),
+        Variant(STORE_CALLS, atomic_store_calls(PER_CALL), PER_CALL, False, False, False),
+        Variant(ATOMIC_SAGA, atomic_saga(PER_CALL), PER_CALL, False, False, stallable=False),
+        Variant(
+            GROUP_STORE_CALLS, atomic_store_calls(GROUP_COMMIT), GROUP_COMMIT, False, False, False
+        ),
+        Variant(GROUP_SAGA, atomic_saga(GROUP_COMMIT), GROUP_COMMIT, False, False, False),
+        # Stock buckets (a product split over several keys) would come here: a StoreConfig
+        # that builds the bucketed store, and the two store variants above built with it.
     )
 }
 
@@ -698,14 +847,15 @@ def make_client(url: str) -> aioredis.Redis:
 async def run_part(spec: CellSpec) -> Part:
     """This process's part of a cell: set up, wait for the start, run, drain, stop."""
     client = make_client(spec.url)
+    coroutines = coroutines_of(spec)
     try:
         cell = Cell(
             spec,
-            acquired=[0] * spec.concurrency,
-            asking_since=[None] * spec.concurrency,
+            acquired=[0] * coroutines,
+            asking_since=[None] * coroutines,
             rng=random.Random(f"{spec.prefix}{spec.process}"),
         )
-        await open_connections(client, spec.concurrency)
+        await open_connections(client, coroutines)
         async with VARIANTS[spec.variant].setup(client, cell) as reserve:
             late = time.monotonic() - spec.start_at
             if late < 0:
@@ -716,14 +866,19 @@ async def run_part(spec: CellSpec) -> Part:
             await client.aclose()
 
 
+def coroutines_of(spec: CellSpec) -> int:
+    """Coroutines per process: C, or 1 for a ``single`` variant."""
+    return 1 if VARIANTS[spec.variant].single else spec.concurrency
+
+
 async def drive(cell: Cell, reserve: Reserve, late: float) -> Part:
     duration = cell.spec.duration
-    cell.live = cell.spec.concurrency
+    cell.live = len(cell.acquired)
     cpu = time.process_time()
     started = time.perf_counter()
     end = started + duration
     async with anyio.create_task_group() as tg:
-        for index in range(cell.spec.concurrency):
+        for index in range(cell.live):
             tg.start_soon(worker, reserve, cell, index, end)
         await anyio.sleep(duration)
         stopped = time.perf_counter()
@@ -820,25 +975,57 @@ class Helper:
 async def prepare_stock(url: str, spec: CellSpec, variant: Variant) -> None:
     client = aioredis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT)
     try:
-        if variant.stock == "counter":
+        if variant.store is None:
             await client.set(spec.stock_key, INITIAL_STOCK)
         else:
-            store = RedisInventoryStore(client, None, prefix=spec.store_prefix)
+            store = variant.store.build(client, None, spec)
             await store.put(Product(sku=SKU, inventory_count=INITIAL_STOCK))
     finally:
         await client.aclose()
 
 
-async def consumed_stock(url: str, spec: CellSpec, variant: Variant) -> int:
-    """Units that left the stock during the cell."""
+@dataclass(frozen=True)
+class Ledger:
+    """What Redis holds after a cell."""
+
+    consumed: int
+    """Units that left the stock."""
+    logged: int | None
+    """Net units reserved per the store's log (None: no store)."""
+
+
+async def read_ledger(url: str, spec: CellSpec, variant: Variant) -> Ledger:
+    """Units that left the stock during the cell and, for a store, what its log says."""
     client = aioredis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT)
     try:
-        if variant.stock == "counter":
-            return INITIAL_STOCK - await read_stock(client, spec)
-        store = RedisInventoryStore(client, None, prefix=spec.store_prefix)
-        return (await store.get(SKU)).reserved_count
+        if variant.store is None:
+            return Ledger(INITIAL_STOCK - await read_stock(client, spec), None)
+        store = variant.store.build(client, None, spec)
+        consumed = (await store.get(SKU)).reserved_count
+        return Ledger(consumed, await logged_units(client, store))
     finally:
         await client.aclose()
+
+
+async def logged_units(client: aioredis.Redis, store: RedisInventoryStore) -> int:
+    """Units reserved per the store's log of SKU: ``reserve`` entries' quantities minus
+    ``release`` ones', read LOG_BATCH entries at a time. (The log is the store's stream;
+    ``store.transactions()`` would read it in one reply.) Any other operation raises: the
+    benchmark writes none."""
+    key = store._log_of(SKU)
+    units = 0
+    start = "-"
+    for _ in range(LOG_MAX_ENTRIES // LOG_BATCH + 1):
+        rows: Any = await client.xrange(key, min=start, count=LOG_BATCH)  # [(id, fields)]
+        for _, fields in rows:
+            entry = msgspec.json.decode(fields[b"entry"], type=Transaction)
+            if entry.sku != SKU or entry.operation not in ("reserve", "release"):
+                raise RuntimeError(f"unexpected entry in the log: {entry!r}")
+            units += entry.quantity if entry.operation == "reserve" else -entry.quantity
+        if len(rows) < LOG_BATCH:
+            return units
+        start = "(" + rows[-1][0].decode()
+    raise RuntimeError("the log is longer than LOG_MAX_ENTRIES")
 
 
 async def run_cell(
@@ -867,11 +1054,11 @@ async def run_cell(
     await prepare_stock(url, spec, variant)
     try:
         parts = await run_parts(spec, helper)
-        consumed = await consumed_stock(url, spec, variant)
+        ledger = await read_ledger(url, spec, variant)
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             await delete_keys(url, spec.prefix)
-    return summarize(variant, spec, parts, consumed)
+    return summarize(variant, spec, parts, ledger)
 
 
 async def run_parts(spec: CellSpec, helper: Helper | None) -> list[Part]:
@@ -884,7 +1071,7 @@ async def run_parts(spec: CellSpec, helper: Helper | None) -> list[Part]:
     return [part, await helper.result()]
 
 
-def summarize(variant: Variant, spec: CellSpec, parts: Sequence[Part], consumed: int) -> Row:
+def summarize(variant: Variant, spec: CellSpec, parts: Sequence[Part], ledger: Ledger) -> Row:
     ordered = sorted(latency for part in parts for latency in part.latencies)
     acquired = [count for part in parts for count in part.acquired]
     seconds = max(part.seconds for part in parts)
@@ -897,6 +1084,7 @@ def summarize(variant: Variant, spec: CellSpec, parts: Sequence[Part], consumed:
         mode=spec.mode,
         processes=len(parts),
         concurrency=spec.concurrency,
+        coroutines=len(parts[0].acquired),
         seconds=round(seconds, 3),
         reservations=in_window,
         per_second=in_window / seconds,
@@ -904,7 +1092,13 @@ def summarize(variant: Variant, spec: CellSpec, parts: Sequence[Part], consumed:
         p99_ms=percentile_ms(ordered, 0.99),
         max_ms=ordered[-1] * 1000 if ordered else None,
         starved=sum(1 for count in acquired if count == 0),
-        oversell=reservations - consumed,
+        oversell=reservations - ledger.consumed,
+        granted=reservations,
+        consumed=ledger.consumed,
+        logged=ledger.logged,
+        conserved=(
+            None if ledger.logged is None else reservations == ledger.consumed == ledger.logged
+        ),
         lost_leases=sum(p.lost_leases for p in parts) if variant.leases else None,
         stale_writes=sum(p.stale_writes for p in parts) if variant.fenced else None,
         errors=sum(p.errors for p in parts),
@@ -951,7 +1145,11 @@ async def run_all(url: str, run_prefix: str, plan: Plan, helper: Helper | None) 
             levels = (STALL_CONCURRENCY,)
         elif mode == "2 processes" and not plan.explicit_levels:
             levels = tuple(c for c in plan.levels if c in TWO_PROCESS_CONCURRENCY)
-        variants = [v for v in plan.variants if v.stallable or mode != "stall"]
+        variants = [
+            v
+            for v in plan.variants
+            if (v.stallable or mode != "stall") and (v.shared or mode == "1 process")
+        ]
         for concurrency in levels:
             for variant in variants:
                 two = helper if mode != "1 process" else None
@@ -959,8 +1157,9 @@ async def run_all(url: str, run_prefix: str, plan: Plan, helper: Helper | None) 
                     variant, mode, concurrency, plan.duration, run_prefix, url, two
                 )
                 print(
-                    f"  {mode:11} {variant.name:34} C={concurrency:<5} "
-                    f"{row.per_second:9,.0f} res/s  oversell {row.oversell}",
+                    f"  {mode:11} {variant.name:47} C={concurrency:<5} "
+                    f"{row.per_second:9,.0f} res/s  oversell {row.oversell}"
+                    + ("" if row.conserved is None else f"  conserved {yes(row.conserved)}"),
                     file=sys.stderr,
                     flush=True,
                 )
@@ -1053,6 +1252,10 @@ async def redis_benchmark(
 # --- reporting ---------------------------------------------------------------------------------
 
 
+def yes(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "NO")
+
+
 def table(rows: Sequence[Row]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:,.1f}"
@@ -1061,13 +1264,13 @@ def table(rows: Sequence[Row]) -> str:
         return "-" if value is None else str(value)
 
     lines = [
-        "| variant | C | res/s | p50 ms | p99 ms | max ms | starved | oversell "
+        "| variant | C | res/s | p50 ms | p99 ms | max ms | starved | oversell | conserved "
         "| lost leases | stale rejected |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|:-:|--:|--:|",
     ]
     lines += [
         f"| {r.variant} | {r.concurrency} | {r.per_second:,.0f} | {ms(r.p50_ms)} "
-        f"| {ms(r.p99_ms)} | {ms(r.max_ms)} | {r.starved} | {r.oversell} "
+        f"| {ms(r.p99_ms)} | {ms(r.max_ms)} | {r.starved} | {r.oversell} | {yes(r.conserved)} "
         f"| {count(r.lost_leases)} | {count(r.stale_writes)} |"
         for r in rows
     ]
@@ -1098,8 +1301,181 @@ def find(rows: Sequence[Row], variant: str, mode: str, concurrency: int) -> Row 
     return None
 
 
+@dataclass(frozen=True)
+class Check:
+    """One measured figure against its target (``value`` None: not measured in this run)."""
+
+    what: str
+    value: float | None
+    unit: Literal["/s", "x", " ms", ""]
+    op: Literal[">=", "<=", "=="]
+    target: float
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None:
+            return None
+        if self.op == ">=":
+            return self.value >= self.target
+        if self.op == "<=":
+            return self.value <= self.target
+        return self.value == self.target
+
+    def line(self) -> str:
+        def figure(value: float | None) -> str:
+            if value is None:
+                return "n/a"
+            if self.unit == "x":
+                return f"{value:.2f}x"
+            return f"{value:,.0f}{self.unit}"
+
+        met = {None: "not measured", True: "met", False: "MISSED"}[self.met]
+        return f"{self.what} {figure(self.value)} (target {self.op} {figure(self.target)}): {met}"
+
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met}
+
+
+def all_met(checks: Sequence[Check]) -> bool | None:
+    """False if a check missed, None if one was not measured (and none missed), else True."""
+    results = [check.met for check in checks]
+    if False in results:
+        return False
+    return None if None in results else True
+
+
+def hot_sku_targets(rows: Sequence[Row], top: int) -> list[tuple[str, list[Check]]]:
+    """Issue 17's targets table (the hot SKU), each row with its checks: at C=``top`` (the
+    highest C of the 1-process section; the targets are set for C=1000)."""
+
+    def at(variant: str, mode: str = "1 process", concurrency: int = top) -> Row | None:
+        return find(rows, variant, mode, concurrency)
+
+    def rate(row: Row | None) -> float | None:
+        return None if row is None else row.per_second
+
+    def p99(row: Row | None) -> float | None:
+        return None if row is None else row.p99_ms
+
+    def two_vs_one(variant: str) -> float | None:
+        return _ratio(at(variant, "2 processes"), at(variant))
+
+    lua = at(LUA)
+    unsafe = [r for r in rows if r.oversell and not expected_oversell(r)]
+    return [
+        (
+            f"store-level group-commit reservations/s, 1 process, C={top}",
+            [
+                Check(
+                    GROUP_STORE_CALLS,
+                    rate(at(GROUP_STORE_CALLS)),
+                    "/s",
+                    ">=",
+                    TARGET_GROUP_RATE,
+                ),
+                Check(
+                    f"/ {LUA}", _ratio(at(GROUP_STORE_CALLS), lua), "x", ">=", TARGET_GROUP_VS_LUA
+                ),
+            ],
+        ),
+        (
+            f"AtomicReservationSaga reservations/s, 1 process, C={top}",
+            [
+                Check(GROUP_SAGA, rate(at(GROUP_SAGA)), "/s", ">=", TARGET_GROUP_SAGA_RATE),
+                Check(f"/ {LUA}", _ratio(at(GROUP_SAGA), lua), "x", ">=", TARGET_GROUP_SAGA_VS_LUA),
+            ],
+        ),
+        (
+            "saga vs the same store call by hand",
+            [
+                Check(
+                    "group commit",
+                    _ratio(at(GROUP_SAGA), at(GROUP_STORE_CALLS)),
+                    "x",
+                    ">=",
+                    TARGET_SAGA_VS_HAND,
+                ),
+                Check(
+                    "per call",
+                    _ratio(at(ATOMIC_SAGA), at(STORE_CALLS)),
+                    "x",
+                    ">=",
+                    TARGET_SAGA_VS_HAND,
+                ),
+            ],
+        ),
+        (
+            f"2 processes vs 1 (group commit), C={top} per process",
+            [
+                Check(
+                    GROUP_STORE_CALLS, two_vs_one(GROUP_STORE_CALLS), "x", ">=", TARGET_TWO_VS_ONE
+                ),
+                Check(GROUP_SAGA, two_vs_one(GROUP_SAGA), "x", ">=", TARGET_TWO_VS_ONE),
+            ],
+        ),
+        (
+            f"p99 latency at C={top} (group commit)",
+            [
+                Check(
+                    GROUP_STORE_CALLS, p99(at(GROUP_STORE_CALLS)), " ms", "<=", TARGET_GROUP_P99_MS
+                ),
+                Check(GROUP_SAGA, p99(at(GROUP_SAGA)), " ms", "<=", TARGET_GROUP_P99_MS),
+            ],
+        ),
+        (
+            f"lease path at C={top} vs the read-check-write ceiling",
+            [
+                Check(
+                    f"{LEASE} / {NO_LOCK}",
+                    _ratio(at(LEASE), at(NO_LOCK)),
+                    "x",
+                    ">=",
+                    TARGET_LEASE_VS_NO_LOCK,
+                )
+            ],
+        ),
+        (
+            f"uncontended lease (C={UNCONTENDED}) vs the same work with no lock",
+            [
+                Check(
+                    f"{LEASE} / {NO_LOCK}",
+                    _ratio(
+                        at(LEASE, concurrency=UNCONTENDED), at(NO_LOCK, concurrency=UNCONTENDED)
+                    ),
+                    "x",
+                    ">=",
+                    TARGET_UNCONTENDED_VS_NO_LOCK,
+                )
+            ],
+        ),
+        (
+            "oversell, every variant, every run",
+            [Check("cells that oversold", float(len(unsafe)) if rows else None, "", "==", 0)],
+        ),
+        (
+            "conservation: granted == units taken == log, every store variant",
+            [
+                Check(
+                    "cells not conserved",
+                    float(sum(r.conserved is False for r in rows))
+                    if any(r.conserved is not None for r in rows)
+                    else None,
+                    "",
+                    "==",
+                    0,
+                )
+            ],
+        ),
+    ]
+
+
+def expected_oversell(row: Row) -> bool:
+    """Stall mode's point: a lock without fencing writes stale values there."""
+    return row.mode == "stall" and not VARIANTS[row.variant].fenced
+
+
 def verdicts(rows: Sequence[Row]) -> dict[str, Any]:
-    """The targets at the highest C of the 1-process section, and the oversell checks."""
+    """The targets at the highest C of the 1-process section, and the correctness checks."""
     single = [r for r in rows if r.mode == "1 process"]
     top = max((r.concurrency for r in single), default=0)
 
@@ -1122,11 +1498,26 @@ def verdicts(rows: Sequence[Row]) -> dict[str, Any]:
     result["atomic_saga_vs_lua"] = vs_lua
     result["atomic_saga_vs_lua_met"] = vs_lua is not None and vs_lua >= TARGET_SAGA_VS_LUA
     result["atomic_saga_vs_store_calls"] = _ratio(at_top(ATOMIC_SAGA), at_top(STORE_CALLS))
+    result["hot_sku"] = [
+        {"measure": measure, "met": all_met(checks), "checks": [c.record() for c in checks]}
+        for measure, checks in hot_sku_targets(rows, top)
+    ]
     result["oversell"] = {
         mode: {
             v: sum(r.oversell for r in rows if (r.variant, r.mode) == (v, mode)) for v in VARIANTS
         }
         for mode in ("1 process", "2 processes", "stall")
+    }
+    result["conservation"] = {
+        "cells_checked": sum(r.conserved is not None for r in rows),
+        "not_conserved": [
+            {
+                k: getattr(r, k)
+                for k in ("variant", "mode", "concurrency", "granted", "consumed", "logged")
+            }
+            for r in rows
+            if r.conserved is False
+        ],
     }
     result["asaga_starved_all_cells"] = sum(
         r.starved for r in rows if r.variant in (LEASE, LEASE_SAGA) and r.mode != "stall"
@@ -1140,9 +1531,26 @@ def _ratio(numerator: Row | None, denominator: Row | None) -> float | None:
     return numerator.per_second / denominator.per_second
 
 
+def correctness_failures(rows: Sequence[Row]) -> list[str]:
+    """Cells that oversold (but for a lock without fencing in stall mode: the point of
+    that mode) or whose store's counts and log disagree with what callers were told."""
+    failures = [
+        f"{r.variant} ({r.mode}, C={r.concurrency}): oversell {r.oversell}"
+        for r in rows
+        if r.oversell and not expected_oversell(r)
+    ]
+    failures += [
+        f"{r.variant} ({r.mode}, C={r.concurrency}): not conserved: granted {r.granted}, "
+        f"units taken {r.consumed}, logged {r.logged}"
+        for r in rows
+        if r.conserved is False
+    ]
+    return failures
+
+
 def verdict_lines(result: dict[str, Any], rows: Sequence[Row]) -> str:
-    def met(ok: bool) -> str:
-        return "met" if ok else "MISSED"
+    def met(ok: bool, measured: bool = True) -> str:
+        return "not measured" if not measured else "met" if ok else "MISSED"
 
     def times(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}x"
@@ -1156,43 +1564,74 @@ def verdict_lines(result: dict[str, Any], rows: Sequence[Row]) -> str:
     ]
     for name, key in ((LEASE, "lease_raw"), (LEASE_SAGA, "lease_saga")):
         r = result[key]
+        ran = r["starved"] is not None
         p99 = "n/a" if r["p99_ms"] is None else f"{r['p99_ms']:,.0f} ms"
         lines += [
-            f"- {name} / {REDIS_DEFAULTS} = {times(r['vs_defaults'])} "
-            f"(target >= {TARGET_VS_DEFAULTS:g}x): {met(r['vs_defaults_met'])}; "
-            f"starved {r['starved']} (target 0): {met(r['starved'] == 0)}; "
-            f"p99 {p99} (target <= {TARGET_P99_MS:,.0f} ms): {met(r['p99_met'])}",
+            f"- {name} / {REDIS_DEFAULTS} = {times(r['vs_defaults'])} (target >= "
+            f"{TARGET_VS_DEFAULTS:g}x): {met(r['vs_defaults_met'], r['vs_defaults'] is not None)}; "
+            f"starved {r['starved']} (target 0): {met(r['starved'] == 0, ran)}; "
+            f"p99 {p99} (target <= {TARGET_P99_MS:,.0f} ms): {met(r['p99_met'], ran)}",
         ]
+    vs_lua = result["atomic_saga_vs_lua"]
     lines += [
-        f"- {ATOMIC_SAGA} / {LUA} = {times(result['atomic_saga_vs_lua'])} "
-        f"(target >= {TARGET_SAGA_VS_LUA:g}x): {met(result['atomic_saga_vs_lua_met'])}",
-        f"- {ATOMIC_SAGA} / {STORE_CALLS} = {times(result['atomic_saga_vs_store_calls'])} "
-        "(the framework's own share: same Redis calls, hand-written)",
+        f"- {ATOMIC_SAGA} / {LUA} = {times(vs_lua)} "
+        f"(target >= {TARGET_SAGA_VS_LUA:g}x): "
+        f"{met(result['atomic_saga_vs_lua_met'], vs_lua is not None)}",
     ]
     oversold = [
-        f"{r.variant} ({r.mode}, C={r.concurrency}): {r.oversell}" for r in rows if r.oversell
+        f"{r.variant} ({r.mode}, C={r.concurrency}): {r.oversell}"
+        + (" (no fencing: expected in stall mode)" if expected_oversell(r) else "")
+        for r in rows
+        if r.oversell
     ]
     lines.append("- oversell: " + ("none in any cell" if not oversold else "; ".join(oversold)))
+    lines += ["", f"Issue 17, the hot SKU (at C={top} unless said; ratios within this run):"]
+    for measure, checks in hot_sku_targets(rows, top):
+        lines.append(f"- {measure}: " + "; ".join(check.line() for check in checks))
+    lines.append(
+        "- per-step engine cost on a no-op chain vs the inline hand-written baseline "
+        f"(target <= {TARGET_ENGINE_VS_INLINE:g}x): measured by benchmarks/overhead.py, "
+        "see its verdicts"
+    )
     return "\n".join(lines)
 
 
 def ceiling_lines(found: dict[str, Any] | None, rows: Sequence[Row]) -> str:
     if found is None:
         return "Ceiling: skipped (--quick, --no-ceiling, or no redis-benchmark on PATH)."
-    best = max((r.per_second for r in rows if r.variant == LUA), default=None)
-    saga = max((r.per_second for r in rows if r.variant == ATOMIC_SAGA), default=None)
+
+    def best(variant: str) -> float | None:
+        return max((r.per_second for r in rows if r.variant == variant), default=None)
 
     def rate(value: float | None) -> str:
         return "n/a" if value is None else f"{value:,.0f}/s"
 
     return "\n".join(
         [
-            "Ceiling (redis-benchmark -n 100000 -c 50, C client, EVALSHA):",
-            f"- decrement script: {rate(found['decrement'])}; best {LUA}: {rate(best)}",
+            "Ceiling (redis-benchmark -n 100000 -c 50, C client, EVALSHA, one call per "
+            "reservation):",
+            f"- decrement script: {rate(found['decrement'])}; best {LUA}: {rate(best(LUA))}",
             f"- store reservation script: {rate(found['store_reserve'])}; "
-            f"best {ATOMIC_SAGA}: {rate(saga)}",
+            f"best {STORE_CALLS}: {rate(best(STORE_CALLS))}; best {ATOMIC_SAGA}: "
+            f"{rate(best(ATOMIC_SAGA))} (group commit, many reservations per call, is not "
+            f"bound by it: best {GROUP_STORE_CALLS}: {rate(best(GROUP_STORE_CALLS))})",
         ]
     )
+
+
+GROUP_TWINS = {GROUP_STORE_CALLS: STORE_CALLS, GROUP_SAGA: ATOMIC_SAGA}
+"""Each group-commit variant and its per-call twin (drawn in one colour)."""
+
+
+def plot_colors(palette: Sequence[Any]) -> dict[str, Any]:
+    """A colour per variant: the one-coroutine ceiling black, a group-commit variant its
+    per-call twin's, the others the palette's in turn."""
+    own = [v for v in VARIANTS if v not in GROUP_TWINS and v != NO_LOCK]
+    color: dict[str, Any] = {v: palette[n % len(palette)] for n, v in enumerate(own)}
+    color[NO_LOCK] = "black"
+    for grouped, twin in GROUP_TWINS.items():
+        color[grouped] = color[twin]
+    return color
 
 
 def plot(rows: Sequence[Row], path: Path) -> str:
@@ -1207,21 +1646,23 @@ def plot(rows: Sequence[Row], path: Path) -> str:
     modes = [m for m in ("1 process", "2 processes") if any(r.mode == m for r in rows)]
     if not modes:
         return "Plot: no 1- or 2-process cells to plot; skipped."
-    fig, axes = plt.subplots(len(modes), 2, figsize=(13, 5 * len(modes)), squeeze=False)
+    color = plot_colors(plt.get_cmap("tab10").colors)
+    fig, axes = plt.subplots(len(modes), 2, figsize=(14, 5.5 * len(modes)), squeeze=False)
     for line, mode in enumerate(modes):
         for variant in VARIANTS:
             cells = [r for r in rows if r.mode == mode and r.variant == variant]
             if not cells:
                 continue
-            style = "-" if variant.startswith(("asaga", "atomic via")) else "--"
+            # The lease variants and group commit solid (group commit with squares, in the
+            # colour of its per-call twin), the others dashed, the ceiling dotted.
+            grouped = variant in GROUP_TWINS
+            style = "-" if grouped or variant in (LEASE, LEASE_SAGA) else "--"
+            style = ":" if variant == NO_LOCK else style
+            options = {"color": color[variant], "marker": "s" if grouped else "o", "label": variant}
             xs = [r.concurrency for r in cells]
-            axes[line][0].plot(
-                xs, [max(r.per_second, 0.1) for r in cells], style, marker="o", label=variant
-            )
+            axes[line][0].plot(xs, [max(r.per_second, 0.1) for r in cells], style, **options)
             p99 = [(r.concurrency, r.p99_ms) for r in cells if r.p99_ms is not None]
-            axes[line][1].plot(
-                [x for x, _ in p99], [y for _, y in p99], style, marker="o", label=variant
-            )
+            axes[line][1].plot([x for x, _ in p99], [y for _, y in p99], style, **options)
         for ax, ylabel in zip(axes[line], ("reservations/s", "p99 latency (ms)"), strict=True):
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -1356,6 +1797,12 @@ async def benchmark(args: argparse.Namespace, helper: Helper | None, plan: Plan)
         print(plot(rows, plot_path))
     write_json(json_path, report(args, plan, took, result, found, server, rows))
     print(f"\n{len(rows)} cells in {took:.0f} s; JSON written to {json_path}")
+    failures = correctness_failures(rows)
+    if failures:
+        print("\nFAILED: reservations not accounted for:", file=sys.stderr)
+        for failure in failures:
+            print(f"- {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -1388,12 +1835,25 @@ def report(
             "socket_timeout": None,
             "critical_bound": CRITICAL_BOUND,
             "drain_bound": DRAIN_BOUND,
+            "log_max_entries": LOG_MAX_ENTRIES,
             "redis_url": args.redis_url,
         },
         "targets": {
             "lease_vs_defaults": TARGET_VS_DEFAULTS,
             "lease_p99_ms": TARGET_P99_MS,
             "atomic_saga_vs_lua": TARGET_SAGA_VS_LUA,
+            "hot_sku": {
+                "group_commit_per_second": TARGET_GROUP_RATE,
+                "group_commit_vs_lua": TARGET_GROUP_VS_LUA,
+                "group_commit_saga_per_second": TARGET_GROUP_SAGA_RATE,
+                "group_commit_saga_vs_lua": TARGET_GROUP_SAGA_VS_LUA,
+                "saga_vs_store_calls": TARGET_SAGA_VS_HAND,
+                "two_vs_one_processes": TARGET_TWO_VS_ONE,
+                "group_commit_p99_ms": TARGET_GROUP_P99_MS,
+                "lease_vs_no_lock": TARGET_LEASE_VS_NO_LOCK,
+                "uncontended_lease_vs_no_lock": TARGET_UNCONTENDED_VS_NO_LOCK,
+                "engine_vs_inline (benchmarks/overhead.py)": TARGET_ENGINE_VS_INLINE,
+            },
         },
         "verdicts": result,
         "ceiling": found,
@@ -1404,7 +1864,9 @@ def report(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="1 process, C <= 100, 0.5 s cells")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 process, C = 1 and 100, 0.5 s cells"
+    )
     parser.add_argument(
         "--processes",
         type=int,

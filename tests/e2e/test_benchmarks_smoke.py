@@ -30,11 +30,35 @@ def run_quick(script: str, redis_url: str, out: Path) -> Any:
     return json.loads(out.read_text())
 
 
+STORE_VARIANTS = {
+    "asaga lease via InventorySaga",
+    "atomic store calls, per call (no saga)",
+    "atomic via AtomicReservationSaga, per call",
+    "group commit store calls (no saga)",
+    "atomic via AtomicReservationSaga (group commit)",
+}
+"""lock_contention.py's variants whose stock is a product of the inventory store."""
+
+
 def test_lock_contention_quick_runs_without_oversell(redis_url: str, tmp_path: Path) -> None:
-    """benchmarks/lock_contention.py --quick completes and no variant oversold."""
-    rows = run_quick("lock_contention.py", redis_url, tmp_path / "lock.json")["rows"]
+    """benchmarks/lock_contention.py --quick completes (exit 0: it checks itself too), no
+    variant oversold, and every store-based cell, group commit included, is conserved:
+    reservations granted == units taken from the product == units its log reserved."""
+    report = run_quick("lock_contention.py", redis_url, tmp_path / "lock.json")
+    rows = report["rows"]
     assert rows
     assert all(row["oversell"] == 0 for row in rows), [r for r in rows if r["oversell"]]
+    store_rows = [row for row in rows if row["variant"] in STORE_VARIANTS]
+    assert {row["variant"] for row in store_rows} == STORE_VARIANTS
+    not_conserved = [
+        row
+        for row in store_rows
+        if not (row["conserved"] is True and row["granted"] == row["consumed"] == row["logged"])
+    ]
+    assert not not_conserved, not_conserved
+    assert all(row["granted"] > 0 for row in store_rows), store_rows
+    assert all(row["conserved"] is None for row in rows if row["variant"] not in STORE_VARIANTS)
+    assert report["verdicts"]["conservation"]["not_conserved"] == []
 
 
 def test_overhead_quick_runs(redis_url: str, tmp_path: Path) -> None:
