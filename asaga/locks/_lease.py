@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
 
 from .._exceptions import LeaseError as LeaseError
@@ -397,18 +398,21 @@ class Leases:
             # A key handed to the next local waiter, or left idle for the next turn of the
             # event loop, needs no I/O here, so no shielded scope.
             lost = lease.lost
-            rest = [
-                key
-                for key in reversed(ordered)
-                if not (
-                    self._hand_over(key, holds[key], lost=lost)
-                    or self._leave_idle(key, holds[key], lost=lost)
-                )
-            ]
+            rest: list[str] = []
+            handed = False
+            for key in reversed(ordered):
+                if self._hand_over(key, holds[key], lost=lost):
+                    handed = True
+                elif not self._leave_idle(key, holds[key], lost=lost):
+                    rest.append(key)
             if rest:
                 with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                     for key in rest:
                         await self._release(key, holds[key], ttl, lost=lost)
+            elif handed:
+                # Let the next holder start (and send its first request) before this task
+                # goes on: what it does next then overlaps that holder's round trips.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
         # A body that finished its work before the loss reached it returns normally: its
         # writes, if fenced, were accepted. One that was interrupted gets LeaseLost.
         if interrupted:
@@ -452,7 +456,7 @@ class Leases:
                 if wake_by == math.inf:
                     await waiter.event.wait()
                 else:
-                    with anyio.move_on_after(wake_by - anyio.current_time()):
+                    with anyio.CancelScope(deadline=wake_by):
                         await waiter.event.wait()
             except BaseException:
                 with anyio.move_on_after(_RELEASE_BOUND, shield=True):

@@ -46,7 +46,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import structlog
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .._redis import (
     REDIS_ERRORS,
@@ -317,6 +317,14 @@ class _RedisBackend:
         )
         return int(extended)
 
+    async def run_fenced(self, keys: list[str], args: list[Any]) -> Any:
+        # EVALSHA straight away (the hot path of every fenced write); the script object
+        # loads the script when the server does not know it yet.
+        try:
+            return await self.client.evalsha(self.fenced.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.fenced(keys=keys, args=args)
+
     async def wait_released(self, key: str) -> None:
         if not self.listening:  # no notifications: the caller's bounded retry only
             await anyio.sleep_forever()
@@ -502,9 +510,8 @@ class RedisLockProvider:
         # knows whether the write was applied; bounded, as Redis may not answer.
         with anyio.move_on_after(_FENCED_BOUND, shield=True) as bound:
             try:
-                ok, payload = await backend.fenced(
-                    keys=[backend.lock_key(key), backend.stale_key(key), *data_keys],
-                    args=args,
+                ok, payload = await backend.run_fenced(
+                    [backend.lock_key(key), backend.stale_key(key), *data_keys], args
                 )
             except ResponseError as exc:
                 if type(exc) is not ResponseError:  # READONLY, OOM, NOPERM...: the server's

@@ -318,3 +318,21 @@ async def test_the_extension_script_checks_its_arguments_before_writing(
     assert await client.pttl(lock) <= 5000
     assert await extend(keys=keys, args=good) == 116
     assert await client.get(fence) == b"115"
+
+
+async def test_a_fenced_write_loads_its_script_when_redis_does_not_know_it(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Fenced writes send EVALSHA straight away; a server that does not know the script
+    (restarted, flushed, another node) gets it loaded, and the write goes through once."""
+    import uuid
+
+    from asaga.locks._redis import _FENCED
+
+    data = f"{redis_prefix}data:{{k}}"
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        # The same script under a SHA no server has seen.
+        locks._backend.fenced = client.register_script(f"{_FENCED}\n-- {uuid.uuid4().hex}")
+        async with locks.lease("k", ttl=5.0) as lease:
+            assert await locks.fenced(lease, ("INCR", data)) == [1]
+            assert await locks.fenced(lease, ("INCR", data)) == [2]
