@@ -14,9 +14,11 @@ shared by every backend:
   process wants the key (then the block runs out and the backend is asked);
 - **idle grants**: when the last local holder leaves, the grant is released by a
   background task on the next turn of the event loop; a contender of this process that
-  asks before then takes the next token of the grant as a queued waiter would, so a task
-  that leases a key again and again pays no acquire nor release round trip (only while
-  the provider's background tasks run, see :meth:`Leases.run_renewer`);
+  asks before then has the backend re-grant it in one step, so a task that leases a key
+  again and again pays one round trip per lease, not an acquire and a release (only
+  while the provider's background tasks run, see :meth:`Leases.run_renewer`). It is not
+  handed the next token of the grant: the lease that left would stay current for
+  fenced checks that only see the grant;
 - **renewal**: while held, the lease is renewed when two thirds of its TTL are left (every
   ``ttl / 3``); when a renewal finds the lease gone, the body of the ``async with`` is
   cancelled and :class:`LeaseLost` is raised in its place. A grant is handed on within
@@ -332,6 +334,7 @@ class Leases:
                 await renewer.run(tg)
         finally:
             self._renewer = self._tg = self._idle_wakeup = None
+            self._idle = []
             # Grants left idle as the tasks stopped: released now, shielded and bounded.
             with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                 for key, queue in list(self._queues.items()):
@@ -473,12 +476,10 @@ class Leases:
         else:
             queue.busy = True
             if queue.idle:
-                # The grant of a holder that just left, not yet released: taken as a
-                # queued waiter would take it, or else renewed by the backend.
+                # The grant of a holder that just left, not yet released: re-granted in
+                # one step (not handed on: the lease that left may not write any more,
+                # and only a new grant tells every fenced check so).
                 queue.idle = False
-                hold = self._take(key, queue, ttl)
-                if hold is not None:
-                    return hold
                 idle_grant = queue.grant
         try:
             if yielded:
@@ -623,7 +624,7 @@ class Leases:
     def _leave_idle(self, key: str, hold: _Hold, *, lost: bool) -> bool:
         """Keep the grant of a holder that leaves with no local waiter until the next turn
         of the event loop, when a background task releases it (unless a contender of this
-        process took it meanwhile). Whether it was kept."""
+        process had it re-granted meanwhile). Whether it was kept."""
         queue = self._queues.get(key)
         wakeup = self._idle_wakeup
         if wakeup is None or lost or queue is None or queue.waiters or queue.grant != hold.grant:

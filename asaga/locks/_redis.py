@@ -537,11 +537,12 @@ class RedisLockProvider:
             )
         if not ok:
             self.stale_writes += 1
-            why = (
-                f"another grant (tokens from {int(payload)}) holds the key"
-                if payload
-                else "the lease is no longer held"
-            )
+            if not token:
+                why = "the lease has ended"
+            elif payload:
+                why = f"another grant (tokens from {int(payload)}) holds the key"
+            else:
+                why = "the lease is no longer held"
             raise StaleWrite(
                 f"write under lease token {lease.tokens[key]} on {key!r} rejected: {why}",
                 (key,),
