@@ -278,11 +278,13 @@ class Emitter:
     __slots__ = (
         "_async_hooks",
         "_enabled",
+        "_log_debug",
         "_logger",
         "_parent",
         "_receive",
         "_send",
         "_sync_hooks",
+        "debug",
         "hooked",
     )
 
@@ -302,6 +304,11 @@ class Emitter:
         # structlog's configuration, resolved once per configuration (not per run), and
         # asked whether a level is logged at all, so that filtered events cost nothing.
         self._logger, self._enabled = _resolved_logger()
+        # Asked once per run for the level of the step events (two per step): whether
+        # they are logged, and whether anyone receives them at all (else none is built).
+        self._log_debug = self._enabled is None or self._enabled(_DEBUG)
+        self.debug: bool = self.hooked or self._log_debug
+        """Whether DEBUG events (step started, succeeded, skipped) reach anyone."""
         if async_hooks:
             send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=float("inf"))
             self._send: MemoryObjectSendStream[Event] | None = send
@@ -332,6 +339,14 @@ class Emitter:
                 self._log(event, level)
         self._deliver(event)
 
+    def emit_debug(self, event: Event) -> None:
+        """Deliver one DEBUG event (a step started, succeeded, was skipped): as
+        :meth:`emit`, with the level asked once per run."""
+        if self._log_debug:
+            with suppress(Exception):
+                self._log(event, _DEBUG)
+        self._deliver(event)
+
     def _log(self, event: Event, level: int) -> None:
         fields: dict[str, Any] = {"saga": event.saga, "run_id": event.run_id}
         if event.step is not None:
@@ -355,7 +370,8 @@ class Emitter:
             except Exception as exc:  # noqa: BLE001 - a broken hook must not break the saga
                 _hook_failed(hook, event, exc)
             else:
-                if inspect.iscoroutine(returned):  # e.g. a lambda around an async call
+                # A coroutine: a lambda around an async call, say (most hooks return None).
+                if returned is not None and inspect.iscoroutine(returned):
                     returned.close()
                     _hook_failed(
                         hook,
@@ -443,11 +459,7 @@ def _resolved_logger() -> tuple[Any, Callable[[int], bool] | None]:
     shown = None if configured else _unconfigured_level()
     key = (*structlog.get_config().values(), sys.stdout, configured, shown)
     cached = _resolved
-    if (
-        cached is not None
-        and len(cached[0]) == len(key)
-        and all(a is b or a == b for a, b in zip(cached[0], key, strict=True))
-    ):
+    if cached is not None and cached[0] == key:  # (a tuple compares items by `is`, then ==)
         return cached[1], cached[2]
     logger = _logger.bind()
     enabled = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
@@ -531,6 +543,27 @@ class RunContext:
         """Build one event of this run and deliver it, unless nobody would receive it."""
         if self.emitter.wants(kind.level):
             self.emitter.emit(self.make(kind, step, **fields))
+
+    def emit_step(
+        self, kind: type[EventBase], step: str, attempt: int, duration: float | None = None
+    ) -> None:
+        """Build and deliver one DEBUG event of a step (``StepStarted``, ``StepSucceeded``,
+        ``StepSkipped``), unless nobody would receive it: :meth:`emit`'s fast path, run
+        twice per step."""
+        emitter = self.emitter
+        if not emitter.debug:
+            return
+        prefix = self.prefix
+        event = kind(
+            saga=self.saga,
+            run_id=self.run_id,
+            step=step,
+            path=step if prefix is None else f"{prefix}/{step}",
+            parent_run_id=self.parent_run_id,
+            attempt=attempt,
+            duration=duration,
+        )
+        emitter.emit_debug(event)  # type: ignore[arg-type]  # each kind is in the union
 
     def make(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> Event:
         """Build one event of this run (deliver it with ``emitter.emit``)."""

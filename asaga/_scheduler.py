@@ -45,7 +45,6 @@ import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -94,9 +93,6 @@ _NO_UNDOS: dict[str, Undoable] = {}
 _NO_WAITS: list[WaitInfo] = []
 """``Execution.parked`` until a step waits (never appended to: replaced first)."""
 
-_NO_SLOT: AbstractAsyncContextManager[None] = nullcontext()
-"""The slot of an attempt when the saga has no ``max_concurrency``: nothing to take."""
-
 
 @dataclass(frozen=True, slots=True)
 class Resume:
@@ -119,6 +115,7 @@ class Execution:
 
     __slots__ = (
         "_context",
+        "_debug",
         "_default_locks",
         "_fatal",
         "_first_attempts",
@@ -174,6 +171,7 @@ class Execution:
         self._idle: anyio.Event | None = None  # set when the last of them ends (watching)
         self._fatal: BaseException | None = None  # not an Exception, out of a chain task
         self._context = context
+        self._debug = context.emitter.debug  # whether step events reach anyone
         self._on_failure = on_failure
         self._observer = observer
         self._limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
@@ -388,13 +386,17 @@ class Execution:
         if not self._live and self._idle is not None:
             self._idle.set()
 
-    async def _chain(self, node: Node | None) -> None:
+    async def _chain(self, node: Node) -> None:
         """Run ``node``, then the first dependent it makes ready, and so on, in this task
         (whose context is the chain's own: a task's, or an ``_Isolated`` copy)."""
-        while node is not None:
-            # User logs inside the step see which step they are in.
-            bind_contextvars(step=node.name)
-            node = await self._run(node)
+        # User logs inside a step see which step they are in: structlog's context variable,
+        # bound for the first step; then set directly (found through the binding's token).
+        var = bind_contextvars(step=node.name)["step"].var
+        following: Node | None = node
+        while following is not None:
+            following = await self._run(following)
+            if following is not None:
+                var.set(following.name)
 
     async def _run(self, node: Node) -> Node | None:
         """Run one step (all its attempts); return the next step this task should run."""
@@ -405,65 +407,73 @@ class Execution:
             if skipped:
                 return following
         kwargs = {p: values[p] for p in node.params if p in values}
-        emit = self._context.emit
+        context = self._context
+        observer = self._observer
         undo: Undoable | None = None
         # The slot is held for one attempt at a time, never across a backoff wait.
-        slot = self._limiter if self._limiter is not None else _NO_SLOT
+        limiter = self._limiter
         first = self._first_attempts
         attempt = 0 if first is None else first.get(name, 1) - 1
         error: Exception | None = None
         while True:
             attempt += 1
-            async with slot:
+            if limiter is not None:
+                await limiter.acquire()
+            try:
                 if self.failure is not None:
                     # No new step, and no new attempt, once the run has failed.
-                    if attempt > 1 and self._observer is not None:
-                        self._observer.ended(name, "failed", repr(error), attempt - 1)
+                    if attempt > 1 and observer is not None:
+                        observer.ended(name, "failed", repr(error), attempt - 1)
                     return None
                 # ... nor once the caller (or a parent run's caller) was cancelled.
-                if self._stopping or self._context.stopping():
+                if self._stopping or context.stopping():
                     return None
                 if self._shield:  # raised here, before its shield would hold it off
                     await anyio.lowlevel.checkpoint_if_cancelled()
-                if attempt > 1 and self._observer is not None:
+                if attempt > 1 and observer is not None:
                     try:
-                        await self._observer.retrying(name, attempt)
+                        await observer.retrying(name, attempt)
                     except RunStoreError as exc:
                         self._store_failed(name, attempt, exc)
                         return None
-                emit(StepStarted, name, attempt=attempt)
-                if self._observer is not None:
-                    self._observer.begun(name)
+                if self._debug:
+                    context.emit_step(StepStarted, name, attempt)
+                if observer is not None:
+                    observer.begun(name)
                 started = time.monotonic()
                 flight = _Flight(node, self._shield)
+                scope = flight.scope
                 self._flights[name] = flight
                 try:
                     # The caller's cancellation never lands in the middle of a step's write
                     # (the attempt runs shielded, or in a task the caller cannot cancel).
                     # The attempt ends on its own (its scope's deadline is its timeout);
                     # only the run cuts it off (flight.cut), reporting it in doubt.
-                    with flight.scope:
-                        if node.invoke is not None:
-                            result, undo = await node.invoke.run(
-                                self._context, name, kwargs, attempt, self._observer
-                            )
-                        elif node.lock is not None:
-                            await self._locked(node, kwargs, flight)
+                    if scope is _OPEN and node.invoke is None:  # a plain step: no scope
+                        result = await node.fn(**kwargs)
+                    else:
+                        with scope:
+                            if node.invoke is not None:
+                                result, undo = await node.invoke.run(
+                                    context, name, kwargs, attempt, observer
+                                )
+                            elif node.lock is not None:
+                                await self._locked(node, kwargs, flight)
+                                result = flight.result
+                            else:
+                                result = await node.fn(**kwargs)
+                        if flight.returned:
+                            # A locked body that returned completed the attempt, even if
+                            # the release of its lease then met the deadline.
                             result = flight.result
-                        else:
-                            result = await node.fn(**kwargs)
-                    if flight.returned:
-                        # A locked body that returned completed the attempt, even if the
-                        # release of its lease then met the deadline.
-                        result = flight.result
-                    elif flight.scope.cancelled_caught:
-                        if flight.cut:  # whatever the step did may have landed
-                            self._cut_off(name, attempt, started, flight)
-                            return None
-                        raise _timed_out(node, attempt)
+                        elif scope.cancelled_caught:
+                            if flight.cut:  # whatever the step did may have landed
+                                self._cut_off(name, attempt, started, flight)
+                                return None
+                            raise _timed_out(node, attempt)
                 except anyio.get_cancelled_exc_class():
                     if flight.returned:  # cancelled as its lease was released: completed
-                        emit(StepSucceeded, name, attempt=attempt)
+                        context.emit(StepSucceeded, name, attempt=attempt)
                         values[name] = flight.result
                         self.completed.append(name)
                         raise
@@ -475,7 +485,7 @@ class Execution:
                     self._waits(name, attempt, parking.info)
                     return None
                 except Halt as halt:
-                    if self._observer is None:  # nothing could resume it: it fails
+                    if observer is None:  # nothing could resume it: it fails
                         self._fail(name, attempt, time.monotonic() - started, halt)
                         return None
                     halted = WaitInfo(step=name, kind="halt", reason=halt.reason)
@@ -502,19 +512,23 @@ class Execution:
                     error = None
                 finally:
                     del self._flights[name]
+            finally:
+                if limiter is not None:
+                    limiter.release()
             if error is None:
                 break
             if not await self._retries(node, attempt, duration, error):
                 return None
 
-        emit(StepSucceeded, name, attempt=attempt, duration=time.monotonic() - started)
+        if self._debug:
+            context.emit_step(StepSucceeded, name, attempt, time.monotonic() - started)
         values[name] = result
         if undo is not None:
             if self.undos is _NO_UNDOS:
                 self.undos = {}
             self.undos[name] = undo
         self.completed.append(name)
-        if self._observer is not None:
+        if observer is not None:
             return await self._recorded(node, attempt, result)
         return self._release(node) if self.failure is None else None
 
@@ -531,7 +545,8 @@ class Execution:
             return True, None
         if not skip:
             return False, None
-        self._context.emit(StepSkipped, name)
+        if self._debug:
+            self._context.emit_step(StepSkipped, name, 0)
         if self.skipped is _NONE_SKIPPED:
             self.skipped = set()
         self.skipped.add(name)
