@@ -12,13 +12,13 @@ shared by every backend:
 - **blocks**: a grant reserves ``block`` tokens for local handoffs; before they run out,
   one call from a background task extends the block and renews the grant, unless another
   process wants the key (then the block runs out and the backend is asked);
-- **idle grants**: when the last local holder leaves, the grant is released by a
-  background task on the next turn of the event loop; a contender of this process that
-  asks before then has the backend re-grant it in one step, so a task that leases a key
-  again and again pays one round trip per lease, not an acquire and a release (only
-  while the provider's background tasks run, see :meth:`Leases.run_renewer`). It is not
-  handed the next token of the grant: the lease that left would stay current for
-  fenced checks that only see the grant;
+- **idle grants**: when the last local holder leaves, the backend re-grants the key in
+  one step instead of releasing it (the holder's grant ends: no check of its token
+  passes any more), and the new grant is kept *idle* until the next turn of the event
+  loop, when a background task releases it. A lease of this process that asks before
+  then takes its first token: a task that leases a key again and again pays one round
+  trip per lease, not an acquire and a release (only while the provider's background
+  tasks run, see :meth:`Leases.run_renewer`);
 - **renewal**: while held, the lease is renewed when two thirds of its TTL are left (every
   ``ttl / 3``); when a renewal finds the lease gone, the body of the ``async with`` is
   cancelled and :class:`LeaseLost` is raised in its place. A grant is handed on within
@@ -398,20 +398,20 @@ class Leases:
                 if lease.lost and isinstance(failure, cancelled):
                     interrupted, failure = True, None
         finally:
-            # A key handed to the next local waiter, or left idle for the next turn of the
-            # event loop, needs no I/O here, so no shielded scope.
+            # A key handed to the next local waiter needs no I/O here, so no shielded
+            # scope.
             lost = lease.lost
             rest: list[str] = []
             handed = False
             for key in reversed(ordered):
                 if self._hand_over(key, holds[key], lost=lost):
                     handed = True
-                elif not self._leave_idle(key, holds[key], lost=lost):
+                else:
                     rest.append(key)
             if rest:
                 with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                     for key in rest:
-                        await self._release(key, holds[key], ttl, lost=lost)
+                        await self._release(key, holds[key], ttl, lost=lost, idle=True)
             elif handed:
                 # Let the next holder start (and send its first request) before this task
                 # goes on: what it does next then overlaps that holder's round trips.
@@ -476,10 +476,12 @@ class Leases:
         else:
             queue.busy = True
             if queue.idle:
-                # The grant of a holder that just left, not yet released: re-granted in
-                # one step (not handed on: the lease that left may not write any more,
-                # and only a new grant tells every fenced check so).
+                # The grant made when the last holder left, not yet released: its first
+                # token, or else (another TTL, too little of it left) renewed in one step.
                 queue.idle = False
+                hold = self._take(key, queue, ttl)
+                if hold is not None:
+                    return hold
                 idle_grant = queue.grant
         try:
             if yielded:
@@ -621,20 +623,6 @@ class Leases:
         waiter.event.set()
         return True
 
-    def _leave_idle(self, key: str, hold: _Hold, *, lost: bool) -> bool:
-        """Keep the grant of a holder that leaves with no local waiter until the next turn
-        of the event loop, when a background task releases it (unless a contender of this
-        process had it re-granted meanwhile). Whether it was kept."""
-        queue = self._queues.get(key)
-        wakeup = self._idle_wakeup
-        if wakeup is None or lost or queue is None or queue.waiters or queue.grant != hold.grant:
-            return False
-        queue.busy = False
-        queue.idle = True
-        self._idle.append(key)
-        wakeup.set()
-        return True
-
     async def _release_idle(self, tg: anyio.abc.TaskGroup) -> None:
         """Release the grants left idle, once per turn of the event loop (background)."""
         while True:
@@ -659,17 +647,24 @@ class Leases:
         finally:
             queue.releasing = False
 
-    async def _release(self, key: str, hold: _Hold, ttl: float, *, lost: bool) -> None:
+    async def _release(
+        self, key: str, hold: _Hold, ttl: float, *, lost: bool, idle: bool = False
+    ) -> None:
+        """Free ``key`` held under ``hold``: hand it to the next local waiter, re-granted
+        for it, or released. With ``idle`` (a holder leaving), while the provider's
+        background tasks run, a key nobody here waits for is re-granted too and left idle
+        for the next lease of this process, until the next turn of the event loop."""
         if self._hand_over(key, hold, lost=lost):
             return
         queue = self._queues.get(key)
-        if queue is not None and queue.waiters and not lost:
-            waiter = queue.waiters[0]
-            wanted = waiter.ttl
+        keep = idle and self._idle_wakeup is not None
+        if queue is not None and not lost and (queue.waiters or keep):
+            wanted = queue.waiters[0].ttl if queue.waiters else ttl
             started = anyio.current_time()
             try:
-                # The backend re-grants the key for the next waiter; it gives the key to
-                # another process that wants it instead.
+                # The backend re-grants the key (the holder's grant ends with it: no
+                # check of its token passes any more); it gives the key to another process
+                # that wants it instead.
                 granted = await self.backend.handoff(key, hold.grant, wanted, self.fairness)
             except Exception:  # noqa: BLE001 - backend down: the next waiter retries as head
                 granted = 0
@@ -685,9 +680,24 @@ class Leases:
                 waiter.event.set()
                 return
             if granted <= 0:
+                if granted < 0:
+                    # Released for another process: give it a moment before this one's
+                    # next lease contends again (it would win the race, without a queue).
+                    await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
                 self._pass_turn(key, queue)
                 return
-            hold = _Hold(granted, granted, started + wanted)  # the waiter left: free it
+            wakeup = self._idle_wakeup
+            if wakeup is not None:
+                # Idle: the next lease of this process takes its first token; else a
+                # background task releases it on the next turn of the event loop.
+                self._granted(queue, granted, wanted, started + wanted)
+                queue.next_token = granted
+                queue.busy = False
+                queue.idle = True
+                self._idle.append(key)
+                wakeup.set()
+                return
+            hold = _Hold(granted, granted, started + wanted)  # nobody to keep it for: free it
         try:
             await self.backend.release(key, hold.grant)
         except Exception as exc:  # noqa: BLE001 - unreachable backend: the TTL frees the key

@@ -20,8 +20,12 @@ block: smaller, or larger by more than a block if the clock went back).
 
 A grant is the process's, not one task's: the process hands the key from one of its tasks
 to the next with the next token of the grant's block, without a round trip; every
-``fairness`` holders (or when the block or the TTL differ) it asks Redis again, which is
-when a key another process wants is released to it. Every state change is one Lua script
+``fairness`` holders a background task asks Redis to extend the block (and renew the
+grant), which Redis refuses when another process wants the key: the block then runs out
+and the key is released to that process (as when the TTL differs, or two thirds of it
+are not left, the next holder goes to Redis). A holder that leaves with nobody queued
+has the key re-granted, kept idle for the process's next lease until the next turn of
+the event loop (see ``_lease``). Every state change is one Lua script
 (atomic, keys and values passed as arguments, never interpolated). Waiting contenders
 never poll on a fixed interval: one head per key and process waits for a release
 notification (one pattern subscription per provider), with a fallback retry when the

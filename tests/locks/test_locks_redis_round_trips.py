@@ -15,10 +15,11 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from asaga.locks import Lease, LeaseLost, LeaseTimeout, RedisLockProvider, StaleWrite
+from asaga.locks import Lease, LeaseLost, RedisLockProvider, StaleWrite
 from asaga.locks._redis import _EXTEND, MAX_FAIRNESS
 
 pytestmark = pytest.mark.anyio
@@ -54,9 +55,9 @@ def count_calls(locks: RedisLockProvider) -> Counter[str]:
 async def test_a_task_leasing_a_key_again_and_again_pays_one_round_trip_per_lease(
     client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    """100 leases in a row by one task: one acquire, then one re-grant per lease (the
-    grant left idle by the lease before), no release until the key is left alone; each
-    lease has a new, larger token and its fenced write is accepted."""
+    """100 leases in a row by one task: one acquire, then one re-grant as each lease
+    ends (the next lease takes the new grant's first token), no release until the key is
+    left alone; each lease has a new, larger token and its fenced write is accepted."""
     stock = f"{redis_prefix}stock:{{k}}"
     async with RedisLockProvider(client, prefix=redis_prefix) as locks:
         calls = count_calls(locks)
@@ -66,7 +67,7 @@ async def test_a_task_leasing_a_key_again_and_again_pays_one_round_trip_per_leas
                 tokens.append(lease.token)
                 await locks.fenced(lease, ("INCR", stock))
         assert tokens == sorted(set(tokens))
-        assert calls == {"try_acquire": 1, "handoff": 99}
+        assert calls == {"try_acquire": 1, "handoff": 100}
         await anyio.sleep(0.2)  # the next turns of the event loop: the idle grant is freed
         assert calls["release"] == 1
         assert await client.exists(f"{redis_prefix}lock:{{k}}") == 0
@@ -86,23 +87,25 @@ return 1
 async def test_an_ended_lease_cannot_write_once_the_next_lease_of_its_process_starts(
     client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    """The next lease of the same task comes from the grant the first one left idle,
-    re-granted: neither fenced() nor a resource's own check of the token (fence_key)
-    takes a write of the lease that ended (refused and counted by fenced())."""
+    """A lease that ends has the key re-granted (kept idle for the next lease of its
+    process, which takes it with no round trip): neither fenced() nor a resource's own
+    check of the token (fence_key) takes a write of the lease that ended, even before the
+    next lease starts (refused and counted by fenced())."""
     data = f"{redis_prefix}data:{{k}}"
     check = client.register_script(CHECK)
     async with RedisLockProvider(client, prefix=redis_prefix) as locks:
         calls = count_calls(locks)
         async with locks.lease("k", ttl=5.0) as first:
             pass
+        fence = locks.fence_key("k")
+        assert await check(keys=[fence, data], args=[first.token, "first"]) == 0
+        assert calls["handoff"] == 1  # as the first ended
         async with locks.lease("k", ttl=5.0) as second:
-            assert calls["handoff"] == 1  # the idle grant, re-granted
             assert second.token > first.token
             with pytest.raises(StaleWrite) as info:
                 await locks.fenced(first, ("SET", data, "first"))
             assert info.value.token == first.token
             assert "the lease has ended" in str(info.value)
-            fence = locks.fence_key("k")
             assert await check(keys=[fence, data], args=[first.token, "first"]) == 0
             assert await check(keys=[fence, data], args=[second.token, "second"]) == 1
         assert locks.stale_writes == 1
@@ -110,28 +113,47 @@ async def test_an_ended_lease_cannot_write_once_the_next_lease_of_its_process_st
     assert await client.get(data) == b"second"
 
 
-async def test_an_idle_grant_lost_meanwhile_is_not_handed_on(
-    client: aioredis.Redis, redis_prefix: str
+async def test_a_lease_on_an_idle_grant_lost_meanwhile_is_stopped_and_fenced(
+    client: aioredis.Redis, redis_url: str, redis_prefix: str
 ) -> None:
-    """The key of an idle grant expired (here: deleted, and taken by another process)
-    before the next lease of this process: that lease does not get the old grant back; it
-    waits its turn and gets a newer grant, while the other holder's is current."""
-    async with (
-        RedisLockProvider(client, prefix=redis_prefix) as locks,
-        RedisLockProvider(client, prefix=redis_prefix) as other,
-    ):
-        async with locks.lease("k", ttl=5.0) as first:
+    """The idle grant's key vanished (a data loss; deleted here) and another process took
+    it before the next lease of this process, which is handed the idle grant's token
+    without a round trip: its fenced write is refused, and its first renewal (a third of
+    the TTL after the grant) finds the loss and cancels it with LeaseLost; the next lease
+    waits for the other process and gets a newer grant."""
+    data = f"{redis_prefix}data:{{k}}"
+    async with RedisLockProvider(client, prefix=redis_prefix) as locks:
+        async with locks.lease("k", ttl=0.6) as first:
             pass
+        reached_end = False
+        held: list[Lease] = []
+
+        async def on_the_idle_grant() -> None:
+            nonlocal reached_end
+            async with locks.lease("k", ttl=0.6) as lease:
+                held.append(lease)
+                with pytest.raises(StaleWrite):
+                    await locks.fenced(lease, ("SET", data, "stale"))
+                await anyio.sleep(5)  # cancelled by the first renewal
+                reached_end = True
+
         # Before the next turn of the loop (the idle grant is still this process's), the
-        # key vanishes and the other process takes it.
-        await client.delete(f"{redis_prefix}lock:{{k}}")
-        async with other.lease("k", ttl=5.0) as theirs:
-            assert theirs.token > first.token
-            with pytest.raises(LeaseTimeout):
-                async with locks.lease("k", ttl=5.0, wait=0.1):
-                    pass
+        # key vanishes and another process is granted it: done from a blocking client, so
+        # that this event loop runs nothing meanwhile.
+        lock, fence = f"{redis_prefix}lock:{{k}}", f"{redis_prefix}fence:{{k}}"
+        with redis.Redis.from_url(redis_url) as blocking:
+            theirs = int(blocking.get(fence) or 0) + 1
+            blocking.set(fence, theirs, px=60_000)
+            blocking.set(lock, theirs, px=5_000)
+        with anyio.fail_after(5), pytest.raises(LeaseLost):
+            await on_the_idle_grant()
+        assert not reached_end
+        assert held[0].lost
+        assert first.token < held[0].token < theirs
+        await client.delete(lock)  # the other process's lease ends
         async with locks.lease("k", ttl=5.0, wait=5.0) as mine:
-            assert mine.token > theirs.token
+            assert mine.token > theirs
+    assert await client.get(data) is None
 
 
 async def test_a_grant_handed_on_late_is_renewed_before_it_expires(
@@ -168,7 +190,7 @@ async def test_a_grant_handed_on_late_is_renewed_before_it_expires(
             tg.start_soon(first)
             tg.start_soon(second)
         assert calls["try_acquire"] == 1
-        assert calls["handoff"] == 0
+        assert calls["handoff"] == 1  # as the second ended (its key kept idle)
 
 
 async def test_a_grant_with_less_than_two_thirds_of_its_ttl_left_is_renewed_by_redis(
@@ -201,7 +223,7 @@ async def test_a_grant_with_less_than_two_thirds_of_its_ttl_left_is_renewed_by_r
         async with anyio.create_task_group() as tg:
             tg.start_soon(first)
             tg.start_soon(second)
-        assert calls["handoff"] == 1
+        assert calls["handoff"] == 2  # for the second, and as it ended
         assert calls["try_acquire"] == 1
 
 
