@@ -44,6 +44,7 @@ import asyncio
 import contextvars
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,6 +55,7 @@ import anyio.lowlevel
 import msgspec
 from structlog.contextvars import bind_contextvars
 
+from ._deadlines import Deadlines, Timed, deadlines
 from ._events import (
     RunContext,
     StepCancelled,
@@ -133,6 +135,7 @@ class Execution:
         "_shield",
         "_stopping",
         "_tg",
+        "_timer",
         "_wake",
         "_watch",
         "completed",
@@ -182,6 +185,7 @@ class Execution:
         self._stopping = False  # the caller was cancelled: no step or attempt starts
         self._shield = True  # attempts run shielded (not in a guarded task: see execute)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._timer: Deadlines | None = None  # the deadlines of the loop (asyncio, timeouts)
         self.values = values
         """Inputs and, as they complete, step results: what parameters resolve against."""
         self.completed: list[str] = []
@@ -270,17 +274,10 @@ class Execution:
         self._shield = False  # nothing cancels the steps' task but the run itself
         self._watch = False  # the calling task watches
         outcome: list[BaseException] = []
-
-        async def steps() -> None:
-            try:
-                await self._steps()
-            except BaseException as exc:  # noqa: BLE001 - re-raised by the calling task
-                outcome.append(exc)  # (SystemExit would otherwise leave the event loop)
-
         loop = asyncio.get_running_loop()
-        task = loop.create_task(steps())  # in a copy of this context, as any task
         ended = loop.create_future()
-        task.add_done_callback(lambda _: None if ended.done() else ended.set_result(None))
+        # In a copy of this context, as any task.
+        task = loop.create_task(self._steps_task(ended, outcome))
         try:
             await ended  # a cancellation cancels `ended`, never the task
         except asyncio.CancelledError:
@@ -297,6 +294,18 @@ class Execution:
             raise
         if outcome:
             raise outcome[0]
+
+    async def _steps_task(self, ended: asyncio.Future[None], outcome: list[BaseException]) -> None:
+        """The task of :meth:`_guarded`: run the steps; then wake the calling task (from
+        here rather than from a done callback: one turn of the event loop less), as the
+        task ends."""
+        try:
+            await self._steps()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the calling task
+            outcome.append(exc)  # (SystemExit would otherwise leave the event loop)
+        finally:
+            if not ended.done():  # (cancelled: the caller was, and joins the task)
+                ended.set_result(None)
 
     def _cut_all(self) -> None:
         """Cut off every step still running (in doubt), however its cancellation
@@ -441,7 +450,10 @@ class Execution:
                 if observer is not None:
                     observer.begun(name)
                 started = time.monotonic()
-                flight = _Flight(node, self._shield)
+                timer = self._timer
+                if timer is None and node.timeout is not None and not self._shield:
+                    timer = self._timer = deadlines()  # on asyncio (see _guarded)
+                flight = _Flight(node, self._shield, timer)
                 scope = flight.scope
                 self._flights[name] = flight
                 try:
@@ -512,6 +524,10 @@ class Execution:
                     error = None
                 finally:
                     del self._flights[name]
+                    if flight.queue is not None:  # it leaves the loop's timer
+                        assert timer is not None
+                        flight.ended = True
+                        timer.ended(flight.queue)
             finally:
                 if limiter is not None:
                     limiter.release()
@@ -808,18 +824,28 @@ class _Flight:
     shielded from the caller's cancellation (unless the task is one the caller cannot
     cancel), and that only the run cancels otherwise."""
 
-    __slots__ = ("cut", "entered", "result", "returned", "scope")
+    __slots__ = ("cut", "deadline", "ended", "entered", "queue", "result", "returned", "scope")
 
     scope: anyio.CancelScope | _OpenScope
+    deadline: float  # (timed by the loop's timer: see Deadlines.add)
+    ended: bool
 
-    def __init__(self, node: Node, shield: bool) -> None:
+    def __init__(self, node: Node, shield: bool, timer: Deadlines | None) -> None:
         timeout = node.timeout
         # A step that waits (wait_for, a timer) has no effect to leave in doubt: the run
         # cuts it off at once when its caller is cancelled.
         waits = node.invoke is not None and not node.invoke.nested
+        self.queue: deque[Timed] | None = None
+        """Where the event loop's timer keeps the attempt (asyncio, with a timeout)."""
         if timeout is not None:
-            deadline = anyio.current_time() + timeout
-            self.scope = anyio.CancelScope(shield=shield, deadline=deadline)
+            if timer is not None and timeout > 0:
+                # The loop's one timer cancels the scope at the deadline (see _deadlines).
+                self.scope = anyio.CancelScope(shield=shield)
+                self.ended = False
+                self.queue = timer.add(self, timeout)
+            else:
+                deadline = anyio.current_time() + timeout
+                self.scope = anyio.CancelScope(shield=shield, deadline=deadline)
         elif shield or node.lock is not None or waits:
             self.scope = anyio.CancelScope(shield=shield)
         else:
@@ -839,6 +865,10 @@ class _Flight:
         """Stop the attempt now (the run failed with on_failure="cancel", or the caller
         was cancelled while it waited for its lease)."""
         self.cut = True
+        self.scope.cancel()
+
+    def expire(self) -> None:
+        """The deadline passed (the event loop's timer says): cancel the attempt."""
         self.scope.cancel()
 
 

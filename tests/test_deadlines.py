@@ -1,0 +1,89 @@
+"""Step timeouts kept by one timer per event loop (asyncio): attempts of many runs time out
+on time, whatever order they end in, and the timer goes once no attempt is left."""
+
+import anyio
+import pytest
+
+from asaga import Saga, SagaFailed, step
+from asaga._deadlines import deadlines
+
+pytestmark = pytest.mark.anyio
+
+
+class Timed(Saga):
+    """One step with a timeout: it waits ``wait`` seconds (longer: it times out)."""
+
+    wait: float
+
+    @step(timeout=0.2)
+    async def work(wait: float) -> float:
+        await anyio.sleep(wait)
+        return wait
+
+
+async def test_concurrent_runs_time_out_on_time_whatever_order_they_end_in() -> None:
+    """Runs started together, ending in an order unrelated to their start: those over the
+    timeout fail with TimeoutError, the others complete; none waits past its deadline."""
+    waits = [0.5 if i % 3 == 0 else 0.01 * (20 - i % 17) / 20 for i in range(60)]
+    outcomes: dict[int, object] = {}
+
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = (await Timed.run(wait=waits[i])).output
+        except SagaFailed as exc:
+            outcomes[i] = exc.__cause__
+
+    started = anyio.current_time()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(len(waits)):
+                tg.start_soon(one, i)
+    assert anyio.current_time() - started < 0.45  # the slow ones were cut at 0.2 s
+    for i, wait in enumerate(waits):
+        if wait > 0.2:
+            assert isinstance(outcomes[i], TimeoutError), outcomes[i]
+        else:
+            assert outcomes[i] == wait
+
+
+async def test_a_shorter_timeout_is_not_held_up_by_a_longer_one() -> None:
+    """An attempt with a short timeout that starts while one with a long timeout is in
+    flight still times out at its own deadline."""
+
+    class Long(Saga):
+        @step(timeout=30)
+        async def long() -> None:
+            await anyio.sleep(0.5)
+
+    class Short(Saga):
+        @step(timeout=0.05)
+        async def short() -> None:
+            await anyio.sleep(10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Long.run)
+        await anyio.sleep(0.01)
+        started = anyio.current_time()
+        with pytest.raises(SagaFailed) as info:
+            await Short.run()
+        assert isinstance(info.value.__cause__, TimeoutError)
+        assert anyio.current_time() - started < 0.4
+
+
+async def test_the_timer_goes_once_no_attempt_is_left(anyio_backend: str) -> None:
+    """Nothing of the timer is left behind (it would keep a closed event loop alive)."""
+    if anyio_backend != "asyncio":
+        pytest.skip("trio's cancel scopes keep their own deadlines")
+
+    async def one(wait: float) -> None:
+        await Timed.run(wait=wait)
+
+    async with anyio.create_task_group() as tg:
+        for wait in (0.05, 0.01, 0.03):  # the first started ends last
+            tg.start_soon(one, wait)
+    with pytest.raises(SagaFailed):
+        await Timed.run(wait=1)
+    timer = deadlines()
+    assert timer._timed == 0
+    assert timer._handle is None
+    assert all(not queue for queue in timer._queues.values())
