@@ -1754,7 +1754,7 @@ def _product(sku: str, fields: Iterable[tuple[Any, Any]]) -> Product:
     return Product(sku=sku, **{_text(k): int(v) for k, v in fields})
 
 
-GROUP_TIMEOUT = 10.0
+GROUP_TIMEOUT = 5.0
 """The longest a group-commit script call is waited for (seconds); past it, every call of
 the group raises TimeoutError (whether the script ran is then unknown, as for any call
 whose reply is lost)."""
