@@ -83,7 +83,7 @@ async def joined(store: RedisInventoryStore, sku: str, count: int) -> None:
     """Until ``count`` calls wait in the product's group (a release or a commit looks its
     product up first, a round trip)."""
     with anyio.fail_after(5):
-        while len(store._groups[sku].waiting) < count:
+        while sku not in store._groups or len(store._groups[sku].waiting) < count:
             await anyio.lowlevel.checkpoint()
 
 
@@ -446,3 +446,44 @@ async def test_the_atomic_saga_runs_on_a_grouped_store(store: RedisInventoryStor
     assert len(gate.sizes) < 200  # grouped
     assert await reserved(store, "p1") == 150
     assert len(await store.transactions()) == 150
+
+
+async def test_cancelled_saga_callers_leave_nothing_reserved(store: RedisInventoryStore) -> None:
+    """100 AtomicReservationSaga runs whose callers are all cancelled while their
+    reservations wait in groups (one group sent and held, the rest queued): each run
+    finishes its reserve step within its grace, then unwinds; no unit stays reserved,
+    and every reserve in the log has its release."""
+
+    class Quiet(Notifier):
+        async def send(self, key: str, message: str) -> None:
+            pass
+
+    gate = Gate(store)
+    gate.closed = True
+    callers = [anyio.CancelScope() for _ in range(100)]
+
+    async def run(n: int) -> None:
+        with callers[n]:
+            await AtomicReservationSaga.run(
+                product_id="p1",
+                quantity=1,
+                reservation_id=f"c-{n}",
+                store=store,
+                notifier=Quiet(),
+            )
+
+    async with anyio.create_task_group() as tg:
+        for n in range(100):
+            tg.start_soon(run, n)
+        await joined(store, "p1", 99)  # one sent (held at the gate), 99 waiting
+        for caller in callers:
+            caller.cancel()
+        await anyio.wait_all_tasks_blocked()
+        gate.open()
+    assert all(caller.cancelled_caught for caller in callers)
+    assert await reserved(store, "p1") == 0
+    log = await store.transactions()
+    reserves = sorted(t.run_id for t in log if t.operation == "reserve")
+    releases = sorted(t.run_id for t in log if t.operation == "release")
+    assert reserves == releases
+    assert len(reserves) == 100  # every step was let finish (its grace), then undone
