@@ -563,7 +563,10 @@ class RunContext:
             attempt=attempt,
             duration=duration,
         )
-        emitter.emit_debug(event)  # type: ignore[arg-type]  # each kind is in the union
+        if emitter._log_debug:
+            emitter.emit_debug(event)  # type: ignore[arg-type]  # each kind is in the union
+        else:
+            emitter._deliver(event)  # type: ignore[arg-type]
 
     def make(self, kind: type[EventBase], step: str | None = None, **fields: Any) -> Event:
         """Build one event of this run (deliver it with ``emitter.emit``)."""

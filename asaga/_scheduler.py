@@ -92,6 +92,9 @@ _NONE_SKIPPED: set[str] = set()
 _NO_UNDOS: dict[str, Undoable] = {}
 """``Execution.undos`` until a composed or mapped step completes (never written to)."""
 
+_NO_NAMES: list[str] = []
+"""``Execution.in_doubt`` until a step is in doubt (never appended to: replaced first)."""
+
 _NO_WAITS: list[WaitInfo] = []
 """``Execution.parked`` until a step waits (never appended to: replaced first)."""
 
@@ -198,7 +201,7 @@ class Execution:
         """The first step that failed for good, and its exception."""
         self.taken_over: RunTakenOver | None = None
         """Set when another process took the (durable) run over: stop, undo nothing."""
-        self.in_doubt: list[str] = []
+        self.in_doubt: list[str] = _NO_NAMES  # a list of its own once a step is in doubt
         """Steps cut off while running (their effect may or may not have landed)."""
         self.parked: list[WaitInfo] = _NO_WAITS  # a list of its own once a step waits
         """Steps of a durable run that wait (an event, a timer, a halt): the run parks
@@ -396,157 +399,170 @@ class Execution:
             self._idle.set()
 
     async def _chain(self, node: Node) -> None:
-        """Run ``node``, then the first dependent it makes ready, and so on, in this task
-        (whose context is the chain's own: a task's, or an ``_Isolated`` copy)."""
+        """Run ``node`` (all its attempts), then the first dependent it made ready, and so
+        on, in this task (whose context is the chain's own: a task's, or an ``_Isolated``
+        copy); the chain ends with a step that made none ready, or when the run stops."""
         # User logs inside a step see which step they are in: structlog's context variable,
         # bound for the first step; then set directly (found through the binding's token).
         var = bind_contextvars(step=node.name)["step"].var
-        following: Node | None = node
-        while following is not None:
-            following = await self._run(following)
-            if following is not None:
-                var.set(following.name)
-
-    async def _run(self, node: Node) -> Node | None:
-        """Run one step (all its attempts); return the next step this task should run."""
-        name = node.name
         values = self.values
-        if node.when is not None or (self.skipped and node.required):
-            skipped, following = await self._skip(node)
-            if skipped:
-                return following
-        kwargs = {p: values[p] for p in node.params if p in values}
         context = self._context
         observer = self._observer
-        undo: Undoable | None = None
         # The slot is held for one attempt at a time, never across a backoff wait.
         limiter = self._limiter
-        first = self._first_attempts
-        attempt = 0 if first is None else first.get(name, 1) - 1
-        error: Exception | None = None
         while True:
-            attempt += 1
-            if limiter is not None:
-                await limiter.acquire()
-            try:
-                if self.failure is not None:
-                    # No new step, and no new attempt, once the run has failed.
-                    if attempt > 1 and observer is not None:
-                        observer.ended(name, "failed", repr(error), attempt - 1)
-                    return None
-                # ... nor once the caller (or a parent run's caller) was cancelled.
-                if self._stopping or context.stopping():
-                    return None
-                if self._shield:  # raised here, before its shield would hold it off
-                    await anyio.lowlevel.checkpoint_if_cancelled()
-                if attempt > 1 and observer is not None:
-                    try:
-                        await observer.retrying(name, attempt)
-                    except RunStoreError as exc:
-                        self._store_failed(name, attempt, exc)
-                        return None
-                if self._debug:
-                    context.emit_step(StepStarted, name, attempt)
-                if observer is not None:
-                    observer.begun(name)
-                started = time.monotonic()
-                timer = self._timer
-                if timer is None and node.timeout is not None and not self._shield:
-                    timer = self._timer = deadlines()  # on asyncio (see _guarded)
-                flight = _Flight(node, self._shield, timer)
-                scope = flight.scope
-                self._flights[name] = flight
-                try:
-                    # The caller's cancellation never lands in the middle of a step's write
-                    # (the attempt runs shielded, or in a task the caller cannot cancel).
-                    # The attempt ends on its own (its scope's deadline is its timeout);
-                    # only the run cuts it off (flight.cut), reporting it in doubt.
-                    if scope is _OPEN and node.invoke is None:  # a plain step: no scope
-                        result = await node.fn(**kwargs)
-                    else:
-                        with scope:
-                            if node.invoke is not None:
-                                result, undo = await node.invoke.run(
-                                    context, name, kwargs, attempt, observer
-                                )
-                            elif node.lock is not None:
-                                await self._locked(node, kwargs, flight)
-                                result = flight.result
-                            else:
-                                result = await node.fn(**kwargs)
-                        if flight.returned:
-                            # A locked body that returned completed the attempt, even if
-                            # the release of its lease then met the deadline.
-                            result = flight.result
-                        elif scope.cancelled_caught:
-                            if flight.cut:  # whatever the step did may have landed
-                                self._cut_off(name, attempt, started, flight)
-                                return None
-                            raise _timed_out(node, attempt)
-                except anyio.get_cancelled_exc_class():
-                    if flight.returned:  # cancelled as its lease was released: completed
-                        context.emit(StepSucceeded, name, attempt=attempt)
-                        values[name] = flight.result
-                        self.completed.append(name)
-                        raise
-                    # Cut off by the run in a task only the run cancels (the guard, once
-                    # the grace ran out; on_failure="cancel").
-                    self._cut_off(name, attempt, started, flight)
-                    raise
-                except Parking as parking:  # a waiting step of a durable run
-                    self._waits(name, attempt, parking.info)
-                    return None
-                except Halt as halt:
-                    if observer is None:  # nothing could resume it: it fails
-                        self._fail(name, attempt, time.monotonic() - started, halt)
-                        return None
-                    halted = WaitInfo(step=name, kind="halt", reason=halt.reason)
-                    self._waits(name, attempt, halted)
-                    return None
-                except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
-                    duration = time.monotonic() - started
-                    if isinstance(exc, RunParked) and self._nested_parks(node):
-                        # The sub-saga's durable child run parked: so does this step.
-                        self._park_nested(name, attempt, exc)
-                        return None
-                    if flight.cut and flight.entered:
-                        # The cut-off surfaced as an error of the step's own: still in doubt.
-                        self._cut_off(name, attempt, started, flight)
-                        return None
-                    if getattr(exc, "in_doubt", False) is True:
-                        # It may have taken effect (a step on workers whose worker was
-                        # lost): never retried, in doubt like a step cut off.
-                        self.in_doubt.append(name)
-                        self._fail(name, attempt, duration, exc)
-                        return None
-                    error = exc
-                else:
-                    error = None
-                finally:
-                    del self._flights[name]
-                    if flight.queue is not None:  # it leaves the loop's timer
-                        assert timer is not None
-                        flight.ended = True
-                        timer.ended(flight.queue)
-            finally:
+            name = node.name
+            if node.when is not None or (self.skipped and node.required):
+                skipped, following = await self._skip(node)
+                if skipped:
+                    if following is None:
+                        return
+                    node = following
+                    var.set(node.name)
+                    continue
+            kwargs = {p: values[p] for p in node.params if p in values}
+            # No timeout, lease or sub-saga, in a task only the run cancels: no scope at all.
+            plain = (
+                node.timeout is None
+                and node.lock is None
+                and node.invoke is None
+                and not self._shield
+            )
+            undo: Undoable | None = None
+            first = self._first_attempts
+            attempt = 0 if first is None else first.get(name, 1) - 1
+            error: Exception | None = None
+            while True:
+                attempt += 1
                 if limiter is not None:
-                    limiter.release()
-            if error is None:
-                break
-            if not await self._retries(node, attempt, duration, error):
-                return None
+                    await limiter.acquire()
+                try:
+                    if self.failure is not None:
+                        # No new step, and no new attempt, once the run has failed.
+                        if attempt > 1 and observer is not None:
+                            observer.ended(name, "failed", repr(error), attempt - 1)
+                        return
+                    # ... nor once the caller (or a parent run's caller) was cancelled.
+                    if self._stopping or context.stopping():
+                        return
+                    if self._shield:  # raised here, before its shield would hold it off
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                    if attempt > 1 and observer is not None:
+                        try:
+                            await observer.retrying(name, attempt)
+                        except RunStoreError as exc:
+                            self._store_failed(name, attempt, exc)
+                            return
+                    if self._debug:
+                        context.emit_step(StepStarted, name, attempt)
+                    if observer is not None:
+                        observer.begun(name)
+                    started = time.monotonic()
+                    timer = self._timer
+                    if plain:
+                        flight: _Flight = _PlainFlight()
+                    else:
+                        if timer is None and node.timeout is not None and not self._shield:
+                            timer = self._timer = deadlines()  # on asyncio (see _guarded)
+                        flight = _Flight(node, self._shield, timer)
+                    scope = flight.scope
+                    self._flights[name] = flight
+                    try:
+                        # The caller's cancellation never lands in the middle of a step's write
+                        # (the attempt runs shielded, or in a task the caller cannot cancel).
+                        # The attempt ends on its own (its scope's deadline is its timeout);
+                        # only the run cuts it off (flight.cut), reporting it in doubt.
+                        if plain:
+                            result = await node.fn(**kwargs)
+                        else:
+                            with scope:
+                                if node.invoke is not None:
+                                    result, undo = await node.invoke.run(
+                                        context, name, kwargs, attempt, observer
+                                    )
+                                elif node.lock is not None:
+                                    await self._locked(node, kwargs, flight)
+                                    result = flight.result
+                                else:
+                                    result = await node.fn(**kwargs)
+                            if flight.returned:
+                                # A locked body that returned completed the attempt, even if
+                                # the release of its lease then met the deadline.
+                                result = flight.result
+                            elif scope.cancelled_caught:
+                                if flight.cut:  # whatever the step did may have landed
+                                    self._cut_off(name, attempt, started, flight)
+                                    return
+                                raise _timed_out(node, attempt)
+                    except anyio.get_cancelled_exc_class():
+                        if flight.returned:  # cancelled as its lease was released: completed
+                            context.emit(StepSucceeded, name, attempt=attempt)
+                            values[name] = flight.result
+                            self.completed.append(name)
+                            raise
+                        # Cut off by the run in a task only the run cancels (the guard, once
+                        # the grace ran out; on_failure="cancel").
+                        self._cut_off(name, attempt, started, flight)
+                        raise
+                    except Parking as parking:  # a waiting step of a durable run
+                        self._waits(name, attempt, parking.info)
+                        return
+                    except Halt as halt:
+                        if observer is None:  # nothing could resume it: it fails
+                            self._fail(name, attempt, time.monotonic() - started, halt)
+                            return
+                        halted = WaitInfo(step=name, kind="halt", reason=halt.reason)
+                        self._waits(name, attempt, halted)
+                        return
+                    except Exception as exc:  # noqa: BLE001 - a step may fail in any way; that is the point
+                        duration = time.monotonic() - started
+                        if isinstance(exc, RunParked) and self._nested_parks(node):
+                            # The sub-saga's durable child run parked: so does this step.
+                            self._park_nested(name, attempt, exc)
+                            return
+                        if flight.cut and flight.entered:
+                            # The cut-off surfaced as an error of the step's own: still in doubt.
+                            self._cut_off(name, attempt, started, flight)
+                            return
+                        if getattr(exc, "in_doubt", False) is True:
+                            # It may have taken effect (a step on workers whose worker was
+                            # lost): never retried, in doubt like a step cut off.
+                            self._doubt(name)
+                            self._fail(name, attempt, duration, exc)
+                            return
+                        error = exc
+                    else:
+                        error = None
+                    finally:
+                        del self._flights[name]
+                        if flight.queue is not None:  # it leaves the loop's timer
+                            assert timer is not None
+                            flight.ended = True
+                            timer.ended(flight.queue)
+                finally:
+                    if limiter is not None:
+                        limiter.release()
+                if error is None:
+                    break
+                if not await self._retries(node, attempt, duration, error):
+                    return
 
-        if self._debug:
-            context.emit_step(StepSucceeded, name, attempt, time.monotonic() - started)
-        values[name] = result
-        if undo is not None:
-            if self.undos is _NO_UNDOS:
-                self.undos = {}
-            self.undos[name] = undo
-        self.completed.append(name)
-        if observer is not None:
-            return await self._recorded(node, attempt, result)
-        return self._release(node) if self.failure is None else None
+            if self._debug:
+                context.emit_step(StepSucceeded, name, attempt, time.monotonic() - started)
+            values[name] = result
+            if undo is not None:
+                if self.undos is _NO_UNDOS:
+                    self.undos = {}
+                self.undos[name] = undo
+            self.completed.append(name)
+            if observer is not None:
+                following = await self._recorded(node, attempt, result)
+            else:  # (the run may have failed while the step ran)
+                following = self._release(node) if self.failure is None else None
+            if following is None:
+                return
+            node = following
+            var.set(node.name)
 
     async def _skip(self, node: Node) -> tuple[bool, Node | None]:
         """Whether ``node`` is skipped (its condition is false, or a step it requires was
@@ -734,10 +750,16 @@ class Execution:
             self.parked = []
         self.parked.append(info)
 
+    def _doubt(self, name: str) -> None:
+        """Step ``name`` may or may not have taken effect."""
+        if self.in_doubt is _NO_NAMES:
+            self.in_doubt = []
+        self.in_doubt.append(name)
+
     def _cut_off(self, name: str, attempt: int, since: float, flight: _Flight) -> None:
         """The run cut off an attempt of ``name`` in flight: in doubt if its body began."""
         if flight.entered:
-            self.in_doubt.append(name)
+            self._doubt(name)
         self._cancelled(name, attempt, since, in_doubt=flight.entered)
 
     def _release(self, node: Node) -> Node | None:
@@ -870,6 +892,22 @@ class _Flight:
     def expire(self) -> None:
         """The deadline passed (the event loop's timer says): cancel the attempt."""
         self.scope.cancel()
+
+
+class _PlainFlight(_Flight):
+    """An attempt of a plain step (no timeout, lease or sub-saga) in a task that only the
+    run cancels: no scope; its body began; all it keeps is whether the run cut it off."""
+
+    __slots__ = ()
+
+    scope = _OPEN
+    entered = True
+    returned = False
+    result = None
+    queue = None
+
+    def __init__(self) -> None:
+        self.cut = False
 
 
 def needs_watch(plan: Plan, cancel_grace: float | None) -> bool:
