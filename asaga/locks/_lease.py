@@ -43,7 +43,6 @@ from typing import Any, ClassVar, Protocol
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import structlog
 
 from .._exceptions import LeaseError as LeaseError
@@ -401,21 +400,13 @@ class Leases:
             # A key handed to the next local waiter needs no I/O here, so no shielded
             # scope.
             lost = lease.lost
-            rest: list[str] = []
-            handed = False
-            for key in reversed(ordered):
-                if self._hand_over(key, holds[key], lost=lost):
-                    handed = True
-                else:
-                    rest.append(key)
+            rest = [
+                key for key in reversed(ordered) if not self._hand_over(key, holds[key], lost=lost)
+            ]
             if rest:
                 with anyio.move_on_after(_RELEASE_BOUND, shield=True):
                     for key in rest:
                         await self._release(key, holds[key], ttl, lost=lost, idle=True)
-            elif handed:
-                # Let the next holder start (and send its first request) before this task
-                # goes on: what it does next then overlaps that holder's round trips.
-                await anyio.lowlevel.cancel_shielded_checkpoint()
         # A body that finished its work before the loss reached it returns normally: its
         # writes, if fenced, were accepted. One that was interrupted gets LeaseLost.
         if interrupted:
