@@ -1418,8 +1418,9 @@ class RedisInventoryStore:
         start = zlib.crc32(reservation_id.encode()) % len(holders)
         order = holders[start:] + holders[:start]
         refusal: InsufficientStock | None = None
+        available: dict[str, int] = {}
         for _ in range(MAX_REBALANCE_ROUNDS):
-            available: dict[str, int] = {}
+            available = {}
             for holder in order:
                 try:
                     return await self._reserve_in(holder, reservation_id, sku, quantity, ttl)
