@@ -36,6 +36,7 @@ STORE_VARIANTS = {
     "atomic via AtomicReservationSaga, per call",
     "group commit store calls (no saga)",
     "atomic via AtomicReservationSaga (group commit)",
+    "group commit store calls, 8 buckets (no saga)",
 }
 """lock_contention.py's variants whose stock is a product of the inventory store."""
 
