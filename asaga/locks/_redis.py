@@ -26,7 +26,8 @@ and the key is released to that process (as when the TTL differs, or two thirds 
 are not left, the next holder goes to Redis). A holder that leaves with nobody queued
 has the key re-granted, kept idle for the process's next lease until the next turn of
 the event loop (see ``_lease``). Every state change is one Lua script
-(atomic, keys and values passed as arguments, never interpolated). Waiting contenders
+(atomic, keys and values passed as arguments, never interpolated, all checked before
+the first write: Redis does not roll a script back). Waiting contenders
 never poll on a fixed interval: one head per key and process waits for a release
 notification (one pattern subscription per provider), with a fallback retry when the
 holder's TTL runs out, bounded and jittered.
@@ -70,6 +71,85 @@ __all__ = ["RedisLockProvider"]
 
 _logger = structlog.get_logger("asaga")
 
+MAX_FAIRNESS = 1000
+"""The largest ``fairness``: a grant reserves ``fairness`` tokens, so every token of a grant
+is below its first token + MAX_FAIRNESS (what fenced writes check), and tokens run ahead of
+the server's clock by at most that many microseconds per grant."""
+
+
+def _arguments(script: str) -> str:
+    """Argument checks, run by every script before its first write (Redis does not roll a
+    script back: one that fails half-way keeps what it wrote). A refusal is the error reply
+    ``BAD_ARGUMENT <name> "<value>": <why> (asaga <script>: bad arguments)``, raised as
+    ValueError (see _raise_refusal). Integers are matched as text first: Lua's
+    ``tonumber`` reads ``nan``, ``inf``, ``0x10`` and padded strings. ``lease_keys``
+    checks that KEYS are the named keys of one lease key (one prefix, one ``{key}`` tag)
+    and returns the prefix and the lease key."""
+    return _ARGUMENTS.replace("<script>", script)
+
+
+_ARGUMENTS = (
+    f"""
+local SCRIPT = '<script>'
+local MAX_FAIRNESS = {MAX_FAIRNESS}
+local MAX_INT = 9007199254740991
+local MAX_ID_LENGTH = 256
+"""
+    + """
+local function refuse(name, value, why)
+  error({err = 'BAD_ARGUMENT ' .. name .. ' '
+    .. string.format('%q', string.sub(tostring(value), 1, 64)) .. ': ' .. why
+    .. ' (asaga ' .. SCRIPT .. ': bad arguments)'})
+end
+local function int_arg(i, name, low, high)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s > 17 or not string.match(s, '^%-?%d+$') then
+    refuse(name, s, 'not an integer')
+  end
+  local n = tonumber(s)
+  if n < low or n > high then
+    refuse(name, s, string.format('not in [%.0f, %.0f]', low, high))
+  end
+  return n
+end
+local function id_arg(i, name)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s == 0 or #s > MAX_ID_LENGTH then
+    refuse(name, s, string.format('not 1 to %d bytes', MAX_ID_LENGTH))
+  end
+  return s
+end
+local function no_more(n)
+  if #ARGV > n then refuse('arguments', #ARGV, string.format('more than %d', n)) end
+end
+local function lease_keys(kinds, exact)
+  if #KEYS < #kinds or (exact and #KEYS > #kinds) then
+    refuse('keys', #KEYS, 'not the keys ' .. table.concat(kinds, ', ') .. ' of a lease key')
+  end
+  local first, start = KEYS[1], 1
+  while true do
+    local at = string.find(first, kinds[1] .. ':{', start, true)
+    if not at then break end
+    local prefix, tag = string.sub(first, 1, at - 1), string.sub(first, at + #kinds[1] + 1)
+    if string.sub(tag, -1) == '}' then
+      local same = true
+      for i = 2, #kinds do
+        if KEYS[i] ~= prefix .. kinds[i] .. ':' .. tag then same = false end
+      end
+      if same then return prefix, string.sub(tag, 2, -2) end
+    end
+    start = at + 1
+  end
+  refuse('keys', first, 'not the keys ' .. table.concat(kinds, ', ') .. ' of one lease key')
+end
+local function channel_arg(i, prefix, key)
+  if ARGV[i] ~= prefix .. 'released:' .. key then
+    refuse('channel', ARGV[i], 'not the release channel of ' .. KEYS[1])
+  end
+end
+"""
+)
+
 # A grant reserves a block of fencing tokens: its first token is the larger of the
 # counter's next value and the server's clock in microseconds, and the counter (fence key)
 # moves to the block's last token. The counter is kept until the clock has passed that
@@ -93,8 +173,16 @@ end
 
 # KEYS: lock, fence, want ; ARGV: ttl_ms, want_ms, identity, block, keep_ms
 _ACQUIRE = (
-    _GRANT
+    _arguments("acquire")
+    + _GRANT
     + """
+lease_keys({'lock', 'fence', 'want'}, true)
+int_arg(1, 'ttl_ms', 1, MAX_INT)
+int_arg(2, 'want_ms', 1, MAX_INT)
+id_arg(3, 'identity')
+int_arg(4, 'block', 1, MAX_FAIRNESS)
+int_arg(5, 'keep_ms', 0, MAX_INT)
+no_more(5)
 local held = redis.call('pttl', KEYS[1])
 if held == -2 then
   return {grant(KEYS[2], KEYS[1], ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])), 0}
@@ -106,16 +194,33 @@ return {0, held}
 )
 
 # KEYS: lock keys ; ARGV: ttl_ms, grants...
-_RENEW = """
+_RENEW = (
+    _arguments("renew")
+    + """
+int_arg(1, 'ttl_ms', 1, MAX_INT)
+for i, key in ipairs(KEYS) do
+  if not string.find(key, 'lock:{', 1, true) or string.sub(key, -1) ~= '}' then
+    refuse('keys', key, 'not a lock key')
+  end
+  int_arg(i + 1, 'grant', 1, MAX_INT)
+end
+no_more(#KEYS + 1)
 for i, key in ipairs(KEYS) do
   if redis.call('get', key) ~= ARGV[i + 1] then return 0 end
 end
 for _, key in ipairs(KEYS) do redis.call('pexpire', key, ARGV[1]) end
 return 1
 """
+)
 
 # KEYS: lock, want ; ARGV: grant, channel
-_RELEASE = """
+_RELEASE = (
+    _arguments("release")
+    + """
+local prefix, key = lease_keys({'lock', 'want'}, true)
+int_arg(1, 'grant', 1, MAX_INT)
+channel_arg(2, prefix, key)
+no_more(2)
 if redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('del', KEYS[1])
   if redis.call('exists', KEYS[2]) == 1 then redis.call('publish', ARGV[2], '1') end
@@ -123,12 +228,24 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+)
 
 # KEYS: lock, fence, want
 # ARGV: grant, ttl_ms, streak, cap, channel, identity, block, keep_ms
 _HANDOFF = (
-    _GRANT
+    _arguments("handoff")
+    + _GRANT
     + """
+local prefix, key = lease_keys({'lock', 'fence', 'want'}, true)
+int_arg(1, 'grant', 1, MAX_INT)
+int_arg(2, 'ttl_ms', 1, MAX_INT)
+int_arg(3, 'streak', 0, MAX_INT)
+int_arg(4, 'cap', 1, MAX_FAIRNESS)
+channel_arg(5, prefix, key)
+id_arg(6, 'identity')
+int_arg(7, 'block', 1, MAX_FAIRNESS)
+int_arg(8, 'keep_ms', 0, MAX_INT)
+no_more(8)
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 local wanted_by = redis.call('get', KEYS[3])
 if tonumber(ARGV[3]) >= tonumber(ARGV[4]) and wanted_by and wanted_by ~= ARGV[6] then
@@ -145,14 +262,19 @@ return grant(KEYS[2], KEYS[1], ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8]))
 # fairness - 1 (the last token fenced writes accept), and renew the lock key to at least
 # ttl_ms, unless another process wants the key. The counter moves to the block's last
 # token (it never goes back) and is kept as a grant keeps it. Returns the new end, or 0.
-_EXTEND = """
-local function num(i) return tonumber(ARGV[i] or '') end
-local grant, ends, block, ttl_ms = num(1), num(2), num(3), num(4)
-local cap, keep_ms = num(6), num(7)
-if #ARGV ~= 7 or not (grant and ends and block and ttl_ms and cap and keep_ms)
-    or block < 1 or ttl_ms < 1 or keep_ms < 0 or ends <= grant or ARGV[5] == '' then
-  return redis.error_reply('asaga extend: bad arguments')
-end
+_EXTEND = (
+    _arguments("extend")
+    + """
+lease_keys({'lock', 'fence', 'want'}, true)
+local grant = int_arg(1, 'grant', 1, MAX_INT)
+local ends = int_arg(2, 'end', 1, MAX_INT)
+if ends <= grant then refuse('end', ARGV[2], 'not above the grant ' .. ARGV[1]) end
+local block = int_arg(3, 'block', 1, MAX_FAIRNESS)
+local ttl_ms = int_arg(4, 'ttl_ms', 1, MAX_INT)
+id_arg(5, 'identity')
+local cap = int_arg(6, 'cap', 1, MAX_FAIRNESS)
+local keep_ms = int_arg(7, 'keep_ms', 0, MAX_INT)
+no_more(7)
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 local wanted_by = redis.call('get', KEYS[3])
 if wanted_by and wanted_by ~= ARGV[5] then return 0 end
@@ -167,6 +289,7 @@ redis.call('set', KEYS[2], string.format('%.0f', last), 'px', keep)
 if redis.call('pttl', KEYS[1]) < ttl_ms then redis.call('pexpire', KEYS[1], ttl_ms) end
 return ends + block
 """
+)
 
 # KEYS: lock, stale, data keys...
 # ARGV: token, stale_ms, max fairness, n commands, then per command:
@@ -176,10 +299,24 @@ return ends + block
 # loss by a server whose clock was ahead (a failover, a clock stepped back): `>=` alone
 # would take it for a newer one.
 # Refused: {0, the holder's grant, or '' if nobody holds the key}.
-_FENCED = """
+_FENCED = (
+    _arguments("fenced")
+    + """
+lease_keys({'lock', 'stale'}, false)
+local token = int_arg(1, 'token', 0, MAX_INT)
+int_arg(2, 'stale_ms', 1, MAX_INT)
+local cap = int_arg(3, 'cap', 1, MAX_FAIRNESS)
+local count = int_arg(4, 'commands', 0, #ARGV)
+local at = 5
+for _ = 1, count do
+  id_arg(at, 'command')
+  int_arg(at + 1, 'key_index', 3, #KEYS)
+  local n = int_arg(at + 2, 'argument_count', 0, #ARGV - at - 2)
+  at = at + 3 + n
+end
+no_more(at - 1)
 local held = redis.call('get', KEYS[1])
-local token = tonumber(ARGV[1])
-if not held or token < tonumber(held) or token >= tonumber(held) + tonumber(ARGV[3]) then
+if not held or token < tonumber(held) or token >= tonumber(held) + cap then
   redis.call('incr', KEYS[2])
   redis.call('pexpire', KEYS[2], ARGV[2])
   return {0, held or ''}
@@ -195,11 +332,7 @@ for _ = 1, tonumber(ARGV[4]) do
 end
 return {1, results}
 """
-
-MAX_FAIRNESS = 1000
-"""The largest ``fairness``: a grant reserves ``fairness`` tokens, so every token of a grant
-is below its first token + MAX_FAIRNESS (what fenced writes check), and tokens run ahead of
-the server's clock by at most that many microseconds per grant."""
+)
 
 _FENCE_KEEP_MS = 60_000
 """How long the fencing counter outlives the clock's passing its last token: within that
@@ -257,6 +390,7 @@ class _RedisBackend:
                 args=[_ms(ttl), _WANT_MS, self.identity, self.block, _FENCE_KEEP_MS],
             )
         except REDIS_ERRORS as exc:
+            _raise_refusal(exc)
             raise LeaseUnavailable(
                 f"cannot acquire {key!r}: Redis is unreachable ({exc})", (key,)
             ) from exc
@@ -273,6 +407,7 @@ class _RedisBackend:
             try:
                 ok = await self._renew(keys=keys, args=[_ms(ttl), *map(str, group.values())])
             except REDIS_ERRORS as exc:
+                _raise_refusal(exc)
                 raise LeaseUnavailable(
                     f"cannot renew {list(grants)}: Redis is unreachable ({exc})", tuple(grants)
                 ) from exc
@@ -281,9 +416,14 @@ class _RedisBackend:
         return True
 
     async def release(self, key: str, grant: int) -> None:
-        await self._release(
-            keys=[self.lock_key(key), self.want_key(key)], args=[str(grant), self.channel(key)]
-        )
+        try:
+            await self._release(
+                keys=[self.lock_key(key), self.want_key(key)],
+                args=[str(grant), self.channel(key)],
+            )
+        except ResponseError as exc:
+            _raise_refusal(exc)
+            raise
 
     async def handoff(self, key: str, grant: int, ttl: float, streak: int) -> int:
         try:
@@ -301,24 +441,29 @@ class _RedisBackend:
                 ],
             )
         except REDIS_ERRORS as exc:
+            _raise_refusal(exc)
             raise LeaseUnavailable(
                 f"cannot acquire {key!r}: Redis is unreachable ({exc})", (key,)
             ) from exc
         return int(granted)
 
     async def extend(self, key: str, grant: int, end: int, ttl: float) -> int:
-        extended = await self._extend(
-            keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
-            args=[
-                str(grant),
-                str(end),
-                self.block,
-                _ms(ttl),
-                self.identity,
-                MAX_FAIRNESS,
-                _FENCE_KEEP_MS,
-            ],
-        )
+        try:
+            extended = await self._extend(
+                keys=[self.lock_key(key), self.fence_key(key), self.want_key(key)],
+                args=[
+                    str(grant),
+                    str(end),
+                    self.block,
+                    _ms(ttl),
+                    self.identity,
+                    MAX_FAIRNESS,
+                    _FENCE_KEEP_MS,
+                ],
+            )
+        except ResponseError as exc:
+            _raise_refusal(exc)
+            raise
         return int(extended)
 
     async def run_fenced(self, keys: list[str], args: list[Any]) -> Any:
@@ -518,6 +663,7 @@ class RedisLockProvider:
                     [backend.lock_key(key), backend.stale_key(key), *data_keys], args
                 )
             except ResponseError as exc:
+                _raise_refusal(exc)
                 if type(exc) is not ResponseError:  # READONLY, OOM, NOPERM...: the server's
                     raise LeaseUnavailable(
                         f"fenced write on {key!r} failed: Redis refused it ({exc})", (key,)
@@ -587,6 +733,15 @@ class RedisLockProvider:
             subscribed=subscribed,
             lost="lease_notifications_lost",
         )
+
+
+def _raise_refusal(exc: Exception) -> None:
+    """Raise ValueError if ``exc`` is a script's refusal of an argument (``BAD_ARGUMENT
+    <name> "<value>": <why>``, replied before the script's first write)."""
+    message = str(exc)
+    if isinstance(exc, ResponseError) and message.startswith("BAD_ARGUMENT "):
+        detail = message.removeprefix("BAD_ARGUMENT ").split(" script: ", 1)[0]
+        raise ValueError(f"refused by the lease script: {detail}") from None
 
 
 def _ms(seconds: float) -> int:
