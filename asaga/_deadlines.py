@@ -22,6 +22,8 @@ import weakref
 from collections import deque
 from typing import Protocol
 
+import anyio
+
 __all__ = ["Deadlines", "Timed", "deadlines"]
 
 
@@ -40,9 +42,13 @@ class Timed(Protocol):
 class Deadlines:
     """The timed attempts of one event loop, queued by timeout; one timer for them all."""
 
-    __slots__ = ("__weakref__", "_at", "_handle", "_queues", "_timed")
+    __slots__ = ("__weakref__", "_at", "_handle", "_queues", "_timed", "scope")
 
     def __init__(self) -> None:
+        self.scope: type[anyio.CancelScope] = type(anyio.CancelScope())
+        """anyio's cancel scope class of this event loop's backend: ``self.scope(shield=...)``
+        is what ``anyio.CancelScope(shield=...)`` makes, without looking the backend up
+        (sniffio, then anyio's registry) for every attempt."""
         self._queues: dict[float, deque[Timed]] = {}
         self._timed = 0  # attempts in the queues
         self._handle: asyncio.TimerHandle | None = None

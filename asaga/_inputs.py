@@ -4,7 +4,9 @@ Declared inputs (class annotations) and annotated inferred inputs are converted 
 in strict mode, constraints included (``Annotated[int, msgspec.Meta(gt=0)]``); resources
 are passed through untouched. The fast path converts all fields at once through one
 generated ``msgspec.Struct``; only when that fails does a second pass convert field by field,
-so that the error lists every bad, missing or unknown field rather than the first.
+so that the error lists every bad, missing or unknown field rather than the first. When
+every checked input is a plain ``str``, ``int``, ``float`` or ``bool`` and a run gives each
+as exactly that type, there is nothing to convert, and msgspec is not called at all.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class InputValidator:
 
     __slots__ = (
         "_checked",
+        "_exact",
         "_fast",
         "_names",
         "_required",
@@ -71,6 +74,11 @@ class InputValidator:
         self._struct: type[msgspec.Struct] | None = struct
         self._fast = self._required | {f[0] for f in fields if len(f) == 2}
         """The inputs a run must give for the one-call conversion."""
+        exact = tuple((name, a) for name, a in checked.items() if a in _PLAIN)
+        self._exact = exact if len(exact) == len(checked) else None
+        """With every checked input a plain ``str``, ``int``, ``float`` or ``bool``: the
+        inputs and their types. A run that gives each as exactly that type has nothing to
+        convert (msgspec would return each value as it is)."""
 
     def schema(self, fields: Iterable[str] | None = None) -> dict[str, Any]:
         """The JSON Schema of the inputs a request may give (the declared, non-resource
@@ -97,6 +105,17 @@ class InputValidator:
         if self._names.issuperset(values) and self._fast.issubset(values):
             if self._struct is None:
                 return self._fill_defaults(values)
+            exact = self._exact
+            if exact is not None:
+                for name, annotation in exact:
+                    if name in values and type(values[name]) is not annotation:
+                        break
+                else:  # (in the order the conversion below would set them)
+                    specs = self._specs
+                    for name, _ in exact:
+                        if name not in values:
+                            values[name] = specs[name].default
+                    return self._fill_defaults(values)
             try:
                 converted = msgspec.convert(
                     {k: values[k] for k in self._checked if k in values}, self._struct
@@ -140,6 +159,11 @@ class InputValidator:
             if name not in values and spec.declared and not spec.required:
                 values[name] = spec.default
         return values
+
+
+_PLAIN = (str, int, float, bool)
+"""Types whose exact instances msgspec converts to themselves, unchanged (``bool`` is not
+an ``int`` here: types are compared exactly)."""
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -862,7 +862,7 @@ class _Flight:
         if timeout is not None:
             if timer is not None and timeout > 0:
                 # The loop's one timer cancels the scope at the deadline (see _deadlines).
-                self.scope = anyio.CancelScope(shield=shield)
+                self.scope = timer.scope(shield=shield)
                 self.ended = False
                 self.queue = timer.add(self, timeout)
             else:

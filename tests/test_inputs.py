@@ -142,3 +142,38 @@ async def test_the_message_is_bounded_whatever_the_inputs() -> None:
     assert len(info.value.errors) > 150_000  # the unknown ones, and the missing ones
     assert len(str(info.value)) < 20_000
     assert f"and {len(info.value.errors) - 20} more" in str(info.value)
+
+
+class Plain(Saga):
+    """Only plain ``str``/``int``/``float``/``bool`` inputs: given exactly so, nothing is
+    converted; anything else goes through msgspec as before."""
+
+    name: str
+    count: int
+    ratio: float
+    flag: bool
+    hold: float = 900.0
+    client: Resource[Client]
+
+    @step
+    async def echo(
+        name: str, count: int, ratio: float, flag: bool, hold: float, client: Client
+    ) -> tuple[object, ...]:
+        return name, count, ratio, flag, hold, client
+
+
+async def test_plain_inputs_of_the_exact_type_pass_as_they_are() -> None:
+    client = Client()
+    out = (await Plain.run(name="n", count=2**70, ratio=0.5, flag=False, client=client)).output
+    assert out == ("n", 2**70, 0.5, False, 900.0, client)
+    assert out[5] is client
+
+
+async def test_plain_inputs_of_another_type_are_still_converted_or_refused() -> None:
+    out = (await Plain.run(name="n", count=1, ratio=1, flag=True, hold=5, client=Client())).output
+    assert out[2] == 1.0  # an int where a float is declared
+    assert type(out[2]) is float
+    assert type(out[4]) is float
+    with pytest.raises(InputValidationError) as caught:
+        await Plain.run(name="n", count=True, ratio=0.5, flag=1, client=Client())
+    assert {e.field for e in caught.value.errors} == {"count", "flag"}
