@@ -335,11 +335,12 @@ class Leases:
             self._renewer = self._tg = self._idle_wakeup = None
             self._idle = []
             # Grants left idle as the tasks stopped: released now, shielded and bounded.
-            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
-                for key, queue in list(self._queues.items()):
-                    if queue.idle:
-                        queue.idle, queue.busy = False, True
-                        await self._release(key, _Hold(queue.grant, 0, 0.0), queue.ttl, lost=False)
+            idle: list[tuple[str, _Hold, float]] = []
+            for key, queue in list(self._queues.items()):
+                if queue.idle:
+                    queue.idle, queue.busy = False, True
+                    idle.append((key, _Hold(queue.grant, 0, 0.0), queue.ttl))
+            await self._release_bounded(idle, lost=False)
 
     @asynccontextmanager
     async def lease(
@@ -358,9 +359,9 @@ class Leases:
             for key in ordered:
                 holds[key] = await self._acquire(key, ttl, deadline)
         except BaseException:
-            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
-                for key, hold in reversed(holds.items()):
-                    await self._release(key, hold, ttl, lost=False)
+            await self._release_bounded(
+                [(key, hold, ttl) for key, hold in reversed(holds.items())], lost=False
+            )
             raise
         lease = Lease._create(self, ordered, holds, ttl)
         failure: BaseException | None = None
@@ -404,9 +405,9 @@ class Leases:
                 key for key in reversed(ordered) if not self._hand_over(key, holds[key], lost=lost)
             ]
             if rest:
-                with anyio.move_on_after(_RELEASE_BOUND, shield=True):
-                    for key in rest:
-                        await self._release(key, holds[key], ttl, lost=lost, idle=True)
+                await self._release_bounded(
+                    [(key, holds[key], ttl) for key in rest], lost=lost, idle=True
+                )
         # A body that finished its work before the loss reached it returns normally: its
         # writes, if fenced, were accepted. One that was interrupted gets LeaseLost.
         if interrupted:
@@ -503,11 +504,16 @@ class Leases:
             # known, and freed if this task is being cancelled.
             started = anyio.current_time()
             granted = 0
-            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
+            with anyio.move_on_after(_RELEASE_BOUND, shield=True) as bound:
                 granted = await backend.handoff(key, idle_grant, ttl, self.fairness)
-            if granted > 0:
+            if bound.cancelled_caught:
+                # Unknown: Redis may have re-granted the key (to a grant nobody here
+                # knows) or not. Nothing is assumed held: this head acquires as any
+                # other, and the key's TTL frees it at the latest.
+                _logger.warning("lease_handoff_timed_out", key=key, grant=idle_grant)
+            elif granted > 0:
                 return granted, started + ttl
-            if granted < 0:
+            elif granted < 0:
                 await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
         while True:
             started = anyio.current_time()
@@ -632,11 +638,30 @@ class Leases:
 
     async def _release_shielded(self, key: str, queue: _KeyQueue) -> None:
         try:
-            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
-                hold = _Hold(queue.grant, 0, queue.expires)
-                await self._release(key, hold, queue.ttl, lost=False)
+            hold = _Hold(queue.grant, 0, queue.expires)
+            await self._release_bounded([(key, hold, queue.ttl)], lost=False)
         finally:
             queue.releasing = False
+
+    async def _release_bounded(
+        self, holds: list[tuple[str, _Hold, float]], *, lost: bool, idle: bool = False
+    ) -> None:
+        """Release each ``(key, hold, ttl)`` in turn, shielded, all within
+        ``_RELEASE_BOUND``. A release cut short by the bound passes the key's turn on
+        (see :meth:`_release`); the keys not reached by then are handed to a local waiter
+        if the rules allow, else their turn is passed on too (the TTL frees them)."""
+        reached = 0
+        try:
+            with anyio.move_on_after(_RELEASE_BOUND, shield=True):
+                for key, hold, ttl in holds:
+                    reached += 1
+                    await self._release(key, hold, ttl, lost=lost, idle=idle)
+        finally:
+            for key, hold, _ in holds[reached:]:
+                if not self._hand_over(key, hold, lost=lost):
+                    queue = self._queues.get(key)
+                    if queue is not None:
+                        self._pass_turn(key, queue)
 
     async def _release(
         self, key: str, hold: _Hold, ttl: float, *, lost: bool, idle: bool = False
@@ -648,54 +673,68 @@ class Leases:
         if self._hand_over(key, hold, lost=lost):
             return
         queue = self._queues.get(key)
-        keep = idle and self._idle_wakeup is not None
-        if queue is not None and not lost and (queue.waiters or keep):
-            wanted = queue.waiters[0].ttl if queue.waiters else ttl
-            started = anyio.current_time()
-            try:
-                # The backend re-grants the key (the holder's grant ends with it: no
-                # check of its token passes any more); it gives the key to another process
-                # that wants it instead.
-                granted = await self.backend.handoff(key, hold.grant, wanted, self.fairness)
-            except Exception:  # noqa: BLE001 - backend down: the next waiter retries as head
-                granted = 0
-            if queue.waiters:
-                waiter = queue.waiters.popleft()
-                waiter.woken = True
-                if granted > 0:
-                    self._granted(queue, granted, wanted, started + wanted)
-                    waiter.hold = _Hold(granted, granted, started + wanted)
-                else:  # lost (0) or released for another process (-1): waiter is the head
-                    queue.grant = 0
-                    waiter.yielded = granted < 0
-                waiter.event.set()
-                return
-            if granted <= 0:
-                if granted < 0:
-                    # Released for another process: give it a moment before this one's
-                    # next lease contends again (it would win the race, without a queue).
-                    await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
-                self._pass_turn(key, queue)
-                return
-            wakeup = self._idle_wakeup
-            if wakeup is not None:
-                # Idle: the next lease of this process takes its first token; else a
-                # background task releases it on the next turn of the event loop.
-                self._granted(queue, granted, wanted, started + wanted)
-                queue.next_token = granted
-                queue.busy = False
-                queue.idle = True
-                self._idle.append(key)
-                wakeup.set()
-                return
-            hold = _Hold(granted, granted, started + wanted)  # nobody to keep it for: free it
+        passed = False  # the key went to a waiter, was left idle, or its turn passed on
         try:
-            await self.backend.release(key, hold.grant)
-        except Exception as exc:  # noqa: BLE001 - unreachable backend: the TTL frees the key
-            _logger.warning("lease_release_failed", key=key, grant=hold.grant, error=repr(exc))
-        if queue is not None:
-            # Whoever queued while the release was on its way becomes the head.
-            self._pass_turn(key, queue)
+            keep = idle and self._idle_wakeup is not None
+            if queue is not None and not lost and (queue.waiters or keep):
+                wanted = queue.waiters[0].ttl if queue.waiters else ttl
+                started = anyio.current_time()
+                try:
+                    # The backend re-grants the key (the holder's grant ends with it: no
+                    # check of its token passes any more); it gives the key to another
+                    # process that wants it instead.
+                    granted = await self.backend.handoff(key, hold.grant, wanted, self.fairness)
+                except Exception:  # noqa: BLE001 - backend down: the next waiter is the head
+                    granted = 0
+                if queue.waiters:
+                    waiter = queue.waiters.popleft()
+                    waiter.woken = True
+                    if granted > 0:
+                        self._granted(queue, granted, wanted, started + wanted)
+                        waiter.hold = _Hold(granted, granted, started + wanted)
+                    else:  # lost (0) or released for another process (-1): the waiter is head
+                        queue.grant = 0
+                        waiter.yielded = granted < 0
+                    waiter.event.set()
+                    passed = True
+                    return
+                if granted <= 0:
+                    if granted < 0:
+                        # Released for another process: give it a moment before this one's
+                        # next lease contends again (it would win the race, without a queue).
+                        await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
+                    self._pass_turn(key, queue)
+                    passed = True
+                    return
+                wakeup = self._idle_wakeup
+                if wakeup is not None:
+                    # Idle: the next lease of this process takes its first token; else a
+                    # background task releases it on the next turn of the event loop.
+                    self._granted(queue, granted, wanted, started + wanted)
+                    queue.next_token = granted
+                    queue.busy = False
+                    queue.idle = True
+                    self._idle.append(key)
+                    wakeup.set()
+                    passed = True
+                    return
+                hold = _Hold(granted, granted, started + wanted)  # kept for nobody: free it
+            try:
+                await self.backend.release(key, hold.grant)
+            except Exception as exc:  # noqa: BLE001 - unreachable backend: the TTL frees it
+                _logger.warning("lease_release_failed", key=key, grant=hold.grant, error=repr(exc))
+            if queue is not None:
+                # Whoever queued while the release was on its way becomes the head.
+                self._pass_turn(key, queue)
+                passed = True
+        finally:
+            if not passed and queue is not None:
+                # Cut short (the release bound ran out, or a cancellation): whether the
+                # backend applied the call is unknown. Nothing is assumed held: the next
+                # waiter becomes the head and acquires as any other (the key's TTL frees
+                # it at the latest), and a later lease of this process does the same.
+                _logger.warning("lease_release_cut_short", key=key, grant=hold.grant)
+                self._pass_turn(key, queue)
 
 
 class _Watch:
