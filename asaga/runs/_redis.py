@@ -112,16 +112,138 @@ __all__ = ["RedisRunStore"]
 
 _logger = structlog.get_logger("asaga")
 
+
+def _arguments(script: str) -> str:
+    """Argument checks, run by every script before its first write (Redis does not roll a
+    script back: one that fails half-way keeps what it wrote). A refusal is the error reply
+    ``BAD_ARGUMENT <name> "<value>": <why> (asaga <script>: bad arguments)``, raised as
+    ValueError (see _refusal). Integers are matched as text first (Lua's ``tonumber``
+    reads ``nan``, ``inf``, ``0x10`` and padded strings), times as decimals; ``run_keys``
+    checks that KEYS are the named keys of one run (one base, the run id of ARGV)."""
+    return _ARGUMENTS.replace("<script>", script)
+
+
+_ARGUMENTS = """
+local SCRIPT = '<script>'
+local MAX_INT = 9007199254740991
+local MAX_NAME = 4096
+local MAX_BLOB = 536870912
+local function refuse(name, value, why)
+  error({err = 'BAD_ARGUMENT ' .. name .. ' '
+    .. string.format('%q', string.sub(tostring(value), 1, 64)) .. ': ' .. why
+    .. ' (asaga ' .. SCRIPT .. ': bad arguments)'})
+end
+local function int_arg(i, name, low, high)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s > 17 or not string.match(s, '^%-?%d+$') then
+    refuse(name, s, 'not an integer')
+  end
+  local n = tonumber(s)
+  if n < low or n > high then
+    refuse(name, s, string.format('not in [%.0f, %.0f]', low, high))
+  end
+  return n
+end
+local function time_arg(i, name)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s > 32 or not (string.match(s, '^%-?%d+%.?%d*$')
+     or string.match(s, '^%-?%d+%.?%d*[eE][%+%-]?%d+$')) then
+    refuse(name, s, 'not a decimal number')
+  end
+  local n = tonumber(s)
+  if not n or n ~= n or n > 1e15 or n < -1e15 then
+    refuse(name, s, 'not in [-1e15, 1e15] (seconds)')
+  end
+  return n
+end
+local function str_arg(i, name, low, high)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s < low or #s > high then
+    refuse(name, s, string.format('not %d to %d bytes', low, high))
+  end
+  return s
+end
+local function flag_arg(i, name)
+  if ARGV[i] ~= '0' and ARGV[i] ~= '1' then refuse(name, ARGV[i], 'not 0 or 1') end
+  return ARGV[i] == '1'
+end
+local STATUSES = {running = 1, compensating = 1, succeeded = 1, failed = 1,
+  compensation_failed = 1, cancelled = 1, undoing = 1, undone = 1, undo_failed = 1,
+  waiting = 1, terminated = 1}
+local function status_arg(i, name)
+  if type(ARGV[i]) ~= 'string' or not STATUSES[ARGV[i]] then
+    refuse(name, ARGV[i], 'not a run status')
+  end
+  return ARGV[i]
+end
+local function no_more(n)
+  if #ARGV > n then refuse('arguments', #ARGV, string.format('more than %d', n)) end
+end
+local function events_from(i)
+  for j = i, #ARGV do
+    if #ARGV[j] == 0 or #ARGV[j] > MAX_BLOB then refuse('event', ARGV[j], 'empty') end
+  end
+end
+local function one_key(kind)
+  if #KEYS ~= 1 or not string.find(KEYS[1], kind .. ':', 1, true) then
+    refuse('keys', KEYS[1], 'not one ' .. kind .. ' key')
+  end
+end
+-- KEYS[1] is <s>run:<run_id>; KEYS[2..] are <s><name> (<s><name>:<run_id> for events and
+-- waiting, <s>owner:<owner> for owner): returns <s>.
+local function run_keys(run_id, names, owner)
+  local tail, first = 'run:' .. run_id, KEYS[1]
+  if #KEYS ~= #names + 1 or type(first) ~= 'string' or #first < #tail
+     or string.sub(first, -#tail) ~= tail then
+    refuse('keys', first, 'not the keys of run ' .. run_id)
+  end
+  local base = string.sub(first, 1, #first - #tail)
+  for i, name in ipairs(names) do
+    local want = base .. name
+    if name == 'events' or name == 'waiting' then want = want .. ':' .. run_id end
+    if name == 'owner' then want = want .. ':' .. owner end
+    if KEYS[i + 1] ~= want then
+      refuse('keys', KEYS[i + 1], 'not the ' .. name .. ' key of run ' .. run_id)
+    end
+  end
+  return base
+end
+-- the channel <p>finished:<run_id>: <p> is the base, or on a cluster the base is
+-- <p>{<p><shard>}
+local function channel_arg(i, base, run_id)
+  local s, tail = ARGV[i], 'finished:' .. run_id
+  if s == base .. tail then return s end
+  if type(s) == 'string' and #s > #tail and string.sub(s, -#tail) == tail then
+    local p = string.sub(s, 1, #s - #tail)
+    if string.sub(base, 1, #p + 1) == p .. '{' and string.sub(base, #p + 2, 2 * #p + 1) == p
+       and string.match(string.sub(base, 2 * #p + 2), '^%d+}$') then
+      return s
+    end
+  end
+  refuse('channel', s, 'not the finish channel of run ' .. run_id)
+end
+"""
+
+
 # KEYS: run, events, running, index ; ARGV: run_id, record, status, owner, saga, now,
 #   version, nonce, seq, events...
 # Returns nil when created (or when this very creation is sent again), 'void' if the run id
 # was voided (a caller found the idempotency key naming it and no record, and took the key
 # over), 'exists' if another creation recorded the run id: then nothing is written.
-_CREATE = """
-local now, seq = tonumber(ARGV[6]), tonumber(ARGV[9])
-if not now or not seq or ARGV[1] == '' or ARGV[4] == '' then
-  return redis.error_reply('ERR asaga create: run_id, owner, now, seq')
-end
+_CREATE = (
+    _arguments("create")
+    + """
+local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
+str_arg(2, 'record', 1, MAX_BLOB)
+status_arg(3, 'status')
+str_arg(4, 'owner', 1, MAX_NAME)
+str_arg(5, 'saga', 1, MAX_NAME)
+local now = time_arg(6, 'now')
+str_arg(7, 'version', 0, MAX_NAME)
+str_arg(8, 'nonce', 0, MAX_NAME)
+int_arg(9, 'seq', 0, MAX_INT)
+events_from(10)
+run_keys(run_id, {'events', 'runs:running', 'runs:index'})
 if redis.call('exists', KEYS[1]) == 1 then
   if redis.call('hget', KEYS[1], 'nonce') == ARGV[8] then return false end
   if redis.call('hget', KEYS[1], 'status') == 'void' then return 'void' end
@@ -134,55 +256,74 @@ redis.call('zadd', KEYS[4], now, ARGV[1])
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 return false
 """
+)
 
 # KEYS: idempotency key ; ARGV: run_id, window_ms, run to take the key from ('' for none)
 # Returns nil when the key names run_id now (claimed now), 1 if it named run_id already,
 # else {the run it names, the key's remaining milliseconds}. The caller takes the key
 # from a run it found cancelled or voided by naming that run: only if the key still names
 # it (so exactly one caller takes it).
-_CLAIM_KEY = """
-local window = tonumber(ARGV[2])
-if ARGV[1] == '' or not window or window < 1 then
-  return redis.error_reply('ERR asaga claim key: run_id, window_ms')
-end
+_CLAIM_KEY = (
+    _arguments("claim key")
+    + """
+str_arg(1, 'run_id', 1, MAX_NAME)
+local window = int_arg(2, 'window_ms', 1, MAX_INT)
+str_arg(3, 'taking', 0, MAX_NAME)
+no_more(3)
+one_key('key')
 local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then return 1 end
 if holder and holder ~= ARGV[3] then return {holder, redis.call('pttl', KEYS[1])} end
 redis.call('set', KEYS[1], ARGV[1], 'px', window)
 return false
 """
+)
 
 # KEYS: run ; ARGV: '1' to void a run without a record, tombstone_ms
 # Returns the run's status; 'void' for a run id voided (now or before); nil if the run has
 # no record and is not voided. A voided run id holds only status 'void' until the
 # tombstone expires: its creation, if it comes late, finds it and writes nothing.
-_PROBE = """
-local ttl = tonumber(ARGV[2])
-if not ttl or ttl < 1 then return redis.error_reply('ERR asaga probe: tombstone_ms') end
+_PROBE = (
+    _arguments("probe")
+    + """
+local void = flag_arg(1, 'void')
+local ttl = int_arg(2, 'tombstone_ms', 1, MAX_INT)
+no_more(2)
+one_key('run')
 local status = redis.call('hget', KEYS[1], 'status')
 if status then return status end
-if ARGV[1] ~= '1' then return false end
+if not void then return false end
 redis.call('hset', KEYS[1], 'status', 'void')
 redis.call('pexpire', KEYS[1], ttl)
 return 'void'
 """
+)
 
 # KEYS: run, events, running, index, waiting ; ARGV: run_id, record, status, owner, final,
 #   retention_ms, cutoff, channel, seq, events...
 # Returns 0 if another owner has the run, 3 if its record is gone (Redis lost writes), 2 if
 # a newer write of this run landed already (this one, sent late, is dropped), 1 when applied.
-_WRITE = """
-local retention, cutoff, seq = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[9])
-if not retention or not cutoff or not seq or retention < 1 then
-  return redis.error_reply('ERR asaga write: retention_ms, cutoff, seq')
-end
+_WRITE = (
+    _arguments("write")
+    + """
+local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
+str_arg(2, 'record', 1, MAX_BLOB)
+status_arg(3, 'status')
+str_arg(4, 'owner', 1, MAX_NAME)
+local final = flag_arg(5, 'final')
+local retention = int_arg(6, 'retention_ms', 1, MAX_INT)
+local cutoff = time_arg(7, 'cutoff')
+local base = run_keys(run_id, {'events', 'runs:running', 'runs:index', 'waiting'})
+channel_arg(8, base, run_id)
+local seq = int_arg(9, 'seq', 0, MAX_INT)
+events_from(10)
 local owner = redis.call('hget', KEYS[1], 'owner')
 if not owner then return 3 end  -- no record (or a void run id: its record was lost too)
 if owner ~= ARGV[4] then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= seq then return 2 end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'seq', ARGV[9])
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
-if ARGV[5] == '1' then
+if final then
   redis.call('zrem', KEYS[3], ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[6])
   redis.call('pexpire', KEYS[2], ARGV[6])
@@ -196,26 +337,51 @@ else
 end
 return 1
 """
+)
 
 # KEYS: run, lease of the old owner ; ARGV: old owner, new owner
-_CLAIM = """
+_CLAIM = (
+    _arguments("claim")
+    + """
+local old = str_arg(1, 'old_owner', 1, MAX_NAME)
+local new = str_arg(2, 'new_owner', 1, MAX_NAME)
+no_more(2)
+local lease = 'owner:' .. old
+if #KEYS ~= 2 or type(KEYS[2]) ~= 'string' or #KEYS[2] < #lease
+   or string.sub(KEYS[2], -#lease) ~= lease then
+  refuse('keys', KEYS[2], 'not the lease of ' .. old)
+end
+local base = string.sub(KEYS[2], 1, #KEYS[2] - #lease)
+if #KEYS[1] <= #base + 4 or string.sub(KEYS[1], 1, #base + 4) ~= base .. 'run:' then
+  refuse('keys', KEYS[1], 'not a run key beside ' .. KEYS[2])
+end
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[1] then return false end
 local status = redis.call('hget', KEYS[1], 'status')
 if status ~= 'running' and status ~= 'compensating' and status ~= 'undoing' then
   return false
 end
 if redis.call('exists', KEYS[2]) == 1 then return false end
-redis.call('hset', KEYS[1], 'owner', ARGV[2])
+redis.call('hset', KEYS[1], 'owner', new)
 return redis.call('hmget', KEYS[1], 'record', 'status', 'saga', 'version')
 """
+)
 
 # KEYS: run, events, running, quarantine ; ARGV: run_id, owner, reason, now, retention_ms,
 #   cutoff, most kept
-_QUARANTINE = """
-local ttl, most = tonumber(ARGV[5]), tonumber(ARGV[7])
-if not (tonumber(ARGV[4]) and tonumber(ARGV[6]) and ttl and most) or ttl < 1 or most < 0 then
-  return redis.error_reply('ERR asaga quarantine: now, retention_ms, cutoff, most kept')
-end
+_QUARANTINE = (
+    _arguments("quarantine")
+    + """
+local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
+str_arg(2, 'owner', 1, MAX_NAME)
+str_arg(3, 'reason', 1, MAX_BLOB)
+time_arg(4, 'now')
+int_arg(5, 'retention_ms', 1, MAX_INT)
+time_arg(6, 'cutoff')
+local most = int_arg(7, 'most', 0, MAX_INT)
+no_more(7)
+local set = (KEYS[3] and string.sub(KEYS[3], -12) == 'runs:running') and 'runs:running'
+  or 'runs:parked'
+run_keys(run_id, {'events', set, 'runs:quarantine'})
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return false end
 local score = redis.call('zscore', KEYS[3], ARGV[1]) or ARGV[4]
 redis.call('zrem', KEYS[3], ARGV[1])
@@ -229,12 +395,18 @@ local extra = redis.call('zcard', KEYS[4]) - most
 if extra > 0 then redis.call('zremrangebyrank', KEYS[4], 0, extra - 1) end
 return {redis.call('hget', KEYS[1], 'saga') or ''}
 """
+)
 
 # KEYS: run, events, running, quarantine ; ARGV: run_id
 # The run keeps the owner 'quarantine', which never holds a lease: the next sweep takes it.
 # Everything is read before the first write: a run whose record expired only loses its
 # dangling entry; one without its running score goes back at the head of the running set.
-_READMIT = """
+_READMIT = (
+    _arguments("readmit")
+    + """
+local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
+no_more(1)
+run_keys(run_id, {'events', 'runs:running', 'runs:quarantine'})
 if not redis.call('zscore', KEYS[4], ARGV[1]) then return 0 end
 if redis.call('hexists', KEYS[1], 'quarantined') == 0 then
   redis.call('zrem', KEYS[4], ARGV[1])
@@ -248,11 +420,22 @@ redis.call('persist', KEYS[2])
 redis.call('zadd', KEYS[3], score, ARGV[1])
 return 1
 """
+)
 
 # KEYS: run, events, running, lease of the current owner ; ARGV: status seen, owner seen,
 #   new owner, now, run_id
-_CLAIM_UNDO = """
-if not tonumber(ARGV[4]) then return redis.error_reply('ERR asaga claim undo: now') end
+_CLAIM_UNDO = (
+    _arguments("claim undo")
+    + """
+if ARGV[1] ~= 'succeeded' and ARGV[1] ~= 'undoing' then
+  refuse('status', ARGV[1], 'not succeeded or undoing')
+end
+local seen_owner = str_arg(2, 'owner', 0, MAX_NAME)
+str_arg(3, 'new_owner', 1, MAX_NAME)
+time_arg(4, 'now')
+local run_id = str_arg(5, 'run_id', 1, MAX_NAME)
+no_more(5)
+run_keys(run_id, {'events', 'runs:running', 'owner'}, seen_owner)
 local status = redis.call('hget', KEYS[1], 'status')
 if status ~= ARGV[1] or redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
 if status == 'undoing' and redis.call('exists', KEYS[4]) == 1 then return 0 end
@@ -263,23 +446,36 @@ redis.call('persist', KEYS[2])
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[5])
 return 1
 """
+)
 
 # KEYS: key ; ARGV: run_id
-_RELEASE_KEY = """
+_RELEASE_KEY = (
+    _arguments("release key")
+    + """
+str_arg(1, 'run_id', 1, MAX_NAME)
+no_more(1)
+one_key('key')
 if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
 return 1
 """
+)
 
 # KEYS: run, events, running, parked, waiting ; ARGV: run_id, record, owner, seq, score,
 #   channel, retention_ms, events...
 # A run parks (owner-fenced like a write): status waiting, out of the running set, into the
 # parked set; its keys expire ``retention`` after its first deadline. Returns as _WRITE.
-_PARK = """
-local seq, score, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
-if not seq or not score or not ttl or ttl < 1 or ARGV[1] == '' or ARGV[2] == ''
-   or ARGV[3] == '' or ARGV[6] == '' then
-  return redis.error_reply('ERR asaga park: run_id, record, owner, seq, score, channel, ttl')
-end
+_PARK = (
+    _arguments("park")
+    + """
+local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
+str_arg(2, 'record', 1, MAX_BLOB)
+str_arg(3, 'owner', 1, MAX_NAME)
+local seq = int_arg(4, 'seq', 0, MAX_INT)
+local score = time_arg(5, 'score')
+local base = run_keys(run_id, {'events', 'runs:running', 'runs:parked', 'waiting'})
+channel_arg(6, base, run_id)
+local ttl = int_arg(7, 'ttl_ms', 1, MAX_INT)
+events_from(8)
 local owner = redis.call('hget', KEYS[1], 'owner')
 if not owner then return 3 end
 if owner ~= ARGV[3] then return 0 end
@@ -294,17 +490,24 @@ redis.call('pexpire', KEYS[2], ttl)
 if redis.call('exists', KEYS[5]) == 1 then redis.call('publish', ARGV[6], 'waiting') end
 return 1
 """
+)
 
 # KEYS: run, events, running, parked ; ARGV: run_id, seq seen, owner, record, status, seq,
 #   now, events...
 # Take a parked run as it was seen (exactly one taker wins): owned by ``owner`` now,
 # running again. Returns 1 if taken, 0 if it is not parked as seen any more.
-_TAKE = """
-local seen, seq, now = tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[7])
-if not seen or not seq or not now or ARGV[1] == '' or ARGV[3] == '' or ARGV[4] == ''
-   or ARGV[5] == '' then
-  return redis.error_reply('ERR asaga take: run_id, seen, owner, record, status, seq, now')
-end
+_TAKE = (
+    _arguments("take")
+    + """
+local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
+local seen = int_arg(2, 'seen', 0, MAX_INT)
+str_arg(3, 'owner', 1, MAX_NAME)
+str_arg(4, 'record', 1, MAX_BLOB)
+status_arg(5, 'status')
+int_arg(6, 'seq', 0, MAX_INT)
+local now = time_arg(7, 'now')
+events_from(8)
+run_keys(run_id, {'events', 'runs:running', 'runs:parked'})
 if redis.call('hget', KEYS[1], 'status') ~= 'waiting' then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') ~= seen then return 0 end
 redis.call('hset', KEYS[1], 'record', ARGV[4], 'status', ARGV[5], 'owner', ARGV[3],
@@ -316,14 +519,19 @@ redis.call('persist', KEYS[1])
 redis.call('persist', KEYS[2])
 return 1
 """
+)
 
 # KEYS: mail ; ARGV: payload, keep_ms
 # Keep an event's payload: {'kept', run waiting or ''}; {'duplicate', run} if a payload is
 # kept already; {'consumed', run} if a run took the key's event already; {'closed', run} if
 # the run that waited for it ended otherwise (timed out, cancelled).
-_POST = """
-local keep = tonumber(ARGV[2])
-if not keep or keep < 1 then return redis.error_reply('ERR asaga post: keep_ms') end
+_POST = (
+    _arguments("post")
+    + """
+str_arg(1, 'payload', 1, MAX_BLOB)
+local keep = int_arg(2, 'keep_ms', 1, MAX_INT)
+no_more(2)
+one_key('mail')
 local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run', 'closed')
 if f[2] then return {'consumed', f[3] or ''} end
 if f[4] then return {'closed', f[3] or ''} end
@@ -332,15 +540,18 @@ redis.call('hset', KEYS[1], 'payload', ARGV[1])
 if not f[3] then redis.call('pexpire', KEYS[1], keep) end
 return {'kept', f[3] or ''}
 """
+)
 
 # KEYS: mail ; ARGV: run_id, keep_ms
 # A parked run waits for the key: {'bound', ''}, {'payload', the payload kept for it}, or
 # {'taken', run} if another run waits for it or took its event.
-_BIND = """
-local keep = tonumber(ARGV[2])
-if ARGV[1] == '' or not keep or keep < 1 then
-  return redis.error_reply('ERR asaga bind: run_id, keep_ms')
-end
+_BIND = (
+    _arguments("bind")
+    + """
+str_arg(1, 'run_id', 1, MAX_NAME)
+local keep = int_arg(2, 'keep_ms', 1, MAX_INT)
+no_more(2)
+one_key('mail')
 local f = redis.call('hmget', KEYS[1], 'payload', 'consumed', 'run', 'closed')
 if f[2] or (f[3] and f[3] ~= ARGV[1] and not f[4]) then return {'taken', f[3] or ''} end
 redis.call('hdel', KEYS[1], 'closed', 'bad')
@@ -349,33 +560,46 @@ redis.call('pexpire', KEYS[1], keep)
 if f[1] then return {'payload', f[1]} end
 return {'bound', ''}
 """
+)
 
 # KEYS: mail ; ARGV: run_id, keep_ms — the run took the key's event
-_CONSUME = """
-local keep = tonumber(ARGV[2])
-if ARGV[1] == '' or not keep or keep < 1 then
-  return redis.error_reply('ERR asaga consume: run_id, keep_ms')
-end
+_CONSUME = (
+    _arguments("consume")
+    + """
+str_arg(1, 'run_id', 1, MAX_NAME)
+local keep = int_arg(2, 'keep_ms', 1, MAX_INT)
+no_more(2)
+one_key('mail')
 redis.call('hdel', KEYS[1], 'payload')
 redis.call('hset', KEYS[1], 'consumed', '1', 'run', ARGV[1])
 redis.call('pexpire', KEYS[1], keep)
 return 1
 """
+)
 
 # KEYS: mail ; ARGV: payload — take back a payload no run will take
-_UNPOST = """
-if ARGV[1] == '' then return redis.error_reply('ERR asaga unpost: payload') end
+_UNPOST = (
+    _arguments("unpost")
+    + """
+str_arg(1, 'payload', 1, MAX_BLOB)
+no_more(1)
+one_key('mail')
 if redis.call('hget', KEYS[1], 'payload') == ARGV[1] then
   redis.call('hdel', KEYS[1], 'payload')
   if redis.call('hlen', KEYS[1]) == 0 then redis.call('del', KEYS[1]) end
 end
 return 1
 """
+)
 
 # KEYS: mail ; ARGV: run_id — the run no longer waits for the key (it ended otherwise):
 # a late event is refused, a new run may wait for the key (its binding takes it over).
-_UNBIND = """
-if ARGV[1] == '' then return redis.error_reply('ERR asaga unbind: run_id') end
+_UNBIND = (
+    _arguments("unbind")
+    + """
+str_arg(1, 'run_id', 1, MAX_NAME)
+no_more(1)
+one_key('mail')
 if redis.call('hget', KEYS[1], 'run') == ARGV[1]
    and redis.call('hexists', KEYS[1], 'consumed') == 0 then
   redis.call('hdel', KEYS[1], 'payload')
@@ -383,14 +607,20 @@ if redis.call('hget', KEYS[1], 'run') == ARGV[1]
 end
 return 1
 """
+)
 
 # KEYS: mail — count a bad payload for the run waiting for the key: {run or '', count}
-_BAD = """
+_BAD = (
+    _arguments("bad payload")
+    + """
+no_more(0)
+one_key('mail')
 local run = redis.call('hget', KEYS[1], 'run')
 if not run or redis.call('hexists', KEYS[1], 'consumed') == 1
    or redis.call('hexists', KEYS[1], 'closed') == 1 then return {'', 0} end
 return {run, redis.call('hincrby', KEYS[1], 'bad', 1)}
 """
+)
 
 _SCRIPTS = {"create": _CREATE, "claim_key": _CLAIM_KEY, "write": _WRITE}
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
@@ -648,7 +878,7 @@ class RedisRunStore(StoreSettings):
             for write in list(self._unsent.values()):
                 try:
                     await self.write(write)
-                except (RunTakenOver, RunRecordLost):
+                except (RunTakenOver, RunRecordLost, ValueError):  # ValueError: refused
                     self._unsent.pop(write.run_id, None)
                 except StoreUnavailable:
                     break  # next time
@@ -829,7 +1059,7 @@ class RedisRunStore(StoreSettings):
                 if self._queue:
                     self._wakeup.set()
         if op.error is not None:
-            if isinstance(op.error, RunStoreError):
+            if isinstance(op.error, RunStoreError | ValueError):  # ValueError: refused
                 raise op.error
             why = (
                 f"Redis did not answer within {self.write_timeout:g} s (the store's write_timeout)"
@@ -889,7 +1119,9 @@ class RedisRunStore(StoreSettings):
                     retry.append(op)
                     continue
                 if isinstance(reply, ResponseError):
-                    op.error = RunStoreError(f"the run store refused a write: {reply}", op.run_id)
+                    op.error = _refusal(reply) or RunStoreError(
+                        f"the run store refused a write: {reply}", op.run_id
+                    )
                 elif isinstance(reply, BaseException):
                     op.error = reply
                 else:
@@ -1387,8 +1619,23 @@ def _bounded(seconds: float, what: str, run_id: str | None) -> Iterator[None]:
             f"{what}: Redis did not answer within {seconds:g} s (the store's write_timeout)",
             run_id,
         ) from exc
+    except ResponseError as exc:
+        refused = _refusal(exc)
+        if refused is not None:
+            raise refused from None
+        raise StoreUnavailable(f"{what}: {exc}", run_id) from exc
     except UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: {exc}", run_id) from exc
+
+
+def _refusal(exc: Exception) -> ValueError | None:
+    """The ValueError for a script's refusal of an argument (``BAD_ARGUMENT <name>
+    "<value>": <why>``, replied before the script's first write), else ``None``."""
+    message = str(exc)
+    if isinstance(exc, ResponseError) and message.startswith("BAD_ARGUMENT "):
+        detail = message.removeprefix("BAD_ARGUMENT ").split(" (asaga ", 1)[0]
+        return ValueError(f"refused by the run store script: {detail}")
+    return None
 
 
 def _text(value: Any) -> str | None:
