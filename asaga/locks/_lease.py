@@ -318,6 +318,9 @@ class Leases:
         self._tg: anyio.abc.TaskGroup | None = None
         self._idle: list[str] = []
         self._idle_wakeup: anyio.Event | None = None
+        # Keys released for another process at a holder's exit, with when this process's
+        # next lease of the key may contend again (see _yield_to_others).
+        self._yielded: dict[str, float] = {}
 
     async def run_renewer(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Renew every lease of this manager from one task, extend blocks and release
@@ -437,7 +440,7 @@ class Leases:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _KeyQueue()
-        yielded = False
+        courtesy = 0.0  # seconds to let another process go first, before contending
         idle_grant = 0  # this process's idle grant on the key, renewed in one step
         if queue.busy:
             waiter = _Waiter(ttl)
@@ -464,9 +467,14 @@ class Leases:
                 return waiter.hold
             # Handed the turn: this task is the head now (queue.busy stays True). After a
             # release made for another process's sake, give that process a moment first.
-            yielded = waiter.yielded
+            if waiter.yielded:
+                courtesy = _COURTESY * random.uniform(1.0, 2.0)
         else:
             queue.busy = True
+            if self._yielded:
+                # A holder of this process released the key for another process a moment
+                # ago: what is left of the moment.
+                courtesy = self._yielded.pop(key, 0.0) - anyio.current_time()
             if queue.idle:
                 # The grant made when the last holder left, not yet released: its first
                 # token, or else (another TTL, too little of it left) renewed in one step.
@@ -476,8 +484,8 @@ class Leases:
                     return hold
                 idle_grant = queue.grant
         try:
-            if yielded:
-                await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
+            if courtesy > 0:
+                await anyio.sleep(courtesy)
             grant, expires = await self._head(key, ttl, deadline, idle_grant)
         except BaseException:
             self._pass_turn(key, queue)
@@ -537,6 +545,14 @@ class Leases:
             await self._release(key, waiter.hold, waiter.ttl, lost=False)
         else:
             self._pass_turn(key, queue)
+
+    def _yield_to_others(self, key: str) -> None:
+        """The key was released for another process at a holder's exit: the next lease
+        of it in this process waits a moment (``_COURTESY``) before contending."""
+        now = anyio.current_time()
+        if len(self._yielded) >= 1024:
+            self._yielded = {k: t for k, t in self._yielded.items() if t > now}
+        self._yielded[key] = now + _COURTESY * random.uniform(1.0, 2.0)
 
     def _pass_turn(self, key: str, queue: _KeyQueue) -> None:
         """The head leaves without the key, or the key was released: the next waiter
@@ -700,9 +716,10 @@ class Leases:
                     return
                 if granted <= 0:
                     if granted < 0:
-                        # Released for another process: give it a moment before this one's
-                        # next lease contends again (it would win the race, without a queue).
-                        await anyio.sleep(_COURTESY * random.uniform(1.0, 2.0))
+                        # Released for another process: this one's next lease of the key
+                        # gives it a moment before contending again (it would win the
+                        # race, without a queue); not this holder, whose exit is done.
+                        self._yield_to_others(key)
                     self._pass_turn(key, queue)
                     passed = True
                     return

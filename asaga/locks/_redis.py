@@ -7,7 +7,8 @@ them expires, so a key leased once leaves nothing behind for long::
                            TTL; what fenced writes check: current iff held and the token
                            is of the grant's block (grant <= token < grant + MAX_FAIRNESS)
     <prefix>fence:{key}    the last token reserved, kept a minute after the last grant
-    <prefix>want:{key}     set (for 2 s) by a process that found the key held
+    <prefix>want:{key}     set (for 2 s) by a process that found the key held, deleted
+                           when that process gets the key
     <prefix>stale:{key}    count of fenced writes rejected as stale, kept a day
     channel <prefix>released:<key>   published on release when someone wants the key
 
@@ -185,6 +186,9 @@ int_arg(5, 'keep_ms', 0, MAX_INT)
 no_more(5)
 local held = redis.call('pttl', KEYS[1])
 if held == -2 then
+  -- Served: this process's own mark of wanting the key goes (else every exit of this
+  -- process would release the key for a want nobody has any more, until it expires).
+  if redis.call('get', KEYS[3]) == ARGV[3] then redis.call('del', KEYS[3]) end
   return {grant(KEYS[2], KEYS[1], ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])), 0}
 end
 redis.call('set', KEYS[3], ARGV[3], 'px', ARGV[2])
