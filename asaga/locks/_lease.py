@@ -166,6 +166,16 @@ class Lease(metaclass=NoPublicConstructor):
         """Whether the lease was found lost."""
         return self._lost is not None
 
+    @property
+    def ended(self) -> bool:
+        """Whether the lease's ``async with`` has exited: from then on the lease holds
+        nothing, whatever its tokens still say. A resource that checks tokens itself must
+        refuse an ended lease's writes: after a hand-on within the process, the next
+        holder has the next token of the same grant, so a range check on the grant alone
+        (``grant <= token < grant + block``) would accept them. (``fenced`` refuses
+        them.)"""
+        return self._closed
+
     async def extend(self, ttl: float | None = None) -> None:
         """Renew now, for ``ttl`` seconds (default: the lease's ttl).
 

@@ -432,7 +432,7 @@ class MemoryInventoryStore:
     ) -> Product:
         key = lease.key if key is None else key
         check_deltas(d_inventory, d_reserved)  # first, as the Redis store: no stale count
-        if not self.locks.is_current(lease, key):
+        if lease.ended or not self.locks.is_current(lease, key):
             self.stale_writes += 1
             raise stale_write(key, lease.tokens[key])
         return self._add(sku, d_inventory, d_reserved)
@@ -1255,9 +1255,13 @@ class RedisInventoryStore:
                     f"on Redis Cluster, apply() on {sku!r} needs the lease key "
                     f"{LEASE_PREFIX}{sku!s} (the hash tag of the product's keys), not {key!r}"
                 )
+        token = lease.tokens[key]
+        if lease.ended:
+            # Its `async with` has exited: the next holder of this process may have the
+            # next token of the same grant, which the script's range check would accept.
+            raise stale_write(key, token)
         # Shielded (and bounded): a holder cancelled mid-write still learns whether the
         # write was applied, so its saga step neither loses nor double-counts it.
-        token = lease.tokens[key]
         with anyio.fail_after(10.0, shield=True):
             flat = await self._scripted(
                 self._apply, keys, [d_inventory, d_reserved, token], sku, fence=(key, token)

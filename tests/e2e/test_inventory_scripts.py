@@ -789,8 +789,63 @@ async def test_a_stale_apply_names_the_lease_key_and_token(
             )
             if isinstance(store, MemoryInventoryStore):
                 assert store.stale_writes == 1
-            else:
-                assert await redis_locks.stale_count("inventory:p1") == 1
+            else:  # an ended lease is refused before anything is sent: not counted
+                assert await redis_locks.stale_count("inventory:p1") == 0
             assert (await store.get("p1")).reserved_count == 0
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_apply_refuses_a_lease_that_ended_while_the_next_holder_has_its_grant(
+    kind: str, redis_url: str, redis_prefix: str
+) -> None:
+    """After a local hand-on the next holder has the next token of the same grant, which
+    the apply script's range check would accept from the lease that ended: apply refuses
+    an ended lease (Lease.ended) with StaleWrite, before sending anything."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with RedisLockProvider(client, prefix=redis_prefix) as redis_locks:
+            store: InventoryStore
+            if kind == "memory":
+                store = MemoryInventoryStore()
+            else:
+                store = RedisInventoryStore(client, redis_locks, prefix=f"{redis_prefix}inv:")
+            await store.put(Product(sku="p1", inventory_count=10))
+            leases: list[Any] = []
+            second_holds = anyio.Event()
+            done = anyio.Event()
+
+            async def first() -> None:
+                async with store.locks.lease("inventory:p1", ttl=5.0) as lease:
+                    leases.append(lease)
+                    while not store.locks._leases._queues["inventory:p1"].waiters:
+                        await anyio.lowlevel.checkpoint()
+
+            async def second() -> None:
+                async with store.locks.lease("inventory:p1", ttl=5.0) as lease:
+                    leases.append(lease)
+                    second_holds.set()
+                    await done.wait()
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(first)
+                    tg.start_soon(second)
+                    await second_holds.wait()
+                    ended, current = leases
+                    assert ended.ended
+                    assert not current.ended
+                    if kind == "redis":  # handed on within the grant: the next token
+                        assert current.token == ended.token + 1
+                    with pytest.raises(StaleWrite) as info:
+                        await store.apply(ended, "p1", 0, 1)
+                    assert info.value.token == ended.token
+                    assert (await store.get("p1")).reserved_count == 0
+                    await store.apply(current, "p1", 0, 1)
+                    done.set()
+            assert (await store.get("p1")).reserved_count == 1
+            if kind == "redis":
+                assert await redis_locks.stale_count("inventory:p1") == 0  # nothing sent
     finally:
         await client.aclose()
