@@ -12,6 +12,7 @@ one dispatcher task of the run, so each hook sees the events of a run in the ord
 happened.
 """
 
+import contextvars
 import inspect
 import math
 import os
@@ -25,6 +26,7 @@ import anyio
 import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from structlog.contextvars import bind_contextvars
 
 __all__ = [
     "CompensationFailedEvent",
@@ -444,6 +446,22 @@ def _unconfigured_level() -> int:
         return _level(os.environ.get("ASAGA_LOG", "error"))
     except ValueError:
         return _ERROR
+
+
+_LOG_VARS: dict[str, contextvars.ContextVar[Any]] = {}
+
+
+def bind_log_var(key: str, value: Any) -> contextvars.Token[Any]:
+    """``structlog.contextvars.bind_contextvars(key=value)``, for one key: user logs carry
+    it. Returns the token, whose ``var`` takes later values and resets it. structlog makes
+    the variable of a key once per process; it is found through the first binding, then
+    set directly (no mapping of tokens, no name built, per binding)."""
+    var = _LOG_VARS.get(key)
+    if var is None:
+        token = bind_contextvars(**{key: value})[key]
+        _LOG_VARS[key] = token.var
+        return token
+    return var.set(value)
 
 
 def _resolved_logger() -> tuple[Any, Callable[[int], bool] | None]:

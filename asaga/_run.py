@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import anyio
 import anyio.lowlevel
 import structlog
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from ._compensation import Undoable, Unwind, undoable
 from ._events import (
@@ -28,6 +27,7 @@ from ._events import (
     RunParkedEvent,
     RunStarted,
     RunSucceeded,
+    bind_log_var,
 )
 from ._exceptions import (
     CompensationFailed,
@@ -271,7 +271,8 @@ async def run_values(
     emitter = Emitter(sync_hooks, async_hooks, parent=parent.emitter if parent else None)
     context = RunContext(spec.plan.saga, run_id, emitter, prefix=prefix, parent=parent)
     # User logs inside steps carry saga and run_id (structlog.contextvars).
-    tokens = bind_contextvars(saga=spec.plan.saga, run_id=run_id)
+    saga_token = bind_log_var("saga", spec.plan.saga)
+    run_token = bind_log_var("run_id", run_id)
     try:
         if not emitter.needs_dispatcher:
             return await _drive(spec, values, context, observer, resume, undoable)
@@ -282,7 +283,8 @@ async def run_values(
         result, completed = await with_dispatcher(emitter, work, _undo_run)
         return result, completed if undoable else None
     finally:
-        reset_contextvars(**tokens)
+        saga_token.var.reset(saga_token)
+        run_token.var.reset(run_token)
 
 
 async def with_dispatcher(

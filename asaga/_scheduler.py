@@ -53,7 +53,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import msgspec
-from structlog.contextvars import bind_contextvars
 
 from ._deadlines import Deadlines, Timed, deadlines
 from ._events import (
@@ -65,6 +64,7 @@ from ._events import (
     StepStarted,
     StepSucceeded,
     StepWaiting,
+    bind_log_var,
 )
 from ._exceptions import (
     Halt,
@@ -404,7 +404,7 @@ class Execution:
         copy); the chain ends with a step that made none ready, or when the run stops."""
         # User logs inside a step see which step they are in: structlog's context variable,
         # bound for the first step; then set directly (found through the binding's token).
-        var = bind_contextvars(step=node.name)["step"].var
+        var = bind_log_var("step", node.name).var
         values = self.values
         context = self._context
         observer = self._observer
