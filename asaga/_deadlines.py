@@ -8,8 +8,14 @@ or a cleanup), each pushed with Python-level comparisons. Here instead, the atte
 the same timeout queue up in the order they started, which is the order of their
 deadlines, and one timer for the earliest deadline of all cancels the scopes of those that
 ran over. An attempt that ends leaves its queue at once when it is at the head (the
-common case), else when the attempts before it have ended; the timer is dropped when no
-attempt is left.
+common case), else when the attempts before it have ended, or when ended attempts make up
+most of a long queue (one attempt that runs long does not keep the others' flights
+alive); the timer is dropped when no attempt is left, and a queue when it is empty. If
+the loop's clock goes back (the testing kit's virtual time ending), a new attempt is
+placed by its deadline, not at the end.
+
+Unlike an anyio scope's own deadline, this one is not seen by
+``anyio.current_effective_deadline()`` inside the step on asyncio (on trio it is).
 
 On trio, a cancel scope's deadline costs no such thing: scopes keep their own deadlines.
 """
@@ -17,6 +23,7 @@ On trio, a cancel scope's deadline costs no such thing: scopes keep their own de
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import weakref
 from collections import deque
@@ -44,6 +51,9 @@ class Deadlines:
 
     __slots__ = ("__weakref__", "_at", "_handle", "_queues", "_timed", "scope")
 
+    _COMPACT = 64
+    """A queue at least this long, more than half of it ended, drops its ended attempts."""
+
     def __init__(self) -> None:
         self.scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         """anyio's cancel scope class of this event loop's backend: ``self.scope(shield=...)``
@@ -63,7 +73,10 @@ class Deadlines:
         queue = self._queues.get(timeout)
         if queue is None:
             queue = self._queues[timeout] = deque()
-        queue.append(attempt)
+        if queue and deadline < queue[-1].deadline:  # the clock went back
+            bisect.insort(queue, attempt, key=_deadline)
+        else:
+            queue.append(attempt)
         self._timed += 1
         if deadline < self._at:
             self._schedule(loop, deadline)
@@ -76,6 +89,12 @@ class Deadlines:
         while queue and queue[0].ended:
             queue.popleft()
             self._timed -= 1
+        if len(queue) >= self._COMPACT:
+            kept = [attempt for attempt in queue if not attempt.ended]
+            if len(kept) * 2 < len(queue):
+                self._timed -= len(queue) - len(kept)
+                queue.clear()
+                queue.extend(kept)
         if not self._timed and self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -94,7 +113,7 @@ class Deadlines:
         loop = asyncio.get_running_loop()
         now = loop.time()
         earliest = math.inf
-        for queue in self._queues.values():
+        for timeout, queue in list(self._queues.items()):
             while queue:
                 attempt = queue[0]
                 if not attempt.ended:
@@ -104,8 +123,14 @@ class Deadlines:
                     attempt.expire()
                 queue.popleft()
                 self._timed -= 1
+            if not queue:
+                del self._queues[timeout]  # a later attempt with this timeout makes a new one
         if earliest < math.inf:
             self._schedule(loop, earliest)
+
+
+def _deadline(attempt: Timed) -> float:
+    return attempt.deadline
 
 
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (

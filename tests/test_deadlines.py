@@ -6,6 +6,7 @@ import pytest
 
 from asaga import Saga, SagaFailed, step
 from asaga._deadlines import deadlines
+from asaga.testing import virtual_time
 
 pytestmark = pytest.mark.anyio
 
@@ -87,3 +88,65 @@ async def test_the_timer_goes_once_no_attempt_is_left(anyio_backend: str) -> Non
     assert timer._timed == 0
     assert timer._handle is None
     assert all(not queue for queue in timer._queues.values())
+
+
+async def test_attempts_that_ended_are_not_kept_behind_a_long_one(anyio_backend: str) -> None:
+    """One attempt runs long; many others with the same timeout end meanwhile: the timer
+    keeps only a bounded share of them (their flights are not kept alive)."""
+    if anyio_backend != "asyncio":
+        pytest.skip("trio's cancel scopes keep their own deadlines")
+
+    class Hang(Saga):
+        @step(timeout=60)
+        async def hang(ready: anyio.Event, release: anyio.Event) -> None:
+            ready.set()
+            await release.wait()
+
+    class Quick(Saga):
+        @step(timeout=60)
+        async def quick() -> int:
+            return 1
+
+    ready, release = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: Hang.run(ready=ready, release=release))
+        await ready.wait()
+        for _ in range(2000):
+            await Quick.run()
+        timer = deadlines()
+        assert timer._timed < 200  # was 2001: every ended attempt behind the long one
+        release.set()
+    assert timer._timed == 0
+
+
+async def test_a_timeout_fires_after_virtual_time_ends(anyio_backend: str) -> None:
+    """An attempt started inside a virtual_time() block (a deadline far ahead in virtual
+    time) still runs when the block ends and the clock goes back: an attempt with the same
+    timeout started after it times out on the real clock, not behind it."""
+    if anyio_backend != "asyncio":
+        pytest.skip("virtual time of the event loop: asyncio (trio's scopes keep their own)")
+
+    class Slow(Saga):
+        cancel_grace = 0.01
+
+        @step(timeout=0.2)
+        async def slow(release: anyio.Event) -> None:
+            await release.wait()
+
+    class Short(Saga):
+        @step(timeout=0.2)
+        async def short() -> None:
+            await anyio.sleep(5)
+
+    release = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        with virtual_time():
+            await anyio.sleep(3600)  # an hour of virtual time
+            tg.start_soon(lambda: Slow.run(release=release))
+            await anyio.wait_all_tasks_blocked()
+        started = anyio.current_time()
+        with pytest.raises(SagaFailed) as info:
+            await Short.run()
+        assert isinstance(info.value.__cause__, TimeoutError)
+        assert anyio.current_time() - started < 2
+        release.set()
