@@ -84,3 +84,12 @@ def test_distributed_quick_runs(redis_url: str, tmp_path: Path) -> None:
     assert all(row["failed_runs"] == 0 and row["effects_ok"] for row in report["map"])
     assert report["keys_left"] == 0
     assert all(code == 0 for code in report["worker_exit_codes"].values())
+
+
+def test_group_commit_quick_conserves_stock(redis_url: str, tmp_path: Path) -> None:
+    """benchmarks/group_commit.py --quick: every cell granted reservations, and granted ==
+    the product's reserved count == the log's entries."""
+    rows = run_quick("group_commit.py", redis_url, tmp_path / "gc.json")["rows"]
+    assert len(rows) == 3
+    assert all(row["granted"] > 0 for row in rows), rows
+    assert all(row["granted"] == row["reserved"] == row["logged"] for row in rows), rows
