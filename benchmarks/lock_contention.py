@@ -143,7 +143,7 @@ with ``SCRIPT LOAD``: what the server alone can do, printed beside the atomic pa
 
 Usage::
 
-    python benchmarks/lock_contention.py            # everything, about 8 minutes
+    python benchmarks/lock_contention.py            # everything, about 7 minutes
     python benchmarks/lock_contention.py --quick    # 1 process, C = 1 and 100, 0.5 s cells
     python benchmarks/lock_contention.py --processes 2 --concurrency 1000
     python benchmarks/lock_contention.py --stall --only "asaga lease (raw)" --only defaults
