@@ -46,6 +46,31 @@ UNAVAILABLE: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError, TimeoutError
 """:data:`REDIS_ERRORS`, and what a bounded exchange with Redis raises besides."""
 
 
+LUA_CHECKS = """
+local function refuse(name, value, why)
+  error({err = 'BAD_ARGUMENT ' .. name .. ' '
+    .. string.format('%q', string.sub(tostring(value), 1, 64)) .. ': ' .. why
+    .. ' (asaga ' .. SCRIPT .. ': bad arguments)'})
+end
+local function int_arg(i, name, low, high)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s > 17 or not string.match(s, '^%-?%d+$') then
+    refuse(name, s, 'not an integer')
+  end
+  local n = tonumber(s)
+  if n < low or n > high then
+    refuse(name, s, string.format('not in [%.0f, %.0f]', low, high))
+  end
+  return n
+end
+"""
+"""The argument checks every asaga Lua script starts with (after ``local SCRIPT =
+'<name>'``): ``refuse`` replies ``BAD_ARGUMENT <name> "<value>": <why> (asaga <script>:
+bad arguments)`` before anything is written (Redis does not roll a script back), and
+``int_arg`` matches an integer as text before ``tonumber``, which reads ``nan``,
+``inf``, ``0x10`` and padded strings, then checks its range."""
+
+
 def is_cluster(client: object) -> bool:
     """Whether ``client`` talks to a Redis Cluster (``redis.asyncio.RedisCluster``)."""
     return isinstance(client, RedisCluster)

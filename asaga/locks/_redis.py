@@ -55,6 +55,7 @@ import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
 from .._redis import (
+    LUA_CHECKS,
     REDIS_ERRORS,
     Client,
     check_cluster,
@@ -96,23 +97,8 @@ local MAX_FAIRNESS = {MAX_FAIRNESS}
 local MAX_INT = 9007199254740991
 local MAX_ID_LENGTH = 256
 """
+    + LUA_CHECKS
     + """
-local function refuse(name, value, why)
-  error({err = 'BAD_ARGUMENT ' .. name .. ' '
-    .. string.format('%q', string.sub(tostring(value), 1, 64)) .. ': ' .. why
-    .. ' (asaga ' .. SCRIPT .. ': bad arguments)'})
-end
-local function int_arg(i, name, low, high)
-  local s = ARGV[i]
-  if type(s) ~= 'string' or #s > 17 or not string.match(s, '^%-?%d+$') then
-    refuse(name, s, 'not an integer')
-  end
-  local n = tonumber(s)
-  if n < low or n > high then
-    refuse(name, s, string.format('not in [%.0f, %.0f]', low, high))
-  end
-  return n
-end
 local function id_arg(i, name)
   local s = ARGV[i]
   if type(s) ~= 'string' or #s == 0 or #s > MAX_ID_LENGTH then

@@ -84,6 +84,7 @@ from .._exceptions import (
     StoreUnavailable,
 )
 from .._redis import (
+    LUA_CHECKS,
     REDIS_ERRORS,
     UNAVAILABLE,
     Client,
@@ -123,27 +124,15 @@ def _arguments(script: str) -> str:
     return _ARGUMENTS.replace("<script>", script)
 
 
-_ARGUMENTS = """
+_ARGUMENTS = (
+    """
 local SCRIPT = '<script>'
 local MAX_INT = 9007199254740991
 local MAX_NAME = 4096
 local MAX_BLOB = 536870912
-local function refuse(name, value, why)
-  error({err = 'BAD_ARGUMENT ' .. name .. ' '
-    .. string.format('%q', string.sub(tostring(value), 1, 64)) .. ': ' .. why
-    .. ' (asaga ' .. SCRIPT .. ': bad arguments)'})
-end
-local function int_arg(i, name, low, high)
-  local s = ARGV[i]
-  if type(s) ~= 'string' or #s > 17 or not string.match(s, '^%-?%d+$') then
-    refuse(name, s, 'not an integer')
-  end
-  local n = tonumber(s)
-  if n < low or n > high then
-    refuse(name, s, string.format('not in [%.0f, %.0f]', low, high))
-  end
-  return n
-end
+"""
+    + LUA_CHECKS
+    + """
 local function time_arg(i, name)
   local s = ARGV[i]
   if type(s) ~= 'string' or #s > 32 or not (string.match(s, '^%-?%d+%.?%d*$')
@@ -223,6 +212,7 @@ local function channel_arg(i, base, run_id)
   refuse('channel', s, 'not the finish channel of run ' .. run_id)
 end
 """
+)
 
 
 # KEYS: run, events, running, index ; ARGV: run_id, record, status, owner, saga, now,
