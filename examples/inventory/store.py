@@ -1641,8 +1641,14 @@ class RedisInventoryStore:
         args = [group.sku, self.clock(), self.log_max_entries, self.retention, operations]
         try:
             # Shielded and bounded: the other calls of the group wait for this reply.
-            with anyio.fail_after(GROUP_TIMEOUT, shield=True):
-                replies = await self._group(keys=self._group_keys(sku), args=args)
+            with anyio.move_on_after(GROUP_TIMEOUT, shield=True) as waited:
+                replies = await self._scripted(self._group, self._group_keys(sku), args, group.sku)
+            if waited.cancelled_caught:
+                raise TimeoutError(
+                    f"the store's script call for {len(batch)} operation(s) on "
+                    f"{group.sku!r} got no reply within {GROUP_TIMEOUT:g} s (is Redis "
+                    "reachable?): whether it ran is unknown"
+                )
             for each, reply in zip(batch, replies, strict=True):
                 each.reply = _text(reply)
         except Exception as exc:

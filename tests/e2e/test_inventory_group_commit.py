@@ -487,3 +487,32 @@ async def test_cancelled_saga_callers_leave_nothing_reserved(store: RedisInvento
     releases = sorted(t.run_id for t in log if t.operation == "release")
     assert reserves == releases
     assert len(reserves) == 100  # every step was let finish (its grace), then undone
+
+
+async def test_a_script_call_with_no_reply_fails_its_group_with_a_clear_timeout(
+    store: RedisInventoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis gives no reply within GROUP_TIMEOUT: every call of the group raises a
+    TimeoutError that says so, and the product's next calls go on."""
+    import examples.inventory.store as module
+
+    monkeypatch.setattr(module, "GROUP_TIMEOUT", 0.05)
+    gate = Gate(store)
+    gate.closed = True
+    errors: list[TimeoutError] = []
+
+    async def reserve(reservation_id: str) -> None:
+        try:
+            await store.reserve(reservation_id, "p1", 1, 60.0)
+        except TimeoutError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reserve, "lead")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(reserve, "follower")
+    assert len(errors) == 2
+    assert all("got no reply within 0.05 s" in str(exc) for exc in errors)
+    gate.open()
+    await store.reserve("after", "p1", 1, 60.0)
+    assert store._groups == {}
