@@ -17,6 +17,8 @@ from redis.exceptions import ResponseError
 
 from asaga.locks import RedisLockProvider
 from asaga.locks._redis import MAX_FAIRNESS, _RedisBackend
+from tests.lua_scripts import broken, keys_and_ttls, registered_scripts
+from tests.lua_scripts import script_cases as lua_script_cases
 
 pytestmark = pytest.mark.anyio
 
@@ -47,12 +49,8 @@ async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[_RedisBack
 
 
 async def dump(b: _RedisBackend) -> dict[bytes, tuple[Any, int]]:
-    """Every key under the provider's prefix, serialized, with its TTL in tens of seconds
-    (DUMP leaves the TTL out; a renewal changes only the TTL)."""
-    keys = [k async for k in b.client.scan_iter(match=f"{b.prefix}*")]
-    return {
-        k: (await b.client.dump(k), round(await b.client.pttl(k) / 10_000)) for k in sorted(keys)
-    }
+    """Every key under the provider's prefix, with its TTL."""
+    return await keys_and_ttls(b.client, b.prefix)
 
 
 def script_keys(b: _RedisBackend, script: str) -> list[str]:
@@ -164,19 +162,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
 
 def script_cases() -> list[tuple[str, str, int, list[Any]]]:
     """(script, argument name, index of the bad one, bad values)."""
-    return [
-        (script, name, index, BAD[script][name])
-        for script, names in NAMES.items()
-        for index, name in enumerate(names)
-    ]
-
-
-def registered_scripts(b: _RedisBackend) -> set[str]:
-    return {
-        name.lstrip("_")
-        for name, value in vars(b).items()
-        if "redis.call" in getattr(value, "script", "")
-    }
+    return lua_script_cases(NAMES, BAD)
 
 
 async def test_every_script_of_the_provider_is_checked(backend: _RedisBackend) -> None:
@@ -184,15 +170,6 @@ async def test_every_script_of_the_provider_is_checked(backend: _RedisBackend) -
     assert registered_scripts(backend) == {case[0] for case in script_cases()} == set(BAD)
     for script in NAMES:
         assert set(NAMES[script]) == set(BAD[script]), script
-
-
-def _break(args: list[Any], index: int, bad: Any) -> list[Any]:
-    args = list(args)
-    if bad is None:
-        del args[index:]  # missing
-    else:
-        args[index] = bad
-    return args
 
 
 @pytest.mark.parametrize(
@@ -212,7 +189,7 @@ async def test_a_script_refuses_a_bad_argument_before_writing(
     bad = {"CHANNEL_OF_OTHER": b.channel("other"), "CHANNEL_PADDED": b.channel("k") + " "}.get(
         bad, bad
     )
-    args = _break(good_args(b, script), index, bad)
+    args = broken(good_args(b, script), index, bad)
     before = await dump(b)
     with pytest.raises(ResponseError, match=f"^BAD_ARGUMENT {name} "):
         await _script(b, script)(keys=script_keys(b, script), args=args)

@@ -20,6 +20,8 @@ from redis.exceptions import ResponseError
 from asaga.runs import RedisRunStore
 from asaga.runs._record import RunRecord, Write, encode_record
 from asaga.runs._redis import _SCRIPTS
+from tests.lua_scripts import broken, keys_and_ttls, registered_scripts
+from tests.lua_scripts import script_cases as lua_script_cases
 
 pytestmark = pytest.mark.anyio
 
@@ -65,12 +67,9 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisRunStor
 
 
 async def dump(s: RedisRunStore) -> dict[bytes, tuple[Any, int]]:
-    """Every key under the store's prefix but its owner lease (renewed meanwhile),
-    serialized, with its TTL in tens of seconds (DUMP leaves the TTL out)."""
-    keys = [k async for k in s.client.scan_iter(match=f"{s.prefix}*") if b":owner:" not in k]
-    return {
-        k: (await s.client.dump(k), round(await s.client.pttl(k) / 10_000)) for k in sorted(keys)
-    }
+    """Every key under the store's prefix but its owner lease (renewed meanwhile), with
+    its TTL."""
+    return await keys_and_ttls(s.client, s.prefix, leave_out=b":owner:")
 
 
 def script_keys(s: RedisRunStore, script: str) -> list[str]:
@@ -234,26 +233,17 @@ BAD: dict[str, dict[str, list[Any]]] = {
 
 def script_cases() -> list[tuple[str, str, int, list[Any]]]:
     """(script, argument name, index of the bad one, bad values)."""
-    return [
-        (script, name, index, BAD[script][name])
-        for script, names in NAMES.items()
-        for index, name in enumerate(names)
-    ]
+    return lua_script_cases(NAMES, BAD)
 
 
-def registered_scripts(s: RedisRunStore) -> set[str]:
+def store_scripts(s: RedisRunStore) -> set[str]:
     """The scripts the store registers, and those its writer sends by EVALSHA."""
-    registered = {
-        name.lstrip("_")
-        for name, value in vars(s).items()
-        if "redis.call" in getattr(value, "script", "")
-    }
-    return registered | set(_SCRIPTS)
+    return registered_scripts(s) | set(_SCRIPTS)
 
 
 async def test_every_script_of_the_store_is_checked(store: RedisRunStore) -> None:
     """The cases below cover every script the store runs, and every argument."""
-    assert registered_scripts(store) == set(NAMES) == set(BAD)
+    assert store_scripts(store) == set(NAMES) == set(BAD)
     for script in NAMES:
         assert set(NAMES[script]) == set(BAD[script]), script
 
@@ -262,15 +252,6 @@ def _script(s: RedisRunStore, script: str) -> Any:
     if script in _SCRIPTS:
         return s.client.register_script(_SCRIPTS[script])
     return getattr(s, f"_{script}")
-
-
-def _break(args: list[Any], index: int, bad: Any) -> list[Any]:
-    args = list(args)
-    if bad is None:
-        del args[index:]  # missing
-    else:
-        args[index] = bad
-    return args
 
 
 @pytest.mark.parametrize(
@@ -291,7 +272,7 @@ async def test_a_script_refuses_a_bad_argument_before_writing(
         "CHANNEL_OF_OTHER": f"{s.prefix}finished:other",
         "CHANNEL_PADDED": f"{s.prefix}finished:r ",
     }.get(bad, bad)
-    args = _break(good_args(s, script), index, bad)
+    args = broken(good_args(s, script), index, bad)
     before = await dump(s)
     with pytest.raises(ResponseError, match=f"^BAD_ARGUMENT {name} "):
         await _script(s, script)(keys=script_keys(s, script), args=args)
