@@ -10,7 +10,8 @@ deadlines, and one timer for the earliest deadline of all cancels the scopes of 
 ran over. An attempt that ends leaves its queue at once when it is at the head (the
 common case), else when the attempts before it have ended, or when ended attempts make up
 most of a long queue (one attempt that runs long does not keep the others' flights
-alive); the timer is dropped when no attempt is left, and a queue when it is empty. If
+alive); the timer is dropped when no attempt is left, and an empty queue when the timer
+goes off (at most one queue per distinct timeout is kept otherwise). If
 the loop's clock goes back (the testing kit's virtual time ending), a new attempt is
 placed by its deadline, not at the end.
 

@@ -83,7 +83,8 @@ class InputValidator:
     def schema(self, fields: Iterable[str] | None = None) -> dict[str, Any]:
         """The JSON Schema of the inputs a request may give (the declared, non-resource
         ones; narrowed to ``fields``), self-contained (no ``$ref``): for OpenAPI."""
-        names = [n for n in self._checked if fields is None or n in set(fields)]
+        wanted = None if fields is None else set(fields)  # once: fields may be an iterator
+        names = [n for n in self._checked if wanted is None or n in wanted]
         specs = self._specs
         parts: list[tuple[str, Any] | tuple[str, Any, Any]] = [
             (n, self._checked[n], specs[n].default)

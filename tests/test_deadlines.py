@@ -53,7 +53,8 @@ async def test_a_shorter_timeout_is_not_held_up_by_a_longer_one() -> None:
 
     class Long(Saga):
         @step(timeout=30)
-        async def long() -> None:
+        async def long(running: anyio.Event) -> None:
+            running.set()
             await anyio.sleep(0.5)
 
     class Short(Saga):
@@ -61,9 +62,10 @@ async def test_a_shorter_timeout_is_not_held_up_by_a_longer_one() -> None:
         async def short() -> None:
             await anyio.sleep(10)
 
+    running = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(Long.run)
-        await anyio.sleep(0.01)
+        tg.start_soon(lambda: Long.run(running=running))
+        await running.wait()  # the long attempt is in flight
         started = anyio.current_time()
         with pytest.raises(SagaFailed) as info:
             await Short.run()

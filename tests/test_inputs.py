@@ -177,3 +177,20 @@ async def test_plain_inputs_of_another_type_are_still_converted_or_refused() -> 
     with pytest.raises(InputValidationError) as caught:
         await Plain.run(name="n", count=True, ratio=0.5, flag=1, client=Client())
     assert {e.field for e in caught.value.errors} == {"count", "flag"}
+
+
+def test_the_schema_of_inputs_named_by_an_iterator_lists_them_all() -> None:
+    """``schema(fields)`` takes any iterable of names, a one-shot iterator too."""
+
+    class Order(Saga):
+        a: int
+        b: str
+
+        @step
+        async def use(*, a: int, b: str) -> None:
+            pass
+
+    assert Order.__asaga__ is not None
+    validator = Order.__asaga__.inputs
+    listed = validator.schema(name for name in ["a", "b"])
+    assert sorted(listed["properties"]) == ["a", "b"]

@@ -625,7 +625,7 @@ class RedisLockProvider:
         # A lease that has ended writes nothing, even while the process's grant still
         # holds the key for a later holder of this process (token 0 is refused, and
         # counted, by Redis).
-        token = 0 if lease._closed else lease.tokens[key]
+        token = 0 if lease.ended else lease.tokens[key]
         args: list[Any] = [token, _STALE_KEEP_MS, MAX_FAIRNESS, len(commands)]
         for command in commands:
             if isinstance(command, str | bytes) or len(command) < 2:

@@ -868,7 +868,10 @@ class RedisRunStore(StoreSettings):
             for write in list(self._unsent.values()):
                 try:
                     await self.write(write)
-                except (RunTakenOver, RunRecordLost, ValueError):  # ValueError: refused
+                except (RunTakenOver, RunRecordLost):
+                    self._unsent.pop(write.run_id, None)
+                except ValueError as exc:  # refused by the script: sending again cannot help
+                    _logger.warning("run_not_recorded", run_id=write.run_id, error=repr(exc))
                     self._unsent.pop(write.run_id, None)
                 except StoreUnavailable:
                     break  # next time
