@@ -1641,9 +1641,10 @@ class RedisInventoryStore:
         args = [group.sku, self.clock(), self.log_max_entries, self.retention, operations]
         try:
             # Shielded and bounded: the other calls of the group wait for this reply.
-            with anyio.move_on_after(GROUP_TIMEOUT, shield=True) as waited:
+            replies: list[Any] | None = None
+            with anyio.move_on_after(GROUP_TIMEOUT, shield=True):
                 replies = await self._scripted(self._group, self._group_keys(sku), args, group.sku)
-            if waited.cancelled_caught:
+            if replies is None:
                 raise TimeoutError(
                     f"the store's script call for {len(batch)} operation(s) on "
                     f"{group.sku!r} got no reply within {GROUP_TIMEOUT:g} s (is Redis "
