@@ -423,6 +423,17 @@ class Saga(Generic[OutputT], metaclass=SagaMeta):
         ``idempotency_key`` starts the same run, once: a second start returns a handle
         to it.
         """
+        called: Any = cls  # a called saga, when looked up on one (see _OnClassOrCalled)
+        if isinstance(called, Saga):
+            if inputs:
+                name = type(called).__name__
+                raise TypeError(
+                    f"{called!r} has its inputs already: call .start(queue=..., runs=...) "
+                    f"on it with none, or {name}.start(queue=..., runs=..., **inputs) on "
+                    "the class"
+                )
+            inputs = dict(called.__dict__[_INPUTS])
+            cls = type(called)
         spec = cls.__asaga__
         if spec is None:
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
@@ -449,6 +460,7 @@ class Saga(Generic[OutputT], metaclass=SagaMeta):
         :class:`~asaga.RunNotFound` if ``runs`` (default: the process's in-memory store)
         has no record of the run.
         """
+        _refuse_called(cls, "undo", "run_id, runs=..., **resources")
         spec = cls.__asaga__
         if spec is None:
             raise TypeError(f"{cls.__name__} is the base class; subclass it to define a saga")
@@ -491,6 +503,7 @@ class Saga(Generic[OutputT], metaclass=SagaMeta):
         delivery says where it stands then (``succeeded``, ``waiting`` again,
         ``failed``...). See docs/interrupts.md.
         """
+        _refuse_called(cls, "deliver", "key, payload, runs=..., **resources")
         spec = _spec(cls)
         return await _durable().deliver(
             spec,
@@ -515,6 +528,7 @@ class Saga(Generic[OutputT], metaclass=SagaMeta):
         :class:`~asaga.runs.Delivery` saying where the run stands; raises
         :class:`~asaga.NotParked` if the run has no halted step (it runs, finished, or was
         resumed by another process first)."""
+        _refuse_called(cls, "resume", "run_id, runs=..., **resources")
         spec = _spec(cls)
         durability = _durable()
         return await durability.resume(
@@ -540,6 +554,7 @@ class Saga(Generic[OutputT], metaclass=SagaMeta):
         ``cancelled``), or with ``compensate=False`` it ends as it is, nothing undone
         (status ``terminated``). A later event for it is refused. Raises
         :class:`~asaga.NotParked` if the run is not parked."""
+        _refuse_called(cls, "cancel", "run_id, runs=..., **resources")
         spec = _spec(cls)
         if spec.queues and compensate:
             require_queues(spec.queues)
@@ -551,6 +566,36 @@ class Saga(Generic[OutputT], metaclass=SagaMeta):
             runs=runs if runs is not None else durability.default_store(),
             resources=resources,
             extra_hooks=split_hooks(hooks) if hooks else ((), ()),
+        )
+
+
+class _OnClassOrCalled:
+    """A classmethod of :class:`Saga` that, looked up on a called saga
+    (``Checkout(order_id=...)``), binds to that saga instead of its class: ``start`` then
+    runs with the saga's inputs, and the methods that act on a recorded run refuse it
+    with a clear error, where a plain classmethod would silently drop the inputs."""
+
+    def __init__(self, method: Any) -> None:
+        self.__func__ = method.__func__
+        self.__doc__ = method.__func__.__doc__
+        self.__wrapped__ = method.__func__
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        return MethodType(self.__func__, owner if instance is None else instance)
+
+
+for _name in ("start", "undo", "deliver", "resume", "cancel"):
+    type.__setattr__(Saga, _name, _OnClassOrCalled(vars(Saga)[_name]))
+
+
+def _refuse_called(target: Any, method: str, signature: str) -> None:
+    """Raise if ``target`` is a called saga: ``method`` acts on a recorded run, whose
+    inputs are in its record, so the called saga's inputs would be ignored."""
+    if isinstance(target, Saga):
+        name = type(target).__name__
+        raise TypeError(
+            f"{name}.{method}() acts on a recorded run, with the inputs in its record: call "
+            f"it on the class, {name}.{method}({signature}), not on {target!r}"
         )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from asaga import Resource, Saga, SagaResult, step
-from asaga.runs import MemoryRunStore
+from asaga.runs import MemoryRunStore, RedisRunStore
+from asaga.workers import RunHandle, SaqQueue
 
 
 class Receipt(msgspec.Struct):
@@ -63,3 +64,9 @@ async def calls() -> None:
     assert greeting
     direct: int = await Checkout.charge(order_id="o-4", amount=2, payments=Payments())
     assert total + direct
+
+
+async def starts(queue: SaqQueue, runs: RedisRunStore) -> None:
+    """A called saga starts on workers with its own inputs."""
+    handle: RunHandle = await Untyped(name="x").start(queue=queue, runs=runs)
+    assert handle.run_id

@@ -89,6 +89,17 @@ class PaidOrder(Saga):
         return confirmed.amount
 
 
+class Stamp(Saga[str]):
+    """No resources, so that it can be called with all its inputs: ``Stamp(text=...)``."""
+
+    text: str
+    output = "stamp"
+
+    @step
+    async def stamp(text: str) -> str:
+        return text.upper()
+
+
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
@@ -110,7 +121,7 @@ async def world(
         SaqQueue.from_url(redis_url, name=name, heartbeat=5) as workers,
         anyio.create_task_group() as tg,
     ):
-        served = Served(sagas=[Order, PaidOrder], runs=runs, resources={"ledger": ledger})
+        served = Served(sagas=[Order, PaidOrder, Stamp], runs=runs, resources={"ledger": ledger})
         tg.start_soon(lambda: serve(workers, served, concurrency=4, shutdown_grace=1, stop=stop))
         yield queue, runs, ledger
         stop.set()
@@ -232,3 +243,31 @@ async def test_a_run_on_workers_parks_and_goes_on_where_its_event_is_delivered(
     assert delivery.result is not None
     assert delivery.result.output == 12
     assert ledger.calls == ["reserve o-9", "book 12"]
+
+
+async def test_a_called_saga_starts_with_its_own_inputs(world: Any) -> None:
+    queue, runs, _ = world
+    handle = await Stamp(text="paid").start(queue=queue, runs=runs)
+    with anyio.fail_after(10):
+        result = await handle.result()
+    assert result.output == "PAID"
+    assert msgspec.msgpack.decode((await runs.load(handle.run_id)).inputs) == {"text": "paid"}
+    with pytest.raises(TypeError, match="has its inputs already"):
+        await Stamp(text="a").start(queue=queue, runs=runs, text="b")
+    # A saga with resources is called with them, and resources are the workers': refused.
+    with pytest.raises(ValueError, match="which the workers give"):
+        await Order(order_id="o-d", amount=7, ledger=Ledger()).start(queue=queue, runs=runs)
+
+
+async def test_a_called_saga_refuses_what_acts_on_a_recorded_run(world: Any) -> None:
+    _, runs, ledger = world
+    called = Order(order_id="o-e", amount=7, ledger=ledger)
+    for act in (
+        lambda: called.undo("run-1", runs=runs, ledger=ledger),
+        lambda: called.resume("run-1", runs=runs, ledger=ledger),
+        lambda: called.cancel("run-1", runs=runs, ledger=ledger),
+        lambda: called.deliver("confirm:o-e", {"amount": 1}, runs=runs, ledger=ledger),
+    ):
+        with pytest.raises(TypeError, match=r"call it on the class, Order\."):
+            await act()
+    assert ledger.calls == []
