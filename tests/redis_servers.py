@@ -12,6 +12,7 @@ replicas) for the tests of tests/cluster/: synchronous, for a session-scoped fix
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -51,6 +52,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_taken(said: list[str] | str) -> bool:
+    """Whether a redis-server that exited said its port was in use."""
+    text = said if isinstance(said, str) else "\n".join(said)
+    return "Address already in use" in text
+
+
 def redis_server_binary() -> str:
     """The ``redis-server`` on PATH; fails the test (never skips it) if there is none."""
     binary = shutil.which("redis-server")
@@ -72,36 +79,52 @@ class RedisServer:
         port_option: str = "--port",
     ) -> None:
         self.port = free_port()
+        self.port_option = port_option
         self.command = [
             *(redis_server_binary(), port_option, str(self.port), "--bind", "127.0.0.1"),
             *("--dir", str(directory), *config),
         ]
         self.process: anyio.abc.Process | None = None
+        self.started = False  # once started, it keeps its port
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
-        """Start the server; return once it says it accepts connections (10 s at most)."""
-        process = await anyio.open_process(self.command, stderr=subprocess.STDOUT)
-        self.process = process
-        assert process.stdout is not None
-        seen = b""
-        with anyio.move_on_after(10):
-            async for chunk in process.stdout:
-                seen += chunk
-                if READY.encode() in seen:
-                    return
-        await self.kill()
-        pytest.fail(f"redis-server did not start: {seen.decode(errors='replace')}")
+        """Start the server; return once it says it accepts connections (10 s at most).
+
+        The first start of a server whose port was taken since it was picked tries again on
+        other ports (three times at most); a restart keeps its port, as its clients expect."""
+        for _ in range(3):
+            process = await anyio.open_process(self.command, stderr=subprocess.STDOUT)
+            self.process = process
+            assert process.stdout is not None
+            seen = b""
+            with anyio.move_on_after(10):
+                async for chunk in process.stdout:
+                    seen += chunk
+                    if READY.encode() in seen:
+                        self.started = True
+                        return
+            await self.kill()
+            said = seen.decode(errors="replace")
+            if self.started or not _port_taken(said):
+                break
+            self._use_port(free_port())
+        pytest.fail(f"redis-server did not start: {said}")
+
+    def _use_port(self, port: int) -> None:
+        self.command[self.command.index(self.port_option) + 1] = str(port)
+        self.port = port
 
     async def kill(self) -> None:
         """SIGKILL the server (by its PID: no shutdown, no final save) and reap it."""
         process, self.process = self.process, None
         if process is None:
             return
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):  # it exited on its own
+            process.kill()
         with anyio.CancelScope(shield=True):
             await process.wait()
             await process.aclose()
@@ -156,26 +179,8 @@ class RedisClusterServers:
         cli = shutil.which("redis-cli")
         if cli is None:
             pytest.fail("redis-cli is not on PATH: the cluster tests create a cluster with it")
-        ready = [threading.Event() for _ in self.ports]
-        for port, bus, event in zip(self.ports, self.bus_ports, ready, strict=True):
-            command = [
-                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
-                *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
-                *("--cluster-port", str(bus)),
-                *("--dir", str(self.directory), *NO_PERSISTENCE),
-            ]
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            self.processes.append(process)
-            reader = threading.Thread(
-                target=self._read, args=(process, port, event), daemon=True, name=f"redis {port}"
-            )
-            reader.start()
-            self.readers.append(reader)
-        deadline = time.monotonic() + 10
-        for port, event in zip(self.ports, ready, strict=True):
-            event.wait(max(deadline - time.monotonic(), 0))
-            if not any(READY in line for line in self.output[port]):
-                self.fail(f"redis-server on port {port} did not start")
+        for node in range(len(self.ports)):
+            self._start_node(binary, node)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         try:
             created = subprocess.run(
@@ -190,6 +195,36 @@ class RedisClusterServers:
             said = (created.stdout + created.stderr).decode(errors="replace")
             self.fail(f"redis-cli --cluster create failed ({created.returncode}): {said}")
         self._wait_until_ok(cli, deadline=time.monotonic() + 15)
+
+    def _start_node(self, binary: str, node: int) -> None:
+        """Start node ``node`` and wait (10 s at most) until it is ready. A free port can be
+        taken between its pick and the server's bind (another test's server, a client's
+        ephemeral port): then the node tries again on other ports, three times at most."""
+        for _ in range(3):
+            port, bus = self.ports[node], self.bus_ports[node]
+            self.output[port] = []
+            ready = threading.Event()
+            command = [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
+                *("--cluster-port", str(bus)),
+                *("--dir", str(self.directory), *NO_PERSISTENCE),
+            ]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self.processes.append(process)
+            reader = threading.Thread(
+                target=self._read, args=(process, port, ready), daemon=True, name=f"redis {port}"
+            )
+            reader.start()
+            self.readers.append(reader)
+            ready.wait(10)
+            if any(READY in line for line in self.output[port]):
+                return
+            if process.poll() is None or not _port_taken(self.output[port]):
+                break
+            del self.output[port]  # it lost the race for its port: pick others
+            self.ports[node], self.bus_ports[node] = free_port(), free_port()
+        self.fail(f"redis-server on port {self.ports[node]} did not start")
 
     def _read(self, process: subprocess.Popen[bytes], port: int, ready: threading.Event) -> None:
         """Keep what a server says (so that its pipe never fills); set ``ready`` at READY,
