@@ -854,9 +854,20 @@ async def _renew_once(lease: Lease) -> float | None:
     return lease.ttl / 3
 
 
+MAX_TTL = 365 * 24 * 3600.0
+"""The longest lease TTL, in seconds (a year): a held lease is renewed, so a longer one only
+means a crashed holder blocks the key for longer. The backends count in milliseconds, so the
+shortest is 0.001 s."""
+
+
 def _check_ttl(ttl: float) -> float:
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    if not 0.001 <= ttl <= MAX_TTL:
+        raise ValueError(
+            f"ttl must be between 0.001 s and {MAX_TTL:.0f} s (a year), got {ttl!r}: a held "
+            "lease is renewed, so a long TTL only keeps a crashed holder's key blocked longer"
+        )
     return float(ttl)
 
 

@@ -240,6 +240,8 @@ async def test_fencing_token_check() -> None:
     [
         ({"ttl": 0}, "ttl must be a positive number"),
         ({"ttl": float("inf")}, "ttl must be a positive number"),
+        ({"ttl": 1e13}, "ttl must be between 0.001 s and"),
+        ({"ttl": 0.0001}, "ttl must be between 0.001 s and"),
         ({"ttl": 1, "wait": -1}, "wait must be a number"),
     ],
 )
