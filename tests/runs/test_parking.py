@@ -760,10 +760,14 @@ async def test_a_binding_kept_as_long_as_the_parked_run() -> None:
 
 
 async def test_a_parked_run_of_another_saga_version_is_left_to_its_own_workers() -> None:
-    """A sweep of saga_version 2 neither wakes nor quarantines a due run of version 1."""
+    """A sweep of saga_version 2 neither wakes nor quarantines a due run of version 1; a
+    sweep of version 1 then does (so the run was due when version 2 left it)."""
     runs = MemoryRunStore()
-    parked = await park(Hurried, runs, order_id=unique("v"))
-    await anyio.sleep(0.1)  # its deadline passes
+    order = unique("v")
+    parked = await park(Hurried, runs, order_id=order)
+    (wait,) = (await runs.load(parked.run_id)).waits
+    assert wait.until is not None
+    await anyio.sleep(max(wait.until - time.time(), 0) + 0.01)  # its recorded deadline passes
 
     def newer() -> type[Saga]:
         class Hurried(Saga):  # the same saga, in a newer version
@@ -779,3 +783,6 @@ async def test_a_parked_run_of_another_saga_version_is_left_to_its_own_workers()
     assert await recover(runs, sagas=[newer()]) == []
     assert (await runs.load(parked.run_id)).status == "waiting"
     assert await runs.quarantined() == []
+    report = await recover(runs, sagas=[Hurried])
+    assert [(r.run_id, r.outcome) for r in report] == [(parked.run_id, "failed")]
+    assert LOG.count(f"refund ch-{order}") == 1
