@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -253,9 +254,11 @@ class SaqQueue:
             functions=[(JOB_FUNCTION, run)],
             concurrency=concurrency,
             timers=_timers(self.heartbeat),
-            shutdown_grace_period_s=max(0, round(shutdown_grace)),
+            shutdown_grace_period_s=0,  # see _graceful_stop: the grace is for running jobs
         )
         _careful_sweeps(self.saq)
+        _watch_dequeues(self.saq)
+        _graceful_stop(worker, shutdown_grace)
         mux = getattr(self.saq, "_pubsub", None)
         # Subscribed to every job's notices of the queue: about 0.1 ms of CPU per job.
         if quick_aborts and isinstance(mux, Multiplexer):
@@ -272,6 +275,65 @@ class SaqQueue:
             if not started.done():
                 started.cancel()
             await asyncio.gather(started, return_exceptions=True)
+
+
+_TAKING: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+"""The tasks (SAQ's job slots) waiting for a job in a queue's ``dequeue`` right now: an
+idle slot, which a stopping worker cancels at once (see :func:`_graceful_stop`)."""
+
+
+def _watch_dequeues(queue: Queue) -> None:
+    """Make ``queue``'s ``dequeue`` note the task waiting in it in :data:`_TAKING` (once per
+    queue object: SAQ's ``Worker`` has no other way to tell an idle job slot from a busy
+    one)."""
+    if getattr(queue, "_asaga_watched", False):
+        return
+    dequeue = queue.dequeue
+
+    async def noted(*args: Any, **kwargs: Any) -> Job | None:
+        task = asyncio.current_task()
+        if task is not None:
+            _TAKING.add(task)
+        try:
+            return await dequeue(*args, **kwargs)
+        finally:
+            if task is not None:
+                _TAKING.discard(task)
+
+    queue.dequeue = noted  # type: ignore[method-assign]  # SAQ has no hook for it
+    queue._asaga_watched = True  # type: ignore[attr-defined]  # ours, on SAQ's object
+
+
+def _graceful_stop(worker: Worker[Any], grace: float) -> None:
+    """Give ``worker`` a stop that waits up to ``grace`` seconds for its running jobs only.
+
+    SAQ's own ``Worker.stop`` waits its grace for every task of the worker, job slots
+    waiting for a job (which never end) and timers included: an idle worker would wait
+    the whole grace. This stop takes no new job (idle slots and timers are cancelled at
+    once), waits for the slots running a job (their job's end is recorded) up to
+    ``grace``, then lets SAQ's stop cancel what still runs (and the job goes back to the
+    queue, or ends aborted if it may not run again). It is the worker's ``stop``, so
+    SAQ's own signal handling (SIGTERM, SIGINT) stops through it too."""
+    lock = asyncio.Lock()
+    stop = worker.stop
+
+    async def stop_gracefully() -> None:
+        worker.event.set()  # no slot is started again
+        async with lock:
+            if worker._stopped:
+                return
+            idle = [t for t in worker.tasks if t.get_name() != "process" or t in _TAKING]
+            busy = [t for t in worker.tasks if not t.done() and t not in idle]
+            for task in idle:
+                task.cancel()
+            if idle:  # cancelled: they end at once (a Redis read, a timer's sleep)
+                await asyncio.wait(idle, timeout=worker._cancellation_hard_deadline_s)
+            if busy and grace > 0:
+                _logger.info("worker_stopping", running_jobs=len(busy), grace=grace)
+                await asyncio.wait(busy, timeout=grace)
+            await stop()  # SAQ's, with no grace: cancels what still runs
+
+    worker.stop = stop_gracefully  # type: ignore[method-assign]  # SAQ has no option for it
 
 
 _SWEEP_ABORT = 0.5

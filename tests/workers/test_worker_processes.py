@@ -17,7 +17,8 @@ this process with ``InventorySaga.start(queue=..., runs=...)``. What they pin:
   outcome; the stock and the log reconcile with the records, up to exactly the writes
   in doubt. (It is an expected failure while handles of a dead worker's runs wait for
   SAQ's sweep after their records are finished: see the test.)
-- SIGTERM lets a run in flight finish, then the worker exits 0 and says it stopped;
+- SIGTERM lets a run in flight finish, then the worker exits 0 and says it stopped; an
+  idle worker exits at once, whatever its grace;
 - two callers starting with one idempotency key make one run (one record, one
   reservation, one log entry).
 """
@@ -168,15 +169,16 @@ class Cluster:
         self.store = RedisInventoryStore(client, None, prefix=f"{prefix}inv:")
         self.workers: list[Worker] = []
 
-    async def start_workers(self, count: int) -> list[Worker]:
-        """Start ``count`` workers at once; return when each has said it is ready."""
+    async def start_workers(self, count: int, *, grace: float = SHUTDOWN_GRACE) -> list[Worker]:
+        """Start ``count`` workers at once (``--shutdown-grace grace``); return when each
+        has said it is ready."""
         started: list[Worker] = []
         async with anyio.create_task_group() as tg:
             for _ in range(count):
-                tg.start_soon(self._start_one, started)
+                tg.start_soon(self._start_one, started, grace)
         return started
 
-    async def _start_one(self, started: list[Worker]) -> None:
+    async def _start_one(self, started: list[Worker], grace: float) -> None:
         command = [
             sys.executable,
             "-m",
@@ -194,7 +196,7 @@ class Cluster:
             "--heartbeat",
             str(HEARTBEAT),
             "--shutdown-grace",
-            str(SHUTDOWN_GRACE),
+            str(grace),
         ]
         log = self.tmp / f"worker-{uuid.uuid4().hex[:8]}.stderr"
         with log.open("wb") as stderr:
@@ -667,6 +669,25 @@ async def test_sigterm_lets_a_run_in_flight_finish_then_the_worker_exits(
     assert (await cluster.store.get("wt-1")).reserved_count == 2
     with anyio.fail_after(5):
         await worker.closed.wait()
+    assert worker.lines[-1] == f"asaga worker {worker.pid}: stopped", worker.lines[-5:]
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_stops_an_idle_worker_at_once_whatever_its_grace(
+    cluster: Cluster,
+) -> None:
+    """A worker with no job running (it ran one) and a 30 s shutdown grace exits 0 within
+    a few seconds of SIGTERM: the grace is for running jobs, not for idle job slots."""
+    await cluster.stock([Product(sku="wi-1", inventory_count=10)])
+    (worker,) = await cluster.start_workers(1, grace=30)
+    handle = await start(cluster, "wi-1", 1)
+    with anyio.fail_after(20):
+        assert (await handle.result()).output.quantity == 1
+    worker.process.send_signal(signal.SIGTERM)
+    with anyio.fail_after(5):
+        code = await worker.process.wait()
+        await worker.closed.wait()
+    assert code == 0, f"exit {code}; stderr in {worker.log}"
     assert worker.lines[-1] == f"asaga worker {worker.pid}: stopped", worker.lines[-5:]
 
 
