@@ -36,6 +36,7 @@ __all__ = [
     "EventBase",
     "EventKind",
     "Hook",
+    "OperatorAction",
     "RunFailed",
     "RunParkedEvent",
     "RunStarted",
@@ -64,6 +65,7 @@ EventKind = Literal[
     "compensation_started",
     "compensation_succeeded",
     "compensation_failed",
+    "operator_action",
 ]
 
 
@@ -227,6 +229,21 @@ class CompensationFailedEvent(EventBase, frozen=True, kw_only=True, tag="compens
     """``False`` when the compensation will be retried."""
 
 
+class OperatorAction(EventBase, frozen=True, kw_only=True, tag="operator_action"):
+    """An operator acted on the run (from the runs dashboard or a script), recorded
+    among the run's events by :meth:`~asaga.runs.RunStore.note`."""
+
+    level: ClassVar[int] = _INFO
+    log_fields: ClassVar[tuple[str, ...]] = ("action", "by", "outcome")
+    action: str
+    """What was asked: ``"undo"``, ``"resume"``, ``"cancel"``, ``"recover"`` or
+    ``"readmit"``."""
+    by: str | None = None
+    """Who asked (the operator's name as the dashboard's authorization gave it)."""
+    outcome: str
+    """What happened: the resulting status, or the error that refused the action."""
+
+
 Event: TypeAlias = (
     RunStarted
     | RunSucceeded
@@ -242,6 +259,7 @@ Event: TypeAlias = (
     | CompensationStarted
     | CompensationSucceeded
     | CompensationFailedEvent
+    | OperatorAction
 )
 """Any event record; decode a stream with ``msgspec.json.decode(data, type=list[Event])``."""
 

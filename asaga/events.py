@@ -23,6 +23,7 @@ from ._events import CompensationSucceeded as CompensationSucceeded
 from ._events import Event as Event
 from ._events import EventKind as EventKind
 from ._events import Hook as Hook
+from ._events import OperatorAction as OperatorAction
 from ._events import RunFailed as RunFailed
 from ._events import RunParkedEvent as RunParkedEvent
 from ._events import RunStarted as RunStarted
@@ -43,6 +44,7 @@ __all__ = [
     "Event",
     "EventKind",
     "Hook",
+    "OperatorAction",
     "RunFailed",
     "RunParkedEvent",
     "RunStarted",

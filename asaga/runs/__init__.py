@@ -22,6 +22,7 @@ from ._durable import recover as recover
 from ._memory import MemoryRunStore as MemoryRunStore
 from ._parking import Delivery as Delivery
 from ._record import Quarantined as Quarantined
+from ._record import RunPage as RunPage
 from ._record import RunRecord as RunRecord
 from ._record import RunStatus as RunStatus
 from ._record import RunStore as RunStore
@@ -38,6 +39,7 @@ __all__ = [
     "Quarantined",
     "Recovered",
     "RedisRunStore",
+    "RunPage",
     "RunRecord",
     "RunStatus",
     "RunStore",

@@ -20,17 +20,26 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from .._events import OperatorAction
 from .._exceptions import RunNotFound, RunRecordLost, RunTakenOver
 from ._record import (
     FINISHED,
+    PAGE_STATUSES,
     Claim,
+    PageQuery,
     Quarantined,
     RunExists,
+    RunPage,
     RunRecord,
     RunStatus,
     Write,
+    check_find,
+    check_note,
     decode_event,
     decode_record,
+    encode_event,
+    leaves_doubt,
+    page_query,
 )
 from ._settings import StoreSettings
 
@@ -52,6 +61,7 @@ class _Run:
     quarantined: Quarantined | None = None  # set aside (see MemoryRunStore.quarantine)
     until: float | None = None  # parked: when its first wait ends (wall clock)
     version: str = ""  # the saga_version the run was recorded with
+    doubt: bool = False  # finished with steps left in doubt (see leaves_doubt)
 
 
 @dataclass(slots=True)
@@ -158,6 +168,7 @@ class MemoryRunStore(StoreSettings):
         run.status = write.status
         run.events.extend(write.events)
         if write.final:
+            run.doubt = leaves_doubt(write.events)
             run.expires = self._clock() + self.retention
             if run.finished is not None:
                 run.finished.set()
@@ -184,6 +195,92 @@ class MemoryRunStore(StoreSettings):
                 if len(found) >= limit:
                     break
         return found
+
+    async def page(
+        self,
+        *,
+        status: str | None = None,
+        saga: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> RunPage:
+        """One page of recorded runs, newest first (see :meth:`RunStore.page`)."""
+        query = page_query(
+            status=status, saga=saga, since=since, until=until, cursor=cursor, limit=limit
+        )
+        await anyio.lowlevel.checkpoint()
+        now = self._clock()
+        found = sorted(
+            (
+                (run.created, run_id)
+                for run_id, run in self._runs.items()
+                if (run.expires is None or run.expires > now)
+                and self._matches(run, query)
+                and query.admits(run.created, run_id)
+            ),
+            reverse=True,
+        )
+        runs = tuple(self._decode(run_id, self._runs[run_id], False) for _, run_id in found[:limit])
+        more = len(found) > limit
+        return RunPage(runs=runs, cursor=query.cursor(*found[limit - 1]) if more else None)
+
+    @staticmethod
+    def _matches(run: _Run, query: PageQuery) -> bool:
+        if query.saga is not None and run.saga != query.saga:
+            return False
+        if query.status == "quarantined":
+            return run.quarantined is not None
+        if run.quarantined is not None:
+            return False  # listed under "quarantined" only
+        if query.status == "in_doubt":
+            return run.doubt
+        return query.status is None or run.status == query.status
+
+    async def find(self, text: str, *, limit: int = 20) -> Sequence[RunRecord]:
+        """Runs that ``text`` names: a run id, an idempotency key, an event's key."""
+        check_find(text, limit)
+        await anyio.lowlevel.checkpoint()
+        now = self._clock()
+        ids = [text]
+        ids += [run for (_, key), (run, until) in self._keys.items() if key == text and until > now]
+        ids += [
+            mail.run
+            for (_, key), mail in self._mail.items()
+            if key == text and mail.run is not None and mail.expires > now
+        ]
+        found: list[RunRecord] = []
+        for run_id in dict.fromkeys(ids):
+            run = self._runs.get(run_id)
+            if run is not None and (run.expires is None or run.expires > now):
+                found.append(self._decode(run_id, run, False))
+        return found[:limit]
+
+    async def counts(self, *, saga: str | None = None) -> Mapping[str, int]:
+        """Runs per status (see :meth:`RunStore.counts`)."""
+        await anyio.lowlevel.checkpoint()
+        now = self._clock()
+        counts = dict.fromkeys(sorted(PAGE_STATUSES), 0)
+        for run in self._runs.values():
+            if (saga is not None and run.saga != saga) or (
+                run.expires is not None and run.expires <= now
+            ):
+                continue
+            if run.quarantined is not None:
+                counts["quarantined"] += 1
+                continue
+            counts[run.status] += 1
+            if run.doubt:
+                counts["in_doubt"] += 1
+        return counts
+
+    async def note(self, run_id: str, event: OperatorAction) -> None:
+        """Append an operator's action to the run's events (``RunNotFound`` if none)."""
+        check_note(run_id, event)
+        await anyio.lowlevel.checkpoint()
+        run = self._live(run_id)
+        run.events.append(encode_event(event))
 
     async def abandoned(
         self, sagas: Mapping[str, str], *, limit: int = 100

@@ -17,31 +17,43 @@ clear error instead of being half-read.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import msgspec
 
-from .._events import Event
+from .._events import Event, OperatorAction, RunFailed
 from .._exceptions import CorruptRecord, RunExists, WaitInfo
 
 __all__ = [
     "FINISHED",
+    "MAX_FIND",
+    "MAX_PAGE",
+    "PAGE_STATUSES",
     "SCHEMA_VERSION",
     "Claim",
+    "PageQuery",
     "Quarantined",
     "RunExists",
+    "RunPage",
     "RunRecord",
     "RunStatus",
     "RunStore",
     "StepRecord",
     "Write",
+    "check_find",
     "check_identity",
+    "check_note",
     "decode_event",
     "decode_record",
     "encode_event",
     "encode_record",
+    "leaves_doubt",
+    "page_query",
 ]
 
 SCHEMA_VERSION = 1
@@ -278,6 +290,157 @@ class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
     """The store (owner identity) that set it aside."""
 
 
+class RunPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of recorded runs, as :meth:`RunStore.page` returns it."""
+
+    runs: tuple[RunRecord, ...]
+    """The runs, newest first (by the time the store recorded them), without their events
+    (:meth:`RunStore.load` with ``events=True`` reads those)."""
+    cursor: str | None
+    """Opaque: pass it back as ``page(cursor=...)``, with the same filters, for the next
+    page; ``None`` when there is no more. A cursor is a position (a creation time and a
+    run id), so runs recorded meanwhile never shift the pages that follow."""
+
+
+PAGE_STATUSES: frozenset[str] = frozenset(get_args(RunStatus)) | {"in_doubt", "quarantined"}
+"""What :meth:`RunStore.page` filters on and :meth:`RunStore.counts` counts: every run
+status, ``in_doubt`` (finished runs that left a step in doubt: their ``RunFailed`` event
+lists it) and ``quarantined`` (runs recovery set aside)."""
+
+MAX_PAGE = 500
+"""The most runs one page may ask for."""
+
+MAX_FIND = 1024
+"""The longest text :meth:`RunStore.find` looks for."""
+
+_CURSOR = "c1."
+
+
+class PageQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """The checked arguments of :meth:`RunStore.page`."""
+
+    status: str | None = None
+    saga: str | None = None
+    since: float | None = None
+    until: float | None = None
+    after: tuple[float, str] | None = None
+    """The position of the last run of the previous page (created, run id)."""
+    limit: int = 50
+
+    def _filters(self) -> str:
+        text = repr((self.status, self.saga, self.since, self.until))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def cursor(self, created: float, run_id: str) -> str:
+        """The cursor of the page after the run at (``created``, ``run_id``)."""
+        data = msgspec.json.encode([created, run_id, self._filters()])
+        return _CURSOR + base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    def admits(self, created: float, run_id: str) -> bool:
+        """Whether a run recorded at ``created`` belongs to the page (time bounds and
+        position after the cursor; the status and saga are the store's to check)."""
+        if self.since is not None and created < self.since:
+            return False
+        if self.until is not None and created > self.until:
+            return False
+        return self.after is None or (created, run_id) < self.after
+
+
+def _time(value: float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"page(): {name} must be a time in epoch seconds, got {value!r}")
+    return float(value)
+
+
+def page_query(
+    *,
+    status: str | None,
+    saga: str | None,
+    since: float | None,
+    until: float | None,
+    cursor: str | None,
+    limit: int,
+) -> PageQuery:
+    """Check the arguments of :meth:`RunStore.page` (``ValueError`` saying what is wrong)."""
+    if status is not None and status not in PAGE_STATUSES:
+        raise ValueError(
+            f"page(): unknown status {status!r}; use one of {', '.join(sorted(PAGE_STATUSES))}"
+        )
+    if saga is not None and (not isinstance(saga, str) or not 0 < len(saga) <= MAX_FIND):
+        raise ValueError(f"page(): saga must be a saga's name, got {saga!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"page(): limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
+    query = PageQuery(
+        status=status,
+        saga=saga,
+        since=_time(since, "since"),
+        until=_time(until, "until"),
+        limit=limit,
+    )
+    if cursor is None:
+        return query
+    after: tuple[float, str] | None = None
+    if isinstance(cursor, str) and cursor.startswith(_CURSOR) and len(cursor) <= 4 * MAX_FIND:
+        body = cursor.removeprefix(_CURSOR)
+        try:
+            data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            created, run_id, filters = msgspec.json.decode(data, type=tuple[float, str, str])
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        else:
+            if filters != query._filters():
+                raise ValueError(
+                    "page(): this cursor belongs to a page with other filters (status, saga, "
+                    "since, until): pass the filters it was made with, or no cursor to start over"
+                )
+            if math.isfinite(created):
+                after = (created, run_id)
+    if after is None:
+        raise ValueError(
+            f"page(): malformed cursor {cursor!r:.80}: pass the cursor of a page "
+            "as it was returned, or None for the first page"
+        )
+    return msgspec.structs.replace(query, after=after)
+
+
+def check_find(text: str, limit: int) -> None:
+    """Check the arguments of :meth:`RunStore.find` (``ValueError`` saying what is wrong)."""
+    if not isinstance(text, str) or not text or len(text) > MAX_FIND:
+        raise ValueError(
+            f"find(): text must be a run id or key of 1 to {MAX_FIND} characters, got {text!r:.80}"
+        )
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"find(): limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
+
+
+def check_note(run_id: str, event: OperatorAction) -> None:
+    """Check the arguments of :meth:`RunStore.note`."""
+    if not isinstance(event, OperatorAction):
+        raise TypeError(f"note(): event must be an OperatorAction, got {type(event).__name__}")
+    if event.run_id != run_id:
+        raise ValueError(
+            f"note(): the event is about run {event.run_id!r}, not {run_id!r}: "
+            "make it with run_id=<the run you note it on>"
+        )
+
+
+def leaves_doubt(events: Sequence[bytes]) -> bool:
+    """Whether these encoded events (of a final write) end the run with steps left in doubt
+    (its ``RunFailed`` event lists them): the run then counts as ``in_doubt``."""
+    for data in events:
+        if b"run_failed" not in data:
+            continue  # the cheap test first: only the run's end says it
+        try:
+            event = _event_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if isinstance(event, RunFailed) and event.in_doubt:
+            return True
+    return False
+
+
 class RunStore(Protocol):
     """Where durable runs are recorded: :class:`~asaga.runs.MemoryRunStore` (default) or
     :class:`~asaga.runs.RedisRunStore`.
@@ -323,6 +486,44 @@ class RunStore(Protocol):
         self, *, status: str | None = None, saga: str | None = None, limit: int = 50
     ) -> Sequence[RunRecord]:
         """Recorded runs, newest first, filtered by status and saga name."""
+        ...
+
+    async def page(
+        self,
+        *,
+        status: str | None = None,
+        saga: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> RunPage:
+        """One page of recorded runs, newest first, for a runs list (the dashboard's).
+
+        ``status``: a run status, ``"in_doubt"`` (finished runs that left a step in doubt;
+        they have their own status too) or ``"quarantined"`` (runs recovery set aside;
+        listed only under this filter). ``saga``: a saga's name. ``since``/``until``:
+        bounds (epoch seconds, both included) on when the run was recorded. ``cursor``:
+        the previous page's, with the same filters. ``limit``: 1 to 500 runs.
+        Bad arguments raise ``ValueError`` saying what to pass instead.
+        """
+        ...
+
+    async def find(self, text: str, *, limit: int = 20) -> Sequence[RunRecord]:
+        """Runs that ``text`` names exactly: a run id, an idempotency key (of any saga),
+        or the correlation key of an event a run waits for or was delivered. Records
+        without events; empty or over-long text raises ``ValueError``."""
+        ...
+
+    async def counts(self, *, saga: str | None = None) -> Mapping[str, int]:
+        """How many recorded runs have each status (every name of
+        :data:`PAGE_STATUSES`, zeros included), of one saga or all; quarantined runs
+        count under ``quarantined`` only, runs in doubt under their status too."""
+        ...
+
+    async def note(self, run_id: str, event: OperatorAction) -> None:
+        """Append an operator's action to the run's recorded events;
+        :class:`~asaga.RunNotFound` if the store has no such run."""
         ...
 
     async def abandoned(

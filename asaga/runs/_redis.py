@@ -75,6 +75,7 @@ import msgspec
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
+from .._events import OperatorAction
 from .._exceptions import (
     CorruptRecord,
     RunNotFound,
@@ -98,14 +99,21 @@ from .._redis import (
 )
 from ._record import (
     FINISHED,
+    PAGE_STATUSES,
     Claim,
+    PageQuery,
     Quarantined,
     RunExists,
+    RunPage,
     RunRecord,
     Write,
+    check_find,
     check_identity,
+    check_note,
     decode_event,
     decode_record,
+    encode_event,
+    page_query,
 )
 from ._settings import StoreSettings
 
@@ -121,7 +129,7 @@ def _arguments(script: str) -> str:
     ValueError (see _refusal). Integers are matched as text first (Lua's ``tonumber``
     reads ``nan``, ``inf``, ``0x10`` and padded strings), times as decimals; ``run_keys``
     checks that KEYS are the named keys of one run (one base, the run id of ARGV)."""
-    return _ARGUMENTS.replace("<script>", script)
+    return _ARGUMENTS.replace("<script>", script) + _LISTING
 
 
 _ARGUMENTS = (
@@ -215,6 +223,73 @@ end
 )
 
 
+# The listing indexes of a shard (for RunStore.page and counts), derived from the run's
+# base <s> (so in the slot of its other keys): <s>runs:by-status:<status>,
+# <s>runs:by-saga:<saga> and <s>runs:by-saga-status:<status>:<saga>, sorted sets scored by
+# the run's creation time (its hash's ``created``). A run is listed under its status, or
+# ``quarantined`` while set aside, and also under ``in_doubt`` when its end left a step in
+# doubt (hash field ``doubt``). Called after a script's checks, with the status the run was
+# listed under before its write (``listed``) and after.
+_LISTING = """
+local function listed(key)
+  local f = redis.call('hmget', key, 'status', 'quarantined')
+  if f[2] then return 'quarantined' end
+  return f[1]
+end
+local function relist(base, run_id, old, new, now)
+  local f = redis.call('hmget', KEYS[1], 'saga', 'created', 'doubt')
+  local saga, created = f[1], tonumber(f[2])
+  if not saga or not new then return end
+  if not created then  -- a run recorded before these indexes: listed from now on
+    created = tonumber(redis.call('zscore', base .. 'runs:index', run_id)) or now
+    redis.call('hset', KEYS[1], 'created', created)
+    redis.call('zadd', base .. 'runs:by-saga:' .. saga, created, run_id)
+    old = nil
+  end
+  if old == new then return end
+  if old then
+    redis.call('zrem', base .. 'runs:by-status:' .. old, run_id)
+    redis.call('zrem', base .. 'runs:by-saga-status:' .. old .. ':' .. saga, run_id)
+  end
+  redis.call('zadd', base .. 'runs:by-status:' .. new, created, run_id)
+  redis.call('zadd', base .. 'runs:by-saga-status:' .. new .. ':' .. saga, created, run_id)
+end
+-- a final write: the run's sets (and in_doubt's, if its end left a step in doubt) are
+-- trimmed to the retention, like the index
+local function finish_listing(base, run_id, status, cutoff, doubt)
+  local f = redis.call('hmget', KEYS[1], 'saga', 'created')
+  local saga, created = f[1], tonumber(f[2])
+  if not saga or not created then return end
+  local sets = {'runs:by-status:' .. status, 'runs:by-saga-status:' .. status .. ':' .. saga,
+    'runs:by-saga:' .. saga}
+  if doubt then
+    redis.call('hset', KEYS[1], 'doubt', '1')
+    table.insert(sets, 'runs:by-status:in_doubt')
+    table.insert(sets, 'runs:by-saga-status:in_doubt:' .. saga)
+    redis.call('zadd', base .. sets[4], created, run_id)
+    redis.call('zadd', base .. sets[5], created, run_id)
+  end
+  for _, name in ipairs(sets) do
+    redis.call('zremrangebyscore', base .. name, '-inf', cutoff)
+  end
+end
+-- whether the events of a final write end the run with steps left in doubt (its
+-- run_failed event lists them): read only
+local function leaves_doubt(first)
+  for j = first, #ARGV do
+    if string.find(ARGV[j], 'run_failed', 1, true) then
+      local ok, event = pcall(cmsgpack.unpack, ARGV[j])
+      if ok and type(event) == 'table' and event.kind == 'run_failed'
+         and type(event.in_doubt) == 'table' and #event.in_doubt > 0 then
+        return true
+      end
+    end
+  end
+  return false
+end
+"""
+
+
 # KEYS: run, events, running, index ; ARGV: run_id, record, status, owner, saga, now,
 #   version, nonce, seq, events...
 # Returns nil when created (or when this very creation is sent again), 'void' if the run id
@@ -233,16 +308,20 @@ str_arg(7, 'version', 0, MAX_NAME)
 str_arg(8, 'nonce', 0, MAX_NAME)
 int_arg(9, 'seq', 0, MAX_INT)
 events_from(10)
-run_keys(run_id, {'events', 'runs:running', 'runs:index'})
+local base = run_keys(run_id, {'events', 'runs:running', 'runs:index'})
 if redis.call('exists', KEYS[1]) == 1 then
   if redis.call('hget', KEYS[1], 'nonce') == ARGV[8] then return false end
   if redis.call('hget', KEYS[1], 'status') == 'void' then return 'void' end
   return 'exists'
 end
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'owner', ARGV[4],
-           'saga', ARGV[5], 'version', ARGV[7], 'nonce', ARGV[8], 'seq', ARGV[9])
+           'saga', ARGV[5], 'version', ARGV[7], 'nonce', ARGV[8], 'seq', ARGV[9],
+           'created', ARGV[6])
 redis.call('zadd', KEYS[3], now, ARGV[1])
 redis.call('zadd', KEYS[4], now, ARGV[1])
+redis.call('zadd', base .. 'runs:sagas', now, ARGV[5])
+redis.call('zadd', base .. 'runs:by-saga:' .. ARGV[5], now, ARGV[1])
+relist(base, ARGV[1], nil, ARGV[3], now)
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 return false
 """
@@ -311,13 +390,18 @@ local owner = redis.call('hget', KEYS[1], 'owner')
 if not owner then return 3 end  -- no record (or a void run id: its record was lost too)
 if owner ~= ARGV[4] then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= seq then return 2 end
+local was = listed(KEYS[1])
+local doubt = final and leaves_doubt(10)
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'seq', ARGV[9])
+relist(base, run_id, was, ARGV[3], cutoff + retention / 1000)
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 if final then
+  finish_listing(base, run_id, ARGV[3], ARGV[7], doubt)
   redis.call('zrem', KEYS[3], ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[6])
   redis.call('pexpire', KEYS[2], ARGV[6])
   redis.call('zremrangebyscore', KEYS[4], '-inf', ARGV[7])
+  redis.call('zremrangebyscore', base .. 'runs:sagas', '-inf', ARGV[7])
   if redis.call('exists', KEYS[5]) == 1 then redis.call('publish', ARGV[8], ARGV[3]) end
 else
   -- unfinished: findable by recovery (a late final write may have taken it out)
@@ -371,12 +455,14 @@ local most = int_arg(7, 'most', 0, MAX_INT)
 no_more(7)
 local set = (KEYS[3] and string.sub(KEYS[3], -12) == 'runs:running') and 'runs:running'
   or 'runs:parked'
-run_keys(run_id, {'events', set, 'runs:quarantine'})
+local base = run_keys(run_id, {'events', set, 'runs:quarantine'})
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return false end
+local was = listed(KEYS[1])
 local score = redis.call('zscore', KEYS[3], ARGV[1]) or ARGV[4]
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('hset', KEYS[1], 'owner', 'quarantine', 'quarantined', ARGV[3],
            'quarantined_at', ARGV[4], 'quarantined_by', ARGV[2], 'running_score', score)
+relist(base, run_id, was, 'quarantined', tonumber(ARGV[4]))
 redis.call('pexpire', KEYS[1], ARGV[5])
 redis.call('pexpire', KEYS[2], ARGV[5])
 redis.call('zadd', KEYS[4], ARGV[4], ARGV[1])
@@ -396,7 +482,7 @@ _READMIT = (
     + """
 local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
 no_more(1)
-run_keys(run_id, {'events', 'runs:running', 'runs:quarantine'})
+local base = run_keys(run_id, {'events', 'runs:running', 'runs:quarantine'})
 if not redis.call('zscore', KEYS[4], ARGV[1]) then return 0 end
 if redis.call('hexists', KEYS[1], 'quarantined') == 0 then
   redis.call('zrem', KEYS[4], ARGV[1])
@@ -405,6 +491,7 @@ end
 local score = tonumber(redis.call('hget', KEYS[1], 'running_score')) or 0
 redis.call('zrem', KEYS[4], ARGV[1])
 redis.call('hdel', KEYS[1], 'quarantined', 'quarantined_at', 'quarantined_by', 'running_score')
+relist(base, run_id, 'quarantined', redis.call('hget', KEYS[1], 'status'), score)
 redis.call('persist', KEYS[1])
 redis.call('persist', KEYS[2])
 redis.call('zadd', KEYS[3], score, ARGV[1])
@@ -425,12 +512,14 @@ str_arg(3, 'new_owner', 1, MAX_NAME)
 time_arg(4, 'now')
 local run_id = str_arg(5, 'run_id', 1, MAX_NAME)
 no_more(5)
-run_keys(run_id, {'events', 'runs:running', 'owner'}, seen_owner)
+local base = run_keys(run_id, {'events', 'runs:running', 'owner'}, seen_owner)
 local status = redis.call('hget', KEYS[1], 'status')
 if status ~= ARGV[1] or redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
 if status == 'undoing' and redis.call('exists', KEYS[4]) == 1 then return 0 end
 if status ~= 'succeeded' and status ~= 'undoing' then return 0 end
+local was = listed(KEYS[1])
 redis.call('hset', KEYS[1], 'status', 'undoing', 'owner', ARGV[3])
+relist(base, run_id, was, 'undoing', tonumber(ARGV[4]))
 redis.call('persist', KEYS[1])
 redis.call('persist', KEYS[2])
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[5])
@@ -470,8 +559,10 @@ local owner = redis.call('hget', KEYS[1], 'owner')
 if not owner then return 3 end
 if owner ~= ARGV[3] then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= seq then return 2 end
+local was = listed(KEYS[1])
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', 'waiting', 'seq', ARGV[4],
            'owner', 'parked')
+relist(base, run_id, was, 'waiting', score)
 if #ARGV >= 8 then redis.call('rpush', KEYS[2], unpack(ARGV, 8)) end
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('zadd', KEYS[4], score, ARGV[1])
@@ -497,11 +588,13 @@ status_arg(5, 'status')
 int_arg(6, 'seq', 0, MAX_INT)
 local now = time_arg(7, 'now')
 events_from(8)
-run_keys(run_id, {'events', 'runs:running', 'runs:parked'})
+local base = run_keys(run_id, {'events', 'runs:running', 'runs:parked'})
 if redis.call('hget', KEYS[1], 'status') ~= 'waiting' then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') ~= seen then return 0 end
+local was = listed(KEYS[1])
 redis.call('hset', KEYS[1], 'record', ARGV[4], 'status', ARGV[5], 'owner', ARGV[3],
            'seq', ARGV[6])
+relist(base, run_id, was, ARGV[5], now)
 if #ARGV >= 8 then redis.call('rpush', KEYS[2], unpack(ARGV, 8)) end
 redis.call('zrem', KEYS[4], ARGV[1])
 redis.call('zadd', KEYS[3], now, ARGV[1])
@@ -612,6 +705,23 @@ return {run, redis.call('hincrby', KEYS[1], 'bad', 1)}
 """
 )
 
+# KEYS: run, events ; ARGV: run_id, event — append an operator's note to the run's
+# events (the list keeps the run's expiry). Returns 0 if the run has no record.
+_NOTE = (
+    _arguments("note")
+    + """
+local run_id = str_arg(1, 'run_id', 1, MAX_NAME)
+str_arg(2, 'event', 1, MAX_BLOB)
+no_more(2)
+run_keys(run_id, {'events'})
+if redis.call('hexists', KEYS[1], 'record') == 0 then return 0 end
+redis.call('rpush', KEYS[2], ARGV[2])
+local ttl = redis.call('pttl', KEYS[1])
+if ttl > 0 then redis.call('pexpire', KEYS[2], ttl) else redis.call('persist', KEYS[2]) end
+return 1
+"""
+)
+
 _SCRIPTS = {"create": _CREATE, "claim_key": _CLAIM_KEY, "write": _WRITE}
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 
@@ -619,6 +729,10 @@ _MAX_BATCH = 256  # writes sent in one pipeline at most
 _MAX_QUARANTINED = 10_000  # runs kept in the quarantine set at most (the oldest go first)
 _CLUSTER_SHARDS = 16  # shards of the runs on Redis Cluster (each its slot, spread over nodes)
 _MAX_KEY_ROUNDS = 20  # claims of one idempotency key by one call at most
+_MAX_PAGE_SCAN = 20_000  # index entries one page reads at most (then it returns short)
+_MAX_TIES = 1000  # runs recorded at the very same time that a page tells apart
+_MAX_SAGAS = 1000  # saga names find() looks keys up under
+_PAGE_FIELDS = ("record", "status", "owner", "saga", "quarantined", "doubt")
 
 
 @dataclass(slots=True, eq=False)
@@ -720,6 +834,7 @@ class RedisRunStore(StoreSettings):
         self._unpost = client.register_script(_UNPOST)
         self._bad = client.register_script(_BAD)
         self._unbind = client.register_script(_UNBIND)
+        self._note = client.register_script(_NOTE)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisRunStore:
@@ -771,6 +886,9 @@ class RedisRunStore(StoreSettings):
 
     def _parked(self, shard: int = 0) -> str:
         return f"{self._base(shard)}runs:parked"
+
+    def _sagas(self, shard: int = 0) -> str:
+        return f"{self._base(shard)}runs:sagas"
 
     def _mail_key(self, saga: str, key: str) -> str:
         return f"{self.prefix}mail:{saga}:{key}"
@@ -1211,6 +1329,197 @@ class RedisRunStore(StoreSettings):
                     break
         return found
 
+    async def page(
+        self,
+        *,
+        status: str | None = None,
+        saga: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> RunPage:
+        """One page of recorded runs, newest first (see :meth:`RunStore.page`).
+
+        The page reads one sorted set per shard, scored by creation time, from the
+        cursor's position down: the index of every run without a filter, else the index
+        of the status, the saga, or the saga and status asked for. Entries whose record
+        expired are dropped from their set when met."""
+        query = page_query(
+            status=status, saga=saga, since=since, until=until, cursor=cursor, limit=limit
+        )
+        keys = self._page_keys(query)
+        found: list[tuple[float, str, RunRecord]] = []
+        position = query.after
+        more = True
+        scanned = 0
+        with self._bounded("cannot list runs"):
+            while len(found) <= limit and scanned < _MAX_PAGE_SCAN:
+                want = limit + 1 - len(found)
+                batch = await self._below(keys, query, position, want)
+                if not batch:
+                    more = False
+                    break
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for _, run_id, _ in batch:
+                        pipe.hmget(self._run_key(run_id), *_PAGE_FIELDS)
+                    rows = await pipe.execute()
+                gone: dict[int, list[str]] = {}
+                for (created, run_id, shard), row in zip(batch, rows, strict=True):
+                    data, st, owner, name, aside, doubt = row
+                    if data is None:
+                        gone.setdefault(shard, []).append(run_id)
+                        continue
+                    if not _accepts(query, _text(st), _text(name), aside is not None, doubt):
+                        continue
+                    try:
+                        record = self._assemble(run_id, data, st, owner, ())
+                    except CorruptRecord as exc:  # shown by `runs show`
+                        _logger.warning("run_not_listed", run_id=run_id, error=str(exc))
+                        continue
+                    found.append((created, run_id, record))
+                if gone:  # their records expired: out of the set
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for shard, ids in gone.items():
+                            pipe.zrem(keys[shard], *ids)
+                        await pipe.execute()
+                position = batch[-1][:2]
+                scanned += len(batch)
+                if len(batch) < want:
+                    more = False  # every set is read to its end
+                    break
+        if len(found) > limit:
+            return RunPage(
+                runs=tuple(r for _, _, r in found[:limit]),
+                cursor=query.cursor(*found[limit - 1][:2]),
+            )
+        # The bounded scan stopped short: the cursor goes on from where it stopped.
+        next_cursor = query.cursor(*position) if more and position is not None else None
+        return RunPage(runs=tuple(r for _, _, r in found), cursor=next_cursor)
+
+    def _page_keys(self, query: PageQuery) -> Sequence[str]:
+        """The sorted set, per shard, that a page reads: the index of every run (with the
+        runs recorded before the listing indexes existed) when there is no filter, else
+        the listing index of the status, the saga, or both."""
+        return [self._listing(shard, query.status, query.saga) for shard in range(self._shards)]
+
+    def _listing(self, shard: int, status: str | None, saga: str | None) -> str:
+        """A listing index of ``shard`` (see _LISTING)."""
+        base = self._base(shard)
+        if status is None and saga is None:
+            return self._index(shard)
+        if status is None:
+            return f"{base}runs:by-saga:{saga}"
+        if saga is None:
+            return f"{base}runs:by-status:{status}"
+        return f"{base}runs:by-saga-status:{status}:{saga}"
+
+    async def _below(
+        self, keys: Sequence[str], query: PageQuery, position: tuple[float, str] | None, count: int
+    ) -> Sequence[tuple[float, str, int]]:
+        """The next ``count`` entries of the sets ``keys`` merged, newest first, after
+        ``position`` and within the query's time bounds: (score, run id, shard)."""
+        top = repr(query.until) if query.until is not None else "+inf"
+        bottom = repr(query.since) if query.since is not None else "-inf"
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                if position is None:
+                    pipe.zrange(
+                        key,
+                        top,
+                        bottom,
+                        desc=True,
+                        byscore=True,
+                        withscores=True,
+                        offset=0,
+                        num=count,
+                    )
+                    continue
+                at = repr(position[0])
+                # the entries of the position's own score (ties, by run id), then those below
+                pipe.zrange(
+                    key, at, at, desc=True, byscore=True, withscores=True, offset=0, num=_MAX_TIES
+                )
+                pipe.zrange(
+                    key,
+                    f"({at}",
+                    bottom,
+                    desc=True,
+                    byscore=True,
+                    withscores=True,
+                    offset=0,
+                    num=count,
+                )
+            replies = await pipe.execute()
+        per = 1 if position is None else 2
+        entries = [
+            (float(score), _text(member) or "", shard)
+            for shard in range(len(keys))
+            for reply in replies[shard * per : (shard + 1) * per]
+            for member, score in reply
+        ]
+        entries = [e for e in entries if query.admits(e[0], e[1])]
+        entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        return entries[:count]
+
+    async def find(self, text: str, *, limit: int = 20) -> Sequence[RunRecord]:
+        """Runs that ``text`` names exactly: a run id, an idempotency key of any saga, or
+        the correlation key of an event (see :meth:`RunStore.find`). The keys are looked
+        up under each saga the store has recorded runs of (``runs:sagas``): one read per
+        saga, no scan."""
+        check_find(text, limit)
+        with self._bounded("cannot search runs"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in range(self._shards):
+                    pipe.zrange(self._sagas(shard), 0, _MAX_SAGAS - 1)
+                sagas = sorted({_text(n) or "" for names in await pipe.execute() for n in names})
+            async with self.client.pipeline(transaction=False) as pipe:
+                for saga in sagas:
+                    pipe.get(f"{self.prefix}key:{saga}:{text}")
+                    pipe.hget(self._mail_key(saga, text), "run")
+                named = [_text(r) for r in await pipe.execute()]
+            ids = list(dict.fromkeys([text, *(r for r in named if r)]))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.hmget(self._run_key(run_id), "record", "status", "owner")
+                rows = await pipe.execute()
+        found: list[RunRecord] = []
+        for run_id, (data, st, owner) in zip(ids, rows, strict=True):
+            if data is None:
+                continue
+            try:
+                found.append(self._assemble(run_id, data, st, owner, ()))
+            except CorruptRecord as exc:
+                _logger.warning("run_not_listed", run_id=run_id, error=str(exc))
+        return found[:limit]
+
+    async def counts(self, *, saga: str | None = None) -> Mapping[str, int]:
+        """Runs per status (see :meth:`RunStore.counts`): the size of each listing index,
+        one round trip (a command per status and shard). Counted are the runs listed in
+        them: those written since the indexes exist (older records join on their next
+        write), and, until a page meets them, entries of unfinished runs whose record
+        expired (a parked run past its deadline and retention, a quarantined one past
+        retention)."""
+        names = sorted(PAGE_STATUSES)
+        with self._bounded("cannot count runs"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in range(self._shards):
+                    for status in names:
+                        pipe.zcard(self._listing(shard, status, saga))
+                sizes = await pipe.execute()
+        counts = dict.fromkeys(names, 0)
+        for i, size in enumerate(sizes):
+            counts[names[i % len(names)]] += int(size)
+        return counts
+
+    async def note(self, run_id: str, event: OperatorAction) -> None:
+        """Append an operator's action to the run's events (``RunNotFound`` if none)."""
+        check_note(run_id, event)
+        with self._bounded(f"cannot note on run {run_id}", run_id):
+            done = await self._note(keys=self._run_keys(run_id), args=[run_id, encode_event(event)])
+        if not done:
+            raise RunNotFound(f"no record of run {run_id!r} in this store", run_id)
+
     # -- recovery, undo, keys ------------------------------------------------------------
 
     async def abandoned(
@@ -1619,6 +1928,21 @@ def _bounded(seconds: float, what: str, run_id: str | None) -> Iterator[None]:
         raise StoreUnavailable(f"{what}: {exc}", run_id) from exc
     except UNAVAILABLE as exc:
         raise StoreUnavailable(f"{what}: {exc}", run_id) from exc
+
+
+def _accepts(
+    query: PageQuery, status: str | None, saga: str | None, aside: bool, doubt: Any
+) -> bool:
+    """Whether a run (its hash's fields) belongs to the page ``query`` asks for."""
+    if query.saga is not None and saga != query.saga:
+        return False
+    if query.status == "quarantined":
+        return aside
+    if aside:
+        return False  # listed under "quarantined" only
+    if query.status == "in_doubt":
+        return doubt is not None
+    return query.status is None or status == query.status
 
 
 def _refusal(exc: Exception) -> ValueError | None:

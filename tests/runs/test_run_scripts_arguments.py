@@ -92,6 +92,7 @@ def script_keys(s: RedisRunStore, script: str) -> list[str]:
         "unpost": [s._mail_key("S", "m3")],
         "unbind": [s._mail_key("S", "m")],
         "bad": [s._mail_key("S", "m")],
+        "note": s._run_keys("r"),
     }[script]
 
 
@@ -116,6 +117,7 @@ def good_args(s: RedisRunStore, script: str) -> list[Any]:
         "unpost": ["pay"],
         "unbind": ["p"],
         "bad": [],
+        "note": ["r", "e1"],
     }[script]
 
 
@@ -147,6 +149,7 @@ NAMES = {
     "unpost": ["payload"],
     "unbind": ["run_id"],
     "bad": [],
+    "note": ["run_id", "event"],
 }
 VARIADIC = {"create", "write", "park", "take"}  # events follow the named arguments
 
@@ -228,6 +231,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
     "unpost": {"payload": BLOB},
     "unbind": {"run_id": ID},
     "bad": {},
+    "note": {"run_id": ID, "event": BLOB},
 }
 
 

@@ -1,0 +1,296 @@
+"""The run stores' queries for a runs list (the dashboard's): ``page``, ``find``, ``counts``
+and ``note``, the same tests against MemoryRunStore and RedisRunStore (a real server)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from asaga import RunNotFound
+from asaga.events import OperatorAction, RunFailed
+from asaga.runs import MemoryRunStore, RedisRunStore, RunPage, RunRecord, RunStore
+from asaga.runs._record import FINISHED, PAGE_STATUSES, Claim, Write, encode_event, encode_record
+
+pytestmark = pytest.mark.anyio
+
+Store = MemoryRunStore | RedisRunStore
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py runs on asyncio only
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
+) -> AsyncIterator[Store]:
+    """An open store of each kind (the Redis one under the test's own prefix)."""
+    if request.param == "memory":
+        async with MemoryRunStore() as memory:
+            yield memory
+        return
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with RedisRunStore(client, prefix=redis_prefix) as redis_store:
+            yield redis_store
+    finally:
+        await client.aclose()
+
+
+def _record(run_id: str, saga: str, status: str, key: str | None = None) -> bytes:
+    return encode_record(
+        RunRecord(
+            saga=saga,
+            saga_version="1",
+            run_id=run_id,
+            status=status,  # type: ignore[arg-type]  # checked by the store's scripts
+            inputs=b"",
+            fingerprint="f",
+            idempotency_key=key,
+        )
+    )
+
+
+async def add(
+    store: RunStore,
+    run_id: str,
+    status: str = "succeeded",
+    *,
+    saga: str = "Checkout",
+    doubt: bool = False,
+    key: str | None = None,
+) -> None:
+    """Record run ``run_id`` of ``saga`` and bring it to ``status`` through the store's
+    own writes (``in_doubt``: failed, its RunFailed listing a step in doubt;
+    ``quarantined``: set aside; ``waiting``: parked)."""
+    claim = Claim(saga=saga, key=key, window=600.0) if key else None
+    created = Write(
+        run_id=run_id, record=_record(run_id, saga, "running", key), status="running", seq=1
+    )
+    assert await store.create(created, claim) is None
+    if status == "running":
+        return
+    if status == "quarantined":
+        assert await store.quarantine(run_id, "does not decode here") is not None
+        return
+    if status == "waiting":
+        write = Write(run_id=run_id, record=_record(run_id, saga, status), status="waiting", seq=2)
+        await store.park(write, None)
+        return
+    events: tuple[bytes, ...] = ()
+    if doubt:
+        end = RunFailed(saga=saga, run_id=run_id, failed_step="pay", in_doubt=("ship",))
+        events = (encode_event(end),)
+    await store.write(
+        Write(
+            run_id=run_id,
+            record=_record(run_id, saga, status),
+            status=status,  # type: ignore[arg-type]  # a status the test names
+            seq=2,
+            final=status in FINISHED,
+            events=events,
+        )
+    )
+
+
+def ids(page: RunPage | Iterable[RunRecord]) -> list[str]:
+    runs = page.runs if isinstance(page, RunPage) else page
+    return [r.run_id for r in runs]
+
+
+async def all_pages(store: RunStore, limit: int, **filters: str) -> list[str]:
+    """Every page's run ids, following the cursors (bounded)."""
+    seen: list[str] = []
+    cursor = None
+    for _ in range(1000):
+        page = await store.page(cursor=cursor, limit=limit, **filters)  # type: ignore[arg-type]
+        seen += ids(page)
+        if page.cursor is None:
+            return seen
+        cursor = page.cursor
+    raise AssertionError("the cursors never ended")
+
+
+MIX = {
+    "r1": ("running", "Checkout", False),
+    "s1": ("succeeded", "Checkout", False),
+    "s2": ("succeeded", "Refund", False),
+    "f1": ("failed", "Checkout", False),
+    "d1": ("failed", "Refund", True),
+    "c1": ("compensation_failed", "Checkout", False),
+    "x1": ("cancelled", "Refund", False),
+    "w1": ("waiting", "Checkout", False),
+    "q1": ("quarantined", "Refund", False),
+    "s3": ("succeeded", "Checkout", False),
+}
+
+
+async def add_mix(store: RunStore) -> None:
+    for run_id, (status, saga, doubt) in MIX.items():
+        await add(store, run_id, status, saga=saga, doubt=doubt)
+
+
+def expected(status: str | None = None, saga: str | None = None) -> list[str]:
+    """The ids of MIX that a page with these filters lists, newest first."""
+    found = []
+    for run_id, (st, sg, doubt) in MIX.items():
+        if saga is not None and sg != saga:
+            continue
+        if status == "quarantined":
+            ok = st == "quarantined"
+        elif st == "quarantined":
+            ok = False
+        elif status == "in_doubt":
+            ok = doubt
+        else:
+            ok = status is None or st == status
+        if ok:
+            found.append(run_id)
+    return found[::-1]
+
+
+@pytest.mark.parametrize("status", [None, *sorted(PAGE_STATUSES)])
+async def test_page_filters_by_status(store: Store, status: str | None) -> None:
+    """Each status (and in_doubt, quarantined) lists exactly its runs, newest first;
+    quarantined runs show under ``quarantined`` only; runs in doubt under their own status
+    too."""
+    await add_mix(store)
+    page = await store.page(status=status)
+    assert ids(page) == expected(status)
+    assert page.cursor is None
+    assert all(not r.events for r in page.runs)
+
+
+@pytest.mark.parametrize("status", [None, "succeeded", "failed", "in_doubt", "quarantined"])
+async def test_page_filters_by_saga_and_status(store: Store, status: str | None) -> None:
+    """The saga filter, alone and with a status."""
+    await add_mix(store)
+    for saga in ("Checkout", "Refund", "Nothing"):
+        assert ids(await store.page(saga=saga, status=status)) == expected(status, saga)
+
+
+async def test_page_bounds_by_time(store: Store) -> None:
+    """``since`` and ``until`` bound when the run was recorded (both included)."""
+    await add(store, "old")
+    middle = time.time()
+    while time.time() == middle:  # bounded: the clock moves on within microseconds
+        pass
+    await add(store, "new")
+    assert ids(await store.page(since=middle)) == ["new"]
+    assert ids(await store.page(until=middle)) == ["old"]
+    assert ids(await store.page(since=middle, until=middle - 1)) == []
+    assert ids(await store.page(since=0, until=time.time() + 60)) == ["new", "old"]
+
+
+async def test_cursor_pages_are_stable_while_runs_arrive(store: Store) -> None:
+    """Following the cursors gives every older run exactly once, newest first, although
+    new runs are recorded between pages (they are on pages before the cursor)."""
+    old = [f"old{i:02d}" for i in range(23)]
+    for run_id in old:
+        await add(store, run_id, "succeeded" if len(run_id) % 2 else "failed")
+    seen: list[str] = []
+    cursor = None
+    for n in range(100):
+        page = await store.page(cursor=cursor, limit=5)
+        assert len(page.runs) <= 5
+        seen += ids(page)
+        await add(store, f"new{n:02d}")
+        await add(store, f"fresh{n:02d}", "failed")
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert seen == old[::-1]
+
+
+async def test_cursor_pages_of_a_filter(store: Store) -> None:
+    """Pages of a status filter, and of a saga, follow on without gaps or duplicates."""
+    for i in range(17):
+        await add(store, f"r{i:02d}", "failed" if i % 3 == 0 else "succeeded", saga=f"S{i % 2}")
+    failed = [f"r{i:02d}" for i in range(17) if i % 3 == 0][::-1]
+    assert await all_pages(store, 2, status="failed") == failed
+    s1 = [f"r{i:02d}" for i in range(17) if i % 2 == 1][::-1]
+    assert await all_pages(store, 3, saga="S1") == s1
+    both = [f"r{i:02d}" for i in range(17) if i % 2 == 1 and i % 3 == 0][::-1]
+    assert await all_pages(store, 1, saga="S1", status="failed") == both
+
+
+async def test_bad_arguments_are_refused(store: Store) -> None:
+    """Unknown status, limit out of 1..500, malformed or foreign cursors, bad times, and
+    empty or over-long search text raise ValueError saying what to pass."""
+    await add(store, "a")
+    await add(store, "b")
+    with pytest.raises(ValueError, match="unknown status 'stuck'"):
+        await store.page(status="stuck")
+    for limit in (0, 501, True, 2.5):
+        with pytest.raises(ValueError, match="limit must be an int from 1 to 500"):
+            await store.page(limit=limit)  # type: ignore[arg-type]
+    for cursor in ("", "x", "c1.!!!", "c1.bm90IGpzb24", "c1." + "A" * 5000):
+        with pytest.raises(ValueError, match="malformed cursor"):
+            await store.page(cursor=cursor)
+    cursor = (await store.page(limit=1)).cursor
+    assert cursor is not None
+    assert ids(await store.page(limit=1, cursor=cursor)) == ["a"]
+    with pytest.raises(ValueError, match="other filters"):
+        await store.page(limit=1, cursor=cursor, status="succeeded")
+    for bad in (float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="since must be a time"):
+            await store.page(since=bad)  # type: ignore[arg-type]
+    for text in ("", "x" * 1025):
+        with pytest.raises(ValueError, match="find\\(\\): text must be"):
+            await store.find(text)
+    with pytest.raises(ValueError, match="find\\(\\): limit"):
+        await store.find("a", limit=0)
+
+
+async def test_find_by_run_id_key_and_event_key(store: Store) -> None:
+    """``find`` matches a run id, an idempotency key of any saga and the correlation key
+    of an event a run waits for (or took), exactly."""
+    await add(store, "run-1")
+    await add(store, "run-2", key="order-7")
+    await add(store, "run-3", key="order-8", saga="Refund")
+    await add(store, "run-4", "waiting", saga="Shipping")
+    assert await store.bind("Shipping", "parcel-9", "run-4", None) == ("bound", None)
+    await add(store, "run-5", "waiting", saga="Shipping")
+    await store.consume("Shipping", "parcel-10", "run-5")
+    assert ids(await store.find("run-1")) == ["run-1"]
+    assert ids(await store.find("order-7")) == ["run-2"]
+    assert ids(await store.find("order-8")) == ["run-3"]
+    assert ids(await store.find("parcel-9")) == ["run-4"]
+    assert ids(await store.find("parcel-10")) == ["run-5"]
+    assert ids(await store.find("run")) == []
+    assert ids(await store.find("order")) == []
+
+
+async def test_counts(store: Store) -> None:
+    """Runs per status, every status named (zeros too), per saga or all."""
+    await add_mix(store)
+    counts = await store.counts()
+    assert set(counts) == PAGE_STATUSES
+    want = {s: len(expected(s)) for s in PAGE_STATUSES}
+    assert dict(counts) == want
+    refund = await store.counts(saga="Refund")
+    assert dict(refund) == {s: len(expected(s, "Refund")) for s in PAGE_STATUSES}
+    assert refund["in_doubt"] == refund["quarantined"] == 1
+
+
+async def test_note_appends_an_operator_action(store: Store) -> None:
+    """``note`` appends the action to the run's recorded events; a run the store does not
+    have raises RunNotFound, an event about another run ValueError."""
+    await add(store, "n1")
+    action = OperatorAction(
+        saga="Checkout", run_id="n1", action="undo", by="ada", outcome="undone"
+    )
+    await store.note("n1", action)
+    record = await store.load("n1", events=True)
+    assert record.events[-1] == action
+    assert record.events[-1].kind == "operator_action"
+    assert msgspec.json.decode(msgspec.json.encode(action), type=OperatorAction) == action
+    with pytest.raises(RunNotFound):
+        await store.note("ghost", msgspec.structs.replace(action, run_id="ghost"))
+    with pytest.raises(ValueError, match="about run 'n1', not 'n2'"):
+        await store.note("n2", action)
