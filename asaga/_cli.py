@@ -1,6 +1,6 @@
 """The ``asaga`` command line: ``asaga graph module:Saga``, ``asaga demo``, ``asaga runs
 list|show|readmit``, ``asaga recover``, ``asaga deliver|resume|cancel`` (parked runs),
-``asaga worker`` (also ``python -m asaga``).
+``asaga worker``, ``asaga dashboard`` (also ``python -m asaga``).
 
 Wiring only: each subcommand is one ``_add_<name>`` function that declares its arguments
 and one ``_<name>`` function that runs it; :data:`_COMMANDS` lists the former. A command
@@ -650,6 +650,117 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dashboard(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dashboard",
+        help="serve the runs dashboard (a web UI of the run store) with uvicorn",
+        description=(
+            "Serve the runs dashboard of a Redis run store: the runs list, run pages with "
+            "the saga's graph, and actions (undo, resume, cancel, recover, re-admit) on the "
+            "runs of the sagas given (--saga, or --served). Without --token it is read-only; "
+            "actions need the token (a login form, or Authorization: Bearer). Binds "
+            "127.0.0.1 unless --host says otherwise. Needs the dashboard extra."
+        ),
+    )
+    _add_redis_options(parser)
+    parser.add_argument(
+        "--saga",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="a saga class to draw and act on, as module.path:Class (repeat for several)",
+    )
+    parser.add_argument(
+        "--served",
+        metavar="TARGET",
+        help="module.path:function returning an asaga.workers.Served (its sagas and "
+        "resources), or an async context manager yielding one, as for asaga worker",
+    )
+    parser.add_argument(
+        "--resources",
+        metavar="TARGET",
+        help="module.path:function returning the sagas' resources (as for asaga recover)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ASAGA_DASHBOARD_TOKEN"),
+        help="the token that allows actions (default: $ASAGA_DASHBOARD_TOKEN; none: read-only)",
+    )
+    parser.add_argument(
+        "--read-token",
+        default=os.environ.get("ASAGA_DASHBOARD_READ_TOKEN"),
+        help="a token needed to read pages (default: $ASAGA_DASHBOARD_READ_TOKEN; none: "
+        "pages are open to whoever reaches the server)",
+    )
+    parser.set_defaults(command=_dashboard, command_name="dashboard")
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    if not args.redis:
+        raise TargetError("give the run store's Redis with --redis URL (or set REDIS_URL)")
+    if not 0 < args.port < 65536:
+        raise TargetError("--port must be between 1 and 65535")
+    if args.served and (args.saga or args.resources):
+        raise TargetError("give either --served, or --saga (and --resources), not both")
+    try:
+        from .dashboard._serve import serve
+    except ImportError as exc:  # the dashboard extra is not installed
+        raise TargetError(f"{exc}: install asaga[dashboard]") from exc
+    sagas = [load_saga(target) for target in args.saga]
+    factory = (
+        _load_callable(args.served or args.resources) if (args.served or args.resources) else None
+    )
+    try:
+        for name, token in (("--token", args.token), ("--read-token", args.read_token)):
+            if token is not None and len(token) < 8:
+                raise TargetError(f"{name} must have at least 8 characters")
+    except TargetError:
+        raise
+
+    async def main() -> None:
+        from .runs import RedisRunStore
+
+        async with (
+            RedisRunStore.from_url(args.redis, prefix=args.prefix) as runs,
+            _resources(factory, args.redis, args.prefix) as given,
+        ):
+            chosen, resources = list(sagas), dict(given)
+            if args.served:
+                from .workers import Served
+
+                if not isinstance(given, Served):
+                    raise TargetError(
+                        f"{args.served} gave {type(given).__name__}, not an asaga.workers.Served"
+                    )
+                chosen, resources = list(given.sagas), dict(given.resources)
+            print(
+                f"asaga dashboard: http://{args.host}:{args.port}/ "
+                f"({'actions need the token' if args.token else 'read-only'}; sagas: "
+                f"{', '.join(s.__name__ for s in chosen) or 'none'})",
+                flush=True,
+            )
+            await serve(
+                runs,
+                sagas=chosen,
+                resources=resources,
+                host=args.host,
+                port=args.port,
+                token=args.token,
+                read_token=args.read_token,
+            )
+
+    try:
+        anyio.run(main)
+    except AsagaError as exc:
+        print(f"asaga dashboard: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_graph,
     _add_demo,
@@ -659,6 +770,7 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_resume,
     _add_cancel,
     _add_worker,
+    _add_dashboard,
 )
 
 

@@ -1,0 +1,113 @@
+"""Sagas whose runs the dashboard tests list, draw and act on, and the runs they seed."""
+
+from __future__ import annotations
+
+import msgspec
+
+from asaga import Halt, RunParked, Saga, step, wait_for
+from asaga.runs import RunStore
+from tests.unfinished_runs import unfinished_run
+
+UNDONE: list[str] = []
+"""Reservations whose compensation ran (Shop.unreserve)."""
+
+APPROVED: set[str] = set()
+"""Orders whose Approval no longer halts."""
+
+
+class Payment(msgspec.Struct):
+    """The event a Paid run waits for."""
+
+    amount: int
+
+
+class Shop(Saga):
+    """Succeeds: reserve (compensated by unreserve), then charge."""
+
+    order_id: str
+    email: str
+
+    @step
+    async def reserve(order_id: str) -> str:
+        return f"r-{order_id}"
+
+    @reserve.compensate
+    async def unreserve(reserve: str) -> None:
+        UNDONE.append(reserve)
+
+    @step
+    async def charge(reserve: str, email: str) -> int:
+        return 42
+
+
+class Approval(Saga):
+    """Halts at check until its order is in APPROVED (then resume finishes it)."""
+
+    order_id: str
+
+    @step
+    async def check(order_id: str) -> str:
+        if order_id not in APPROVED:
+            raise Halt("needs a manager's approval")
+        return "approved"
+
+    @step
+    async def book(check: str) -> str:
+        return f"booked ({check})"
+
+
+class Paid(Saga):
+    """Waits for the payment of its order (cancel compensates hold)."""
+
+    order_id: str
+
+    @step
+    async def hold(order_id: str) -> str:
+        return f"h-{order_id}"
+
+    @hold.compensate
+    async def release(hold: str) -> None:
+        UNDONE.append(hold)
+
+    paid = wait_for(Payment, key="pay:{order_id}", after=["hold"])
+
+    @step
+    async def ship(paid: Payment, hold: str) -> str:
+        return f"shipped {paid.amount}"
+
+
+class Mine(Saga):
+    """The saga of runs left unfinished by a dead process (recover)."""
+
+    @step
+    async def work(run_id: str) -> str:
+        return run_id
+
+
+SAGAS = [Shop, Approval, Paid, Mine]
+
+
+async def parked(saga: type[Saga], runs: RunStore, **inputs: str) -> str:
+    """Start a run of ``saga`` that parks; its run id."""
+    try:
+        await saga.run(runs=runs, **inputs)
+    except RunParked as exc:
+        return exc.run_id
+    raise AssertionError(f"{saga.__name__} did not park")
+
+
+async def seed(runs: RunStore) -> dict[str, str]:
+    """One succeeded Shop run (key ``key-1``), one halted Approval, one Paid waiting for
+    ``pay:o-3``: their run ids by name."""
+    shop = await Shop.run(
+        order_id="o-1", email="ann@example.com", runs=runs, idempotency_key="key-1"
+    )
+    halted = await parked(Approval, runs, order_id="o-2")
+    waiting = await parked(Paid, runs, order_id="o-3")
+    return {"succeeded": shop.run_id, "halted": halted, "waiting": waiting}
+
+
+async def abandon(dead: RunStore, run_id: str) -> None:
+    """An unfinished run of Mine created by ``dead`` (whose process then dies: the
+    caller closes that store)."""
+    await dead.create(unfinished_run("Mine", run_id), None)

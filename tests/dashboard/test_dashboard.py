@@ -1,0 +1,395 @@
+"""The dashboard over HTTP, mounted under /ops in Starlette (httpx's ASGITransport): the
+runs list and its filters, search and pages, run pages, each action, CSRF, authorization,
+redaction and bad input. Each test runs on the in-memory store and on a real Redis."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from asaga.dashboard import Dashboard, RequestInfo, Role
+from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
+
+from .client import ORIGIN, HttpxDashboard, act, csrf_of
+from .sagas import APPROVED, SAGAS, UNDONE, Shop, abandon, seed
+
+pytestmark = pytest.mark.anyio
+
+Stores = Callable[[], AbstractAsyncContextManager[RunStore]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's client and the test client are asyncio-only
+
+
+@pytest.fixture(params=["memory", "redis"])
+def stores(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) -> Stores:
+    """Stores of one test: on Redis, each call is another process's store on one prefix."""
+    memory = MemoryRunStore()
+
+    @asynccontextmanager
+    async def open_store() -> AsyncIterator[RunStore]:
+        if request.param == "memory":
+            yield memory
+            return
+        async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as runs:
+            yield runs
+
+    return open_store
+
+
+def operator(info: RequestInfo) -> Role | None:
+    """The authorize of most tests: the header says who."""
+    role = info.headers.get("x-role", "operate")
+    if role == "operate" or role == "read":
+        return role
+    return None
+
+
+@asynccontextmanager
+async def mounted(dashboard: Dashboard, **headers: str) -> AsyncIterator[HttpxDashboard]:
+    app = Starlette(routes=[Mount("/ops", app=dashboard.asgi())])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN, headers=headers) as client:
+        yield HttpxDashboard(client)
+
+
+def dashboard_of(runs: RunStore, **options: Any) -> Dashboard:
+    options.setdefault("authorize", operator)
+    return Dashboard(runs, sagas=SAGAS, **options)
+
+
+def run_links(html: str) -> list[str]:
+    return re.findall(r'class="run-link" href="/ops/run\?id=([^"]+)"', html)
+
+
+async def test_the_list_shows_runs_counts_and_links_under_the_mount_path(stores: Stores) -> None:
+    """The list names every run, newest first, links each run page under /ops, counts
+    runs per status, and sends the security headers and the session cookie."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            page = await dash.get("/")
+    assert page.status == 200
+    assert run_links(page.text) == [ids["waiting"], ids["halted"], ids["succeeded"]]
+    assert 'href="/ops/static/dashboard.css"' in page.text
+    assert re.search(r'data-status="waiting">waiting <b>2</b>', page.text)
+    assert re.search(r'data-status="succeeded">succeeded <b>1</b>', page.text)
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self';" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    cookie = page.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Path=/ops/" in cookie
+    assert "<script>" not in page.text  # no inline script
+
+
+async def test_filters_search_and_the_json_endpoint(stores: Stores) -> None:
+    """Status and saga filters narrow the list; search finds a run by id, by its
+    idempotency key and by the event key it waits for; the polled JSON follows the
+    filters."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            waiting = await dash.get("/", status="waiting")
+            shop = await dash.get("/", saga="Shop")
+            by_key = await dash.get("/", q="key-1")
+            by_id = await dash.get("/", q=ids["halted"])
+            by_event = await dash.get("/", q="pay:o-3")
+            polled = await dash.get("/runs.json", status="succeeded")
+    assert sorted(run_links(waiting.text)) == sorted([ids["halted"], ids["waiting"]])
+    assert run_links(shop.text) == [ids["succeeded"]]
+    assert run_links(by_key.text) == [ids["succeeded"]]
+    assert run_links(by_id.text) == [ids["halted"]]
+    assert run_links(by_event.text) == [ids["waiting"]]
+    assert polled.status == 200
+    assert polled.headers["content-type"] == "application/json"
+    assert '"counts"' in polled.text
+    assert ids["succeeded"] in polled.text
+    assert ids["halted"] not in polled.text
+
+
+async def test_cursor_pages_go_through_every_run_once(stores: Stores) -> None:
+    """With pages of 2, following the 'older' links lists each of 5 runs exactly once."""
+    async with stores() as runs:
+        made = [
+            (await Shop.run(order_id=f"p-{n}", email="x@example.com", runs=runs)).run_id
+            for n in range(5)
+        ]
+        async with mounted(dashboard_of(runs, page_size=2)) as dash:
+            seen: list[str] = []
+            page = await dash.get("/")
+            for _ in range(5):
+                seen += run_links(page.text)
+                older = re.search(r'class="older" href="/ops/\?([^"]+)"', page.text)
+                if older is None:
+                    break
+                cursor = dict(httpx.QueryParams(older.group(1).replace("&amp;", "&")))
+                page = await dash.get("/", **cursor)
+    assert seen == made[::-1]
+
+
+async def test_the_run_page_shows_graph_steps_timeline_inputs_and_waits(
+    stores: Stores,
+) -> None:
+    """A run page draws the saga's graph with step states as Mermaid classes, lists the
+    steps with results, the timeline of events, the decoded inputs; a halted run's page
+    says what it waits for and offers resume and cancel."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            done = await dash.get("/run", id=ids["succeeded"])
+            halted = await dash.get("/run", id=ids["halted"])
+    assert done.status == 200
+    assert 'class="mermaid"' in done.text
+    assert "flowchart TD" in done.text
+    assert "class reserve,charge succeeded" in done.text
+    assert "step_succeeded" in done.text
+    assert "run_succeeded" in done.text
+    assert "ann@example.com" in done.text  # no redaction by default
+    assert "&#34;r-o-1&#34;" in done.text  # reserve's result, JSON, escaped
+    assert "/ops/confirm?action=undo" in done.text
+    assert "/ops/static/mermaid.min.js" in done.text
+    assert "halted: needs a manager&#39;s approval" in halted.text
+    assert "action=resume" in halted.text
+    assert "action=cancel" in halted.text
+    assert "class check waiting" in halted.text
+
+
+async def test_undo_a_succeeded_run(stores: Stores) -> None:
+    """Undo (confirmed, POSTed with the page's CSRF token) compensates the run; the
+    outcome is shown and written to the run's events as an operator action."""
+    UNDONE.clear()
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            reply = await act(dash, "undo", ids["succeeded"])
+            after = await dash.get("/run", id=ids["succeeded"])
+        record = await runs.load(ids["succeeded"], events=True)
+    assert reply.status == 200, reply.text
+    assert "Done: undone" in reply.text
+    assert record.status == "undone"
+    assert UNDONE == ["r-o-1"]
+    [noted] = [e for e in record.events if e.kind == "operator_action"]
+    assert (noted.action, noted.outcome) == ("undo", "undone")  # type: ignore[attr-defined]
+    assert "operator_action" in after.text
+    assert "undo by dashboard" in after.text
+
+
+async def test_resume_a_halted_run(stores: Stores) -> None:
+    """Resume runs the halted step again; the run succeeds."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        APPROVED.add("o-2")
+        try:
+            async with mounted(dashboard_of(runs)) as dash:
+                reply = await act(dash, "resume", ids["halted"])
+        finally:
+            APPROVED.discard("o-2")
+        record = await runs.load(ids["halted"])
+    assert reply.status == 200, reply.text
+    assert "Done: succeeded" in reply.text
+    assert record.status == "succeeded"
+
+
+async def test_cancel_a_waiting_run_and_an_action_that_fails_is_shown(stores: Stores) -> None:
+    """Cancel compensates a parked run (status cancelled); cancelling it again fails, and
+    the failure is shown on the page (409), not as a server error."""
+    UNDONE.clear()
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            reply = await act(dash, "cancel", ids["waiting"])
+            again = await act(dash, "cancel", ids["waiting"])
+        record = await runs.load(ids["waiting"], events=True)
+    assert reply.status == 200, reply.text
+    assert record.status == "cancelled"
+    assert UNDONE == ["h-o-3"]
+    assert again.status == 409
+    assert "Not done: failed: NotParked" in again.text
+    outcomes = [e.outcome for e in record.events if e.kind == "operator_action"]  # type: ignore[attr-defined]
+    assert outcomes[0].startswith("cancelled")
+    assert outcomes[1].startswith("failed: NotParked")
+
+
+async def test_csrf_and_origin_refusals(stores: Stores) -> None:
+    """An action without the CSRF token, with a wrong one, from another origin, or with
+    no Origin nor Referer is refused (403) and does nothing."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            token = csrf_of((await dash.get("/confirm", action="undo", id=ids["succeeded"])).text)
+            form = {"action": "undo", "id": ids["succeeded"]}
+            missing = await dash.post("/act", form)
+            wrong = await dash.post("/act", {**form, "csrf": "0" * 64})
+            foreign = await dash.post("/act", {**form, "csrf": token}, origin="http://evil.test")
+            anonymous = await dash.post("/act", {**form, "csrf": token}, origin="")
+            via_referer = await dash.post(
+                "/act", {**form, "csrf": token}, origin="", referer="http://evil.test/x"
+            )
+        record = await runs.load(ids["succeeded"])
+    for reply in (missing, wrong, foreign, anonymous, via_referer):
+        assert reply.status == 403, reply.text
+    assert "token is missing or stale" in missing.text
+    assert "token is missing" in wrong.text
+    assert "not sent from this dashboard" in foreign.text
+    assert record.status == "succeeded"
+
+
+async def test_authorization_none_read_and_operate(stores: Stores) -> None:
+    """Without authorize, pages render and actions are refused; with role read, the same;
+    authorize returning None refuses pages too; operate may act."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        run = ids["succeeded"]
+        async with mounted(Dashboard(runs, sagas=SAGAS)) as dash:
+            open_list = await dash.get("/")
+            open_run = await dash.get("/run", id=run)
+            open_confirm = await dash.get("/confirm", action="undo", id=run)
+            token = csrf_of(open_run.text) if 'name="csrf"' in open_run.text else "0" * 64
+            open_act = await dash.post("/act", {"csrf": token, "action": "undo", "id": run})
+        async with mounted(dashboard_of(runs), **{"x-role": "read"}) as dash:
+            read_run = await dash.get("/run", id=run)
+            read_confirm = await dash.get("/confirm", action="undo", id=run)
+        async with mounted(dashboard_of(runs), **{"x-role": "nobody"}) as dash:
+            refused = await dash.get("/")
+            refused_json = await dash.get("/runs.json")
+        record = await runs.load(run)
+    assert open_list.status == 200
+    assert open_run.status == 200
+    assert "action=undo" not in open_run.text  # no action offered
+    assert open_confirm.status == 403
+    assert open_act.status == 403
+    assert read_run.status == 200
+    assert "action=undo" not in read_run.text
+    assert read_confirm.status == 403
+    assert refused.status == 403
+    assert refused_json.status == 403
+    assert record.status == "succeeded"
+
+
+async def test_an_authorize_that_is_async_is_awaited(stores: Stores) -> None:
+    """authorize may be a coroutine function; its role counts."""
+
+    async def role(info: RequestInfo) -> Role | None:
+        return None if info.path == "/run" else "read"
+
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(Dashboard(runs, authorize=role)) as dash:
+            listed = await dash.get("/")
+            refused = await dash.get("/run", id=ids["halted"])
+    assert listed.status == 200
+    assert refused.status == 403
+
+
+async def test_redaction_hides_personal_data(stores: Stores) -> None:
+    """A redact hook masks an input (email) on the run page; other values are shown."""
+
+    def redact(saga: str, field: str, name: str, value: Any) -> Any:
+        return "***" if field == "input" and name == "email" else value
+
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs, redact=redact)) as dash:
+            page = await dash.get("/run", id=ids["succeeded"])
+    assert "ann@example.com" not in page.text
+    assert "&#34;***&#34;" in page.text
+    assert "&#34;o-1&#34;" in page.text
+
+
+async def test_bad_input_is_a_400_that_says_why(stores: Stores) -> None:
+    """A run id with bad characters or too long, an unknown status or action, a malformed
+    time or cursor: 400 pages naming the field; an unknown run: 404."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            bad_id = await dash.get("/run", id="<script>")
+            long_id = await dash.get("/run", id="x" * 300)
+            status = await dash.get("/", status="bogus")
+            since = await dash.get("/", since="yesterday")
+            cursor = await dash.get("/", cursor="not a cursor")
+            action = await dash.get("/confirm", action="drop", id="abc")
+            unknown = await dash.get("/run", id="no-such-run")
+            confirm = await dash.get("/confirm", action="undo", id=ids["succeeded"])
+            token = csrf_of(confirm.text)
+            posted = await dash.post("/act", {"csrf": token, "action": "undo", "id": "a b"})
+    for reply, field in (
+        (bad_id, "id:"),
+        (long_id, "id:"),
+        (status, "status:"),
+        (since, "since:"),
+        (cursor, "cursor"),
+        (action, "action:"),
+        (posted, "id:"),
+    ):
+        assert reply.status == 400, (field, reply.status)
+        assert field in reply.text
+        assert "Traceback" not in reply.text
+    assert "&lt;script&gt;" not in bad_id.text  # the value is not echoed
+    assert unknown.status == 404
+    assert "no run no-such-run" in unknown.text
+
+
+async def test_recover_one_abandoned_run_and_readmit_a_quarantined_one(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Recover takes over the run of a dead process and finishes it; a run set aside by
+    recovery is re-admitted (back among the unfinished runs). Both are noted."""
+    async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as dead:
+        await abandon(dead, "lost-1")
+        await abandon(dead, "aside-1")
+    async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as runs:
+        taken = await runs.claim("aside-1", dead.owner)
+        assert taken is not None
+        assert await runs.quarantine("aside-1", "does not fit") is not None
+        async with mounted(dashboard_of(runs)) as dash:
+            lost_page = await dash.get("/run", id="lost-1")
+            aside_page = await dash.get("/run", id="aside-1")
+            recovered = await act(dash, "recover", "lost-1")
+            again = await act(dash, "recover", "lost-1")
+            readmitted = await act(dash, "readmit", "aside-1")
+        lost = await runs.load("lost-1", events=True)
+        assert await runs.quarantined() == []
+    assert "action=recover" in lost_page.text
+    assert "action=readmit" in aside_page.text
+    assert "action=recover" not in aside_page.text
+    assert recovered.status == 200, recovered.text
+    assert "Done: succeeded" in recovered.text
+    assert lost.status == "succeeded"
+    assert again.status == 409
+    assert "not abandoned" in again.text
+    assert readmitted.status == 200
+    assert "readmitted" in readmitted.text
+    noted = [(e.action, e.outcome[:9]) for e in lost.events if e.kind == "operator_action"]  # type: ignore[attr-defined]
+    assert noted == [("recover", "succeeded"), ("recover", "run lost-")]  # the refusal too
+
+
+async def test_static_files_and_unknown_paths(stores: Stores) -> None:
+    """The vendored Mermaid and the page scripts are served from the dashboard itself;
+    a path outside the static folder or unknown is a 404; a GET on /act is a 405."""
+    async with stores() as runs, mounted(dashboard_of(runs)) as dash:
+        mermaid = await dash.get("/static/mermaid.min.js")
+        license_ = await dash.get("/static/mermaid.LICENSE")
+        escape = await dash.get("/static/../_core.py")
+        unknown = await dash.get("/nowhere")
+        get_act = await dash.get("/act")
+    assert mermaid.status == 200
+    assert "javascript" in mermaid.headers["content-type"]
+    assert len(mermaid.text) > 1_000_000
+    assert license_.status == 200
+    assert "MIT" in license_.text
+    assert escape.status == 404
+    assert unknown.status == 404
+    assert get_act.status == 405
