@@ -658,12 +658,15 @@ def _valid_session(value: str) -> bool:
 
 
 def _same_origin(request: Request) -> bool:
-    """The Origin header (else the Referer's origin) names this server's host."""
+    """The form comes from this server's pages: its Origin header (else its Referer's
+    origin) names this server's host, or, when a browser sends ``Origin: null`` (it does
+    for a form under ``Referrer-Policy: no-referrer``, which the pages set), its
+    ``Sec-Fetch-Site`` header (which a page cannot set) says ``same-origin``."""
     host = request.headers.get("host", "")
     source = request.headers.get("origin") or request.headers.get("referer") or ""
-    if not source or source == "null" or not host:
-        return False
-    return urlsplit(source).netloc == host
+    if source in ("", "null"):
+        return request.headers.get("sec-fetch-site") == "same-origin"
+    return bool(host) and urlsplit(source).netloc == host
 
 
 def _query(values: Mapping[str, Any]) -> str:

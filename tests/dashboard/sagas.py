@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 
 from asaga import Halt, RunParked, Saga, step, wait_for
@@ -12,7 +14,8 @@ UNDONE: list[str] = []
 """Reservations whose compensation ran (Shop.unreserve)."""
 
 APPROVED: set[str] = set()
-"""Orders whose Approval no longer halts."""
+"""Orders whose Approval no longer halts (every order when $DASHBOARD_TEST_APPROVE is set:
+the dashboard server of the browser tests, another process)."""
 
 
 class Payment(msgspec.Struct):
@@ -47,7 +50,7 @@ class Approval(Saga):
 
     @step
     async def check(order_id: str) -> str:
-        if order_id not in APPROVED:
+        if order_id not in APPROVED and not os.environ.get("DASHBOARD_TEST_APPROVE"):
             raise Halt("needs a manager's approval")
         return "approved"
 
@@ -76,6 +79,24 @@ class Paid(Saga):
         return f"shipped {paid.amount}"
 
 
+class Flaky(Saga):
+    """Fails at pay after hold: hold is compensated (status failed)."""
+
+    order_id: str
+
+    @step
+    async def hold(order_id: str) -> str:
+        return f"h-{order_id}"
+
+    @hold.compensate
+    async def release(hold: str) -> None:
+        UNDONE.append(hold)
+
+    @step
+    async def pay(hold: str) -> int:
+        raise ConnectionError("the payment provider timed out")
+
+
 class Mine(Saga):
     """The saga of runs left unfinished by a dead process (recover)."""
 
@@ -84,7 +105,7 @@ class Mine(Saga):
         return run_id
 
 
-SAGAS = [Shop, Approval, Paid, Mine]
+SAGAS = [Shop, Approval, Paid, Flaky, Mine]
 
 
 async def parked(saga: type[Saga], runs: RunStore, **inputs: str) -> str:

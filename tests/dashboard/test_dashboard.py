@@ -14,7 +14,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from asaga.dashboard import Dashboard, RequestInfo, Role
+from asaga.dashboard import Dashboard, RequestInfo, Role, TokenAuth
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
 
 from .client import ORIGIN, HttpxDashboard, act, csrf_of
@@ -224,8 +224,9 @@ async def test_cancel_a_waiting_run_and_an_action_that_fails_is_shown(stores: St
 
 
 async def test_csrf_and_origin_refusals(stores: Stores) -> None:
-    """An action without the CSRF token, with a wrong one, from another origin, or with
-    no Origin nor Referer is refused (403) and does nothing."""
+    """An action without the CSRF token, with a wrong one, from another origin (Origin,
+    else Referer; Origin null from another site), or with no Origin nor Referer nor
+    Sec-Fetch-Site is refused (403) and does nothing."""
     async with stores() as runs:
         ids = await seed(runs)
         async with mounted(dashboard_of(runs)) as dash:
@@ -238,8 +239,11 @@ async def test_csrf_and_origin_refusals(stores: Stores) -> None:
             via_referer = await dash.post(
                 "/act", {**form, "csrf": token}, origin="", referer="http://evil.test/x"
             )
+            null_cross_site = await dash.post(
+                "/act", {**form, "csrf": token}, origin="null", **{"sec-fetch-site": "cross-site"}
+            )
         record = await runs.load(ids["succeeded"])
-    for reply in (missing, wrong, foreign, anonymous, via_referer):
+    for reply in (missing, wrong, foreign, anonymous, via_referer, null_cross_site):
         assert reply.status == 403, reply.text
     assert "token is missing or stale" in missing.text
     assert "token is missing" in wrong.text
@@ -393,3 +397,44 @@ async def test_static_files_and_unknown_paths(stores: Stores) -> None:
     assert escape.status == 404
     assert unknown.status == 404
     assert get_act.status == 405
+
+
+async def test_token_auth_login_cookie_and_bearer(stores: Stores) -> None:
+    """With TokenAuth(operate=T): pages are read-only without the token; the login form
+    (CSRF-checked) refuses a wrong token and sets an HttpOnly cookie (not the token) for
+    the right one, which allows actions; so does ``Authorization: Bearer T``. With a
+    read token set, pages need a token."""
+    token = "operate-secret-1"
+    async with stores() as runs:
+        ids = await seed(runs)
+        run = ids["succeeded"]
+        dashboard = Dashboard(runs, sagas=SAGAS, authorize=TokenAuth(operate=token))
+        async with mounted(dashboard) as dash:
+            anonymous = await dash.get("/run", id=run)
+            refused = await dash.get("/confirm", action="undo", id=run)
+            login = await dash.get("/login")
+            csrf = csrf_of(login.text)
+            wrong = await dash.post("/login", {"csrf": csrf, "token": "nope-nope"})
+            right = await dash.post("/login", {"csrf": csrf, "token": token})
+            allowed = await dash.get("/confirm", action="undo", id=run)
+        async with mounted(dashboard, authorization=f"Bearer {token}") as dash:
+            bearer = await dash.get("/confirm", action="undo", id=run)
+        guarded = Dashboard(runs, authorize=TokenAuth(operate=token, read="reader-secret-1"))
+        async with mounted(guarded) as dash:
+            closed = await dash.get("/")
+        async with mounted(guarded, authorization="Bearer reader-secret-1") as dash:
+            reader = await dash.get("/")
+    assert anonymous.status == 200
+    assert "action=undo" not in anonymous.text
+    assert refused.status == 403
+    assert wrong.status == 403
+    assert "wrong token" in wrong.text
+    assert right.status == 303
+    cookie = right.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert token not in cookie
+    assert allowed.status == 200
+    assert bearer.status == 200
+    assert closed.status == 403
+    assert 'name="token"' in closed.text  # the login form
+    assert reader.status == 200
