@@ -254,23 +254,37 @@ local function relist(base, run_id, old, new, now)
   redis.call('zadd', base .. 'runs:by-status:' .. new, created, run_id)
   redis.call('zadd', base .. 'runs:by-saga-status:' .. new .. ':' .. saga, created, run_id)
 end
--- a final write: the run's sets (and in_doubt's, if its end left a step in doubt) are
--- trimmed to the retention, like the index
-local function finish_listing(base, run_id, status, cutoff, doubt)
+-- a final write: the listings of the shard and of the run's saga (every status, in_doubt;
+-- quarantined ones are capped apart) are trimmed to the retention, like the index (a run
+-- recorded longer ago than that leaves the listings); the run joins in_doubt's if its end
+-- left a step in doubt
+local function finish_listing(base, run_id, cutoff, doubt)
   local f = redis.call('hmget', KEYS[1], 'saga', 'created')
   local saga, created = f[1], tonumber(f[2])
   if not saga or not created then return end
-  local sets = {'runs:by-status:' .. status, 'runs:by-saga-status:' .. status .. ':' .. saga,
-    'runs:by-saga:' .. saga}
   if doubt then
     redis.call('hset', KEYS[1], 'doubt', '1')
-    table.insert(sets, 'runs:by-status:in_doubt')
-    table.insert(sets, 'runs:by-saga-status:in_doubt:' .. saga)
-    redis.call('zadd', base .. sets[4], created, run_id)
-    redis.call('zadd', base .. sets[5], created, run_id)
+    redis.call('zadd', base .. 'runs:by-status:in_doubt', created, run_id)
+    redis.call('zadd', base .. 'runs:by-saga-status:in_doubt:' .. saga, created, run_id)
   end
+  redis.call('zremrangebyscore', base .. 'runs:by-saga:' .. saga, '-inf', cutoff)
+  for name in pairs(STATUSES) do
+    redis.call('zremrangebyscore', base .. 'runs:by-status:' .. name, '-inf', cutoff)
+    redis.call('zremrangebyscore', base .. 'runs:by-saga-status:' .. name .. ':' .. saga,
+               '-inf', cutoff)
+  end
+  redis.call('zremrangebyscore', base .. 'runs:by-status:in_doubt', '-inf', cutoff)
+  redis.call('zremrangebyscore', base .. 'runs:by-saga-status:in_doubt:' .. saga, '-inf', cutoff)
+end
+-- a quarantine: the quarantined listings are capped like the quarantine set (the runs
+-- recorded first go first) and expire with the retention when no run is set aside
+local function cap_quarantined(base, saga, most, ttl)
+  local sets = {'runs:by-status:quarantined'}
+  if saga then table.insert(sets, 'runs:by-saga-status:quarantined:' .. saga) end
   for _, name in ipairs(sets) do
-    redis.call('zremrangebyscore', base .. name, '-inf', cutoff)
+    local extra = redis.call('zcard', base .. name) - most
+    if extra > 0 then redis.call('zremrangebyrank', base .. name, 0, extra - 1) end
+    redis.call('pexpire', base .. name, ttl)
   end
 end
 -- whether the events of a final write end the run with steps left in doubt (its
@@ -396,7 +410,7 @@ redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'seq', ARGV[9]
 relist(base, run_id, was, ARGV[3], cutoff + retention / 1000)
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 if final then
-  finish_listing(base, run_id, ARGV[3], ARGV[7], doubt)
+  finish_listing(base, run_id, ARGV[7], doubt)
   redis.call('zrem', KEYS[3], ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[6])
   redis.call('pexpire', KEYS[2], ARGV[6])
@@ -463,6 +477,7 @@ redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('hset', KEYS[1], 'owner', 'quarantine', 'quarantined', ARGV[3],
            'quarantined_at', ARGV[4], 'quarantined_by', ARGV[2], 'running_score', score)
 relist(base, run_id, was, 'quarantined', tonumber(ARGV[4]))
+cap_quarantined(base, redis.call('hget', KEYS[1], 'saga'), most, ARGV[5])
 redis.call('pexpire', KEYS[1], ARGV[5])
 redis.call('pexpire', KEYS[2], ARGV[5])
 redis.call('zadd', KEYS[4], ARGV[4], ARGV[1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable
 
+import anyio
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -282,9 +283,7 @@ async def test_note_appends_an_operator_action(store: Store) -> None:
     """``note`` appends the action to the run's recorded events; a run the store does not
     have raises RunNotFound, an event about another run ValueError."""
     await add(store, "n1")
-    action = OperatorAction(
-        saga="Checkout", run_id="n1", action="undo", by="ada", outcome="undone"
-    )
+    action = OperatorAction(saga="Checkout", run_id="n1", action="undo", by="ada", outcome="undone")
     await store.note("n1", action)
     record = await store.load("n1", events=True)
     assert record.events[-1] == action
@@ -294,3 +293,131 @@ async def test_note_appends_an_operator_action(store: Store) -> None:
         await store.note("ghost", msgspec.structs.replace(action, run_id="ghost"))
     with pytest.raises(ValueError, match="about run 'n1', not 'n2'"):
         await store.note("n2", action)
+
+
+# -- RedisRunStore: its listing indexes -------------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisRunStore]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with RedisRunStore(
+            client, prefix=redis_prefix, retention=0.5, idempotency_window=0.5
+        ) as s:
+            yield s
+    finally:
+        await client.aclose()
+
+
+async def listed_in(s: RedisRunStore, run_id: str) -> set[str]:
+    """The store's sorted sets that hold ``run_id``."""
+    found = set()
+    async for raw in s.client.scan_iter(match=f"{s.prefix}runs:*"):
+        key = raw.decode()
+        if await s.client.type(key) == b"zset" and await s.client.zscore(key, run_id):
+            found.add(key.removeprefix(s.prefix))
+    return found
+
+
+async def test_a_status_change_moves_the_run_between_listings(
+    redis_store: RedisRunStore,
+) -> None:
+    """Each write moves the run from the listing of its old status to the new one (and
+    its saga's); a run's end that leaves a step in doubt lists it under in_doubt too."""
+    s = redis_store
+    await add(s, "m1", "running", saga="S")
+    assert await listed_in(s, "m1") == {
+        "runs:index",
+        "runs:running",
+        "runs:by-saga:S",
+        "runs:by-status:running",
+        "runs:by-saga-status:running:S",
+    }
+    end = RunFailed(saga="S", run_id="m1", failed_step="pay", in_doubt=("ship",))
+    await s.write(
+        Write(
+            run_id="m1",
+            record=_record("m1", "S", "failed"),
+            status="failed",
+            seq=2,
+            final=True,
+            events=(encode_event(end),),
+        )
+    )
+    assert await listed_in(s, "m1") == {
+        "runs:index",
+        "runs:by-saga:S",
+        "runs:by-status:failed",
+        "runs:by-saga-status:failed:S",
+        "runs:by-status:in_doubt",
+        "runs:by-saga-status:in_doubt:S",
+    }
+    assert await s.client.hget(s._run_key("m1"), "doubt") == b"1"
+
+
+async def test_expired_records_leave_the_listings(redis_store: RedisRunStore) -> None:
+    """An entry whose record expired is dropped from the set a page met it in, and the
+    retention trims every listing of a saga when one of its runs ends, like the index."""
+    s = redis_store
+    await add(s, "gone", "failed", saga="S")
+    await add(s, "old", "running", saga="S")
+    await s.client.delete(s._run_key("gone"))  # as its TTL would
+    assert ids(await s.page(status="failed")) == []
+    assert "runs:by-status:failed" not in await listed_in(s, "gone")
+    assert "runs:by-saga:S" in await listed_in(s, "gone")  # until met there, or trimmed
+    # The retention (0.5 s) must pass: not an ordering of tasks, the clock the trim reads.
+    await anyio.sleep(s.retention + 0.05)
+    await add(s, "new", "succeeded", saga="S")
+    assert await listed_in(s, "gone") == set()
+    assert "runs:by-status:running" not in await listed_in(s, "old")
+    assert ids(await s.page(saga="S")) == ["new"]
+    assert (await s.counts(saga="S"))["succeeded"] == 1
+
+
+async def test_records_of_older_code_are_listed(redis_store: RedisRunStore) -> None:
+    """A run recorded before the listing indexes (in the index only) is on the unfiltered
+    page; it joins the status and saga listings with its next write."""
+    s = redis_store
+    await s.client.hset(
+        s._run_key("legacy"),
+        mapping={
+            "record": _record("legacy", "S", "running"),
+            "status": "running",
+            "owner": s.owner,
+            "saga": "S",
+            "version": "1",
+            "seq": 1,
+        },
+    )
+    await s.client.zadd(s._index(), {"legacy": time.time()})
+    await s.client.zadd(s._running(), {"legacy": time.time()})
+    assert ids(await s.page()) == ["legacy"]
+    assert ids(await s.page(status="running")) == []
+    await s.write(
+        Write(run_id="legacy", record=_record("legacy", "S", "failed"), status="failed", seq=2)
+    )
+    assert ids(await s.page(status="failed")) == ["legacy"]
+    assert ids(await s.page(saga="S", status="failed")) == ["legacy"]
+    assert ids(await s.page(saga="S")) == ["legacy"]
+
+
+async def test_every_key_of_the_listings_is_bounded(redis_store: RedisRunStore) -> None:
+    """After a mix of runs, every key under the prefix expires or is a sorted set that the
+    store trims (the index, running, parked, quarantine sets and the listings)."""
+    s = redis_store
+    await add_mix(s)
+    await s.note("s1", OperatorAction(saga="Checkout", run_id="s1", action="undo", outcome="x"))
+    assert await s.client.pttl(s._events_key("s1")) > 0
+    sets = ("runs:index", "runs:running", "runs:parked", "runs:quarantine", "runs:sagas")
+    unbounded = []
+    async for raw in s.client.scan_iter(match=f"{s.prefix}*"):
+        key = raw.decode().removeprefix(s.prefix)
+        if key.startswith(("owner:", "runs:by-")) or key in sets:
+            continue
+        if key in ("run:r1", "events:r1"):
+            continue  # an unfinished run: bounded by the running set, as before
+
+        if await s.client.pttl(raw) < 0:
+            unbounded.append(key)
+    assert unbounded == []

@@ -1,0 +1,318 @@
+"""The runs list of the dashboard (issue 18): ``RedisRunStore.page`` over 100,000 runs.
+
+A fresh key prefix is filled with ``--runs`` realistic records through the store's own
+write path (``create``, ``write``, ``park``, ``quarantine``, ``bind``: its Lua scripts,
+pipelined by its writer), in a mix of five sagas and of statuses: about 90% succeeded,
+5% failed, 2% waiting (each bound to an event key), 1% running, 1% compensation_failed,
+0.7% cancelled, 0.2% failed with a step in doubt, 0.1% quarantined; 30% of the runs are
+keyed (an idempotency key). Then each query is timed ``--repeat`` times (p50 and p99 of
+the call as the caller sees it, on loopback: the dashboard's server time for a page):
+the unfiltered first page and a page 1,000 runs deep (by cursor), each status, a saga, a
+saga and status, ``find`` by run id, idempotency key and event key, ``counts``, and the
+old ``list(status=...)`` for comparison, in the same run. Each result is checked (a page
+of a status holds only runs of that status, counts match the mix); the script exits 1 if
+one is wrong. The prefix is deleted at the end (a bounded SCAN + UNLINK).
+
+Usage::
+
+    python benchmarks/dashboard_list.py            # 100,000 runs, 30 repeats
+    python benchmarks/dashboard_list.py --quick    # 5,000 runs, 10 repeats
+
+It prints a Markdown table and writes ``benchmarks/results/dashboard_list.json``
+(``--quick``: ``dashboard_list-quick.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import secrets
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from asaga.events import RunFailed, RunStarted, RunSucceeded, StepFailed
+from asaga.runs import RedisRunStore, RunRecord, StepRecord
+from asaga.runs._record import Claim, Write, encode_event, encode_record
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+TARGET_MS = 50.0
+
+SAGAS = {"Checkout": 50, "Refund": 20, "Shipping": 15, "Signup": 10, "NightlyReport": 5}
+STATUSES = {  # per 1000 runs
+    "succeeded": 900,
+    "failed": 50,
+    "waiting": 20,
+    "running": 10,
+    "compensation_failed": 10,
+    "cancelled": 7,
+    "in_doubt": 2,
+    "quarantined": 1,
+}
+STEPS = ("validate", "reserve", "charge", "ship")
+
+
+def plan(n: int, rng: random.Random) -> list[tuple[str, str, str, str | None]]:
+    """(run id, saga, status, idempotency key) of ``n`` runs, in the order recorded."""
+    statuses = [s for s, per in STATUSES.items() for _ in range(per)]
+    sagas = [s for s, per in SAGAS.items() for _ in range(per)]
+    runs = []
+    for i in range(n):
+        run_id = f"{secrets.token_hex(8)}-{i}"
+        key = f"order-{i}" if rng.random() < 0.3 else None
+        runs.append((run_id, rng.choice(sagas), statuses[i % len(statuses)], key))
+    rng.shuffle(runs)
+    return runs
+
+
+def record(run_id: str, saga: str, status: str, key: str | None) -> bytes:
+    """A record like a 4-step saga's: inputs, steps with small results and timestamps."""
+    now = time.time()
+    steps = {
+        name: StepRecord(
+            status="succeeded",
+            result=b"\x82\xa2id\xa8r-123456\xa5total\xcb@Y\x00\x00\x00\x00\x00\x00",
+            started_at=now,
+            ended_at=now + 0.01,
+        )
+        for name in STEPS
+    }
+    return encode_record(
+        RunRecord(
+            saga=saga,
+            saga_version="1",
+            run_id=run_id,
+            status=status,  # type: ignore[arg-type]  # one of STATUSES' run statuses
+            inputs=b"\x83\xa8order_id\xa6o-1234\xa3sku\xa6widget\xa8quantity\x02",
+            fingerprint="5f2b1c0e9d8a7b6c",
+            idempotency_key=key,
+            steps=steps,
+        )
+    )
+
+
+async def record_run(
+    store: RedisRunStore, run_id: str, saga: str, status: str, key: str | None
+) -> None:
+    """Record one run and bring it to ``status`` through the store's scripts."""
+    started = encode_event(RunStarted(saga=saga, run_id=run_id))
+    claim = Claim(saga=saga, key=key, window=3600.0) if key else None
+    first = Write(
+        run_id=run_id,
+        record=record(run_id, saga, "running", key),
+        status="running",
+        seq=1,
+        nonce=run_id,
+        events=(started,),
+    )
+    await store.create(first, claim)
+    if status == "running":
+        return
+    if status == "quarantined":
+        await store.quarantine(run_id, "does not decode: a newer schema")
+        return
+    if status == "waiting":
+        parked = Write(
+            run_id=run_id, record=record(run_id, saga, "waiting", key), status="waiting", seq=2
+        )
+        await store.park(parked, time.time() + 3600)
+        await store.bind(saga, f"parcel-{run_id}", run_id, time.time() + 3600)
+        return
+    final = "failed" if status == "in_doubt" else status
+    if final == "succeeded":
+        end = encode_event(RunSucceeded(saga=saga, run_id=run_id, duration=0.05))
+        events: tuple[bytes, ...] = (end,)
+    else:
+        fail = StepFailed(saga=saga, run_id=run_id, step="charge", attempt=1, error="Declined()")
+        doubt = ("ship",) if status == "in_doubt" else ()
+        end = encode_event(
+            RunFailed(saga=saga, run_id=run_id, failed_step="charge", in_doubt=doubt)
+        )
+        events = (encode_event(fail), end)
+    await store.write(
+        Write(
+            run_id=run_id,
+            record=record(run_id, saga, final, key),
+            status=final,  # type: ignore[arg-type]  # a run status
+            seq=2,
+            final=True,
+            events=events,
+        )
+    )
+
+
+async def fill(store: RedisRunStore, runs: list[tuple[str, str, str, str | None]]) -> float:
+    """Record ``runs``, 2,000 at a time (the store's writer pipelines them); seconds."""
+    start = time.perf_counter()
+    for i in range(0, len(runs), 2000):
+        await asyncio.gather(*(record_run(store, *run) for run in runs[i : i + 2000]))
+    return time.perf_counter() - start
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> tuple[list[float], Any]:
+    """Milliseconds of ``repeat`` calls (after one warm-up), and the last result."""
+    result = await call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = await call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times, result
+
+
+def pct(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def main(args: argparse.Namespace) -> int:
+    n = args.runs or (5_000 if args.quick else 100_000)
+    repeat = args.repeat or (10 if args.quick else 30)
+    rng = random.Random(18)
+    client = aioredis.Redis.from_url(args.redis_url, max_connections=60, socket_timeout=None)
+    prefix = f"bench-dash:{secrets.token_hex(4)}:"
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    runs = plan(n, rng)
+    truth = Counter(status for _, _, status, _ in runs)
+    try:
+        async with RedisRunStore(client, prefix=prefix) as store:
+            seconds = await fill(store, runs)
+            print(f"filled {n:,} runs in {seconds:.1f} s ({n / seconds:,.0f} runs/s)")
+            by_status = {s: [r for r in runs if r[2] == s] for s in STATUSES}
+            keyed = next(r for r in runs if r[3] is not None)
+            waiting = by_status["waiting"][0]
+            deep_cursor = None
+            for _ in range(20):  # 1,000 runs deep
+                deep_cursor = (await store.page(limit=50, cursor=deep_cursor)).cursor
+
+            async def check_page(label: str, status: str | None, saga: str | None) -> None:
+                def call() -> Awaitable[Any]:
+                    return store.page(status=status, saga=saga)
+
+                times, page = await timed(call, repeat)
+                want = 50
+                if status is not None:
+                    matching = [r for r in runs if r[2] == status and saga in (None, r[1])]
+                    if status in ("failed",):  # in doubt runs are failed runs too
+                        matching += [r for r in by_status["in_doubt"] if saga in (None, r[1])]
+                    want = min(50, len(matching))
+                elif saga is not None:
+                    want = min(50, sum(1 for r in runs if r[1] == saga))
+                wrong = [
+                    r.run_id
+                    for r in page.runs
+                    if (status not in (None, "in_doubt", "quarantined") and r.status != status)
+                    or (saga is not None and r.saga != saga)
+                ]
+                if wrong or len(page.runs) != want:
+                    problems.append(f"{label}: {len(page.runs)} runs (want {want}), wrong {wrong}")
+                rows.append(row(label, times, len(page.runs)))
+
+            await check_page("page(), first page", None, None)
+            times, page = await timed(lambda: store.page(cursor=deep_cursor), repeat)
+            rows.append(row("page(), 1,000 runs deep (cursor)", times, len(page.runs)))
+            for status in STATUSES:
+                label = f"page(status={status!r}) ({truth[status]:,} runs)"
+                await check_page(label, status, None)
+            await check_page("page(saga='Refund')", None, "Refund")
+            await check_page("page(saga='Refund', status='failed')", "failed", "Refund")
+            await check_page("page(saga='Refund', status='in_doubt')", "in_doubt", "Refund")
+            for label, text, want_id in (
+                ("find(run id)", runs[n // 2][0], runs[n // 2][0]),
+                ("find(idempotency key)", keyed[3], keyed[0]),
+                ("find(event key)", f"parcel-{waiting[0]}", waiting[0]),
+            ):
+                times, found = await timed(lambda text=text: store.find(text), repeat)
+                if [r.run_id for r in found] != [want_id]:
+                    problems.append(f"{label}: found {[r.run_id for r in found]}")
+                rows.append(row(label, times, len(found)))
+            times, counts = await timed(store.counts, repeat)
+            expected_counts = {s: truth[s] for s in STATUSES}
+            expected_counts["failed"] += truth["in_doubt"]
+            got = {s: counts[s] for s in STATUSES}
+            if got != expected_counts:
+                problems.append(f"counts: {got} != {expected_counts}")
+            rows.append(row("counts()", times, sum(got.values())))
+            for status in ("succeeded", "compensation_failed", "in_doubt"):
+                if status == "in_doubt":
+                    continue  # list() has no such filter
+                old_repeat = max(3, repeat // 3)
+                times, listed = await timed(
+                    lambda status=status: store.list(status=status), old_repeat
+                )
+                rows.append(row(f"old list(status={status!r}), for comparison", times, len(listed)))
+    finally:
+        deleted = await clean(client, prefix)
+        await client.aclose()
+    print(f"\n{n:,} runs; p50/p99 of {repeat} calls; target p50 <= {TARGET_MS:g} ms\n")
+    print("| query | runs returned | p50 ms | p99 ms | p50 within target |")
+    print("|---|--:|--:|--:|:-:|")
+    for r in rows:
+        ok = "yes" if r["p50_ms"] <= TARGET_MS else "**no**"
+        print(f"| {r['query']} | {r['returned']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ok} |")
+    print(f"\nfill: {seconds:.1f} s; cleaned up {deleted:,} keys")
+    report = {
+        "benchmark": "dashboard_list",
+        "runs": n,
+        "repeat": repeat,
+        "fill_seconds": seconds,
+        "target_p50_ms": TARGET_MS,
+        "python": platform.python_version(),
+        "rows": rows,
+        "problems": problems,
+    }
+    path = args.json or RESULTS / (
+        "dashboard_list-quick.json" if args.quick else "dashboard_list.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    for problem in problems:
+        print(f"WRONG: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def row(query: str, times: list[float], returned: int) -> dict[str, Any]:
+    return {
+        "query": query,
+        "returned": returned,
+        "p50_ms": statistics.median(times),
+        "p99_ms": pct(times, 0.99),
+    }
+
+
+async def clean(client: aioredis.Redis, prefix: str) -> int:
+    """Delete every key under ``prefix`` (SCAN + UNLINK, a bounded number of rounds)."""
+    deleted = 0
+    cursor = 0
+    for _ in range(100_000):
+        cursor, keys = await client.scan(cursor, match=f"{prefix}*", count=5000)
+        if keys:
+            deleted += await client.unlink(*keys)
+        if cursor == 0:
+            break
+    return deleted
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="5,000 runs, 10 repeats")
+    parser.add_argument("--runs", type=int, help="runs to record (default 100,000)")
+    parser.add_argument("--repeat", type=int, help="calls timed per query (default 30)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--json", type=Path)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
