@@ -38,15 +38,15 @@ class Checkout(Saga):
     email: str
 
     @step
-    async def reserve(order_id: str) -> str:
+    async def reserve(*, order_id: str) -> str:
         return f"reservation-{order_id}"
 
     @reserve.compensate
-    async def release(reserve: str) -> None:
+    async def release(*, reserve: str) -> None:
         print(f"released {reserve}")
 
     @step
-    async def charge(reserve: str, email: str) -> int:
+    async def charge(*, reserve: str, email: str) -> int:
         return 4200
 
 

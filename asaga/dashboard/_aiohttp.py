@@ -10,13 +10,15 @@ The only module of the dashboard that imports aiohttp (extra ``asaga[aiohttp]``)
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from aiohttp import web
 
 from ._http import MAX_BODY, Handler, Request
 
 __all__ = ["AiohttpApp", "aiohttp_app"]
 
-AiohttpApp = web.Application
+AiohttpApp: TypeAlias = web.Application
 """What ``Dashboard.aiohttp()`` returns: an ``aiohttp.web.Application``."""
 
 

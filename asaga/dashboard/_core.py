@@ -61,6 +61,8 @@ Authorize = Callable[[RequestInfo], "Role | Awaitable[Role | None] | None"]
 ``None`` refuses the request (a 403 page)."""
 
 Action = Literal["undo", "resume", "cancel", "recover", "readmit"]
+"""An action on a run: undo a succeeded run, resume a halted one, cancel a parked one,
+recover one whose owner died, re-admit a quarantined one."""
 ACTIONS: tuple[Action, ...] = get_args(Action)
 """The actions the dashboard performs (each confirmed, POST only, CSRF-checked)."""
 

@@ -5,6 +5,7 @@ redaction and bad input. Each test runs on the in-memory store and on a real Red
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -118,6 +119,26 @@ async def test_filters_search_and_the_json_endpoint(stores: Stores) -> None:
     assert '"counts"' in polled.text
     assert ids["succeeded"] in polled.text
     assert ids["halted"] not in polled.text
+
+
+async def test_the_time_range_bounds_the_creation_time(stores: Stores) -> None:
+    """From/To (UTC, to the minute) keep the runs created in the range: a range around
+    now lists them all, one that ends before or starts after lists none."""
+    now = time.time()
+
+    def minute(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(t))
+
+    async with stores() as runs:
+        ids = await seed(runs)
+        async with mounted(dashboard_of(runs)) as dash:
+            around = await dash.get("/", since=minute(now - 120), until=minute(now + 120))
+            before = await dash.get("/", until=minute(now - 120))
+            after = await dash.get("/", since=minute(now + 120))
+    assert sorted(run_links(around.text)) == sorted(ids.values())
+    assert run_links(before.text) == []
+    assert run_links(after.text) == []
+    assert "no runs match these filters" in after.text
 
 
 async def test_cursor_pages_go_through_every_run_once(stores: Stores) -> None:
