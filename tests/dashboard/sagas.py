@@ -6,7 +6,7 @@ import os
 
 import msgspec
 
-from asaga import Halt, RunParked, Saga, step, wait_for
+from asaga import Halt, RunParked, Saga, compose, step, wait_for
 from asaga.runs import RunStore
 from tests.unfinished_runs import unfinished_run
 
@@ -97,6 +97,12 @@ class Flaky(Saga):
         raise ConnectionError("the payment provider timed out")
 
 
+class Bundle(Saga):
+    """Composes a Shop run: its child is linked from its page, and back."""
+
+    shop = compose(Shop)
+
+
 class Mine(Saga):
     """The saga of runs left unfinished by a dead process (recover)."""
 
@@ -105,7 +111,7 @@ class Mine(Saga):
         return run_id
 
 
-SAGAS = [Shop, Approval, Paid, Flaky, Mine]
+SAGAS = [Shop, Approval, Paid, Flaky, Bundle, Mine]
 
 
 async def parked(saga: type[Saga], runs: RunStore, **inputs: str) -> str:

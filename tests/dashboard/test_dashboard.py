@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from asaga.dashboard import Dashboard, RequestInfo, Role, TokenAuth
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
 
 from .client import ORIGIN, HttpxDashboard, act, csrf_of
-from .sagas import APPROVED, SAGAS, UNDONE, Shop, abandon, seed
+from .sagas import APPROVED, SAGAS, UNDONE, Bundle, Shop, abandon, seed
 
 pytestmark = pytest.mark.anyio
 
@@ -186,6 +187,23 @@ async def test_the_run_page_shows_graph_steps_timeline_inputs_and_waits(
     assert "action=resume" in halted.text
     assert "action=cancel" in halted.text
     assert "class check waiting" in halted.text
+
+
+async def test_parent_and_child_runs_link_each_other(stores: Stores) -> None:
+    """A composed step's child run is linked from the parent's page, and the child's
+    page links back to its parent."""
+    async with stores() as runs:
+        parent = await Bundle.run(order_id="o-7", email="bo@example.com", runs=runs)
+        [child] = (await runs.load(parent.run_id)).steps["shop"].children
+        async with mounted(dashboard_of(runs)) as dash:
+            parent_page = await dash.get("/run", id=parent.run_id)
+            child_page = await dash.get("/run", id=child)
+    assert child.startswith(f"{parent.run_id}/shop/")
+    link = quote(child, safe="")  # its slashes escaped in the query
+    assert f'class="child mono" href="/ops/run?id={link}"' in parent_page.text
+    assert child_page.status == 200
+    assert f'href="/ops/run?id={parent.run_id}"' in child_page.text
+    assert "Parent run" in child_page.text
 
 
 async def test_undo_a_succeeded_run(stores: Stores) -> None:
