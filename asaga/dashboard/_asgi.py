@@ -11,9 +11,12 @@ The only module of asaga that imports Starlette for the dashboard (extra
 
 from __future__ import annotations
 
-from starlette.requests import Request as StarletteRequest
-from starlette.responses import Response as StarletteResponse
-from starlette.types import Receive, Scope, Send
+try:
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import Response as StarletteResponse
+    from starlette.types import Receive, Scope, Send
+except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+    raise ImportError("Dashboard.asgi() needs Starlette: pip install 'asaga[dashboard]'") from exc
 
 from ._http import MAX_BODY, Handler, Request
 

@@ -11,7 +11,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import jinja2
+try:
+    import jinja2
+except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+    raise ImportError(
+        "asaga.dashboard needs Jinja2 and Starlette: pip install 'asaga[dashboard]'"
+    ) from exc
 
 __all__ = ["render", "static_file"]
 

@@ -56,8 +56,14 @@ def test_list_filter_graph_resume_and_undo_in_chromium(redis_url: str, redis_pre
             page.click("form.filters button[type=submit]")
             expect(page.locator("a.run-link")).to_have_count(2)
             expect(page).to_have_url(re.compile(r"[?&]status=waiting(&|$)"))
-            # The list polls for updates (bounded): the first poll says when it was.
+            # The list polls for updates (bounded): the first poll says when it was; it
+            # stops when the tab is hidden.
             expect(page.locator("#live")).to_contain_text("updated", timeout=15_000)
+            page.evaluate(
+                "Object.defineProperty(document, 'hidden', {value: true, configurable: true});"
+                "document.dispatchEvent(new Event('visibilitychange'));"
+            )
+            expect(page.locator("#live")).to_contain_text("paused while the tab is hidden")
 
             # A halted run: its graph, drawn by Mermaid, shows the waiting step.
             page.click(f"a.run-link:text('{runs['halted']}')")
