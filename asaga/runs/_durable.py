@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
 
-from .._events import split_hooks
+from .._events import CompensationStarted, Event, StepStarted, split_hooks
 from .._exceptions import (
     IdempotencyKeyReused,
     RunParked,
@@ -38,6 +39,44 @@ from ._replay import replayed
 from ._undo import UndoResult
 from ._undo import undo_run as _undo_run
 
+_ATTEMPT: ContextVar[tuple[str, str, str, int] | None] = ContextVar("asaga_attempt", default=None)
+"""The run, step, kind (``step`` or ``compensate``) and attempt that starts in this task
+(see :func:`note_attempt`)."""
+
+
+def note_attempt(event: Event) -> None:
+    """A sync hook of the durable runs of sagas with steps on workers: notes, in the task
+    about to run it (sync hooks are called in place, just before the attempt's body),
+    which attempt of which step (or of its compensation) of which run starts. The job of
+    a step on workers is keyed by it (:mod:`asaga.workers._remote`), so that a recovery
+    knows the job of the attempt its record says is in doubt."""
+    kind = type(event)
+    if kind is StepStarted:
+        what = "step"
+    elif kind is CompensationStarted:
+        what = "compensate"
+    else:
+        return
+    if event.step is not None:
+        _ATTEMPT.set((event.run_id, event.step, what, event.attempt))
+
+
+def attempt_now(run_id: str, step: str, kind: str) -> int | None:
+    """The attempt of ``step`` (``kind``: ``step`` or ``compensate``) of run ``run_id``
+    starting in this task, if a durable run noted it (:func:`note_attempt`); else
+    ``None``."""
+    found = _ATTEMPT.get()
+    if found is None or found[0] != run_id or found[1] != step or found[2] != kind:
+        return None
+    return found[3]
+
+
+def _noting(spec: SagaSpec, extra_hooks: Hooks) -> Hooks:
+    """``extra_hooks`` with :func:`note_attempt`, for a saga with steps on workers."""
+    if not spec.queues:
+        return extra_hooks
+    return ((*extra_hooks[0], note_attempt), extra_hooks[1])
+
 
 async def run_durable(
     spec: SagaSpec,
@@ -64,6 +103,7 @@ async def run_durable(
         )
     values = spec.inputs.validate(inputs)
     run_id = run_id or new_run_id()
+    extra_hooks = _noting(spec, extra_hooks)
     journal = Journal.new(
         runs,
         codec_of(spec),
@@ -139,6 +179,9 @@ async def recover(
     Call it when a service starts, and then periodically (every ``owner_ttl`` or so): a
     run is recoverable once its owner's lease has expired.
     """
+    specs = {s.__asaga__.plan.saga: s.__asaga__ for s in sagas if s.__asaga__ is not None}
+    if any(spec.queues for spec in specs.values()):
+        hooks = (*hooks, note_attempt)
     report = await sweep(
         runs,
         sagas=sagas,
@@ -148,7 +191,6 @@ async def recover(
         hooks=hooks,
         kin=Children,
     )
-    specs = {s.__asaga__.plan.saga: s.__asaga__ for s in sagas if s.__asaga__ is not None}
     extra = split_hooks(hooks) if hooks else ((), ())
     given = dict(resources or {})
     # Runs that went on until they parked: their events are bound to them.
@@ -168,7 +210,12 @@ async def undo_run(
 ) -> UndoResult:
     """``Saga.undo``: see :func:`asaga.runs._undo.undo_run`."""
     return await _undo_run(
-        spec, run_id, runs=runs, resources=resources, extra_hooks=extra_hooks, kin=Children
+        spec,
+        run_id,
+        runs=runs,
+        resources=resources,
+        extra_hooks=_noting(spec, extra_hooks),
+        kin=Children,
     )
 
 
@@ -183,7 +230,13 @@ async def deliver(
 ) -> Delivery:
     """``Saga.deliver``: see :mod:`asaga.runs._parking`."""
     return await deliver_event(
-        spec, key, payload, runs=runs, resources=resources, extra_hooks=extra_hooks, kin=Children
+        spec,
+        key,
+        payload,
+        runs=runs,
+        resources=resources,
+        extra_hooks=_noting(spec, extra_hooks),
+        kin=Children,
     )
 
 
@@ -197,7 +250,12 @@ async def resume(
 ) -> Delivery:
     """``Saga.resume``: see :mod:`asaga.runs._parking`."""
     return await resume_halted(
-        spec, run_id, runs=runs, resources=resources, extra_hooks=extra_hooks, kin=Children
+        spec,
+        run_id,
+        runs=runs,
+        resources=resources,
+        extra_hooks=_noting(spec, extra_hooks),
+        kin=Children,
     )
 
 
@@ -217,7 +275,7 @@ async def cancel(
         compensate=compensate,
         runs=runs,
         resources=resources,
-        extra_hooks=extra_hooks,
+        extra_hooks=_noting(spec, extra_hooks),
         kin=Children,
     )
 

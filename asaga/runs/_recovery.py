@@ -2,6 +2,8 @@
 
 Recovery of one run taken over from a dead owner, by what its record says::
 
+    every status but undoing, first:
+        the job of each step on workers in doubt is withdrawn (it never runs after)
     status running, no step failed:
         steps in doubt (started, not known to have ended) that are idempotent, and steps
         that never started, run (forward), from the recorded results;
@@ -289,6 +291,15 @@ async def recover_one(
     journal = Journal(runs, codec_of(spec), record, children=kin(spec, extra_hooks))
     steps = record.steps
     in_doubt = [n for n, s in steps.items() if s.status == "running"]
+    try:
+        await _withdraw(plan, record, in_doubt)
+    except Exception as exc:  # noqa: BLE001 - the queue's server away: decide nothing yet
+        return Recovered(
+            run_id=run_id,
+            saga=saga,
+            outcome="error",
+            error=f"the jobs of its steps in doubt could not be withdrawn: {exc!r}",
+        )
     failed = [n for n, s in steps.items() if s.status == "failed"]
     unwinding = (
         not forward
@@ -301,6 +312,18 @@ async def recover_one(
     if not unwinding and all(_rerunnable(plan.nodes[n]) for n in in_doubt):
         return await _resume(spec, journal, record, values, extra_hooks, parent)
     return await _unwind(spec, journal, record, values, extra_hooks, in_doubt, failed, parent)
+
+
+async def _withdraw(plan: Any, record: RunRecord, in_doubt: Sequence[str]) -> None:
+    """Withdraw the job of each step on workers in doubt (at the attempt its record
+    says), before deciding anything: a job its dead process left queued would otherwise
+    run later, whatever this recovery did (resumed the step at its next attempt, or
+    unwound the run with the step in doubt). The step stays in doubt: its job may have
+    run, or be cut off while it ran."""
+    for name in in_doubt:
+        withdraw = getattr(plan.nodes[name].fn, "withdraw", None)  # a step on workers
+        if withdraw is not None:
+            await withdraw(record.run_id, record.steps[name].attempt)
 
 
 async def _resume(

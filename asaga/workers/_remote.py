@@ -8,7 +8,7 @@ job queue while its run goes on in its own process.
     attempt N of charge:                           job kind=step: finds the saga it serves,
       encode its arguments (MessagePack;             its step charge (the same class, the
       resources stay: the worker has its own)        same saga_version), decodes the
-      enqueue a job, key run_id:charge:<random>      arguments with the step's annotations,
+      enqueue a job, key run_id:charge:step:N       arguments with the step's annotations,
       wait for its end (pushed)                      adds its resources, runs the body
       ... timeout / cut off: abort the job         returns {"result": ...} or {"error":
       decode the result with the step's return      repr, "types": [its classes]}
@@ -42,6 +42,7 @@ from .._observer import Observer, Undoable
 from .._queues import open_queue
 from .._run import SagaSpec
 from .._step import Signature
+from ..runs._durable import attempt_now
 from ._engine import JobEnd, JobQueue
 
 __all__ = ["REMOTE_KINDS", "OnWorkers", "RemoteElement", "handle_remote", "on_workers"]
@@ -137,10 +138,35 @@ class OnWorkers:
 
     async def __call__(self, **kwargs: Any) -> Any:
         sent = {name: kwargs[name] for name in self._sends if name in kwargs}
-        return await self.send(str(kwargs.get(RUN_ID, "-")), sent)
+        run_id = str(kwargs.get(RUN_ID, "-"))
+        attempt = attempt_now(run_id, self.step, self.kind)
+        return await self.send(run_id, sent, None if attempt is None else str(attempt))
 
-    async def send(self, run_id: str, sent: Mapping[str, Any]) -> Any:
-        """Run the call with the arguments ``sent`` on a worker, for run ``run_id``."""
+    def job_key(self, run_id: str, attempt: str) -> str:
+        """The key of the job of ``attempt`` of this call in run ``run_id``: the same
+        attempt, the same key (a duplicate is refused while the first is unfinished).
+        It adds no hash tag: on Redis Cluster, the queue's name gives the slot."""
+        return f"{run_id}:{self.step}:{self.kind}:{attempt}"
+
+    async def withdraw(self, run_id: str, attempt: int) -> None:
+        """Withdraw the job of ``attempt`` of this call in run ``run_id``, whatever its
+        state: dropped if it waits for a worker, cancelled on its worker if it runs
+        (waited for, a few seconds at most), left as it is if it ended. A recovery calls
+        it for a step in doubt before deciding, so that the job never runs after."""
+        queue = _queue(self.queue, self.step)
+        key = self.job_key(run_id, str(attempt))
+        await queue.abort(
+            key,
+            f"withdrawn: the {self.kind} of step {self.step!r} was in doubt when its run "
+            "was recovered",
+            settle=_ABORT_WAIT,
+        )
+        _logger.info("step_job_withdrawn", step=self.step, kind=self.kind, job=key)
+
+    async def send(self, run_id: str, sent: Mapping[str, Any], attempt: str | None = None) -> Any:
+        """Run the call with the arguments ``sent`` on a worker, for run ``run_id``;
+        ``attempt`` names the attempt in the job's key (``None``: a run no one will
+        recover, whose jobs get a random key)."""
         queue = _queue(self.queue, self.step)
         try:
             packed = _pack(dict(sent))
@@ -150,7 +176,7 @@ class OnWorkers:
                 f"cannot be sent there ({exc}): pass plain data, Structs or dataclasses, "
                 "and declare injected objects as Resource[...] (the workers give theirs)"
             ) from exc
-        key = f"{run_id}:{self.step}:{self.kind}:{uuid.uuid4().hex[:16]}"
+        key = self.job_key(run_id, uuid.uuid4().hex[:16] if attempt is None else attempt)
         arguments = {
             "kind": self.kind,
             "saga": self.saga,
@@ -236,8 +262,10 @@ class RemoteElement:
         observer: Observer | None,
     ) -> tuple[Any, Undoable | None]:
         local = self.local
+        # ``key`` (step/attempt/element) names the element's job: a mapped step run
+        # again at the same attempt (recovered) finds the jobs its elements left.
         value = await self.call.send(
-            context.run_id, local.arguments(item, kwargs, self.call.resources)
+            context.run_id, local.arguments(item, kwargs, self.call.resources), key
         )
         undo = self.undo
         if undo is None:
@@ -246,7 +274,7 @@ class RemoteElement:
         run_id = context.run_id
 
         async def send_undo() -> None:
-            await undo.send(run_id, undo_args)
+            await undo.send(run_id, undo_args, key)
 
         return value, CallUndo(send_undo, {}, label)
 
