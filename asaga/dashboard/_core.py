@@ -83,7 +83,9 @@ _ACTION_TEXT: Mapping[str, tuple[str, str]] = {
 
 _SESSION_COOKIE = "asaga_dashboard_session"
 _TOKEN_COOKIE = "asaga_dashboard_token"
-_ID = re.compile(r"[A-Za-z0-9._~:@+=!$*,;\[\]/-]{1,255}")
+# A run id: printable ASCII without spaces, quotes, backslashes or angle brackets.
+_ID_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\"'<>\\`")
+_ID = re.compile(f"[{re.escape(_ID_CHARS)}]{{1,255}}")
 _SAGA = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,199}")
 _CURSOR = re.compile(r"[\x21-\x7e]{1,512}")
 _CSP = (
@@ -642,8 +644,8 @@ def _epoch(value: str, name: str) -> float | None:
 def _run_id(value: str) -> str:
     if not _ID.fullmatch(value):
         raise ValueError(
-            "id: a run id of 1 to 255 characters (letters, digits and . _ ~ : @ + = ! $ * , "
-            "; [ ] / -)"
+            "id: a run id of 1 to 255 printable ASCII characters, without spaces, quotes, "
+            "backslashes or < >"
         )
     return value
 
