@@ -398,6 +398,7 @@ async def test_recover_one_abandoned_run_and_readmit_a_quarantined_one(
         assert taken is not None
         assert await runs.quarantine("aside-1", "does not fit") is not None
         async with mounted(dashboard_of(runs)) as dash:
+            aside_listed = await dash.get("/", status="quarantined")
             lost_page = await dash.get("/run", id="lost-1")
             aside_page = await dash.get("/run", id="aside-1")
             recovered = await act(dash, "recover", "lost-1")
@@ -405,6 +406,7 @@ async def test_recover_one_abandoned_run_and_readmit_a_quarantined_one(
             readmitted = await act(dash, "readmit", "aside-1")
         lost = await runs.load("lost-1", events=True)
         assert await runs.quarantined() == []
+    assert run_links(aside_listed.text) == ["aside-1"]
     assert "action=recover" in lost_page.text
     assert "action=readmit" in aside_page.text
     assert "action=recover" not in aside_page.text
