@@ -37,9 +37,9 @@ __all__ = [
     "when",
 ]
 
-Field = Literal["input", "result", "error", "event"]
-"""What a value given to ``redact`` is: an input of the run, a step's result, an error
-text (a step's, the run's), or an event's payload."""
+Field = Literal["input", "result", "error"]
+"""What a value given to ``redact`` is: an input of the run, a step's result, or an error
+text (a step's, a compensation's, the run's, an event's)."""
 
 Redact = Callable[[str, Field, str, Any], Any]
 """``redact(saga, field, name, value) -> value shown``: called for every input (``name``:
