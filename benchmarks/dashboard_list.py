@@ -1,17 +1,20 @@
 """The runs list of the dashboard (issue 18): ``RedisRunStore.page`` over 100,000 runs.
 
 A fresh key prefix is filled with ``--runs`` realistic records through the store's own
-write path (``create``, ``write``, ``park``, ``quarantine``, ``bind``: its Lua scripts,
-pipelined by its writer), in a mix of five sagas and of statuses: about 90% succeeded,
-5% failed, 2% waiting (each bound to an event key), 1% running, 1% compensation_failed,
-0.7% cancelled, 0.2% failed with a step in doubt, 0.1% quarantined; 30% of the runs are
-keyed (an idempotency key). Then each query is timed ``--repeat`` times (p50 and p99 of
-the call as the caller sees it, on loopback: the dashboard's server time for a page):
-the unfiltered first page and a page 1,000 runs deep (by cursor), each status, a saga, a
-saga and status, ``find`` by run id, idempotency key and event key, ``counts``, and the
-old ``list(status=...)`` for comparison, in the same run. Each result is checked (a page
-of a status holds only runs of that status, counts match the mix); the script exits 1 if
-one is wrong. The prefix is deleted at the end (a bounded SCAN + UNLINK).
+scripts (claim key, create, write: the calls of its ``create`` and ``write``, 500 runs
+per pipeline; then ``park``, ``bind`` and ``quarantine``), in a mix of five sagas and of
+statuses: about 90% succeeded, 5% failed, 2% waiting (each bound to an event key), 1%
+running, 1% compensation_failed, 0.7% cancelled, 0.2% failed with a step in doubt, 0.1%
+quarantined; 30% of the runs are keyed (an idempotency key).
+
+Then each query is timed ``--repeat`` times, after one warm-up call (p50 and p99 of the
+call as the caller sees it, on loopback: the dashboard's server time for a page): the
+unfiltered first page and a page 1,000 runs deep (by cursor), each status, a saga, a saga
+and status, ``find`` by run id, idempotency key and event key, ``counts``, and the old
+``list(status=...)`` for comparison, in the same run. Each result is checked (a page of a
+status holds only runs of that status and as many as the mix has, up to 50; ``find``
+returns the run; counts match the mix); the script exits 1 if one is wrong. The prefix
+is deleted at the end (a bounded SCAN + UNLINK).
 
 Usage::
 
@@ -43,6 +46,7 @@ import redis.asyncio as aioredis
 from asaga.events import RunFailed, RunStarted, RunSucceeded, StepFailed
 from asaga.runs import RedisRunStore, RunRecord, StepRecord
 from asaga.runs._record import Claim, Write, encode_event, encode_record
+from asaga.runs._redis import _LISTING, _SCRIPTS, _SHAS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -101,12 +105,40 @@ def record(run_id: str, saga: str, status: str, key: str | None) -> bytes:
     )
 
 
-async def record_run(
-    store: RedisRunStore, run_id: str, saga: str, status: str, key: str | None
-) -> None:
-    """Record one run and bring it to ``status`` through the store's scripts."""
+async def fill(store: RedisRunStore, runs: list[tuple[str, str, str, str | None]]) -> float:
+    """Record ``runs``: the store's own scripts (claim key, create, write: the calls its
+    ``create`` and ``write`` make), 500 runs per pipeline; then the waiting ones park and
+    bind their event key and the quarantined ones are set aside, through the store's
+    methods. Seconds."""
+    start = time.perf_counter()
+    for text in _SCRIPTS.values():
+        await store.client.script_load(text)
+    window = 3_600_000
+    for i in range(0, len(runs), 500):
+        chunk = runs[i : i + 500]
+        async with store.client.pipeline(transaction=False) as pipe:
+            for run_id, saga, status, key in chunk:
+                first, final = writes(run_id, saga, status, key)
+                if key is not None:
+                    keys = [store._idempotency_key(Claim(saga=saga, key=key, window=3600.0))]
+                    pipe.evalsha(_SHAS["claim_key"], 1, *keys, run_id, window, "")
+                keys, args = store._create_call(first)
+                pipe.evalsha(_SHAS["create"], len(keys), *keys, *args)
+                if final is not None:
+                    keys, args = store._write_call(final)
+                    pipe.evalsha(_SHAS["write"], len(keys), *keys, *args)
+            replies = await pipe.execute()
+        if any(r not in (None, 1) for r in replies):
+            raise RuntimeError(f"a script refused a write: {set(replies) - {None, 1}}")
+    rest = [r for r in runs if r[2] in ("waiting", "quarantined")]
+    gate = asyncio.Semaphore(40)  # the client's connections
+    await asyncio.gather(*(settle(store, gate, *run) for run in rest))
+    return time.perf_counter() - start
+
+
+def writes(run_id: str, saga: str, status: str, key: str | None) -> tuple[Write, Write | None]:
+    """The creation of a run, and the write that ends it (``None``: it does not end)."""
     started = encode_event(RunStarted(saga=saga, run_id=run_id))
-    claim = Claim(saga=saga, key=key, window=3600.0) if key else None
     first = Write(
         run_id=run_id,
         record=record(run_id, saga, "running", key),
@@ -115,19 +147,8 @@ async def record_run(
         nonce=run_id,
         events=(started,),
     )
-    await store.create(first, claim)
-    if status == "running":
-        return
-    if status == "quarantined":
-        await store.quarantine(run_id, "does not decode: a newer schema")
-        return
-    if status == "waiting":
-        parked = Write(
-            run_id=run_id, record=record(run_id, saga, "waiting", key), status="waiting", seq=2
-        )
-        await store.park(parked, time.time() + 3600)
-        await store.bind(saga, f"parcel-{run_id}", run_id, time.time() + 3600)
-        return
+    if status in ("running", "waiting", "quarantined"):
+        return first, None
     final = "failed" if status == "in_doubt" else status
     if final == "succeeded":
         end = encode_event(RunSucceeded(saga=saga, run_id=run_id, duration=0.05))
@@ -135,28 +156,87 @@ async def record_run(
     else:
         fail = StepFailed(saga=saga, run_id=run_id, step="charge", attempt=1, error="Declined()")
         doubt = ("ship",) if status == "in_doubt" else ()
-        end = encode_event(
-            RunFailed(saga=saga, run_id=run_id, failed_step="charge", in_doubt=doubt)
-        )
-        events = (encode_event(fail), end)
-    await store.write(
-        Write(
-            run_id=run_id,
-            record=record(run_id, saga, final, key),
-            status=final,  # type: ignore[arg-type]  # a run status
-            seq=2,
-            final=True,
-            events=events,
-        )
+        failed = RunFailed(saga=saga, run_id=run_id, failed_step="charge", in_doubt=doubt)
+        events = (encode_event(fail), encode_event(failed))
+    return first, Write(
+        run_id=run_id,
+        record=record(run_id, saga, final, key),
+        status=final,  # type: ignore[arg-type]  # a run status
+        seq=2,
+        final=True,
+        events=events,
     )
 
 
-async def fill(store: RedisRunStore, runs: list[tuple[str, str, str, str | None]]) -> float:
-    """Record ``runs``, 2,000 at a time (the store's writer pipelines them); seconds."""
-    start = time.perf_counter()
-    for i in range(0, len(runs), 2000):
-        await asyncio.gather(*(record_run(store, *run) for run in runs[i : i + 2000]))
-    return time.perf_counter() - start
+async def settle(
+    store: RedisRunStore,
+    gate: asyncio.Semaphore,
+    run_id: str,
+    saga: str,
+    status: str,
+    key: str | None,
+) -> None:
+    """A recorded run parks (and waits for an event key) or is quarantined."""
+    async with gate:
+        if status == "quarantined":
+            await store.quarantine(run_id, "does not decode: a newer schema")
+            return
+        parked = Write(
+            run_id=run_id, record=record(run_id, saga, "waiting", key), status="waiting", seq=2
+        )
+        await store.park(parked, time.time() + 3600)
+        await store.bind(saga, f"parcel-{run_id}", run_id, time.time() + 3600)
+
+
+_NO_LISTING = """
+local function listing_of(key) return {} end
+local function relist() end
+local function finish_listing() end
+local function cap_quarantined() end
+local function leaves_doubt() return false end
+"""
+
+
+async def upkeep(client: aioredis.Redis, n: int, rounds: int) -> list[dict[str, Any]]:
+    """What the listing indexes cost the write path: ``n`` runs created and ended by the
+    store's scripts (500 per pipeline), and the same with the listing helpers made no-ops,
+    interleaved ``rounds`` times: wall time per run, and Redis's own time per script call
+    (INFO commandstats; other clients' scripts meanwhile count too)."""
+    cells: dict[str, list[tuple[float, float]]] = {"with listings": [], "without listings": []}
+    for _ in range(rounds):
+        for label in cells:
+            texts = dict(_SCRIPTS)
+            if label == "without listings":
+                texts = {k: v.replace(_LISTING, _NO_LISTING) for k, v in texts.items()}
+            shas = {k: await client.script_load(t) for k, t in texts.items()}
+            prefix = f"bench-dash-upkeep:{secrets.token_hex(4)}:"
+            async with RedisRunStore(client, prefix=prefix) as store:
+                calls = []
+                for run_id, saga, status, key in plan(n, random.Random(7)):
+                    first, final = writes(run_id, saga, status, key)
+                    calls.append((shas["create"], *store._create_call(first)))
+                    if final is not None:
+                        calls.append((shas["write"], *store._write_call(final)))
+                before = (await client.info("commandstats"))["cmdstat_evalsha"]
+                start = time.perf_counter()
+                for i in range(0, len(calls), 500):
+                    async with client.pipeline(transaction=False) as pipe:
+                        for sha, keys, args in calls[i : i + 500]:
+                            pipe.evalsha(sha, len(keys), *keys, *args)
+                        await pipe.execute()
+                wall = time.perf_counter() - start
+                after = (await client.info("commandstats"))["cmdstat_evalsha"]
+            await clean(client, prefix)
+            per_call = (after["usec"] - before["usec"]) / max(1, after["calls"] - before["calls"])
+            cells[label].append((wall / n * 1e6, per_call))
+    return [
+        {
+            "write path": label,
+            "us_per_run_wall": statistics.median(w for w, _ in cells[label]),
+            "us_per_script_call_redis": statistics.median(c for _, c in cells[label]),
+        }
+        for label in cells
+    ]
 
 
 async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> tuple[list[float], Any]:
@@ -252,6 +332,7 @@ async def main(args: argparse.Namespace) -> int:
                     lambda status=status: store.list(status=status), old_repeat
                 )
                 rows.append(row(f"old list(status={status!r}), for comparison", times, len(listed)))
+        cost = await upkeep(client, 1000 if args.quick else 5000, 1 if args.quick else 3)
     finally:
         deleted = await clean(client, prefix)
         await client.aclose()
@@ -261,7 +342,14 @@ async def main(args: argparse.Namespace) -> int:
     for r in rows:
         ok = "yes" if r["p50_ms"] <= TARGET_MS else "**no**"
         print(f"| {r['query']} | {r['returned']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ok} |")
-    print(f"\nfill: {seconds:.1f} s; cleaned up {deleted:,} keys")
+    print(f"\nfill: {seconds:.1f} s; cleaned up {deleted:,} keys\n")
+    print("| write path (create + end of a run) | us per run (wall) | us per script call (Redis) |")
+    print("|---|--:|--:|")
+    for c in cost:
+        print(
+            f"| {c['write path']} | {c['us_per_run_wall']:.0f} "
+            f"| {c['us_per_script_call_redis']:.0f} |"
+        )
     report = {
         "benchmark": "dashboard_list",
         "runs": n,
@@ -270,6 +358,7 @@ async def main(args: argparse.Namespace) -> int:
         "target_p50_ms": TARGET_MS,
         "python": platform.python_version(),
         "rows": rows,
+        "write_path": cost,
         "problems": problems,
     }
     path = args.json or RESULTS / (

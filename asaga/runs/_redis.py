@@ -231,19 +231,20 @@ end
 # doubt (hash field ``doubt``). Called after a script's checks, with the status the run was
 # listed under before its write (``listed``) and after.
 _LISTING = """
-local function listed(key)
-  local f = redis.call('hmget', key, 'status', 'quarantined')
-  if f[2] then return 'quarantined' end
-  return f[1]
+-- what the listings need of a run, read before a script writes it: its saga, creation
+-- time, status, and the status it is listed under ('quarantined' while set aside)
+local function listing_of(key)
+  local f = redis.call('hmget', key, 'status', 'quarantined', 'saga', 'created')
+  return {status = f[1], was = f[2] and 'quarantined' or f[1], saga = f[3],
+          created = tonumber(f[4])}
 end
-local function relist(base, run_id, old, new, now)
-  local f = redis.call('hmget', KEYS[1], 'saga', 'created', 'doubt')
-  local saga, created = f[1], tonumber(f[2])
+local function relist(base, run_id, run, new, now)
+  local saga, old = run.saga, run.was
   if not saga or not new then return end
-  if not created then  -- a run recorded before these indexes: listed from now on
-    created = tonumber(redis.call('zscore', base .. 'runs:index', run_id)) or now
-    redis.call('hset', KEYS[1], 'created', created)
-    redis.call('zadd', base .. 'runs:by-saga:' .. saga, created, run_id)
+  if not run.created then  -- a run recorded before these indexes: listed from now on
+    run.created = tonumber(redis.call('zscore', base .. 'runs:index', run_id)) or now
+    redis.call('hset', KEYS[1], 'created', run.created)
+    redis.call('zadd', base .. 'runs:by-saga:' .. saga, run.created, run_id)
     old = nil
   end
   if old == new then return end
@@ -251,30 +252,34 @@ local function relist(base, run_id, old, new, now)
     redis.call('zrem', base .. 'runs:by-status:' .. old, run_id)
     redis.call('zrem', base .. 'runs:by-saga-status:' .. old .. ':' .. saga, run_id)
   end
-  redis.call('zadd', base .. 'runs:by-status:' .. new, created, run_id)
-  redis.call('zadd', base .. 'runs:by-saga-status:' .. new .. ':' .. saga, created, run_id)
+  redis.call('zadd', base .. 'runs:by-status:' .. new, run.created, run_id)
+  redis.call('zadd', base .. 'runs:by-saga-status:' .. new .. ':' .. saga, run.created, run_id)
 end
--- a final write: the listings of the shard and of the run's saga (every status, in_doubt;
--- quarantined ones are capped apart) are trimmed to the retention, like the index (a run
--- recorded longer ago than that leaves the listings); the run joins in_doubt's if its end
--- left a step in doubt
-local function finish_listing(base, run_id, cutoff, doubt)
-  local f = redis.call('hmget', KEYS[1], 'saga', 'created')
-  local saga, created = f[1], tonumber(f[2])
+-- a final write: the listings the run ends in (its status's, its saga's, in_doubt's if its
+-- end left a step in doubt) are trimmed to the retention, like the index (a run recorded
+-- longer ago than that leaves them); one final write in 16 (by its creation time's
+-- microseconds) sweeps every listing of the shard and of the saga, so that a listing no
+-- run ends in any more (a status's of unfinished runs) is trimmed too
+local function finish_listing(base, run_id, run, status, cutoff, doubt)
+  local saga, created = run.saga, run.created
   if not saga or not created then return end
+  local names = {status}
   if doubt then
     redis.call('hset', KEYS[1], 'doubt', '1')
     redis.call('zadd', base .. 'runs:by-status:in_doubt', created, run_id)
     redis.call('zadd', base .. 'runs:by-saga-status:in_doubt:' .. saga, created, run_id)
+    table.insert(names, 'in_doubt')
+  end
+  if math.floor(created * 1e6) % 16 == 0 then
+    names = {'in_doubt'}
+    for name in pairs(STATUSES) do table.insert(names, name) end
   end
   redis.call('zremrangebyscore', base .. 'runs:by-saga:' .. saga, '-inf', cutoff)
-  for name in pairs(STATUSES) do
+  for _, name in ipairs(names) do
     redis.call('zremrangebyscore', base .. 'runs:by-status:' .. name, '-inf', cutoff)
     redis.call('zremrangebyscore', base .. 'runs:by-saga-status:' .. name .. ':' .. saga,
                '-inf', cutoff)
   end
-  redis.call('zremrangebyscore', base .. 'runs:by-status:in_doubt', '-inf', cutoff)
-  redis.call('zremrangebyscore', base .. 'runs:by-saga-status:in_doubt:' .. saga, '-inf', cutoff)
 end
 -- a quarantine: the quarantined listings are capped like the quarantine set (the runs
 -- recorded first go first) and expire with the retention when no run is set aside
@@ -335,7 +340,7 @@ redis.call('zadd', KEYS[3], now, ARGV[1])
 redis.call('zadd', KEYS[4], now, ARGV[1])
 redis.call('zadd', base .. 'runs:sagas', now, ARGV[5])
 redis.call('zadd', base .. 'runs:by-saga:' .. ARGV[5], now, ARGV[1])
-relist(base, ARGV[1], nil, ARGV[3], now)
+relist(base, ARGV[1], {saga = ARGV[5], created = now}, ARGV[3], now)
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 return false
 """
@@ -404,13 +409,13 @@ local owner = redis.call('hget', KEYS[1], 'owner')
 if not owner then return 3 end  -- no record (or a void run id: its record was lost too)
 if owner ~= ARGV[4] then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= seq then return 2 end
-local was = listed(KEYS[1])
+local run = listing_of(KEYS[1])
 local doubt = final and leaves_doubt(10)
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', ARGV[3], 'seq', ARGV[9])
-relist(base, run_id, was, ARGV[3], cutoff + retention / 1000)
+relist(base, run_id, run, ARGV[3], cutoff + retention / 1000)
 if #ARGV >= 10 then redis.call('rpush', KEYS[2], unpack(ARGV, 10)) end
 if final then
-  finish_listing(base, run_id, ARGV[7], doubt)
+  finish_listing(base, run_id, run, ARGV[3], ARGV[7], doubt)
   redis.call('zrem', KEYS[3], ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[6])
   redis.call('pexpire', KEYS[2], ARGV[6])
@@ -471,13 +476,13 @@ local set = (KEYS[3] and string.sub(KEYS[3], -12) == 'runs:running') and 'runs:r
   or 'runs:parked'
 local base = run_keys(run_id, {'events', set, 'runs:quarantine'})
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return false end
-local was = listed(KEYS[1])
+local run = listing_of(KEYS[1])
 local score = redis.call('zscore', KEYS[3], ARGV[1]) or ARGV[4]
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('hset', KEYS[1], 'owner', 'quarantine', 'quarantined', ARGV[3],
            'quarantined_at', ARGV[4], 'quarantined_by', ARGV[2], 'running_score', score)
-relist(base, run_id, was, 'quarantined', tonumber(ARGV[4]))
-cap_quarantined(base, redis.call('hget', KEYS[1], 'saga'), most, ARGV[5])
+relist(base, run_id, run, 'quarantined', tonumber(ARGV[4]))
+cap_quarantined(base, run.saga, most, ARGV[5])
 redis.call('pexpire', KEYS[1], ARGV[5])
 redis.call('pexpire', KEYS[2], ARGV[5])
 redis.call('zadd', KEYS[4], ARGV[4], ARGV[1])
@@ -504,9 +509,10 @@ if redis.call('hexists', KEYS[1], 'quarantined') == 0 then
   return 0
 end
 local score = tonumber(redis.call('hget', KEYS[1], 'running_score')) or 0
+local run = listing_of(KEYS[1])
 redis.call('zrem', KEYS[4], ARGV[1])
 redis.call('hdel', KEYS[1], 'quarantined', 'quarantined_at', 'quarantined_by', 'running_score')
-relist(base, run_id, 'quarantined', redis.call('hget', KEYS[1], 'status'), score)
+relist(base, run_id, run, run.status, score)
 redis.call('persist', KEYS[1])
 redis.call('persist', KEYS[2])
 redis.call('zadd', KEYS[3], score, ARGV[1])
@@ -532,9 +538,9 @@ local status = redis.call('hget', KEYS[1], 'status')
 if status ~= ARGV[1] or redis.call('hget', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
 if status == 'undoing' and redis.call('exists', KEYS[4]) == 1 then return 0 end
 if status ~= 'succeeded' and status ~= 'undoing' then return 0 end
-local was = listed(KEYS[1])
+local run = listing_of(KEYS[1])
 redis.call('hset', KEYS[1], 'status', 'undoing', 'owner', ARGV[3])
-relist(base, run_id, was, 'undoing', tonumber(ARGV[4]))
+relist(base, run_id, run, 'undoing', tonumber(ARGV[4]))
 redis.call('persist', KEYS[1])
 redis.call('persist', KEYS[2])
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[5])
@@ -574,10 +580,10 @@ local owner = redis.call('hget', KEYS[1], 'owner')
 if not owner then return 3 end
 if owner ~= ARGV[3] then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') >= seq then return 2 end
-local was = listed(KEYS[1])
+local run = listing_of(KEYS[1])
 redis.call('hset', KEYS[1], 'record', ARGV[2], 'status', 'waiting', 'seq', ARGV[4],
            'owner', 'parked')
-relist(base, run_id, was, 'waiting', score)
+relist(base, run_id, run, 'waiting', score)
 if #ARGV >= 8 then redis.call('rpush', KEYS[2], unpack(ARGV, 8)) end
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('zadd', KEYS[4], score, ARGV[1])
@@ -606,10 +612,10 @@ events_from(8)
 local base = run_keys(run_id, {'events', 'runs:running', 'runs:parked'})
 if redis.call('hget', KEYS[1], 'status') ~= 'waiting' then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') ~= seen then return 0 end
-local was = listed(KEYS[1])
+local run = listing_of(KEYS[1])
 redis.call('hset', KEYS[1], 'record', ARGV[4], 'status', ARGV[5], 'owner', ARGV[3],
            'seq', ARGV[6])
-relist(base, run_id, was, ARGV[5], now)
+relist(base, run_id, run, ARGV[5], now)
 if #ARGV >= 8 then redis.call('rpush', KEYS[2], unpack(ARGV, 8)) end
 redis.call('zrem', KEYS[4], ARGV[1])
 redis.call('zadd', KEYS[3], now, ARGV[1])
@@ -1071,6 +1077,14 @@ class RedisRunStore(StoreSettings):
         """Run the creation script: ``None`` when recorded (now, or by this very creation
         sent before), ``"void"`` if the run id was voided; :class:`RunExists` if another
         creation recorded the id."""
+        keys, args = self._create_call(write)
+        created = _text(await self._submit("create", keys, args, write.run_id))
+        if created == "exists":
+            raise RunExists(f"run {write.run_id} is already recorded", write.run_id)
+        return created
+
+    def _create_call(self, write: Write) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the creation script for ``write``."""
         record = decode_record(write.record, write.run_id)
         args: list[Any] = [
             write.run_id,
@@ -1084,11 +1098,27 @@ class RedisRunStore(StoreSettings):
             write.seq,
             *write.events,
         ]
-        keys = self._run_keys(write.run_id, "running", "index")
-        created = _text(await self._submit("create", keys, args, write.run_id))
-        if created == "exists":
-            raise RunExists(f"run {write.run_id} is already recorded", write.run_id)
-        return created
+        return self._run_keys(write.run_id, "running", "index"), args
+
+    def _write_call(self, write: Write) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the write script for ``write``."""
+        keys = [
+            *self._run_keys(write.run_id, "running", "index"),
+            self._waiting_key(write.run_id),
+        ]
+        args: list[Any] = [
+            write.run_id,
+            write.record,
+            write.status,
+            self._owner,
+            "1" if write.final else "0",
+            max(1, round(self.retention * 1000)),
+            time.time() - self.retention,
+            f"{self.prefix}finished:{write.run_id}",
+            write.seq,
+            *write.events,
+        ]
+        return keys, args
 
     async def _holder_status(self, holder: str, age_ms: float, tombstone_ms: int) -> str:
         """The status of the run an idempotency key names, once it has a record.
@@ -1115,22 +1145,7 @@ class RedisRunStore(StoreSettings):
 
     async def write(self, write: Write) -> None:
         """Record a transition of a run this store owns (``RunTakenOver`` otherwise)."""
-        keys = [
-            *self._run_keys(write.run_id, "running", "index"),
-            self._waiting_key(write.run_id),
-        ]
-        args: list[Any] = [
-            write.run_id,
-            write.record,
-            write.status,
-            self._owner,
-            "1" if write.final else "0",
-            max(1, round(self.retention * 1000)),
-            time.time() - self.retention,
-            f"{self.prefix}finished:{write.run_id}",
-            write.seq,
-            *write.events,
-        ]
+        keys, args = self._write_call(write)
         kept = self._unsent.get(write.run_id)
         if kept is not None and kept.seq < write.seq:
             del self._unsent[write.run_id]  # this write carries a newer state
