@@ -35,7 +35,7 @@ import structlog
 
 from .._annotations import EMPTY
 from .._events import RunContext
-from .._exceptions import NotRecordable, RemoteStepFailed, SagaDefinitionError
+from .._exceptions import NotRecordable, RemoteStepFailed, RunNotFound, SagaDefinitionError
 from .._graph import RUN_ID, CompNode, Node, Plan
 from .._nested import CallUndo, FunctionElement, Map
 from .._observer import Observer, Undoable
@@ -43,6 +43,7 @@ from .._queues import open_queue
 from .._run import SagaSpec
 from .._step import Signature
 from ..runs._durable import attempt_now
+from ..runs._record import RunStore
 from ._engine import JobEnd, JobQueue
 
 __all__ = ["REMOTE_KINDS", "OnWorkers", "RemoteElement", "handle_remote", "on_workers"]
@@ -183,6 +184,7 @@ class OnWorkers:
             "saga_version": self.saga_version,
             "step": self.step,
             "run_id": run_id,
+            "attempt": attempt,  # checked against the run's record (Served(records=...))
             "arguments": packed,
         }
         try:
@@ -436,10 +438,13 @@ async def handle_remote(
     specs: Mapping[str, SagaSpec],
     resources: Mapping[str, Any],
     arguments: Mapping[str, Any],
+    records: RunStore | None = None,
 ) -> dict[str, Any]:
     """Run the step or compensation a job carries: ``{"result": ...}``, ``{"error":
     ..., "types": [...]}`` if it raised, or ``{"refused": ...}`` if this worker does not
-    serve it (a saga it does not serve, another version)."""
+    serve it (a saga it does not serve, another version) or, with ``records`` (the store
+    the runs are recorded in), if the run's record does not say that this attempt of
+    the step (or of its compensation) is running."""
     kind, saga, step = arguments.get("kind"), arguments.get("saga"), arguments.get("step")
     spec = specs.get(saga) if isinstance(saga, str) else None
     if spec is None or spec.saga_version != arguments.get("saga_version"):
@@ -451,6 +456,20 @@ async def handle_remote(
     call = _target(node, kind)
     if call is None:
         return {"refused": f"saga {saga} has no {kind} of step {step!r} on workers"}
+    if records is not None:
+        # (a target was found: step names a step, kind is one of REMOTE_KINDS)
+        unrecorded = await _unrecorded(records, spec.plan.saga, str(step), str(kind), arguments)
+        if unrecorded is not None:
+            _logger.error(
+                "step_job_refused",
+                saga=saga,
+                step=step,
+                kind=kind,
+                run_id=arguments.get("run_id"),
+                attempt=arguments.get("attempt"),
+                reason=unrecorded,
+            )
+            return {"refused": unrecorded}
     types = call.types
     try:
         raw = _unpack(arguments.get("arguments"))
@@ -489,6 +508,45 @@ async def handle_remote(
             "types": [],
             "in_doubt": True,  # it ended: whatever it did, it did
         }
+
+
+async def _unrecorded(
+    records: RunStore, saga: str, step: str, kind: str, arguments: Mapping[str, Any]
+) -> str | None:
+    """Why the run's record does not vouch for this job (``None``: it does): the job must
+    name a recorded run of ``saga`` whose record says that this attempt of ``step`` (of
+    its compensation, for ``compensate``; of the mapped step, for an element) is
+    running. The caller writes that down before it sends the job."""
+    run_id, attempt = arguments.get("run_id"), arguments.get("attempt")
+    if not isinstance(run_id, str) or not isinstance(attempt, str):
+        return (
+            "the job names no recorded attempt (a run with no store, or a job not made by "
+            "asaga): this worker runs steps of recorded runs only (Served(records=...))"
+        )
+    try:
+        record = await records.load(run_id)
+    except RunNotFound:
+        return f"run {run_id} is not recorded in this worker's store (Served(records=...))"
+    if record.saga != saga:
+        return f"run {run_id} is a run of saga {record.saga}, not {saga}"
+    found = record.steps.get(step)
+    if kind == "compensate":
+        ok = (
+            found is not None
+            and found.compensation == "running"
+            and str(found.compensation_attempt) == attempt
+        )
+        what = f"the compensation of step {step!r} at attempt {attempt}"
+    elif kind == "undo_element":  # the map failed (still running) or is compensated
+        ok = found is not None and "running" in (found.status, found.compensation)
+        what = f"the undo of an element of step {step!r}"
+    else:  # a step's attempt; an element's key is <step>/<attempt>/<index>
+        number = attempt if kind == "step" else attempt.rsplit("/", 2)[-2]
+        ok = found is not None and found.status == "running" and str(found.attempt) == number
+        what = f"step {step!r} at attempt {number}"
+    if ok:
+        return None
+    return f"the record of run {run_id} does not say {what} is running"
 
 
 def _target(node: Node | None, kind: object) -> OnWorkers | None:

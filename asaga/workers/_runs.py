@@ -275,10 +275,14 @@ class Served:
         Served(sagas=[InventorySaga], runs=runs, resources={"store": store, "locks": locks})
 
     A worker that only runs steps on workers (``@step(queue=...)``) of these sagas, never
-    whole runs, needs no ``runs``: ``Served(sagas=[Checkout], resources={...})``.
+    whole runs, needs no ``runs``: ``Served(sagas=[Checkout], resources={...})``. Give it
+    ``records``, the store the runs are recorded in, to run only the step jobs their run
+    vouches for: a job runs only if its run's record says that attempt of that step (or
+    of its compensation) is running; any other (a crafted job, a run with no store, a
+    stale attempt) is refused, and the refusal logged as an error.
     """
 
-    __slots__ = ("resources", "runs", "sagas", "specs", "step_specs")
+    __slots__ = ("records", "resources", "runs", "sagas", "specs", "step_specs")
 
     def __init__(
         self,
@@ -286,11 +290,15 @@ class Served:
         sagas: Sequence[Any],
         runs: RunStore | None = None,
         resources: Mapping[str, Any] | None = None,
+        records: RunStore | None = None,
     ) -> None:
         if runs is not None:
             _shared(runs)
+        if records is not None:
+            _shared(records)
         self.sagas = tuple(sagas)
         self.runs = runs
+        self.records = records
         self.resources = dict(resources or {})
         specs: dict[str, SagaSpec] = {}
         for cls in self.sagas:
@@ -332,7 +340,9 @@ async def handle_job(
     if arguments.get("kind") in REMOTE_KINDS:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_beating, beat, every, name="heartbeat of a step on workers")
-            outcome = await handle_remote(served.step_specs, served.resources, arguments)
+            outcome = await handle_remote(
+                served.step_specs, served.resources, arguments, served.records
+            )
             tg.cancel_scope.cancel()
         return outcome
     saga, run_id = str(arguments.get("saga")), str(arguments.get("run_id"))
