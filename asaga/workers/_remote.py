@@ -527,6 +527,8 @@ async def _unrecorded(
         record = await records.load(run_id)
     except RunNotFound:
         return f"run {run_id} is not recorded in this worker's store (Served(records=...))"
+    except Exception as exc:  # noqa: BLE001 - unread, the step is not run: refused, not in doubt
+        return f"the record of run {run_id} could not be read here ({exc!r})"
     if record.saga != saga:
         return f"run {run_id} is a run of saga {record.saga}, not {saga}"
     found = record.steps.get(step)
@@ -541,7 +543,8 @@ async def _unrecorded(
         ok = found is not None and "running" in (found.status, found.compensation)
         what = f"the undo of an element of step {step!r}"
     else:  # a step's attempt; an element's key is <step>/<attempt>/<index>
-        number = attempt if kind == "step" else attempt.rsplit("/", 2)[-2]
+        parts = attempt.split("/")
+        number = attempt if kind == "step" else parts[-2] if len(parts) >= 3 else "?"
         ok = found is not None and found.status == "running" and str(found.attempt) == number
         what = f"step {step!r} at attempt {number}"
     if ok:

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from asaga import Resource, Saga, SagaFailed, step
+from asaga import Resource, Saga, SagaFailed, map_each, step
 from asaga.runs import RedisRunStore
 from asaga.workers import RemoteStepFailed, SaqQueue, Served, serve
 
@@ -62,14 +62,30 @@ def make_pay(queue: str) -> Any:
     return Pay
 
 
+async def price(line: int, bank: Bank) -> int:
+    bank.calls.append(f"{bank.who}: price {line}")
+    return line * 10
+
+
+def make_priced(queue: str) -> Any:
+    class Priced(Saga[list[int]]):
+        lines: list[int]
+        bank: Resource[Bank]
+        output = "prices"
+
+        prices = map_each(price, over="lines", queue=queue, batch_size=2)
+
+    return Priced
+
+
 @pytest.fixture
 async def world(
     redis_url: str, redis_prefix: str
-) -> AsyncIterator[tuple[Any, SaqQueue, RedisRunStore, Bank]]:
+) -> AsyncIterator[tuple[Any, SaqQueue, RedisRunStore, Bank, Any]]:
     """A saga with a step on a queue of its own, a worker serving it with the runs' store
     as ``records``, and the queue open for the caller."""
     name = f"pay-{uuid.uuid4().hex[:10]}"
-    pay = make_pay(name)
+    pay, priced = make_pay(name), make_priced(name)
     worker = Bank("worker")
     stop = anyio.Event()
     client = aioredis.Redis.from_url(redis_url)
@@ -79,10 +95,10 @@ async def world(
             SaqQueue.from_url(redis_url, name=name, heartbeat=5) as jobs,
             anyio.create_task_group() as tg,
         ):
-            served = Served(sagas=[pay], resources={"bank": worker}, records=runs)
+            served = Served(sagas=[pay, priced], resources={"bank": worker}, records=runs)
             tg.start_soon(lambda: serve(jobs, served, concurrency=2, shutdown_grace=1, stop=stop))
             async with SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue:
-                yield pay, queue, runs, worker
+                yield pay, queue, runs, worker, priced
             stop.set()
     finally:
         keys = [k async for k in client.scan_iter(match=f"saq:*{name}*", count=1000)]
@@ -109,7 +125,7 @@ def crafted(pay: Any, run_id: str, attempt: str | None) -> dict[str, Any]:
 async def test_the_steps_and_compensations_of_recorded_runs_run(world: Any) -> None:
     """A durable run's step runs on the worker; a run that then fails has the step's
     compensation run there too (its record says each is running)."""
-    pay, _, runs, worker = world
+    pay, _, runs, worker, _ = world
     with anyio.fail_after(10):
         result = await pay.run(order_id="o-1", amount=1, bank=Bank("caller"), runs=runs)
         with pytest.raises(SagaFailed) as caught:
@@ -123,7 +139,7 @@ async def test_crafted_jobs_are_refused_and_logged(world: Any) -> None:
     """Jobs of the step that no run vouches for are refused, never run: a run that is not
     recorded, an attempt of a recorded run that is not running (it succeeded), no
     attempt at all. Each refusal is logged as an error."""
-    pay, queue, runs, worker = world
+    pay, queue, runs, worker, _ = world
     with anyio.fail_after(10):
         done = await pay.run(order_id="o-3", amount=1, bank=Bank("caller"), runs=runs)
     worker.calls.clear()
@@ -154,10 +170,20 @@ async def test_crafted_jobs_are_refused_and_logged(world: Any) -> None:
 async def test_the_step_of_a_run_with_no_store_is_refused(world: Any) -> None:
     """A run with no store has no record to vouch for its step: the worker refuses it,
     and the step fails with what the worker said."""
-    pay, _, _, worker = world
+    pay, _, _, worker, _ = world
     with anyio.fail_after(10), pytest.raises(SagaFailed) as caught:
         await pay.run(order_id="o-4", amount=1, bank=Bank("caller"))
     error = caught.value.__cause__
     assert isinstance(error, RemoteStepFailed)
     assert "recorded runs only" in error.error
     assert worker.calls == []
+
+
+async def test_the_elements_of_a_recorded_map_run(world: Any) -> None:
+    """The elements of a mapped step on workers in a durable run run on the worker (their
+    jobs name the mapped step's attempt, which its record says is running)."""
+    _, _, runs, worker, priced = world
+    with anyio.fail_after(10):
+        result = await priced.run(lines=[1, 2, 3], bank=Bank("caller"), runs=runs)
+    assert result.output == [10, 20, 30]
+    assert sorted(worker.calls) == ["worker: price 1", "worker: price 2", "worker: price 3"]
