@@ -335,6 +335,7 @@ async def main(args: argparse.Namespace) -> int:
         cost = await upkeep(client, 1000 if args.quick else 5000, 1 if args.quick else 3)
     finally:
         deleted = await clean(client, prefix)
+        left = [k async for k in client.scan_iter(match=f"{prefix}*", count=5000)]
         await client.aclose()
     print(f"\n{n:,} runs; p50/p99 of {repeat} calls; target p50 <= {TARGET_MS:g} ms\n")
     print("| query | runs returned | p50 ms | p99 ms | p50 within target |")
@@ -359,6 +360,7 @@ async def main(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "rows": rows,
         "write_path": cost,
+        "keys_left": len(left),
         "problems": problems,
     }
     path = args.json or RESULTS / (

@@ -11,6 +11,11 @@ prefix followed by the hash tag of the run's shard on Redis Cluster, see below):
     <s>runs:parked           sorted set: parked runs (score: when their first wait ends)
     <s>owner:<owner>         the owner lease of one store object (one per process)
     <s>waiting:<run_id>      set (briefly) while a process waits for the run to finish
+    <s>runs:sagas            sorted set: the sagas with runs (score: the last creation)
+    <s>runs:by-status:<st>   sorted set: the runs listed under status <st> (score: creation
+                             time), ``in_doubt`` and ``quarantined`` included
+    <s>runs:by-saga:<saga>   sorted set: the runs of one saga (score: creation time)
+    <s>runs:by-saga-status:<st>:<saga>   sorted set: both at once
     <p>key:<saga>:<key>      the run an idempotency key names (expires with the window)
     <p>mail:<saga>:<key>     hash: the event of a correlation key: the run that waits for
                              it, its payload until consumed, a consumed mark, bad payloads
@@ -46,6 +51,22 @@ the saga) is quarantined: out of the running set, into ``runs:quarantine`` with 
 reason in its hash, its keys expiring after ``retention``; the quarantine set is trimmed
 to that retention and to ``_MAX_QUARANTINED`` entries (over all shards). ``readmit`` puts
 it back.
+
+**Listings** (:meth:`RedisRunStore.page`, ``counts``, ``find``, for a runs dashboard):
+the ``runs:by-*`` sets are kept by the scripts that change a run's status (create, write,
+park, take, claim undo, quarantine, readmit) in the same atomic step, their keys derived
+from the run's ``<s>`` (so in its slot on a cluster). A run is listed under its status, or
+``quarantined`` while set aside, and under ``in_doubt`` too when its end left a step in
+doubt (its ``RunFailed`` event lists one: hash field ``doubt``). A page reads one set per
+shard from the cursor's position (creation time, run id) down, merged; the unfiltered page
+reads ``runs:index``, so records written before the listings existed are listed there
+(they join the status and saga listings with their next write). Bounds: a final write
+trims the listings the run ends in to the retention, like the index, and one final write
+in 16 sweeps all the listings of its shard and saga; the quarantined listings are capped
+like the quarantine set and expire with the retention; an entry whose record expired is
+dropped when a page meets it. ``counts`` is the size of each listing (one round trip).
+``find`` looks a text up as a run id, and as an idempotency key and an event key under
+each saga of ``runs:sagas`` (one read each: no scan).
 
 One lease per store object says its owner is alive: ``<s>owner:<owner>``, set with a TTL
 and renewed every ``owner_ttl / 3`` by a task of the store. Recovery takes over the
