@@ -208,7 +208,13 @@ class MemoryRunStore(StoreSettings):
     ) -> RunPage:
         """One page of recorded runs, newest first (see :meth:`RunStore.page`)."""
         query = page_query(
-            status=status, saga=saga, since=since, until=until, cursor=cursor, limit=limit
+            status=status,
+            saga=saga,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+            scope=self._owner,
         )
         await anyio.lowlevel.checkpoint()
         now = self._clock()

@@ -326,9 +326,12 @@ class PageQuery(msgspec.Struct, frozen=True, kw_only=True):
     after: tuple[float, str] | None = None
     """The position of the last run of the previous page (created, run id)."""
     limit: int = 50
+    scope: str = ""
+    """What the store's cursors are valid in (its prefix, say): a cursor of another store
+    is refused."""
 
     def _filters(self) -> str:
-        text = repr((self.status, self.saga, self.since, self.until))
+        text = repr((self.scope, self.status, self.saga, self.since, self.until))
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def cursor(self, created: float, run_id: str) -> str:
@@ -362,6 +365,7 @@ def page_query(
     until: float | None,
     cursor: str | None,
     limit: int,
+    scope: str = "",
 ) -> PageQuery:
     """Check the arguments of :meth:`RunStore.page` (``ValueError`` saying what is wrong)."""
     if status is not None and status not in PAGE_STATUSES:
@@ -378,6 +382,7 @@ def page_query(
         since=_time(since, "since"),
         until=_time(until, "until"),
         limit=limit,
+        scope=scope,
     )
     if cursor is None:
         return query
@@ -393,7 +398,8 @@ def page_query(
             if filters != query._filters():
                 raise ValueError(
                     "page(): this cursor belongs to a page with other filters (status, saga, "
-                    "since, until): pass the filters it was made with, or no cursor to start over"
+                    "since, until) or of another store: pass the filters it was made with, or "
+                    "no cursor to start over"
                 )
             if math.isfinite(created):
                 after = (created, run_id)

@@ -1397,7 +1397,13 @@ class RedisRunStore(StoreSettings):
         of the status, the saga, or the saga and status asked for. Entries whose record
         expired are dropped from their set when met."""
         query = page_query(
-            status=status, saga=saga, since=since, until=until, cursor=cursor, limit=limit
+            status=status,
+            saga=saga,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+            scope=self.prefix,
         )
         keys = self._page_keys(query)
         found: list[tuple[float, str, RunRecord]] = []

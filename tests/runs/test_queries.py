@@ -238,6 +238,9 @@ async def test_bad_arguments_are_refused(store: Store) -> None:
     assert ids(await store.page(limit=1, cursor=cursor)) == ["a"]
     with pytest.raises(ValueError, match="other filters"):
         await store.page(limit=1, cursor=cursor, status="succeeded")
+    async with MemoryRunStore() as other:
+        with pytest.raises(ValueError, match="or of another store"):
+            await other.page(limit=1, cursor=cursor)
     for bad in (float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match="since must be a time"):
             await store.page(since=bad)  # type: ignore[arg-type]
