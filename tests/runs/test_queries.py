@@ -430,3 +430,25 @@ async def test_every_key_of_the_listings_is_bounded(redis_store: RedisRunStore) 
         if await s.client.pttl(raw) < 0:
             unbounded.append(key)
     assert unbounded == []
+
+
+async def test_every_path_that_changes_a_status_moves_the_listing(store: Store) -> None:
+    """Readmitting a quarantined run, taking a parked one and taking a succeeded one to
+    undo it each move the run to its new status's page and count."""
+    await add(store, "q", "quarantined")
+    await add(store, "w", "waiting")
+    await add(store, "s", "succeeded")
+    assert ids(await store.page(status="quarantined")) == ["q"]
+    await store.readmit("q")
+    assert ids(await store.page(status="quarantined")) == []
+    assert ids(await store.page(status="running")) == ["q"]
+    taken = Write(run_id="w", record=_record("w", "Checkout", "running"), status="running", seq=3)
+    assert await store.take_parked(taken, 2)
+    assert ids(await store.page(status="waiting")) == []
+    assert ids(await store.page(status="running")) == ["w", "q"]
+    _, undoing = await store.claim_undo("s")
+    assert undoing
+    assert ids(await store.page(status="undoing", saga="Checkout")) == ["s"]
+    counts = await store.counts()
+    assert (counts["running"], counts["undoing"], counts["succeeded"]) == (2, 1, 0)
+    assert counts["quarantined"] == counts["waiting"] == 0
