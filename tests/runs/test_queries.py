@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from asaga import RunNotFound
+from asaga import Resource, RunNotFound, Saga, SagaFailed, step
 from asaga.events import OperatorAction, RunFailed
 from asaga.runs import MemoryRunStore, RedisRunStore, RunPage, RunRecord, RunStore
 from asaga.runs._record import FINISHED, PAGE_STATUSES, Claim, Write, encode_event, encode_record
@@ -452,3 +452,36 @@ async def test_every_path_that_changes_a_status_moves_the_listing(store: Store) 
     counts = await store.counts()
     assert (counts["running"], counts["undoing"], counts["succeeded"]) == (2, 1, 0)
     assert counts["quarantined"] == counts["waiting"] == 0
+
+
+class CutsOff(Saga):
+    """A durable saga whose failure cuts a sibling off in flight: left in doubt."""
+
+    on_failure = "cancel"
+    started: Resource[anyio.Event]
+
+    @step
+    async def slow(started: anyio.Event) -> int:
+        started.set()
+        await anyio.sleep_forever()
+        return 1  # pragma: no cover
+
+    @slow.compensate
+    async def undo_slow(slow: int) -> None:
+        pass  # pragma: no cover - not safe for a step in doubt: never runs
+
+    @step
+    async def boom(started: anyio.Event) -> int:
+        await started.wait()
+        raise ValueError("boom")
+
+
+async def test_a_real_run_left_in_doubt_is_listed_in_doubt(store: Store) -> None:
+    """A run whose failure cut a step off (its RunFailed lists it in doubt) is on the
+    in_doubt page and its failed page, as recorded by the run itself."""
+    with pytest.raises(SagaFailed) as info:
+        await CutsOff.run(started=anyio.Event(), runs=store, run_id="cut")
+    assert info.value.in_doubt == ("slow",)
+    assert ids(await store.page(status="in_doubt")) == ["cut"]
+    assert ids(await store.page(status="failed", saga="CutsOff")) == ["cut"]
+    assert (await store.counts())["in_doubt"] == 1
