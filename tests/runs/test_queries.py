@@ -233,14 +233,14 @@ async def test_bad_arguments_are_refused(store: Store) -> None:
     for cursor in ("", "x", "c1.!!!", "c1.bm90IGpzb24", "c1." + "A" * 5000):
         with pytest.raises(ValueError, match="malformed cursor"):
             await store.page(cursor=cursor)
-    cursor = (await store.page(limit=1)).cursor
-    assert cursor is not None
-    assert ids(await store.page(limit=1, cursor=cursor)) == ["a"]
+    first = (await store.page(limit=1)).cursor
+    assert first is not None
+    assert ids(await store.page(limit=1, cursor=first)) == ["a"]
     with pytest.raises(ValueError, match="other filters"):
-        await store.page(limit=1, cursor=cursor, status="succeeded")
+        await store.page(limit=1, cursor=first, status="succeeded")
     async with MemoryRunStore() as other:
         with pytest.raises(ValueError, match="or of another store"):
-            await other.page(limit=1, cursor=cursor)
+            await other.page(limit=1, cursor=first)
     for bad in (float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match="since must be a time"):
             await store.page(since=bad)  # type: ignore[arg-type]
