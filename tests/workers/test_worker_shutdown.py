@@ -5,14 +5,16 @@ its running run finish within the grace, and cuts off (unwinds) what outlives it
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from structlog.testing import capture_logs
 
 from asaga import Resource, Saga, step
@@ -111,15 +113,23 @@ def worker(redis_url: str, redis_prefix: str) -> Callable[[float], Any]:
     return make
 
 
-def _told(event: str, seen: anyio.Event) -> Any:
-    """A structlog processor that sets ``seen`` once ``event`` is logged."""
+@contextmanager
+def _told(event: str, seen: anyio.Event) -> Iterator[None]:
+    """Set ``seen`` once ``event`` is logged. Every level is let through meanwhile: a
+    module imported by another test may have configured structlog to drop INFO."""
+    wrapper = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
 
     def processor(logger: Any, method: str, entry: Any) -> Any:
         if entry.get("event") == event:
             seen.set()
         return entry
 
-    return processor
+    try:
+        with capture_logs(processors=[processor]):
+            yield
+    finally:
+        structlog.configure(wrapper_class=wrapper)
 
 
 async def test_an_idle_worker_stops_at_once_whatever_its_grace(worker: Any) -> None:
@@ -141,7 +151,7 @@ async def test_a_busy_worker_takes_no_new_job_and_lets_its_run_finish(worker: An
     async with worker(30.0) as w:
         handle = await w.start("busy", wait=True)
         stopping = anyio.Event()
-        with capture_logs(processors=[_told("worker_stopping", stopping)]):
+        with _told("worker_stopping", stopping):
             with anyio.fail_after(10):
                 await w.gate.entered.wait()
             w.stop.set()
