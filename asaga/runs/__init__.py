@@ -9,10 +9,14 @@ strands a half-done saga.
         await recover(runs, sagas=[Checkout], resources={"payments": payments})
         await Checkout.undo(result.run_id, runs=runs, payments=payments)
         await runs.readmit(run_id)  # a run recovery quarantined (see runs.quarantined())
+        page = await runs.page(status="compensation_failed", saga="Checkout")  # a runs list
+        more = await runs.page(status="compensation_failed", saga="Checkout", cursor=page.cursor)
 
 ``MemoryRunStore`` is the embedded default (idempotency keys, undo and inspection within
 one process); ``RedisRunStore`` survives the process. See
-docs/durability.md.
+docs/durability.md. ``page``, ``find``, ``counts`` and ``note`` serve a runs dashboard:
+pages of runs by status (``in_doubt`` and ``quarantined`` too), saga and time, newest
+first, read from indexes the store keeps as it writes (see :class:`RunPage`).
 """
 
 from typing import TYPE_CHECKING, Any
