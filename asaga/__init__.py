@@ -55,6 +55,7 @@ from .events import CompensationSucceeded as CompensationSucceeded
 from .events import Event as Event
 from .events import EventKind as EventKind
 from .events import Hook as Hook
+from .events import OperatorAction as OperatorAction
 from .events import RunFailed as RunFailed
 from .events import RunParkedEvent as RunParkedEvent
 from .events import RunStarted as RunStarted
@@ -103,6 +104,7 @@ __all__ = [
     "MapResult",
     "NotParked",
     "NotRecordable",
+    "OperatorAction",
     "RecordTooLarge",
     "RecordedError",
     "Resource",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._events import OperatorAction
 from .._exceptions import CompensationFailed, RecordedError, SagaFailed, WaitInfo
 from ._record import Quarantined, RunRecord
 
@@ -87,6 +88,8 @@ def format_run(record: RunRecord) -> str:
             where = event.path or event.step or ""
             attempt = f" (attempt {event.attempt})" if event.attempt > 1 else ""
             error = f"  {event.error}" if event.error and event.kind != "run_failed" else ""
+            if isinstance(event, OperatorAction):  # not a step's: who did what, and how
+                where, error = event.action, f"  by {event.by or '?'}: {event.outcome}"
             lines.append(
                 f"  +{(event.timestamp - start) * 1000:8.1f} ms  {event.kind:<23} "
                 f"{where}{attempt}{error}".rstrip()

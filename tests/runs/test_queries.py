@@ -15,6 +15,7 @@ from asaga import Resource, RunNotFound, Saga, SagaFailed, step
 from asaga.events import OperatorAction, RunFailed
 from asaga.runs import MemoryRunStore, RedisRunStore, RunPage, RunRecord, RunStore
 from asaga.runs._record import FINISHED, PAGE_STATUSES, Claim, Write, encode_event, encode_record
+from asaga.runs._show import format_run
 
 pytestmark = pytest.mark.anyio
 
@@ -296,6 +297,9 @@ async def test_note_appends_an_operator_action(store: Store) -> None:
         await store.note("ghost", msgspec.structs.replace(action, run_id="ghost"))
     with pytest.raises(ValueError, match="about run 'n1', not 'n2'"):
         await store.note("n2", action)
+    shown = format_run(record)  # what `asaga runs show` prints: who did what, and how
+    assert "operator_action" in shown
+    assert "undo  by ada: undone" in shown
 
 
 # -- RedisRunStore: its listing indexes -------------------------------------------------
