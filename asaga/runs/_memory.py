@@ -39,6 +39,7 @@ from ._record import (
     decode_record,
     encode_event,
     leaves_doubt,
+    list_pages,
     page_query,
 )
 from ._settings import StoreSettings
@@ -183,18 +184,9 @@ class MemoryRunStore(StoreSettings):
     async def list(
         self, *, status: str | None = None, saga: str | None = None, limit: int = 50
     ) -> Sequence[RunRecord]:
-        """Recorded runs, newest first, filtered by status and saga name."""
-        await anyio.lowlevel.checkpoint()
-        self._expire(self._clock())
-        found = []
-        for run_id, run in sorted(self._runs.items(), key=lambda kv: -kv[1].created):
-            if run.quarantined is not None:
-                continue  # see quarantined()
-            if (status is None or run.status == status) and (saga is None or run.saga == saga):
-                found.append(self._decode(run_id, run, False))
-                if len(found) >= limit:
-                    break
-        return found
+        """Recorded runs, newest first, filtered by status and saga name (as
+        :meth:`page`, followed page by page up to ``limit`` runs)."""
+        return await list_pages(self, status=status, saga=saga, limit=limit)
 
     async def page(
         self,

@@ -411,6 +411,25 @@ def page_query(
     return msgspec.structs.replace(query, after=after)
 
 
+async def list_pages(
+    store: RunStore, *, status: str | None, saga: str | None, limit: int
+) -> list[RunRecord]:
+    """``RunStore.list``: ``store.page()``'s pages, followed until ``limit`` runs."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    found: list[RunRecord] = []
+    cursor: str | None = None
+    while len(found) < limit:
+        page = await store.page(
+            status=status, saga=saga, cursor=cursor, limit=min(limit - len(found), MAX_PAGE)
+        )
+        found += page.runs
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    return found
+
+
 def check_find(text: str, limit: int) -> None:
     """Check the arguments of :meth:`RunStore.find` (``ValueError`` saying what is wrong)."""
     if not isinstance(text, str) or not text or len(text) > MAX_FIND:
@@ -491,7 +510,8 @@ class RunStore(Protocol):
     async def list(
         self, *, status: str | None = None, saga: str | None = None, limit: int = 50
     ) -> Sequence[RunRecord]:
-        """Recorded runs, newest first, filtered by status and saga name."""
+        """Recorded runs, newest first, filtered by status and saga name (as
+        :meth:`page`, which it follows page by page up to ``limit`` runs)."""
         ...
 
     async def page(

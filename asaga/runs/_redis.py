@@ -134,6 +134,7 @@ from ._record import (
     decode_event,
     decode_record,
     encode_event,
+    list_pages,
     page_query,
 )
 from ._settings import StoreSettings
@@ -1342,43 +1343,9 @@ class RedisRunStore(StoreSettings):
     async def list(
         self, *, status: str | None = None, saga: str | None = None, limit: int = 50
     ) -> Sequence[RunRecord]:
-        """Recorded runs, newest first, filtered by status and saga name."""
-        found: list[RunRecord] = []
-        page = max(limit, 50)
-        index = self._merged("index", newest_first=True, page=page)
-        scanned = 0
-        while len(found) < limit and scanned < 100 * page:  # bounded scan of the index
-            with self._bounded("cannot list runs"):
-                ids = [run_id for run_id, _ in await index.take(page)]
-                if not ids:
-                    break
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for run_id in ids:
-                        pipe.hmget(
-                            self._run_key(run_id),
-                            "record",
-                            "status",
-                            "owner",
-                            "saga",
-                            "quarantined",
-                        )
-                    rows = await pipe.execute()
-            scanned += len(ids)
-            for run_id, (data, st, owner, name, aside) in zip(ids, rows, strict=True):
-                if data is None or aside is not None:
-                    continue  # expired, or quarantined (see quarantined())
-                if status is not None and _text(st) != status:
-                    continue
-                if saga is not None and _text(name) != saga:
-                    continue
-                try:
-                    found.append(self._assemble(run_id, data, st, owner, ()))
-                except CorruptRecord as exc:  # shown by `runs show`; recovery sets it aside
-                    _logger.warning("run_not_listed", run_id=run_id, error=str(exc))
-                    continue
-                if len(found) >= limit:
-                    break
-        return found
+        """Recorded runs, newest first, filtered by status and saga name (as
+        :meth:`page`, followed page by page up to ``limit`` runs)."""
+        return await list_pages(self, status=status, saga=saga, limit=limit)
 
     async def page(
         self,
