@@ -10,16 +10,39 @@ The only module of the dashboard that imports aiohttp (extra ``asaga[aiohttp]``)
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 from aiohttp import web
 
 from ._http import MAX_BODY, Handler, Request
 
-__all__ = ["AiohttpApp", "aiohttp_app"]
+__all__ = ["AiohttpApp", "aiohttp_app", "read_body"]
 
 AiohttpApp: TypeAlias = web.Application
 """What ``Dashboard.aiohttp()`` returns: an ``aiohttp.web.Application``."""
+
+
+class Body(Protocol):
+    """What :func:`read_body` reads: ``aiohttp.StreamReader`` (``request.content``)."""
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes, as soon as some have arrived; ``b""`` at the end."""
+        ...
+
+
+async def read_body(content: Body, length: int | None) -> bytes:
+    """The request's body, read until its end (it may arrive in many pieces, or chunked)
+    or until it is longer than ``MAX_BODY``: then ``MAX_BODY + 1`` bytes, which the
+    dashboard refuses with a 413 (a ``Content-Length`` over it is not read at all)."""
+    if length is not None and length > MAX_BODY:
+        return b"\0" * (MAX_BODY + 1)
+    body = bytearray()
+    while len(body) <= MAX_BODY:
+        piece = await content.read(MAX_BODY + 1 - len(body))
+        if not piece:
+            break
+        body += piece
+    return bytes(body)
 
 
 def aiohttp_app(dashboard: Handler) -> web.Application:
@@ -30,10 +53,7 @@ def aiohttp_app(dashboard: Handler) -> web.Application:
         path = "/" + tail
         full = incoming.path
         root = full[: len(full) - len(path)] if full.endswith(path) else ""
-        if incoming.content_length is not None and incoming.content_length > MAX_BODY:
-            body = b"x" * (MAX_BODY + 1)  # refused by the dashboard with a 413
-        else:
-            body = await incoming.content.read(MAX_BODY + 1)
+        body = await read_body(incoming.content, incoming.content_length)
         peer = incoming.remote
         request = Request(
             method=incoming.method,

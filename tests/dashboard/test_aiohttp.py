@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from asaga.dashboard import Dashboard, RequestInfo, Role
+from asaga.dashboard._aiohttp import read_body
+from asaga.dashboard._http import MAX_BODY
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
 
 from .client import AiohttpDashboard, act, csrf_of
@@ -104,3 +107,61 @@ async def test_csrf_and_authorization_through_aiohttp(runs: RunStore) -> None:
     assert foreign.status == 403
     assert wrong.status == 403
     assert (await runs.load(run)).status == "succeeded"
+
+
+class Pieces:
+    """A request body that arrives in the pieces given (a fake ``StreamReader``)."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = list(pieces)
+        self.asked: list[int] = []
+
+    async def read(self, n: int = -1) -> bytes:
+        self.asked.append(n)
+        return self.pieces.pop(0)[:n] if self.pieces else b""
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_to_its_end() -> None:
+    """The adapter reads a body until its end, however many pieces it comes in; past
+    MAX_BODY it stops (the dashboard answers 413), and a Content-Length over it is not
+    read at all."""
+    whole = await read_body(Pieces(b"csrf=abc&act", b"ion=undo&id=r-1"), None)
+    big = Pieces(*[b"x" * 1000] * 40)
+    too_big = await read_body(big, None)
+    declared = Pieces(b"never read")
+    over = await read_body(declared, MAX_BODY + 1)
+    assert whole == b"csrf=abc&action=undo&id=r-1"
+    assert len(too_big) == MAX_BODY + 1
+    assert len(big.pieces) == 40 - 17  # stopped reading after MAX_BODY + 1 bytes
+    assert len(over) == MAX_BODY + 1
+    assert declared.asked == []
+
+
+async def test_a_chunked_form_is_acted_on_and_a_long_one_refused(runs: RunStore) -> None:
+    """A form posted chunked, in two pieces, is read whole (the action is done); a 40 KB
+    chunked body is a 413, answered (not left hanging)."""
+    ids = await seed(runs)
+    run = ids["succeeded"]
+    async with mounted(Dashboard(runs, sagas=SAGAS, authorize=role_from_header)) as dash:
+        token = csrf_of((await dash.get("/confirm", action="undo", id=run)).text)
+        form = f"csrf={token}&action=undo&id={run}".encode()
+        origin = f"http://{dash.client.server.host}:{dash.client.server.port}"
+        headers = {"origin": origin, "content-type": "application/x-www-form-urlencoded"}
+
+        async def two_pieces() -> AsyncIterator[bytes]:
+            yield form[:20]
+            yield form[20:]
+
+        async def long_body() -> AsyncIterator[bytes]:
+            for _ in range(40):
+                yield b"x" * 1024
+
+        with anyio.fail_after(10):
+            async with dash.client.post("/ops/act", data=two_pieces(), headers=headers) as r:
+                done = (r.status, await r.text())
+            async with dash.client.post("/ops/act", data=long_body(), headers=headers) as r:
+                long = (r.status, await r.text())
+    assert done[0] == 200, done[1]
+    assert (await runs.load(run)).status == "undone"
+    assert long[0] == 413
+    assert "too large" in long[1]
