@@ -32,6 +32,7 @@ import inspect
 import re
 import secrets
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlencode, urlsplit
@@ -252,8 +253,15 @@ class Dashboard:
             response = self._error(
                 request, session, 503, f"the run store did not answer: {type(exc).__name__}"
             )
-        except Exception:
-            _logger.exception("dashboard_error", path=request.path)
+        except Exception as exc:  # noqa: BLE001 - a 500 page; logged without the request
+            # Neither the request's headers (cookies, tokens) nor a traceback's locals are
+            # logged: the error, and where it happened.
+            _logger.error(
+                "dashboard_error",
+                path=request.path[:200],
+                error=repr(exc)[:500],
+                traceback="".join(traceback.format_tb(exc.__traceback__)),
+            )
             response = self._error(request, session, 500, "the dashboard failed: see its log")
         if new_session is not None and response.content_type.startswith("text/html"):
             response.headers.append(("Set-Cookie", _cookie(request, _SESSION_COOKIE, new_session)))

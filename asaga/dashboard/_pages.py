@@ -18,7 +18,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         "asaga.dashboard needs Jinja2 and Starlette: pip install 'asaga[dashboard]'"
     ) from exc
 
-__all__ = ["render", "static_file"]
+__all__ = ["STATIC_NAMES", "render", "static_file"]
 
 _STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -45,19 +45,30 @@ def render(template: str, **context: Any) -> bytes:
     return _environment().get_template(template).render(**context).encode()
 
 
+STATIC_NAMES = (
+    "dashboard.css",
+    "favicon.svg",
+    "list.js",
+    "mermaid.LICENSE",
+    "mermaid.min.js",
+    "run.js",
+)
+"""The static files served (at ``/static/NAME``): no other name touches the filesystem."""
+
+
 @cache
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """Every file of :data:`STATIC_NAMES`, read once, with its media type."""
+    files: dict[str, tuple[bytes, str]] = {}
+    folder = resources.files("asaga.dashboard").joinpath("static")
+    for name in STATIC_NAMES:
+        suffix = name[name.rfind(".") :]
+        media = _STATIC_TYPES.get(suffix, _STATIC_TYPES[".txt"])
+        files[name] = (folder.joinpath(name).read_bytes(), media)
+    return files
+
+
 def static_file(name: str) -> tuple[bytes, str] | None:
-    """A static file's content and media type; ``None`` if there is no such file (only
-    plain names: no directories, nothing outside the folder)."""
-    if "/" in name or "\\" in name or name.startswith("."):
-        return None
-    suffix = name[name.rfind(".") :] if "." in name else ""
-    media = _STATIC_TYPES.get(suffix)
-    if media is None and name.endswith("LICENSE"):
-        media = _STATIC_TYPES[".txt"]
-    if media is None:
-        return None
-    path = resources.files("asaga.dashboard").joinpath("static", name)
-    if not path.is_file():
-        return None
-    return path.read_bytes(), media
+    """A static file's content and media type; ``None`` unless ``name`` is one of
+    :data:`STATIC_NAMES` (a dictionary look-up: nothing is cached per name asked)."""
+    return _static_files().get(name)

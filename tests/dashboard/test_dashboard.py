@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
+from structlog.testing import capture_logs
 
 from asaga.dashboard import Dashboard, RequestInfo, Role, TokenAuth
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
@@ -479,3 +480,46 @@ async def test_token_auth_login_cookie_and_bearer(stores: Stores) -> None:
     assert closed.status == 403
     assert 'name="token"' in closed.text  # the login form
     assert reader.status == 200
+
+
+async def test_only_the_listed_static_files_are_served(stores: Stores) -> None:
+    """/static/ serves a fixed list of names read once: a name over 255 bytes, or one
+    not on the list, is a 404 (never a 500), and nothing is kept per name asked."""
+    from asaga.dashboard._pages import STATIC_NAMES, _static_files
+
+    async with stores() as runs, mounted(dashboard_of(runs)) as dash:
+        long = await dash.get("/static/" + "a" * 300 + ".js")
+        unlisted = await dash.get("/static/__init__.py")
+        listed = [await dash.get(f"/static/{name}") for name in STATIC_NAMES]
+        for n in range(50):
+            assert (await dash.get(f"/static/miss-{n}.js")).status == 404
+    assert long.status == 404
+    assert unlisted.status == 404
+    assert [r.status for r in listed] == [200] * len(STATIC_NAMES)
+    assert sorted(_static_files()) == sorted(STATIC_NAMES)
+
+
+async def test_a_failure_is_logged_without_the_request_headers() -> None:
+    """A 500 page says to see the log; the log has the error and its traceback, never
+    the request's cookies or Authorization header."""
+
+    class Broken(MemoryRunStore):
+        async def load(self, run_id: str, *, events: bool = False) -> Any:
+            raise RuntimeError("the disk is on fire")
+
+    dashboard = Dashboard(Broken(), sagas=SAGAS, authorize=operator)
+    secret_cookie = "asaga_dashboard_token=cookie-secret-123"
+    with capture_logs() as logs:
+        async with mounted(
+            dashboard, cookie=secret_cookie, authorization="Bearer bearer-secret-456"
+        ) as dash:
+            failed = await dash.get("/run", id="r-1")
+    assert failed.status == 500
+    assert "see its log" in failed.text
+    (entry,) = [e for e in logs if e["event"] == "dashboard_error"]
+    assert "the disk is on fire" in entry["error"]
+    assert "Broken" not in failed.text and "fire" not in failed.text
+    text = repr(logs)
+    assert "cookie-secret-123" not in text
+    assert "bearer-secret-456" not in text
+    assert "exc_info" not in entry
