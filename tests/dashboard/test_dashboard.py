@@ -4,14 +4,17 @@ redaction and bad input. Each test runs on the in-memory store and on a real Red
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 import httpx
+import markupsafe
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -354,23 +357,22 @@ async def test_redaction_hides_personal_data(stores: Stores) -> None:
 
 
 async def test_bad_input_is_a_400_that_says_why(stores: Stores) -> None:
-    """A run id with bad characters or too long, an unknown status or action, a malformed
-    time or cursor: 400 pages naming the field; an unknown run: 404."""
+    """A run id empty or too long, an unknown status or action, a malformed time or
+    cursor: 400 pages naming the field; an unknown run: 404 (its id escaped)."""
     async with stores() as runs:
         ids = await seed(runs)
         async with mounted(dashboard_of(runs)) as dash:
-            bad_id = await dash.get("/run", id="<script>")
-            long_id = await dash.get("/run", id="x" * 300)
+            long_id = await dash.get("/run", id="x" * 5000)
             status = await dash.get("/", status="bogus")
             since = await dash.get("/", since="yesterday")
             cursor = await dash.get("/", cursor="not a cursor")
             action = await dash.get("/confirm", action="drop", id="abc")
             unknown = await dash.get("/run", id="no-such-run")
+            script = await dash.get("/run", id="<script>")
             confirm = await dash.get("/confirm", action="undo", id=ids["succeeded"])
             token = csrf_of(confirm.text)
-            posted = await dash.post("/act", {"csrf": token, "action": "undo", "id": "a b"})
+            posted = await dash.post("/act", {"csrf": token, "action": "undo", "id": ""})
     for reply, field in (
-        (bad_id, "id:"),
         (long_id, "id:"),
         (status, "status:"),
         (since, "since:"),
@@ -381,9 +383,40 @@ async def test_bad_input_is_a_400_that_says_why(stores: Stores) -> None:
         assert reply.status == 400, (field, reply.status)
         assert field in reply.text
         assert "Traceback" not in reply.text
-    assert "&lt;script&gt;" not in bad_id.text  # the value is not echoed
     assert unknown.status == 404
     assert "no run no-such-run" in unknown.text
+    assert script.status == 404
+    assert "no run &lt;script&gt;" in script.text
+    assert "<script>" not in script.text
+
+
+async def test_any_run_id_the_store_accepts_is_listed_opened_and_acted_on(
+    stores: Stores,
+) -> None:
+    """Run ids with a space, quotes, angle brackets, a backslash and non-ASCII letters
+    (all accepted by Saga.run) are listed, their pages open through URL-encoded links,
+    they are acted on, and every page escapes them."""
+    odd = ["order 42", "<script>alert('x') \\ `é` \"q\" ünï"]
+    async with stores() as runs:
+        for run_id in odd:
+            await Shop.run(order_id=run_id, email="e@example.com", runs=runs, run_id=run_id)
+        async with mounted(dashboard_of(runs)) as dash:
+            listed = await dash.get("/")
+            polled = await dash.get("/runs.json")
+            found = await dash.get("/", q=odd[1])
+            pages = [await dash.get("/run", id=run_id) for run_id in odd]
+            undone = [await act(dash, "undo", run_id) for run_id in odd]
+        statuses = [(await runs.load(run_id)).status for run_id in odd]
+    links = [unquote_plus(link) for link in run_links(listed.text)]
+    assert [html.unescape(link) for link in links] == odd[::-1]
+    assert {r["id"] for r in json.loads(polled.text)["runs"]} == set(odd)
+    assert [html.unescape(unquote_plus(x)) for x in run_links(found.text)] == [odd[1]]
+    for reply in (listed, found, *pages, *undone):
+        assert "<script>alert" not in reply.text
+    assert [p.status for p in pages] == [200, 200]
+    assert str(markupsafe.escape(odd[1])) in pages[1].text
+    assert [u.status for u in undone] == [200, 200], undone[1].text
+    assert statuses == ["undone", "undone"]
 
 
 async def test_recover_one_abandoned_run_and_readmit_a_quarantined_one(
