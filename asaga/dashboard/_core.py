@@ -44,7 +44,7 @@ import structlog
 from .._exceptions import AsagaError, RunNotFound
 from .._saga import Saga
 from ..events import OperatorAction
-from ..runs import RunRecord, RunStatus, RunStore
+from ..runs import RunRecord, RunStatus, RunStore, recover_run
 from ._http import MAX_BODY, Request, RequestInfo, Response
 from ._pages import render, static_file
 from ._views import Redact, describe_wait, graph, run_view, step_state, waits_cell, when
@@ -488,37 +488,25 @@ class Dashboard:
             return True, f"{undone.status}{already}"
         if action == "resume":
             delivery = await saga.resume(run_id, runs=self.runs, **resources)
-            return True, _delivered(delivery)
+            halted = any(w.kind == "halt" for w in delivery.waits)
+            ok = delivery.status in ("succeeded", "delivered") or (
+                delivery.status == "waiting" and not halted
+            )
+            return ok, _delivered(delivery)
         if action == "cancel":
             delivery = await saga.cancel(run_id, runs=self.runs, **resources)
-            return True, _delivered(delivery)
+            return delivery.status == "cancelled", _delivered(delivery)
         return await self._recover(saga, record, resources)
 
     async def _recover(
         self, saga: type[Saga], record: RunRecord, resources: Mapping[str, Any]
     ) -> tuple[bool, str]:
-        """Recover this one run, if its owner is dead (as a recovery sweep would)."""
-        from ..runs._children import Children
-        from ..runs._parking import settle_recovered
-        from ..runs._recovery import _recover_taken
-
-        spec = saga.__asaga__
-        assert spec is not None  # a configured saga has its spec
-        owners = dict(await self.runs.abandoned({spec.plan.saga: spec.saga_version}, limit=10_000))
-        owner = owners.get(record.run_id)
-        if owner is None:
-            return False, (
-                f"run {record.run_id} is not abandoned: its owner is alive (or it is of "
-                "another saga_version, or it finished); nothing was done"
-            )
-        specs = {spec.plan.saga: spec}
-        done = await _recover_taken(
-            self.runs, record.run_id, owner, specs, resources, ((), ()), Children
-        )
-        if done is None:
-            return False, "taken over by another process meanwhile"
-        (done,) = await settle_recovered(self.runs, specs, [done], resources, ((), ()), Children)
-        return done.outcome != "error", done.outcome + (f": {done.error}" if done.error else "")
+        """Recover this one run, if its owner is dead (:func:`asaga.runs.recover_run`)."""
+        done = await recover_run(self.runs, record.run_id, sagas=[saga], resources=resources)
+        if done.outcome == "refused":
+            return False, f"{done.error}; nothing was done"
+        ok = done.outcome in ("succeeded", "waiting", "undone")
+        return ok, done.outcome + (f": {done.error}" if done.error else "")
 
     def _resources_of(self, saga: type[Saga]) -> dict[str, Any] | str:
         """The resources ``saga`` declares, or why they cannot be given."""

@@ -7,6 +7,7 @@ strands a half-done saga.
         result = await Checkout.run(order_id="o-1", runs=runs, idempotency_key="o-1")
         ...
         await recover(runs, sagas=[Checkout], resources={"payments": payments})
+        await recover_run(runs, run_id, sagas=[Checkout], resources={"payments": payments})
         await Checkout.undo(result.run_id, runs=runs, payments=payments)
         await runs.readmit(run_id)  # a run recovery quarantined (see runs.quarantined())
         page = await runs.page(status="compensation_failed", saga="Checkout")  # a runs list
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._public import claim as _claim
 from ._durable import recover as recover
+from ._durable import recover_run as recover_run
 from ._memory import MemoryRunStore as MemoryRunStore
 from ._parking import Delivery as Delivery
 from ._record import Quarantined as Quarantined
@@ -50,6 +52,7 @@ __all__ = [
     "StepRecord",
     "UndoResult",
     "recover",
+    "recover_run",
 ]
 
 # Tracebacks and reprs say `asaga.runs.RunRecord`, not `asaga._record.RunRecord`.

@@ -1,6 +1,6 @@
 """Durable runs: start one write-ahead (or replay the outcome of the run that holds its
 idempotency key), and the durable runs a saga is given (``Saga.run`` with a store,
-``Saga.undo``, ``recover``)."""
+``Saga.undo``, ``recover``, ``recover_run``)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from ._parking import deliver as deliver_event
 from ._record import RunStore
 from ._recovery import Recovered, SagaClass
 from ._recovery import recover as sweep
+from ._recovery import recover_run as recover_one_run
 from ._replay import replayed
 from ._undo import UndoResult
 from ._undo import undo_run as _undo_run
@@ -198,6 +199,40 @@ async def recover(
     # Parked runs whose time came: due timers, events past their deadline.
     report += await wake_due(runs, specs, given, extra, Children, limit=limit)
     return report
+
+
+async def recover_run(
+    runs: RunStore,
+    run_id: str,
+    *,
+    sagas: Sequence[SagaClass],
+    resources: Mapping[str, Any] | None = None,
+    hooks: Sequence[Any] = (),
+) -> Recovered:
+    """Recover the one run ``run_id`` if its process died, as :func:`recover` would, without
+    looking for others: an operator's "recover this run".
+
+    The run is read from the store (:class:`~asaga.RunNotFound` if it has no record) and
+    taken over from its owner only if that owner's lease has expired (exactly one
+    recoverer wins), then driven to its end from its record: resumed, or compensated.
+    Its saga (and the ``saga_version`` it was recorded with) must be among ``sagas``, with
+    the ``resources`` it needs. A run that is not abandoned is not touched: the outcome
+    is ``refused`` and ``error`` says why (its owner is alive, it finished, it is parked,
+    quarantined, a child run, of a saga or version not given). Otherwise the outcome is
+    one of :func:`recover`'s.
+    """
+    specs = {s.__asaga__.plan.saga: s.__asaga__ for s in sagas if s.__asaga__ is not None}
+    if any(spec.queues for spec in specs.values()):
+        hooks = (*hooks, note_attempt)
+    done = await recover_one_run(
+        runs, run_id, sagas=sagas, resources=resources, hooks=hooks, kin=Children
+    )
+    if done.outcome == "refused":
+        return done
+    extra = split_hooks(hooks) if hooks else ((), ())
+    # A run that went on until it parked: its events are bound to it.
+    (done,) = await settle_recovered(runs, specs, [done], dict(resources or {}), extra, Children)
+    return done
 
 
 async def undo_run(

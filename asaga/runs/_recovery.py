@@ -70,7 +70,9 @@ class Recovered(msgspec.Struct, frozen=True, kw_only=True):
     for an event, a timer or a resume), ``failed`` (compensated), ``cancelled``,
     ``compensation_failed`` / ``undo_failed`` (some compensation failed: needs a human),
     ``undone`` (an interrupted undo finished), ``quarantined`` (its record cannot be
-    driven: set aside, ``error`` says why), or ``error`` (see ``error``)."""
+    driven: set aside, ``error`` says why), ``error`` (see ``error``), or, from
+    :func:`~asaga.runs.recover_run` only, ``refused`` (the run was not taken: its owner is
+    alive, it finished, it is parked..., ``error`` says why; nothing changed)."""
     resumed: tuple[str, ...] = ()
     """Steps that ran (again) forward."""
     compensated: tuple[str, ...] = ()
@@ -156,6 +158,67 @@ async def recover(
         if not aside or taken >= limit:
             break
     return report
+
+
+async def recover_run(
+    runs: RunStore,
+    run_id: str,
+    *,
+    sagas: Sequence[SagaClass],
+    resources: Mapping[str, Any] | None = None,
+    hooks: Sequence[Any] = (),
+    kin: ChildRunsFor,
+) -> Recovered:
+    """Recover the one run ``run_id`` if its owner died (see :func:`asaga.runs.recover_run`):
+    its record is read, then it is taken over from its owner, which succeeds only if that
+    owner's lease has expired (the store's ``claim`` checks it, as :meth:`RunStore.abandoned`
+    would, in one step), and driven to its end as a sweep would. A run that cannot be
+    taken is reported with outcome ``refused`` and ``error`` saying why; nothing changed."""
+    given = dict(resources or {})
+    specs = _specs_of(sagas, given)
+    extra = split_hooks(hooks) if hooks else ((), ())
+    record = await runs.load(run_id)  # RunNotFound: no such run
+
+    def refused(why: str) -> Recovered:
+        return Recovered(run_id=run_id, saga=record.saga, outcome="refused", error=why)
+
+    spec = specs.get(record.saga)
+    owner = record.owner
+    if "/" in run_id:
+        return refused(
+            f"run {run_id} is the child run of a composed or mapped step: recover its "
+            f"parent run ({record.parent or run_id.split('/', 1)[0]}), which drives it"
+        )
+    if record.finished:
+        return refused(f"run {run_id} finished ({record.status}): there is nothing to recover")
+    if record.status == "waiting":
+        return refused(
+            f"run {run_id} is parked (waiting): it goes on when its event, timer or resume "
+            "comes (resume(), cancel(), deliver(), or recover() once it is due)"
+        )
+    if spec is None:
+        return refused(
+            f"run {run_id} is a run of saga {record.saga}, which was not given (sagas=...)"
+        )
+    if spec.saga_version != record.saga_version:
+        return refused(
+            f"run {run_id} was recorded by saga_version {record.saga_version!r} of "
+            f"{record.saga}, not {spec.saga_version!r}: recover it where that version runs"
+        )
+    if owner == "quarantine":
+        return refused(
+            f"run {run_id} was quarantined by recovery (or readmitted since, and waiting for "
+            "the next recover() sweep): readmit it with runs.readmit(), then call recover()"
+        )
+    if owner is None or owner == runs.owner:
+        return refused(f"run {run_id} is being run by this process: it is not abandoned")
+    done = await _recover_taken(runs, run_id, owner, specs, given, extra, kin)
+    if done is None:
+        return refused(
+            f"run {run_id} is not abandoned: its owner's lease has not expired (its process "
+            "is alive), or another process took it over or finished it meanwhile"
+        )
+    return done
 
 
 def _specs_of(sagas: Sequence[SagaClass], resources: Mapping[str, Any]) -> dict[str, SagaSpec]:

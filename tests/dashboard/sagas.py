@@ -97,6 +97,22 @@ class Flaky(Saga):
         raise ConnectionError("the payment provider timed out")
 
 
+class Doomed(Saga):
+    """Halts at check until its order is in APPROVED; then book fails (the run fails)."""
+
+    order_id: str
+
+    @step
+    async def check(order_id: str) -> str:
+        if order_id not in APPROVED:
+            raise Halt("needs a manager's approval")
+        return "approved"
+
+    @step
+    async def book(check: str) -> str:
+        raise ConnectionError("the booking service is down")
+
+
 class Bundle(Saga):
     """Composes a Shop run: its child is linked from its page, and back."""
 
@@ -111,7 +127,7 @@ class Mine(Saga):
         return run_id
 
 
-SAGAS = [Shop, Approval, Paid, Flaky, Bundle, Mine]
+SAGAS = [Shop, Approval, Paid, Flaky, Doomed, Bundle, Mine]
 
 
 async def parked(saga: type[Saga], runs: RunStore, **inputs: str) -> str:

@@ -24,7 +24,7 @@ from asaga.dashboard import Dashboard, RequestInfo, Role, TokenAuth
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
 
 from .client import ORIGIN, HttpxDashboard, act, csrf_of
-from .sagas import APPROVED, SAGAS, UNDONE, Bundle, Shop, abandon, seed
+from .sagas import APPROVED, SAGAS, UNDONE, Approval, Bundle, Doomed, Shop, abandon, parked, seed
 
 pytestmark = pytest.mark.anyio
 
@@ -246,6 +246,48 @@ async def test_resume_a_halted_run(stores: Stores) -> None:
     assert record.status == "succeeded"
 
 
+async def test_a_resume_whose_run_fails_or_halts_again_is_not_shown_as_done(
+    stores: Stores,
+) -> None:
+    """Resume reports where the run stands: a run that failed after the resume, or that
+    halted again, is "Not done" (409) with its status, not a success."""
+    async with stores() as runs:
+        doomed = await parked(Doomed, runs, order_id="o-9")
+        halted = await parked(Approval, runs, order_id="o-8")
+        APPROVED.add("o-9")
+        try:
+            async with mounted(dashboard_of(runs)) as dash:
+                failed = await act(dash, "resume", doomed)
+                again = await act(dash, "resume", halted)
+        finally:
+            APPROVED.discard("o-9")
+        statuses = [(await runs.load(r)).status for r in (doomed, halted)]
+    assert failed.status == 409, failed.text
+    assert "Not done: failed" in failed.text
+    assert "Done:" not in failed.text
+    assert again.status == 409, again.text
+    assert "Not done: waiting (waiting for halted: needs a manager" in again.text
+    assert statuses == ["failed", "waiting"]
+
+
+async def test_recovering_a_run_whose_owner_is_alive_is_refused(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Recover on a run whose process is alive (its owner's lease held) is refused with
+    the reason, and the run is left to its owner."""
+    async with (
+        RedisRunStore.from_url(redis_url, prefix=redis_prefix) as live,
+        RedisRunStore.from_url(redis_url, prefix=redis_prefix) as runs,
+    ):
+        await abandon(live, "busy-1")
+        async with mounted(dashboard_of(runs)) as dash:
+            refused = await act(dash, "recover", "busy-1")
+        record = await runs.load("busy-1")
+    assert refused.status == 409
+    assert "is not abandoned" in refused.text
+    assert (record.status, record.owner) == ("running", live.owner)
+
+
 async def test_cancel_a_waiting_run_and_an_action_that_fails_is_shown(stores: Stores) -> None:
     """Cancel compensates a parked run (status cancelled); cancelling it again fails, and
     the failure is shown on the page (409), not as a server error."""
@@ -448,7 +490,7 @@ async def test_recover_one_abandoned_run_and_readmit_a_quarantined_one(
     assert "Done: succeeded" in recovered.text
     assert lost.status == "succeeded"
     assert again.status == 409
-    assert "not abandoned" in again.text
+    assert "finished (succeeded): there is nothing to recover" in again.text
     assert readmitted.status == 200
     assert "readmitted" in readmitted.text
     noted = [(e.action, e.outcome[:9]) for e in lost.events if e.kind == "operator_action"]  # type: ignore[attr-defined]
