@@ -372,6 +372,8 @@ class MemoryRunStore(StoreSettings):
         run = self._runs.get(write.run_id)
         if run is None or run.status != "waiting" or run.seq != seen:
             return False
+        if run.quarantined is not None:  # set aside: readmit it first
+            return False
         run.owner = self._owner
         run.seq = write.seq
         run.record = write.record

@@ -277,6 +277,22 @@ local function relist(base, run_id, run, new, now)
   redis.call('zadd', base .. 'runs:by-status:' .. new, run.created, run_id)
   redis.call('zadd', base .. 'runs:by-saga-status:' .. new .. ':' .. saga, run.created, run_id)
 end
+-- the statuses of unfinished runs: their listings hold only unfinished runs (a run leaves
+-- one when its status changes), so they are bounded like the running set and never trimmed
+-- by creation time; a run may wait or run longer than the retention
+local UNFINISHED = {running = 1, compensating = 1, undoing = 1, waiting = 1}
+-- trim a listing of every status (the index, a saga's) to the retention by creation time,
+-- then list again the unfinished runs recorded before the cutoff (from the listings of
+-- their status, <base>runs:by-status:<status><suffix>; at most 1,000 per status and trim)
+local function trim_keeping_unfinished(base, name, suffix, cutoff)
+  if redis.call('zremrangebyscore', base .. name, '-inf', cutoff) == 0 then return end
+  for status in pairs(UNFINISHED) do
+    local prefix = suffix == '' and 'runs:by-status:' or 'runs:by-saga-status:'
+    local old = redis.call('zrangebyscore', base .. prefix .. status .. suffix, '-inf', cutoff,
+                           'WITHSCORES', 'LIMIT', 0, 1000)
+    for j = 1, #old, 2 do redis.call('zadd', base .. name, old[j + 1], old[j]) end
+  end
+end
 -- a final write: the listings the run ends in (its status's, its saga's, in_doubt's if its
 -- end left a step in doubt) are trimmed to the retention, like the index (a run recorded
 -- longer ago than that leaves them); one final write in 16 (by its creation time's
@@ -294,9 +310,11 @@ local function finish_listing(base, run_id, run, status, cutoff, doubt)
   end
   if math.floor(created * 1e6) % 16 == 0 then
     names = {'in_doubt'}
-    for name in pairs(STATUSES) do table.insert(names, name) end
+    for name in pairs(STATUSES) do
+      if not UNFINISHED[name] then table.insert(names, name) end
+    end
   end
-  redis.call('zremrangebyscore', base .. 'runs:by-saga:' .. saga, '-inf', cutoff)
+  trim_keeping_unfinished(base, 'runs:by-saga:' .. saga, ':' .. saga, cutoff)
   for _, name in ipairs(names) do
     redis.call('zremrangebyscore', base .. 'runs:by-status:' .. name, '-inf', cutoff)
     redis.call('zremrangebyscore', base .. 'runs:by-saga-status:' .. name .. ':' .. saga,
@@ -441,7 +459,7 @@ if final then
   redis.call('zrem', KEYS[3], ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[6])
   redis.call('pexpire', KEYS[2], ARGV[6])
-  redis.call('zremrangebyscore', KEYS[4], '-inf', ARGV[7])
+  trim_keeping_unfinished(base, 'runs:index', '', ARGV[7])
   redis.call('zremrangebyscore', base .. 'runs:sagas', '-inf', ARGV[7])
   if redis.call('exists', KEYS[5]) == 1 then redis.call('publish', ARGV[8], ARGV[3]) end
 else
@@ -471,6 +489,7 @@ if #KEYS[1] <= #base + 4 or string.sub(KEYS[1], 1, #base + 4) ~= base .. 'run:' 
   refuse('keys', KEYS[1], 'not a run key beside ' .. KEYS[2])
 end
 if redis.call('hget', KEYS[1], 'owner') ~= ARGV[1] then return false end
+if redis.call('hexists', KEYS[1], 'quarantined') == 1 then return false end  -- set aside
 local status = redis.call('hget', KEYS[1], 'status')
 if status ~= 'running' and status ~= 'compensating' and status ~= 'undoing' then
   return false
@@ -633,6 +652,7 @@ local now = time_arg(7, 'now')
 events_from(8)
 local base = run_keys(run_id, {'events', 'runs:running', 'runs:parked'})
 if redis.call('hget', KEYS[1], 'status') ~= 'waiting' then return 0 end
+if redis.call('hexists', KEYS[1], 'quarantined') == 1 then return 0 end  -- set aside
 if tonumber(redis.call('hget', KEYS[1], 'seq') or '0') ~= seen then return 0 end
 local run = listing_of(KEYS[1])
 redis.call('hset', KEYS[1], 'record', ARGV[4], 'status', ARGV[5], 'owner', ARGV[3],

@@ -388,6 +388,54 @@ async def test_expired_records_leave_the_listings(redis_store: RedisRunStore) ->
     assert (await s.counts(saga="S"))["failed"] == 1
 
 
+@pytest.mark.parametrize("redis_store", [2.0], indirect=True)
+async def test_runs_older_than_the_retention_stay_listed_while_unfinished(
+    redis_store: RedisRunStore,
+) -> None:
+    """A run that waits (or runs) longer than the retention is still listed, under its
+    status, its saga and unfiltered: the trims by creation time (each final write's, and
+    the sweep of every listing one final write in 16 makes) keep unfinished runs."""
+    s = redis_store
+    await add(s, "long-wait", "running", saga="S")
+    parked = Write(
+        run_id="long-wait", record=_record("long-wait", "S", "waiting"), status="waiting", seq=2
+    )
+    await s.park(parked, time.time() + 3600)
+    await add(s, "long-run", "running", saga="S")
+    # The retention (2 s) must pass: not an ordering of tasks, the clock the trim reads.
+    await anyio.sleep(s.retention + 0.05)
+    for i in range(64):  # 64 final writes: the sweep runs unless 1 in 60 odds say no
+        await add(s, f"done-{i}", "succeeded", saga="S")
+    assert ids(await s.page(status="waiting")) == ["long-wait"]
+    assert ids(await s.page(status="running")) == ["long-run"]
+    assert {"long-wait", "long-run"} <= set(ids(await s.page(limit=500)))
+    assert {"long-wait", "long-run"} <= set(ids(await s.page(saga="S", limit=500)))
+    counts = await s.counts(saga="S")
+    assert (counts["waiting"], counts["running"]) == (1, 1)
+
+
+async def test_a_quarantined_run_is_neither_claimed_nor_taken(store: RunStore) -> None:
+    """A run recovery set aside stays aside until readmitted: a claim (a parent's recovery
+    taking its child over) and a take of a parked run both refuse it, so its listings do
+    not drift."""
+    await add(store, "aside", "running", saga="Child")
+    assert await store.quarantine("aside", "does not decode here") is not None
+    assert await store.claim("aside", "quarantine") is None
+    await add(store, "parked-aside", "waiting", saga="Child")
+    record = await store.load("parked-aside")
+    assert await store.quarantine("parked-aside", "does not decode here", parked=True)
+    again = Write(
+        run_id="parked-aside",
+        record=_record("parked-aside", "Child", "running"),
+        status="running",
+        seq=record.seq + 1,
+    )
+    assert not await store.take_parked(again, record.seq)
+    assert sorted(ids(await store.page(status="quarantined"))) == ["aside", "parked-aside"]
+    counts = await store.counts(saga="Child")
+    assert {k: v for k, v in counts.items() if v} == {"quarantined": 2}
+
+
 async def test_records_of_older_code_are_listed(redis_store: RedisRunStore) -> None:
     """A run recorded before the listing indexes (in the index only) is on the unfiltered
     page; it joins the status and saga listings with its next write."""
