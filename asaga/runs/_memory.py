@@ -35,6 +35,7 @@ from ._record import (
     Write,
     check_find,
     check_note,
+    check_saga,
     decode_event,
     decode_record,
     encode_event,
@@ -257,6 +258,7 @@ class MemoryRunStore(StoreSettings):
 
     async def counts(self, *, saga: str | None = None) -> Mapping[str, int]:
         """Runs per status (see :meth:`RunStore.counts`)."""
+        check_saga(saga, "counts")
         await anyio.lowlevel.checkpoint()
         now = self._clock()
         counts = dict.fromkeys(sorted(PAGE_STATUSES), 0)

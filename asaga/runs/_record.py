@@ -357,6 +357,12 @@ def _time(value: float | None, name: str) -> float | None:
     return float(value)
 
 
+def check_saga(saga: str | None, method: str) -> None:
+    """``ValueError`` unless ``saga`` is ``None`` or a saga's name (``method`` says whose)."""
+    if saga is not None and (not isinstance(saga, str) or not 0 < len(saga) <= MAX_FIND):
+        raise ValueError(f"{method}(): saga must be a saga's name, got {saga!r}")
+
+
 def page_query(
     *,
     status: str | None,
@@ -372,8 +378,7 @@ def page_query(
         raise ValueError(
             f"page(): unknown status {status!r}; use one of {', '.join(sorted(PAGE_STATUSES))}"
         )
-    if saga is not None and (not isinstance(saga, str) or not 0 < len(saga) <= MAX_FIND):
-        raise ValueError(f"page(): saga must be a saga's name, got {saga!r}")
+    check_saga(saga, "page")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"page(): limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
     query = PageQuery(

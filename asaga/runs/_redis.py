@@ -131,6 +131,7 @@ from ._record import (
     check_find,
     check_identity,
     check_note,
+    check_saga,
     decode_event,
     decode_record,
     encode_event,
@@ -1515,7 +1516,7 @@ class RedisRunStore(StoreSettings):
         with self._bounded("cannot search runs"):
             async with self.client.pipeline(transaction=False) as pipe:
                 for shard in range(self._shards):
-                    pipe.zrange(self._sagas(shard), 0, _MAX_SAGAS - 1)
+                    pipe.zrange(self._sagas(shard), 0, _MAX_SAGAS - 1, desc=True)
                 sagas = sorted({_text(n) or "" for names in await pipe.execute() for n in names})
             async with self.client.pipeline(transaction=False) as pipe:
                 for saga in sagas:
@@ -1544,6 +1545,7 @@ class RedisRunStore(StoreSettings):
         write), and, until a page meets them, entries of unfinished runs whose record
         expired (a parked run past its deadline and retention, a quarantined one past
         retention)."""
+        check_saga(saga, "counts")
         names = sorted(PAGE_STATUSES)
         with self._bounded("cannot count runs"):
             async with self.client.pipeline(transaction=False) as pipe:

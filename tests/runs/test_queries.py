@@ -245,6 +245,11 @@ async def test_bad_arguments_are_refused(store: Store) -> None:
     for bad in (float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match="since must be a time"):
             await store.page(since=bad)  # type: ignore[arg-type]
+    for saga in ("", "x" * 1025, 3):
+        with pytest.raises(ValueError, match=r"counts\(\): saga must be a saga's name"):
+            await store.counts(saga=saga)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"page\(\): saga must be a saga's name"):
+            await store.page(saga=saga)  # type: ignore[arg-type]
     for text in ("", "x" * 1025):
         with pytest.raises(ValueError, match="find\\(\\): text must be"):
             await store.find(text)
