@@ -257,6 +257,9 @@ async def _recover_taken(
     of it (``None``: another recoverer took it, or it finished meanwhile). Taken only
     now, when it is driven: if the sweep is cancelled, the runs it has not reached stay
     for the next sweep (here or in another process)."""
+    refused = await _withdraw_before_claim(runs, run_id, specs)
+    if refused is not None:
+        return refused
     try:
         record = await runs.claim(run_id, owner)
     except CorruptRecord as exc:  # taken, but its record cannot be read
@@ -277,6 +280,36 @@ async def _recover_taken(
         done = Recovered(run_id=record.run_id, saga=record.saga, outcome="error", error=repr(exc))
     _logger.info("run_recovered", saga=done.saga, run_id=done.run_id, outcome=done.outcome)
     return done
+
+
+async def _withdraw_before_claim(
+    runs: RunStore, run_id: str, specs: Mapping[str, SagaSpec]
+) -> Recovered | None:
+    """Withdraw the jobs of the steps on workers that the record of ``run_id`` says are in
+    doubt, before the run is taken: if that fails (the queue's Redis away), the run is
+    left as it is, abandoned, for the next sweep to try again (taken first, it would be
+    owned by this live process, and no sweep would take it while it lives). ``None``:
+    withdrawn, or nothing to withdraw (the run is driven as recovery decides)."""
+    try:
+        record = await runs.load(run_id)
+    except AsagaError:  # corrupt, gone, Redis away: the claim that follows says which
+        return None
+    spec = specs.get(record.saga)
+    if spec is None or not spec.queues:
+        return None
+    nodes = spec.plan.nodes
+    in_doubt = [n for n, s in record.steps.items() if s.status == "running" and n in nodes]
+    try:
+        await _withdraw(spec.plan, record, in_doubt)
+    except Exception as exc:  # noqa: BLE001 - the queue's server away: decide nothing yet
+        return Recovered(
+            run_id=run_id,
+            saga=record.saga,
+            outcome="error",
+            error=f"the jobs of its steps in doubt could not be withdrawn (it was left "
+            f"for the next sweep): {exc!r}",
+        )
+    return None
 
 
 def _admit(

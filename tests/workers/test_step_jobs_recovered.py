@@ -204,3 +204,46 @@ async def test_recovery_resumes_an_idempotent_step_at_its_next_attempt_only(
             stop.set()
     assert [(r.run_id, r.outcome, r.resumed) for r in report] == [("run-w2", "succeeded", ("pay",))]
     assert worker.calls == ["worker: pay o-1"]  # once: attempt 2, never attempt 1
+
+
+async def test_a_run_whose_step_job_cannot_be_withdrawn_is_left_for_the_next_sweep(
+    redis_url: str,
+    redis_prefix: str,
+    client: aioredis.Redis,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the job of a step in doubt cannot be withdrawn (the queue's Redis away), the
+    sweep reports an error and leaves the run abandoned, not taken: the next sweep (here,
+    once the queue answers again) withdraws the job and decides."""
+    from asaga.workers._remote import OnWorkers
+
+    pay = make_pay(name, idempotent=False)
+    key = "run-w3:pay:step:1"
+    withdraw = OnWorkers.withdraw
+
+    async def unreachable(self: OnWorkers, run_id: str, attempt: int) -> None:
+        raise ConnectionError("the queue's Redis is away")
+
+    async with (
+        SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue,
+        abandoned(pay, client, redis_prefix, "run-w3") as run,
+    ):
+        with anyio.fail_after(10):
+            await until_state(queue, key, "queued")
+        await run.die()
+        async with RedisRunStore(client, prefix=redis_prefix) as runs:
+            monkeypatch.setattr(OnWorkers, "withdraw", unreachable)
+            with anyio.fail_after(20):
+                first = await recover(runs, sagas=[pay], resources={"bank": Bank("sweep")})
+            assert [(r.run_id, r.outcome) for r in first] == [("run-w3", "error")]
+            assert "left for the next sweep" in (first[0].error or "")
+            assert (await runs.load("run-w3")).status == "running"  # not taken
+            assert await queue.state(key) == "queued"
+            monkeypatch.setattr(OnWorkers, "withdraw", withdraw)
+            with anyio.fail_after(20):
+                second = await recover(runs, sagas=[pay], resources={"bank": Bank("sweep")})
+            assert [(r.run_id, r.outcome, r.in_doubt) for r in second] == [
+                ("run-w3", "failed", ("pay",))
+            ]
+        assert await queue.state(key) == "aborted"
