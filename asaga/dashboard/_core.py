@@ -177,6 +177,11 @@ class Dashboard:
       give the same bytes to every process behind one load balancer).
     - ``poll_seconds`` / ``poll_minutes``: the list page polls for updates every
       ``poll_seconds`` for at most ``poll_minutes`` (and never while its tab is hidden).
+    - ``allowed_hosts``: the ``Host`` headers the dashboard answers (``"ops.example.com"``
+      matches that name on any port, ``"127.0.0.1:8000"`` that port only); any other host
+      is a 421 page, and a form's ``Origin`` must name one of them (against DNS
+      rebinding). ``None`` (default): any host, for a dashboard mounted in an application
+      that checks its hosts itself (e.g. Starlette's ``TrustedHostMiddleware``).
 
     Serve it with :meth:`asgi` (Starlette, FastAPI, uvicorn) or :meth:`aiohttp`.
     """
@@ -194,6 +199,7 @@ class Dashboard:
         page_size: int = 50,
         poll_seconds: float = 5.0,
         poll_minutes: float = 10.0,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         specs: dict[str, type[Saga]] = {}
         for saga in sagas:
@@ -215,6 +221,11 @@ class Dashboard:
         self.poll_seconds = poll_seconds
         self.poll_minutes = poll_minutes
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        if isinstance(allowed_hosts, str):
+            raise TypeError("allowed_hosts is a sequence of hosts, not one str: wrap it in [...]")
+        self.allowed_hosts: frozenset[str] | None = (
+            None if allowed_hosts is None else frozenset(h.strip().lower() for h in allowed_hosts)
+        )
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -244,7 +255,16 @@ class Dashboard:
         if not _valid_session(session):
             session = new_session = secrets.token_urlsafe(24)
         try:
-            response = await self._route(request, session)
+            if not self._host_allowed(request.headers.get("host", "")):
+                response = self._error(
+                    request,
+                    session,
+                    421,
+                    "this dashboard does not answer to that host name: open it by one of "
+                    "its own (allowed_hosts)",
+                )
+            else:
+                response = await self._route(request, session)
         except ValueError as exc:  # a value of the request (or a cursor) that is refused
             response = self._error(request, session, 400, str(exc))
         except RunNotFound as exc:
@@ -521,10 +541,21 @@ class Dashboard:
             )
         return {n: self.resources[n] for n in declared if n in self.resources}
 
+    def _host_allowed(self, host: str) -> bool:
+        """Whether ``host`` (a ``Host`` header, or an origin's netloc) is one this
+        dashboard answers to (any, without ``allowed_hosts``)."""
+        if self.allowed_hosts is None:
+            return True
+        host = host.strip().lower()
+        if host in self.allowed_hosts:
+            return True
+        name = host[: host.rindex(":")] if host.rfind(":") > host.rfind("]") else host
+        return bool(name) and name in self.allowed_hosts
+
     def _refused(self, request: Request, session: str) -> Response | None:
         """The 403 page of a form that was not sent from this dashboard's page (another
         origin, or no Origin nor Referer) or without this session's CSRF token."""
-        if not _same_origin(request):
+        if not _same_origin(request, self._host_allowed):
             message = "refused: the form was not sent from this dashboard's page"
             return self._error(request, session, 403, message)
         token = request.form().get("csrf", "")
@@ -656,16 +687,19 @@ def _valid_session(value: str) -> bool:
     return 20 <= len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value)
 
 
-def _same_origin(request: Request) -> bool:
+def _same_origin(request: Request, allowed: Callable[[str], bool]) -> bool:
     """The form comes from this server's pages: its Origin header (else its Referer's
-    origin) names this server's host, or, when a browser sends ``Origin: null`` (it does
-    for a form under ``Referrer-Policy: no-referrer``, which the pages set), its
-    ``Sec-Fetch-Site`` header (which a page cannot set) says ``same-origin``."""
+    origin) names this server's host, and that host is ``allowed`` (one of the
+    dashboard's ``allowed_hosts``: the Host header alone is the client's word), or, when
+    a browser sends ``Origin: null`` (it does for a form under ``Referrer-Policy:
+    no-referrer``, which the pages set), its ``Sec-Fetch-Site`` header (which a page
+    cannot set) says ``same-origin``."""
     host = request.headers.get("host", "")
     source = request.headers.get("origin") or request.headers.get("referer") or ""
     if source in ("", "null"):
         return request.headers.get("sec-fetch-site") == "same-origin"
-    return bool(host) and urlsplit(source).netloc == host
+    netloc = urlsplit(source).netloc
+    return bool(host) and netloc == host and allowed(netloc)
 
 
 def _query(values: Mapping[str, Any]) -> str:

@@ -14,7 +14,17 @@ from .._saga import Saga
 from ..runs import RunStore
 from ._core import Dashboard, TokenAuth
 
-__all__ = ["serve"]
+__all__ = ["serve", "serve_hosts"]
+
+
+def serve_hosts(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` headers the standalone dashboard answers: this machine's loopback
+    names on ``port``, ``host`` (the address bound) on ``port``, and ``extra``."""
+    bound = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    hosts = [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
+    if host not in ("0.0.0.0", "::", ""):  # a wildcard address is no host name
+        hosts.append(f"{bound}:{port}")
+    return [*hosts, *extra]
 
 
 async def serve(
@@ -26,14 +36,26 @@ async def serve(
     port: int = 8000,
     token: str | None = None,
     read_token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     """Serve a :class:`Dashboard` of ``runs`` with uvicorn until interrupted.
 
     Without ``token``, pages are read-only and every action is refused; with it, actions
     need it (the login form, or ``Authorization: Bearer``). With ``read_token``, pages
-    need it too (or ``token``)."""
+    need it too (or ``token``).
+
+    The dashboard answers only to the hosts it is reached by on this machine
+    (``127.0.0.1:PORT``, ``localhost:PORT``, ``[::1]:PORT``), to ``host:PORT``, and to
+    ``allowed_hosts`` (a name behind a proxy, say): any other ``Host`` header is refused
+    (against DNS rebinding)."""
     authorize = TokenAuth(operate=token, read=read_token) if token or read_token else None
-    dashboard = Dashboard(runs, sagas=sagas, resources=resources, authorize=authorize)
+    dashboard = Dashboard(
+        runs,
+        sagas=sagas,
+        resources=resources,
+        authorize=authorize,
+        allowed_hosts=serve_hosts(host, port, allowed_hosts),
+    )
     config = uvicorn.Config(
         dashboard.asgi(), host=host, port=port, log_level="info", lifespan="off"
     )

@@ -598,3 +598,59 @@ async def test_a_failure_is_logged_without_the_request_headers() -> None:
     assert "cookie-secret-123" not in text
     assert "bearer-secret-456" not in text
     assert "exc_info" not in entry
+
+
+async def test_allowed_hosts_refuse_other_host_names(stores: Stores) -> None:
+    """With allowed_hosts, a request whose Host is not one of them (DNS rebinding: an
+    attacker's name resolving to this server) is a 421 page, its forms too, and nothing
+    is done; a name without a port is allowed on any port; a form's Origin must be an
+    allowed host."""
+    async with stores() as runs:
+        ids = await seed(runs)
+        run = ids["succeeded"]
+        dashboard = dashboard_of(runs, allowed_hosts=["ops.example:8000", "Intranet.example"])
+        async with mounted(dashboard, host="attacker.example:8000") as dash:
+            rebound = await dash.get("/")
+            rebound_json = await dash.get("/runs.json")
+            posted = await dash.post("/act", {"csrf": "0" * 64, "action": "undo", "id": run})
+        async with mounted(dashboard, host="ops.example:8000") as dash:
+            listed = await dash.get("/")
+            confirm = await dash.get("/confirm", action="undo", id=run)
+            form = {"csrf": csrf_of(confirm.text), "action": "undo", "id": run}
+            foreign = await dash.post("/act", form, origin="http://attacker.example:8000")
+            done = await dash.post("/act", form, origin="http://ops.example:8000")
+        async with mounted(dashboard, host="intranet.example:1234") as dash:
+            any_port = await dash.get("/")
+        async with mounted(dashboard_of(runs), host="anything.example") as dash:
+            open_ = await dash.get("/")
+        status = (await runs.load(run)).status
+    assert rebound.status == 421
+    assert "allowed_hosts" in rebound.text
+    assert rebound_json.status == 421
+    assert posted.status == 421
+    assert listed.status == 200
+    assert foreign.status == 403
+    assert done.status == 200, done.text
+    assert any_port.status == 200
+    assert open_.status == 200  # allowed_hosts=None: any host (a mount checks its own)
+    assert status == "undone"
+
+
+def test_the_standalone_server_allows_its_own_host_names() -> None:
+    """asaga dashboard answers to the loopback names on its port, the --host it binds
+    (not a wildcard address) and the extra hosts given."""
+    from asaga.dashboard._serve import serve_hosts
+
+    assert serve_hosts("127.0.0.1", 8123) == [
+        "127.0.0.1:8123",
+        "localhost:8123",
+        "[::1]:8123",
+        "127.0.0.1:8123",
+    ]
+    assert serve_hosts("0.0.0.0", 80, ["ops.example"]) == [
+        "127.0.0.1:80",
+        "localhost:80",
+        "[::1]:80",
+        "ops.example",
+    ]
+    assert serve_hosts("fe80::1", 9000)[-1] == "[fe80::1]:9000"
