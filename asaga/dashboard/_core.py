@@ -47,7 +47,16 @@ from ..events import OperatorAction
 from ..runs import RunRecord, RunStatus, RunStore, recover_run
 from ._http import MAX_BODY, Request, RequestInfo, Response
 from ._pages import render, static_file
-from ._views import Redact, describe_wait, graph, run_view, step_state, waits_cell, when
+from ._views import (
+    Redact,
+    Shown,
+    graph,
+    run_view,
+    shown_by,
+    step_state,
+    waits_cell,
+    when,
+)
 
 if TYPE_CHECKING:
     from ._aiohttp import AiohttpApp
@@ -341,7 +350,7 @@ class Dashboard:
             session,
             "list.html",
             filters=filters,
-            rows=[_row(r) for r in listed],
+            rows=[_row(r, self.redact) for r in listed],
             cursor=cursor,
             counts=[(s, counts.get(s, 0)) for s in STATUSES],
             total=sum(counts.get(s, 0) for s in get_args(RunStatus)),
@@ -379,7 +388,7 @@ class Dashboard:
         body = {
             "at": when(time.time()),
             "counts": {s: counts.get(s, 0) for s in STATUSES},
-            "runs": [_row(r) for r in listed],
+            "runs": [_row(r, self.redact) for r in listed],
         }
         return Response(200, msgspec.json.encode(body), "application/json")
 
@@ -461,6 +470,8 @@ class Dashboard:
             ok, outcome = await self._perform(action, record)
         except Exception as exc:  # noqa: BLE001 - an action's failure is shown on its page
             ok, outcome = False, f"failed: {type(exc).__name__}: {exc}"
+        # Shown and recorded as redact lets it be: it may quote a reason, a key, an error.
+        outcome = str(shown_by(self.redact, record.saga)("outcome", action, outcome))
         by = self._who(request)
         noted = ""
         try:
@@ -502,6 +513,7 @@ class Dashboard:
         resources = self._resources_of(saga)
         if isinstance(resources, str):
             return False, resources
+        shown = shown_by(self.redact, record.saga)
         if action == "undo":
             undone = await saga.undo(run_id, runs=self.runs, **resources)
             already = " (nothing to do: undone before)" if undone.already else ""
@@ -512,10 +524,10 @@ class Dashboard:
             ok = delivery.status in ("succeeded", "delivered") or (
                 delivery.status == "waiting" and not halted
             )
-            return ok, _delivered(delivery)
+            return ok, _delivered(delivery, shown)
         if action == "cancel":
             delivery = await saga.cancel(run_id, runs=self.runs, **resources)
-            return delivery.status == "cancelled", _delivered(delivery)
+            return delivery.status == "cancelled", _delivered(delivery, shown)
         return await self._recover(saga, record, resources)
 
     async def _recover(
@@ -621,7 +633,6 @@ class Dashboard:
             poll_seconds=self.poll_seconds,
             poll_minutes=self.poll_minutes,
             state_of=step_state,
-            describe_wait=describe_wait,
             when=when,
             **context,
         )
@@ -711,7 +722,7 @@ def _cookie(request: Request, name: str, value: str) -> str:
     return f"{name}={value}; Path={request.root or ''}/; HttpOnly; SameSite=Strict{secure}"
 
 
-def _row(record: RunRecord) -> dict[str, str]:
+def _row(record: RunRecord, redact: Redact | None) -> dict[str, str]:
     return {
         "id": record.run_id,
         "saga": record.saga,
@@ -719,7 +730,7 @@ def _row(record: RunRecord) -> dict[str, str]:
         "created": when(record.created_at),
         "updated": when(record.updated_at),
         "failed_step": record.failed_step or "",
-        "waits": waits_cell(record.waits),
+        "waits": waits_cell(record.waits, shown_by(redact, record.saga)),
         "key": record.idempotency_key or "",
     }
 
@@ -732,10 +743,10 @@ def _static(name: str) -> Response | None:
     return Response(200, body, media, headers=[("Cache-Control", "public, max-age=3600")])
 
 
-def _delivered(delivery: Any) -> str:
+def _delivered(delivery: Any, shown: Shown) -> str:
     text = str(delivery.status)
     if delivery.waits:
-        text += " (waiting for " + "; ".join(describe_wait(w) for w in delivery.waits) + ")"
+        text += " (waiting for " + waits_cell(delivery.waits, shown) + ")"
     if delivery.error is not None:
-        text += f": {delivery.error}"
+        text += f": {shown('error', 'run', str(delivery.error))}"
     return text

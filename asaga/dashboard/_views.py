@@ -29,23 +29,52 @@ __all__ = [
     "Field",
     "Redact",
     "RunView",
+    "Shown",
     "TimelineRow",
     "graph",
     "run_view",
+    "shown_by",
     "step_state",
     "timeline",
+    "waits_cell",
     "when",
 ]
 
-Field = Literal["input", "result", "error"]
-"""What a value given to ``redact`` is: an input of the run, a step's result, or an error
-text (a step's, a compensation's, the run's, an event's)."""
+Field = Literal["input", "result", "error", "wait", "outcome"]
+"""What a value given to ``redact`` is: an input of the run, a step's result, an error
+text (a step's, a compensation's, the run's, an event's), what a parked step waits for
+(a halt's reason, an event's key), or the outcome of an operator's action."""
 
 Redact = Callable[[str, Field, str, Any], Any]
-"""``redact(saga, field, name, value) -> value shown``: called for every input (``name``:
-the input), step result (``name``: the step) and error text (``name``: the step, or
-``"run"``) before a page shows it. Return the value to show (the same, a masked one,
-``"***"``...)."""
+"""``redact(saga, field, name, value) -> value shown``: called before a page (or
+``/runs.json``) shows a value, with ``field`` and ``name``:
+
+- ``"input"``: an input of the run, ``name`` the input;
+- ``"result"``: a step's result, ``name`` the step;
+- ``"error"``: an error text, ``name`` the step, or ``"run"``;
+- ``"wait"``: a halted step's reason or the key of the event a step waits for, ``name``
+  the step;
+- ``"outcome"``: the outcome of an action (undo, resume...) as the result page shows it
+  and the run's events record it, ``name`` the action.
+
+Return the value to show (the same, a masked one, ``"***"``...)."""
+
+Shown = Callable[[Field, str, Any], Any]
+"""``shown(field, name, value)``: ``redact`` bound to one run's saga."""
+
+
+def shown_by(redact: Redact | None, saga: str) -> Shown:
+    """The values of a run of ``saga`` as ``redact`` lets them be shown."""
+
+    def shown(field: Field, name: str, value: Any) -> Any:
+        return redact(saga, field, name, value) if redact is not None else value
+
+    return shown
+
+
+def _as_is(field: Field, name: str, value: Any) -> Any:
+    return value
+
 
 STATE_STYLES: Mapping[str, str] = {
     "pending": "fill:#f4f4f5,stroke:#a1a1aa,color:#52525b,stroke-dasharray:4 3",
@@ -144,11 +173,7 @@ def run_view(record: RunRecord, spec: SagaSpec | None, redact: Redact | None) ->
 
     Steps are listed in the saga's plan order when the saga is known (those that never
     started too, as ``pending``), else in the record's order."""
-    saga = record.saga
-
-    def shown(field: Field, name: str, value: Any) -> Any:
-        return redact(saga, field, name, value) if redact is not None else value
-
+    shown = shown_by(redact, record.saga)
     inputs_value = _decode(record.inputs)
     inputs: list[tuple[str, str]] = []
     if isinstance(inputs_value, dict):
@@ -181,7 +206,7 @@ def run_view(record: RunRecord, spec: SagaSpec | None, redact: Redact | None) ->
                 error=error,
                 compensation=compensation,
                 children=step.children,
-                wait=describe_wait(step.wait) if step.wait is not None else "",
+                wait=describe_wait(step.wait, shown) if step.wait is not None else "",
             )
         )
     error = "" if record.error is None else str(shown("error", "run", record.error))
@@ -190,7 +215,7 @@ def run_view(record: RunRecord, spec: SagaSpec | None, redact: Redact | None) ->
         inputs=inputs,
         steps=steps,
         timeline=timeline(record, shown),
-        waits=[f"{w.step}: {describe_wait(w)}" for w in record.waits],
+        waits=[f"{w.step}: {describe_wait(w, shown)}" for w in record.waits],
         error=error,
     )
 
@@ -227,13 +252,14 @@ def timeline(record: RunRecord, shown: Callable[[Field, str, Any], Any]) -> list
     return rows
 
 
-def describe_wait(wait: WaitInfo) -> str:
-    """``event KEY until TIME UTC``, ``timer until TIME UTC``, ``halted: REASON``."""
+def describe_wait(wait: WaitInfo, shown: Shown = _as_is) -> str:
+    """``event KEY until TIME UTC``, ``timer until TIME UTC``, ``halted: REASON``; the key
+    and the reason as ``shown`` lets them be shown (field ``"wait"``)."""
     until = f" until {when(wait.until)} UTC" if wait.until is not None else ""
     if wait.kind == "event":
-        return f"event {wait.key}{until}"
+        return f"event {shown('wait', wait.step, wait.key)}{until}"
     if wait.kind == "halt":
-        return "halted" + (f": {wait.reason}" if wait.reason else "")
+        return "halted" + (f": {shown('wait', wait.step, wait.reason)}" if wait.reason else "")
     return f"{wait.kind}{until}"
 
 
@@ -264,6 +290,6 @@ def _json(value: Any) -> str:
         return repr(value)
 
 
-def waits_cell(waits: Sequence[WaitInfo]) -> str:
-    """What a parked run waits for, in one table cell."""
-    return "; ".join(f"{w.step}: {describe_wait(w)}" for w in waits)
+def waits_cell(waits: Sequence[WaitInfo], shown: Shown = _as_is) -> str:
+    """What a parked run waits for, in one table cell (keys and reasons as ``shown``)."""
+    return "; ".join(f"{w.step}: {describe_wait(w, shown)}" for w in waits)

@@ -113,6 +113,16 @@ class Doomed(Saga):
         raise ConnectionError("the booking service is down")
 
 
+class Carded(Saga):
+    """Halts with its card number in the reason (a secret a redact hook hides)."""
+
+    card: str
+
+    @step
+    async def check(card: str) -> str:
+        raise Halt(f"card {card} needs a manager")
+
+
 class Bundle(Saga):
     """Composes a Shop run: its child is linked from its page, and back."""
 
@@ -127,7 +137,7 @@ class Mine(Saga):
         return run_id
 
 
-SAGAS = [Shop, Approval, Paid, Flaky, Doomed, Bundle, Mine]
+SAGAS = [Shop, Approval, Paid, Flaky, Doomed, Carded, Bundle, Mine]
 
 
 async def parked(saga: type[Saga], runs: RunStore, **inputs: str) -> str:

@@ -20,11 +20,26 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from structlog.testing import capture_logs
 
+from asaga import SagaFailed
 from asaga.dashboard import Dashboard, RequestInfo, Role, TokenAuth
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
 
 from .client import ORIGIN, HttpxDashboard, act, csrf_of
-from .sagas import APPROVED, SAGAS, UNDONE, Approval, Bundle, Doomed, Shop, abandon, parked, seed
+from .sagas import (
+    APPROVED,
+    SAGAS,
+    UNDONE,
+    Approval,
+    Bundle,
+    Carded,
+    Doomed,
+    Flaky,
+    Paid,
+    Shop,
+    abandon,
+    parked,
+    seed,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -266,7 +281,7 @@ async def test_a_resume_whose_run_fails_or_halts_again_is_not_shown_as_done(
     assert "Not done: failed" in failed.text
     assert "Done:" not in failed.text
     assert again.status == 409, again.text
-    assert "Not done: waiting (waiting for halted: needs a manager" in again.text
+    assert "Not done: waiting (waiting for check: halted: needs a manager" in again.text
     assert statuses == ["failed", "waiting"]
 
 
@@ -396,6 +411,41 @@ async def test_redaction_hides_personal_data(stores: Stores) -> None:
     assert "ann@example.com" not in page.text
     assert "&#34;***&#34;" in page.text
     assert "&#34;o-1&#34;" in page.text
+
+
+async def test_a_redact_that_hides_everything_hides_reasons_keys_and_outcomes(
+    stores: Stores,
+) -> None:
+    """With a redact that masks every value, a halt's reason, an event's key, errors and
+    the outcome of an action (shown, and noted in the run's events) appear on no page
+    and in no JSON; the hook is told which field each value is."""
+    secret = "TOPSECRET-4111"
+    fields: set[tuple[str, str]] = set()
+
+    def redact(saga: str, field: str, name: str, value: Any) -> Any:
+        fields.add((field, name))
+        return "***"
+
+    async with stores() as runs:
+        halted = await parked(Carded, runs, card=secret)
+        waiting = await parked(Paid, runs, order_id=secret)
+        with pytest.raises(SagaFailed) as info:
+            await Flaky.run(runs=runs, order_id=secret)
+        failed = info.value.run_id
+        async with mounted(dashboard_of(runs, redact=redact)) as dash:
+            seen = [await dash.get("/"), await dash.get("/runs.json")]
+            seen += [await dash.get("/run", id=r) for r in (halted, waiting, failed)]
+            seen.append(await act(dash, "resume", halted))  # halts again: the reason
+            seen.append(await dash.get("/run", id=halted))  # its noted outcome
+        events = (await runs.load(halted, events=True)).events
+    for reply in seen:
+        assert reply.status in (200, 409), reply.text
+        assert secret not in reply.text
+        assert "TOPSECRET" not in reply.text
+    noted = [e for e in events if e.kind == "operator_action"]
+    assert [e.outcome for e in noted] == ["***"]  # type: ignore[attr-defined]
+    assert {("wait", "check"), ("wait", "paid"), ("outcome", "resume")} <= fields
+    assert ("error", "pay") in fields
 
 
 async def test_bad_input_is_a_400_that_says_why(stores: Stores) -> None:
