@@ -95,6 +95,20 @@ def test_list_filter_graph_resume_and_undo_in_chromium(redis_url: str, redis_pre
             page.click("#back")
             expect(page.locator("#run-status")).to_have_text("undone")
             expect(page.locator("#graph svg g.node.compensated")).to_have_count(1)
+
+            # A poll that finds no runs any more empties the list (no stale rows).
+            page.route(
+                "**/runs.json*",
+                lambda route: route.fulfill(
+                    json={"at": "2026-01-01 00:00:00", "counts": {}, "runs": []}
+                ),
+            )
+            page.goto(server.url + "/?saga=Shop")
+            expect(page.locator("a.run-link")).not_to_have_count(0)
+            expect(page.locator("#runs tbody tr.empty")).to_have_text(
+                "no runs match these filters", timeout=15_000
+            )
+            expect(page.locator("a.run-link")).to_have_count(0)
             assert problems == []
         finally:
             browser.close()

@@ -43,9 +43,14 @@
       cell(tr, r.failed_step + r.waits);
       rows.appendChild(tr);
     });
-    if (data.runs.length) {
-      body.replaceChildren(rows);
+    if (!data.runs.length) {
+      var none = document.createElement("tr");
+      none.className = "empty";
+      var td = cell(none, "no runs" + (table.dataset.filtered ? " match these filters" : ""));
+      td.colSpan = 6;
+      rows.appendChild(none);
     }
+    body.replaceChildren(rows);
     Object.keys(data.counts).forEach(function (status) {
       var link = document.querySelector('#counts [data-status="' + status + '"] b');
       if (link) { link.textContent = String(data.counts[status]); }
