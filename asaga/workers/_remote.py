@@ -146,7 +146,8 @@ class OnWorkers:
     def job_key(self, run_id: str, attempt: str) -> str:
         """The key of the job of ``attempt`` of this call in run ``run_id``: the same
         attempt, the same key (a duplicate is refused while the first is unfinished).
-        It adds no hash tag: on Redis Cluster, the queue's name gives the slot."""
+        It adds no hash tag: on Redis Cluster, the queue puts its own in front of it
+        (``SaqQueue.job_key``), and the queue's name gives the slot."""
         return f"{run_id}:{self.step}:{self.kind}:{attempt}"
 
     async def withdraw(self, run_id: str, attempt: int) -> None:

@@ -6,14 +6,20 @@ Redis pub/sub, and a job whose worker stops beating is swept and given to anothe
 worker. asaga runs one job function, ``asaga.run``, whose arguments name the saga and
 the run (see :mod:`asaga.workers._runs`).
 
-On Redis Cluster, name the queue with a hash tag (``"{inventory}"``): SAQ's keys of one
-queue then share a slot.
+On Redis Cluster (``SaqQueue.from_url(url, name="{inventory}", cluster=True)``), the
+queue's name must carry a hash tag: SAQ's keys of the queue (``saq:{inventory}:queued``,
+``saq:job:{inventory}:<key>``) then share its slot. SAQ's abort key of a job is
+``saq:abort:<job key>``, not named after the queue, and its enqueue script touches it with
+the queue's keys: a :class:`SaqQueue` on a cluster hands SAQ each job key with the queue's
+hash tag in front (``{inventory}<key>``), so that it falls in the same slot too. Callers
+use the plain key; SAQ's own API (``queue.saq``) sees the tagged one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -24,7 +30,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from .._queues import opened
-from .._redis import require_asyncio
+from .._redis import client_from_url, close_client, is_cluster, require_asyncio
 from ._engine import JobEnd, JobHandler, JobState
 
 try:
@@ -32,7 +38,8 @@ try:
     from saq.job import TERMINAL_STATUSES, Job, Status
     from saq.multiplexer import Multiplexer
     from saq.queue.redis import RedisQueue
-    from saq.types import Context, PartialTimersDict
+    from saq.types import Context, PartialTimersDict, QueueInfo, WorkerInfo
+    from saq.utils import now
 except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError(
         "asaga.workers needs SAQ: install the extra with `pip install 'asaga[saq]'`"
@@ -60,6 +67,9 @@ class SaqQueue:
         async with SaqQueue.from_url("redis://127.0.0.1:6379/0", name="inventory") as queue:
             handle = await InventorySaga.start(queue=queue, runs=runs, product_id="sku-1")
 
+    On Redis Cluster: ``SaqQueue.from_url(url, name="{inventory}", cluster=True)`` (the
+    name must carry a hash tag; see the module's docstring).
+
     ``heartbeat``: seconds a running job may go without a sign of life before SAQ's sweep
     (run by every worker of the queue, every ``heartbeat`` seconds) gives it to another
     worker; ``retries``: how many times a job is given out in all; ``keep``: seconds a
@@ -80,6 +90,17 @@ class SaqQueue:
         self.saq = queue
         """The SAQ queue underneath."""
         self.name: str = queue.name
+        self._tag = ""
+        """On Redis Cluster, the queue's hash tag (``{inventory}``), put in front of every
+        job key handed to SAQ (see the module's docstring); else empty."""
+        if isinstance(queue, RedisQueue) and is_cluster(queue.redis):
+            if not isinstance(queue, _RedisQueue):
+                raise TypeError(
+                    "SaqQueue on Redis Cluster: SAQ's own RedisQueue sends PUBLISH in "
+                    "pipelines, which redis-py's cluster client refuses; make the queue with "
+                    'SaqQueue.from_url(url, name="{name}", cluster=True)'
+                )
+            self._tag = _cluster_tag(queue.name)
         self.heartbeat = heartbeat
         self.retries = retries
         self.keep = keep
@@ -88,18 +109,34 @@ class SaqQueue:
 
     @classmethod
     def from_url(
-        cls, url: str, *, name: str = "default", max_connections: int = 500, **options: Any
+        cls,
+        url: str,
+        *,
+        name: str = "default",
+        cluster: bool = False,
+        max_connections: int = 500,
+        **options: Any,
     ) -> SaqQueue:
         """A queue named ``name`` on the Redis server at ``url``; closed on exit.
 
         Its client waits for a free connection rather than failing (each job slot of a
         worker holds one while it waits for a job), and has no socket timeout (a job slot's
         wait for a job is a blocking read, which a timeout would end every few seconds).
+
+        With ``cluster=True`` the URL names a node of a Redis Cluster (the others are
+        discovered), the client is a ``redis.asyncio.RedisCluster``, and ``name`` must
+        carry a hash tag (``"{inventory}"``): the queue's keys then share one slot.
         """
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=30, socket_timeout=None
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        if cluster:
+            _cluster_tag(name)  # refused before a client is made
+            client: Any = client_from_url(
+                url, cluster=True, max_connections=max_connections, socket_timeout=None
+            )
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=30, socket_timeout=None
+            )
+            client = aioredis.Redis(connection_pool=pool)
         return cls(_RedisQueue(client, name=name), _owns_queue=True, **options)
 
     async def __aenter__(self) -> Self:
@@ -131,12 +168,18 @@ class SaqQueue:
             keep=self.keep,
         )
 
+    def job_key(self, key: str) -> str:
+        """The key SAQ knows the job of ``key`` by: ``key`` itself, or on Redis Cluster
+        ``key`` after the queue's hash tag (``{inventory}<key>``), so that SAQ's abort key
+        of the job (``saq:abort:<job key>``) falls in the queue's slot."""
+        return f"{self._tag}{key}"
+
     async def enqueue(
         self, key: str, arguments: Mapping[str, Any], *, retries: int | None = None
     ) -> bool:
         job = await self.saq.enqueue(
             JOB_FUNCTION,
-            key=key,
+            key=self.job_key(key),
             timeout=0,  # a saga is bounded by its steps' timeouts, not by the engine
             heartbeat=max(1, round(self.heartbeat)),
             retries=self.retries if retries is None else retries,
@@ -146,6 +189,7 @@ class SaqQueue:
         return job is not None
 
     async def wait(self, key: str) -> JobEnd:
+        key = self.job_key(key)
         mux = getattr(self.saq, "_pubsub", None)
         if not isinstance(mux, Multiplexer):  # pragma: no cover - from_url makes a RedisQueue
             return await self._wait_refreshing(key)
@@ -199,7 +243,7 @@ class SaqQueue:
                 return _end(job)
 
     async def abort(self, key: str, reason: str, *, settle: float = 0.0) -> None:
-        job = await self.saq.job(key)
+        job = await self.saq.job(self.job_key(key))
         if job is None or job.status in TERMINAL_STATUSES:
             return
         await self.saq.abort(job, reason)
@@ -211,12 +255,12 @@ class SaqQueue:
         # SAQ's abort takes a running job off the active list: only its worker would end
         # it, and no sweep sees it again. Its worker is dead or wedged: end it here (its
         # data then expires like any finished job's).
-        job = await self.saq.job(key)
+        job = await self.saq.job(self.job_key(key))
         if job is not None and job.status not in TERMINAL_STATUSES:
             await self.saq.finish(job, Status.ABORTED, error=reason)
 
     async def state(self, key: str) -> JobState:
-        job = await self.saq.job(key)
+        job = await self.saq.job(self.job_key(key))
         if job is None:
             return "missing"
         status = job.status.value
@@ -485,20 +529,98 @@ class _RedisQueue(RedisQueue):
     (SAQ 0.26 sends the notice after the state, a round trip later: two more round trips
     per job, on the worker's path from taking a job to its caller's hearing of its end).
     The same commands in the same order; the overridden methods are SAQ 0.26's. Its sweep
-    is :func:`_sweep`."""
+    is :func:`_sweep`.
+
+    On Redis Cluster (a ``RedisCluster`` client), where redis-py refuses PUBLISH in a
+    pipeline, a job's notice follows its state a round trip later (SAQ's own order, and
+    its abort with the notice out of the transaction); it closes the cluster client (SAQ's
+    ``disconnect`` closes a connection pool a cluster client has not), reads the Redis
+    version from the node of the queue's slot, and its ``info`` passes MGET lists of keys
+    (a cluster client finds no key in SAQ's generators)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queued_at_last_sweep: set[bytes] = set()
+        self._cluster = is_cluster(self.redis)
+        """On Redis Cluster, redis-py refuses PUBLISH in a pipeline: a job's notice is
+        sent after its state, a round trip later, as SAQ's own methods send it."""
 
     async def sweep(self, lock: int = 60, abort: float = _SWEEP_ABORT) -> list[str]:
         return await _sweep(self, self._queued_at_last_sweep, lock=lock, abort=abort)
 
+    async def disconnect(self) -> None:
+        # SAQ's closes ``redis.connection_pool``, which a cluster client has not.
+        await self._pubsub.close()
+        await close_client(self.redis)
+
+    async def version(self) -> tuple[int, ...]:
+        if self._version is None and self._cluster:
+            # A cluster client asks every node: the version of the node of the queue's slot.
+            cluster: Any = self.redis
+            node = cluster.get_node_from_key(self._queued)
+            info = await cluster.info(target_nodes=node)
+            self._version = tuple(int(i) for i in str(info["redis_version"]).split("."))
+        return await super().version()
+
     async def retry(self, job: Job, error: str | None) -> None:
         await _retry_if_retryable(self, job, error, super().retry)
 
+    async def abort(self, job: Job, error: str, ttl: float = 5) -> None:
+        if not self._cluster:
+            await super().abort(job, error, ttl)
+            return
+        # SAQ 0.26's, with the notice sent after the transaction (not inside it).
+        async with self._op_sem:
+            job.status = Status.ABORTING
+            job.error = error
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lrem(self._queued, 0, job.id)
+                pipe.zrem(self._incomplete, job.id)
+                pipe.set(job.id, self.serialize(job))
+                pipe.setex(job.abort_id, max(1, round(ttl)), error)
+                dequeued, *_ = await pipe.execute()
+            await self.notify(job)
+            if dequeued:
+                await self.finish(job, Status.ABORTED, error=error)
+                await self.redis.delete(job.abort_id)
+            else:
+                await self.redis.lrem(self._active, 0, job.id)
+
+    async def info(self, jobs: bool = False, offset: int = 0, limit: int = 10) -> QueueInfo:
+        if not self._cluster:
+            return await super().info(jobs, offset, limit)
+        # SAQ 0.26's, with lists of keys for MGET (a cluster client finds no key in the
+        # generators SAQ passes) and no MGET of no key.
+        redis: Any = self.redis
+        workers: dict[str, WorkerInfo] = {}
+        found: list[bytes] = await redis.zrangebyscore(self._stats, now(), "inf")
+        ids = [key.decode().split(":")[-1] for key in found]
+        keys = [self.namespace(f"worker_info:{worker}") for worker in ids]
+        for worker, data in zip(ids, await redis.mget(keys) if keys else [], strict=True):
+            if data:
+                workers[worker] = json.loads(data)
+        job_info: list[Any] = []
+        if jobs:
+            listed: list[bytes] = await redis.lrange(self._active, offset, limit - 1)
+            listed += await redis.zrange(self._incomplete, offset, limit - 1)
+            stored = [self.deserialize(data) for data in await redis.mget(listed)] if listed else []
+            job_info = list({j.key: j.to_dict() for j in stored if j is not None}.values())
+        queued = await self.count("queued")
+        active = await self.count("active")
+        incomplete = await self.count("incomplete")
+        return {
+            "workers": workers,
+            "name": self.name,
+            "queued": queued,
+            "active": active,
+            "scheduled": incomplete - queued - active,
+            "jobs": job_info,
+        }
+
     async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
-        if not status:  # a heartbeat: SAQ keeps the stored status (read first)
+        if not status or self._cluster:
+            # A heartbeat (SAQ keeps the stored status, read first), or on a cluster (no
+            # PUBLISH in a pipeline): SAQ's, the notice a round trip after the state.
             await super()._update(job, status, **kwargs)
             return
         job.status = status
@@ -510,6 +632,9 @@ class _RedisQueue(RedisQueue):
     async def _finish(
         self, job: Job, status: Status, *, result: Any = None, error: str | None = None
     ) -> None:
+        if self._cluster:
+            await super()._finish(job, status, result=result, error=error)
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lrem(self._active, 1, job.id)
             pipe.zrem(self._incomplete, job.id)
@@ -521,6 +646,22 @@ class _RedisQueue(RedisQueue):
                 pipe.delete(job.id)
             pipe.publish(job.id, job.status)  # after the job's end is stored, as SAQ's notify
             await pipe.execute()
+
+
+def _cluster_tag(name: str) -> str:
+    """The hash tag of queue ``name`` as Redis Cluster reads it (the text between its first
+    ``{`` and the next ``}``, if not empty), braces included; a name without one is
+    refused: the queue's keys would be spread over slots, and SAQ's scripts and
+    transactions refused (CROSSSLOT)."""
+    start = name.find("{")
+    end = name.find("}", start + 1) if start >= 0 else -1
+    if end <= start + 1:
+        raise ValueError(
+            f"SaqQueue on Redis Cluster: the queue's name must carry a hash tag, so that its "
+            f'keys share one slot: name it "{{{name}}}" rather than {name!r}'
+            " (and @step(queue=...) and map_each(queue=...) with that name)"
+        )
+    return name[start : end + 1]
 
 
 def _status(message: Mapping[str, Any]) -> Status | None:
