@@ -420,23 +420,40 @@ class Dashboard:
         return await self.runs.load(run_id, events=True)
 
     async def _actions(self, record: RunRecord) -> list[Action]:
-        """The actions the run page offers for ``record`` (each checked again when done)."""
-        known = record.saga in self.sagas
+        """The actions the run page offers for ``record`` (each checked again when done):
+        none for a run of a saga (or a ``saga_version``) this dashboard was not given."""
+        if self._not_actionable(record) is not None:
+            return []
+        if record.owner == "quarantine" and not record.finished:
+            # Set aside by recovery (or readmitted since: then readmit says so).
+            return ["readmit"]
         found: list[Action] = []
-        if known and record.status == "succeeded":
+        if record.status == "succeeded":
             found.append("undo")
-        if known and record.status == "waiting":
+        if record.status == "waiting":
             if any(w.kind == "halt" for w in record.waits):
                 found.append("resume")
             found.append("cancel")
-        if known and record.status in ("running", "compensating", "undoing"):
+        if record.status in ("running", "compensating", "undoing"):
             found.append("recover")
-        if not record.finished and record.status != "waiting":
-            aside = await self.runs.quarantined(limit=500)
-            if any(q.run_id == record.run_id for q in aside):
-                found = [a for a in found if a != "recover"]
-                found.append("readmit")
         return found
+
+    def _not_actionable(self, record: RunRecord) -> str | None:
+        """Why this dashboard cannot act on ``record`` (``None``: it can)."""
+        saga = self.sagas.get(record.saga)
+        if saga is None:
+            return (
+                f"saga {record.saga} is not one this dashboard was given (sagas=...): "
+                "it cannot act on its runs"
+            )
+        spec = saga.__asaga__
+        if spec is not None and spec.saga_version != record.saga_version:
+            return (
+                f"run {record.run_id} was recorded by saga_version {record.saga_version!r} "
+                f"of {record.saga}, and this dashboard has {spec.saga_version!r}: act on it "
+                "from a dashboard (or process) with that version"
+            )
+        return None
 
     async def _confirm(self, request: Request, session: str, role: Role) -> Response:
         if role != "operate":
@@ -501,15 +518,13 @@ class Dashboard:
     async def _perform(self, action: Action, record: RunRecord) -> tuple[bool, str]:
         """Do ``action``: whether it was done, and what happened (or why not)."""
         run_id = record.run_id
+        refused = self._not_actionable(record)
+        saga = self.sagas.get(record.saga)
+        if refused is not None or saga is None:
+            return False, refused or f"saga {record.saga} is not given"
         if action == "readmit":
             await self.runs.readmit(run_id)
             return True, "readmitted: the next recovery sweep takes it"
-        saga = self.sagas.get(record.saga)
-        if saga is None:
-            return False, (
-                f"saga {record.saga} is not one this dashboard was given (sagas=...): "
-                "it cannot act on its runs"
-            )
         resources = self._resources_of(saga)
         if isinstance(resources, str):
             return False, resources

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from structlog.testing import capture_logs
 
-from asaga import SagaFailed
+from asaga import Saga, SagaFailed, step
 from asaga.dashboard import Dashboard, RequestInfo, Role, TokenAuth
 from asaga.runs import MemoryRunStore, RedisRunStore, RunStore
 
@@ -704,3 +704,63 @@ def test_the_standalone_server_allows_its_own_host_names() -> None:
         "ops.example",
     ]
     assert serve_hosts("fe80::1", 9000)[-1] == "[fe80::1]:9000"
+
+
+class NoListing(MemoryRunStore):
+    """A store whose quarantine listing must not be read to show one run."""
+
+    async def quarantined(self, *, limit: int = 50) -> Any:
+        raise AssertionError("the run page listed the quarantined runs")
+
+
+async def test_readmit_is_offered_from_the_run_record_for_given_sagas_only() -> None:
+    """A quarantined run's page offers re-admit from its own record (no listing of the
+    quarantined runs); not when its saga was not given to the dashboard, and re-admit
+    is then refused (409), the run left quarantined."""
+    runs = NoListing()
+    await abandon(runs, "aside-1")
+    await abandon(runs, "running-1")
+    assert await runs.quarantine("aside-1", "does not fit") is not None
+    async with mounted(dashboard_of(runs)) as dash:
+        aside = await dash.get("/run", id="aside-1")
+        running = await dash.get("/run", id="running-1")
+    others = Dashboard(runs, sagas=[Shop], authorize=operator)
+    async with mounted(others) as dash:
+        foreign = await dash.get("/run", id="aside-1")
+        refused = await act(dash, "readmit", "aside-1")
+    assert "action=readmit" in aside.text
+    assert "action=recover" not in aside.text
+    assert "action=recover" in running.text
+    assert "action=readmit" not in running.text
+    assert "action=readmit" not in foreign.text
+    assert refused.status == 409
+    assert "not one this dashboard was given" in refused.text
+    assert (await runs.load("aside-1")).owner == "quarantine"
+
+
+async def test_a_run_of_another_saga_version_is_not_acted_on(stores: Stores) -> None:
+    """A run recorded by another saga_version than the dashboard's class: the page says
+    so and offers no action; an action posted anyway is refused (409), nothing done."""
+
+    class Shop(Saga):  # the same saga name, at version 2
+        saga_version = "2"
+
+        order_id: str
+        email: str
+
+        @step
+        async def reserve(order_id: str) -> str:
+            return f"r-{order_id}"
+
+    async with stores() as runs:
+        ids = await seed(runs)
+        run = ids["succeeded"]
+        async with mounted(Dashboard(runs, sagas=[Shop], authorize=operator)) as dash:
+            page = await dash.get("/run", id=run)
+            refused = await act(dash, "undo", run)
+        status = (await runs.load(run)).status
+    assert "it does not act on this run" in page.text
+    assert "action=undo" not in page.text
+    assert refused.status == 409
+    assert "saga_version &#39;1&#39;" in refused.text
+    assert status == "succeeded"
