@@ -75,6 +75,12 @@ def aiohttp_app(dashboard: Handler) -> web.Application:
             response.headers.add(name, value)
         return response
 
+    async def slash(incoming: web.Request) -> web.StreamResponse:
+        # The mount path without its slash (``/ops``): the list is at ``/ops/``.
+        query = f"?{incoming.query_string}" if incoming.query_string else ""
+        raise web.HTTPPermanentRedirect(location=incoming.path + "/" + query)
+
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", serve)
+    app.router.add_route("GET", "", slash)
     return app

@@ -165,3 +165,17 @@ async def test_a_chunked_form_is_acted_on_and_a_long_one_refused(runs: RunStore)
     assert (await runs.load(run)).status == "undone"
     assert long[0] == 413
     assert "too large" in long[1]
+
+
+async def test_the_mount_path_without_its_slash_redirects_to_the_list() -> None:
+    """/ops (no trailing slash) is a permanent redirect to /ops/, the query kept."""
+    async with mounted(Dashboard(MemoryRunStore(), sagas=SAGAS)) as dash:
+        async with dash.client.get("/ops", allow_redirects=False) as r:
+            bare = (r.status, r.headers.get("Location"))
+        async with dash.client.get("/ops?status=failed", allow_redirects=False) as r:
+            query = (r.status, r.headers.get("Location"))
+        async with dash.client.get("/ops") as r:
+            followed = (r.status, str(r.url.path))
+    assert bare == (308, "/ops/")
+    assert query == (308, "/ops/?status=failed")
+    assert followed == (200, "/ops/")
