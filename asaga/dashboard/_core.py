@@ -220,6 +220,13 @@ class Dashboard:
             raise ValueError("page_size must be between 1 and 500")
         if not poll_seconds >= 1 or not poll_minutes >= 0:
             raise ValueError("poll_seconds >= 1 and poll_minutes >= 0")
+        if authorize is None:
+            _logger.warning(
+                "dashboard_without_authorize",
+                advice="every page (run inputs and results included, unless redacted) is "
+                "open to whoever reaches the dashboard, and every action is refused; give "
+                "authorize=... (or TokenAuth) to guard it",
+            )
         self.runs = runs
         self.sagas: Mapping[str, type[Saga]] = specs
         self.resources: Mapping[str, Any] = dict(resources or {})

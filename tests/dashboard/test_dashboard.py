@@ -764,3 +764,15 @@ async def test_a_run_of_another_saga_version_is_not_acted_on(stores: Stores) -> 
     assert refused.status == 409
     assert "saga_version &#39;1&#39;" in refused.text
     assert status == "succeeded"
+
+
+def test_a_dashboard_without_authorize_warns_once_when_created() -> None:
+    """Without authorize, pages are open to anyone who reaches the mount: one warning
+    when the dashboard is created (none per request, none with authorize)."""
+    with capture_logs() as logs:
+        Dashboard(MemoryRunStore())
+        Dashboard(MemoryRunStore(), authorize=operator)
+    warned = [e for e in logs if e["event"] == "dashboard_without_authorize"]
+    assert len(warned) == 1
+    assert warned[0]["log_level"] == "warning"
+    assert "open to whoever reaches" in warned[0]["advice"]
