@@ -92,6 +92,9 @@ _ACTION_TEXT: Mapping[str, tuple[str, str]] = {
     "readmit": ("Re-admit", "Put this quarantined run back for the next recovery sweep."),
 }
 
+_FREE_FAILURES = 3  # wrong login tokens from one client before it must wait
+_MAX_LOGIN_DELAY = 60.0  # seconds: the longest wait (doubling from 1 s)
+_MAX_CLIENTS = 10_000  # clients whose wrong tokens are remembered (the latest)
 _SESSION_COOKIE = "asaga_dashboard_session"
 _TOKEN_COOKIE = "asaga_dashboard_token"
 # A run id: any text the stores accept (a top-level run's id has 1 to 255 characters, any
@@ -237,6 +240,9 @@ class Dashboard:
         self.poll_seconds = poll_seconds
         self.poll_minutes = poll_minutes
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        # Wrong login tokens by client: (count, time of the last), oldest client first.
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._clock: Callable[[], float] = time.monotonic
         if isinstance(allowed_hosts, str):
             raise TypeError("allowed_hosts is a sequence of hosts, not one str: wrap it in [...]")
         self.allowed_hosts: frozenset[str] | None = (
@@ -316,6 +322,8 @@ class Dashboard:
             return self._error(request, session, 413, "the request body is too large")
         if path == "/login":
             return await self._login(request, session)
+        if path == "/logout":
+            return self._logout(request, session)
         role = await self._role(request)
         if role is None:
             if isinstance(self.authorize, TokenAuth):
@@ -615,12 +623,49 @@ class Dashboard:
         refused = self._refused(request, session)
         if refused is not None:
             return refused
+        client = request.client or "unknown client"
+        wait = self._login_wait(client)
+        if wait > 0:
+            message = f"too many wrong tokens from {client}: wait {wait:.0f} s and retry"
+            return self._login_page(request, session, status=429, message=message)
         form = request.form()
         given = auth.cookie_for(form.get("token", ""))
         if given is None:
+            self._login_failed(client)
             return self._login_page(request, session, status=403, message="wrong token")
+        self._failures.pop(client, None)
         response = Response(303, headers=[("Location", f"{request.root}/")])
         response.headers.append(("Set-Cookie", _cookie(request, _TOKEN_COOKIE, given[1])))
+        return response
+
+    def _login_wait(self, client: str) -> float:
+        """Seconds ``client`` must wait before its next login attempt (0: none)."""
+        failed = self._failures.get(client)
+        if failed is None:
+            return 0.0
+        count, at = failed
+        if count < _FREE_FAILURES:
+            return 0.0
+        delay = min(2.0 ** (count - _FREE_FAILURES), _MAX_LOGIN_DELAY)
+        return max(0.0, at + delay - self._clock())
+
+    def _login_failed(self, client: str) -> None:
+        """Note a wrong token from ``client`` (the table keeps the latest clients only)."""
+        count = self._failures.pop(client, (0, 0.0))[0]
+        self._failures[client] = (count + 1, self._clock())
+        while len(self._failures) > _MAX_CLIENTS:
+            self._failures.pop(next(iter(self._failures)))
+
+    def _logout(self, request: Request, session: str) -> Response:
+        """Forget the token cookie (POST, CSRF-checked), back to the list."""
+        if request.method != "POST":
+            return self._error(request, session, 405, f"{request.method} is not allowed here")
+        refused = self._refused(request, session)
+        if refused is not None:
+            return refused
+        response = Response(303, headers=[("Location", f"{request.root}/")])
+        gone = _cookie(request, _TOKEN_COOKIE, "") + "; Max-Age=0"
+        response.headers.append(("Set-Cookie", gone))
         return response
 
     def _login_page(self, request: Request, session: str, *, status: int, message: str) -> Response:
@@ -652,6 +697,7 @@ class Dashboard:
             url=url,
             csrf=self._csrf(session),
             login=isinstance(self.authorize, TokenAuth),
+            logged_in=_TOKEN_COOKIE in request.cookies,
             poll_seconds=self.poll_seconds,
             poll_minutes=self.poll_minutes,
             state_of=step_state,

@@ -776,3 +776,47 @@ def test_a_dashboard_without_authorize_warns_once_when_created() -> None:
     assert len(warned) == 1
     assert warned[0]["log_level"] == "warning"
     assert "open to whoever reaches" in warned[0]["advice"]
+
+
+async def test_wrong_login_tokens_back_off_and_logout_forgets_the_token() -> None:
+    """After three wrong tokens a client waits before its next try (429, the wait
+    doubling, bounded), the right token included; once the wait is over the right
+    token logs in and clears the count. Log out (a CSRF-checked POST) expires the
+    cookie."""
+    token = "operate-secret-1"
+    dashboard = Dashboard(MemoryRunStore(), sagas=SAGAS, authorize=TokenAuth(operate=token))
+    now = [1000.0]
+    dashboard._clock = lambda: now[0]
+    async with mounted(dashboard) as dash:
+        csrf = csrf_of((await dash.get("/login")).text)
+        wrong = [(await dash.post("/login", {"csrf": csrf, "token": "nope-nope"})).status]
+        wrong += [(await dash.post("/login", {"csrf": csrf, "token": "nope-nope"})).status]
+        wrong += [(await dash.post("/login", {"csrf": csrf, "token": "nope-nope"})).status]
+        waiting = await dash.post("/login", {"csrf": csrf, "token": token})
+        now[0] += 1.5  # the first wait: 1 s
+        right = await dash.post("/login", {"csrf": csrf, "token": token})
+        page = await dash.get("/")
+        csrf = csrf_of(page.text)
+        get_out = await dash.get("/logout")
+        forged = await dash.post("/logout", {"csrf": "0" * 64})
+        out = await dash.post("/logout", {"csrf": csrf})
+    assert wrong == [403, 403, 403]
+    assert waiting.status == 429
+    assert "wait 1 s" in waiting.text
+    assert right.status == 303
+    assert dashboard._failures == {}
+    assert 'id="logout"' in page.text
+    assert get_out.status == 405
+    assert forged.status == 403
+    assert out.status == 303
+    assert "Max-Age=0" in out.headers["set-cookie"]
+    assert out.headers["set-cookie"].startswith("asaga_dashboard_token=;")
+
+
+def test_the_login_failures_kept_are_bounded() -> None:
+    """Wrong tokens are remembered for the latest 10,000 clients only."""
+    dashboard = Dashboard(MemoryRunStore(), authorize=TokenAuth(operate="operate-secret-1"))
+    for n in range(10_050):
+        dashboard._login_failed(f"10.0.{n // 256}.{n % 256}")
+    assert len(dashboard._failures) == 10_000
+    assert "10.0.0.0" not in dashboard._failures
