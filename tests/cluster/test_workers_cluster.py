@@ -85,8 +85,9 @@ async def refund_line(line: Line, charge_line: int, ledger: Ledger) -> None:
     ledger.calls.append(f"{ledger.who}: refund {line.sku} ({charge_line})")
 
 
-def make_remote(queue: str) -> tuple[Any, Any]:
-    """A saga with a step on workers of ``queue``, and one with a map on them."""
+def make_remote(queue: str) -> tuple[Any, Any, Any]:
+    """A saga with a step on workers of ``queue``, one with a map on them, and one whose
+    step on them times out."""
 
     class Pay(Saga[str]):
         order_id: str
@@ -110,7 +111,18 @@ def make_remote(queue: str) -> tuple[Any, Any]:
 
         charged = map_each(charge_line, over="lines", undo=refund_line, queue=queue, batch_size=2)
 
-    return Pay, Basket
+    class Hang(Saga):
+        ledger: Resource[Ledger]
+
+        @step(queue=queue, timeout=0.5)
+        async def hang(ledger: Ledger) -> None:
+            ledger.entered.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                ledger.cut.set()
+
+    return Pay, Basket, Hang
 
 
 def queue_name(redis_cluster: RedisClusterServers) -> Iterator[str]:
@@ -120,6 +132,8 @@ def queue_name(redis_cluster: RedisClusterServers) -> Iterator[str]:
     yield name
     for prefix in saq_prefixes(name):
         delete_prefix(redis_cluster.ports, prefix)
+    left = keys_by_node(redis_cluster.ports, "saq:")  # none of the queue's keys elsewhere
+    assert not [k for keys in left.values() for k in keys if name in k], left
 
 
 name = pytest.fixture(queue_name, name="name")
@@ -152,7 +166,7 @@ async def world(
     """A run store and two queues on the cluster (``name``: whole runs of Order; ``steps``:
     the steps and map elements of the sagas of :func:`make_remote`), each with a worker
     in this process."""
-    pay, basket = make_remote(steps)
+    pay, basket, hang = make_remote(steps)
     caller, worker = Ledger("caller"), Ledger("worker")
     stop = anyio.Event()
     url = redis_cluster.url
@@ -163,7 +177,7 @@ async def world(
         anyio.create_task_group() as tg,
     ):
         whole = Served(sagas=[Order], runs=runs, resources={"ledger": worker})
-        remote = Served(sagas=[pay, basket], resources={"ledger": worker})
+        remote = Served(sagas=[pay, basket, hang], resources={"ledger": worker})
         tg.start_soon(lambda: serve(run_workers, whole, concurrency=4, shutdown_grace=1, stop=stop))
         tg.start_soon(
             lambda: serve(step_workers, remote, concurrency=4, shutdown_grace=1, stop=stop)
@@ -178,6 +192,7 @@ async def world(
                 "runs": runs,
                 "pay": pay,
                 "basket": basket,
+                "hang": hang,
                 "caller": caller,
                 "worker": worker,
             }
@@ -255,6 +270,19 @@ async def test_a_step_runs_on_workers(
     one_slot(redis_cluster, steps)
 
 
+async def test_a_timed_out_step_is_aborted_on_its_worker(world: dict[str, Any]) -> None:
+    """The attempt's timeout aborts the step's job: the worker cuts the step off at once
+    (told over pub/sub), and the job ends aborted."""
+    hang, worker = world["hang"], world["worker"]
+    with anyio.fail_after(10):
+        with pytest.raises(SagaFailed) as caught:
+            await hang.run(ledger=Ledger("caller"), runs=world["runs"], run_id="run-7")
+        await worker.cut.wait()
+    assert caught.value.step == "hang"
+    assert worker.entered.is_set()
+    assert await world["step_queue"].state("run-7:hang:step:1") == "aborted"
+
+
 async def test_map_elements_run_on_workers_and_are_undone_there(
     world: dict[str, Any], redis_cluster: RedisClusterServers, steps: str
 ) -> None:
@@ -293,7 +321,7 @@ async def test_a_queued_job_is_withdrawn(redis_cluster: RedisClusterServers, nam
 
 
 async def test_a_job_left_by_a_dead_worker_is_swept_back_to_the_queue(
-    redis_cluster: RedisClusterServers, name: str
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, name: str
 ) -> None:
     """A job taken off the queue by a worker that died before marking it active: the
     first sweep notes it, the second aborts it and gives it back to the queue (SAQ's
@@ -306,7 +334,7 @@ async def test_a_job_left_by_a_dead_worker_is_swept_back_to_the_queue(
         assert taken.key == queue.job_key("run-6") == f"{name}run-6"
         assert await queue.saq.count("active") == 1
         assert await queue.saq.sweep() == []  # being taken, most likely: next time
-        await queue.saq.redis.delete(f"saq:{name}:sweep")  # the next sweep, a minute later
+        await cluster.delete(f"saq:{name}:sweep")  # the next sweep, a minute later
         assert await queue.saq.sweep() == [f"saq:job:{name}:{name}run-6"]
         assert await queue.state("run-6") == "queued"
         assert await queue.saq.count("queued") == 1
