@@ -43,3 +43,7 @@ def test_dashboard_list_quick(redis_url: str, tmp_path: Path) -> None:
         "without listings",
     ]
     assert report["keys_left"] == 0
+    pages = [row["query"] for row in report["pages"]]
+    assert "GET / (first page, counts)" in pages
+    assert "GET /run?id= (a run's page)" in pages
+    assert all(row["p50_ms"] > 0 for row in report["pages"])
