@@ -440,8 +440,9 @@ class Dashboard:
         if self._not_actionable(record) is not None:
             return []
         if record.owner == "quarantine" and not record.finished:
-            # Set aside by recovery (or readmitted since: then readmit says so).
-            return ["readmit"]
+            # Set aside by recovery, or readmitted since (then recover takes it): the
+            # record alone does not say which, each action says so when done.
+            return ["readmit", "recover"] if record.status != "waiting" else ["readmit"]
         found: list[Action] = []
         if record.status == "succeeded":
             found.append("undo")

@@ -205,14 +205,14 @@ async def recover_run(
             f"run {run_id} was recorded by saga_version {record.saga_version!r} of "
             f"{record.saga}, not {spec.saga_version!r}: recover it where that version runs"
         )
-    if owner == "quarantine":
-        return refused(
-            f"run {run_id} was quarantined by recovery (or readmitted since, and waiting for "
-            "the next recover() sweep): readmit it with runs.readmit(), then call recover()"
-        )
     if owner is None or owner == runs.owner:
         return refused(f"run {run_id} is being run by this process: it is not abandoned")
     done = await _recover_taken(runs, run_id, owner, specs, given, extra, kin)
+    if done is None and owner == "quarantine":  # a readmitted run is taken, not this one
+        return refused(
+            f"run {run_id} is quarantined (set aside by recovery, see runs.quarantined()): "
+            "readmit it (runs.readmit), then recover it"
+        )
     if done is None:
         return refused(
             f"run {run_id} is not abandoned: its owner's lease has not expired (its process "

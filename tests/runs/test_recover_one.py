@@ -112,6 +112,24 @@ async def test_runs_that_cannot_be_recovered_here_are_refused(
     assert recovered.outcome == "succeeded"  # lost-1 was left as it was: still abandoned
 
 
+async def test_a_readmitted_run_is_recovered(redis_url: str, redis_prefix: str) -> None:
+    """A quarantined run is refused until it is readmitted; then recover_run takes it
+    (its owner, 'quarantine', never holds a lease) and finishes it."""
+    async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as dead:
+        await dead.create(unfinished_run("Lost", "aside-1"), None)
+    async with RedisRunStore.from_url(redis_url, prefix=redis_prefix) as runs:
+        assert await runs.claim("aside-1", dead.owner) is not None
+        assert await runs.quarantine("aside-1", "does not fit") is not None
+        refused = await recover_run(runs, "aside-1", sagas=[Lost])
+        await runs.readmit("aside-1")
+        done = await recover_run(runs, "aside-1", sagas=[Lost])
+        status = (await runs.load("aside-1")).status
+    assert refused.outcome == "refused"
+    assert "readmit it" in (refused.error or "")
+    assert done.outcome == "succeeded"
+    assert status == "succeeded"
+
+
 async def test_a_child_run_is_refused(redis_url: str, redis_prefix: str) -> None:
     """The child run of a composed or mapped step (its id holds a '/') is driven by its
     parent: recover_run refuses it and names the parent."""
