@@ -169,6 +169,12 @@ def _add_redis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix", default="asaga:", help="the run store's key prefix (default: asaga:)"
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the URL names a node of a Redis Cluster (the others are discovered); job "
+        "queues must then be named with a hash tag, {name}",
+    )
 
 
 def _add_runs(subparsers: _Subparsers) -> None:
@@ -312,7 +318,8 @@ def _recover(args: argparse.Namespace) -> int:
                 except ImportError as exc:  # the saq extra is not installed
                     raise TargetError(str(exc)) from exc
                 for name in queues:
-                    await stack.enter_async_context(SaqQueue.from_url(args.redis, name=name))
+                    queue = SaqQueue.from_url(args.redis, name=name, cluster=args.cluster)
+                    await stack.enter_async_context(queue)
             resources = await stack.enter_async_context(
                 _resources(factory, args.redis, args.prefix)
             )
@@ -541,7 +548,9 @@ def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]])
     from .runs import RedisRunStore  # the redis extra, only when used
 
     async def main() -> str:
-        async with RedisRunStore.from_url(args.redis, prefix=args.prefix) as runs:
+        async with RedisRunStore.from_url(
+            args.redis, prefix=args.prefix, cluster=args.cluster
+        ) as runs:
             return await work(runs)
 
     try:
@@ -623,7 +632,9 @@ def _worker(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with (
             _resources(factory, args.redis, args.prefix) as served,
-            SaqQueue.from_url(args.redis, name=args.queue, heartbeat=args.heartbeat) as queue,
+            SaqQueue.from_url(
+                args.redis, name=args.queue, heartbeat=args.heartbeat, cluster=args.cluster
+            ) as queue,
         ):
             if not isinstance(served, Served):
                 raise TargetError(
@@ -694,6 +705,15 @@ def _add_dashboard(subparsers: _Subparsers) -> None:
         help="a token needed to read pages (default: $ASAGA_DASHBOARD_READ_TOKEN; none: "
         "pages are open to whoever reaches the server)",
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="another Host header the dashboard answers (a proxy's name, or this machine's "
+        "name with --host 0.0.0.0); repeat for several. It answers 127.0.0.1, localhost "
+        "and [::1] on its port, and --host, and refuses any other (DNS rebinding)",
+    )
     parser.set_defaults(command=_dashboard, command_name="dashboard")
 
 
@@ -712,18 +732,15 @@ def _dashboard(args: argparse.Namespace) -> int:
     factory = (
         _load_callable(args.served or args.resources) if (args.served or args.resources) else None
     )
-    try:
-        for name, token in (("--token", args.token), ("--read-token", args.read_token)):
-            if token is not None and len(token) < 8:
-                raise TargetError(f"{name} must have at least 8 characters")
-    except TargetError:
-        raise
+    for name, token in (("--token", args.token), ("--read-token", args.read_token)):
+        if token is not None and len(token) < 8:
+            raise TargetError(f"{name} must have at least 8 characters")
 
     async def main() -> None:
         from .runs import RedisRunStore
 
         async with (
-            RedisRunStore.from_url(args.redis, prefix=args.prefix) as runs,
+            RedisRunStore.from_url(args.redis, prefix=args.prefix, cluster=args.cluster) as runs,
             _resources(factory, args.redis, args.prefix) as given,
         ):
             chosen, resources = list(sagas), dict(given)
@@ -749,6 +766,7 @@ def _dashboard(args: argparse.Namespace) -> int:
                 port=args.port,
                 token=args.token,
                 read_token=args.read_token,
+                allowed_hosts=args.allowed_host,
             )
 
     try:

@@ -307,3 +307,26 @@ async def test_from_url_with_cluster(
         assert (await runs.load(result.run_id)).status == "succeeded"
     with pytest.raises(ValueError, match="prefix may not contain"):
         RedisRunStore(runs.client, prefix="app{1}:")
+
+
+async def test_the_cli_reads_a_cluster_store_with_cluster(
+    cluster: RedisCluster,
+    cluster_prefix: str,
+    redis_cluster: RedisClusterServers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``asaga runs list --cluster`` (and show) read a store on the cluster, through the
+    node the URL names."""
+    from asaga._cli import main
+
+    prefix = f"{cluster_prefix}cli:"
+    async with RedisRunStore(cluster, prefix=prefix) as runs:
+        done = [await Mine.run(runs=runs) for _ in range(3)]
+    options = ["--redis", redis_cluster.url, "--cluster", "--prefix", prefix]
+    # The command runs its own event loop: in a thread, as any blocking call here.
+    assert await anyio.to_thread.run_sync(main, ["runs", "list", *options]) == 0
+    listed = capsys.readouterr().out
+    assert all(result.run_id in listed for result in done)
+    shown = ["runs", "show", done[0].run_id, *options]
+    assert await anyio.to_thread.run_sync(main, shown) == 0
+    assert "succeeded" in capsys.readouterr().out

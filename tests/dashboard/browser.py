@@ -57,13 +57,15 @@ async def seed_store(redis_url: str, prefix: str) -> dict[str, str]:
 
 
 @contextmanager
-def dashboard_server(redis_url: str, prefix: str) -> Iterator[Server]:
-    """Seed the store, start ``asaga dashboard`` on it (token: TOKEN), yield it; stop it."""
+def dashboard_server(redis_url: str, prefix: str, *options: str) -> Iterator[Server]:
+    """Seed the store, start ``asaga dashboard`` on it (token: TOKEN; ``options`` added to
+    its command line), yield it; stop it."""
     ids = anyio.run(seed_store, redis_url, prefix)
     port = free_port()
     command = [
         sys.executable, "-m", "asaga", "dashboard",
         "--redis", redis_url, "--prefix", prefix, "--port", str(port), "--token", TOKEN,
+        *options,
     ]  # fmt: skip
     for saga in ("Shop", "Approval", "Paid", "Flaky"):
         command += ["--saga", f"tests.dashboard.sagas:{saga}"]
