@@ -45,6 +45,7 @@ from .._exceptions import AsagaError, RunNotFound
 from .._saga import Saga
 from ..events import OperatorAction
 from ..runs import RunRecord, RunStatus, RunStore, recover_run
+from ..runs._show import when
 from ._http import MAX_BODY, Request, RequestInfo, Response
 from ._pages import render, static_file
 from ._views import (
@@ -55,7 +56,6 @@ from ._views import (
     shown_by,
     step_state,
     waits_cell,
-    when,
 )
 
 if TYPE_CHECKING:

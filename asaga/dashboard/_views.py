@@ -11,7 +11,6 @@ everything they are given), no framework.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from .._render import _ids, to_mermaid
 from .._run import SagaSpec
 from .._saga import Saga
 from ..runs import RunRecord, StepRecord
+from ..runs._show import describe_wait, when
 
 __all__ = [
     "STATE_STYLES",
@@ -250,22 +250,6 @@ def timeline(record: RunRecord, shown: Callable[[Field, str, Any], Any]) -> list
             )
         )
     return rows
-
-
-def describe_wait(wait: WaitInfo, shown: Shown = _as_is) -> str:
-    """``event KEY until TIME UTC``, ``timer until TIME UTC``, ``halted: REASON``; the key
-    and the reason as ``shown`` lets them be shown (field ``"wait"``)."""
-    until = f" until {when(wait.until)} UTC" if wait.until is not None else ""
-    if wait.kind == "event":
-        return f"event {shown('wait', wait.step, wait.key)}{until}"
-    if wait.kind == "halt":
-        return "halted" + (f": {shown('wait', wait.step, wait.reason)}" if wait.reason else "")
-    return f"{wait.kind}{until}"
-
-
-def when(seconds: float) -> str:
-    """A wall-clock time as ``YYYY-MM-DD HH:MM:SS`` (UTC)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 
 def _duration(start: float | None, end: float | None) -> str:

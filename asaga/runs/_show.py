@@ -4,7 +4,7 @@ of what ``asaga deliver``, ``resume`` and ``cancel`` did (:func:`format_delivery
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,7 +16,14 @@ from ._record import Quarantined, RunRecord
 if TYPE_CHECKING:  # the type of format_delivery's argument only
     from ._parking import Delivery
 
-__all__ = ["format_delivery", "format_quarantined", "format_run", "format_runs"]
+__all__ = [
+    "describe_wait",
+    "format_delivery",
+    "format_quarantined",
+    "format_run",
+    "format_runs",
+    "when",
+]
 
 _WIDTH = 60  # characters of a result or an error shown in a table cell
 
@@ -27,9 +34,7 @@ def format_runs(records: Sequence[RunRecord]) -> str:
     if not records:
         return "no runs recorded\n"
     rows: list[tuple[str, ...]] = [("RUN", "SAGA", "STATUS", "CREATED (UTC)", "FAILED STEP")]
-    rows += [
-        (r.run_id, r.saga, r.status, _when(r.created_at), r.failed_step or "") for r in records
-    ]
+    rows += [(r.run_id, r.saga, r.status, when(r.created_at), r.failed_step or "") for r in records]
     if any(r.status == "waiting" for r in records):
         waits = [_waits_cell(r) if r.status == "waiting" else "" for r in records]
         rows = [(*row, cell) for row, cell in zip(rows, ["WAITING FOR", *waits], strict=True)]
@@ -40,7 +45,7 @@ def format_quarantined(runs: Sequence[Quarantined]) -> str:
     """Runs set aside by recovery, newest first: id, saga, when, why (in full: the reason
     says what to do)."""
     rows = [("QUARANTINED RUN", "SAGA", "SINCE (UTC)", "REASON")]
-    rows += [(q.run_id, q.saga or "-", _when(q.quarantined_at), q.reason) for q in runs]
+    rows += [(q.run_id, q.saga or "-", when(q.quarantined_at), q.reason) for q in runs]
     return _table(rows)
 
 
@@ -50,7 +55,7 @@ def format_run(record: RunRecord) -> str:
         f"run {record.run_id}",
         f"  saga      {record.saga} (saga_version {record.saga_version})",
         f"  status    {record.status}",
-        f"  created   {_when(record.created_at)}   updated {_when(record.updated_at)}",
+        f"  created   {when(record.created_at)}   updated {when(record.updated_at)}",
         f"  owner     {record.owner or '-'}",
     ]
     if record.idempotency_key is not None:
@@ -73,7 +78,7 @@ def format_run(record: RunRecord) -> str:
             compensation += f" ({step.compensation_attempt} attempts)"
         shown = step.error or (_short(_plain(step.result)) if step.result is not None else "")
         if step.status == "waiting" and step.wait is not None:
-            shown = _describe(step.wait)
+            shown = describe_wait(step.wait)
         if step.compensation_error:
             shown += f"  undo: {step.compensation_error}"
         rows.append((name, step.status, str(step.attempt), compensation, _short(shown)))
@@ -135,16 +140,22 @@ def _failure_lines(error: SagaFailed) -> list[str]:
 
 def _waits_cell(record: RunRecord) -> str:
     """What a parked run waits for, for one cell of ``asaga runs list``."""
-    return "; ".join(f"{w.step}: {_short(_describe(w))}" for w in record.waits) or "-"
+    return "; ".join(f"{w.step}: {_short(describe_wait(w))}" for w in record.waits) or "-"
 
 
-def _describe(wait: WaitInfo) -> str:
-    """``event KEY until TIME UTC``, ``timer until TIME UTC``, ``halted: REASON``."""
-    until = f" until {_when(wait.until)} UTC" if wait.until is not None else ""
+def _as_is(field: str, name: str, value: Any) -> Any:
+    return value
+
+
+def describe_wait(wait: WaitInfo, shown: Callable[..., Any] = _as_is) -> str:
+    """``event KEY until TIME UTC``, ``timer until TIME UTC``, ``halted: REASON``; the key
+    and the reason as ``shown("wait", step, text)`` lets them be shown (the dashboard's
+    redaction; as they are by default)."""
+    until = f" until {when(wait.until)} UTC" if wait.until is not None else ""
     if wait.kind == "event":
-        return f"event {wait.key}{until}"
+        return f"event {shown('wait', wait.step, wait.key)}{until}"
     if wait.kind == "halt":
-        return "halted" + (f": {wait.reason}" if wait.reason else "")
+        return "halted" + (f": {shown('wait', wait.step, wait.reason)}" if wait.reason else "")
     return f"{wait.kind}{until}"
 
 
@@ -152,12 +163,12 @@ def _wait_detail(wait: WaitInfo) -> str:
     """What a step waits for, in full: its key, deadline (and how far it is); a halt's
     reason and how to go on."""
     if wait.kind == "halt":
-        return f"{_describe(wait)} (asaga resume runs it again)"
+        return f"{describe_wait(wait)} (asaga resume runs it again)"
     text = f"{wait.kind} {wait.key}" if wait.kind == "event" else wait.kind
     if wait.until is None:
         text += ", no deadline"
     else:
-        text += f", until {_when(wait.until)} UTC ({_from_now(wait.until)})"
+        text += f", until {when(wait.until)} UTC ({_from_now(wait.until)})"
     return text
 
 
@@ -196,7 +207,8 @@ def _short(text: str) -> str:
     return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
 
 
-def _when(seconds: float) -> str:
+def when(seconds: float) -> str:
+    """A wall-clock time as ``YYYY-MM-DD HH:MM:SS`` (UTC)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 
