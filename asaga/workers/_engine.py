@@ -56,11 +56,14 @@ class JobQueue(Protocol):
         """Wait for the job under ``key`` to end (bound the wait with ``anyio.fail_after``);
         its end."""
 
-    async def abort(self, key: str, reason: str, *, settle: float = 0.0) -> None:
+    async def abort(
+        self, key: str, reason: str, *, settle: float = 0.0, refuse_later: bool = False
+    ) -> None:
         """Abort the job under ``key``: dropped if it waits, its handler cancelled if it
         runs. With ``settle`` > 0, wait up to that many seconds for its handler to end;
         a job whose handler has not ended by then (its worker is dead) is ended as
-        aborted."""
+        aborted. With ``refuse_later``, a job of ``key`` not enqueued yet is refused if
+        it comes later (for the time the queue keeps ended jobs)."""
 
     async def state(self, key: str) -> JobState:
         """Where the job under ``key`` stands now."""

@@ -162,6 +162,7 @@ class OnWorkers:
             f"withdrawn: the {self.kind} of step {self.step!r} was in doubt when its run "
             "was recovered",
             settle=_ABORT_WAIT,
+            refuse_later=True,  # a process only paused past its lease may send it yet
         )
         _logger.info("step_job_withdrawn", step=self.step, kind=self.kind, job=key)
 

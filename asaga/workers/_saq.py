@@ -35,7 +35,7 @@ from ._engine import JobEnd, JobHandler, JobState
 
 try:
     from saq import Queue, Worker
-    from saq.job import TERMINAL_STATUSES, Job, Status
+    from saq.job import ABORT_ID_PREFIX, TERMINAL_STATUSES, Job, Status
     from saq.multiplexer import Multiplexer
     from saq.queue.redis import RedisQueue
     from saq.types import Context, PartialTimersDict, QueueInfo, WorkerInfo
@@ -242,7 +242,16 @@ class SaqQueue:
             if job.status in TERMINAL_STATUSES:
                 return _end(job)
 
-    async def abort(self, key: str, reason: str, *, settle: float = 0.0) -> None:
+    async def abort(
+        self, key: str, reason: str, *, settle: float = 0.0, refuse_later: bool = False
+    ) -> None:
+        if refuse_later and isinstance(self.saq, RedisQueue):
+            # Before the job is looked up, so that an enqueue after the look is refused
+            # too: SAQ enqueues no job whose abort key exists. A job found is aborted as
+            # usual (SAQ's abort sets the key again, and drops it once the job ended).
+            await self.saq.redis.set(
+                f"{ABORT_ID_PREFIX}{self.job_key(key)}", reason, ex=max(1, round(self.keep))
+            )
         job = await self.saq.job(self.job_key(key))
         if job is None or job.status in TERMINAL_STATUSES:
             return

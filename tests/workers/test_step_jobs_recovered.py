@@ -133,12 +133,12 @@ async def test_recovery_withdraws_the_queued_job_of_a_step_in_doubt(
     with the step in doubt; a worker that starts afterwards never runs it (it runs a
     later job, and only that one)."""
     pay = make_pay(name, idempotent=False)
-    key = "run-w1:pay:step:1"
+    key = f"{name}-w1:pay:step:1"
     worker = Bank("worker")
     stop = anyio.Event()
     async with (
         SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue,
-        abandoned(pay, client, redis_prefix, "run-w1") as run,
+        abandoned(pay, client, redis_prefix, f"{name}-w1") as run,
     ):
         with anyio.fail_after(10):
             await until_state(queue, key, "queued")
@@ -147,9 +147,9 @@ async def test_recovery_withdraws_the_queued_job_of_a_step_in_doubt(
         async with RedisRunStore(client, prefix=redis_prefix) as runs:
             with anyio.fail_after(20):
                 report = await recover(runs, sagas=[pay], resources={"bank": Bank("sweep")})
-            record = await runs.load("run-w1")
+            record = await runs.load(f"{name}-w1")
         assert [(r.run_id, r.outcome, r.in_doubt) for r in report] == [
-            ("run-w1", "failed", ("pay",))
+            (f"{name}-w1", "failed", ("pay",))
         ]
         assert record.status == "failed"
         assert await queue.state(key) == "aborted"
@@ -173,12 +173,12 @@ async def test_recovery_resumes_an_idempotent_step_at_its_next_attempt_only(
     recovery withdraws that job and sends attempt 2 (a job of its own key); the worker
     that starts then runs the step once, for attempt 2, and the run succeeds."""
     pay = make_pay(name, idempotent=True)
-    first, second = "run-w2:pay:step:1", "run-w2:pay:step:2"
+    first, second = f"{name}-w2:pay:step:1", f"{name}-w2:pay:step:2"
     worker = Bank("worker")
     stop = anyio.Event()
     async with (
         SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue,
-        abandoned(pay, client, redis_prefix, "run-w2") as run,
+        abandoned(pay, client, redis_prefix, f"{name}-w2") as run,
         RedisRunStore(client, prefix=redis_prefix) as runs,
         anyio.create_task_group() as tg,
     ):
@@ -202,7 +202,9 @@ async def test_recovery_resumes_an_idempotent_step_at_its_next_attempt_only(
             with anyio.fail_after(10):
                 await swept.wait()
             stop.set()
-    assert [(r.run_id, r.outcome, r.resumed) for r in report] == [("run-w2", "succeeded", ("pay",))]
+    assert [(r.run_id, r.outcome, r.resumed) for r in report] == [
+        (f"{name}-w2", "succeeded", ("pay",))
+    ]
     assert worker.calls == ["worker: pay o-1"]  # once: attempt 2, never attempt 1
 
 
@@ -219,7 +221,7 @@ async def test_a_run_whose_step_job_cannot_be_withdrawn_is_left_for_the_next_swe
     from asaga.workers._remote import OnWorkers
 
     pay = make_pay(name, idempotent=False)
-    key = "run-w3:pay:step:1"
+    key = f"{name}-w3:pay:step:1"
     withdraw = OnWorkers.withdraw
 
     async def unreachable(self: OnWorkers, run_id: str, attempt: int) -> None:
@@ -227,7 +229,7 @@ async def test_a_run_whose_step_job_cannot_be_withdrawn_is_left_for_the_next_swe
 
     async with (
         SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue,
-        abandoned(pay, client, redis_prefix, "run-w3") as run,
+        abandoned(pay, client, redis_prefix, f"{name}-w3") as run,
     ):
         with anyio.fail_after(10):
             await until_state(queue, key, "queued")
@@ -236,14 +238,31 @@ async def test_a_run_whose_step_job_cannot_be_withdrawn_is_left_for_the_next_swe
             monkeypatch.setattr(OnWorkers, "withdraw", unreachable)
             with anyio.fail_after(20):
                 first = await recover(runs, sagas=[pay], resources={"bank": Bank("sweep")})
-            assert [(r.run_id, r.outcome) for r in first] == [("run-w3", "error")]
+            assert [(r.run_id, r.outcome) for r in first] == [(f"{name}-w3", "error")]
             assert "left for the next sweep" in (first[0].error or "")
-            assert (await runs.load("run-w3")).status == "running"  # not taken
+            assert (await runs.load(f"{name}-w3")).status == "running"  # not taken
             assert await queue.state(key) == "queued"
             monkeypatch.setattr(OnWorkers, "withdraw", withdraw)
             with anyio.fail_after(20):
                 second = await recover(runs, sagas=[pay], resources={"bank": Bank("sweep")})
             assert [(r.run_id, r.outcome, r.in_doubt) for r in second] == [
-                ("run-w3", "failed", ("pay",))
+                (f"{name}-w3", "failed", ("pay",))
             ]
         assert await queue.state(key) == "aborted"
+
+
+async def test_a_withdrawn_attempt_is_refused_if_its_job_comes_later(
+    redis_url: str, name: str
+) -> None:
+    """A withdrawal finds no job (its process was only paused past its lease, before it
+    sent the job): the job of that attempt, if it comes later, is refused, so it never
+    runs after the recovery decided; other keys are not affected."""
+    pay = make_pay(name, idempotent=False)
+    step = pay.__asaga__.plan.nodes["pay"].fn
+    key = step.job_key(f"{name}-w4", "1")
+    async with SaqQueue.from_url(redis_url, name=name, heartbeat=5) as queue:
+        await step.withdraw(f"{name}-w4", 1)
+        assert await queue.state(key) == "missing"
+        assert not await queue.enqueue(key, {"kind": "step"})  # the late job: refused
+        assert await queue.state(key) == "missing"
+        assert await queue.enqueue(step.job_key(f"{name}-w4", "2"), {"kind": "step"})
