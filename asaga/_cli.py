@@ -240,7 +240,7 @@ def _check_status(status: str) -> None:
     """A typo in ``--status`` would list nothing: say so instead."""
     from .runs import RunStatus  # only this command needs it
 
-    known = [*get_args(RunStatus), "quarantined"]
+    known = [*get_args(RunStatus), "in_doubt", "quarantined"]
     if status not in known:
         close = difflib.get_close_matches(status, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -318,7 +318,7 @@ def _recover(args: argparse.Namespace) -> int:
                 except ImportError as exc:  # the saq extra is not installed
                     raise TargetError(str(exc)) from exc
                 for name in queues:
-                    queue = SaqQueue.from_url(args.redis, name=name, cluster=args.cluster)
+                    queue = _open_queue(SaqQueue, args, name=name)
                     await stack.enter_async_context(queue)
             resources = await stack.enter_async_context(
                 _resources(factory, args.redis, args.prefix)
@@ -542,6 +542,15 @@ async def _resources(
         yield made
 
 
+def _open_queue(queue_class: Any, args: argparse.Namespace, **options: Any) -> Any:
+    """``SaqQueue.from_url`` on ``--redis`` (``--cluster``); a name it refuses (on a
+    cluster, one without a hash tag) is a usage error that says what to name it."""
+    try:
+        return queue_class.from_url(args.redis, cluster=args.cluster, **options)
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
+
+
 def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> int:
     if not args.redis:
         raise TargetError("give the run store's Redis with --redis URL (or set REDIS_URL)")
@@ -632,9 +641,7 @@ def _worker(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with (
             _resources(factory, args.redis, args.prefix) as served,
-            SaqQueue.from_url(
-                args.redis, name=args.queue, heartbeat=args.heartbeat, cluster=args.cluster
-            ) as queue,
+            _open_queue(SaqQueue, args, name=args.queue, heartbeat=args.heartbeat) as queue,
         ):
             if not isinstance(served, Served):
                 raise TargetError(
@@ -743,7 +750,6 @@ def _dashboard(args: argparse.Namespace) -> int:
             RedisRunStore.from_url(args.redis, prefix=args.prefix, cluster=args.cluster) as runs,
             _resources(factory, args.redis, args.prefix) as given,
         ):
-            chosen, resources = list(sagas), dict(given)
             if args.served:
                 from .workers import Served
 
@@ -752,6 +758,8 @@ def _dashboard(args: argparse.Namespace) -> int:
                         f"{args.served} gave {type(given).__name__}, not an asaga.workers.Served"
                     )
                 chosen, resources = list(given.sagas), dict(given.resources)
+            else:
+                chosen, resources = list(sagas), dict(given)
             print(
                 f"asaga dashboard: http://{args.host}:{args.port}/ "
                 f"({'actions need the token' if args.token else 'read-only'}; sagas: "

@@ -564,3 +564,39 @@ def test_recover_opens_the_queues_of_steps_on_workers(
     )
     assert (status, err) == (0, "")
     assert out.endswith("0 run(s) recovered\n")
+
+
+def test_dashboard_served_gives_its_sagas_and_resources(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`asaga dashboard --served module:fn` serves the Served's sagas with its resources
+    (the server itself is replaced here: tests/dashboard starts a real one)."""
+    import asaga.dashboard._serve
+    from tests.e2e import cli_served
+
+    given: dict[str, object] = {}
+
+    async def serve(runs: object, **options: object) -> None:
+        given.update(options)
+
+    monkeypatch.setattr(asaga.dashboard._serve, "serve", serve)
+    argv = ["dashboard", "--redis", redis_url, "--prefix", redis_prefix]
+    assert main([*argv, "--served", "tests.e2e.cli_served:served"]) == 0
+    assert given["sagas"] == [cli_served.Booked]
+    assert given["resources"] == {"ledger": cli_served.LEDGER}
+
+
+def test_runs_list_takes_in_doubt(redis_url: str, redis_prefix: str) -> None:
+    """`--status in_doubt` is a status of the runs list, as in the dashboard."""
+    argv = ["runs", "list", "--redis", redis_url, "--prefix", redis_prefix]
+    assert main([*argv, "--status", "in_doubt"]) == 0
+
+
+def test_a_cluster_queue_without_a_hash_tag_is_a_usage_error(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`asaga worker --cluster` with a queue name a cluster cannot use says what to name
+    it (exit 2), before it connects anywhere."""
+    argv = ["worker", "tests.e2e.cli_served:served", "--redis", redis_url, "--cluster"]
+    assert main([*argv, "--queue", "plain"]) == 2
+    assert "{" in capsys.readouterr().err
