@@ -35,7 +35,7 @@ import msgspec
 import structlog
 
 from .._compensation import Unwind
-from .._events import RunContext, split_hooks
+from .._events import RunContext, RunFailed, split_hooks
 from .._exceptions import (
     AsagaError,
     CompensationFailed,
@@ -535,8 +535,19 @@ async def _unwind(
             return "compensation_failed"
         return "cancelled" if record.error == "cancelled" else "failed"
 
+    # Recorded with the end, as a run's own end is: the timeline says how it ended, and
+    # the store lists a run that left steps in doubt under in_doubt.
+    final = RunFailed(
+        saga=saga,
+        run_id=run_id,
+        parent_run_id=record.parent,
+        error=error,
+        failed_step=failed_step,
+        cancelled=record.error == "cancelled",
+        in_doubt=risky,
+    )
     unwind = await compensate_recorded(
-        spec, values, record, journal, completed, extra_hooks, ending, parent
+        spec, values, record, journal, completed, extra_hooks, ending, parent, final
     )
     return Recovered(
         run_id=run_id,

@@ -11,7 +11,7 @@ import msgspec
 import structlog
 
 from .._compensation import Unwind
-from .._events import RunContext
+from .._events import Event, RunContext
 from .._exceptions import (
     RunStoreError,
     UndoFailed,
@@ -132,13 +132,15 @@ async def compensate_recorded(
     extra_hooks: Hooks,
     ending: Callable[[Unwind], RunStatus] | str,
     parent: RunContext | None = None,
+    final: Event | None = None,
 ) -> Unwind:
     """Compensate ``completed`` steps of a recorded run (events to the saga's hooks), then
     write how it ended, even if the caller is cancelled meanwhile: ``ending`` is
-    ``"undo"`` (``undone`` / ``undo_failed``) or a function of the unwind."""
+    ``"undo"`` (``undone`` / ``undo_failed``) or a function of the unwind; ``final``, the
+    event recorded with that last write (a recovery's ``RunFailed``)."""
 
     async def finish(unwind: Unwind) -> None:
-        await _finish(journal, record, unwind, ending)
+        await _finish(journal, record, unwind, ending, final)
 
     return await unwind_steps(
         spec,
@@ -158,6 +160,7 @@ async def _finish(
     record: RunRecord,
     unwind: Unwind,
     ending: Callable[[Unwind], RunStatus] | str,
+    final: Event | None = None,
 ) -> None:
     if journal.lost:
         return
@@ -167,6 +170,6 @@ async def _finish(
         status = ending(unwind)
     with anyio.CancelScope(shield=True):
         try:
-            await journal.finish(status)
+            await journal.finish(status, final)
         except RunStoreError as exc:
             _logger.warning("run_not_recorded", run_id=record.run_id, error=repr(exc))

@@ -113,6 +113,15 @@ async def reconcile(
                 assert record.failed_compensations == ("charge",)
                 assert record.steps["charge"].error is not None
                 assert "in doubt" in record.steps["charge"].error
+    # The runs recovery left with a step in doubt are the runs listed (and counted) as such.
+    doubtful = {
+        r.run_id
+        for r in records
+        if any((s.error or "").startswith("in doubt") for s in r.steps.values())
+    }
+    listed = {r.run_id for r in (await runs.page(status="in_doubt", limit=500)).runs}
+    assert listed == doubtful
+    assert (await runs.counts())["in_doubt"] == len(doubtful)
     return statuses
 
 

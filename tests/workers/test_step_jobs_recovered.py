@@ -147,11 +147,14 @@ async def test_recovery_withdraws_the_queued_job_of_a_step_in_doubt(
         async with RedisRunStore(client, prefix=redis_prefix) as runs:
             with anyio.fail_after(20):
                 report = await recover(runs, sagas=[pay], resources={"bank": Bank("sweep")})
-            record = await runs.load(f"{name}-w1")
+            record = await runs.load(f"{name}-w1", events=True)
+            in_doubt = (await runs.page(status="in_doubt")).runs
         assert [(r.run_id, r.outcome, r.in_doubt) for r in report] == [
             (f"{name}-w1", "failed", ("pay",))
         ]
         assert record.status == "failed"
+        assert record.events[-1].kind == "run_failed"  # recorded with the recovery's end
+        assert [r.run_id for r in in_doubt] == [f"{name}-w1"]
         assert await queue.state(key) == "aborted"
         async with (
             SaqQueue.from_url(redis_url, name=name, heartbeat=5) as jobs,
