@@ -218,24 +218,10 @@ async def upkeep(client: aioredis.Redis, n: int, rounds: int) -> list[dict[str, 
                 texts = {k: v.replace(_LISTING, _NO_LISTING) for k, v in texts.items()}
             shas = {k: await client.script_load(t) for k, t in texts.items()}
             prefix = f"bench-dash-upkeep:{secrets.token_hex(4)}:"
-            async with RedisRunStore(client, prefix=prefix) as store:
-                calls = []
-                for run_id, saga, status, key in plan(n, random.Random(7)):
-                    first, final = writes(run_id, saga, status, key)
-                    calls.append((shas["create"], *store._create_call(first)))
-                    if final is not None:
-                        calls.append((shas["write"], *store._write_call(final)))
-                before = (await client.info("commandstats"))["cmdstat_evalsha"]
-                start = time.perf_counter()
-                for i in range(0, len(calls), 500):
-                    async with client.pipeline(transaction=False) as pipe:
-                        for sha, keys, args in calls[i : i + 500]:
-                            pipe.evalsha(sha, len(keys), *keys, *args)
-                        await pipe.execute()
-                wall = time.perf_counter() - start
-                after = (await client.info("commandstats"))["cmdstat_evalsha"]
-            await clean(client, prefix)
-            per_call = (after["usec"] - before["usec"]) / max(1, after["calls"] - before["calls"])
+            try:
+                wall, per_call = await _upkeep_cell(client, prefix, shas, n)
+            finally:  # even when interrupted: nothing of the cell is left behind
+                await clean(client, prefix)
             cells[label].append((wall / n * 1e6, per_call))
     return [
         {
@@ -245,6 +231,30 @@ async def upkeep(client: aioredis.Redis, n: int, rounds: int) -> list[dict[str, 
         }
         for label in cells
     ]
+
+
+async def _upkeep_cell(
+    client: aioredis.Redis, prefix: str, shas: dict[str, str], n: int
+) -> tuple[float, float]:
+    """One cell of :func:`upkeep`: seconds of wall time, and Redis us per script call."""
+    async with RedisRunStore(client, prefix=prefix) as store:
+        calls = []
+        for run_id, saga, status, key in plan(n, random.Random(7)):
+            first, final = writes(run_id, saga, status, key)
+            calls.append((shas["create"], *store._create_call(first)))
+            if final is not None:
+                calls.append((shas["write"], *store._write_call(final)))
+        before = (await client.info("commandstats"))["cmdstat_evalsha"]
+        start = time.perf_counter()
+        for i in range(0, len(calls), 500):
+            async with client.pipeline(transaction=False) as pipe:
+                for sha, keys, args in calls[i : i + 500]:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                await pipe.execute()
+        wall = time.perf_counter() - start
+        after = (await client.info("commandstats"))["cmdstat_evalsha"]
+    per_call = (after["usec"] - before["usec"]) / max(1, after["calls"] - before["calls"])
+    return wall, per_call
 
 
 async def scan_list(store: RedisRunStore, status: str, limit: int = 50) -> list[RunRecord]:
