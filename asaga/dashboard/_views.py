@@ -55,7 +55,8 @@ Redact = Callable[[str, Field, str, Any], Any]
 - ``"wait"``: a halted step's reason or the key of the event a step waits for, ``name``
   the step;
 - ``"outcome"``: the outcome of an action (undo, resume...) as the result page shows it
-  and the run's events record it, ``name`` the action.
+  and the run's events record it, ``name`` the action; on a run page's timeline, each
+  operator action's outcome and who did it (``OperatorAction.by``), ``name`` the action.
 
 Return the value to show (the same, a masked one, ``"***"``...)."""
 
@@ -233,10 +234,13 @@ def timeline(record: RunRecord, shown: Callable[[Field, str, Any], Any]) -> list
             error = str(shown("error", event.step or "run", event.error))
         detail = ""
         if event.kind == "operator_action":
-            action = getattr(event, "action", "")
+            # Redacted here too: an action noted by another process (the CLI, the
+            # application) was not, and ``by`` may name a person.
+            action = str(getattr(event, "action", ""))
             by = getattr(event, "by", None)
-            outcome = getattr(event, "outcome", "")
-            detail = f"{action} by {by or 'an operator'}: {outcome}"
+            by = str(shown("outcome", action, by)) if by else "an operator"
+            outcome = shown("outcome", action, getattr(event, "outcome", ""))
+            detail = f"{action} by {by}: {outcome}"
         rows.append(
             TimelineRow(
                 offset=f"+{(event.timestamp - start) * 1000:.1f} ms",
