@@ -91,6 +91,16 @@ _ACTION_TEXT: Mapping[str, tuple[str, str]] = {
     ),
     "readmit": ("Re-admit", "Put this quarantined run back for the next recovery sweep."),
 }
+_OFFERED_WHEN: Mapping[str, str] = {
+    "undo": "the run succeeded",
+    "resume": "a step of the run halted",
+    "cancel": "the run is parked (waiting)",
+    "recover": "the run is unfinished (running, compensating, undoing) or quarantined",
+    "readmit": "recovery set the run aside (quarantined)",
+}
+# A recovery that ended where recover means to leave a run: finished, parked, undone, or
+# compensated (failed, cancelled: the dead run's completed steps undone).
+_RECOVERED = ("succeeded", "waiting", "undone", "failed", "cancelled")
 
 _FREE_FAILURES = 3  # wrong login tokens from one client before it must wait
 _MAX_LOGIN_DELAY = 60.0  # seconds: the longest wait (doubling from 1 s)
@@ -233,6 +243,16 @@ class Dashboard:
         self.runs = runs
         self.sagas: Mapping[str, type[Saga]] = specs
         self.resources: Mapping[str, Any] = dict(resources or {})
+        for name, saga in specs.items():
+            missing = _missing_resources(saga, self.resources)
+            if missing:
+                _logger.warning(
+                    "dashboard_missing_resources",
+                    saga=name,
+                    missing=missing,
+                    advice=f"no action can be done on a run of saga {name} (the run pages "
+                    "say so): give its resources to the Dashboard (resources=...)",
+                )
         self.authorize = authorize
         self.redact = redact
         self.title = title
@@ -416,6 +436,10 @@ class Dashboard:
         spec = saga.__asaga__ if saga is not None else None
         view = run_view(record, spec, self.redact)
         actions = await self._actions(record) if role == "operate" else []
+        unavailable = None  # why the actions that fit this run are not offered
+        withheld = role == "operate" and self._not_actionable(record) is None
+        if saga is not None and withheld and set(self._offered(record)) - set(actions):
+            unavailable = self._lacking(saga)
         return self._page(
             request,
             session,
@@ -426,6 +450,7 @@ class Dashboard:
             known=saga is not None,
             same_version=spec is not None and spec.saga_version == record.saga_version,
             actions=actions,
+            unavailable=unavailable,
             role=role,
             action_text=_ACTION_TEXT,
         )
@@ -435,10 +460,20 @@ class Dashboard:
         return await self.runs.load(run_id, events=True)
 
     async def _actions(self, record: RunRecord) -> list[Action]:
-        """The actions the run page offers for ``record`` (each checked again when done):
-        none for a run of a saga (or a ``saga_version``) this dashboard was not given."""
+        """The actions the run page offers for ``record``, the only ones done when posted:
+        none for a run of a saga (or a ``saga_version``) this dashboard was not given;
+        none but re-admit (which needs no resources) for a saga whose resources were not
+        given."""
         if self._not_actionable(record) is not None:
             return []
+        offered = self._offered(record)
+        saga = self.sagas[record.saga]
+        if self._lacking(saga) is not None:
+            return [a for a in offered if a == "readmit"]
+        return offered
+
+    def _offered(self, record: RunRecord) -> list[Action]:
+        """The actions that fit where ``record`` stands."""
         if record.owner == "quarantine" and not record.finished:
             # Set aside by recovery, or readmitted since (then recover takes it): the
             # record alone does not say which, each action says so when done.
@@ -499,8 +534,9 @@ class Dashboard:
         action = _action(form.get("action", ""))
         run_id = _run_id(form.get("id", ""))
         record = await self._load(run_id)
+        in_doubt: tuple[str, ...] = ()
         try:
-            ok, outcome = await self._perform(action, record)
+            ok, outcome, in_doubt = await self._perform(action, record)
         except Exception as exc:  # noqa: BLE001 - an action's failure is shown on its page
             ok, outcome = False, f"failed: {type(exc).__name__}: {exc}"
         # Shown and recorded as redact lets it be: it may quote a reason, a key, an error.
@@ -527,61 +563,95 @@ class Dashboard:
             record=record,
             ok=ok,
             outcome=outcome,
+            in_doubt=in_doubt,
             noted=noted,
             role=role,
         )
 
-    async def _perform(self, action: Action, record: RunRecord) -> tuple[bool, str]:
-        """Do ``action``: whether it was done, and what happened (or why not)."""
+    async def _perform(
+        self, action: Action, record: RunRecord
+    ) -> tuple[bool, str, tuple[str, ...]]:
+        """Do ``action``: whether it was done, what happened (or why not), and the steps
+        a recovery left in doubt. An action the run page does not offer for ``record``
+        (as it stands now) is refused, nothing done."""
         run_id = record.run_id
         refused = self._not_actionable(record)
         saga = self.sagas.get(record.saga)
         if refused is not None or saga is None:
-            return False, refused or f"saga {record.saga} is not given"
+            return False, refused or f"saga {record.saga} is not given", ()
+        lacking = self._lacking(saga)
+        if lacking is not None and action != "readmit":
+            return False, lacking, ()
+        if action not in self._offered(record):
+            where = "quarantined" if record.owner == "quarantine" else record.status
+            return (
+                False,
+                f"refused: {action} is offered only when {_OFFERED_WHEN[action]}, and run "
+                f"{run_id} is {where}; nothing was done (reload its page for the actions "
+                "it offers)",
+                (),
+            )
         if action == "readmit":
             await self.runs.readmit(run_id)
-            return True, "readmitted: the next recovery sweep takes it"
+            return True, "readmitted: the next recovery sweep takes it", ()
         resources = self._resources_of(saga)
-        if isinstance(resources, str):
-            return False, resources
         shown = shown_by(self.redact, record.saga)
         if action == "undo":
             undone = await saga.undo(run_id, runs=self.runs, **resources)
             already = " (nothing to do: undone before)" if undone.already else ""
-            return True, f"{undone.status}{already}"
+            return True, f"{undone.status}{already}", ()
         if action == "resume":
             delivery = await saga.resume(run_id, runs=self.runs, **resources)
             halted = any(w.kind == "halt" for w in delivery.waits)
             ok = delivery.status in ("succeeded", "delivered") or (
                 delivery.status == "waiting" and not halted
             )
-            return ok, _delivered(delivery, shown)
+            return ok, _delivered(delivery, shown), ()
         if action == "cancel":
             delivery = await saga.cancel(run_id, runs=self.runs, **resources)
-            return delivery.status == "cancelled", _delivered(delivery, shown)
+            return delivery.status == "cancelled", _delivered(delivery, shown), ()
         return await self._recover(saga, record, resources)
 
     async def _recover(
         self, saga: type[Saga], record: RunRecord, resources: Mapping[str, Any]
-    ) -> tuple[bool, str]:
-        """Recover this one run, if its owner is dead (:func:`asaga.runs.recover_run`)."""
+    ) -> tuple[bool, str, tuple[str, ...]]:
+        """Recover this one run, if its owner is dead (:func:`asaga.runs.recover_run`):
+        done when the run finished, parked, was undone or was compensated (``failed``,
+        ``cancelled``), with the steps it left in doubt (they need a human)."""
         done = await recover_run(self.runs, record.run_id, sagas=[saga], resources=resources)
         if done.outcome == "refused":
-            return False, f"{done.error}; nothing was done"
-        ok = done.outcome in ("succeeded", "waiting", "undone")
-        return ok, done.outcome + (f": {done.error}" if done.error else "")
+            return False, f"{done.error}; nothing was done", ()
+        text = done.outcome
+        notes = []
+        if done.compensated:
+            notes.append("compensated: " + ", ".join(done.compensated))
+        if done.in_doubt:
+            notes.append("in doubt: " + ", ".join(done.in_doubt))
+        if notes:
+            text += f" ({'; '.join(notes)})"
+        if done.error:
+            text += f": {done.error}"
+        return done.outcome in _RECOVERED, text, done.in_doubt
 
-    def _resources_of(self, saga: type[Saga]) -> dict[str, Any] | str:
-        """The resources ``saga`` declares, or why they cannot be given."""
+    def _lacking(self, saga: type[Saga]) -> str | None:
+        """Why no action but re-admit can be done on a run of ``saga``: the resources it
+        declares that this dashboard was not given (``None``: it has them all)."""
+        missing = _missing_resources(saga, self.resources)
+        if not missing:
+            return None
+        spec = saga.__asaga__
+        name = spec.plan.saga if spec is not None else saga.__name__
+        return (
+            f"saga {name} needs its resources {missing}, which this dashboard was not "
+            "given: actions on its runs are unavailable (give them to the Dashboard: "
+            "resources=...)"
+        )
+
+    def _resources_of(self, saga: type[Saga]) -> dict[str, Any]:
+        """The resources ``saga`` declares, among those given."""
         spec = saga.__asaga__
         assert spec is not None
         declared = [n for n, i in spec.plan.inputs.items() if i.resource]
-        missing = [n for n in declared if spec.plan.inputs[n].required and n not in self.resources]
-        if missing:
-            return (
-                f"saga {spec.plan.saga} needs its resources {missing}: give them to the "
-                "Dashboard (resources=...)"
-            )
         return {n: self.resources[n] for n in declared if n in self.resources}
 
     def _host_allowed(self, host: str) -> bool:
@@ -810,6 +880,15 @@ def _static(name: str) -> Response | None:
         return None
     body, media = found
     return Response(200, body, media, headers=[("Cache-Control", "public, max-age=3600")])
+
+
+def _missing_resources(saga: type[Saga], resources: Mapping[str, Any]) -> list[str]:
+    """The required ``Resource`` inputs of ``saga`` that ``resources`` lacks."""
+    spec = saga.__asaga__
+    if spec is None:  # pragma: no cover - the constructor takes saga classes only
+        return []
+    inputs = spec.plan.inputs
+    return [n for n, i in inputs.items() if i.resource and i.required and n not in resources]
 
 
 def _delivered(delivery: Any, shown: Shown) -> str:

@@ -6,8 +6,9 @@ import os
 
 import msgspec
 
-from asaga import Halt, RunParked, Saga, compose, step, wait_for
+from asaga import Halt, Resource, RunParked, Saga, compose, step, wait_for
 from asaga.runs import RunStore
+from asaga.runs._record import RunRecord, StepRecord, Write, encode_record
 from tests.unfinished_runs import unfinished_run
 
 UNDONE: list[str] = []
@@ -137,7 +138,42 @@ class Mine(Saga):
         return run_id
 
 
+class Stuck(Saga):
+    """Fails at pay after hold, and hold's compensation fails too (compensation_failed)."""
+
+    order_id: str
+
+    @step
+    async def hold(order_id: str) -> str:
+        return f"h-{order_id}"
+
+    @hold.compensate
+    async def release(hold: str) -> None:
+        raise ConnectionError("the warehouse does not answer")
+
+    @step
+    async def pay(hold: str) -> int:
+        raise ConnectionError("the payment provider timed out")
+
+
+class Billed(Saga):
+    """Needs a resource (``payments``): a dashboard not given it cannot act on its runs."""
+
+    order_id: str
+    payments: Resource[list[str]]
+
+    @step
+    async def bill(order_id: str, payments: list[str]) -> str:
+        payments.append(order_id)
+        return f"b-{order_id}"
+
+    @bill.compensate
+    async def refund(bill: str, payments: list[str]) -> None:
+        payments.append(f"refund {bill}")
+
+
 SAGAS = [Shop, Approval, Paid, Flaky, Doomed, Carded, Bundle, Mine]
+"""The sagas of most tests (Stuck and Billed are given by the tests that use them)."""
 
 
 async def parked(saga: type[Saga], runs: RunStore, **inputs: str) -> str:
@@ -164,3 +200,27 @@ async def abandon(dead: RunStore, run_id: str) -> None:
     """An unfinished run of Mine created by ``dead`` (whose process then dies: the
     caller closes that store)."""
     await dead.create(unfinished_run("Mine", run_id), None)
+
+
+async def dead_in_step(dead: RunStore, saga: str, run_id: str, **done: str) -> None:
+    """An unfinished run of ``saga`` (input ``order_id`` = ``run_id``) created by
+    ``dead``: the steps in ``done`` succeeded with those results, and ``pay`` had started
+    when its process died (in doubt). The caller closes ``dead``."""
+    record = RunRecord(
+        saga=saga,
+        saga_version="1",
+        run_id=run_id,
+        status="running",
+        inputs=msgspec.msgpack.encode({"order_id": run_id}),
+        fingerprint="f",
+        seq=1,
+        steps={
+            **{
+                name: StepRecord(status="succeeded", result=msgspec.msgpack.encode(value))
+                for name, value in done.items()
+            },
+            "pay": StepRecord(status="running"),
+        },
+    )
+    write = Write(run_id=run_id, record=encode_record(record), status="running", seq=1)
+    await dead.create(write, None)

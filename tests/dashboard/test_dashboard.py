@@ -303,9 +303,9 @@ async def test_recovering_a_run_whose_owner_is_alive_is_refused(
     assert (record.status, record.owner) == ("running", live.owner)
 
 
-async def test_cancel_a_waiting_run_and_an_action_that_fails_is_shown(stores: Stores) -> None:
-    """Cancel compensates a parked run (status cancelled); cancelling it again fails, and
-    the failure is shown on the page (409), not as a server error."""
+async def test_cancel_a_waiting_run_and_cancel_it_again_is_refused(stores: Stores) -> None:
+    """Cancel compensates a parked run (status cancelled); cancelling it again (from a
+    stale page: cancel is no longer offered) is refused (409) saying why, and noted."""
     UNDONE.clear()
     async with stores() as runs:
         ids = await seed(runs)
@@ -317,10 +317,33 @@ async def test_cancel_a_waiting_run_and_an_action_that_fails_is_shown(stores: St
     assert record.status == "cancelled"
     assert UNDONE == ["h-o-3"]
     assert again.status == 409
-    assert "Not done: failed: NotParked" in again.text
+    assert "Not done: refused: cancel is offered only when the run is parked" in again.text
+    assert "is cancelled; nothing was done" in again.text
     outcomes = [e.outcome for e in record.events if e.kind == "operator_action"]  # type: ignore[attr-defined]
     assert outcomes[0].startswith("cancelled")
-    assert outcomes[1].startswith("failed: NotParked")
+    assert outcomes[1].startswith("refused: cancel is offered only")
+
+
+class ReadmitFails(MemoryRunStore):
+    """A store that does not answer a re-admission."""
+
+    async def readmit(self, run_id: str) -> Any:
+        raise ConnectionError("the store does not answer")
+
+
+async def test_an_action_that_fails_is_shown_on_its_page() -> None:
+    """An action that raises (a store that does not answer) is shown on its result page
+    (409, "Not done: failed: ..."), not as a server error, and noted."""
+    runs = ReadmitFails()
+    await abandon(runs, "aside-1")
+    assert await runs.quarantine("aside-1", "does not fit") is not None
+    async with mounted(dashboard_of(runs)) as dash:
+        failed = await act(dash, "readmit", "aside-1")
+    record = await runs.load("aside-1", events=True)
+    assert failed.status == 409, failed.text
+    assert "Not done: failed: ConnectionError: the store does not answer" in failed.text
+    [noted] = [e for e in record.events if e.kind == "operator_action"]
+    assert noted.outcome.startswith("failed: ConnectionError")  # type: ignore[attr-defined]
 
 
 async def test_csrf_and_origin_refusals(stores: Stores) -> None:
@@ -540,11 +563,12 @@ async def test_recover_one_abandoned_run_and_readmit_a_quarantined_one(
     assert "Done: succeeded" in recovered.text
     assert lost.status == "succeeded"
     assert again.status == 409
-    assert "finished (succeeded): there is nothing to recover" in again.text
+    assert "refused: recover is offered only when the run is unfinished" in again.text
+    assert "run lost-1 is succeeded; nothing was done" in again.text
     assert readmitted.status == 200
     assert "readmitted" in readmitted.text
     noted = [(e.action, e.outcome[:9]) for e in lost.events if e.kind == "operator_action"]  # type: ignore[attr-defined]
-    assert noted == [("recover", "succeeded"), ("recover", "run lost-")]  # the refusal too
+    assert noted == [("recover", "succeeded"), ("recover", "refused: ")]  # the refusal too
 
 
 async def test_static_files_and_unknown_paths(stores: Stores) -> None:
