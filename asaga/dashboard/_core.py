@@ -189,7 +189,9 @@ class Dashboard:
     - ``sagas``: the saga classes whose runs can be acted on and drawn (a run of another
       saga is shown without its graph and without actions); ``resources``: their
       ``Resource`` inputs (never recorded, so given here, as to
-      :func:`asaga.runs.recover`), each saga given only those it declares.
+      :func:`asaga.runs.recover`), each saga given only those it declares. A saga whose
+      required resources are missing is warned about once (``dashboard_missing_resources``)
+      and its runs are not acted on (but re-admitted); their pages say why.
     - ``authorize(request) -> "operate" | "read" | None`` (sync or async): who may read
       and who may act. Without it every page renders and every action is refused (403).
       :class:`TokenAuth` is the one the standalone server uses.
