@@ -224,7 +224,7 @@ def test_runs_list_unknown_status(store: list[str], capsys: pytest.CaptureFixtur
     assert err.startswith(
         "asaga runs list: error: unknown --status 'wating' (did you mean 'waiting'? statuses: "
     )
-    assert "terminated, quarantined)" in err
+    assert "terminated, in_doubt, quarantined)" in err
 
 
 # -- deliver ----------------------------------------------------------------------------------

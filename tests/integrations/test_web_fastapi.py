@@ -141,6 +141,10 @@ async def serving(app: FastAPI) -> AsyncIterator[tuple[str, int]]:
         ws="none",
         backlog=1024,
         timeout_graceful_shutdown=5,
+        # Longer than any test's burst: uvicorn closes a connection idle for this long
+        # (5 s by default), and a client that picks it from its pool at that moment gets
+        # "Server disconnected without sending a response" (seen once under load).
+        timeout_keep_alive=60,
     )
     server = _Server(config)
     try:
