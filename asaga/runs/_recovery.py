@@ -257,9 +257,9 @@ async def _recover_taken(
     of it (``None``: another recoverer took it, or it finished meanwhile). Taken only
     now, when it is driven: if the sweep is cancelled, the runs it has not reached stay
     for the next sweep (here or in another process)."""
-    refused = await _withdraw_before_claim(runs, run_id, specs)
-    if refused is not None:
-        return refused
+    withdrawn = await _withdraw_before_claim(runs, run_id, specs)
+    if isinstance(withdrawn, Recovered):
+        return withdrawn  # not taken: the next sweep tries again
     try:
         record = await runs.claim(run_id, owner)
     except CorruptRecord as exc:  # taken, but its record cannot be read
@@ -275,7 +275,9 @@ async def _recover_taken(
     except AsagaError as exc:
         return Recovered(run_id=run_id, saga=record.saga, outcome="error", error=repr(exc))
     try:
-        done = await recover_one(spec, runs, record, values, extra, kin)
+        done = await recover_one(
+            spec, runs, record, values, extra, kin, withdrawn=withdrawn == record.seq
+        )
     except AsagaError as exc:  # a store error...
         done = Recovered(run_id=record.run_id, saga=record.saga, outcome="error", error=repr(exc))
     _logger.info("run_recovered", saga=done.saga, run_id=done.run_id, outcome=done.outcome)
@@ -284,32 +286,36 @@ async def _recover_taken(
 
 async def _withdraw_before_claim(
     runs: RunStore, run_id: str, specs: Mapping[str, SagaSpec]
-) -> Recovered | None:
+) -> Recovered | int | None:
     """Withdraw the jobs of the steps on workers that the record of ``run_id`` says are in
     doubt, before the run is taken: if that fails (the queue's Redis away), the run is
     left as it is, abandoned, for the next sweep to try again (taken first, it would be
-    owned by this live process, and no sweep would take it while it lives). ``None``:
-    withdrawn, or nothing to withdraw (the run is driven as recovery decides)."""
+    owned by this live process, and no sweep would take it while it lives), and this says
+    so (a :class:`Recovered` with outcome ``error``). Otherwise the ``seq`` of the record
+    whose steps it withdrew (their jobs need no withdrawal again if the run is taken as
+    that record says), or ``None`` if it could not read the record (the run, once taken,
+    withdraws them itself)."""
+    if not any(spec.queues for spec in specs.values()):
+        return None  # no step on workers: nothing to withdraw, no read
     try:
         record = await runs.load(run_id)
     except AsagaError:  # corrupt, gone, Redis away: the claim that follows says which
         return None
     spec = specs.get(record.saga)
-    if spec is None or not spec.queues:
-        return None
-    nodes = spec.plan.nodes
-    in_doubt = [n for n, s in record.steps.items() if s.status == "running" and n in nodes]
-    try:
-        await _withdraw(spec.plan, record, in_doubt)
-    except Exception as exc:  # noqa: BLE001 - the queue's server away: decide nothing yet
-        return Recovered(
-            run_id=run_id,
-            saga=record.saga,
-            outcome="error",
-            error=f"the jobs of its steps in doubt could not be withdrawn (it was left "
-            f"for the next sweep): {exc!r}",
-        )
-    return None
+    if spec is not None and spec.queues:
+        nodes = spec.plan.nodes
+        in_doubt = [n for n, s in record.steps.items() if s.status == "running" and n in nodes]
+        try:
+            await _withdraw(spec.plan, record, in_doubt)
+        except Exception as exc:  # noqa: BLE001 - the queue's server away: decide nothing yet
+            return Recovered(
+                run_id=run_id,
+                saga=record.saga,
+                outcome="error",
+                error=f"the jobs of its steps in doubt could not be withdrawn (it was left "
+                f"for the next sweep): {exc!r}",
+            )
+    return record.seq
 
 
 def _admit(
@@ -366,9 +372,12 @@ async def recover_one(
     parent: RunContext | None = None,
     *,
     forward: bool = True,
+    withdrawn: bool = False,
 ) -> Recovered:
     """Drive one taken-over run to its end from its record (see the module docstring);
-    ``forward=False`` unwinds it whatever it could do (a child run whose parent unwinds)."""
+    ``forward=False`` unwinds it whatever it could do (a child run whose parent unwinds);
+    ``withdrawn``: the jobs of its steps in doubt were withdrawn before it was taken
+    (:func:`_withdraw_before_claim`), from the record ``record`` still is."""
     plan = spec.plan
     run_id, saga = record.run_id, record.saga
     if record.status == "undoing":
@@ -388,7 +397,8 @@ async def recover_one(
     steps = record.steps
     in_doubt = [n for n, s in steps.items() if s.status == "running"]
     try:
-        await _withdraw(plan, record, in_doubt)
+        if not withdrawn:
+            await _withdraw(plan, record, in_doubt)
     except Exception as exc:  # noqa: BLE001 - the queue's server away: decide nothing yet
         return Recovered(
             run_id=run_id,

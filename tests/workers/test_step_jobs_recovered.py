@@ -245,12 +245,19 @@ async def test_a_run_whose_step_job_cannot_be_withdrawn_is_left_for_the_next_swe
             assert "left for the next sweep" in (first[0].error or "")
             assert (await runs.load(f"{name}-w3")).status == "running"  # not taken
             assert await queue.state(key) == "queued"
-            monkeypatch.setattr(OnWorkers, "withdraw", withdraw)
+            calls: list[int] = []
+
+            async def counted(self: OnWorkers, run_id: str, attempt: int) -> None:
+                calls.append(attempt)
+                await withdraw(self, run_id, attempt)
+
+            monkeypatch.setattr(OnWorkers, "withdraw", counted)
             with anyio.fail_after(20):
                 second = await recover(runs, sagas=[pay], resources={"bank": Bank("sweep")})
             assert [(r.run_id, r.outcome, r.in_doubt) for r in second] == [
                 (f"{name}-w3", "failed", ("pay",))
             ]
+            assert calls == [1]  # withdrawn once, before the run was taken
         assert await queue.state(key) == "aborted"
 
 
