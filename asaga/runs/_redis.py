@@ -980,6 +980,15 @@ class RedisRunStore(StoreSettings):
         try:
             await self._beat()  # the lease exists before any run is recorded
         except UNAVAILABLE as exc:
+            if self._owns_client:  # not entered: nothing else would close it
+                with anyio.CancelScope(shield=True):
+                    await close_client(self.client)
+            if "MOVED" in str(exc) or type(exc).__name__ == "MovedError":
+                raise StoreUnavailable(
+                    "the run store's Redis is a node of a Redis Cluster (it answered MOVED): "
+                    "open the store with a cluster client, RedisRunStore.from_url(url, "
+                    "cluster=True) (the asaga command's --cluster)"
+                ) from exc
             raise StoreUnavailable(f"the run store cannot reach Redis: {exc!r}") from exc
         if not self._persistence_checked:
             self._persistence_checked = True

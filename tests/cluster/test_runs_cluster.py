@@ -330,3 +330,25 @@ async def test_the_cli_reads_a_cluster_store_with_cluster(
     shown = ["runs", "show", done[0].run_id, *options]
     assert await anyio.to_thread.run_sync(main, shown) == 0
     assert "succeeded" in capsys.readouterr().out
+
+
+async def test_a_plain_client_on_a_cluster_node_is_told_to_use_cluster(
+    redis_cluster: RedisClusterServers, cluster_prefix: str
+) -> None:
+    """A store opened with a plain client on a cluster node (the CLI without --cluster)
+    says that the server is a cluster node and what to pass, not a bare MovedError."""
+    from asaga import StoreUnavailable
+
+    runs = RedisRunStore.from_url(redis_cluster.url, prefix=f"{cluster_prefix}plain:")
+    failure: StoreUnavailable | None = None
+    for _ in range(8):  # its lease key lands on the URL's node for some prefixes: retry
+        try:
+            async with runs:
+                pass
+        except StoreUnavailable as exc:
+            failure = exc
+            break
+        runs = RedisRunStore.from_url(redis_cluster.url, prefix=f"{cluster_prefix}p{_}:")
+    assert failure is not None
+    assert "Redis Cluster (it answered MOVED)" in str(failure)
+    assert "cluster=True" in str(failure)
