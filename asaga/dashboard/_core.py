@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlencode, urlsplit
 
+import anyio
 import msgspec
 import structlog
 
@@ -536,24 +537,12 @@ class Dashboard:
         action = _action(form.get("action", ""))
         run_id = _run_id(form.get("id", ""))
         record = await self._load(run_id)
-        in_doubt: tuple[str, ...] = ()
-        try:
-            ok, outcome, in_doubt = await self._perform(action, record)
-        except Exception as exc:  # noqa: BLE001 - an action's failure is shown on its page
-            ok, outcome = False, f"failed: {type(exc).__name__}: {exc}"
-        # Shown and recorded as redact lets it be: it may quote a reason, a key, an error.
-        outcome = str(shown_by(self.redact, record.saga)("outcome", action, outcome))
         by = self._who(request)
-        noted = ""
-        try:
-            await self.runs.note(
-                run_id,
-                OperatorAction(
-                    saga=record.saga, run_id=run_id, action=action, by=by, outcome=outcome
-                ),
-            )
-        except Exception as exc:  # noqa: BLE001 - the action is done; say it was not noted
-            noted = f"(the action could not be written to the run's events: {exc!r})"
+        # Shielded: a request cancelled meanwhile (the browser closed, the server stopping)
+        # must not cut a resumed run or an undo off half-way, nor leave it unnoted. The
+        # action is bounded by its saga's own timeouts.
+        with anyio.CancelScope(shield=True):
+            ok, outcome, in_doubt, noted = await self._act_and_note(action, record, by)
         _logger.info("dashboard_action", action=action, run_id=run_id, by=by, outcome=outcome)
         return self._page(
             request,
@@ -569,6 +558,31 @@ class Dashboard:
             noted=noted,
             role=role,
         )
+
+    async def _act_and_note(
+        self, action: Action, record: RunRecord, by: str | None
+    ) -> tuple[bool, str, tuple[str, ...], str]:
+        """Do ``action`` on ``record`` and note it in the run's events: whether it did what
+        it meant to, its outcome (as ``redact`` lets it be shown: it may quote a reason, a
+        key, an error), the steps it left in doubt, and why it was not noted (or "")."""
+        in_doubt: tuple[str, ...] = ()
+        try:
+            ok, outcome, in_doubt = await self._perform(action, record)
+        except Exception as exc:  # noqa: BLE001 - an action's failure is shown on its page
+            ok, outcome = False, f"failed: {type(exc).__name__}: {exc}"
+        outcome = str(shown_by(self.redact, record.saga)("outcome", action, outcome))
+        run_id = record.run_id
+        noted = ""
+        try:
+            await self.runs.note(
+                run_id,
+                OperatorAction(
+                    saga=record.saga, run_id=run_id, action=action, by=by, outcome=outcome
+                ),
+            )
+        except Exception as exc:  # noqa: BLE001 - the action is done; say it was not noted
+            noted = f"(the action could not be written to the run's events: {exc!r})"
+        return ok, outcome, in_doubt, noted
 
     async def _perform(
         self, action: Action, record: RunRecord

@@ -9,10 +9,11 @@ from __future__ import annotations
 import html
 from typing import Any
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from asaga import CompensationFailed
+from asaga import CompensationFailed, Saga, step
 from asaga.dashboard import Dashboard, Field
 from asaga.dashboard._serve import served_dashboard
 from asaga.events import OperatorAction
@@ -190,3 +191,52 @@ async def test_the_standalone_server_without_a_token_advises_its_own_options() -
     assert "action=undo" not in page.text
     assert confirm.status == 403
     assert "needs the operate role" in confirm.text
+
+
+class Gate:
+    """Where the compensation of :class:`Gated` waits, and what it did."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.open = anyio.Event()
+        self.released: list[str] = []
+
+
+GATE: dict[str, Gate] = {}
+
+
+class Gated(Saga):
+    order_id: str
+
+    @step
+    async def hold(order_id: str) -> str:
+        return order_id
+
+    @hold.compensate
+    async def release(hold: str) -> None:
+        gate = GATE["now"]
+        gate.entered.set()
+        await gate.open.wait()
+        gate.released.append(hold)
+
+
+async def test_an_action_goes_on_and_is_noted_when_its_request_is_cancelled() -> None:
+    """The browser goes away (the request is cancelled) while an undo runs: the undo
+    still ends, and is still written to the run's events."""
+    gate = GATE["now"] = Gate()
+    runs = MemoryRunStore()
+    done = await Gated.run(order_id="o-1", runs=runs)
+    async with mounted(Dashboard(runs, sagas=[Gated], authorize=operator)) as dash:
+        token = csrf_of((await dash.get("/confirm", action="undo", id=done.run_id)).text)
+        form = {"csrf": token, "action": "undo", "id": done.run_id}
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(dash.post, "/act", form)
+                await gate.entered.wait()
+                tg.cancel_scope.cancel()  # the request is cancelled mid-undo
+                gate.open.set()
+    record = await runs.load(done.run_id, events=True)
+    assert gate.released == ["o-1"]
+    assert record.status == "undone"
+    [noted] = [e for e in record.events if isinstance(e, OperatorAction)]
+    assert (noted.action, noted.outcome) == ("undo", "undone")
